@@ -1,0 +1,33 @@
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes.
+default:
+    @just --list
+
+# Start the router on its embedded default (in-memory bus and replay cache): `just run --port 9000`.
+run *ARGS:
+    sse-router serve {{ARGS}}
+
+# Everything CI checks: lint, generated files up to date, the TypeScript types, the test suite.
+test: lint ts-deps
+    python -m router.codegen --check
+    python -m pytest
+
+# ruff on the code and tests, mypy --strict on the router and its actors.
+lint:
+    ruff check router actors tests
+    ruff format --check router actors tests
+    mypy --strict router actors
+
+# Rewrite the files generated from the event contracts (TypeScript types, mapping document).
+generate:
+    python -m router.codegen
+
+# Install the TypeScript toolchain from clients/typescript/package-lock.json when it changed.
+ts-deps:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    installed=clients/typescript/node_modules/.package-lock.json
+    if [ ! -f "$installed" ] || [ clients/typescript/package-lock.json -nt "$installed" ]; then
+        npm ci --prefix clients/typescript --no-audit --no-fund
+    fi

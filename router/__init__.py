@@ -1,0 +1,3 @@
+"""sse-router: domain events from a back end, served as Server-Sent Events."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,150 @@
+"""The envelope: one domain event as producers publish it, on any bus.
+
+::
+
+    {
+      "event_type": "Task.ProgressUpdated",          # the producer's name for the event
+      "event_id": "9b2f6c1e-...",                    # optional, the producer's id, for idempotency
+      "occurred_at": "2026-11-28T10:15:00.123Z",     # RFC 3339, with an offset or Z
+      "scope": {"user_id": "u1"},                    # any of user_id, novel_id, session_id,
+                                                     # or {"broadcast": true}
+      "payload": {"task_id": "t1", "progress": 40}
+    }
+
+:func:`parse_envelope` accepts bytes, text or an already-decoded object and raises
+:class:`EnvelopeError` with a reason a caller can count.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from router.core.scope import Scope, ScopeError
+from router.core.sse import JSONObject
+
+MAX_EVENT_TYPE_LENGTH = 128
+MAX_EVENT_ID_LENGTH = 256
+ENVELOPE_FIELDS = ("event_type", "event_id", "occurred_at", "scope", "payload")
+
+_EVENT_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+")
+# RFC 3339 section 5.6: full-date "T" full-time, with a mandatory offset (Z or +hh:mm).
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+
+
+class EnvelopeProblem(enum.StrEnum):
+    NOT_JSON = "not-json"
+    NOT_AN_OBJECT = "not-an-object"
+    MISSING_FIELD = "missing-field"
+    BAD_FIELD = "bad-field"
+    UNROUTABLE = "unroutable"
+
+
+class EnvelopeError(ValueError):
+    """An envelope that cannot be routed; ``problem`` is a bounded set, fit for a metric label."""
+
+    def __init__(self, problem: EnvelopeProblem, detail: str) -> None:
+        super().__init__(f"{problem.value}: {detail}")
+        self.problem = problem
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    event_type: str
+    occurred_at: str
+    scope: Scope
+    payload: JSONObject
+    event_id: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        body: dict[str, object] = {
+            "event_type": self.event_type,
+            "occurred_at": self.occurred_at,
+            "scope": self.scope.to_json(),
+            "payload": self.payload,
+        }
+        if self.event_id is not None:
+            body["event_id"] = self.event_id
+        return body
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def parse_timestamp(value: object) -> str:
+    """Check an RFC 3339 timestamp with an explicit offset, returning it unchanged."""
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise ValueError(f"must be an RFC 3339 timestamp with an offset, got {value!r}"[:200])
+    # The regex checks the shape; datetime checks the calendar (no 2026-02-30, no hour 25).
+    normalised = value.upper().replace(" ", "T").replace("Z", "+00:00")
+    date_time, _, fraction_and_offset = normalised.partition(".")
+    if fraction_and_offset:  # fromisoformat takes at most 6 fractional digits on 3.11
+        digits = re.match(r"\d+", fraction_and_offset)
+        assert digits is not None
+        normalised = f"{date_time}.{digits.group()[:6]:0<6}{fraction_and_offset[digits.end() :]}"
+    try:
+        datetime.fromisoformat(normalised)
+    except ValueError:
+        raise ValueError(f"is not a real date and time: {value!r}") from None
+    return value
+
+
+def parse_envelope(raw: bytes | str | Mapping[str, object]) -> Envelope:
+    if isinstance(raw, bytes | str):
+        try:
+            raw = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise EnvelopeError(EnvelopeProblem.NOT_JSON, str(exc)) from None
+        except RecursionError:
+            raise EnvelopeError(EnvelopeProblem.NOT_JSON, "nested too deeply") from None
+    if not isinstance(raw, Mapping):
+        raise EnvelopeError(
+            EnvelopeProblem.NOT_AN_OBJECT, f"expected a JSON object, got {type(raw).__name__}"
+        )
+    for name in ("event_type", "occurred_at", "scope", "payload"):
+        if name not in raw:
+            raise EnvelopeError(EnvelopeProblem.MISSING_FIELD, f"{name!r} is required")
+
+    event_type = raw["event_type"]
+    if (
+        not isinstance(event_type, str)
+        or len(event_type) > MAX_EVENT_TYPE_LENGTH
+        or not _EVENT_TYPE.fullmatch(event_type)
+    ):
+        raise EnvelopeError(
+            EnvelopeProblem.BAD_FIELD,
+            f"'event_type' must be a dotted name such as Task.ProgressUpdated, got {event_type!r}"[
+                :200
+            ],
+        )
+    event_id = raw.get("event_id")
+    if event_id is not None and (
+        not isinstance(event_id, str) or not 0 < len(event_id) <= MAX_EVENT_ID_LENGTH
+    ):
+        raise EnvelopeError(
+            EnvelopeProblem.BAD_FIELD,
+            f"'event_id' must be a string of 1 to {MAX_EVENT_ID_LENGTH} characters",
+        )
+    try:
+        occurred_at = parse_timestamp(raw["occurred_at"])
+    except ValueError as exc:
+        raise EnvelopeError(EnvelopeProblem.BAD_FIELD, f"'occurred_at' {exc}") from None
+    payload = raw["payload"]
+    if not isinstance(payload, Mapping):
+        raise EnvelopeError(EnvelopeProblem.BAD_FIELD, "'payload' must be a JSON object")
+    try:
+        scope = Scope.from_json(raw["scope"])
+    except ScopeError as exc:
+        raise EnvelopeError(EnvelopeProblem.UNROUTABLE, str(exc)) from None
+    return Envelope(
+        event_type=event_type,
+        occurred_at=occurred_at,
+        scope=scope,
+        payload=payload,
+        event_id=event_id,
+    )

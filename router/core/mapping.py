@@ -1,0 +1,162 @@
+"""Domain events in, SSE events out.
+
+:data:`MAPPING_RULES` is the single source of truth for what the router emits: which producer
+``event_type`` becomes which SSE event, which payload fields may leave (the event class's schema is
+the allowlist), and which scopes an event of that type may be addressed to. The mapping document
+and the TypeScript types are generated from it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from router.core.cursor import Cursor, EventIdentity
+from router.core.envelope import Envelope, EnvelopeError, EnvelopeProblem, parse_envelope
+from router.core.events import (
+    ContentUpdateEvent,
+    DomainEvent,
+    SystemNotificationEvent,
+    TaskProgressEvent,
+    TaskStatusChangeEvent,
+)
+from router.core.schema import PayloadError
+
+
+@dataclass(frozen=True, slots=True)
+class MappingRule:
+    """How one producer event type becomes an SSE event.
+
+    ``broadcast_allowed``: whether the type may be sent to everyone; a task's progress or a novel's
+    content addressed to everyone is a producer bug that would leak, so those must name a scope.
+    ``scope_from_payload``: payload fields that must equal the scope field of the same name, so a
+    payload about one novel cannot be addressed to the readers of another.
+    """
+
+    event_type: str
+    message_class: type[DomainEvent]
+    broadcast_allowed: bool = False
+    scope_from_payload: tuple[str, ...] = ()
+
+
+MAPPING_RULES: tuple[MappingRule, ...] = (
+    MappingRule("Task.ProgressUpdated", TaskProgressEvent),
+    MappingRule("Task.StatusChanged", TaskStatusChangeEvent),
+    MappingRule("System.NotificationSent", SystemNotificationEvent, broadcast_allowed=True),
+    MappingRule("Content.Updated", ContentUpdateEvent, scope_from_payload=("novel_id",)),
+)
+MAPPING: Mapping[str, MappingRule] = {rule.event_type: rule for rule in MAPPING_RULES}
+
+
+class Problem(enum.StrEnum):
+    """Why an event was rejected: a bounded set, fit for a metric label."""
+
+    MALFORMED = "malformed"
+    UNKNOWN_TYPE = "unknown-type"
+    INVALID_PAYLOAD = "invalid-payload"
+    UNROUTABLE = "unroutable"
+
+
+class MappingError(ValueError):
+    def __init__(self, problem: Problem, detail: str) -> None:
+        super().__init__(f"{problem.value}: {detail}")
+        self.problem = problem
+        self.detail = detail
+
+
+def to_sse(envelope: Envelope, identity: EventIdentity, *, id: str | None = None) -> DomainEvent:
+    """The SSE event for ``envelope``, found at ``identity`` on its bus.
+
+    Raises :class:`MappingError` for an unknown type, a payload its schema rejects, or a scope the
+    type may not be addressed to.
+    """
+    rule = MAPPING.get(envelope.event_type)
+    if rule is None:
+        raise MappingError(Problem.UNKNOWN_TYPE, f"no mapping for {envelope.event_type!r}")
+    scope = envelope.scope
+    if scope.broadcast and not rule.broadcast_allowed:
+        raise MappingError(
+            Problem.UNROUTABLE, f"{envelope.event_type} may not be broadcast; name its scope"
+        )
+    try:
+        message = rule.message_class(
+            envelope.payload,
+            id=id,
+            scope=scope,
+            metadata={"event_id": str(identity), "occurred_at": envelope.occurred_at},
+        )
+    except PayloadError as exc:
+        raise MappingError(Problem.INVALID_PAYLOAD, str(exc)) from None
+    for name in rule.scope_from_payload:
+        if getattr(scope, name) != message.data.get(name):
+            raise MappingError(
+                Problem.UNROUTABLE,
+                f"payload {name} {message.data.get(name)!r} differs from scope {name} "
+                f"{getattr(scope, name)!r}",
+            )
+    return message
+
+
+@dataclass(frozen=True, slots=True)
+class Converted:
+    identity: EventIdentity
+    envelope: Envelope
+    message: DomainEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    identity: EventIdentity
+    problem: Problem
+    detail: str
+
+
+@dataclass(slots=True)
+class Batch:
+    """The outcome of :func:`convert_batch`: events and rejections in bus order, and the cursor
+    after the last record (rejected records advance it too: they are consumed, not retried)."""
+
+    events: list[Converted] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    cursor: Cursor | None = None
+
+
+_ENVELOPE_PROBLEMS = {
+    EnvelopeProblem.NOT_JSON: Problem.MALFORMED,
+    EnvelopeProblem.NOT_AN_OBJECT: Problem.MALFORMED,
+    EnvelopeProblem.MISSING_FIELD: Problem.MALFORMED,
+    EnvelopeProblem.BAD_FIELD: Problem.MALFORMED,
+    EnvelopeProblem.UNROUTABLE: Problem.UNROUTABLE,
+}
+
+
+def convert_batch(
+    records: Iterable[tuple[EventIdentity, bytes | str | Mapping[str, object]]],
+    cursor: Cursor | None = None,
+) -> Batch:
+    """Convert records read from a bus, in order, starting from ``cursor``.
+
+    Each event's ``id`` is the cursor just after it, so a client that last saw it resumes exactly
+    behind it. Nothing raises: every failure becomes a :class:`Rejected`.
+    """
+    batch = Batch(cursor=cursor)
+    for identity, raw in records:
+        batch.cursor = _advance(batch.cursor, identity)
+        try:
+            envelope = parse_envelope(raw)
+            message = to_sse(envelope, identity, id=str(batch.cursor))
+        except EnvelopeError as exc:
+            batch.rejected.append(Rejected(identity, _ENVELOPE_PROBLEMS[exc.problem], exc.detail))
+        except MappingError as exc:
+            batch.rejected.append(Rejected(identity, exc.problem, exc.detail))
+        else:
+            batch.events.append(Converted(identity, envelope, message))
+    return batch
+
+
+def _advance(cursor: Cursor | None, identity: EventIdentity) -> Cursor:
+    """``cursor`` moved on to ``identity``; a record of a new epoch starts a new history."""
+    if cursor is None or (cursor.source, cursor.epoch) != (identity.source, identity.epoch):
+        return Cursor.of(identity)
+    return cursor.advance(identity)

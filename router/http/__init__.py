@@ -1,0 +1,1 @@
+"""The HTTP layer: Quart-Trio endpoints that attach clients to the router."""

@@ -1,0 +1,46 @@
+"""The design's walls, checked on the source: the core is pure, actors never touch HTTP or brokers."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CORE = sorted((ROOT / "router" / "core").rglob("*.py"))
+ACTORS = sorted((ROOT / "actors").rglob("*.py"))
+HTTP_AND_BROKERS = {"quart", "quart_trio", "hypercorn", "redis", "aiokafka", "trio_asyncio"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_the_core_has_modules_to_check() -> None:
+    assert len(CORE) >= 5
+
+
+@pytest.mark.parametrize("path", CORE, ids=lambda p: p.name)
+def test_core_imports_only_the_standard_library_and_itself(path: Path) -> None:
+    outside = {
+        name
+        for name in imported_modules(path)
+        if name.split(".")[0] not in sys.stdlib_module_names
+        and not (name == "router.core" or name.startswith("router.core."))
+    }
+    assert not outside, f"{path.relative_to(ROOT)} imports {sorted(outside)}"
+
+
+@pytest.mark.parametrize("path", ACTORS, ids=lambda p: p.name)
+def test_actors_import_no_http_framework_or_broker_client(path: Path) -> None:
+    forbidden = {n for n in imported_modules(path) if n.split(".")[0] in HTTP_AND_BROKERS}
+    assert not forbidden, f"{path.relative_to(ROOT)} imports {sorted(forbidden)}"
