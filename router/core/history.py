@@ -1,0 +1,108 @@
+"""The replay window: the most recent events, kept so a client that reconnects gets what it missed.
+
+:class:`History` is the in-memory form (the embedded default's replay cache wraps it); it is also
+the reference the other caches are tested against. It knows what it no longer holds: for every
+partition, the newest offset it has evicted. A resume from a cursor that has not been served up to
+that offset would miss events, so the replay says it is truncated instead of pretending.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from router.core.cursor import Cursor, EventIdentity, Offset
+from router.core.sse import SSEMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One retained event; ``message.id`` is the router's cursor just after it."""
+
+    identity: EventIdentity
+    message: SSEMessage
+    appended_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What a resume gets: ``truncated`` when events the client did not see were evicted, or the
+    cursor belongs to another history; ``entries`` then holds everything retained."""
+
+    entries: list[Entry]
+    truncated: bool
+
+
+@dataclass(slots=True)
+class History:
+    """At most ``max_events`` events, none older than ``max_age`` seconds (``None``: no age limit).
+
+    Entries are kept in the order the router processed them, which is the order a client gets them.
+    Time is passed in, never read.
+    """
+
+    max_events: int
+    max_age: float | None = None
+    source: str | None = None
+    epoch: str | None = None
+    _entries: deque[Entry] = field(default_factory=deque, repr=False)
+    _evicted_up_to: dict[str, Offset] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.max_events < 1:
+            raise ValueError("a history keeps at least one event")
+        if self.max_age is not None and not self.max_age > 0:
+            raise ValueError("max_age must be positive, or None for no age limit")
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self._entries)
+
+    def append(self, entry: Entry) -> None:
+        """Keep ``entry``; an entry of a new source or epoch starts a new history."""
+        identity = entry.identity
+        if (identity.source, identity.epoch) != (self.source, self.epoch):
+            self._entries.clear()
+            self._evicted_up_to.clear()
+            self.source, self.epoch = identity.source, identity.epoch
+        self._entries.append(entry)
+        while len(self._entries) > self.max_events:
+            self._evict_oldest()
+        self.expire(entry.appended_at)
+
+    def expire(self, now: float) -> None:
+        """Evict what has outlived ``max_age`` at ``now``."""
+        if self.max_age is None:
+            return
+        horizon = now - self.max_age
+        while self._entries and self._entries[0].appended_at < horizon:
+            self._evict_oldest()
+
+    def _evict_oldest(self) -> None:
+        oldest = self._entries.popleft().identity
+        evicted = self._evicted_up_to.get(oldest.partition)
+        if evicted is None or oldest.offset > evicted:
+            self._evicted_up_to[oldest.partition] = oldest.offset
+
+    def replay(self, after: Cursor, up_to: Cursor | None = None) -> Replay:
+        """The retained events a client at ``after`` has not been served, up to ``up_to``.
+
+        ``up_to`` is the router's cursor when the client registered for live events: what lies
+        beyond it reaches the client live, so it is left out here.
+        """
+        if self.source is None or self.epoch is None or not after.is_from(self.source, self.epoch):
+            entries = [e for e in self._entries if up_to is None or up_to.covers(e.identity)]
+            return Replay(entries, truncated=True)
+        truncated = any(
+            (served := after.position(partition)) is None or served < evicted
+            for partition, evicted in self._evicted_up_to.items()
+        )
+        entries = [
+            e
+            for e in self._entries
+            if not after.covers(e.identity) and (up_to is None or up_to.covers(e.identity))
+        ]
+        return Replay(entries, truncated)

@@ -1,0 +1,83 @@
+"""Who may see what: the least-privilege rule every live and replayed event passes.
+
+An event is visible to a client only if **every** scope field it names is granted by the client's
+token: ``user_id`` equals ``sub``; ``novel_id`` is one of ``novels``; ``session_id`` equals ``sid``,
+unless the event also names the user and that user is ``sub`` (a user sees all their own sessions).
+A broadcast names no field and is visible to everyone. On top of that a client's filter can only
+narrow what it receives, never widen it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from router.core.scope import Scope
+from router.core.sse import SSEMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """What a verified token grants."""
+
+    user_id: str
+    novels: frozenset[str] = frozenset()
+    session_id: str | None = None
+    roles: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFilter:
+    """What a client asked for; ``None`` or empty means "no narrowing" for that dimension.
+
+    Each dimension narrows only the events that name it: asking for novel ``n1`` keeps the events
+    of ``n1`` and drops those of other novels, while events that name no novel (the user's own
+    task progress, broadcasts) still arrive. ``event_types`` narrows every event.
+    """
+
+    novel_ids: frozenset[str] = frozenset()
+    session_id: str | None = None
+    event_types: frozenset[str] = field(default_factory=frozenset)
+
+
+def is_visible(scope: Scope, principal: Principal) -> bool:
+    if scope.broadcast:
+        return True
+    if scope.user_id is not None and scope.user_id != principal.user_id:
+        return False
+    if scope.novel_id is not None and scope.novel_id not in principal.novels:
+        return False
+    if scope.session_id is not None and scope.session_id != principal.session_id:
+        # A user sees their own sessions' events, but only when the event says whose they are.
+        return scope.user_id is not None and scope.user_id == principal.user_id
+    return True
+
+
+def is_wanted(message: SSEMessage, stream_filter: StreamFilter) -> bool:
+    """Whether a visible event passes the client's own filter."""
+    scope = message.scope
+    if stream_filter.event_types and message.event not in stream_filter.event_types:
+        return False
+    if scope is None or scope.broadcast:
+        return True
+    if (
+        stream_filter.novel_ids
+        and scope.novel_id is not None
+        and scope.novel_id not in stream_filter.novel_ids
+    ):
+        return False
+    return not (
+        stream_filter.session_id is not None
+        and scope.session_id is not None
+        and scope.session_id != stream_filter.session_id
+    )
+
+
+def admits(message: SSEMessage, principal: Principal, stream_filter: StreamFilter) -> bool:
+    """The one check between an event and a client: visible to them, and asked for.
+
+    A message without a scope is the router's own (an ``sse.error`` for this stream) and is never
+    routed through here; refusing it keeps a bug from broadcasting it.
+    """
+    if message.scope is None:
+        return False
+    return is_visible(message.scope, principal) and is_wanted(message, stream_filter)
