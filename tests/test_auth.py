@@ -1,0 +1,144 @@
+"""JWT verification: what is accepted, and every way a token is refused."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from router.auth import AuthError, AuthProblem, TokenVerifier, mint_token
+from router.core.permissions import Principal
+
+SECRET = "s" * 64
+
+
+def hs256() -> TokenVerifier:
+    return TokenVerifier.from_key(secret=SECRET)
+
+
+def pem(private_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+    return private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def claims(**extra: object) -> dict[str, object]:
+    return {"sub": "u1", "exp": int(time.time()) + 60, **extra}
+
+
+def test_a_minted_token_grants_its_claims() -> None:
+    token = mint_token(SECRET, sub="u1", novels=["n1", "n2"], roles=["publisher"], sid="s1")
+    verified = hs256().verify(token)
+    assert verified.principal == Principal(
+        user_id="u1",
+        novels=frozenset({"n1", "n2"}),
+        session_id="s1",
+        roles=frozenset({"publisher"}),
+    )
+    assert verified.expires_at > time.time()
+
+
+@pytest.mark.parametrize(
+    ("private_key", "algorithm"),
+    [
+        (rsa.generate_private_key(public_exponent=65537, key_size=2048), "RS256"),
+        (ec.generate_private_key(ec.SECP256R1()), "ES256"),
+    ],
+)
+def test_public_keys_verify_their_algorithm(
+    private_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, algorithm: str
+) -> None:
+    verifier = TokenVerifier.from_key(public_key_pem=pem(private_key))
+    assert verifier.algorithm == algorithm
+    token = jwt.encode(claims(novels=["n1"]), private_key, algorithm=algorithm)
+    assert verifier.verify(token).principal.novels == {"n1"}
+
+
+def test_alg_none_is_refused() -> None:
+    header = b64(json.dumps({"alg": "none"}).encode())
+    token = f"{header}.{b64(json.dumps(claims()).encode())}."
+    with pytest.raises(AuthError) as error:
+        hs256().verify(token)
+    assert error.value.problem is AuthProblem.BAD_SIGNATURE
+
+
+def b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def test_key_confusion_is_refused() -> None:
+    """An HS256 token 'signed' with the RSA public key as its HMAC secret must not pass."""
+    public_pem = pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    signing_input = f"{header}.{b64(json.dumps(claims()).encode())}"
+    signature = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
+    verifier = TokenVerifier.from_key(public_key_pem=public_pem)
+    with pytest.raises(AuthError) as error:
+        verifier.verify(f"{signing_input}.{b64(signature)}")
+    assert error.value.problem is AuthProblem.BAD_SIGNATURE
+
+
+@pytest.mark.parametrize(
+    ("token", "problem"),
+    [
+        ("not-a-jwt", AuthProblem.MALFORMED),
+        ("a.b.c", AuthProblem.MALFORMED),
+        (jwt.encode(claims(exp=int(time.time()) - 10), SECRET), AuthProblem.EXPIRED),
+        (jwt.encode(claims(), "x" * 64), AuthProblem.BAD_SIGNATURE),
+        (jwt.encode({"sub": "u1"}, SECRET), AuthProblem.BAD_CLAIMS),
+        (jwt.encode({"exp": int(time.time()) + 60}, SECRET), AuthProblem.BAD_CLAIMS),
+        (jwt.encode(claims(sub="has space"), SECRET), AuthProblem.BAD_CLAIMS),
+        (jwt.encode(claims(novels="n1"), SECRET), AuthProblem.BAD_CLAIMS),
+        (jwt.encode(claims(roles=[1]), SECRET), AuthProblem.BAD_CLAIMS),
+        (jwt.encode(claims(sid=7), SECRET), AuthProblem.BAD_CLAIMS),
+        (jwt.encode(claims(), SECRET, algorithm="HS512"), AuthProblem.BAD_SIGNATURE),
+    ],
+)
+def test_refusals(token: str, problem: AuthProblem) -> None:
+    with pytest.raises(AuthError) as error:
+        hs256().verify(token)
+    assert error.value.problem is problem
+
+
+def test_audience_and_issuer_are_checked_when_configured() -> None:
+    verifier = TokenVerifier.from_key(secret=SECRET, audience="sse", issuer="https://auth")
+    good = mint_token(SECRET, sub="u1", audience="sse", issuer="https://auth")
+    assert verifier.verify(good).principal.user_id == "u1"
+    for token in (
+        mint_token(SECRET, sub="u1", audience="other", issuer="https://auth"),
+        mint_token(SECRET, sub="u1", audience="sse", issuer="https://evil"),
+        mint_token(SECRET, sub="u1"),
+    ):
+        with pytest.raises(AuthError) as error:
+            verifier.verify(token)
+        assert error.value.problem is AuthProblem.BAD_CLAIMS
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "exactly one"),
+        ({"secret": SECRET, "public_key_pem": b"x"}, "exactly one"),
+        ({"secret": "short"}, "at least 32 bytes"),
+    ],
+)
+def test_unusable_keys_are_refused_at_start(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TokenVerifier.from_key(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_public_key_of_another_kind_is_refused() -> None:
+    ed_pem = (
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    with pytest.raises(ValueError, match="RSA key or an EC key"):
+        TokenVerifier.from_key(public_key_pem=ed_pem)
