@@ -14,12 +14,18 @@ from router.core.sse import SSEMessage
 
 def entry(partition: str, offset: int, at: float = 0.0, epoch: str = "e1") -> Entry:
     identity = EventIdentity("kafka", partition, (offset,), epoch)
-    message = SSEMessage(event="x.happened", data={"n": offset}, scope=Scope(broadcast=True))
-    return Entry(identity, message, appended_at=at)
+    cursor = Cursor.of(identity)
+    message = SSEMessage(
+        event="x.happened", data={"n": offset}, id=str(cursor), scope=Scope(broadcast=True)
+    )
+    return Entry(identity, cursor, message, appended_at=at)
 
 
 def offsets(entries: list[Entry]) -> list[tuple[str, int]]:
     return [(e.identity.partition, e.identity.offset[0]) for e in entries]
+
+
+EVERYTHING = parse_cursor("kafka@e1:0:1000,1:1000,2:1000")
 
 
 def filled(*items: tuple[str, int], max_events: int = 100) -> History:
@@ -31,14 +37,14 @@ def filled(*items: tuple[str, int], max_events: int = 100) -> History:
 
 def test_replays_exactly_what_lies_after_the_cursor_in_every_partition() -> None:
     history = filled(("0", 0), ("1", 0), ("0", 1), ("1", 1), ("0", 2))
-    replay = history.replay(parse_cursor("kafka@e1:0:0,1:1"))
+    replay = history.replay(parse_cursor("kafka@e1:0:0,1:1"), EVERYTHING)
     assert offsets(replay.entries) == [("0", 1), ("0", 2)]
     assert not replay.truncated
 
 
 def test_a_partition_the_cursor_does_not_name_is_replayed_whole() -> None:
     history = filled(("0", 0), ("1", 0), ("0", 1))
-    assert offsets(history.replay(parse_cursor("kafka@e1:0:1")).entries) == [("1", 0)]
+    assert offsets(history.replay(parse_cursor("kafka@e1:0:1"), EVERYTHING).entries) == [("1", 0)]
 
 
 def test_up_to_leaves_out_what_will_arrive_live() -> None:
@@ -47,26 +53,32 @@ def test_up_to_leaves_out_what_will_arrive_live() -> None:
     assert offsets(replay.entries) == [("0", 1)]
 
 
+@pytest.mark.parametrize("after", ["kafka@e1:0:0", "kafka@old:0:0"])
+def test_nothing_is_replayed_before_the_router_has_routed_anything(after: str) -> None:
+    history = filled(("0", 0), ("0", 1))
+    assert history.replay(parse_cursor(after), up_to=None).entries == []
+
+
 def test_eviction_of_unseen_events_is_truncation() -> None:
     history = filled(("0", 0), ("0", 1), ("0", 2), ("0", 3), max_events=2)
     assert len(history) == 2
-    behind = history.replay(parse_cursor("kafka@e1:0:0"))
+    behind = history.replay(parse_cursor("kafka@e1:0:0"), EVERYTHING)
     assert behind.truncated
     assert offsets(behind.entries) == [("0", 2), ("0", 3)]
-    just_in_time = history.replay(parse_cursor("kafka@e1:0:1"))
+    just_in_time = history.replay(parse_cursor("kafka@e1:0:1"), EVERYTHING)
     assert not just_in_time.truncated
     assert offsets(just_in_time.entries) == [("0", 2), ("0", 3)]
 
 
 def test_eviction_in_a_partition_the_cursor_never_saw_is_truncation() -> None:
     history = filled(("1", 0), ("0", 0), ("0", 1), max_events=2)
-    assert history.replay(parse_cursor("kafka@e1:0:0")).truncated
+    assert history.replay(parse_cursor("kafka@e1:0:0"), EVERYTHING).truncated
 
 
 @pytest.mark.parametrize("cursor", ["kafka@other:0:0", "kafka:0:0", "redis@e1:0:0"])
 def test_a_cursor_of_another_history_is_truncation_and_gets_everything(cursor: str) -> None:
     history = filled(("0", 0), ("0", 1))
-    replay = history.replay(parse_cursor(cursor))
+    replay = history.replay(parse_cursor(cursor), EVERYTHING)
     assert replay.truncated
     assert offsets(replay.entries) == [("0", 0), ("0", 1)]
 
@@ -79,16 +91,16 @@ def test_entries_older_than_max_age_are_evicted() -> None:
     assert offsets(list(history)) == [("0", 1), ("0", 2)]
     history.expire(now=200.0)
     assert len(history) == 0
-    assert history.replay(parse_cursor("kafka@e1:0:1")).truncated
-    assert not history.replay(parse_cursor("kafka@e1:0:2")).truncated
+    assert history.replay(parse_cursor("kafka@e1:0:1"), EVERYTHING).truncated
+    assert not history.replay(parse_cursor("kafka@e1:0:2"), EVERYTHING).truncated
 
 
 def test_a_new_epoch_starts_a_new_history() -> None:
     history = filled(("0", 0), ("0", 1))
     history.append(entry("0", 0, epoch="e2"))
     assert len(history) == 1
-    assert history.replay(parse_cursor("kafka@e1:0:1")).truncated
-    assert not history.replay(parse_cursor("kafka@e2:0:0")).truncated
+    assert history.replay(parse_cursor("kafka@e1:0:1"), EVERYTHING).truncated
+    assert not history.replay(parse_cursor("kafka@e2:0:0"), EVERYTHING).truncated
 
 
 @pytest.mark.parametrize(("max_events", "max_age"), [(0, None), (1, 0.0), (1, -5.0)])
@@ -120,7 +132,7 @@ def test_a_resume_never_misses_silently_and_never_repeats(
     for item in all_entries[1 : seen + 1]:
         cursor = cursor.advance(item.identity)
     unseen = offsets(all_entries[seen + 1 :])
-    replay = history.replay(cursor)
+    replay = history.replay(cursor, EVERYTHING)
     got = offsets(replay.entries)
     assert not set(got) & set(offsets(all_entries[: seen + 1]))
     assert replay.truncated or got == unseen

@@ -1,4 +1,4 @@
-"""The design's walls, checked on the source: the core is pure, actors never touch HTTP or brokers."""
+"""The design's walls, checked on the source: a pure core; actors touch no HTTP or broker."""
 
 from __future__ import annotations
 

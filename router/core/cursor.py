@@ -39,7 +39,8 @@ Offset = tuple[int, ...]
 _SOURCE = re.compile(r"[a-z][a-z0-9-]{0,15}")
 _EPOCH = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _PARTITION = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_NUMBER = re.compile(r"0|[1-9][0-9]{0,18}")
+# Any length here, so that a 20-digit offset is reported as too large rather than as malformed.
+_NUMBER = re.compile(r"0|[1-9][0-9]*")
 
 
 class CursorError(ValueError):
@@ -93,7 +94,8 @@ def check_offset(offset: Offset) -> Offset:
 
 
 def _partition_order(partition: str) -> tuple[int, int, str]:
-    return (0, int(partition), "") if partition.isdigit() else (1, 0, partition)
+    # The name breaks ties between numeric spellings of one number ("1", "01").
+    return (0, int(partition), partition) if partition.isdigit() else (1, 0, partition)
 
 
 def _head(source: str, epoch: str | None) -> str:
@@ -187,6 +189,25 @@ class Cursor:
         served = self.position(identity.partition)
         return served is not None and identity.offset <= served
 
+    def merge(self, other: Cursor) -> Cursor:
+        """The partition-by-partition maximum of two cursors of one history.
+
+        Returns ``other`` itself when it is already at or past this cursor everywhere (the common
+        case, cheap to test with ``is``). A cursor of another history replaces this one: offsets of
+        different epochs cannot be combined.
+        """
+        if (other.source, other.epoch) != (self.source, self.epoch):
+            return other
+        theirs = dict(other.positions)
+        ahead = {
+            partition: offset
+            for partition, offset in self.positions
+            if (their := theirs.get(partition)) is None or their < offset
+        }
+        if not ahead:
+            return other
+        return Cursor(self.source, self.epoch, tuple({**theirs, **ahead}.items()))
+
     def advance(self, identity: EventIdentity) -> Cursor:
         """This cursor moved on to include ``identity`` (a no-op if it already did)."""
         if identity.source != self.source or identity.epoch != self.epoch:
@@ -209,7 +230,7 @@ def parse_cursor(text: str) -> Cursor:
         raise CursorError(f"a cursor is text, got {type(text).__name__}")
     if len(text.encode("utf-8", "surrogatepass")) > MAX_CURSOR_LENGTH:
         raise CursorError(f"a cursor is at most {MAX_CURSOR_LENGTH} bytes")
-    if not text.isascii() or not text.isprintable():
+    if not text.isascii() or not text.isprintable() or " " in text:
         raise CursorError("a cursor is printable ASCII: no control characters, spaces or Unicode")
     head, colon, body = text.partition(":")
     if not colon:

@@ -22,7 +22,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 from router.core.scope import Scope, ScopeError
 from router.core.sse import JSONObject
@@ -32,8 +32,12 @@ MAX_EVENT_ID_LENGTH = 256
 ENVELOPE_FIELDS = ("event_type", "event_id", "occurred_at", "scope", "payload")
 
 _EVENT_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+")
-# RFC 3339 section 5.6: full-date "T" full-time, with a mandatory offset (Z or +hh:mm).
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+# RFC 3339 section 5.6: full-date "T" full-time, with a mandatory offset (Z or +hh:mm). The offset's
+# ranges are checked here: datetime.fromisoformat would read "+05:99" as 6 hours 39 minutes.
+_RFC3339 = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})[Tt ](?P<clock>\d{2}:\d{2}:\d{2})(\.(?P<fraction>\d{1,9}))?"
+    r"(?P<offset>[Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
+)
 
 
 class EnvelopeProblem(enum.StrEnum):
@@ -77,28 +81,39 @@ class Envelope:
 
 
 def parse_timestamp(value: object) -> str:
-    """Check an RFC 3339 timestamp with an explicit offset, returning it unchanged."""
-    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+    """An RFC 3339 timestamp with an explicit offset, normalised to UTC with milliseconds.
+
+    ``2026-11-28 12:15:00.123456+02:00`` becomes ``2026-11-28T10:15:00.123Z``: the one form every
+    browser's ``Date.parse`` reads the same way (the ECMAScript date time string format).
+    Raises :class:`ValueError` for anything else, including dates that do not exist.
+    """
+    match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
         raise ValueError(f"must be an RFC 3339 timestamp with an offset, got {value!r}"[:200])
-    # The regex checks the shape; datetime checks the calendar (no 2026-02-30, no hour 25).
-    normalised = value.upper().replace(" ", "T").replace("Z", "+00:00")
-    date_time, _, fraction_and_offset = normalised.partition(".")
-    if fraction_and_offset:  # fromisoformat takes at most 6 fractional digits on 3.11
-        digits = re.match(r"\d+", fraction_and_offset)
-        assert digits is not None
-        normalised = f"{date_time}.{digits.group()[:6]:0<6}{fraction_and_offset[digits.end() :]}"
+    date, clock, fraction, offset = match.group("date", "clock", "fraction", "offset")
     try:
-        datetime.fromisoformat(normalised)
-    except ValueError:
+        offset_minutes = 0
+        if offset.upper() != "Z":
+            sign = -1 if offset[0] == "-" else 1
+            offset_minutes = sign * (int(offset[1:3]) * 60 + int(offset[4:6]))
+        moment = datetime.fromisoformat(f"{date}T{clock}").replace(
+            microsecond=int((fraction or "0")[:6].ljust(6, "0")),
+            tzinfo=timezone(timedelta(minutes=offset_minutes)),
+        )
+        utc = moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise ValueError(f"is not a real date and time: {value!r}") from None
-    return value
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:"
+        f"{utc.second:02d}.{utc.microsecond // 1000:03d}Z"
+    )
 
 
 def parse_envelope(raw: bytes | str | Mapping[str, object]) -> Envelope:
     if isinstance(raw, bytes | str):
         try:
             raw = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an int over 4300 digits
             raise EnvelopeError(EnvelopeProblem.NOT_JSON, str(exc)) from None
         except RecursionError:
             raise EnvelopeError(EnvelopeProblem.NOT_JSON, "nested too deeply") from None

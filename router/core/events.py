@@ -54,6 +54,13 @@ class DomainEvent(SSEMessage):
             event=self.EVENT, data=data, id=id, retry=retry, scope=scope, version=self.VERSION
         )
 
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        schema = cls.__dict__.get("SCHEMA")
+        clashes = set(schema.names if schema else ()) & set(METADATA_FIELDS)
+        if clashes:
+            raise TypeError(f"{cls.__name__}: payload fields {sorted(clashes)} are reserved")
+
     @property
     def priority(self) -> Priority:
         return self.PRIORITY
@@ -112,7 +119,8 @@ class ContentUpdateEvent(DomainEvent):
         (
             Text("novel_id", identifier=True),
             Text("chapter_id", identifier=True, required=False),
-            Number("content_version", minimum=0, integer=True),
+            # 2^53 - 1: the largest integer a browser's JSON.parse keeps exactly.
+            Number("content_version", minimum=0, maximum=2**53 - 1, integer=True),
             Text("summary", required=False),
         )
     )

@@ -9,7 +9,7 @@ that offset would miss events, so the replay says it is truncated instead of pre
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from router.core.cursor import Cursor, EventIdentity, Offset
@@ -18,9 +18,10 @@ from router.core.sse import SSEMessage
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One retained event; ``message.id`` is the router's cursor just after it."""
+    """One retained event; ``cursor`` is the router's cursor just after it, and ``message.id``."""
 
     identity: EventIdentity
+    cursor: Cursor
     message: SSEMessage
     appended_at: float
 
@@ -87,22 +88,22 @@ class History:
         if evicted is None or oldest.offset > evicted:
             self._evicted_up_to[oldest.partition] = oldest.offset
 
-    def replay(self, after: Cursor, up_to: Cursor | None = None) -> Replay:
+    def replay(self, after: Cursor, up_to: Cursor | None) -> Replay:
         """The retained events a client at ``after`` has not been served, up to ``up_to``.
 
-        ``up_to`` is the router's cursor when the client registered for live events: what lies
-        beyond it reaches the client live, so it is left out here.
+        ``up_to`` is the router's cursor when the client registered for live events (``None``:
+        the router had routed nothing yet). What lies beyond it reaches the client live, so it is
+        left out here.
         """
         if self.source is None or self.epoch is None or not after.is_from(self.source, self.epoch):
-            entries = [e for e in self._entries if up_to is None or up_to.covers(e.identity)]
-            return Replay(entries, truncated=True)
+            return Replay(self._until(up_to, lambda entry: True), truncated=True)
         truncated = any(
             (served := after.position(partition)) is None or served < evicted
             for partition, evicted in self._evicted_up_to.items()
         )
-        entries = [
-            e
-            for e in self._entries
-            if not after.covers(e.identity) and (up_to is None or up_to.covers(e.identity))
-        ]
-        return Replay(entries, truncated)
+        return Replay(self._until(up_to, lambda entry: not after.covers(entry.identity)), truncated)
+
+    def _until(self, up_to: Cursor | None, wanted: Callable[[Entry], bool]) -> list[Entry]:
+        if up_to is None:
+            return []
+        return [e for e in self._entries if up_to.covers(e.identity) and wanted(e)]

@@ -21,7 +21,6 @@ from router.core.events import (
     TaskProgressEvent,
     TaskStatusChangeEvent,
 )
-from router.core.schema import PayloadError
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +85,7 @@ def to_sse(envelope: Envelope, identity: EventIdentity, *, id: str | None = None
             scope=scope,
             metadata={"event_id": str(identity), "occurred_at": envelope.occurred_at},
         )
-    except PayloadError as exc:
+    except ValueError as exc:  # a PayloadError, or a value the SSE encoder cannot carry
         raise MappingError(Problem.INVALID_PAYLOAD, str(exc)) from None
     for name in rule.scope_from_payload:
         if getattr(scope, name) != message.data.get(name):
@@ -100,7 +99,10 @@ def to_sse(envelope: Envelope, identity: EventIdentity, *, id: str | None = None
 
 @dataclass(frozen=True, slots=True)
 class Converted:
+    """An event ready to route; ``cursor`` is the router's cursor just after it (its ``id:``)."""
+
     identity: EventIdentity
+    cursor: Cursor
     envelope: Envelope
     message: DomainEvent
 
@@ -151,7 +153,7 @@ def convert_batch(
         except MappingError as exc:
             batch.rejected.append(Rejected(identity, exc.problem, exc.detail))
         else:
-            batch.events.append(Converted(identity, envelope, message))
+            batch.events.append(Converted(identity, batch.cursor, envelope, message))
     return batch
 
 

@@ -8,6 +8,7 @@ mapping document, so the three cannot drift apart.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +17,18 @@ from router.core.sse import JSONValue
 
 MAX_ID_LENGTH = 256
 MAX_TEXT_LENGTH = 10_000
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _shown(value: object) -> str:
+    """A short repr, safe for any value (repr of an int over 4300 digits raises ValueError)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class PayloadError(ValueError):
@@ -43,7 +56,7 @@ class Field:
         raise NotImplementedError
 
     def _fail(self, expected: str, value: object) -> PayloadError:
-        return PayloadError(f"payload field {self.name!r} must be {expected}, got {value!r}"[:300])
+        return PayloadError(f"payload field {self.name!r} must be {expected}, got {_shown(value)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +110,9 @@ class Number(Field):
                 raise self._fail("an integer", value)
             value = int(value)
         if self.minimum is not None and value < self.minimum:
-            raise self._fail(f"at least {self.minimum:g}", value)
+            raise self._fail(f"at least {_number_text(self.minimum)}", value)
         if self.maximum is not None and value > self.maximum:
-            raise self._fail(f"at most {self.maximum:g}", value)
+            raise self._fail(f"at most {_number_text(self.maximum)}", value)
         return value
 
     @property
@@ -109,10 +122,13 @@ class Number(Field):
     @property
     def summary(self) -> str:
         kind = "integer" if self.integer else "number"
-        if self.minimum is not None and self.maximum is not None:
-            return f"{kind}, {self.minimum:g} to {self.maximum:g}"
-        if self.minimum is not None:
-            return f"{kind}, at least {self.minimum:g}"
+        low, high = self.minimum, self.maximum
+        if low is not None and high is not None:
+            return f"{kind}, {_number_text(low)} to {_number_text(high)}"
+        if low is not None:
+            return f"{kind}, at least {_number_text(low)}"
+        if high is not None:
+            return f"{kind}, at most {_number_text(high)}"
         return kind
 
 
@@ -145,7 +161,7 @@ class Choice(Field):
 
     @property
     def typescript(self) -> str:
-        return " | ".join(f'"{choice}"' for choice in self.choices)
+        return " | ".join(json.dumps(choice) for choice in self.choices)
 
     @property
     def summary(self) -> str:

@@ -66,9 +66,9 @@ class Scope:
         """Build a scope from its JSON object form, rejecting unknown keys."""
         if not isinstance(raw, Mapping):
             raise ScopeError(f"scope must be a JSON object, got {type(raw).__name__}")
-        unknown = sorted(set(raw) - {*SCOPE_FIELDS, "broadcast"})
+        unknown = sorted(map(str, set(raw) - {*SCOPE_FIELDS, "broadcast"}))
         if unknown:
-            raise ScopeError(f"scope has unknown fields: {', '.join(map(str, unknown))}")
+            raise ScopeError(f"scope has unknown fields: {', '.join(unknown)}")
         fields: dict[str, Any] = {name: raw.get(name) for name in SCOPE_FIELDS}
         return cls(**fields, broadcast=raw.get("broadcast", False))
 

@@ -7,12 +7,13 @@ cannot be encoded faithfully fails where it is made, never half-way through a st
 
 from __future__ import annotations
 
+import copy
 import enum
 import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Self, TypeAlias
 
 if TYPE_CHECKING:
     from router.core.scope import Scope
@@ -41,6 +42,11 @@ class Priority(enum.IntEnum):
 
 
 def _check_field(name: str, value: str) -> None:
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"SSE {name!r} is not valid Unicode text: {value!r}") from None
     bad = _FORBIDDEN_IN_FIELD.search(value)
     if bad is not None:
         raise ValueError(
@@ -59,12 +65,31 @@ def encode_json(data: JSONObject) -> str:
         text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise ValueError(f"SSE data is not encodable as JSON: {exc}") from exc
+    _check_keys(data)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         # A lone surrogate has no UTF-8 form; JSON's \uXXXX escape carries it exactly.
         text = json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
     return text
+
+
+def _check_keys(data: JSONObject) -> None:
+    """json.dumps turns int, float, bool and None keys into strings, so ``{1: x}`` would come back
+    as ``{"1": x}`` (and ``{1: x, "1": y}`` as an object with a duplicate key): reject them.
+    Called after json.dumps succeeded, so the data holds no cycles."""
+    stack: list[object] = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise ValueError(
+                        f"SSE data is not encodable as JSON: key {key!r} is not a string"
+                    )
+                stack.append(item)
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
 
 
 def encode_event(
@@ -86,6 +111,12 @@ def encode_event(
         lines.append(f"retry: {retry}")
     lines.extend(f"data: {line}" for line in _LINE_BREAK.split(data))
     return ("\n".join(lines) + "\n\n").encode("utf-8")
+
+
+def encode_retry(milliseconds: int) -> bytes:
+    """A block that only sets the client's reconnection delay; it dispatches no event."""
+    _check_retry(milliseconds)
+    return f"retry: {milliseconds}\n\n".encode()
 
 
 def encode_comment(text: str = "") -> bytes:
@@ -136,6 +167,14 @@ class SSEMessage:
     def coalesce_key(self) -> str | None:
         """Events with the same non-None key supersede each other under backpressure."""
         return None
+
+    def with_id(self, id: str) -> Self:
+        """This event with another ``id:``, encoded anew (the original is unchanged)."""
+        clone = copy.copy(self)
+        object.__setattr__(clone, "id", id)
+        wire = encode_event(event=self.event, data=encode_json(self.data), id=id, retry=self.retry)
+        object.__setattr__(clone, "_wire", wire)
+        return clone
 
     def to_sse_format(self) -> bytes:
         """The exact bytes of this event on an ``text/event-stream``, blank line included."""

@@ -1,0 +1,375 @@
+"""Event identities and resume cursors: the grammar, its one spelling, and what a cursor covers."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from router.core.cursor import (
+    MAX_CURSOR_LENGTH,
+    MAX_OFFSET,
+    Cursor,
+    CursorError,
+    EventIdentity,
+    Offset,
+    parse_cursor,
+    parse_identity,
+)
+
+QUICK = settings(deadline=None, database=None)
+
+
+# --- Round trips and the one spelling ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "kafka@Tq3x:2:105",
+        "kafka:2:105",
+        "memory@e:0:0",
+        "kafka@run-2_b:0:1,1:5,2:9,10:3",
+        "redis@e:events:1700000000000-0",
+        "redis@e:events:1700000000000-3,orders:1700000000001-0",
+        f"kafka@e:0:{MAX_OFFSET}",
+        f"redis@e:s:{MAX_OFFSET}-{MAX_OFFSET}",
+        "a:A.b_c-9:0",
+        "x-1@" + "E" * 32 + ":" + "p" * 64 + ":1",
+    ],
+)
+def test_a_canonical_cursor_reads_back_unchanged(text: str) -> None:
+    cursor = parse_cursor(text)
+    assert str(cursor) == text
+    assert parse_cursor(str(cursor)) == cursor
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("kafka@e:10:1,2:1,1:1", "kafka@e:1:1,2:1,10:1"),
+        ("kafka@e:b:1,10:1,a:1,9:1", "kafka@e:9:1,10:1,a:1,b:1"),
+        ("kafka@e:B:1,a:1,A:1,_:1,-:1", "kafka@e:-:1,A:1,B:1,_:1,a:1"),
+        ("kafka@e:01:1,1:2,001:3", "kafka@e:001:3,01:1,1:2"),
+    ],
+)
+def test_partitions_are_printed_numeric_first_numerically_then_by_name(
+    text: str, canonical: str
+) -> None:
+    cursor = parse_cursor(text)
+    assert str(cursor) == canonical
+    assert cursor == parse_cursor(canonical)
+
+
+def test_the_order_of_positions_given_does_not_matter() -> None:
+    one = Cursor("kafka", "e", (("1", (5,)), ("01", (6,)), ("a", (7,))))
+    two = Cursor("kafka", "e", (("a", (7,)), ("01", (6,)), ("1", (5,))))
+    assert one == two
+    assert str(one) == str(two) == "kafka@e:01:6,1:5,a:7"
+    assert Cursor.from_positions("kafka", "e", reversed(one.positions)) == one
+
+
+def test_the_seed_form_with_and_without_an_epoch() -> None:
+    seed = parse_identity("kafka:2:105")
+    assert seed == EventIdentity("kafka", "2", (105,))
+    assert seed.epoch is None
+    assert str(seed) == "kafka:2:105"
+    live = parse_identity("kafka@Tq3x:2:105")
+    assert live == EventIdentity("kafka", "2", (105,), "Tq3x")
+    assert str(live) == "kafka@Tq3x:2:105"
+    assert parse_cursor("kafka:2:105").epoch is None
+    assert parse_cursor("kafka@Tq3x:2:105").epoch == "Tq3x"
+
+
+def test_redis_style_offsets_have_two_parts_and_order_as_pairs() -> None:
+    entry = parse_identity("redis@e:events:1700000000000-0")
+    assert entry.offset == (1700000000000, 0)
+    assert str(entry) == "redis@e:events:1700000000000-0"
+    cursor = parse_cursor("redis@e:events:1700000000000-1")
+    assert cursor.covers(entry)
+    assert cursor.covers(parse_identity("redis@e:events:1699999999999-9"))
+    assert not cursor.covers(parse_identity("redis@e:events:1700000000000-2"))
+    assert not cursor.covers(parse_identity("redis@e:events:1700000000001-0"))
+
+
+def test_parse_identity_requires_exactly_one_position() -> None:
+    with pytest.raises(CursorError, match="an event identity names exactly one partition"):
+        parse_identity("kafka@e:0:1,1:2")
+    assert parse_identity("kafka@e:7:1").partition == "7"
+
+
+def test_cursor_of_an_identity_and_its_positions() -> None:
+    ident = EventIdentity("kafka", "3", (9,), "e")
+    cursor = Cursor.of(ident)
+    assert str(cursor) == str(ident) == "kafka@e:3:9"
+    assert cursor.position("3") == (9,)
+    assert cursor.position("4") is None
+    assert parse_identity(str(ident)) == ident
+
+
+def test_twelve_kafka_partitions_fit_comfortably_in_a_header() -> None:
+    cursor = Cursor.from_positions(
+        "kafka", "E" * 12, [(str(p), (1_000_000_000 + p,)) for p in range(12)]
+    )
+    assert len(str(cursor).encode()) < 200
+    assert parse_cursor(str(cursor)) == cursor
+
+
+# --- Rejections --------------------------------------------------------------------------------
+
+REJECTED: list[tuple[str, str]] = [
+    ("", "a cursor looks like source[@epoch]:partition:offset, got ''"),
+    ("kafka", "a cursor looks like source[@epoch]:partition:offset, got 'kafka'"),
+    ("kafka@e", "a cursor looks like source[@epoch]:partition:offset"),
+    ("kafka:", "each position looks like partition:offset, got ''"),
+    ("kafka:0", "each position looks like partition:offset, got '0'"),
+    ("kafka:0:", "offset must be a non-negative integer without leading zeros, or two joined by"),
+    ("kafka::1", "partition must be 1 to 64 of A-Z a-z 0-9 . _ -, got ''"),
+    (":0:1", "source must be a lower-case name of at most 16 characters, got ''"),
+    ("kafka:0:1,", "each position looks like partition:offset, got ''"),
+    (",kafka:0:1", "source must be a lower-case name"),
+    ("kafka:,0:1", "each position looks like partition:offset, got ''"),
+    ("kafka:0:1,,1:2", "each position looks like partition:offset, got ''"),
+    ("kafka:0:1;1:2", "offset must be a non-negative integer"),
+    ("kafka\t:0:1", "a cursor is printable ASCII: no control characters, spaces or Unicode"),
+    ("kafka:0:1\n", "a cursor is printable ASCII"),
+    ("kafka:0:1\r", "a cursor is printable ASCII"),
+    ("kafka:0:\x001", "a cursor is printable ASCII"),
+    ("kafka:0:1\x7f", "a cursor is printable ASCII"),
+    ("kafka:0:1 ", "a cursor is printable ASCII: no control characters, spaces or Unicode"),
+    (" kafka:0:1", "a cursor is printable ASCII"),
+    ("kafka:0:1, 1:2", "a cursor is printable ASCII"),
+    ("kafka:0:1\u00a0", "a cursor is printable ASCII"),
+    ("kafka:é:1", "a cursor is printable ASCII"),
+    ("kafka:0:\uff11", "a cursor is printable ASCII"),
+    ("kafka:0:-1", "offset must be a non-negative integer without leading zeros"),
+    ("kafka:0:01", "offset must be a non-negative integer without leading zeros"),
+    ("kafka:0:00", "offset must be a non-negative integer without leading zeros"),
+    ("kafka:0:1-01", "offset must be a non-negative integer without leading zeros"),
+    ("kafka:0:+1", "offset must be a non-negative integer"),
+    ("kafka:0:abc", "offset must be a non-negative integer"),
+    ("kafka:0:1e3", "offset must be a non-negative integer"),
+    ("kafka:0:0x10", "offset must be a non-negative integer"),
+    ("kafka:0:1.5", "offset must be a non-negative integer"),
+    ("kafka:0:1-", "offset must be a non-negative integer"),
+    ("kafka:0:-", "offset must be a non-negative integer"),
+    ("kafka:0:1:2", "offset must be a non-negative integer"),
+    ("kafka:0:1-2-3", "offset must be a non-negative integer without leading zeros, or two joined"),
+    (f"kafka:0:{MAX_OFFSET + 1}", "offset '9223372036854775808' is larger than 2^63 - 1"),
+    (f"kafka:0:1-{MAX_OFFSET + 1}", "offset '1-9223372036854775808' is larger than 2^63 - 1"),
+    (f"kafka:0:{10**19}", "is larger than 2^63 - 1"),
+    ("kafka:0:" + "9" * 20, "offset '99999999999999999999' is larger than 2^63 - 1"),
+    ("kafka:0:1,0:2", "a cursor names each partition once"),
+    ("kafka:a:1,1:2,a:1", "a cursor names each partition once"),
+    ("Kafka:0:1", "source must be a lower-case name of at most 16 characters, got 'Kafka'"),
+    ("1kafka:0:1", "source must be a lower-case name"),
+    ("-kafka:0:1", "source must be a lower-case name"),
+    ("ka_fka:0:1", "source must be a lower-case name"),
+    ("k" * 17 + ":0:1", "source must be a lower-case name of at most 16 characters"),
+    ("kafka@:0:1", "epoch must be 1 to 32 of A-Z a-z 0-9 _ -, got ''"),
+    ("kafka@" + "e" * 33 + ":0:1", "epoch must be 1 to 32 of A-Z a-z 0-9 _ -"),
+    ("kafka@e.1:0:1", "epoch must be 1 to 32 of A-Z a-z 0-9 _ -, got 'e.1'"),
+    ("kafka@a@b:0:1", "epoch must be 1 to 32 of A-Z a-z 0-9 _ -, got 'a@b'"),
+    ("@e:0:1", "source must be a lower-case name"),
+    ("kafka:p/1:1", "partition must be 1 to 64 of A-Z a-z 0-9 . _ -, got 'p/1'"),
+    ("kafka:p@1:1", "partition must be 1 to 64 of A-Z a-z 0-9 . _ -"),
+    ("kafka:" + "p" * 65 + ":1", "partition must be 1 to 64 of A-Z a-z 0-9 . _ -"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), REJECTED, ids=lambda v: repr(v)[:40])
+def test_malformed_cursors_are_rejected_with_a_clear_message(text: str, message: str) -> None:
+    with pytest.raises(CursorError) as caught:
+        parse_cursor(text)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "kafka:0:" + "1" * (MAX_CURSOR_LENGTH - 7),  # one byte too long
+        "kafka:" + ",".join(f"{p}:1" for p in range(200)),
+        "é" * (MAX_CURSOR_LENGTH // 2 + 1),  # under the limit in characters, over it in bytes
+        "\ud800" * (MAX_CURSOR_LENGTH // 3 + 1),
+    ],
+    ids=["long-offset", "many-partitions", "multibyte", "surrogates"],
+)
+def test_cursors_over_the_length_limit_are_rejected_first(text: str) -> None:
+    with pytest.raises(CursorError, match=f"^a cursor is at most {MAX_CURSOR_LENGTH} bytes$"):
+        parse_cursor(text)
+
+
+def test_a_cursor_exactly_at_the_length_limit_is_accepted() -> None:
+    text = "kafka:" + "".join(f"p{i:04}:{MAX_OFFSET}," for i in range(19))
+    text += "z" * (MAX_CURSOR_LENGTH - len(text) - 2) + ":1"
+    assert len(text) == MAX_CURSOR_LENGTH
+    assert str(parse_cursor(text)) == text
+    with pytest.raises(CursorError, match="at most"):
+        parse_cursor(text + "0")
+
+
+def test_building_a_cursor_over_the_limit_is_rejected() -> None:
+    positions = [(f"p{i:063}", (MAX_OFFSET,)) for i in range(10)]
+    with pytest.raises(CursorError, match=f"a cursor is at most {MAX_CURSOR_LENGTH} bytes; this"):
+        Cursor("kafka", "e", tuple(positions))
+
+
+def test_a_cursor_is_text() -> None:
+    with pytest.raises(CursorError, match="a cursor is text, got bytes"):
+        parse_cursor(b"kafka:0:1")  # type: ignore[arg-type]
+
+
+def test_a_cursor_names_at_least_one_partition() -> None:
+    with pytest.raises(CursorError, match="a cursor names at least one partition"):
+        Cursor("kafka", "e", ())
+
+
+@pytest.mark.parametrize(
+    "offset",
+    [(), (1, 2, 3), (-1,), (MAX_OFFSET + 1,), (True,), (1.0,), ("1",), (1, -1)],
+    ids=repr,
+)
+def test_identities_check_their_offset(offset: Offset) -> None:
+    with pytest.raises(CursorError, match=r"offset must be one or two integers in 0\.\.2\^63-1"):
+        EventIdentity("kafka", "0", offset, "e")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"source": "Kafka"}, "source must be a lower-case name"),
+        ({"epoch": ""}, "epoch must be 1 to 32"),
+        ({"epoch": "e e"}, "epoch must be 1 to 32"),
+        ({"partition": ""}, "partition must be 1 to 64"),
+        ({"partition": "0 "}, "partition must be 1 to 64"),
+    ],
+    ids=repr,
+)
+def test_identities_check_their_parts(kwargs: dict[str, str], message: str) -> None:
+    fields = {"source": "kafka", "partition": "0", "offset": (1,), "epoch": "e", **kwargs}
+    with pytest.raises(CursorError, match=message):
+        EventIdentity(**fields)  # type: ignore[arg-type]
+
+
+# --- is_from, covers, advance ------------------------------------------------------------------
+
+
+def test_is_from_needs_the_same_source_and_a_known_equal_epoch() -> None:
+    assert parse_cursor("kafka@e1:0:1").is_from("kafka", "e1")
+    assert not parse_cursor("kafka@e1:0:1").is_from("kafka", "e2")
+    assert not parse_cursor("kafka@e1:0:1").is_from("redis", "e1")
+    assert not parse_cursor("kafka:0:1").is_from("kafka", "e1")
+
+
+def test_covers() -> None:
+    cursor = parse_cursor("kafka@e:0:10,1:5")
+    assert cursor.covers(parse_identity("kafka@e:0:10"))
+    assert cursor.covers(parse_identity("kafka@e:0:0"))
+    assert not cursor.covers(parse_identity("kafka@e:0:11"))
+    assert not cursor.covers(parse_identity("kafka@e:2:0"))  # nothing served from partition 2
+    assert not cursor.covers(parse_identity("kafka@f:0:1"))  # another epoch
+    assert not cursor.covers(parse_identity("kafka:0:1"))  # no epoch
+    assert not cursor.covers(parse_identity("redis@e:0:1"))  # another source
+    assert parse_cursor("kafka:0:10").covers(parse_identity("kafka:0:3"))
+
+
+def test_advance_moves_one_partition_forward() -> None:
+    cursor = parse_cursor("kafka@e:0:10,1:5")
+    assert str(cursor.advance(parse_identity("kafka@e:1:6"))) == "kafka@e:0:10,1:6"
+    assert str(cursor.advance(parse_identity("kafka@e:2:0"))) == "kafka@e:0:10,1:5,2:0"
+    assert str(cursor) == "kafka@e:0:10,1:5"  # cursors are values
+
+
+@pytest.mark.parametrize("older", ["kafka@e:0:9", "kafka@e:0:10", "kafka@e:0:0"])
+def test_advance_to_an_offset_already_served_is_a_no_op(older: str) -> None:
+    cursor = parse_cursor("kafka@e:0:10,1:5")
+    assert cursor.advance(parse_identity(older)) is cursor
+
+
+@pytest.mark.parametrize(
+    ("identity", "message"),
+    [
+        ("kafka@f:0:11", "cannot advance a cursor of kafka@e with an event of kafka@f"),
+        ("kafka:0:11", "cannot advance a cursor of kafka@e with an event of kafka"),
+        ("redis@e:0:11", "cannot advance a cursor of kafka@e with an event of redis@e"),
+    ],
+)
+def test_advance_refuses_another_source_or_epoch(identity: str, message: str) -> None:
+    with pytest.raises(CursorError, match=f"^{message}$"):
+        parse_cursor("kafka@e:0:10").advance(parse_identity(identity))
+
+
+# --- Properties --------------------------------------------------------------------------------
+
+sources = st.from_regex(r"[a-z][a-z0-9-]{0,15}", fullmatch=True)
+epochs = st.none() | st.from_regex(r"[A-Za-z0-9_-]{1,32}", fullmatch=True)
+partitions = st.one_of(
+    st.integers(0, 300).map(str),
+    st.sampled_from(["0", "00", "01", "1", "10", "a", "A", "_", "-", "."]),
+    st.from_regex(r"[A-Za-z0-9._-]{1,12}", fullmatch=True),
+)
+numbers = st.integers(0, MAX_OFFSET) | st.integers(0, 20)
+offsets: st.SearchStrategy[Offset] = st.tuples(numbers) | st.tuples(numbers, numbers)
+positions = st.lists(
+    st.tuples(partitions, offsets), min_size=1, max_size=6, unique_by=lambda p: p[0]
+)
+cursors = st.builds(Cursor, source=sources, epoch=epochs, positions=positions.map(tuple))
+
+
+@QUICK
+@given(cursors)
+def test_every_cursor_reads_back_as_itself(cursor: Cursor) -> None:
+    text = str(cursor)
+    assert len(text) <= MAX_CURSOR_LENGTH
+    assert parse_cursor(text) == cursor
+    assert str(parse_cursor(text)) == text
+
+
+@QUICK
+@given(sources, epochs, positions, st.data())
+def test_every_order_of_positions_has_one_spelling(
+    source: str, epoch: str | None, given: list[tuple[str, Offset]], data: st.DataObject
+) -> None:
+    shuffled = data.draw(st.permutations(given))
+    one = Cursor(source, epoch, tuple(given))
+    two = Cursor(source, epoch, tuple(shuffled))
+    assert one == two
+    assert str(one) == str(two)
+
+
+@QUICK
+@given(st.builds(EventIdentity, source=sources, partition=partitions, offset=offsets, epoch=epochs))
+def test_every_identity_reads_back_as_itself(identity: EventIdentity) -> None:
+    assert parse_identity(str(identity)) == identity
+    assert Cursor.of(identity).covers(identity)
+
+
+@QUICK
+@given(cursors, st.data())
+def test_advance_covers_what_it_was_given_and_all_it_covered(
+    cursor: Cursor, data: st.DataObject
+) -> None:
+    # Existing partitions, or at most three short new ones: the cursor stays under its length limit.
+    names = st.sampled_from([p for p, _ in cursor.positions] + ["0", "1", "2"])
+    for partition, offset in data.draw(st.lists(st.tuples(names, offsets), max_size=8)):
+        ident = EventIdentity(cursor.source, partition, offset, cursor.epoch)
+        before = cursor
+        cursor = cursor.advance(ident)
+        assert cursor.covers(ident)
+        assert cursor.position(partition) == max(offset, before.position(partition) or offset)
+        for p, o in before.positions:
+            assert cursor.covers(EventIdentity(before.source, p, o, before.epoch))
+
+
+cursorish = st.text(alphabet="kafredis@Ee0129-:,. _\t\x00é", max_size=40)
+
+
+@QUICK
+@given(st.text() | cursorish)
+def test_parsing_any_text_gives_a_cursor_or_a_cursor_error(text: str) -> None:
+    try:
+        cursor = parse_cursor(text)
+    except CursorError:
+        return
+    assert isinstance(cursor, Cursor)
+    assert parse_cursor(str(cursor)) == cursor
