@@ -1,16 +1,18 @@
-"""The ``sse-router`` command."""
+"""The ``sse-router`` command: ``serve`` runs the router, ``token`` mints a development token."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 import trio
 
 from router import __version__
-from router.config import Settings, add_serve_arguments
-from router.server import serve
+from router.auth import MIN_SECRET_BYTES, mint_token
+from router.config import Settings, add_serve_arguments, count, env_name
+from router.server import ConfigurationError, serve, token_verifier
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,20 +24,63 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(
         commands.add_parser("serve", help="run the router", description="Run the router.")
     )
+    token = commands.add_parser(
+        "token",
+        help="mint a development token",
+        description="Print an HS256 token signed with the configured secret, for trying things.",
+    )
+    token.add_argument("--sub", required=True, help="the user id")
+    token.add_argument("--novels", default="", help="comma-separated novel ids the user may see")
+    token.add_argument("--roles", default="", help="comma-separated roles, e.g. publisher")
+    token.add_argument("--sid", default=None, help="a session id")
+    token.add_argument("--ttl", type=count(1), default=3600, help="seconds until it expires")
+    token.add_argument(
+        "--jwt-secret",
+        default=os.environ.get(env_name("jwt_secret")),
+        help=f"the secret [env {env_name('jwt_secret')}]",
+    )
+    token.add_argument("--jwt-audience", default=os.environ.get(env_name("jwt_audience")))
+    token.add_argument("--jwt-issuer", default=os.environ.get(env_name("jwt_issuer")))
     return parser
+
+
+def _split(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 async def _serve_and_announce(settings: Settings) -> None:
     async with trio.open_nursery() as nursery:
-        addresses = await nursery.start(serve, settings)
-        for address in addresses:
+        running = await nursery.start(serve, settings)
+        for address in running.addresses:
             print(f"sse-router listening on {address}", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        trio.run(_serve_and_announce, Settings.from_args(args))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "token":
+        if args.jwt_secret is None or len(args.jwt_secret.encode()) < MIN_SECRET_BYTES:
+            parser.error(f"token needs --jwt-secret of at least {MIN_SECRET_BYTES} bytes")
+        print(
+            mint_token(
+                args.jwt_secret,
+                sub=args.sub,
+                novels=_split(args.novels),
+                roles=_split(args.roles),
+                sid=args.sid,
+                ttl_seconds=args.ttl,
+                audience=args.jwt_audience,
+                issuer=args.jwt_issuer,
+            )
+        )
+        return 0
+    settings = Settings.from_args(args)
+    try:
+        token_verifier(settings)  # refuse to start before anything runs
+    except ConfigurationError as error:
+        print(f"sse-router: {error}", file=sys.stderr)
+        return 2
+    trio.run(_serve_and_announce, settings)
     return 0
 
 

@@ -1,8 +1,8 @@
 """Router settings: command-line flags, each with an ``SSE_ROUTER_*`` environment twin.
 
 A flag given on the command line wins over its environment variable, which wins over the default.
-Every value is validated at start, so a bad setting stops the process with a clear message instead
-of failing later inside an actor.
+Every value is validated at start (argparse converts a string default exactly like a flag), so a
+bad setting stops the process with a clear message instead of failing later inside an actor.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 ENV_PREFIX = "SSE_ROUTER_"
 
@@ -21,24 +22,59 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     shutdown_grace_seconds: float = 5.0
+    keep_alive_seconds: float = 5.0
+    jwt_secret: str | None = None
+    jwt_public_key_file: Path | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    max_streams_per_user: int = 10
+    connects_per_minute: int = 20
+    heartbeat_seconds: float = 15.0
+    retry_ms: int = 2000
+    session_buffer: int = 256
+    records_buffer: int = 16
+    memory_partitions: int = 1
+    memory_bus_capacity: int = 10_000
+    cache_max_events: int = 10_000
+    cache_max_age_seconds: float = 3600.0
+    publish_max_bytes: int = 1_048_576
+    publish_max_batch: int = 1000
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
-        return cls(
-            host=args.host, port=args.port, shutdown_grace_seconds=args.shutdown_grace_seconds
-        )
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+    def redacted(self) -> dict[str, object]:
+        """The settings as they may be logged: secrets replaced."""
+        shown: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.jwt_secret is not None:
+            shown["jwt_secret"] = "<redacted>"
+        return shown
 
 
 def env_name(dest: str) -> str:
     return ENV_PREFIX + dest.upper()
 
 
+def _number(kind: Callable[[str], float], minimum: float, what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not (math.isfinite(value) and value >= minimum):
+            raise argparse.ArgumentTypeError(
+                f"must be {what} of at least {minimum:g}, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
 def port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
+    value = int(_number(int, 0, "a port number")(text))
+    if value > 65535:
         raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {value}")
     return value
 
@@ -47,37 +83,75 @@ def positive_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
     return value
+
+
+def count(minimum: int) -> Callable[[str], int]:
+    check = _number(int, minimum, "a whole number")
+    return lambda text: int(check(text))
+
+
+def origins(text: str) -> tuple[str, ...]:
+    listed = tuple(origin.strip().rstrip("/") for origin in text.split(",") if origin.strip())
+    for origin in listed:
+        if not origin.startswith(("http://", "https://")) or "/" in origin.split("://", 1)[1]:
+            raise argparse.ArgumentTypeError(
+                f"an origin is scheme://host[:port] with nothing after it, got {origin!r}"
+            )
+    return listed
+
+
+def readable_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return path
 
 
 def add_serve_arguments(
     parser: argparse.ArgumentParser, environ: Mapping[str, str] = os.environ
 ) -> None:
-    """Declare every ``serve`` flag, defaulting to its environment variable when that is set.
-
-    argparse converts and validates a string default like a command-line value, so a bad
-    environment value is rejected at start exactly like a bad flag.
-    """
+    """Declare every ``serve`` flag, defaulting to its environment variable when that is set."""
     defaults = Settings()
 
-    def flag(name: str, *, help: str, default: object, **kwargs: object) -> None:
+    def flag(name: str, help: str, *, secret: bool = False, **kwargs: object) -> None:
         dest = name.removeprefix("--").replace("-", "_")
         env = env_name(dest)
+        shown = "not shown" if secret else "%(default)s"
         parser.add_argument(
             name,
-            default=environ.get(env, default),
-            help=f"{help} [env {env}; default %(default)s]",
+            default=environ.get(env, getattr(defaults, dest)),
+            help=f"{help} [env {env}; default {shown}]",
             **kwargs,  # type: ignore[arg-type]
         )
 
-    flag("--host", default=defaults.host, help="address to listen on")
-    flag("--port", type=port, default=defaults.port, help="port to listen on, 0 for any")
+    flag("--host", "address to listen on")
+    flag("--port", "port to listen on, 0 for any free one", type=port)
     flag(
         "--shutdown-grace-seconds",
+        "after SIGTERM, how long open streams and requests get to finish",
         type=positive_seconds,
-        default=defaults.shutdown_grace_seconds,
-        help="how long open streams get to finish after SIGTERM before they are cut",
     )
+    flag("--keep-alive-seconds", "close idle keep-alive connections after", type=positive_seconds)
+    flag("--jwt-secret", "HS256 secret (at least 32 bytes) to verify tokens with", secret=True)
+    flag("--jwt-public-key-file", "PEM public key (RSA: RS256, P-256: ES256)", type=readable_file)
+    flag("--jwt-audience", "required 'aud' claim, if set")
+    flag("--jwt-issuer", "required 'iss' claim, if set")
+    flag(
+        "--cors-origins", "comma-separated origins allowed to connect from a browser", type=origins
+    )
+    flag("--max-streams-per-user", "open streams one user may hold", type=count(1))
+    flag("--connects-per-minute", "new streams per user and per address", type=count(1))
+    flag("--heartbeat-seconds", "comment sent after this much silence", type=positive_seconds)
+    flag("--retry-ms", "reconnection delay suggested to clients", type=count(0))
+    flag("--session-buffer", "events queued per stream before backpressure", type=count(1))
+    flag("--records-buffer", "record batches between consumer and adapter", type=count(1))
+    flag("--memory-partitions", "partitions of the in-memory bus", type=count(1))
+    flag("--memory-bus-capacity", "unread records per in-memory partition", type=count(1))
+    flag("--cache-max-events", "events kept for resume", type=count(1))
+    flag("--cache-max-age-seconds", "oldest event kept for resume", type=positive_seconds)
+    flag("--publish-max-bytes", "largest body POST /api/v1/events accepts", type=count(1))
+    flag("--publish-max-batch", "most envelopes in one POST /api/v1/events", type=count(1))

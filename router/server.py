@@ -1,52 +1,129 @@
 """``serve()``: the one function that builds the router's nursery tree and runs it.
 
-The root nursery holds the HTTP server and a signal watcher. SIGINT or SIGTERM asks the HTTP server
-to shut down gracefully; if it has not finished within the grace period the root is cancelled.
-Either way ``serve()`` returns normally, so the process exits 0.
+::
+
+    root nursery
+    ├── signal watcher          SIGINT / SIGTERM -> shutdown requested
+    ├── hub                      (see actors/hub.py: consumer, adapter, sessions nursery)
+    └── HTTP server              hypercorn's trio worker serving the Quart-Trio app
+
+Shutdown, when a signal arrives: every session sends ``server-shutdown`` (with a ``retry:`` hint)
+and ends its response; the HTTP server stops accepting and lets in-flight requests finish; after
+``shutdown_grace_seconds`` at most, the root is cancelled and with it everything still running.
+``serve()`` then returns normally, so the process exits 0.
 """
 
 from __future__ import annotations
 
 import signal
+from dataclasses import dataclass
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
+from quart_trio import QuartTrio
 
+from actors.hub import Hub, HubSettings
+from actors.session import CloseReason
+from router.auth import TokenVerifier
+from router.bus.memory import MemoryBus
+from router.cache.memory import MemoryReplayCache
 from router.config import Settings
 from router.http.app import create_app
+from router.http.asgi import RequestLifecycle
+
+
+class ConfigurationError(Exception):
+    """A setting that cannot work; the message is for the operator."""
 
 
 def hypercorn_config(settings: Settings) -> Config:
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
     config.graceful_timeout = settings.shutdown_grace_seconds
-    config.accesslog = None
+    config.keep_alive_timeout = settings.keep_alive_seconds
+    config.accesslog = None  # the query string may hold a token: never log it raw
+    config.errorlog = None
     return config
+
+
+def token_verifier(settings: Settings) -> TokenVerifier:
+    try:
+        return TokenVerifier.from_key(
+            secret=settings.jwt_secret,
+            public_key_pem=(
+                settings.jwt_public_key_file.read_bytes()
+                if settings.jwt_public_key_file is not None
+                else None
+            ),
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+        )
+    except ValueError as error:
+        raise ConfigurationError(
+            f"{error} (--jwt-secret / SSE_ROUTER_JWT_SECRET or "
+            "--jwt-public-key-file / SSE_ROUTER_JWT_PUBLIC_KEY_FILE)"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """What :func:`serve` reports once it accepts connections."""
+
+    addresses: list[str]
+    hub: Hub
+    app: QuartTrio
 
 
 async def serve(
     settings: Settings,
     *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    shutdown_requested: trio.Event | None = None,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the router until SIGINT/SIGTERM. ``task_status`` reports the bound addresses."""
-    shutdown_requested = trio.Event()
+    """Run the router until SIGINT/SIGTERM (or until ``shutdown_requested`` is set).
+
+    ``task_status`` reports the bound addresses and the running parts. Raises
+    :class:`ConfigurationError` before anything starts if the settings cannot work.
+    """
+    verifier = token_verifier(settings)
+    bus = MemoryBus(partitions=settings.memory_partitions, capacity=settings.memory_bus_capacity)
+    cache = MemoryReplayCache(
+        max_events=settings.cache_max_events,
+        max_age=settings.cache_max_age_seconds,
+        source=bus.source,
+        epoch=await bus.epoch(),
+    )
+    hub = Hub(bus, cache, HubSettings(records_capacity=settings.records_buffer))
+    app = create_app(hub, settings, verifier)
+    if shutdown_requested is None:
+        shutdown_requested = trio.Event()
+    stop_http = trio.Event()
+    http_stopped = trio.Event()
+
+    async def run_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
+        try:
+            await hypercorn_serve(
+                RequestLifecycle(app),
+                hypercorn_config(settings),
+                shutdown_trigger=stop_http.wait,
+                task_status=task_status,
+            )
+        finally:
+            http_stopped.set()
 
     async with trio.open_nursery() as root:
         root.start_soon(_watch_signals, shutdown_requested)
-        addresses = await root.start(
-            lambda task_status: hypercorn_serve(
-                create_app(),
-                hypercorn_config(settings),
-                shutdown_trigger=shutdown_requested.wait,
-                task_status=task_status,
-            )
-        )
-        task_status.started(addresses)
+        await root.start(hub.run)
+        addresses: list[str] = await root.start(run_http)
+        task_status.started(Running(addresses, hub, app))
         await shutdown_requested.wait()
-        # hypercorn drains for up to graceful_timeout; past a little more, stop waiting for it.
-        root.cancel_scope.deadline = trio.current_time() + settings.shutdown_grace_seconds + 1
+
+        hub.close_sessions(CloseReason.SERVER_SHUTDOWN)
+        stop_http.set()
+        with trio.move_on_after(settings.shutdown_grace_seconds + 1):
+            await http_stopped.wait()
+        root.cancel_scope.cancel()
 
 
 async def _watch_signals(shutdown_requested: trio.Event) -> None:

@@ -1,4 +1,4 @@
-"""The server skeleton: it starts, answers health, and stops cleanly on a signal."""
+"""The process: settings, start-up refusals, the CLI, HTTP pitfalls, and a clean SIGTERM."""
 
 from __future__ import annotations
 
@@ -6,61 +6,45 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-import httpx
+import jwt
 import pytest
 import trio
 
-from router.cli import build_parser
+from router.cli import build_parser, main
 from router.config import Settings
-from router.server import serve
+from router.server import ConfigurationError, serve
+from tests.e2e_helpers import PUBLISHER, SECRET, auth, content, running_router
+from tests.sse_http_client import open_stream
+from tests.sse_spec_parser import parse_stream
+
+# -- settings -------------------------------------------------------------------------------------
 
 
-async def test_serve_answers_health_and_describes_itself() -> None:
-    async with trio.open_nursery() as nursery:
-        (address,) = await nursery.start(serve, Settings(port=0))
-        async with httpx.AsyncClient(base_url=address) as client:
-            health = await client.get("/healthz")
-            index = await client.get("/")
-        nursery.cancel_scope.cancel()
-    assert health.status_code == 200
-    assert health.json() == {"status": "ok"}
-    assert "task.progress-updated" in index.json()["events"]
-
-
-def test_sigterm_stops_the_process_with_status_zero() -> None:
-    with subprocess.Popen(
-        [sys.executable, "-m", "router.cli", "serve", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    ) as process:
-        try:
-            assert process.stdout is not None
-            assert process.stdout.readline().startswith("sse-router listening on http://127.0.0.1:")
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=30) == 0
-        finally:
-            process.kill()
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def parse_serve(argv: list[str], environ: dict[str, str]) -> Settings:
-    old = dict(os.environ)
-    os.environ.update(environ)
-    try:
+    with environment(environ):
         return Settings.from_args(build_parser().parse_args(["serve", *argv]))
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
 
 
 def test_environment_sets_defaults_and_flags_override_them() -> None:
     assert parse_serve([], {}).port == 8000
     assert parse_serve([], {"SSE_ROUTER_PORT": "9001"}).port == 9001
     assert parse_serve(["--port", "9002"], {"SSE_ROUTER_PORT": "9001"}).port == 9002
-    assert (
-        parse_serve([], {"SSE_ROUTER_SHUTDOWN_GRACE_SECONDS": "0.5"}).shutdown_grace_seconds == 0.5
-    )
+    origins = parse_serve([], {"SSE_ROUTER_CORS_ORIGINS": "https://a.example, http://b:8080"})
+    assert origins.cors_origins == ("https://a.example", "http://b:8080")
 
 
 @pytest.mark.parametrize(
@@ -69,7 +53,10 @@ def test_environment_sets_defaults_and_flags_override_them() -> None:
         (["--port", "70000"], {}, "a port is 0 to 65535"),
         ([], {"SSE_ROUTER_PORT": "http"}, "not a port number"),
         (["--shutdown-grace-seconds", "-1"], {}, "positive number of seconds"),
-        (["--shutdown-grace-seconds", "nan"], {}, "positive number of seconds"),
+        (["--heartbeat-seconds", "nan"], {}, "positive number of seconds"),
+        (["--session-buffer", "0"], {}, "at least 1"),
+        (["--cors-origins", "https://a.example/path"], {}, "scheme://host[:port]"),
+        (["--jwt-public-key-file", "/no/such/key.pem"], {}, "no such file"),
     ],
 )
 def test_bad_settings_stop_at_start_with_a_clear_message(
@@ -81,9 +68,189 @@ def test_bad_settings_stop_at_start_with_a_clear_message(
     assert message in capsys.readouterr().err
 
 
-def test_help_names_every_environment_variable(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
+def test_help_documents_every_setting_and_hides_the_secret(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with environment({"SSE_ROUTER_JWT_SECRET": "do-not-print-me"}), pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--help"])
     out = capsys.readouterr().out
-    for name in ("SSE_ROUTER_HOST", "SSE_ROUTER_PORT", "SSE_ROUTER_SHUTDOWN_GRACE_SECONDS"):
-        assert name in out
+    for name in Settings.__dataclass_fields__:
+        assert f"SSE_ROUTER_{name.upper()}" in out
+    assert "do-not-print-me" not in out
+
+
+async def test_the_router_refuses_to_start_without_a_key() -> None:
+    with pytest.raises(ConfigurationError, match="exactly one of a JWT secret"):
+        await serve(Settings(port=0))
+
+
+def test_the_command_explains_a_missing_key(capsys: pytest.CaptureFixture[str]) -> None:
+    with environment({}):
+        os.environ.pop("SSE_ROUTER_JWT_SECRET", None)
+        assert main(["serve", "--port", "0"]) == 2
+    assert "SSE_ROUTER_JWT_SECRET" in capsys.readouterr().err
+
+
+def test_the_token_command_mints_what_the_router_accepts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["token", "--sub", "u1", "--novels", "n1,n2", "--roles", "publisher", "--ttl", "60"]
+    assert main([*argv, "--jwt-secret", SECRET]) == 0
+    claims = jwt.decode(capsys.readouterr().out.strip(), SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "u1"
+    assert claims["novels"] == ["n1", "n2"]
+    assert claims["roles"] == ["publisher"]
+    assert claims["exp"] - claims["iat"] == 60
+
+
+# -- HTTP ----------------------------------------------------------------------------------------
+
+
+async def test_health_readiness_and_unknown_paths_answer_json() -> None:
+    async with running_router() as router:
+        assert (await router.client.get("/healthz")).json()["status"] == "ok"
+        ready = await router.client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json() == {"ready": True, "checks": {"bus": True, "cache": True}}
+        index = await router.client.get("/")
+        assert "task.progress-updated" in index.json()["events"]
+        missing = await router.client.get("/nope")
+        assert missing.status_code == 404
+        assert missing.json()["error"]["code"] == "not-found"
+
+
+async def test_publish_returns_the_ids_of_a_batch() -> None:
+    async with running_router(memory_partitions=2) as router:
+        response = await router.client.post(
+            "/api/v1/events", json=[content("n1"), content("n2")], headers=PUBLISHER
+        )
+        assert response.status_code == 202
+        ids = response.json()["event_ids"]
+        assert len(ids) == 2
+        assert all(i.startswith("memory@") for i in ids)
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "code"),
+    [
+        (b"{}", auth("u1"), 403, "forbidden"),
+        (b"{}", {**PUBLISHER, "Content-Type": "text/plain"}, 415, "unsupported-media-type"),
+        (b"{nope", {**PUBLISHER, "Content-Type": "application/json"}, 400, "bad-json"),
+        (b"[]", {**PUBLISHER, "Content-Type": "application/json"}, 400, "empty-batch"),
+        (b"x" * 5000, {**PUBLISHER, "Content-Type": "application/json"}, 413, None),
+    ],
+)
+async def test_bad_publish_requests_get_the_right_status(
+    body: bytes, headers: dict[str, str], status: int, code: str | None
+) -> None:
+    async with running_router(publish_max_bytes=4096) as router:
+        response = await router.client.post("/api/v1/events", content=body, headers=headers)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["status"] == status
+    if code is not None:
+        assert error["code"] == code
+
+
+async def test_a_bad_envelope_in_a_batch_is_named_and_nothing_is_published() -> None:
+    async with running_router() as router, router.stream() as stream:
+        bad = content("n1")
+        bad["payload"]["content_version"] = -1
+        response = await router.client.post(
+            "/api/v1/events", json=[content("n1"), bad], headers=PUBLISHER
+        )
+        assert response.status_code == 400
+        assert response.json()["error"]["parameter"] == "[1]"
+        assert response.json()["error"]["code"] == "invalid-payload"
+        await router.publish(content("n1", 42))
+        await stream.events_count(1)
+        assert [d["content_version"] for d in stream.data()] == [42]
+
+
+async def test_too_large_a_batch_is_413() -> None:
+    async with running_router(publish_max_batch=2) as router:
+        response = await router.client.post(
+            "/api/v1/events", json=[content("n1")] * 3, headers=PUBLISHER
+        )
+    assert response.status_code == 413
+
+
+async def test_a_stream_outlives_quarts_response_timeout() -> None:
+    async with running_router(heartbeat_seconds=0.02) as router:
+        router.running.app.config["RESPONSE_TIMEOUT"] = 0.1
+        async with router.stream() as stream:
+            await stream.read_until(lambda s: s.comments.count("") >= 15 or s.ended)
+            assert not stream.ended
+
+
+async def read_to_eof(stream: trio.SocketStream) -> bytes:
+    received = b""
+    with trio.fail_after(20):  # a hang guard: the server must close
+        while chunk := await stream.receive_some(65536):
+            received += chunk
+    return received
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /healthz HTTP/1.0\r\n\r\n",
+    ],
+)
+async def test_the_server_closes_a_connection_the_client_asked_to_close(
+    request_line: bytes,
+) -> None:
+    async with running_router() as router:
+        host, port = router.url.removeprefix("http://").rsplit(":", 1)
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            await stream.send_all(request_line)
+            response = await read_to_eof(stream)
+    assert response.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200"))
+    assert response.endswith(b'"status":"ok","version":"0.1.0"}\n')
+
+
+async def test_an_idle_keep_alive_connection_is_closed() -> None:
+    async with running_router(keep_alive_seconds=0.1) as router:
+        host, port = router.url.removeprefix("http://").rsplit(":", 1)
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            response = await read_to_eof(stream)
+    assert response.startswith(b"HTTP/1.1 200")
+
+
+async def test_shutdown_says_goodbye_to_every_stream_then_stops() -> None:
+    async with running_router() as router:
+        async with router.stream() as first, router.stream() as second:
+            router.shutdown.set()
+            await first.to_the_end()
+            await second.to_the_end()
+        for stream in (first, second):
+            (goodbye,) = stream.events
+            assert stream.data()[0]["code"] == "server-shutdown"
+            assert goodbye.retry == 1000
+
+
+async def test_sigterm_drains_the_streams_and_exits_zero() -> None:
+    command = [sys.executable, "-m", "router.cli", "serve", "--port", "0"]
+    environ = {**os.environ, "SSE_ROUTER_JWT_SECRET": SECRET}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=environ) as process:
+        try:
+            assert process.stdout is not None
+            line = await trio.to_thread.run_sync(process.stdout.readline)
+            url = line.strip().removeprefix("sse-router listening on ")
+            async with open_stream(url, "/api/v1/events/stream", auth(novels=["n1"])) as response:
+                assert response.status_code == 200
+                received = b""
+                async for chunk in response.chunks():
+                    if not received:  # the stream is open: now stop the server, once
+                        process.send_signal(signal.SIGTERM)
+                    received += chunk
+            code = await trio.to_thread.run_sync(lambda: process.wait(timeout=30))
+        finally:
+            process.kill()
+    assert code == 0
+    events = parse_stream(received).events
+    assert [e.event for e in events] == ["sse.error"]
+    assert events[0].retry == 1000
+    assert b'"code":"server-shutdown"' in received

@@ -1,24 +1,85 @@
-"""The Quart-Trio application.
+"""The Quart-Trio application: the HTTP face of the :class:`~actors.hub.Hub`.
 
-For now it serves health and a page that says what the router is; the event stream and the publish
-endpoint are added by the end-to-end issue (see the README).
+- ``GET /api/v1/events/stream``: a client's event stream (one session actor each)
+- ``POST /api/v1/events``: publish one envelope or a JSON array of them (role ``publisher``)
+- ``GET /healthz``: the process is alive; ``GET /readyz``: the bus and the replay cache answer
 """
 
 from __future__ import annotations
 
-from quart import Response, jsonify
+import json
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+from quart import Response, jsonify, request
 from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
 
+from actors.hub import Hub
+from actors.session import Session, SessionSettings
 from router import __version__
-from router.core.mapping import MAPPING_RULES
+from router.auth import AuthError, TokenVerifier, Verified
+from router.config import Settings
+from router.core.cursor import EventIdentity
+from router.core.envelope import Envelope, EnvelopeError, parse_envelope
+from router.core.mapping import MappingError, to_sse
+from router.core.ratelimit import RateLimiter
+from router.core.stream_request import (
+    FILTERABLE_EVENTS,
+    RequestError,
+    check_filter_granted,
+    parse_stream_request,
+)
+from router.http.asgi import remember_session
+from router.http.cors import apply_cors
+from router.http.errors import HTTPError
+
+STREAM_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+PUBLISHER_ROLE = "publisher"
+_VALIDATION_IDENTITY = EventIdentity("check", "0", (0,), "check")
 
 
-def create_app() -> QuartTrio:
+def create_app(hub: Hub, settings: Settings, verifier: TokenVerifier) -> QuartTrio:
     app = QuartTrio("sse-router")
+    app.config["MAX_CONTENT_LENGTH"] = settings.publish_max_bytes
+    session_settings = SessionSettings(
+        inbox_capacity=settings.session_buffer,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        retry_ms=settings.retry_ms,
+    )
+    per_user = RateLimiter(settings.connects_per_minute, 60.0)
+    per_address = RateLimiter(settings.connects_per_minute, 60.0)
 
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        return jsonify({"status": "ok"})
+    def authenticate() -> Verified:
+        token = _token_from_request()
+        try:
+            return verifier.verify(token)
+        except AuthError as error:
+            raise HTTPError(
+                401, error.problem.value, error.message, headers={"WWW-Authenticate": "Bearer"}
+            ) from None
+
+    @app.errorhandler(HTTPError)
+    async def answer_http_error(error: HTTPError) -> Response:
+        return error.to_response()
+
+    @app.errorhandler(HTTPException)
+    async def answer_werkzeug_error(error: HTTPException) -> Response:
+        code = (error.name or "error").lower().replace(" ", "-")
+        status = error.code or 500
+        return HTTPError(status, code, error.description or code).to_response()
+
+    @app.after_request
+    async def add_cors(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        preflight = request.method == "OPTIONS"
+        return apply_cors(response, origin, settings.cors_origins, preflight=preflight)
 
     @app.get("/")
     async def index() -> Response:
@@ -26,10 +87,137 @@ def create_app() -> QuartTrio:
             {
                 "service": "sse-router",
                 "version": __version__,
-                "events": [rule.message_class.EVENT for rule in MAPPING_RULES],
-                "endpoints": {"health": "/healthz"},
-                "note": "skeleton: the event stream arrives with the end-to-end issue",
+                "endpoints": {
+                    "stream": "GET /api/v1/events/stream",
+                    "publish": "POST /api/v1/events",
+                    "health": "GET /healthz",
+                    "ready": "GET /readyz",
+                },
+                "events": sorted(FILTERABLE_EVENTS),
             }
         )
 
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return jsonify({"status": "ok", "version": __version__})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        checks = {"bus": await hub.bus.healthy(), "cache": await hub.cache.healthy()}
+        response = jsonify({"ready": all(checks.values()), "checks": checks})
+        response.status_code = 200 if all(checks.values()) else 503
+        return response
+
+    @app.get("/api/v1/events/stream")
+    async def stream() -> Response:
+        verified = authenticate()
+        principal = verified.principal
+        try:
+            asked = parse_stream_request(
+                request.args.items(multi=True), request.headers.get("Last-Event-ID")
+            )
+        except RequestError as error:
+            raise HTTPError(400, "bad-request", error.message, parameter=error.parameter) from None
+        try:
+            check_filter_granted(asked.stream_filter, principal)
+        except RequestError as error:
+            raise HTTPError(403, "forbidden", error.message, parameter=error.parameter) from None
+        if hub.registry.count_for_user(principal.user_id) >= settings.max_streams_per_user:
+            raise HTTPError(
+                429,
+                "too-many-streams",
+                f"at most {settings.max_streams_per_user} open streams per user",
+            )
+        now = trio.current_time()
+        wait = max(
+            per_user.acquire(principal.user_id, now),
+            per_address.acquire(request.remote_addr or "unknown", now),
+        )
+        if wait > 0:
+            raise HTTPError(
+                429,
+                "rate-limited",
+                "too many new streams; try again later",
+                headers={"Retry-After": str(max(1, round(wait + 0.5)))},
+            )
+
+        session = Session(
+            principal,
+            asked.stream_filter,
+            expires_at=verified.expires_at,
+            settings=session_settings,
+            connection_id=secrets.token_hex(8),
+        )
+        remember_session(request.scope, session)  # stopped when the request ends, however it ends
+        output, resume = await hub.open(session, asked.resume_from)
+
+        async def body() -> AsyncIterator[bytes]:
+            async with output:
+                async for chunk in output:
+                    yield chunk
+
+        truncated = resume is not None and resume.truncated
+        headers = {**STREAM_HEADERS, "SSE-Replay": "truncated" if truncated else "complete"}
+        response = Response(body(), status=200, headers=headers)
+        response.timeout = None  # a stream lasts as long as the client wants it
+        return response
+
+    @app.post("/api/v1/events")
+    async def publish() -> tuple[Response, int]:
+        verified = authenticate()
+        if PUBLISHER_ROLE not in verified.principal.roles:
+            raise HTTPError(403, "forbidden", f"publishing needs the {PUBLISHER_ROLE!r} role")
+        if request.mimetype != "application/json":
+            raise HTTPError(415, "unsupported-media-type", "send application/json")
+        raw = await request.get_data(as_text=False)
+        try:
+            body: Any = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+            raise HTTPError(400, "bad-json", f"the body is not JSON: {error}") from None
+        items = body if isinstance(body, list) else [body]
+        if not items:
+            raise HTTPError(400, "empty-batch", "the array holds no envelope")
+        if len(items) > settings.publish_max_batch:
+            raise HTTPError(
+                413, "batch-too-large", f"at most {settings.publish_max_batch} envelopes at once"
+            )
+        envelopes = [_checked_envelope(item, index) for index, item in enumerate(items)]
+        identities = await hub.publish(envelopes)
+        return jsonify({"event_ids": [str(identity) for identity in identities]}), 202
+
     return app
+
+
+def _token_from_request() -> str:
+    """The bearer token from the header, the ``access_token`` cookie, or ``?token=``, in that
+    order (a browser ``EventSource`` cannot set headers)."""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise HTTPError(
+                401,
+                "malformed",
+                "the Authorization header must be 'Bearer <token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return token.strip()
+    cookie_or_query = request.cookies.get("access_token") or request.args.get("token")
+    if not cookie_or_query:
+        raise HTTPError(
+            401,
+            "missing",
+            "no token: send 'Authorization: Bearer', the access_token cookie, or ?token=",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return cookie_or_query
+
+
+def _checked_envelope(item: object, index: int) -> Envelope:
+    """An envelope the router will be able to route, or a 400 naming which one is wrong."""
+    try:
+        envelope = parse_envelope(item)  # type: ignore[arg-type]
+        to_sse(envelope, _VALIDATION_IDENTITY)
+    except (EnvelopeError, MappingError) as error:
+        raise HTTPError(400, error.problem.value, error.detail, parameter=f"[{index}]") from None
+    return envelope

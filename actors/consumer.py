@@ -1,0 +1,29 @@
+"""The consumer actor: reads the bus and hands records to the adapter, in bus order."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import trio
+
+from router.bus.base import EventBus, Record
+from router.core.cursor import Offset
+
+log = logging.getLogger(__name__)
+
+
+async def run_consumer(
+    bus: EventBus,
+    start: Mapping[str, Offset],
+    records_out: trio.MemorySendChannel[Sequence[Record]],
+) -> None:
+    """Forward batches of records from ``bus`` (after ``start``) into ``records_out``.
+
+    When ``records_out`` is full this waits, so a slow adapter slows reading from the bus and
+    nothing is dropped. Runs until cancelled; closes ``records_out`` on the way out, which ends
+    the adapter.
+    """
+    async with records_out:
+        async for records in bus.read(start):
+            await records_out.send(records)

@@ -1,0 +1,124 @@
+"""The hub: the router's running actors, and what the HTTP layer may ask of them.
+
+:meth:`Hub.run` is the actor part of the nursery tree::
+
+    hub nursery
+    ├── consumer   bus -> records channel (capacity: records_capacity batches)
+    ├── adapter    records channel -> replay cache, and each session's inbox (send_nowait)
+    └── sessions nursery
+        └── session, one per client: inbox (capacity: inbox_capacity) -> output -> response
+
+Cancelling the hub's scope stops all of it. :meth:`Hub.close_sessions` is the graceful step before
+that: every session says goodbye (``server-shutdown``) and ends its response.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import trio
+
+from actors.adapter import Adapter
+from actors.consumer import run_consumer
+from actors.registry import SessionRegistry
+from actors.session import CloseReason, Session
+from router.bus.base import EventBus, Record
+from router.cache.base import ReplayCache
+from router.core.cursor import Cursor, EventIdentity
+from router.core.envelope import Envelope
+from router.core.history import Replay
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class HubSettings:
+    records_capacity: int = 16
+    """Batches of records between the consumer and the adapter (each at most a few hundred)."""
+    output_capacity: int = 1
+    """Chunks between a session and its HTTP response: a hand-off, not a buffer."""
+
+
+class Hub:
+    def __init__(
+        self,
+        bus: EventBus,
+        cache: ReplayCache,
+        settings: HubSettings = HubSettings(),
+    ) -> None:
+        self.bus = bus
+        self.cache = cache
+        self.settings = settings
+        self.registry = SessionRegistry()
+        self.adapter = Adapter(cache, self.registry)
+        self.epoch = ""
+        self._sessions_nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the consumer, the adapter and the sessions until cancelled.
+
+        Reports started once sessions can be attached. On cancellation every task here stops at its
+        next checkpoint; sessions still open are cut without a goodbye, so call
+        :meth:`close_sessions` first for a graceful stop.
+        """
+        self.epoch = await self.bus.epoch()
+        records_send, records_receive = trio.open_memory_channel[Sequence[Record]](
+            self.settings.records_capacity
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_consumer, self.bus, {}, records_send)
+            nursery.start_soon(self.adapter.run, records_receive)
+            self._sessions_nursery = await nursery.start(_open_sessions_nursery)
+            task_status.started()
+
+    async def open(
+        self, session: Session, resume_from: Cursor | None
+    ) -> tuple[trio.MemoryReceiveChannel[bytes], Replay | None]:
+        """Attach ``session``: register it for live events, fetch its replay, start its actor.
+
+        Returns the channel of the stream's bytes, and the replay (``None`` without a cursor) so
+        the caller can say whether it was truncated. Registration and reading the adapter's cursor
+        happen with no checkpoint between them: every event after that cursor is offered to the
+        session live, every event up to it comes from the replay cache, so the hand-over has no
+        gap; the session skips what its own cursor covers, so it has no duplicate either.
+        """
+        assert self._sessions_nursery is not None, "the hub is not running"
+        if resume_from is not None and resume_from.is_from(self.bus.source, self.epoch):
+            session.cursor = resume_from
+        self.registry.add(session)
+        up_to = self.adapter.cursor
+        try:
+            resume = None if resume_from is None else await self.cache.replay(resume_from, up_to)
+        except BaseException:
+            self.registry.remove(session)
+            raise
+        output_send, output_receive = trio.open_memory_channel[bytes](self.settings.output_capacity)
+        self._sessions_nursery.start_soon(self._run_session, session, output_send, resume)
+        return output_receive, resume
+
+    async def _run_session(
+        self, session: Session, output: trio.MemorySendChannel[bytes], resume: Replay | None
+    ) -> None:
+        try:
+            await session.run(output, resume)
+        except Exception:
+            # One broken stream must not take the router down with it.
+            session.stop(CloseReason.ERROR)
+            log.exception("session %s failed", session.connection_id)
+        finally:
+            self.registry.remove(session)
+
+    def close_sessions(self, reason: CloseReason = CloseReason.SERVER_SHUTDOWN) -> None:
+        for session in self.registry:
+            session.stop(reason)
+
+    async def publish(self, envelopes: Sequence[Envelope]) -> list[EventIdentity]:
+        return await self.bus.publish(envelopes)
+
+
+async def _open_sessions_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+    async with trio.open_nursery() as sessions:
+        task_status.started(sessions)
+        await trio.sleep_forever()

@@ -1,0 +1,67 @@
+"""Which sessions an event may be for, found by index rather than by scanning every session.
+
+An event names a user, a novel, a session, or is a broadcast. Each session is indexed by its user,
+by each novel it may receive (its filter's novels, else all its token grants), and by its token's
+session id; an event's candidates come from the index of the first field it names. Candidates are
+then checked in full (:func:`router.core.permissions.admits`), so the index only has to be a
+superset of the truth, never exact.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Iterator
+
+from actors.session import Session
+from router.core.scope import Scope
+
+
+class SessionRegistry:
+    def __init__(self) -> None:
+        self._all: set[Session] = set()
+        self._by_user: defaultdict[str, set[Session]] = defaultdict(set)
+        self._by_novel: defaultdict[str, set[Session]] = defaultdict(set)
+        self._by_session: defaultdict[str, set[Session]] = defaultdict(set)
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter(list(self._all))
+
+    def count_for_user(self, user_id: str) -> int:
+        return len(self._by_user.get(user_id, ()))
+
+    def _keys(self, session: Session) -> list[tuple[defaultdict[str, set[Session]], str]]:
+        principal, stream_filter = session.principal, session.stream_filter
+        novels = stream_filter.novel_ids or principal.novels
+        keys = [(self._by_user, principal.user_id)]
+        keys += [(self._by_novel, novel) for novel in novels]
+        if principal.session_id is not None:
+            keys.append((self._by_session, principal.session_id))
+        return keys
+
+    def add(self, session: Session) -> None:
+        self._all.add(session)
+        for index, key in self._keys(session):
+            index[key].add(session)
+
+    def remove(self, session: Session) -> None:
+        self._all.discard(session)
+        for index, key in self._keys(session):
+            members = index.get(key)
+            if members is not None:
+                members.discard(session)
+                if not members:
+                    del index[key]
+
+    def candidates(self, scope: Scope) -> Collection[Session]:
+        if scope.broadcast:
+            return self._all
+        if scope.user_id is not None:
+            return self._by_user.get(scope.user_id, ())
+        if scope.novel_id is not None:
+            return self._by_novel.get(scope.novel_id, ())
+        if scope.session_id is not None:
+            return self._by_session.get(scope.session_id, ())
+        return ()

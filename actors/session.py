@@ -1,0 +1,257 @@
+"""The session actor: one per connected client, from its resume to its last byte.
+
+A session owns a bounded inbox the adapter fills (never blocking on it), the client's principal and
+filter, and its cursor. It writes the stream's bytes into an output channel that the HTTP layer
+drains into the response; when the client reads slowly, the output channel fills, the session stops
+reading its inbox, the inbox fills, and the adapter applies :meth:`Session.offer`'s policy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from router.core.cursor import Cursor, EventIdentity
+from router.core.events import ErrorCode, SSEErrorEvent
+from router.core.history import Replay
+from router.core.permissions import Principal, StreamFilter, admits
+from router.core.sse import Priority, SSEMessage, encode_comment, encode_retry
+
+MAX_WRITE_BATCH = 64
+
+
+class CloseReason(enum.StrEnum):
+    """Why a stream ended: a bounded set, fit for a metric label."""
+
+    CLIENT = "client"
+    LAGGED = "lagged"
+    TOKEN_EXPIRED = "token-expired"
+    SERVER_SHUTDOWN = "server-shutdown"
+    ERROR = "error"
+
+
+class Offer(enum.Enum):
+    """What became of an event offered to a session."""
+
+    QUEUED = "queued"
+    COALESCED = "coalesced"
+    DISCONNECTED = "disconnected"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One routed event, shared by every session it goes to.
+
+    ``seq`` is the adapter's processing order; ``cursor`` is the router's cursor just after the
+    event, which is also ``message.id``.
+    """
+
+    seq: int
+    identity: EventIdentity
+    cursor: Cursor
+    message: SSEMessage
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    inbox_capacity: int = 256
+    heartbeat_seconds: float = 15.0
+    retry_ms: int = 2000
+    shutdown_retry_ms: int = 1000
+    goodbye_timeout_seconds: float = 1.0
+
+
+_CLOSING_ERRORS: dict[CloseReason, tuple[ErrorCode, str]] = {
+    CloseReason.LAGGED: (
+        ErrorCode.LAGGED,
+        "the stream fell too far behind; reconnect to resume from your last event",
+    ),
+    CloseReason.TOKEN_EXPIRED: (ErrorCode.TOKEN_EXPIRED, "the access token has expired"),
+    CloseReason.SERVER_SHUTDOWN: (
+        ErrorCode.SERVER_SHUTDOWN,
+        "the server is restarting; reconnect to resume from your last event",
+    ),
+}
+
+
+@dataclass(eq=False)
+class Session:
+    """A client's stream. ``resume`` is its cursor and what the replay cache gave back for it."""
+
+    principal: Principal
+    stream_filter: StreamFilter
+    expires_at: float
+    """When the token expires, in seconds since the epoch."""
+    settings: SessionSettings = field(default_factory=SessionSettings)
+    connection_id: str = ""
+    close_reason: CloseReason | None = None
+    cursor: Cursor | None = None
+    _overflow: dict[str, Delivery] = field(default_factory=dict, repr=False)
+    _held: Delivery | None = field(default=None, repr=False)
+    _in_sync: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._inbox_send, self._inbox = trio.open_memory_channel[Delivery](
+            self.settings.inbox_capacity
+        )
+        self._scope = trio.CancelScope()
+
+    # -- the adapter's side: never blocks --------------------------------------------------------
+
+    def offer(self, delivery: Delivery) -> Offer:
+        """Queue ``delivery`` without waiting.
+
+        A full inbox coalesces a low-priority event with the newest of its kind (held aside, at
+        most ``inbox_capacity`` of them); a high-priority event that cannot be queued ends the
+        stream as lagged, and the client resumes from the replay cache: nothing is lost, and no
+        one waits for this client.
+        """
+        if self.close_reason is not None:
+            return Offer.CLOSED
+        message = delivery.message
+        key = message.coalesce_key if message.priority is Priority.LOW else None
+        if key is not None and key in self._overflow:
+            self._overflow[key] = delivery
+            return Offer.COALESCED
+        try:
+            self._inbox_send.send_nowait(delivery)
+        except trio.WouldBlock:
+            if key is None or len(self._overflow) >= self.settings.inbox_capacity:
+                self.stop(CloseReason.LAGGED)
+                return Offer.DISCONNECTED
+            self._overflow[key] = delivery
+            return Offer.COALESCED
+        return Offer.QUEUED
+
+    def stop(self, reason: CloseReason) -> None:
+        """End the stream for ``reason``; the first reason given is the one reported."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        self._scope.cancel()
+
+    # -- the session's side ----------------------------------------------------------------------
+
+    async def run(
+        self,
+        output: trio.MemorySendChannel[bytes],
+        resume: Replay | None = None,
+    ) -> None:
+        """Write the stream into ``output`` until the session is stopped or its token expires.
+
+        Sends the retry hint at once, then ``history-truncated`` if the resume was truncated, the
+        replay, and live events. When stopped for a reason the client should hear (lagged, token
+        expired, shutdown), sends that ``sse.error`` last, waiting at most
+        ``goodbye_timeout_seconds`` for a slow client. Closes ``output`` on the way out. If the
+        surrounding nursery is cancelled, it stops at once without a goodbye.
+        """
+        async with output:
+            self._scope.deadline = trio.current_time() + max(0.0, self.expires_at - time.time())
+            try:
+                with self._scope:
+                    await output.send(encode_retry(self.settings.retry_ms) + encode_comment("ok"))
+                    if resume is not None:
+                        await self._replay(output, resume)
+                    await self._stream_live(output)
+                if self.close_reason is None:  # only the deadline ends the scope without a reason
+                    self.close_reason = CloseReason.TOKEN_EXPIRED
+                await self._say_goodbye(output)
+            except trio.BrokenResourceError:  # the HTTP side went away: the client left
+                self.stop(CloseReason.CLIENT)
+
+    async def _replay(self, output: trio.MemorySendChannel[bytes], resume: Replay) -> None:
+        if resume.truncated:
+            await output.send(
+                SSEErrorEvent(
+                    code=ErrorCode.HISTORY_TRUNCATED,
+                    message="some events you missed are no longer kept; refetch your state",
+                    retryable=True,
+                ).to_sse_format()
+            )
+        for entry in resume.entries:
+            chunk = self._encode(entry.identity, entry.cursor, entry.message)
+            if chunk:
+                await output.send(chunk)
+
+    async def _stream_live(self, output: trio.MemorySendChannel[bytes]) -> None:
+        while True:
+            with trio.move_on_after(self.settings.heartbeat_seconds) as silence:
+                batch = await self._next_batch()
+            if silence.cancelled_caught:
+                await output.send(encode_comment())
+                continue
+            payload = b"".join(self._encode(d.identity, d.cursor, d.message) for d in batch)
+            if payload:
+                await output.send(payload)
+
+    async def _next_batch(self) -> Sequence[Delivery]:
+        """The next deliveries in the adapter's order, waiting for the first one."""
+        batch: list[Delivery] = []
+        while len(batch) < MAX_WRITE_BATCH:
+            delivery = self._pop_ready()
+            if delivery is None:
+                if batch:
+                    break
+                self._held = await self._inbox.receive()
+                continue
+            batch.append(delivery)
+        return batch
+
+    def _pop_ready(self) -> Delivery | None:
+        """The earliest delivery available now, from the inbox or the coalesced overflow."""
+        if self._held is None:
+            with contextlib.suppress(trio.WouldBlock):
+                self._held = self._inbox.receive_nowait()
+        if self._overflow:
+            key, earliest = min(self._overflow.items(), key=lambda item: item[1].seq)
+            if self._held is None or earliest.seq < self._held.seq:
+                del self._overflow[key]
+                return earliest
+        delivery, self._held = self._held, None
+        return delivery
+
+    def _encode(self, identity: EventIdentity, cursor: Cursor, message: SSEMessage) -> bytes:
+        """The bytes for one event, or ``b""`` if this client must not or need not see it.
+
+        The ``id:`` is the client's own cursor: the router's cursor merged with what the client
+        had already been served (it may have come from another instance, ahead in some
+        partitions). Until the two agree the message is re-encoded; after that, every later event
+        of this epoch is shared as it is.
+        """
+        if not self._in_sync:
+            if self.cursor is not None and self.cursor.covers(identity):
+                return b""  # served before this session: by the replay, or by another instance
+            merged = cursor if self.cursor is None else self.cursor.merge(cursor)
+            self._in_sync = merged == cursor
+            self.cursor = merged
+            if not self._in_sync:
+                message = message.with_id(str(merged))
+        else:
+            self.cursor = cursor
+        if not admits(message, self.principal, self.stream_filter):
+            return b""
+        return message.to_sse_format()
+
+    async def _say_goodbye(self, output: trio.MemorySendChannel[bytes]) -> None:
+        if self.close_reason not in _CLOSING_ERRORS:
+            return
+        code, text = _CLOSING_ERRORS[self.close_reason]
+        retry = (
+            self.settings.shutdown_retry_ms
+            if self.close_reason is CloseReason.SERVER_SHUTDOWN
+            else None
+        )
+        goodbye = SSEErrorEvent(
+            code=code,
+            message=text,
+            retryable=self.close_reason is not CloseReason.TOKEN_EXPIRED,
+            retry=retry,
+        )
+        with trio.move_on_after(self.settings.goodbye_timeout_seconds) as scope:
+            scope.shield = True
+            await output.send(goodbye.to_sse_format())

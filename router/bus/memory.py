@@ -1,0 +1,88 @@
+"""The embedded default bus: in-process partitions, gone when the process stops.
+
+Its epoch is random per process start, so a cursor from a previous run is never compared with the
+new run's offsets. Each partition keeps at most ``capacity`` records that the consumer has not yet
+read; a publisher waits while its partition is full, which is how backpressure from the consumer
+reaches whoever publishes.
+"""
+
+from __future__ import annotations
+
+import secrets
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+import trio
+
+from router.bus.base import Record
+from router.core.cursor import EventIdentity, Offset
+from router.core.envelope import Envelope
+from router.core.scope import Scope
+
+MAX_BATCH = 256
+
+
+def partition_key(scope: Scope) -> str:
+    """The key a scope is partitioned by: the narrowest owner it names first."""
+    if scope.broadcast:
+        return "broadcast"
+    return scope.user_id or scope.novel_id or scope.session_id or ""
+
+
+class MemoryBus:
+    def __init__(self, *, partitions: int = 1, capacity: int = 10_000) -> None:
+        if partitions < 1 or capacity < 1:
+            raise ValueError("a memory bus needs at least one partition and a capacity of one")
+        self._epoch = secrets.token_hex(4)
+        self._capacity = capacity
+        self._unread: list[deque[Record]] = [deque() for _ in range(partitions)]
+        self._next_offset = [0] * partitions
+        self._changed = trio.Event()  # set when records are appended or read; then replaced
+
+    @property
+    def source(self) -> str:
+        return "memory"
+
+    async def epoch(self) -> str:
+        return self._epoch
+
+    async def healthy(self) -> bool:
+        return True
+
+    def _partition_of(self, scope: Scope) -> int:
+        return zlib.crc32(partition_key(scope).encode()) % len(self._unread)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def publish(self, envelopes: Sequence[Envelope]) -> list[EventIdentity]:
+        identities = []
+        for envelope in envelopes:
+            partition = self._partition_of(envelope.scope)
+            while len(self._unread[partition]) >= self._capacity:
+                await self._changed.wait()
+            offset = self._next_offset[partition]
+            self._next_offset[partition] += 1
+            identity = EventIdentity("memory", str(partition), (offset,), self._epoch)
+            self._unread[partition].append(Record(identity, envelope.to_bytes()))
+            identities.append(identity)
+        self._notify()
+        return identities
+
+    async def read(self, start: Mapping[str, Offset]) -> AsyncIterator[Sequence[Record]]:
+        """Records after ``start``; this bus keeps nothing once read, so ``start`` only skips."""
+        while True:
+            batch: list[Record] = []
+            for unread in self._unread:
+                while unread and len(batch) < MAX_BATCH:
+                    record = unread.popleft()
+                    served = start.get(record.identity.partition)
+                    if served is None or record.identity.offset > served:
+                        batch.append(record)
+            if batch:
+                self._notify()
+                yield batch
+            else:
+                await self._changed.wait()

@@ -1,0 +1,2 @@
+"""Replay caches: recent events kept for resume. Each sits behind
+:class:`~router.cache.base.ReplayCache`."""

@@ -1,0 +1,33 @@
+"""The :class:`ReplayCache` Protocol: what the adapter writes and a resuming session reads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from router.core.cursor import Cursor
+from router.core.history import Entry, Replay
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """What a cache holds now: how many events, and when the oldest was appended."""
+
+    events: int
+    oldest_appended_at: float | None
+
+
+class ReplayCache(Protocol):
+    async def append(self, entries: Sequence[Entry]) -> None:
+        """Keep ``entries`` (in the order the router processed them), trimming to retention."""
+        ...
+
+    async def replay(self, after: Cursor, up_to: Cursor | None) -> Replay:
+        """The retained events after ``after`` and up to ``up_to``; see
+        :meth:`router.core.history.History.replay`."""
+        ...
+
+    async def window(self) -> Window: ...
+
+    async def healthy(self) -> bool: ...

@@ -1,0 +1,45 @@
+"""The embedded default replay cache: a :class:`~router.core.history.History` in this process.
+
+Entries carry the trio clock's time of their append (``appended_at``); ``clock`` must be the same
+clock, so age retention follows trio's (mock) time in tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import trio
+
+from router.cache.base import Window
+from router.core.cursor import Cursor
+from router.core.history import Entry, History, Replay
+
+
+class MemoryReplayCache:
+    def __init__(
+        self,
+        *,
+        max_events: int,
+        max_age: float | None = None,
+        source: str | None = None,
+        epoch: str | None = None,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self._clock = clock
+        self._history = History(max_events=max_events, max_age=max_age, source=source, epoch=epoch)
+
+    async def append(self, entries: Sequence[Entry]) -> None:
+        for entry in entries:
+            self._history.append(entry)
+
+    async def replay(self, after: Cursor, up_to: Cursor | None) -> Replay:
+        self._history.expire(self._clock())
+        return self._history.replay(after, up_to)
+
+    async def window(self) -> Window:
+        self._history.expire(self._clock())
+        oldest = next(iter(self._history), None)
+        return Window(len(self._history), None if oldest is None else oldest.appended_at)
+
+    async def healthy(self) -> bool:
+        return True

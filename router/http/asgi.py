@@ -1,0 +1,57 @@
+"""An ASGI wrapper that makes a request's end final, for the session and for the connection.
+
+1. Quart closes a streaming body when the response ends, but not when the request task is
+   cancelled before the body was first iterated (a client that leaves while the headers are being
+   sent). The ``finally`` here runs however the request ends, so no session outlives its client.
+
+2. With QuartTrio on hypercorn's trio worker, a connection that must close after its response
+   (``Connection: close``, HTTP/1.0) stayed open: sending the last body chunk makes hypercorn end
+   the stream and deliver ``http.disconnect`` to the app, QuartTrio reacts by cancelling the very
+   task that is still inside that ``send``, and hypercorn's close of the socket, which comes next
+   in the same call, is cancelled with it (cf. pgjones/hypercorn#330). Shielding that one last
+   ``send`` lets the close finish. It cannot block for long: hypercorn already shields its socket
+   writes, and the last chunk of a body is at most one write.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import trio
+from hypercorn.typing import (
+    ASGIFramework,
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    ASGISendEvent,
+    Scope,
+)
+
+from actors.session import CloseReason, Session
+
+SESSION_KEY = "sse_router.session"
+
+
+def remember_session(scope: object, session: Session) -> None:
+    cast(dict[str, Any], scope)[SESSION_KEY] = session
+
+
+class RequestLifecycle:
+    def __init__(self, app: ASGIFramework) -> None:
+        self.app = app
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        async def send_last_chunk_shielded(message: ASGISendEvent) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                with trio.CancelScope(shield=True):
+                    await send(message)
+            else:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, send_last_chunk_shielded)
+        finally:
+            session = cast(dict[str, Any], scope).get(SESSION_KEY)
+            if isinstance(session, Session):
+                session.stop(CloseReason.CLIENT)

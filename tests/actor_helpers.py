@@ -1,0 +1,78 @@
+"""Shared pieces for actor tests: events, deliveries, and a reader of a session's output."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import trio
+
+from actors.session import Delivery
+from router.core.cursor import Cursor, EventIdentity
+from router.core.events import ContentUpdateEvent, TaskProgressEvent
+from router.core.scope import Scope
+from router.core.sse import SSEMessage
+from tests.sse_spec_parser import ParsedEvent, parse_stream
+
+EPOCH = "e1"
+
+
+def identity(offset: int, partition: str = "0") -> EventIdentity:
+    return EventIdentity("memory", partition, (offset,), EPOCH)
+
+
+class Feed:
+    """Deliveries the way the adapter makes them: one router cursor, advancing."""
+
+    def __init__(self) -> None:
+        self.cursor: Cursor | None = None
+        self.seq = 0
+        self.offsets: dict[str, int] = {}
+
+    def next(self, message: SSEMessage, partition: str = "0") -> Delivery:
+        offset = self.offsets.get(partition, -1) + 1
+        self.offsets[partition] = offset
+        where = identity(offset, partition)
+        self.cursor = Cursor.of(where) if self.cursor is None else self.cursor.advance(where)
+        self.seq += 1
+        return Delivery(self.seq, where, self.cursor, message.with_id(str(self.cursor)))
+
+
+def content(novel_id: str = "n1", version: int = 1, user_id: str | None = None) -> SSEMessage:
+    return ContentUpdateEvent(
+        novel_id=novel_id, content_version=version, scope=Scope(novel_id=novel_id, user_id=user_id)
+    )
+
+
+def progress(task_id: str, percent: float, user_id: str = "u1") -> SSEMessage:
+    return TaskProgressEvent(task_id=task_id, progress=percent, scope=Scope(user_id=user_id))
+
+
+def in_an_hour() -> float:
+    return time.time() + 3600
+
+
+class Reader:
+    """Collects a session's output; ``events`` parses it like a browser would."""
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+        self.receive = receive
+        self.raw = b""
+        self.closed = trio.Event()
+
+    async def run(self) -> None:
+        async with self.receive:
+            async for chunk in self.receive:
+                self.raw += chunk
+        self.closed.set()
+
+    @property
+    def events(self) -> list[ParsedEvent]:
+        return parse_stream(self.raw).events
+
+    @property
+    def comments(self) -> list[str]:
+        return parse_stream(self.raw).comments
+
+    def data(self) -> list[dict[str, object]]:
+        return [json.loads(e.data) for e in self.events]

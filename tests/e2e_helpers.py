@@ -1,0 +1,155 @@
+"""A router on a loopback port, real HTTP clients, and an event-stream reader for end-to-end tests.
+
+Waiting is always for something to happen (bytes, a closed stream); the ``fail_after`` guards only
+turn a hang into a failure, they never measure anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import httpx
+import trio
+
+from router.auth import mint_token
+from router.config import Settings
+from router.server import Running, serve
+from tests.sse_http_client import StreamResponse, open_stream
+from tests.sse_spec_parser import ParsedEvent, parse_stream
+
+SECRET = "end-to-end-tests-secret-0123456789abcdef"
+HANG_GUARD_SECONDS = 20
+STREAM_PATH = "/api/v1/events/stream"
+
+
+def token(sub: str = "u1", **claims: Any) -> str:
+    return mint_token(SECRET, sub=sub, **claims)
+
+
+def auth(sub: str = "u1", **claims: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(sub, **claims)}"}
+
+
+PUBLISHER = auth("backend", roles=["publisher"])
+
+
+def envelope(
+    event_type: str = "Content.Updated",
+    scope: dict[str, Any] | None = None,
+    **payload: Any,
+) -> dict[str, Any]:
+    if not payload:
+        payload = {"novel_id": "n1", "content_version": 1}
+    return {
+        "event_type": event_type,
+        "occurred_at": "2026-11-28T10:00:00Z",
+        "scope": scope if scope is not None else {"novel_id": payload.get("novel_id", "n1")},
+        "payload": payload,
+    }
+
+
+def content(
+    novel_id: str = "n1", version: int = 1, *, user_id: str | None = None, summary: str = ""
+) -> dict[str, Any]:
+    scope = {"novel_id": novel_id, **({"user_id": user_id} if user_id else {})}
+    payload: dict[str, Any] = {"novel_id": novel_id, "content_version": version}
+    if summary:
+        payload["summary"] = summary
+    return envelope("Content.Updated", scope, **payload)
+
+
+def progress(user_id: str, task_id: str, percent: float) -> dict[str, Any]:
+    return envelope("Task.ProgressUpdated", {"user_id": user_id}, task_id=task_id, progress=percent)
+
+
+@dataclass
+class EventStream:
+    """An open ``text/event-stream`` response, read like a browser would."""
+
+    response: StreamResponse
+    chunks: AsyncIterator[bytes]
+    raw: bytes = b""
+    ended: bool = False
+
+    @property
+    def events(self) -> list[ParsedEvent]:
+        return parse_stream(self.raw).events
+
+    @property
+    def comments(self) -> list[str]:
+        return parse_stream(self.raw).comments
+
+    def data(self) -> list[dict[str, Any]]:
+        return [json.loads(e.data) for e in self.events]
+
+    async def read_until(self, done: Callable[[EventStream], bool]) -> None:
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            while not done(self) and not self.ended:
+                try:
+                    self.raw += await anext(self.chunks)
+                except StopAsyncIteration:
+                    self.ended = True
+                    return
+
+    async def events_count(self, count: int) -> list[ParsedEvent]:
+        await self.read_until(lambda s: len(s.events) >= count)
+        return self.events
+
+    async def to_the_end(self) -> None:
+        await self.read_until(lambda s: False)
+
+
+@dataclass
+class RouterUnderTest:
+    running: Running
+    client: httpx.AsyncClient
+    shutdown: trio.Event
+
+    @property
+    def url(self) -> str:
+        return self.running.addresses[0]
+
+    async def publish(self, *envelopes: dict[str, Any]) -> list[str]:
+        body: Any = list(envelopes) if len(envelopes) != 1 else envelopes[0]
+        response = await self.client.post("/api/v1/events", json=body, headers=PUBLISHER)
+        assert response.status_code == 202, response.text
+        ids: list[str] = response.json()["event_ids"]
+        return ids
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        headers: dict[str, str] | None = None,
+        params: dict[str, Any] | list[tuple[str, str]] | None = None,
+    ) -> AsyncIterator[EventStream]:
+        async with (
+            open_stream(
+                self.url,
+                STREAM_PATH,
+                headers=auth(novels=["n1"]) if headers is None else headers,
+                params=params,
+            ) as response,
+            aclosing(response.chunks()) as chunks,
+        ):
+            stream = EventStream(response, chunks)
+            if response.status_code == 200:
+                await stream.read_until(lambda s: b"\n\n" in s.raw)  # the retry hint
+            yield stream
+
+
+@asynccontextmanager
+async def running_router(**overrides: Any) -> AsyncIterator[RouterUnderTest]:
+    settings = Settings(port=0, jwt_secret=SECRET, **overrides)
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        running: Running = await nursery.start(
+            partial(serve, settings, shutdown_requested=shutdown)
+        )
+        async with httpx.AsyncClient(base_url=running.addresses[0], timeout=30) as client:
+            yield RouterUnderTest(running, client, shutdown)
+        nursery.cancel_scope.cancel()

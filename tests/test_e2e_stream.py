@@ -1,0 +1,290 @@
+"""End to end: a real hypercorn on a loopback port, real HTTP clients streaming the response."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from actors.session import CloseReason
+from tests.e2e_helpers import (
+    STREAM_PATH,
+    auth,
+    content,
+    progress,
+    running_router,
+    token,
+)
+
+
+async def test_a_published_event_arrives_on_the_stream() -> None:
+    async with running_router() as router, router.stream() as stream:
+        assert stream.response.status_code == 200
+        assert stream.response.headers["content-type"] == "text/event-stream; charset=utf-8"
+        assert stream.response.headers["cache-control"] == "no-cache"
+        assert stream.response.headers["x-accel-buffering"] == "no"
+        assert stream.response.headers["sse-replay"] == "complete"
+        (event_id,) = await router.publish(content("n1", 7))
+        (event,) = await stream.events_count(1)
+        assert event.event == "content.updated"
+        data = stream.data()[0]
+        assert data == {
+            "event_id": event_id,
+            "occurred_at": "2026-11-28T10:00:00.000Z",
+            "novel_id": "n1",
+            "content_version": 7,
+        }
+        assert event.last_event_id == event_id  # one partition: the cursor is the event's place
+
+
+async def test_the_token_may_come_from_the_cookie_or_the_query() -> None:
+    async with running_router() as router:
+        by_cookie = {"Cookie": f"access_token={token(novels=['n1'])}"}
+        async with router.stream(headers=by_cookie) as stream:
+            assert stream.response.status_code == 200
+        async with router.stream(headers={}, params={"token": token()}) as stream:
+            assert stream.response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({}, "missing"),
+        ({"Authorization": "Basic dTE6cHc="}, "malformed"),
+        ({"Authorization": "Bearer not-a-token"}, "malformed"),
+        ({"Authorization": f"Bearer {token(ttl_seconds=-10)}"}, "expired"),
+        ({"Authorization": "Bearer " + token()[:-4] + "AAAA"}, "bad-signature"),
+    ],
+)
+async def test_a_missing_or_bad_token_is_401_with_a_json_body(
+    headers: dict[str, str], code: str
+) -> None:
+    async with running_router() as router:
+        response = await router.client.get(STREAM_PATH, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json()["error"]["code"] == code
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "parameter"),
+    [
+        ([("novel_id", "n2")], 403, "novel_id"),
+        ([("novels", "n1")], 400, "novels"),
+        ([("types", "content.nope")], 400, "types"),
+        ([("last_event_id", "memory:0:-1")], 400, "last_event_id"),
+    ],
+)
+async def test_bad_stream_requests_name_the_parameter(
+    params: list[tuple[str, str]], status: int, parameter: str
+) -> None:
+    async with running_router() as router:
+        response = await router.client.get(STREAM_PATH, params=params, headers=auth(novels=["n1"]))
+    assert response.status_code == status
+    assert response.json()["error"]["parameter"] == parameter
+
+
+async def test_a_malformed_last_event_id_header_is_400() -> None:
+    async with running_router() as router:
+        response = await router.client.get(
+            STREAM_PATH, headers={**auth(), "Last-Event-ID": "not a cursor"}
+        )
+    assert response.status_code == 400
+    assert response.json()["error"]["parameter"] == "Last-Event-ID"
+
+
+async def test_streams_per_user_are_capped() -> None:
+    async with (
+        running_router(max_streams_per_user=2) as router,
+        router.stream(),
+        router.stream(),
+    ):
+        response = await router.client.get(STREAM_PATH, headers=auth(novels=["n1"]))
+        assert response.status_code == 429
+        assert response.json()["error"]["code"] == "too-many-streams"
+        async with router.stream(headers=auth("u2")) as other_user:
+            assert other_user.response.status_code == 200
+
+
+async def test_new_streams_are_rate_limited_with_retry_after() -> None:
+    async with running_router(connects_per_minute=2) as router:
+        for _ in range(2):
+            async with router.stream() as stream:
+                assert stream.response.status_code == 200
+        response = await router.client.get(STREAM_PATH, headers=auth(novels=["n1"]))
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "rate-limited"
+    assert 1 <= int(response.headers["retry-after"]) <= 60
+
+
+async def test_nobody_receives_another_users_or_another_novels_events() -> None:
+    async with (
+        running_router() as router,
+        router.stream(headers=auth("u1", novels=["n1"])) as u1,
+        router.stream(headers=auth("u2", novels=["n2"])) as u2,
+    ):
+        await router.publish(
+            progress("u2", "t-of-u2", 10),
+            content("n2", 1),
+            progress("u1", "t-of-u1", 20),
+            content("n1", 2),
+            content("n1", 3, user_id="u2"),  # n1, but only for u2: u2 is not granted n1
+        )
+        await u1.events_count(2)
+        await u2.events_count(2)
+        await router.publish(content("n1", 99, user_id="u1"))  # a marker both could wait for
+        await u1.events_count(3)
+        assert [(d.get("task_id"), d.get("content_version")) for d in u1.data()] == [
+            ("t-of-u1", None),
+            (None, 2),
+            (None, 99),
+        ]
+        assert [(d.get("task_id"), d.get("content_version")) for d in u2.data()] == [
+            ("t-of-u2", None),
+            (None, 1),
+        ]
+
+
+async def test_resume_gets_exactly_the_missed_events_while_publishing_goes_on() -> None:
+    async with running_router(memory_partitions=3) as router:
+        novels = ["n1", "n2", "n3", "n4"]
+        headers = auth("u1", novels=novels)
+        published = 0
+
+        async def publish_next(count: int) -> None:
+            nonlocal published
+            batch = [content(novels[(published + i) % 4], published + i) for i in range(count)]
+            published += count
+            await router.publish(*batch)
+
+        await publish_next(5)  # before anyone listens: not for the first stream
+        async with router.stream(headers=headers) as first:
+            await publish_next(20)
+            await first.events_count(20)
+            seen = first.data()
+            last_id = first.events[-1].last_event_id
+        assert "," in last_id  # several partitions: a real cursor
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(publish_next, 30)  # goes on while the client reconnects
+            async with router.stream(headers={**headers, "Last-Event-ID": last_id}) as second:
+                assert second.response.headers["sse-replay"] == "complete"
+                await publish_next(10)
+                await second.events_count(40)
+        versions = [d["content_version"] for d in seen + second.data()]
+        assert sorted(versions) == list(range(5, 65))  # nothing lost, nothing twice
+        by_novel: dict[object, list[object]] = {}
+        for data in seen + second.data():
+            by_novel.setdefault(data["novel_id"], []).append(data["content_version"])
+        assert all(v == sorted(v) for v in by_novel.values())  # each novel's order kept
+
+
+async def test_replayed_events_are_filtered_like_live_ones() -> None:
+    async with running_router() as router:
+        async with router.stream(headers=auth("u1", novels=["n1"])) as first:
+            await router.publish(content("n1", 1))
+            await first.events_count(1)
+            cursor = first.events[-1].last_event_id
+        await router.publish(content("n2", 2), progress("u2", "t", 5), content("n1", 3))
+        resumed_headers = {**auth("u1", novels=["n1"]), "Last-Event-ID": cursor}
+        async with router.stream(headers=resumed_headers) as second:
+            await router.publish(content("n1", 4))
+            await second.events_count(2)
+        assert [d["content_version"] for d in second.data()] == [3, 4]
+
+
+async def test_a_cursor_from_before_a_restart_is_truncated_history() -> None:
+    async with running_router() as old_router, old_router.stream() as stream:
+        await old_router.publish(content("n1", 1))
+        await stream.events_count(1)
+        old_cursor = stream.events[0].last_event_id
+    async with running_router() as router:
+        await router.publish(content("n1", 2))
+        headers = {**auth(novels=["n1"]), "Last-Event-ID": old_cursor}
+        async with router.stream(headers=headers) as resumed:
+            assert resumed.response.headers["sse-replay"] == "truncated"
+            await resumed.events_count(2)
+        (error, replayed) = resumed.data()
+        assert error["code"] == "history-truncated"
+        assert replayed["content_version"] == 2
+
+
+async def test_a_cursor_older_than_the_retained_window_is_truncated_history() -> None:
+    async with running_router(cache_max_events=3) as router:
+        async with router.stream() as first:
+            await router.publish(content("n1", 0))
+            await first.events_count(1)
+            cursor = first.events[0].last_event_id
+        await router.publish(*(content("n1", n) for n in range(1, 6)))
+        headers = {**auth(novels=["n1"]), "Last-Event-ID": cursor}
+        async with router.stream(headers=headers) as resumed:
+            assert resumed.response.headers["sse-replay"] == "truncated"
+            await resumed.events_count(4)
+    assert [d.get("code") or d["content_version"] for d in resumed.data()] == [
+        "history-truncated",
+        3,
+        4,
+        5,
+    ]
+
+
+async def test_heartbeats_keep_a_quiet_stream_alive() -> None:
+    async with running_router(heartbeat_seconds=0.05) as router, router.stream() as stream:
+        await stream.read_until(lambda s: s.comments.count("") >= 2)
+        assert stream.events == []
+
+
+async def test_a_stalled_reader_is_cut_off_while_others_keep_receiving() -> None:
+    async with running_router(session_buffer=32) as router:
+        host, port = router.url.removeprefix("http://").rsplit(":", 1)
+        stalled = trio.socket.socket()
+        stalled.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+        await stalled.connect((host, int(port)))
+        request = (
+            f"GET {STREAM_PATH}?token={token(novels=['n1'])} HTTP/1.1\r\nHost: x\r\n\r\n"
+        ).encode()
+        await stalled.send(request)
+        await stalled.recv(1)  # the response has begun; from now on nobody reads
+        (stalled_session,) = router.running.hub.registry
+        try:
+            async with router.stream() as reader:
+                # Bursts smaller than the session buffer: a reader that keeps up never lags.
+                batch = [content("n1", n, summary="x" * 2000) for n in range(10)]
+                sent = 0
+                while stalled_session.close_reason is None:
+                    await router.publish(*batch)
+                    sent += len(batch)
+                    await reader.events_count(sent)
+                assert [d["content_version"] for d in reader.data()] == list(range(10)) * (
+                    sent // 10
+                )
+            stalled_bytes = b""
+            with trio.fail_after(20):  # reads at once: the goodbye waits a second for a reader
+                while not stalled_bytes.endswith(b"\r\n0\r\n\r\n"):  # the last chunk
+                    stalled_bytes += await stalled.recv(65536)
+        finally:
+            stalled.close()
+        assert stalled_session.close_reason is CloseReason.LAGGED
+        assert b"event: sse.error" in stalled_bytes
+        assert b'"code":"lagged"' in stalled_bytes
+
+
+async def test_cors_answers_allowed_origins_only() -> None:
+    allowed = "https://app.example"
+    async with running_router(cors_origins=(allowed,)) as router:
+        preflight = await router.client.options(
+            STREAM_PATH,
+            headers={"Origin": allowed, "Access-Control-Request-Method": "GET"},
+        )
+        assert preflight.headers["access-control-allow-origin"] == allowed
+        assert preflight.headers["access-control-allow-credentials"] == "true"
+        assert "Last-Event-ID" in preflight.headers["access-control-allow-headers"]
+        async with router.stream(headers={**auth(novels=["n1"]), "Origin": allowed}) as stream:
+            assert stream.response.headers["access-control-allow-origin"] == allowed
+            assert stream.response.headers["access-control-allow-credentials"] == "true"
+        for origin in ("https://evil.example", "https://app.example.evil"):
+            response = await router.client.options(
+                STREAM_PATH, headers={"Origin": origin, "Access-Control-Request-Method": "GET"}
+            )
+            assert "access-control-allow-origin" not in response.headers
+            async with router.stream(headers={**auth(novels=["n1"]), "Origin": origin}) as s:
+                assert "access-control-allow-origin" not in s.response.headers

@@ -1,0 +1,287 @@
+"""The session actor under trio's mock clock: heartbeats, expiry, backpressure, goodbyes."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import trio
+import trio.testing
+
+from actors.session import CloseReason, Offer, Session, SessionSettings
+from router.core.history import Entry, Replay
+from router.core.permissions import Principal, StreamFilter
+from tests.actor_helpers import Feed, Reader, content, in_an_hour, progress
+
+ME = Principal(user_id="u1", novels=frozenset({"n1"}))
+
+
+def session(expires_at: float | None = None, **settings: object) -> Session:
+    return Session(
+        ME,
+        StreamFilter(),
+        expires_at=in_an_hour() if expires_at is None else expires_at,
+        settings=SessionSettings(**settings),  # type: ignore[arg-type]
+    )
+
+
+async def start(nursery: trio.Nursery, subject: Session, resume: Replay | None = None) -> Reader:
+    send, receive = trio.open_memory_channel[bytes](1)
+    reader = Reader(receive)
+    nursery.start_soon(subject.run, send, resume)
+    nursery.start_soon(reader.run)
+    await trio.testing.wait_all_tasks_blocked()
+    return reader
+
+
+async def test_the_first_bytes_set_the_retry_and_arrive_at_once() -> None:
+    subject = session(retry_ms=2500)
+    async with trio.open_nursery() as nursery:
+        reader = await start(nursery, subject)
+        assert reader.raw.startswith(b"retry: 2500\n\n")
+        subject.stop(CloseReason.CLIENT)
+
+
+async def test_heartbeats_fill_silences_and_only_silences(autojump_clock: trio.abc.Clock) -> None:
+    subject = session(heartbeat_seconds=15)
+    feed = Feed()
+    async with trio.open_nursery() as nursery:
+        reader = await start(nursery, subject)
+        await trio.sleep(14)
+        assert reader.comments == ["ok"]
+        await trio.sleep(2)
+        assert reader.comments == ["ok", ""]
+        await trio.sleep(10)
+        subject.offer(feed.next(content()))  # activity at 26 s restarts the 15 s silence
+        await trio.sleep(14)
+        assert reader.comments == ["ok", ""]
+        await trio.sleep(2)
+        assert reader.comments == ["ok", "", ""]
+        subject.stop(CloseReason.CLIENT)
+    assert len(reader.events) == 1
+
+
+async def test_an_expired_token_ends_the_stream_with_token_expired(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    subject = session(expires_at=time.time() + 40, heartbeat_seconds=15)
+    async with trio.open_nursery() as nursery:
+        reader = await start(nursery, subject)
+        await reader.closed.wait()
+    assert subject.close_reason is CloseReason.TOKEN_EXPIRED
+    assert reader.comments == ["ok", "", ""]  # at 15 s and 30 s, then expiry at 40 s
+    (goodbye,) = reader.data()
+    assert goodbye == {
+        "code": "token-expired",
+        "message": "the access token has expired",
+        "retryable": False,
+    }
+
+
+async def test_an_already_expired_token_gets_the_goodbye_at_once() -> None:
+    subject = session(expires_at=time.time() - 1)
+    async with trio.open_nursery() as nursery:
+        reader = await start(nursery, subject)
+        await reader.closed.wait()
+    assert [e.event for e in reader.events] == ["sse.error"]
+
+
+async def test_events_stream_in_order_with_their_cursor_as_id() -> None:
+    subject = session()
+    feed = Feed()
+    deliveries = [feed.next(content(version=n)) for n in range(5)]
+    async with trio.open_nursery() as nursery:
+        reader = await start(nursery, subject)
+        for delivery in deliveries:
+            assert subject.offer(delivery) is Offer.QUEUED
+        await trio.testing.wait_all_tasks_blocked()
+        subject.stop(CloseReason.CLIENT)
+    assert [e["content_version"] for e in reader.data()] == [0, 1, 2, 3, 4]
+    assert [e.last_event_id for e in reader.events] == [f"memory@e1:0:{n}" for n in range(5)]
+
+
+async def test_a_full_inbox_coalesces_progress_keeping_the_newest_and_the_order() -> None:
+    subject = session(inbox_capacity=2)
+    feed = Feed()
+    stuck = [feed.next(content(version=1)), feed.next(content(version=2))]
+    assert [subject.offer(d) for d in stuck] == [Offer.QUEUED, Offer.QUEUED]
+    older, newer = feed.next(progress("t1", 10)), feed.next(progress("t1", 20))
+    other_task = feed.next(progress("t2", 5))
+    assert subject.offer(older) is Offer.COALESCED
+    assert subject.offer(newer) is Offer.COALESCED  # replaces 10 %: only the newest matters
+    assert subject.offer(other_task) is Offer.COALESCED
+    async with trio.open_nursery() as nursery:
+        reader = await start(nursery, subject)
+        subject.stop(CloseReason.CLIENT)
+    got = [(e.event, e.last_event_id) for e in reader.events]
+    assert got == [
+        ("content.updated", "memory@e1:0:0"),
+        ("content.updated", "memory@e1:0:1"),
+        ("task.progress-updated", "memory@e1:0:3"),
+        ("task.progress-updated", "memory@e1:0:4"),
+    ]
+    assert [d.get("progress") for d in reader.data()] == [None, None, 20, 5]
+
+
+async def test_coalesced_progress_keeps_its_place_before_later_events() -> None:
+    subject = session(inbox_capacity=1)
+    feed = Feed()
+    subject.offer(feed.next(content(version=1)))
+    subject.offer(feed.next(progress("t1", 50)))  # inbox full: held aside
+    async with trio.open_nursery() as nursery:
+        reader = await start(nursery, subject)
+        subject.offer(feed.next(content(version=2)))
+        await trio.testing.wait_all_tasks_blocked()
+        subject.stop(CloseReason.CLIENT)
+    ids = [e.last_event_id for e in reader.events]
+    assert ids == ["memory@e1:0:0", "memory@e1:0:1", "memory@e1:0:2"]
+
+
+async def test_a_high_priority_event_that_cannot_be_queued_ends_the_stream_as_lagged() -> None:
+    subject = session(inbox_capacity=1)
+    feed = Feed()
+    assert subject.offer(feed.next(content(version=1))) is Offer.QUEUED
+    assert subject.offer(feed.next(content(version=2))) is Offer.DISCONNECTED
+    assert subject.offer(feed.next(content(version=3))) is Offer.CLOSED
+    async with trio.open_nursery() as nursery:
+        reader = await start(nursery, subject)
+        await reader.closed.wait()
+    assert subject.close_reason is CloseReason.LAGGED
+    assert [e.event for e in reader.events] == ["sse.error"]
+    assert reader.data()[0]["code"] == "lagged"
+
+
+async def test_too_many_coalesced_tasks_end_the_stream_as_lagged() -> None:
+    subject = session(inbox_capacity=1)
+    feed = Feed()
+    subject.offer(feed.next(content()))
+    assert subject.offer(feed.next(progress("t1", 1))) is Offer.COALESCED
+    assert subject.offer(feed.next(progress("t2", 1))) is Offer.DISCONNECTED
+
+
+async def test_a_slow_reader_does_not_block_the_offer() -> None:
+    """The adapter's side never waits: a session nobody reads fills up and is cut off."""
+    subject = session(inbox_capacity=4)
+    feed = Feed()
+    outcomes = [subject.offer(feed.next(content(version=n))) for n in range(10)]
+    assert outcomes[:4] == [Offer.QUEUED] * 4
+    assert outcomes[4] is Offer.DISCONNECTED
+
+
+async def test_shutdown_says_goodbye_with_a_retry_hint() -> None:
+    subject = session(shutdown_retry_ms=750)
+    async with trio.open_nursery() as nursery:
+        reader = await start(nursery, subject)
+        subject.stop(CloseReason.SERVER_SHUTDOWN)
+        await reader.closed.wait()
+    (goodbye,) = reader.events
+    assert goodbye.retry == 750
+    assert reader.data()[0]["code"] == "server-shutdown"
+
+
+async def test_a_goodbye_to_a_client_that_does_not_read_gives_up(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    subject = session(goodbye_timeout_seconds=1.0)
+    send, receive = trio.open_memory_channel[bytes](0)
+    async with receive, trio.open_nursery() as nursery:
+        nursery.start_soon(subject.run, send, None)
+        await receive.receive()  # the retry hint; then nobody reads
+        subject.stop(CloseReason.SERVER_SHUTDOWN)
+    assert subject.close_reason is CloseReason.SERVER_SHUTDOWN
+
+
+async def test_a_client_that_goes_away_ends_the_session_quietly() -> None:
+    subject = session()
+    send, receive = trio.open_memory_channel[bytes](0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(subject.run, send, None)
+        await receive.receive()
+        await receive.aclose()
+        subject.offer(Feed().next(content()))
+    assert subject.close_reason is CloseReason.CLIENT
+
+
+def replay_of(feed: Feed, count: int) -> Replay:
+    entries = []
+    for n in range(count):
+        delivery = feed.next(content(version=n))
+        entries.append(Entry(delivery.identity, delivery.cursor, delivery.message, 0.0))
+    return Replay(entries, truncated=False)
+
+
+async def test_a_session_cancelled_mid_replay_stops_there(autojump_clock: trio.abc.Clock) -> None:
+    subject = session(inbox_capacity=1)
+    feed = Feed()
+    replay = replay_of(feed, 100)
+    send, receive = trio.open_memory_channel[bytes](0)
+    got: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(subject.run, send, replay)
+        got.append(await receive.receive())  # retry hint
+        for _ in range(3):
+            got.append(await receive.receive())
+        subject.offer(feed.next(content(version=100)))
+        subject.offer(feed.next(content(version=101)))  # live inbox overflows mid-replay
+        async with receive:
+            async for chunk in receive:
+                got.append(chunk)
+    assert subject.close_reason is CloseReason.LAGGED
+    events = Reader(receive)
+    events.raw = b"".join(got)
+    names = [e.event for e in events.events]
+    assert names[:3] == ["content.updated"] * 3
+    assert names[-1] == "sse.error"
+    assert len(names) < 10
+
+
+async def test_replay_then_live_skips_what_the_client_had_and_merges_its_cursor() -> None:
+    """A client from another instance is ahead in partition 1: the replay and live events it
+    already had are skipped, and every id it gets keeps partition 1 where the client had it."""
+    from router.core.cursor import parse_cursor
+
+    feed = Feed()
+    history = [feed.next(content(version=n), partition=str(n % 2)) for n in range(6)]
+    # partition 0: offsets 0,1,2 (versions 0,2,4); partition 1: offsets 0,1,2 (versions 1,3,5)
+    subject = session()
+    subject.cursor = parse_cursor("memory@e1:0:0,1:2")
+    replay = Replay([Entry(d.identity, d.cursor, d.message, 0.0) for d in history], False)
+    async with trio.open_nursery() as nursery:
+        reader = await start(nursery, subject, replay)
+        subject.offer(feed.next(content(version=6), partition="1"))  # partition 1, offset 3
+        await trio.testing.wait_all_tasks_blocked()
+        subject.stop(CloseReason.CLIENT)
+    assert [d["content_version"] for d in reader.data()] == [2, 4, 6]
+    assert [e.last_event_id for e in reader.events] == [
+        "memory@e1:0:1,1:2",
+        "memory@e1:0:2,1:2",
+        "memory@e1:0:2,1:3",
+    ]
+
+
+async def test_a_truncated_replay_is_announced_first() -> None:
+    feed = Feed()
+    replay = replay_of(feed, 2)
+    truncated = Replay(replay.entries, truncated=True)
+    subject = session()
+    async with trio.open_nursery() as nursery:
+        reader = await start(nursery, subject, truncated)
+        subject.stop(CloseReason.CLIENT)
+    assert [e.event for e in reader.events] == ["sse.error", "content.updated", "content.updated"]
+    assert reader.data()[0]["code"] == "history-truncated"
+
+
+@pytest.mark.parametrize(
+    ("scope_user", "visible"), [("u1", True), ("u2", False)], ids=["mine", "another's"]
+)
+async def test_replayed_events_pass_the_same_permission_check(
+    scope_user: str, visible: bool
+) -> None:
+    feed = Feed()
+    delivery = feed.next(progress("t1", 5, user_id=scope_user))
+    replay = Replay([Entry(delivery.identity, delivery.cursor, delivery.message, 0.0)], False)
+    subject = session()
+    async with trio.open_nursery() as nursery:
+        reader = await start(nursery, subject, replay)
+        subject.stop(CloseReason.CLIENT)
+    assert len(reader.events) == (1 if visible else 0)
