@@ -4,9 +4,17 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list
 
+# A development-only secret, so `just run` and `just token` work together out of the box.
+# Any real deployment sets SSE_ROUTER_JWT_SECRET (or a public key) itself.
+export SSE_ROUTER_JWT_SECRET := env_var_or_default("SSE_ROUTER_JWT_SECRET", "dev-only-secret-never-use-in-production")
+
 # Start the router on its embedded default (in-memory bus and replay cache): `just run --port 9000`.
 run *ARGS:
     sse-router serve {{ARGS}}
+
+# Mint a development token for `just run`: `just token --sub u1 --novels n1,n2 --roles publisher`.
+token *ARGS:
+    @sse-router token {{ARGS}}
 
 # Everything CI checks: lint, generated files up to date, the TypeScript types, the test suite.
 test: lint ts-deps
