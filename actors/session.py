@@ -101,6 +101,8 @@ class Session:
             self.settings.inbox_capacity
         )
         self._scope = trio.CancelScope()
+        self.finished = trio.Event()
+        """Set when :meth:`run` has returned, however it ended."""
 
     # -- the adapter's side: never blocks --------------------------------------------------------
 
@@ -150,6 +152,12 @@ class Session:
         ``goodbye_timeout_seconds`` for a slow client. Closes ``output`` on the way out. If the
         surrounding nursery is cancelled, it stops at once without a goodbye.
         """
+        try:
+            await self._run(output, resume)
+        finally:
+            self.finished.set()
+
+    async def _run(self, output: trio.MemorySendChannel[bytes], resume: Replay | None) -> None:
         async with output:
             self._scope.deadline = trio.current_time() + max(0.0, self.expires_at - time.time())
             try:

@@ -288,3 +288,15 @@ async def test_cors_answers_allowed_origins_only() -> None:
             assert "access-control-allow-origin" not in response.headers
             async with router.stream(headers={**auth(novels=["n1"]), "Origin": origin}) as s:
                 assert "access-control-allow-origin" not in s.response.headers
+
+
+async def test_a_client_that_leaves_ends_its_session_promptly() -> None:
+    async with running_router() as router:
+        registry = router.running.hub.registry
+        async with router.stream() as stream:
+            (session,) = registry
+            assert stream.response.status_code == 200
+        with trio.fail_after(20):  # a hang guard: the session must go when its client goes
+            await session.finished.wait()
+        assert session.close_reason is CloseReason.CLIENT
+        assert len(registry) == 0
