@@ -23,6 +23,7 @@ class Settings:
     port: int = 8000
     shutdown_grace_seconds: float = 5.0
     keep_alive_seconds: float = 5.0
+    stalled_client_seconds: float = 20.0
     jwt_secret: str | None = None
     jwt_public_key_file: Path | None = None
     jwt_audience: str | None = None
@@ -136,6 +137,11 @@ def add_serve_arguments(
         type=positive_seconds,
     )
     flag("--keep-alive-seconds", "close idle keep-alive connections after", type=positive_seconds)
+    flag(
+        "--stalled-client-seconds",
+        "abort a connection whose client has read nothing for this long",
+        type=positive_seconds,
+    )
     flag("--jwt-secret", "HS256 secret (at least 32 bytes) to verify tokens with", secret=True)
     flag("--jwt-public-key-file", "PEM public key (RSA: RS256, P-256: ES256)", type=readable_file)
     flag("--jwt-audience", "required 'aud' claim, if set")

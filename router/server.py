@@ -16,6 +16,7 @@ and ends its response; the HTTP server stops accepting and lets in-flight reques
 from __future__ import annotations
 
 import signal
+import socket
 from dataclasses import dataclass
 
 import trio
@@ -37,9 +38,37 @@ class ConfigurationError(Exception):
     """A setting that cannot work; the message is for the operator."""
 
 
+def listening_socket(settings: Settings) -> int:
+    """A bound TCP socket for hypercorn (``fd://``), returned as a file descriptor it will own.
+
+    Accepted connections inherit ``TCP_USER_TIMEOUT``: the kernel aborts a connection whose data
+    has gone unacknowledged, or unsent behind a zero window, for ``stalled_client_seconds``. That
+    is the only thing that can end hypercorn's socket writes to a client that stopped reading
+    (they are shielded from cancellation), so it is what bounds shutdown with such a client.
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(
+        settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(
+            socket.IPPROTO_TCP,
+            socket.TCP_USER_TIMEOUT,
+            round(settings.stalled_client_seconds * 1000),
+        )
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        raise ConfigurationError(
+            f"cannot listen on {settings.host}:{settings.port}: {error}"
+        ) from None
+    return sock.detach()
+
+
 def hypercorn_config(settings: Settings) -> Config:
     config = Config()
-    config.bind = [f"{settings.host}:{settings.port}"]
+    config.bind = [f"fd://{listening_socket(settings)}"]
     config.graceful_timeout = settings.shutdown_grace_seconds
     config.keep_alive_timeout = settings.keep_alive_seconds
     config.accesslog = None  # the query string may hold a token: never log it raw

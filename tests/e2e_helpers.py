@@ -10,7 +10,6 @@ import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import httpx
@@ -109,6 +108,9 @@ class RouterUnderTest:
     running: Running
     client: httpx.AsyncClient
     shutdown: trio.Event
+    """Set it to stop the router the way SIGTERM does."""
+    stopped: trio.Event
+    """Set when ``serve()`` has returned."""
 
     @property
     def url(self) -> str:
@@ -145,11 +147,16 @@ class RouterUnderTest:
 @asynccontextmanager
 async def running_router(**overrides: Any) -> AsyncIterator[RouterUnderTest]:
     settings = Settings(port=0, jwt_secret=SECRET, **overrides)
-    shutdown = trio.Event()
+    shutdown, stopped = trio.Event(), trio.Event()
+
+    async def run(*, task_status: trio.TaskStatus[Running]) -> None:
+        try:
+            await serve(settings, shutdown_requested=shutdown, task_status=task_status)
+        finally:
+            stopped.set()
+
     async with trio.open_nursery() as nursery:
-        running: Running = await nursery.start(
-            partial(serve, settings, shutdown_requested=shutdown)
-        )
+        running: Running = await nursery.start(run)
         async with httpx.AsyncClient(base_url=running.addresses[0], timeout=30) as client:
-            yield RouterUnderTest(running, client, shutdown)
+            yield RouterUnderTest(running, client, shutdown, stopped)
         nursery.cancel_scope.cancel()

@@ -16,7 +16,7 @@ import trio
 from router.cli import build_parser, main
 from router.config import Settings
 from router.server import ConfigurationError, serve
-from tests.e2e_helpers import PUBLISHER, SECRET, auth, content, running_router
+from tests.e2e_helpers import PUBLISHER, SECRET, auth, content, running_router, token
 from tests.sse_http_client import open_stream
 from tests.sse_spec_parser import parse_stream
 
@@ -229,6 +229,28 @@ async def test_shutdown_says_goodbye_to_every_stream_then_stops() -> None:
             (goodbye,) = stream.events
             assert stream.data()[0]["code"] == "server-shutdown"
             assert goodbye.retry == 1000
+
+
+async def test_shutdown_is_bounded_even_with_a_client_that_stopped_reading() -> None:
+    """hypercorn's socket writes cannot be cancelled; TCP_USER_TIMEOUT is what ends them."""
+    async with running_router(stalled_client_seconds=0.5, shutdown_grace_seconds=0.5) as router:
+        host, port = router.url.removeprefix("http://").rsplit(":", 1)
+        stalled = trio.socket.socket()
+        stalled.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+        await stalled.connect((host, int(port)))
+        with stalled:
+            await stalled.send(
+                f"GET /api/v1/events/stream?token={token(novels=['n1'])} HTTP/1.1\r\n"
+                "Host: x\r\n\r\n".encode()
+            )
+            await stalled.recv(1)
+            (session,) = router.running.hub.registry
+            big = [content("n1", n, summary="x" * 5000) for n in range(10)]
+            while session.close_reason is None:  # fill every buffer up to the stalled client
+                await router.publish(*big)
+            router.shutdown.set()
+            with trio.fail_after(20):  # a hang guard, not a measurement
+                await router.stopped.wait()
 
 
 async def test_sigterm_drains_the_streams_and_exits_zero() -> None:
