@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from contextlib import aclosing
 
 import trio
 
@@ -24,6 +25,8 @@ async def run_consumer(
     nothing is dropped. Runs until cancelled; closes ``records_out`` on the way out, which ends
     the adapter.
     """
-    async with records_out:
-        async for records in bus.read(start):
+    # Closing the reader explicitly: cancelled while sending, it would be left suspended and
+    # only finalized by the garbage collector.
+    async with records_out, aclosing(bus.read(start)) as batches:
+        async for records in batches:
             await records_out.send(records)

@@ -108,6 +108,9 @@ class Hub:
             session.stop(CloseReason.ERROR)
             log.exception("session %s failed", session.connection_id)
         finally:
+            # Closed here too (closing twice is harmless, and this does not checkpoint): a session
+            # that fails before it takes charge of its output must still end its response.
+            output.close()
             self.registry.remove(session)
 
     def close_sessions(self, reason: CloseReason = CloseReason.SERVER_SHUTDOWN) -> None:

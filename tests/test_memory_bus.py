@@ -99,9 +99,7 @@ async def test_read_yields_every_record_in_order_per_partition() -> None:
     published = await bus.publish(envelopes)
     async with aclosing(bus.read({})) as batches:
         got = await take(batches, 60)
-    assert sorted(r.identity.offset + (int(r.identity.partition),) for r in got) == sorted(
-        i.offset + (int(i.partition),) for i in published
-    )
+    assert sorted(str(r.identity) for r in got) == sorted(map(str, published))
     for offsets in by_partition([r.identity for r in got]).values():
         assert offsets == list(range(len(offsets)))
     for record in got:
@@ -178,21 +176,21 @@ async def test_one_publish_of_more_than_a_partitions_capacity_goes_through(
     assert [number(r) for r in got] == list(range(10))
 
 
-async def test_a_cancelled_publish_still_wakes_the_reader_for_what_it_appended(
-    autojump_clock: trio.abc.Clock,
-) -> None:
+async def test_a_cancelled_publish_still_wakes_the_reader_for_what_it_appended() -> None:
     bus = MemoryBus(partitions=1, capacity=3)
-    async with aclosing(bus.read({})) as batches, trio.open_nursery() as nursery:
-        reader_got: list[Record] = []
+    reader_got: list[Record] = []
 
-        async def read_all() -> None:
+    async def read_all() -> None:
+        async with aclosing(bus.read({})) as batches:
             async for batch in batches:
                 reader_got.extend(batch)
 
-        with trio.move_on_after(0):
-            # Appends what fits, without yielding, then is cancelled at its first wait.
-            await bus.publish([envelope(n, user_id="u1") for n in range(5)])
+    async with trio.open_nursery() as nursery:
         nursery.start_soon(read_all)
+        await trio.testing.wait_all_tasks_blocked()  # the reader waits for records
+        with trio.move_on_after(0):
+            # Appends what fits without yielding, then is cancelled at its first wait for room.
+            await bus.publish([envelope(n, user_id="u1") for n in range(5)])
         await trio.testing.wait_all_tasks_blocked()
         assert [number(r) for r in reader_got] == [0, 1, 2]
         nursery.cancel_scope.cancel()
@@ -208,9 +206,7 @@ async def test_two_buses_have_different_epochs() -> None:
     assert a != b  # same place, different histories
 
 
-@pytest.mark.parametrize(
-    ("partitions", "capacity"), [(0, 10), (-1, 10), (1, 0), (1, -5)], ids=str
-)
+@pytest.mark.parametrize(("partitions", "capacity"), [(0, 10), (-1, 10), (1, 0), (1, -5)], ids=str)
 def test_a_bus_needs_a_partition_and_some_capacity(partitions: int, capacity: int) -> None:
     with pytest.raises(ValueError, match="at least one partition"):
         MemoryBus(partitions=partitions, capacity=capacity)
@@ -251,7 +247,7 @@ async def test_the_consumer_waits_for_a_full_records_channel_and_drops_nothing(
                     break
         assert all_published.is_set()
         nursery.cancel_scope.cancel()
-    assert sorted(r.identity for r in got) == sorted(published)
+    assert sorted(str(r.identity) for r in got) == sorted(map(str, published))
     assert len({r.identity for r in got}) == 60
     for offsets in by_partition([r.identity for r in got]).values():
         assert offsets == list(range(len(offsets)))

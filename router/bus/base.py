@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,11 +28,12 @@ class EventBus(Protocol):
         """The current history's epoch (see docs/cursor.md)."""
         ...
 
-    def read(self, start: Mapping[str, Offset]) -> AsyncIterator[Sequence[Record]]:
+    def read(self, start: Mapping[str, Offset]) -> AsyncGenerator[Sequence[Record], None]:
         """Batches of records in bus order, after ``start`` (the last offset consumed per
         partition; a partition it does not name is read from its beginning).
 
-        The iterator waits for new records; cancelling the caller stops it.
+        The generator waits for new records; cancelling the caller stops it. The caller closes it
+        (``contextlib.aclosing``), so it is not left suspended for the garbage collector.
         """
         ...
 

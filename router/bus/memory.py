@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 
 import trio
 
@@ -59,30 +59,36 @@ class MemoryBus:
 
     async def publish(self, envelopes: Sequence[Envelope]) -> list[EventIdentity]:
         identities = []
-        for envelope in envelopes:
-            partition = self._partition_of(envelope.scope)
-            while len(self._unread[partition]) >= self._capacity:
-                await self._changed.wait()
-            offset = self._next_offset[partition]
-            self._next_offset[partition] += 1
-            identity = EventIdentity("memory", str(partition), (offset,), self._epoch)
-            self._unread[partition].append(Record(identity, envelope.to_bytes()))
-            identities.append(identity)
-        self._notify()
+        try:
+            for envelope in envelopes:
+                partition = self._partition_of(envelope.scope)
+                while len(self._unread[partition]) >= self._capacity:
+                    self._notify()  # the reader may be waiting for what this call appended
+                    await self._changed.wait()
+                offset = self._next_offset[partition]
+                self._next_offset[partition] += 1
+                identity = EventIdentity("memory", str(partition), (offset,), self._epoch)
+                self._unread[partition].append(Record(identity, envelope.to_bytes()))
+                identities.append(identity)
+        finally:
+            self._notify()  # even if cancelled half-way: what was appended is there to read
         return identities
 
-    async def read(self, start: Mapping[str, Offset]) -> AsyncIterator[Sequence[Record]]:
+    async def read(self, start: Mapping[str, Offset]) -> AsyncGenerator[Sequence[Record], None]:
         """Records after ``start``; this bus keeps nothing once read, so ``start`` only skips."""
         while True:
             batch: list[Record] = []
+            taken = 0
             for unread in self._unread:
                 while unread and len(batch) < MAX_BATCH:
                     record = unread.popleft()
+                    taken += 1
                     served = start.get(record.identity.partition)
                     if served is None or record.identity.offset > served:
                         batch.append(record)
+            if taken:
+                self._notify()  # room for waiting publishers, even if all of it was skipped
             if batch:
-                self._notify()
                 yield batch
-            else:
+            elif not taken:
                 await self._changed.wait()

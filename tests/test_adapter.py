@@ -1,0 +1,224 @@
+"""The adapter actor: records in, events out to the replay cache and sessions; bad ones skipped."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from actors.adapter import Adapter
+from actors.registry import SessionRegistry
+from actors.session import CloseReason, Offer, Session
+from router.bus.base import Record
+from router.cache.memory import MemoryReplayCache
+from router.core.cursor import Cursor, parse_cursor
+from router.core.history import Entry
+from router.core.mapping import convert_batch
+from router.core.permissions import Principal, StreamFilter
+from tests.actor_helpers import EPOCH, Reader, identity, in_an_hour
+
+OCCURRED = "2026-11-28T10:00:00Z"
+
+
+def raw(event_type: str, scope: dict[str, Any], **payload: Any) -> bytes:
+    body = {"event_type": event_type, "occurred_at": OCCURRED, "scope": scope, "payload": payload}
+    return json.dumps(body).encode()
+
+
+def content(version: int, novel_id: str = "n1") -> bytes:
+    return raw(
+        "Content.Updated", {"novel_id": novel_id}, novel_id=novel_id, content_version=version
+    )
+
+
+BAD: dict[str, bytes] = {
+    "not json": b'{"event_type": "Content.Updated",',
+    "not utf-8": b"\xff\xfe{}",
+    "not an object": b"[1, 2, 3]",
+    "nested too deeply": b"[" * 100_000,
+    "missing payload": b'{"event_type": "Content.Updated", "occurred_at": "2026-11-28T10:00:00Z",'
+    b' "scope": {"novel_id": "n1"}}',
+    "unknown type": raw("Novel.Deleted", {"novel_id": "n1"}, novel_id="n1"),
+    "invalid payload": raw(
+        "Content.Updated", {"novel_id": "n1"}, novel_id="n1", content_version=-1
+    ),
+    "missing payload field": raw("Content.Updated", {"novel_id": "n1"}, novel_id="n1"),
+    "empty scope": raw("Content.Updated", {}, novel_id="n1", content_version=1),
+    "broadcast progress": raw("Task.ProgressUpdated", {"broadcast": True}, task_id="t", progress=1),
+    "scope and payload disagree": raw(
+        "Content.Updated", {"novel_id": "n2"}, novel_id="n1", content_version=1
+    ),
+}
+PROBLEM = {
+    "not json": "malformed",
+    "not utf-8": "malformed",
+    "not an object": "malformed",
+    "nested too deeply": "malformed",
+    "missing payload": "malformed",
+    "unknown type": "unknown-type",
+    "invalid payload": "invalid-payload",
+    "missing payload field": "invalid-payload",
+    "empty scope": "unroutable",
+    "broadcast progress": "unroutable",
+    "scope and payload disagree": "unroutable",
+}
+
+
+class RecordingCache(MemoryReplayCache):
+    """The embedded cache, remembering each append as it was made."""
+
+    def __init__(self) -> None:
+        super().__init__(max_events=1000, source="memory", epoch=EPOCH)
+        self.appends: list[list[Entry]] = []
+
+    async def append(self, entries: Sequence[Entry]) -> None:
+        self.appends.append(list(entries))
+        await super().append(entries)
+
+
+def reader_of_n1(registry: SessionRegistry, nursery: trio.Nursery) -> tuple[Session, Reader]:
+    session = Session(
+        Principal("u1", novels=frozenset({"n1"})), StreamFilter(), expires_at=in_an_hour()
+    )
+    registry.add(session)
+    send, receive = trio.open_memory_channel[bytes](1)
+    reader = Reader(receive)
+    nursery.start_soon(session.run, send, None)
+    nursery.start_soon(reader.run)
+    return session, reader
+
+
+async def test_bad_records_are_counted_logged_and_skipped_and_good_ones_flow_in_order(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cache = RecordingCache()
+    registry = SessionRegistry()
+    adapter = Adapter(cache, registry)
+    # Good and bad records interleaved, in one partition: good versions 0..N, each followed by
+    # one kind of bad record.
+    records: list[Record] = []
+    bad_at: dict[str, str] = {}
+    for version, name in enumerate(BAD):
+        records.append(Record(identity(len(records)), content(version)))
+        bad_at[name] = str(identity(len(records)))
+        records.append(Record(identity(len(records)), BAD[name]))
+    records.append(Record(identity(len(records)), content(len(BAD))))
+    caplog.set_level(logging.WARNING, logger="actors.adapter")
+
+    async with trio.open_nursery() as nursery:
+        session, reader = reader_of_n1(registry, nursery)
+        await adapter.process(records)
+        await trio.testing.wait_all_tasks_blocked()
+        session.stop(CloseReason.CLIENT)
+
+    good_versions = list(range(len(BAD) + 1))
+    assert [d["content_version"] for d in reader.data()] == good_versions
+    good_offsets = [2 * version for version in good_versions]
+    assert [e.last_event_id for e in reader.events] == [f"memory@e1:0:{o}" for o in good_offsets]
+    (appended,) = cache.appends
+    assert [e.identity.offset for e in appended] == [(o,) for o in good_offsets]
+
+    assert adapter.stats.consumed == len(records)
+    assert adapter.stats.rejected == Counter(PROBLEM.values())
+    assert adapter.stats.offers == Counter({Offer.QUEUED: len(good_versions)})
+    assert str(adapter.cursor) == f"memory@e1:0:{len(records) - 1}"
+
+    logged = [r for r in caplog.records if r.name == "actors.adapter"]
+    assert len(logged) == len(BAD)
+    assert all(r.levelno == logging.WARNING for r in logged)
+    for name, record in zip(BAD, logged, strict=True):  # in bus order
+        message = record.getMessage()
+        assert bad_at[name] in message, name  # where it sits on the bus
+        assert PROBLEM[name] in message, name
+
+
+async def test_a_batch_of_only_bad_records_moves_the_cursor_and_appends_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cache = RecordingCache()
+    adapter = Adapter(cache, SessionRegistry())
+    caplog.set_level(logging.WARNING, logger="actors.adapter")
+    await adapter.process([Record(identity(0), content(0))])
+    await adapter.process([Record(identity(n), bad) for n, bad in enumerate(BAD.values(), 1)])
+    assert len(cache.appends) == 1
+    assert adapter.cursor == Cursor.of(identity(len(BAD)))
+    # The next good record's id is after the skipped ones: they are never read again.
+    await adapter.process([Record(identity(len(BAD) + 1), content(1))])
+    (entry,) = cache.appends[-1]
+    assert entry.message.id == f"memory@e1:0:{len(BAD) + 1}"
+
+
+async def test_cached_entries_carry_their_message_id_as_cursor_and_the_append_time(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    cache = RecordingCache()
+    adapter = Adapter(cache, SessionRegistry())
+    records = [
+        Record(identity(0, "0"), content(0)),
+        Record(identity(0, "1"), content(1, "n2")),
+        Record(identity(1, "0"), content(2)),
+        Record(identity(1, "1"), b"garbage"),
+        Record(identity(0, "2"), content(3, "n3")),
+    ]
+    await trio.sleep(5)
+    await adapter.process(records)
+    (entries,) = cache.appends
+    for entry in entries:
+        assert entry.message.id == str(entry.cursor)
+        assert entry.cursor.covers(entry.identity)
+        assert entry.appended_at == 5
+    assert [str(e.cursor) for e in entries] == [
+        "memory@e1:0:0",
+        "memory@e1:0:0,1:0",
+        "memory@e1:0:1,1:0",
+        "memory@e1:0:1,1:1,2:0",  # past the rejected record at 1:1
+    ]
+    expected = convert_batch((r.identity, r.raw) for r in records)
+    assert [str(c.cursor) for c in expected.events] == [str(e.cursor) for e in entries]
+    assert adapter.cursor == expected.events[-1].cursor == entries[-1].cursor
+
+
+async def test_the_cursor_carries_on_from_one_batch_to_the_next() -> None:
+    cache = RecordingCache()
+    adapter = Adapter(cache, SessionRegistry())
+    await adapter.process([Record(identity(0, "0"), content(0)), Record(identity(4, "1"), b"{")])
+    assert adapter.cursor == parse_cursor("memory@e1:0:0,1:4")
+    await adapter.process([Record(identity(1, "0"), content(1))])
+    assert adapter.cursor == parse_cursor("memory@e1:0:1,1:4")
+    assert cache.appends[-1][0].message.id == "memory@e1:0:1,1:4"
+
+
+async def test_an_event_is_offered_only_to_the_sessions_it_is_for() -> None:
+    registry = SessionRegistry()
+    adapter = Adapter(RecordingCache(), registry)
+    async with trio.open_nursery() as nursery:
+        reader_session, reader = reader_of_n1(registry, nursery)
+        outsider = Session(
+            Principal("u2", novels=frozenset({"n2"})), StreamFilter(), expires_at=in_an_hour()
+        )
+        registry.add(outsider)
+        await adapter.process([Record(identity(n), content(n, f"n{n % 2 + 1}")) for n in range(6)])
+        await trio.testing.wait_all_tasks_blocked()
+        reader_session.stop(CloseReason.CLIENT)
+    assert [d["novel_id"] for d in reader.data()] == ["n1"] * 3
+    assert adapter.stats.offers == Counter({Offer.QUEUED: 6})  # 3 each, none to the other
+
+
+async def test_run_processes_batches_until_its_channel_closes() -> None:
+    cache = RecordingCache()
+    adapter = Adapter(cache, SessionRegistry())
+    send, receive = trio.open_memory_channel[Sequence[Record]](0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(adapter.run, receive)
+        async with send:
+            await send.send([Record(identity(0), content(0))])
+            await send.send([Record(identity(1), b"nope"), Record(identity(2), content(1))])
+    assert [[e.identity.offset for e in entries] for entries in cache.appends] == [[(0,)], [(2,)]]
+    assert adapter.stats.consumed == 3
+    assert adapter.stats.rejected == Counter({"malformed": 1})

@@ -1,0 +1,465 @@
+"""The hub's actors together, without HTTP: routing, the resume hand-over, shutdown, failures.
+
+Everything runs under trio's autojump clock: waiting is for something to happen (a stream ends,
+every task is blocked), and the ``fail_after`` guards only turn a hang into a prompt failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import actors.adapter
+from actors.hub import Hub, HubSettings
+from actors.session import CloseReason, Offer, Session, SessionSettings
+from router.bus.memory import MemoryBus
+from router.cache.memory import MemoryReplayCache
+from router.core.cursor import Cursor, EventIdentity, parse_cursor, parse_identity
+from router.core.envelope import Envelope, parse_envelope
+from router.core.history import Entry, Replay
+from router.core.permissions import Principal, StreamFilter
+from router.core.sse import SSEMessage
+from tests.actor_helpers import Reader
+
+GUARD_SECONDS = 600
+settle = trio.testing.wait_all_tasks_blocked
+
+
+def envelope(event_type: str, scope: dict[str, Any], **payload: Any) -> Envelope:
+    return parse_envelope(
+        {
+            "event_type": event_type,
+            "occurred_at": "2026-11-28T10:00:00Z",
+            "scope": scope,
+            "payload": payload,
+        }
+    )
+
+
+def content(novel_id: str, version: int, **scope: str) -> Envelope:
+    return envelope(
+        "Content.Updated",
+        {"novel_id": novel_id, **scope},
+        novel_id=novel_id,
+        content_version=version,
+    )
+
+
+def progress(user_id: str, task_id: str, **scope: str) -> Envelope:
+    return envelope(
+        "Task.ProgressUpdated", {"user_id": user_id, **scope}, task_id=task_id, progress=50
+    )
+
+
+def status(scope: dict[str, str], task_id: str) -> Envelope:
+    return envelope(
+        "Task.StatusChanged", scope, task_id=task_id, old_status="running", new_status="done"
+    )
+
+
+def notice(title: str) -> Envelope:
+    return envelope(
+        "System.NotificationSent", {"broadcast": True}, level="info", title=title, message="hi"
+    )
+
+
+def session(
+    user_id: str,
+    novels: Iterable[str] = (),
+    session_id: str | None = None,
+    novel_filter: Iterable[str] = (),
+    **settings: Any,
+) -> Session:
+    return Session(
+        Principal(user_id, frozenset(novels), session_id),
+        StreamFilter(novel_ids=frozenset(novel_filter)),
+        expires_at=time.time() + 30 * 86400,  # far beyond anything the mock clock reaches here
+        settings=SessionSettings(**settings),
+        connection_id=user_id,
+    )
+
+
+class SlowCache(MemoryReplayCache):
+    """The embedded cache, with the checkpoints a networked one would have around each call."""
+
+    async def append(self, entries: Sequence[Entry]) -> None:
+        await trio.lowlevel.checkpoint()
+        await super().append(entries)
+        await trio.lowlevel.checkpoint()
+
+    async def replay(self, after: Cursor, up_to: Cursor | None) -> Replay:
+        await trio.lowlevel.checkpoint()
+        replay = await super().replay(after, up_to)
+        await trio.lowlevel.checkpoint()
+        return replay
+
+
+@asynccontextmanager
+async def running_hub(
+    *,
+    partitions: int = 1,
+    bus_capacity: int = 10_000,
+    cache_class: type[MemoryReplayCache] = MemoryReplayCache,
+    **hub_settings: Any,
+) -> AsyncIterator[tuple[Hub, trio.Nursery]]:
+    bus = MemoryBus(partitions=partitions, capacity=bus_capacity)
+    cache = cache_class(max_events=100_000, source="memory", epoch=await bus.epoch())
+    hub = Hub(bus, cache, HubSettings(**hub_settings))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        yield hub, nursery
+        nursery.cancel_scope.cancel()
+
+
+async def attach(
+    hub: Hub, nursery: trio.Nursery, subject: Session, resume_from: Cursor | None = None
+) -> Reader:
+    output, _ = await hub.open(subject, resume_from)
+    reader = Reader(output)
+    nursery.start_soon(reader.run)
+    return reader
+
+
+def labels(reader: Reader) -> Counter[str]:
+    """What a client got, one label per event: a task, a content version, a notice, an error."""
+    got: Counter[str] = Counter()
+    for event in reader.data():
+        label = next(
+            event[k] for k in ("task_id", "content_version", "title", "code") if k in event
+        )
+        got[str(label)] += 1
+    return got
+
+
+def versions(reader: Reader) -> list[int]:
+    return [int(str(d["content_version"])) for d in reader.data() if "content_version" in d]
+
+
+def identities(reader: Reader) -> list[EventIdentity]:
+    return [parse_identity(str(d["event_id"])) for d in reader.data() if "event_id" in d]
+
+
+# -- routing ---------------------------------------------------------------------------------------
+
+
+async def test_each_event_reaches_exactly_the_sessions_it_is_for(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with running_hub(partitions=3) as (hub, nursery):
+        alice = session("alice", novels={"n1"}, session_id="s-a")
+        bob = session("bob", novels={"n2"}, session_id="s-b")
+        carol = session("carol", novels={"n1", "n2"}, novel_filter={"n2"})
+        readers = {s.connection_id: await attach(hub, nursery, s) for s in (alice, bob, carol)}
+        await hub.publish(
+            [
+                progress("alice", "alice-task"),
+                content("n1", 1),  # alice; carol may read n1 but asked for n2 only
+                content("n2", 2),
+                status({"session_id": "s-b"}, "bob-session-task"),
+                # a user sees the events of all their sessions, when the event says whose
+                status({"user_id": "alice", "session_id": "s-b"}, "alice-other-session-task"),
+                content("n1", 3, user_id="bob"),  # bob may not read n1: nobody
+                progress("dave", "dave-task"),  # nobody connected
+                content("n9", 4),  # nobody reads n9
+                status({"session_id": "s-z"}, "nobody-session-task"),
+                notice("maintenance"),
+            ]
+        )
+        await settle()
+        for subject in (alice, bob, carol):
+            subject.stop(CloseReason.CLIENT)
+    assert {name: labels(reader) for name, reader in readers.items()} == {
+        "alice": Counter(["alice-task", "1", "alice-other-session-task", "maintenance"]),
+        "bob": Counter(["2", "bob-session-task", "maintenance"]),
+        "carol": Counter(["2", "maintenance"]),
+    }
+    assert hub.adapter.stats.offers == Counter({Offer.QUEUED: 4 + 3 + 2})
+
+
+@pytest.mark.parametrize("count", [10, 1000])
+async def test_a_targeted_event_is_checked_against_its_sessions_only(
+    count: int, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock
+) -> None:
+    """The registry's index finds the candidates: the work per event does not grow with the
+    number of sessions connected."""
+    checked: list[str] = []
+    admits = actors.adapter.admits
+
+    def counting_admits(message: SSEMessage, principal: Principal, f: StreamFilter) -> bool:
+        checked.append(principal.user_id)
+        return admits(message, principal, f)
+
+    monkeypatch.setattr(actors.adapter, "admits", counting_admits)
+    async with running_hub(partitions=4) as (hub, nursery):
+        sessions = [session(f"u{n}", {f"n{n % 10}"}, f"s{n}") for n in range(count)]
+        readers = [await attach(hub, nursery, subject) for subject in sessions]
+        offers = hub.adapter.stats.offers
+
+        await hub.publish([progress("u7", "for-u7")])
+        await settle()
+        assert (checked, offers) == (["u7"], Counter({Offer.QUEUED: 1}))
+
+        await hub.publish([status({"session_id": "s3"}, "for-s3")])
+        await settle()
+        assert (checked[1:], offers) == (["u3"], Counter({Offer.QUEUED: 2}))
+
+        await hub.publish([content("n4", 1)])  # a novel's readers: one in ten
+        await settle()
+        assert len(checked) == 2 + count // 10
+        assert offers == Counter({Offer.QUEUED: 2 + count // 10})
+        hub.close_sessions()
+        with trio.fail_after(GUARD_SECONDS):
+            for reader in readers:
+                await reader.closed.wait()
+    assert labels(readers[7]) == Counter(["for-u7", "server-shutdown"])
+    assert labels(readers[3]) == Counter(["for-s3", "server-shutdown"])
+    assert labels(readers[4]) == Counter(["1", "server-shutdown"])
+    assert labels(readers[5]) == Counter(["server-shutdown"])
+
+
+# -- the resume hand-over --------------------------------------------------------------------------
+
+NOVELS = [f"n{k}" for k in range(8)]
+
+
+@pytest.mark.parametrize("cache_class", [MemoryReplayCache, SlowCache], ids=["memory", "slow"])
+@pytest.mark.parametrize("checkpoints_before_open", [0, 1, 2, 5, 11, 40])
+async def test_a_resume_continues_with_no_gap_and_no_duplicate(
+    cache_class: type[MemoryReplayCache],
+    checkpoints_before_open: int,
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Two successive sessions of one client, the second resuming from the first's last id: what
+    they got together is every event exactly once, in order in each partition, although events
+    are published before, during and after the second one is attached."""
+    published: list[EventIdentity] = []
+
+    async def publish(hub: Hub, numbers: range) -> None:
+        for n in numbers:
+            published.extend(await hub.publish([content(NOVELS[n % 8], n)]))
+            await trio.lowlevel.checkpoint()
+
+    async with running_hub(partitions=4, cache_class=cache_class) as (hub, nursery):
+        first = session("u1", NOVELS)
+        first_reader = await attach(hub, nursery, first)
+        await publish(hub, range(20))
+        await settle()
+        published.extend(await hub.publish([content(NOVELS[n % 8], n) for n in range(20, 30)]))
+        first.stop(CloseReason.CLIENT)  # probably before it got all of those
+        with trio.fail_after(GUARD_SECONDS):
+            await first_reader.closed.wait()
+        last_id = first_reader.events[-1].last_event_id
+
+        await publish(hub, range(30, 40))  # while no session is attached
+        second = session("u1", NOVELS)
+        async with trio.open_nursery() as during:
+            during.start_soon(publish, hub, range(40, 70))
+            for _ in range(checkpoints_before_open):
+                await trio.lowlevel.checkpoint()
+            output, replay = await hub.open(second, parse_cursor(last_id))
+            second_reader = Reader(output)
+            nursery.start_soon(second_reader.run)
+        await publish(hub, range(70, 80))
+        await settle()
+        second.stop(CloseReason.CLIENT)
+        with trio.fail_after(GUARD_SECONDS):
+            await second_reader.closed.wait()
+
+    assert replay is not None
+    assert not replay.truncated
+    got = identities(first_reader) + identities(second_reader)
+    assert sorted(map(str, got)) == sorted(map(str, published))  # each one, once
+    assert len(got) == len(published) == 80
+    per_partition: defaultdict[str, list[int]] = defaultdict(list)
+    for identity in got:
+        per_partition[identity.partition].append(identity.offset[0])
+    assert len(per_partition) > 1
+    for offsets in per_partition.values():
+        assert offsets == list(range(len(offsets)))
+    for k in range(8):  # one novel's versions in the order they were published
+        mine = [v for v in versions(first_reader) + versions(second_reader) if v % 8 == k]
+        assert mine == list(range(k, 80, 8))
+    final = parse_cursor(second_reader.events[-1].last_event_id)
+    assert all(final.covers(identity) for identity in published)
+
+
+# -- stopping --------------------------------------------------------------------------------------
+
+
+async def test_close_sessions_says_goodbye_to_everyone_and_empties_the_registry(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with running_hub() as (hub, nursery):
+        sessions = [session(f"u{n}", {"n1"}, shutdown_retry_ms=700) for n in range(5)]
+        readers = [await attach(hub, nursery, subject) for subject in sessions]
+        stalled = session("u9", {"n1"}, goodbye_timeout_seconds=2.0)
+        stalled_output, _ = await hub.open(stalled, None)  # nobody ever reads it
+        await hub.publish([content("n1", 1)])
+        await settle()
+        assert len(hub.registry) == 6
+        started = trio.current_time()
+        hub.close_sessions()
+        with trio.fail_after(GUARD_SECONDS):
+            for reader in readers:
+                await reader.closed.wait()
+            await stalled.finished.wait()
+        assert stalled not in list(hub.registry)  # gone by the time anyone hears it finished
+        await settle()
+        assert len(hub.registry) == 0
+        # The stalled client held the shutdown up for its goodbye timeout, and no longer.
+        assert trio.current_time() - started <= 2.0
+    for subject, reader in zip(sessions, readers, strict=True):
+        assert subject.close_reason is CloseReason.SERVER_SHUTDOWN
+        assert [e.event for e in reader.events] == ["content.updated", "sse.error"]
+        assert reader.data()[-1]["code"] == "server-shutdown"
+        assert reader.events[-1].retry == 700
+    assert stalled.close_reason is CloseReason.SERVER_SHUTDOWN
+    assert stalled_output.receive_nowait().startswith(b"retry:")
+    with pytest.raises(trio.EndOfChannel):  # the event and the goodbye were never read
+        stalled_output.receive_nowait()
+
+
+async def test_cancelling_the_hub_stops_everything_at_once_even_with_stalled_readers(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    stalled: list[tuple[Session, trio.MemoryReceiveChannel[bytes]]] = []
+    with trio.fail_after(GUARD_SECONDS):
+        async with running_hub(partitions=2, bus_capacity=4, records_capacity=1) as (hub, nursery):
+            for n in range(3):
+                subject = session(f"u{n}", {"n1", "n2"})
+                output, _ = await hub.open(subject, None)
+                stalled.append((subject, output))
+            live = session("u9", {"n1", "n2"})
+            live_reader = await attach(hub, nursery, live)
+
+            async def publish_forever() -> None:
+                n = 0
+                while True:
+                    await hub.publish([content(f"n{n % 2 + 1}", n)])
+                    n += 1
+                    await trio.sleep(0.01)
+
+            nursery.start_soon(publish_forever)
+            await trio.sleep(1)
+            assert len(versions(live_reader)) > 50
+            assert all(subject.close_reason is None for subject, _ in stalled)  # not lagging yet
+            started = trio.current_time()
+            nursery.cancel_scope.cancel()
+    assert trio.current_time() == started  # no timeout was involved in stopping
+    assert live.finished.is_set()
+    for subject, output in stalled:
+        assert subject.close_reason is None  # cut without a goodbye
+        assert subject.finished.is_set()
+        assert output.receive_nowait().startswith(b"retry:")
+        with pytest.raises(trio.EndOfChannel):
+            output.receive_nowait()
+
+
+async def test_a_stalled_session_is_cut_off_as_lagged_and_nobody_else_waits_for_it(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with running_hub(partitions=2, bus_capacity=4, records_capacity=1) as (hub, nursery):
+        stalled = session("u1", {"n1", "n2"}, inbox_capacity=4)
+        stalled_output, _ = await hub.open(stalled, None)  # its reader stopped reading
+        live = session("u2", {"n1", "n2"})
+        live_reader = await attach(hub, nursery, live)
+        all_published = trio.Event()
+
+        async def publish_all() -> None:
+            for n in range(500):
+                await hub.publish([content(f"n{n % 2 + 1}", n)])
+            all_published.set()
+
+        nursery.start_soon(publish_all)
+        with trio.fail_after(GUARD_SECONDS):
+            await all_published.wait()  # through a bus of 4 per partition: nothing was held up
+            await stalled.finished.wait()
+        await settle()
+        assert stalled.close_reason is CloseReason.LAGGED
+        assert list(hub.registry) == [live]
+        assert live.close_reason is None
+        assert sorted(versions(live_reader)) == list(range(500))
+        for k in (0, 1):
+            assert [v for v in versions(live_reader) if v % 2 == k] == list(range(k, 500, 2))
+        assert hub.adapter.stats.offers[Offer.DISCONNECTED] == 1
+        # Its stream ended: the retry hint it had, and nothing after (the goodbye gave up).
+        assert stalled_output.receive_nowait().startswith(b"retry:")
+        with pytest.raises(trio.EndOfChannel):
+            stalled_output.receive_nowait()
+        live.stop(CloseReason.CLIENT)
+
+
+# -- failures --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["at once", "mid-stream"])
+async def test_a_session_that_fails_is_removed_and_the_hub_carries_on(
+    where: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="actors.hub")
+    async with running_hub() as (hub, nursery):
+        healthy = session("u1", {"n1"})
+        healthy_reader = await attach(hub, nursery, healthy)
+        broken = session("u2", {"n1"})
+        broken.connection_id = "broken-one"
+        if where == "at once":
+
+            async def fail(*args: object) -> None:
+                raise RuntimeError("boom")
+
+            monkeypatch.setattr(broken, "run", fail)
+        else:
+
+            def fail_to_encode(*args: object) -> bytes:
+                raise RuntimeError("boom")
+
+            monkeypatch.setattr(broken, "_encode", fail_to_encode)
+        broken_reader = await attach(hub, nursery, broken)
+        await hub.publish([content("n1", 1)])
+        with trio.fail_after(GUARD_SECONDS):
+            await broken_reader.closed.wait()  # its response ends; it does not hang
+        await settle()
+        assert broken.close_reason is CloseReason.ERROR
+        assert list(hub.registry) == [healthy]
+        await hub.publish([content("n1", 2)])
+        await settle()
+        healthy.stop(CloseReason.CLIENT)
+    assert versions(healthy_reader) == [1, 2]
+    assert versions(broken_reader) == []
+    (logged,) = [r for r in caplog.records if r.name == "actors.hub"]
+    assert "broken-one" in logged.getMessage()
+    assert logged.exc_info is not None
+    assert logged.exc_info[0] is RuntimeError
+
+
+async def test_a_failing_replay_lets_the_session_go_and_leaves_the_hub_running(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    class FailingCache(MemoryReplayCache):
+        async def replay(self, after: Cursor, up_to: Cursor | None) -> Replay:
+            raise ConnectionError("cache unreachable")
+
+    async with running_hub(cache_class=FailingCache) as (hub, nursery):
+        await hub.publish([content("n1", 1)])
+        await settle()
+        resuming = session("u1", {"n1"})
+        with pytest.raises(ConnectionError):
+            await hub.open(resuming, hub.adapter.cursor)
+        assert len(hub.registry) == 0
+        fresh = session("u1", {"n1"})
+        reader = await attach(hub, nursery, fresh)
+        await hub.publish([content("n1", 2)])
+        await settle()
+        fresh.stop(CloseReason.CLIENT)
+    assert versions(reader) == [2]
