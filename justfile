@@ -39,3 +39,8 @@ ts-deps:
     if [ ! -f "$installed" ] || [ clients/typescript/package-lock.json -nt "$installed" ]; then
         npm ci --prefix clients/typescript --no-audit --no-fund
     fi
+
+# Start a local Kafka-compatible broker (tansu, in memory) on 127.0.0.1:9092 with a 3-partition
+# topic `sse-events`, for `just run --bus kafka`. Stop it with Ctrl-C.
+kafka PORT="9092" TOPIC="sse-events":
+    python -m tests.kafka_broker --port {{PORT}} --topic {{TOPIC}}

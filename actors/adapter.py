@@ -49,6 +49,7 @@ class Adapter:
         self.stats = AdapterStats()
         self._clock = clock
         self._seq = 0
+        self._processed = trio.Event()
 
     async def run(self, records_in: trio.MemoryReceiveChannel[Sequence[Record]]) -> None:
         """Process batches until ``records_in`` is closed or this is cancelled.
@@ -80,6 +81,13 @@ class Adapter:
         for entry in entries:
             self._seq += 1
             self.route(Delivery(self._seq, entry.identity, entry.cursor, entry.message))
+        self._processed.set()
+        self._processed = trio.Event()
+
+    async def wait_consumed(self, count: int) -> None:
+        """Return once ``count`` records in all have been processed (for observers and tests)."""
+        while self.stats.consumed < count:
+            await self._processed.wait()
 
     def route(self, delivery: Delivery) -> None:
         message = delivery.message

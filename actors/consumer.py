@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 async def run_consumer(
     bus: EventBus,
-    start: Mapping[str, Offset],
+    start: Mapping[str, Offset] | None,
     records_out: trio.MemorySendChannel[Sequence[Record]],
 ) -> None:
     """Forward batches of records from ``bus`` (after ``start``) into ``records_out``.

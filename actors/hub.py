@@ -54,6 +54,8 @@ class Hub:
         self.registry = SessionRegistry()
         self.adapter = Adapter(cache, self.registry)
         self.epoch = ""
+        self.reading = trio.Event()
+        """Set once the bus answered: every event published from then on will be routed."""
         self._sessions_nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -63,15 +65,18 @@ class Hub:
         next checkpoint; sessions still open are cut without a goodbye, so call
         :meth:`close_sessions` first for a graceful stop.
         """
-        self.epoch = await self.bus.epoch()
         records_send, records_receive = trio.open_memory_channel[Sequence[Record]](
             self.settings.records_capacity
         )
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(run_consumer, self.bus, {}, records_send)
-            nursery.start_soon(self.adapter.run, records_receive)
             self._sessions_nursery = await nursery.start(_open_sessions_nursery)
             task_status.started()
+            # A bus that cannot be reached yet is waited for here, with sessions already served:
+            # until its epoch is known, every resume is answered as truncated, never guessed.
+            self.epoch = await self.bus.epoch()
+            self.reading.set()
+            nursery.start_soon(run_consumer, self.bus, None, records_send)
+            nursery.start_soon(self.adapter.run, records_receive)
 
     async def open(
         self, session: Session, resume_from: Cursor | None

@@ -35,6 +35,11 @@ class Settings:
     retry_ms: int = 2000
     session_buffer: int = 256
     records_buffer: int = 16
+    bus: str = "memory"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_topic: str = "sse-events"
+    kafka_fetch_max_wait_ms: int = 25
+    kafka_request_timeout_ms: int = 5000
     memory_partitions: int = 1
     memory_bus_capacity: int = 10_000
     cache_max_events: int = 10_000
@@ -155,6 +160,15 @@ def add_serve_arguments(
     flag("--retry-ms", "reconnection delay suggested to clients", type=count(0))
     flag("--session-buffer", "events queued per stream before backpressure", type=count(1))
     flag("--records-buffer", "record batches between consumer and adapter", type=count(1))
+    flag("--bus", "where events come from", choices=("memory", "kafka"))
+    flag("--kafka-bootstrap", "Kafka bootstrap servers, host:port[,host:port...]")
+    flag("--kafka-topic", "the Kafka topic of domain events (it must exist)")
+    flag(
+        "--kafka-fetch-max-wait-ms",
+        "longest a Kafka fetch waits for new records",
+        type=count(1),
+    )
+    flag("--kafka-request-timeout-ms", "Kafka request timeout", type=count(100))
     flag("--memory-partitions", "partitions of the in-memory bus", type=count(1))
     flag("--memory-bus-capacity", "unread records per in-memory partition", type=count(1))
     flag("--cache-max-events", "events kept for resume", type=count(1))

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import signal
 import socket
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 import trio
+import trio_asyncio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
@@ -27,6 +29,8 @@ from quart_trio import QuartTrio
 from actors.hub import Hub, HubSettings
 from actors.session import CloseReason
 from router.auth import TokenVerifier
+from router.bus.base import EventBus
+from router.bus.kafka import KafkaBus, KafkaSettings
 from router.bus.memory import MemoryBus
 from router.cache.memory import MemoryReplayCache
 from router.config import Settings
@@ -116,12 +120,38 @@ async def serve(
     :class:`ConfigurationError` before anything starts if the settings cannot work.
     """
     verifier = token_verifier(settings)
-    bus = MemoryBus(partitions=settings.memory_partitions, capacity=settings.memory_bus_capacity)
+    async with AsyncExitStack() as resources:
+        if settings.bus != "memory":  # aiokafka and redis-py run on asyncio, inside trio
+            await resources.enter_async_context(trio_asyncio.open_loop())
+        bus = event_bus(settings)
+        resources.push_async_callback(bus.aclose)
+        await _serve(settings, verifier, bus, shutdown_requested, task_status)
+
+
+def event_bus(settings: Settings) -> EventBus:
+    if settings.bus == "kafka":
+        return KafkaBus(
+            KafkaSettings(
+                bootstrap=settings.kafka_bootstrap,
+                topic=settings.kafka_topic,
+                fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+                request_timeout_ms=settings.kafka_request_timeout_ms,
+            )
+        )
+    return MemoryBus(partitions=settings.memory_partitions, capacity=settings.memory_bus_capacity)
+
+
+async def _serve(
+    settings: Settings,
+    verifier: TokenVerifier,
+    bus: EventBus,
+    shutdown_requested: trio.Event | None,
+    task_status: trio.TaskStatus[Running],
+) -> None:
     cache = MemoryReplayCache(
         max_events=settings.cache_max_events,
         max_age=settings.cache_max_age_seconds,
         source=bus.source,
-        epoch=await bus.epoch(),
     )
     hub = Hub(bus, cache, HubSettings(records_capacity=settings.records_buffer))
     app = create_app(hub, settings, verifier)

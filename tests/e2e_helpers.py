@@ -102,6 +102,12 @@ class EventStream:
     async def to_the_end(self) -> None:
         await self.read_until(lambda s: False)
 
+    async def drained(self) -> None:
+        """Read until the next heartbeat: it comes only after the session found nothing more to
+        send, so every event routed to this stream before now has been read."""
+        beats = self.comments.count("")
+        await self.read_until(lambda s: s.comments.count("") > beats)
+
 
 @dataclass
 class RouterUnderTest:

@@ -8,6 +8,19 @@ from typing import Protocol
 
 from router.core.cursor import EventIdentity, Offset
 from router.core.envelope import Envelope
+from router.core.scope import Scope
+
+
+def partition_key(scope: Scope) -> str:
+    """What a bus partitions by: the first owner the scope names, so that all of one user's (or
+    one novel's, or one session's) events land in one partition, in order."""
+    if scope.broadcast:
+        return "broadcast"
+    return scope.user_id or scope.novel_id or scope.session_id or ""
+
+
+class BusUnavailableError(Exception):
+    """The bus did not take what was published; the caller may retry later."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,9 +41,10 @@ class EventBus(Protocol):
         """The current history's epoch (see docs/cursor.md)."""
         ...
 
-    def read(self, start: Mapping[str, Offset]) -> AsyncGenerator[Sequence[Record], None]:
-        """Batches of records in bus order, after ``start`` (the last offset consumed per
-        partition; a partition it does not name is read from its beginning).
+    def read(self, start: Mapping[str, Offset] | None) -> AsyncGenerator[Sequence[Record], None]:
+        """Batches of records in bus order, after ``start``: the last offset consumed per
+        partition, a partition it does not name being read from its beginning; or ``None`` to
+        start from the end of every partition (what is published from now on).
 
         The generator waits for new records; cancelling the caller stops it. The caller closes it
         (``contextlib.aclosing``), so it is not left suspended for the garbage collector.
@@ -39,7 +53,14 @@ class EventBus(Protocol):
 
     async def publish(self, envelopes: Sequence[Envelope]) -> list[EventIdentity]:
         """Append envelopes, each to the partition its scope hashes to, so one user's or one
-        novel's events keep their order; returns where each landed."""
+        novel's events keep their order; returns where each landed.
+
+        Raises :class:`BusUnavailableError` when the bus does not take them.
+        """
         ...
 
     async def healthy(self) -> bool: ...
+
+    async def aclose(self) -> None:
+        """Release connections; shielded from cancellation, as it runs during shutdown."""
+        ...

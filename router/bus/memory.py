@@ -15,19 +15,12 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 
 import trio
 
-from router.bus.base import Record
+from router.bus.base import Record, partition_key
 from router.core.cursor import EventIdentity, Offset
 from router.core.envelope import Envelope
 from router.core.scope import Scope
 
 MAX_BATCH = 256
-
-
-def partition_key(scope: Scope) -> str:
-    """The key a scope is partitioned by: the narrowest owner it names first."""
-    if scope.broadcast:
-        return "broadcast"
-    return scope.user_id or scope.novel_id or scope.session_id or ""
 
 
 class MemoryBus:
@@ -49,6 +42,9 @@ class MemoryBus:
 
     async def healthy(self) -> bool:
         return True
+
+    async def aclose(self) -> None:
+        pass
 
     def _partition_of(self, scope: Scope) -> int:
         return zlib.crc32(partition_key(scope).encode()) % len(self._unread)
@@ -74,8 +70,12 @@ class MemoryBus:
             self._notify()  # even if cancelled half-way: what was appended is there to read
         return identities
 
-    async def read(self, start: Mapping[str, Offset]) -> AsyncGenerator[Sequence[Record], None]:
-        """Records after ``start``; this bus keeps nothing once read, so ``start`` only skips."""
+    async def read(
+        self, start: Mapping[str, Offset] | None
+    ) -> AsyncGenerator[Sequence[Record], None]:
+        """Records after ``start``; this bus keeps nothing once read, so ``start`` only skips
+        (``None``: the records not read yet, which is everything published from now on)."""
+        start = start or {}
         while True:
             batch: list[Record] = []
             taken = 0

@@ -21,6 +21,7 @@ from actors.hub import Hub
 from actors.session import Session, SessionSettings
 from router import __version__
 from router.auth import AuthError, TokenVerifier, Verified
+from router.bus.base import BusUnavailableError
 from router.config import Settings
 from router.core.cursor import EventIdentity
 from router.core.envelope import Envelope, EnvelopeError, parse_envelope
@@ -182,7 +183,12 @@ def create_app(hub: Hub, settings: Settings, verifier: TokenVerifier) -> QuartTr
                 413, "batch-too-large", f"at most {settings.publish_max_batch} envelopes at once"
             )
         envelopes = [_checked_envelope(item, index) for index, item in enumerate(items)]
-        identities = await hub.publish(envelopes)
+        try:
+            identities = await hub.publish(envelopes)
+        except BusUnavailableError as error:
+            raise HTTPError(
+                503, "bus-unavailable", str(error), headers={"Retry-After": "5"}
+            ) from None
         return jsonify({"event_ids": [str(identity) for identity in identities]}), 202
 
     return app

@@ -1,0 +1,291 @@
+"""The Kafka bus: aiokafka, run through trio-asyncio inside the router's nursery tree.
+
+Every router instance reads every partition of the topic (manual assignment, no consumer group):
+its clients may subscribe to anything, so instances must not split partitions among themselves.
+aiokafka objects are created, used and stopped inside the trio-asyncio loop that ``serve()`` opens
+around the tree; their ``stop()`` is shielded, so a cancelled reader still closes its connections.
+
+The epoch is derived from the topic id (Metadata v10, see ``kafka_metadata``): a topic deleted and
+recreated under the same name gets a new id, so cursors from before it are never matched by offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+import trio_asyncio
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from router.bus.base import BusUnavailableError, Record, partition_key
+from router.bus.kafka_metadata import NO_TOPIC_ID, TopicMetadataRequest, topic_ids
+from router.core.backoff import Backoff
+from router.core.cursor import EventIdentity, Offset
+from router.core.envelope import Envelope
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    bootstrap: str
+    topic: str
+    client_id: str = "sse-router"
+    fetch_max_wait_ms: int = 25
+    """How long a fetch waits for records; small, because some brokers never answer early."""
+    request_timeout_ms: int = 5000
+    max_batch: int = 256
+    probe_interval_seconds: float = 2.0
+    """How often the reader checks the broker answers and the topic is still the same one."""
+    backoff_initial_seconds: float = 0.2
+    backoff_max_seconds: float = 10.0
+
+
+def epoch_of(topic_id: Any) -> str:
+    """12 characters of a hash of the topic id: short, URL-safe, and different for a new topic
+    even when ids are time-ordered and share their first bytes."""
+    digest = hashlib.sha256(topic_id.bytes).digest()
+    return base64.urlsafe_b64encode(digest).decode()[:12]
+
+
+class TopicUnavailableError(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class _Progress:
+    """The last offset consumed per partition; a partition not named is read from its start."""
+
+    consumed: dict[str, Offset]
+
+
+class KafkaBus:
+    source = "kafka"
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+        self._epoch: str | None = None
+        self._consumed_when_first_seen: dict[str, Offset] = {}
+        self._healthy = False
+        self.health_changed = trio.Event()
+        """Set (and replaced) whenever the broker stops or starts answering."""
+        self._producer: AIOKafkaProducer | None = None
+        self._producer_lock = trio.Lock()
+
+    # -- health and epoch --------------------------------------------------------------------------
+
+    async def healthy(self) -> bool:
+        return self._healthy
+
+    async def epoch(self) -> str:
+        """The topic's epoch, waiting (with backoff) until the broker answers.
+
+        The first answer also fixes where "from now on" begins: ``read(None)`` starts just after
+        the last record each partition held at that moment, so nothing published after
+        ``epoch()`` returned is missed.
+        """
+        backoff = self._backoff()
+        while self._epoch is None:
+            try:
+                epoch, ends = await trio_asyncio.aio_as_trio(self._first_look)()
+            except (TimeoutError, KafkaError, OSError, TopicUnavailableError) as error:
+                self._mark_unhealthy(error)
+                await trio.sleep(backoff.next_delay())
+            else:
+                self._epoch, self._consumed_when_first_seen = epoch, ends
+        return self._epoch
+
+    async def _first_look(self) -> tuple[str, dict[str, Offset]]:
+        """The epoch, and the last offset of every non-empty partition (asyncio side)."""
+        consumer = self._consumer()
+        try:
+            await consumer.start()
+            epoch = await self._probe(consumer)
+            partitions = consumer.partitions_for_topic(self.settings.topic) or set()
+            ends = await consumer.end_offsets(
+                [TopicPartition(self.settings.topic, p) for p in partitions]
+            )
+        finally:
+            await consumer.stop()
+        return epoch, {str(tp.partition): (end - 1,) for tp, end in ends.items() if end > 0}
+
+    async def _probe(self, consumer: AIOKafkaConsumer) -> str:
+        """The topic's epoch, asked of the broker now (asyncio side)."""
+        client = consumer._client
+        response = await client.send(
+            client.get_random_node(), TopicMetadataRequest([self.settings.topic])
+        )
+        error_code, topic_id, partitions = topic_ids(response).get(
+            self.settings.topic, (3, NO_TOPIC_ID, 0)
+        )
+        if error_code != 0 or topic_id == NO_TOPIC_ID or partitions == 0:
+            raise TopicUnavailableError(
+                f"topic {self.settings.topic!r} is not available (error code {error_code})"
+            )
+        return epoch_of(topic_id)
+
+    def _mark_unhealthy(self, error: BaseException) -> None:
+        if self._healthy:
+            log.warning("kafka unavailable: %s", error)
+            self._set_health(False)
+
+    def _mark_healthy(self) -> None:
+        if not self._healthy:
+            log.info("kafka available: %s, topic %s", self.settings.bootstrap, self.settings.topic)
+            self._set_health(True)
+
+    def _set_health(self, healthy: bool) -> None:
+        self._healthy = healthy
+        self.health_changed.set()
+        self.health_changed = trio.Event()
+
+    def _backoff(self) -> Backoff:
+        return Backoff(self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds)
+
+    def _consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap,
+            client_id=self.settings.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+            request_timeout_ms=self.settings.request_timeout_ms,
+        )
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    async def read(
+        self, start: Mapping[str, Offset] | None
+    ) -> AsyncGenerator[Sequence[Record], None]:
+        """Records of every partition after ``start`` (``None``: from where each partition ended
+        when :meth:`epoch` first answered).
+
+        Survives the broker going away: retries with backoff and carries on from the last offset
+        read. A new topic id (the topic was recreated) restarts from the new topic's beginning.
+        """
+        await self.epoch()
+        progress = _Progress(dict(self._consumed_when_first_seen if start is None else start))
+        backoff = self._backoff()
+        while True:
+            try:
+                async with aclosing(self._read_with_one_consumer(progress)) as batches:
+                    async for batch in batches:
+                        backoff.reset()
+                        yield batch
+            except (TimeoutError, KafkaError, OSError, TopicUnavailableError) as error:
+                self._mark_unhealthy(error)
+                await trio.sleep(backoff.next_delay())
+
+    async def _read_with_one_consumer(
+        self, progress: _Progress
+    ) -> AsyncGenerator[list[Record], None]:
+        """Read with one consumer until it fails; ``progress`` keeps what was consumed, so the
+        next consumer carries on from there."""
+        consumer = self._consumer()
+        try:
+            await trio_asyncio.aio_as_trio(consumer.start)()
+            epoch = await trio_asyncio.aio_as_trio(self._probe)(consumer)
+            if self._epoch is not None and epoch != self._epoch:
+                log.warning("kafka topic %s was recreated: new epoch", self.settings.topic)
+                progress.consumed = {}
+            self._epoch = epoch
+            await trio_asyncio.aio_as_trio(self._assign)(consumer, progress.consumed)
+            self._mark_healthy()
+            next_probe = trio.current_time() + self.settings.probe_interval_seconds
+            while True:
+                fetched = await trio_asyncio.aio_as_trio(consumer.getmany)(
+                    timeout_ms=self.settings.fetch_max_wait_ms * 4,
+                    max_records=self.settings.max_batch,
+                )
+                records = []
+                for partition, messages in sorted(fetched.items(), key=lambda kv: kv[0].partition):
+                    for message in messages:
+                        identity = EventIdentity(
+                            "kafka", str(partition.partition), (message.offset,), epoch
+                        )
+                        records.append(Record(identity, message.value or b""))
+                if records:
+                    for record in records:
+                        progress.consumed[record.identity.partition] = record.identity.offset
+                    yield records
+                if trio.current_time() >= next_probe:
+                    if await trio_asyncio.aio_as_trio(self._probe)(consumer) != epoch:
+                        raise TopicUnavailableError("the topic was recreated")
+                    self._mark_healthy()
+                    next_probe = trio.current_time() + self.settings.probe_interval_seconds
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio_asyncio.aio_as_trio(consumer.stop)()
+
+    async def _assign(self, consumer: AIOKafkaConsumer, consumed: dict[str, Offset]) -> None:
+        partitions = sorted(consumer.partitions_for_topic(self.settings.topic) or ())
+        assigned = [TopicPartition(self.settings.topic, p) for p in partitions]
+        consumer.assign(assigned)
+        for tp in assigned:
+            last = consumed.get(str(tp.partition))
+            if last is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, last[0] + 1)
+
+    # -- publishing --------------------------------------------------------------------------------
+
+    async def publish(self, envelopes: Sequence[Envelope]) -> list[EventIdentity]:
+        """Send every envelope keyed by its scope, ``acks=all``; raises
+        :class:`BusUnavailableError` if the broker does not take them."""
+        epoch = await self.epoch()
+
+        async def send_all(producer: AIOKafkaProducer) -> list[Any]:
+            futures = [
+                await producer.send(
+                    self.settings.topic,
+                    envelope.to_bytes(),
+                    key=partition_key(envelope.scope).encode(),
+                )
+                for envelope in envelopes
+            ]
+            return list(await asyncio.gather(*futures))
+
+        try:
+            producer = await self._started_producer()
+            sent = await trio_asyncio.aio_as_trio(send_all)(producer)
+        except (TimeoutError, KafkaError, OSError) as error:
+            self._mark_unhealthy(error)
+            raise BusUnavailableError(f"kafka did not take the events: {error}") from None
+        return [EventIdentity("kafka", str(meta.partition), (meta.offset,), epoch) for meta in sent]
+
+    async def _started_producer(self) -> AIOKafkaProducer:
+        async with self._producer_lock:
+            if self._producer is None:
+                producer = await trio_asyncio.aio_as_trio(self._new_producer)()
+                self._producer = producer
+            return self._producer
+
+    async def _new_producer(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.bootstrap,
+            client_id=self.settings.client_id,
+            acks="all",
+            request_timeout_ms=self.settings.request_timeout_ms,
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
+
+    async def aclose(self) -> None:
+        """Stop the producer, if one was started. Shielded: it runs during shutdown."""
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            with trio.CancelScope(shield=True):
+                await trio_asyncio.aio_as_trio(producer.stop)()

@@ -1,0 +1,151 @@
+"""The router on Kafka: a real (Kafka-compatible) broker, real HTTP clients."""
+
+from __future__ import annotations
+
+import json
+
+import trio
+
+from router.bus.kafka import KafkaBus
+from tests.e2e_helpers import (
+    auth,
+    content,
+    envelope,
+    progress,
+    running_router,
+)
+from tests.kafka_broker import (
+    Broker,
+    create_topic,
+    delete_topic,
+    free_port,
+    kafka_router,
+    new_topic_name,
+    produce_raw,
+    running_broker,
+)
+
+EVERY_EVENT_TYPE = [
+    progress("u1", "t1", 40),
+    envelope(
+        "Task.StatusChanged",
+        {"user_id": "u1"},
+        task_id="t1",
+        old_status="running",
+        new_status="done",
+    ),
+    envelope(
+        "System.NotificationSent",
+        {"broadcast": True},
+        level="warning",
+        title="Maintenance",
+        message="at noon",
+    ),
+    content("n1", 5),
+]
+
+
+async def test_every_event_type_goes_from_kafka_to_the_browser(kafka_broker: Broker) -> None:
+    async with kafka_router(kafka_broker) as router, router.stream() as stream:
+        ids = await router.publish(*EVERY_EVENT_TYPE)
+        assert all(i.startswith("kafka@") for i in ids)
+        await stream.events_count(4)
+        assert sorted(e.event for e in stream.events) == sorted(
+            [
+                "task.progress-updated",
+                "task.status-changed",
+                "system.notification-sent",
+                "content.updated",
+            ]
+        )
+        assert sorted(d["event_id"] for d in stream.data()) == sorted(ids)
+
+
+async def test_messages_that_are_not_envelopes_are_skipped_and_counted(
+    kafka_broker: Broker,
+) -> None:
+    topic = new_topic_name()
+    await create_topic(kafka_broker.bootstrap, topic, partitions=1)
+    async with kafka_router(kafka_broker, topic) as router, router.stream() as stream:
+        good = json.dumps(content("n1", 1)).encode()
+        await produce_raw(
+            kafka_broker.bootstrap,
+            topic,
+            [
+                (b"n1", b"not json"),
+                (b"n1", b'{"event_type": "Nope.Happened"}'),
+                (b"n1", json.dumps(envelope("Unknown.TypeHappened", {"user_id": "u1"})).encode()),
+                (b"n1", good),
+            ],
+        )
+        await stream.events_count(1)
+        assert stream.data()[0]["content_version"] == 1
+        assert stream.events[0].last_event_id.endswith(":0:3")  # the bad ones moved it on
+        rejected = router.running.hub.adapter.stats.rejected
+        assert rejected == {"malformed": 2, "unknown-type": 1}
+
+
+async def test_a_broker_that_is_not_there_yet_is_waited_for() -> None:
+    port = free_port()
+    topic = new_topic_name()
+    async with running_router(
+        bus="kafka", kafka_bootstrap=f"127.0.0.1:{port}", kafka_topic=topic
+    ) as router:
+        ready = await router.client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["bus"] is False
+        with running_broker(port) as late_broker:
+            await create_topic(late_broker.bootstrap, topic)
+            with trio.fail_after(30):  # a hang guard: backoff is capped
+                await router.running.hub.reading.wait()
+            async with router.stream() as stream:
+                await router.publish(content("n1", 9))
+                await stream.events_count(1)
+            assert (await router.client.get("/readyz")).status_code == 200
+
+
+async def test_a_frozen_broker_is_waited_out_and_nothing_is_skipped(kafka_broker: Broker) -> None:
+    async with (
+        kafka_router(kafka_broker, kafka_request_timeout_ms=500) as router,
+        router.stream() as stream,
+    ):
+        bus = router.running.hub.bus
+        assert isinstance(bus, KafkaBus)
+        await router.publish(*(content("n1", n) for n in range(5)))
+        await stream.events_count(5)
+        kafka_broker.pause()
+        try:
+            with trio.fail_after(30):  # a hang guard: the router must notice the outage
+                await bus.health_changed.wait()
+            assert (await router.client.get("/readyz")).status_code == 503
+        finally:
+            kafka_broker.resume()
+        with trio.fail_after(30):  # and then that it is over
+            await bus.health_changed.wait()
+        assert (await router.client.get("/readyz")).status_code == 200
+        await router.publish(*(content("n1", n) for n in range(5, 10)))
+        await stream.events_count(10)
+    assert [d["content_version"] for d in stream.data()] == list(range(10))
+
+
+async def test_a_recreated_topic_is_a_new_history(kafka_broker: Broker) -> None:
+    topic = new_topic_name()
+    await create_topic(kafka_broker.bootstrap, topic, partitions=1)
+    async with kafka_router(kafka_broker, topic) as router, router.stream() as stream:
+        await router.publish(content("n1", 1))
+        await stream.events_count(1)
+        old_cursor = stream.events[0].last_event_id
+    await delete_topic(kafka_broker.bootstrap, topic)
+    await create_topic(kafka_broker.bootstrap, topic, partitions=1)
+    async with kafka_router(kafka_broker, topic) as router:
+        await router.publish(content("n1", 2))
+        headers = {**auth(novels=["n1"]), "Last-Event-ID": old_cursor}
+        async with router.stream(headers=headers) as resumed:
+            assert resumed.response.headers["sse-replay"] == "truncated"
+            await router.publish(content("n1", 3))
+            await resumed.events_count(3)
+    error, *replayed_and_live = resumed.data()
+    assert error["code"] == "history-truncated"
+    assert [d["content_version"] for d in replayed_and_live] == [2, 3]  # all the new topic has
+    old_epoch, new_epoch = old_cursor.split(":")[0], resumed.events[-1].last_event_id.split(":")[0]
+    assert old_epoch != new_epoch
