@@ -73,14 +73,14 @@ class Adapter:
                 rejected.detail,
             )
         now = self._clock()
-        entries = [Entry(c.identity, c.cursor, c.message, now) for c in batch.events]
+        entries = [Entry(c.identity, c.message, now) for c in batch.events]
         if entries:
             await self.cache.append(entries)
         # From here to the end: no checkpoint, so no session registers half-way through.
         self.cursor = batch.cursor
-        for entry in entries:
+        for converted in batch.events:
             self._seq += 1
-            self.route(Delivery(self._seq, entry.identity, entry.cursor, entry.message))
+            self.route(Delivery(self._seq, converted.identity, converted.cursor, converted.message))
         self._processed.set()
         self._processed = trio.Event()
 

@@ -182,9 +182,18 @@ class Session:
                 ).to_sse_format()
             )
         for entry in resume.entries:
-            chunk = self._encode(entry.identity, entry.cursor, entry.message)
-            if chunk:
-                await output.send(chunk)
+            if self.cursor is not None and self.cursor.covers(entry.identity):
+                continue  # the client had it already
+            # A replayed event moves the client's cursor by its own place only. The cache may
+            # hold events another instance appended, whose cursors describe that instance's
+            # progress, not what this client has been served.
+            self.cursor = (
+                Cursor.of(entry.identity)
+                if self.cursor is None or not _same_history(self.cursor, entry.identity)
+                else self.cursor.advance(entry.identity)
+            )
+            if admits(entry.message, self.principal, self.stream_filter):
+                await output.send(entry.message.with_id(str(self.cursor)).to_sse_format())
 
     async def _stream_live(self, output: trio.MemorySendChannel[bytes]) -> None:
         while True:
@@ -263,3 +272,7 @@ class Session:
         with trio.move_on_after(self.settings.goodbye_timeout_seconds) as scope:
             scope.shield = True
             await output.send(goodbye.to_sse_format())
+
+
+def _same_history(cursor: Cursor, identity: EventIdentity) -> bool:
+    return (cursor.source, cursor.epoch) == (identity.source, identity.epoch)

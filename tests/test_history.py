@@ -18,7 +18,7 @@ def entry(partition: str, offset: int, at: float = 0.0, epoch: str = "e1") -> En
     message = SSEMessage(
         event="x.happened", data={"n": offset}, id=str(cursor), scope=Scope(broadcast=True)
     )
-    return Entry(identity, cursor, message, appended_at=at)
+    return Entry(identity, message, appended_at=at)
 
 
 def offsets(entries: list[Entry]) -> list[tuple[str, int]]:

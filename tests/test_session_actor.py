@@ -206,7 +206,7 @@ def replay_of(feed: Feed, count: int) -> Replay:
     entries = []
     for n in range(count):
         delivery = feed.next(content(version=n))
-        entries.append(Entry(delivery.identity, delivery.cursor, delivery.message, 0.0))
+        entries.append(Entry(delivery.identity, delivery.message, 0.0))
     return Replay(entries, truncated=False)
 
 
@@ -245,7 +245,7 @@ async def test_replay_then_live_skips_what_the_client_had_and_merges_its_cursor(
     # partition 0: offsets 0,1,2 (versions 0,2,4); partition 1: offsets 0,1,2 (versions 1,3,5)
     subject = session()
     subject.cursor = parse_cursor("memory@e1:0:0,1:2")
-    replay = Replay([Entry(d.identity, d.cursor, d.message, 0.0) for d in history], False)
+    replay = Replay([Entry(d.identity, d.message, 0.0) for d in history], False)
     async with trio.open_nursery() as nursery:
         reader = await start(nursery, subject, replay)
         subject.offer(feed.next(content(version=6), partition="1"))  # partition 1, offset 3
@@ -279,9 +279,34 @@ async def test_replayed_events_pass_the_same_permission_check(
 ) -> None:
     feed = Feed()
     delivery = feed.next(progress("t1", 5, user_id=scope_user))
-    replay = Replay([Entry(delivery.identity, delivery.cursor, delivery.message, 0.0)], False)
+    replay = Replay([Entry(delivery.identity, delivery.message, 0.0)], False)
     subject = session()
     async with trio.open_nursery() as nursery:
         reader = await start(nursery, subject, replay)
         subject.stop(CloseReason.CLIENT)
     assert len(reader.events) == (1 if visible else 0)
+
+
+async def test_a_replayed_event_moves_the_cursor_by_its_own_place_only() -> None:
+    """A shared cache holds events another instance appended, with that instance's cursor as
+    their id; it may be ahead in other partitions. Taking it over would claim events this client
+    never got, and a resume from it would skip them."""
+    from router.core.cursor import parse_cursor
+    from tests.actor_helpers import identity
+
+    other_instances_message = content(version=5).with_id("memory@e1:0:5,1:10")
+    replay = Replay([Entry(identity(5, "0"), other_instances_message, 0.0)], False)
+    subject = session()
+    subject.cursor = parse_cursor("memory@e1:0:4,1:7")
+    feed = Feed()
+    feed.cursor = parse_cursor("memory@e1:0:5,1:7")
+    feed.offsets = {"0": 5, "1": 7}
+    async with trio.open_nursery() as nursery:
+        reader = await start(nursery, subject, replay)
+        subject.offer(feed.next(content(version=8), partition="1"))
+        await trio.testing.wait_all_tasks_blocked()
+        subject.stop(CloseReason.CLIENT)
+    assert [e.last_event_id for e in reader.events] == [
+        "memory@e1:0:5,1:7",
+        "memory@e1:0:5,1:8",
+    ]

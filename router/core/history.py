@@ -18,10 +18,9 @@ from router.core.sse import SSEMessage
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One retained event; ``cursor`` is the router's cursor just after it, and ``message.id``."""
+    """One retained event, found at ``identity`` on its bus."""
 
     identity: EventIdentity
-    cursor: Cursor
     message: SSEMessage
     appended_at: float
 

@@ -1,0 +1,78 @@
+-- Append a batch of SSE events to the replay stream, once per event across all router instances.
+--
+-- KEYS[1] stream    the events, oldest first (fields: p o c e d s)
+-- KEYS[2] served    hash partition -> last offset appended or passed over (the high-water mark)
+-- KEYS[3] evicted   hash partition -> newest offset trimmed away
+-- KEYS[4] epoch     the history these keys belong to
+-- ARGV[1] epoch, ARGV[2] max events, ARGV[3] max age in ms (0: none), ARGV[4] number of events,
+-- then per event 6 values: partition, offset, cursor, event name, data JSON, scope JSON,
+-- then pairs of partition, offset: where the batch ends (rejected records included).
+--
+-- Offsets are "n" or "ms-seq"; they are compared as pairs of numbers.
+
+local function offset_less(a, b)
+  local a1, a2 = string.match(a, "^(%d+)-?(%d*)$")
+  local b1, b2 = string.match(b, "^(%d+)-?(%d*)$")
+  a1, b1 = tonumber(a1), tonumber(b1)
+  if a1 ~= b1 then return a1 < b1 end
+  return (tonumber(a2) or -1) < (tonumber(b2) or -1)
+end
+
+local function note_evicted(entry)
+  local fields = entry[2]
+  local partition, offset
+  for i = 1, #fields, 2 do
+    if fields[i] == "p" then partition = fields[i + 1] end
+    if fields[i] == "o" then offset = fields[i + 1] end
+  end
+  local before = redis.call("HGET", KEYS[3], partition)
+  if not before or offset_less(before, offset) then
+    redis.call("HSET", KEYS[3], partition, offset)
+  end
+  redis.call("XDEL", KEYS[1], entry[1])
+end
+
+if redis.call("GET", KEYS[4]) ~= ARGV[1] then
+  redis.call("DEL", KEYS[1], KEYS[2], KEYS[3])
+  redis.call("SET", KEYS[4], ARGV[1])
+end
+
+local appended = 0
+local count = tonumber(ARGV[4])
+local at = 5
+for _ = 1, count do
+  local partition, offset = ARGV[at], ARGV[at + 1]
+  local served = redis.call("HGET", KEYS[2], partition)
+  if not served or offset_less(served, offset) then
+    redis.call("XADD", KEYS[1], "*", "p", partition, "o", offset, "c", ARGV[at + 2],
+      "e", ARGV[at + 3], "d", ARGV[at + 4], "s", ARGV[at + 5])
+    redis.call("HSET", KEYS[2], partition, offset)
+    appended = appended + 1
+  end
+  at = at + 6
+end
+while at < #ARGV do
+  local partition, offset = ARGV[at], ARGV[at + 1]
+  local served = redis.call("HGET", KEYS[2], partition)
+  if not served or offset_less(served, offset) then
+    redis.call("HSET", KEYS[2], partition, offset)
+  end
+  at = at + 2
+end
+
+local max_events = tonumber(ARGV[2])
+local excess = redis.call("XLEN", KEYS[1]) - max_events
+if excess > 0 then
+  for _, entry in ipairs(redis.call("XRANGE", KEYS[1], "-", "+", "COUNT", excess)) do
+    note_evicted(entry)
+  end
+end
+local max_age = tonumber(ARGV[3])
+if max_age > 0 then
+  local now = redis.call("TIME")
+  local horizon = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - max_age
+  for _, entry in ipairs(redis.call("XRANGE", KEYS[1], "-", "(" .. horizon, "COUNT", 1000)) do
+    note_evicted(entry)
+  end
+end
+return appended
