@@ -70,12 +70,18 @@ class Hub:
         )
         async with trio.open_nursery() as nursery:
             self._sessions_nursery = await nursery.start(_open_sessions_nursery)
+            nursery.start_soon(self.cache.run)
             task_status.started()
             # A bus that cannot be reached yet is waited for here, with sessions already served:
             # until its epoch is known, every resume is answered as truncated, never guessed.
             self.epoch = await self.bus.epoch()
+            start = await self.cache.resume_point(self.epoch)
+            if start:  # the cache holds this history: carry on where the deployment got to
+                self.adapter.cursor = Cursor.from_positions(
+                    self.bus.source, self.epoch, start.items()
+                )
             self.reading.set()
-            nursery.start_soon(run_consumer, self.bus, None, records_send)
+            nursery.start_soon(run_consumer, self.bus, start, records_send)
             nursery.start_soon(self.adapter.run, records_receive)
 
     async def open(

@@ -40,6 +40,9 @@ class Settings:
     kafka_topic: str = "sse-events"
     kafka_fetch_max_wait_ms: int = 25
     kafka_request_timeout_ms: int = 5000
+    cache: str = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_key_prefix: str = "sse-router"
     memory_partitions: int = 1
     memory_bus_capacity: int = 10_000
     cache_max_events: int = 10_000
@@ -56,6 +59,7 @@ class Settings:
         shown: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)}
         if self.jwt_secret is not None:
             shown["jwt_secret"] = "<redacted>"
+        shown["redis_url"] = "<redacted>"  # it may hold a password
         return shown
 
 
@@ -169,6 +173,9 @@ def add_serve_arguments(
         type=count(1),
     )
     flag("--kafka-request-timeout-ms", "Kafka request timeout", type=count(100))
+    flag("--cache", "where events are kept for resume", choices=("memory", "redis"))
+    flag("--redis-url", "Redis for the replay cache", secret=True)
+    flag("--redis-key-prefix", "prefix of the cache's Redis keys (one per deployment)")
     flag("--memory-partitions", "partitions of the in-memory bus", type=count(1))
     flag("--memory-bus-capacity", "unread records per in-memory partition", type=count(1))
     flag("--cache-max-events", "events kept for resume", type=count(1))

@@ -32,7 +32,9 @@ from router.auth import TokenVerifier
 from router.bus.base import EventBus
 from router.bus.kafka import KafkaBus, KafkaSettings
 from router.bus.memory import MemoryBus
+from router.cache.base import ReplayCache
 from router.cache.memory import MemoryReplayCache
+from router.cache.redis import RedisReplayCache
 from router.config import Settings
 from router.http.app import create_app
 from router.http.asgi import RequestLifecycle
@@ -121,11 +123,14 @@ async def serve(
     """
     verifier = token_verifier(settings)
     async with AsyncExitStack() as resources:
-        if settings.bus != "memory":  # aiokafka and redis-py run on asyncio, inside trio
+        if settings.bus != "memory" or settings.cache != "memory":
+            # aiokafka and redis-py run on asyncio: in a trio-asyncio loop around the tree.
             await resources.enter_async_context(trio_asyncio.open_loop())
         bus = event_bus(settings)
         resources.push_async_callback(bus.aclose)
-        await _serve(settings, verifier, bus, shutdown_requested, task_status)
+        cache = replay_cache(settings, bus.source)
+        resources.push_async_callback(cache.aclose)
+        await _serve(settings, verifier, bus, cache, shutdown_requested, task_status)
 
 
 def event_bus(settings: Settings) -> EventBus:
@@ -141,18 +146,30 @@ def event_bus(settings: Settings) -> EventBus:
     return MemoryBus(partitions=settings.memory_partitions, capacity=settings.memory_bus_capacity)
 
 
+def replay_cache(settings: Settings, source: str) -> ReplayCache:
+    if settings.cache == "redis":
+        return RedisReplayCache(
+            settings.redis_url,
+            key_prefix=settings.redis_key_prefix,
+            source=source,
+            max_events=settings.cache_max_events,
+            max_age=settings.cache_max_age_seconds,
+        )
+    return MemoryReplayCache(
+        max_events=settings.cache_max_events,
+        max_age=settings.cache_max_age_seconds,
+        source=source,
+    )
+
+
 async def _serve(
     settings: Settings,
     verifier: TokenVerifier,
     bus: EventBus,
+    cache: ReplayCache,
     shutdown_requested: trio.Event | None,
     task_status: trio.TaskStatus[Running],
 ) -> None:
-    cache = MemoryReplayCache(
-        max_events=settings.cache_max_events,
-        max_age=settings.cache_max_age_seconds,
-        source=bus.source,
-    )
     hub = Hub(bus, cache, HubSettings(records_capacity=settings.records_buffer))
     app = create_app(hub, settings, verifier)
     if shutdown_requested is None:

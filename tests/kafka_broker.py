@@ -71,14 +71,14 @@ def running_broker(port: int | None = None) -> Iterator[Broker]:
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ)
     ) as process:
         try:
-            _wait_until_listening(port)
+            wait_until_listening(port)
             yield Broker(process, port)
         finally:
             process.send_signal(signal.SIGCONT)
             process.kill()
 
 
-def _wait_until_listening(port: int) -> None:
+def wait_until_listening(port: int) -> None:
     """Connect until the broker accepts: it starts in milliseconds, there is nothing to await."""
     for _ in range(1000):
         try:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from router.core.cursor import Cursor
+from router.core.cursor import Cursor, Offset
 from router.core.history import Entry, Replay
 
 
@@ -28,6 +28,17 @@ class ReplayCache(Protocol):
         :meth:`router.core.history.History.replay`."""
         ...
 
+    async def resume_point(self, epoch: str) -> dict[str, Offset] | None:
+        """Where this deployment got to in the bus (the last offset appended per partition), if
+        the cache holds history of ``epoch``; a restarted router starts reading there."""
+        ...
+
     async def window(self) -> Window: ...
 
     async def healthy(self) -> bool: ...
+
+    async def run(self) -> None:
+        """Background work of the cache (catching up after an outage); runs until cancelled."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import trio
 
 from router.cache.base import Window
-from router.core.cursor import Cursor
+from router.core.cursor import Cursor, Offset
 from router.core.history import Entry, History, Replay
 
 
@@ -41,5 +41,14 @@ class MemoryReplayCache:
         oldest = next(iter(self._history), None)
         return Window(len(self._history), None if oldest is None else oldest.appended_at)
 
+    async def resume_point(self, epoch: str) -> dict[str, Offset] | None:
+        return None  # nothing outlives the process: a new router starts from the bus's end
+
     async def healthy(self) -> bool:
         return True
+
+    async def run(self) -> None:
+        await trio.sleep_forever()  # nothing to do in the background
+
+    async def aclose(self) -> None:
+        pass

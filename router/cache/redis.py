@@ -1,0 +1,272 @@
+"""The Redis Stream replay cache: shared by every router instance of a deployment.
+
+Events are appended by a Lua script (``redis_append.lua``) that keeps, per partition, the last
+offset appended, so two routers reading the same partition append each event once, in partition
+order. The script also trims to retention itself, so it knows, per partition, the newest offset it
+evicted: a resume from before that is truncated history, never a silent gap.
+
+When Redis cannot be reached, live delivery goes on: appends wait in memory (at most
+``max_events`` of them) and are written when Redis answers again; events that did not fit are
+recorded as evicted, so a resume across them is answered as truncated. A replay that cannot read
+Redis is answered as truncated with what is held in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import trio
+import trio_asyncio
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from router.cache.base import Window
+from router.core.backoff import Backoff
+from router.core.cursor import Cursor, EventIdentity, Offset, format_offset, parse_offset
+from router.core.history import Entry, Replay
+from router.core.scope import Scope
+from router.core.sse import SSEMessage
+
+log = logging.getLogger(__name__)
+
+APPEND_SCRIPT = resources.files("router.cache").joinpath("redis_append.lua").read_text()
+PAGE = 500
+
+
+class RedisReplayCache:
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str,
+        source: str,
+        max_events: int,
+        max_age: float | None = None,
+        timeout_seconds: float = 1.0,
+    ) -> None:
+        self.url = url
+        self.source = source
+        self.max_events = max_events
+        self.max_age = max_age
+        self.timeout_seconds = timeout_seconds
+        base = f"{key_prefix}:{source}"
+        self.keys = [f"{base}:stream", f"{base}:served", f"{base}:evicted", f"{base}:epoch"]
+        self._redis: Redis | None = None
+        self._healthy = True
+        self._retry_at = 0.0
+        self._backoff = Backoff(0.1, 5.0)
+        self._pending: deque[Entry] = deque()
+        self._lost: dict[str, Offset] = {}
+        self._waiting_writes = trio.Event()
+        self.health_changed = trio.Event()
+        """Set (and replaced) whenever Redis stops or starts answering."""
+
+    # -- connection --------------------------------------------------------------------------------
+
+    async def _client(self) -> Redis:
+        if self._redis is None:
+
+            async def connect() -> Redis:
+                return Redis.from_url(
+                    self.url,
+                    socket_timeout=self.timeout_seconds,
+                    socket_connect_timeout=self.timeout_seconds,
+                )
+
+            self._redis = await trio_asyncio.aio_as_trio(connect)()
+        return self._redis
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        client = await self._client()
+        return await trio_asyncio.aio_as_trio(getattr(client, method))(*args)
+
+    def _failed(self, error: BaseException) -> None:
+        if self._healthy:
+            log.warning("redis replay cache unavailable: %s", error)
+            self._set_health(False)
+        self._retry_at = trio.current_time() + self._backoff.next_delay()
+
+    def _succeeded(self) -> None:
+        if not self._healthy:
+            log.info("redis replay cache available again")
+            self._set_health(True)
+        self._backoff.reset()
+
+    def _set_health(self, healthy: bool) -> None:
+        self._healthy = healthy
+        self.health_changed.set()
+        self.health_changed = trio.Event()
+
+    async def run(self) -> None:
+        """Write what waits in memory once Redis is back, even if no new event comes to push it.
+        Runs until cancelled."""
+        while True:
+            if self._pending and not self._healthy:
+                await trio.sleep_until(self._retry_at)
+                await self._flush()
+            else:
+                await self._waiting_writes.wait()
+                self._waiting_writes = trio.Event()
+
+    async def healthy(self) -> bool:
+        return self._healthy
+
+    async def aclose(self) -> None:
+        if self._redis is not None:
+            client, self._redis = self._redis, None
+            with trio.CancelScope(shield=True):
+                await trio_asyncio.aio_as_trio(client.aclose)()
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    async def append(self, entries: Sequence[Entry]) -> None:
+        """Append ``entries``; never raises. While Redis is away they wait in memory."""
+        self._pending.extend(entries)
+        while len(self._pending) > self.max_events:
+            dropped = self._pending.popleft().identity
+            lost = self._lost.get(dropped.partition)
+            if lost is None or lost < dropped.offset:
+                self._lost[dropped.partition] = dropped.offset
+        if not self._healthy and trio.current_time() < self._retry_at:
+            self._waiting_writes.set()  # run() writes them when Redis is back
+            return
+        await self._flush()
+        if self._pending:
+            self._waiting_writes.set()
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch = [self._pending[i] for i in range(min(PAGE, len(self._pending)))]
+            try:
+                await self._call(
+                    "eval", APPEND_SCRIPT, len(self.keys), *self.keys, *self._args(batch)
+                )
+                if self._lost:
+                    await self._record_lost()
+            except (RedisError, OSError, TimeoutError) as error:
+                self._failed(error)
+                return
+            for _ in batch:
+                self._pending.popleft()
+            self._succeeded()
+
+    def _args(self, batch: Sequence[Entry]) -> list[str | int]:
+        epoch = batch[0].identity.epoch or ""
+        args: list[str | int] = [
+            epoch,
+            self.max_events,
+            round((self.max_age or 0) * 1000),
+            len(batch),
+        ]
+        for entry in batch:
+            message = entry.message
+            assert message.scope is not None
+            args += [
+                entry.identity.partition,
+                format_offset(entry.identity.offset),
+                message.id or "",
+                message.event,
+                json.dumps(message.data, ensure_ascii=False, separators=(",", ":")),
+                json.dumps(message.scope.to_json(), separators=(",", ":")),
+            ]
+        return args
+
+    async def _record_lost(self) -> None:
+        """Events dropped while Redis was away count as evicted: resumes across them truncate."""
+        evicted_key = self.keys[2]
+        current = await self._call("hgetall", evicted_key)
+        known = {k.decode(): parse_offset(v.decode()) for k, v in current.items()}
+        for partition, offset in self._lost.items():
+            if partition not in known or known[partition] < offset:
+                await self._call("hset", evicted_key, partition, format_offset(offset))
+        self._lost.clear()
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    async def resume_point(self, epoch: str) -> dict[str, Offset] | None:
+        """The last offset appended per partition, if the cache holds history of ``epoch``."""
+        try:
+            stored = await self._call("get", self.keys[3])
+            if stored is None or stored.decode() != epoch:
+                return None
+            served = await self._call("hgetall", self.keys[1])
+        except (RedisError, OSError, TimeoutError) as error:
+            self._failed(error)
+            return None
+        return {k.decode(): parse_offset(v.decode()) for k, v in served.items()}
+
+    async def replay(self, after: Cursor, up_to: Cursor | None) -> Replay:
+        if up_to is None:
+            return Replay([], truncated=True)
+        try:
+            return await self._replay_from_redis(after, up_to)
+        except (RedisError, OSError, TimeoutError) as error:
+            self._failed(error)
+            held = [e for e in self._pending if up_to.covers(e.identity)]
+            return Replay([e for e in held if not after.covers(e.identity)], truncated=True)
+
+    async def _replay_from_redis(self, after: Cursor, up_to: Cursor) -> Replay:
+        stored_epoch = await self._call("get", self.keys[3])
+        epoch = stored_epoch.decode() if stored_epoch else None
+        same_history = epoch is not None and after.is_from(self.source, epoch)
+        evicted_raw = await self._call("hgetall", self.keys[2])
+        served_raw = await self._call("hgetall", self.keys[1])
+        evicted = {k.decode(): parse_offset(v.decode()) for k, v in evicted_raw.items()}
+        partitions = {k.decode() for k in served_raw}
+        truncated = not same_history or any(
+            (mine := after.position(p)) is None or mine < offset for p, offset in evicted.items()
+        )
+        # Read newest first, and stop once every partition has shown an event the client had:
+        # each partition's events are in offset order, so nothing older can be new to it.
+        unresolved = set(partitions) if same_history else None
+        if unresolved is not None and any(after.position(p) is None for p in unresolved):
+            unresolved = None  # a partition the client never saw: it needs all of it
+        found: list[Entry] = []
+        newest = "+"
+        while True:
+            page = await self._call("xrevrange", self.keys[0], newest, "-", PAGE)
+            for _stream_id, fields in page:
+                entry = self._entry(fields, epoch or "")
+                if same_history and after.covers(entry.identity):
+                    if unresolved is not None:
+                        unresolved.discard(entry.identity.partition)
+                    continue
+                if up_to.covers(entry.identity):
+                    found.append(entry)
+            if len(page) < PAGE or unresolved == set():
+                break
+            newest = "(" + page[-1][0].decode()
+        found.reverse()
+        pending = [e for e in self._pending if up_to.covers(e.identity)]
+        seen = {(e.identity.partition, e.identity.offset) for e in found}
+        found += [
+            e
+            for e in pending
+            if (e.identity.partition, e.identity.offset) not in seen
+            and not (same_history and after.covers(e.identity))
+        ]
+        return Replay(found, truncated)
+
+    def _entry(self, fields: dict[bytes, bytes], epoch: str) -> Entry:
+        text = {k.decode(): v.decode() for k, v in fields.items()}
+        identity = EventIdentity(self.source, text["p"], parse_offset(text["o"]), epoch)
+        message = SSEMessage(
+            event=text["e"],
+            data=json.loads(text["d"]),
+            id=text["c"] or None,
+            scope=Scope.from_json(json.loads(text["s"])),
+        )
+        return Entry(identity, message, 0.0)
+
+    async def window(self) -> Window:
+        try:
+            length = await self._call("xlen", self.keys[0])
+        except (RedisError, OSError, TimeoutError) as error:
+            self._failed(error)
+            return Window(len(self._pending), None)
+        return Window(int(length) + len(self._pending), None)

@@ -1,0 +1,122 @@
+"""The Redis Stream replay cache, against a real Redis."""
+
+from __future__ import annotations
+
+import trio
+
+from router.core.cursor import Cursor, EventIdentity, parse_cursor
+from router.core.history import Entry
+from router.core.scope import Scope
+from router.core.sse import SSEMessage
+from tests.redis_helpers import new_prefix, own_redis_server, redis_cache
+
+EVERYTHING = parse_cursor("kafka@e1:0:1000,1:1000,2:1000")
+
+
+def entry(partition: str, offset: int, epoch: str = "e1", user: str = "u1") -> Entry:
+    identity = EventIdentity("kafka", partition, (offset,), epoch)
+    message = SSEMessage(
+        event="content.updated",
+        data={"n": offset, "p": partition},
+        id=str(Cursor.of(identity)),
+        scope=Scope(user_id=user),
+    )
+    return Entry(identity, message, 0.0)
+
+
+def places(entries: list[Entry]) -> list[tuple[str, int]]:
+    return [(e.identity.partition, e.identity.offset[0]) for e in entries]
+
+
+async def test_replays_exactly_what_lies_after_the_cursor() -> None:
+    async with redis_cache(max_events=100) as cache:
+        await cache.append([entry("0", 0), entry("1", 0), entry("0", 1), entry("1", 1)])
+        await cache.append([entry("0", 2)])
+        replay = await cache.replay(parse_cursor("kafka@e1:0:0,1:1"), EVERYTHING)
+        assert places(replay.entries) == [("0", 1), ("0", 2)]
+        assert not replay.truncated
+        replayed = replay.entries[0].message
+        assert replayed.event == "content.updated"
+        assert replayed.data == {"n": 1, "p": "0"}
+        assert replayed.scope == Scope(user_id="u1")
+        partial = await cache.replay(
+            parse_cursor("kafka@e1:0:0,1:1"), parse_cursor("kafka@e1:0:1,1:1")
+        )
+        assert places(partial.entries) == [("0", 1)]
+
+
+async def test_a_long_history_is_read_back_in_pages_newest_first() -> None:
+    async with redis_cache(max_events=5000) as cache:
+        await cache.append([entry(str(n % 3), n // 3) for n in range(1500)])
+        behind = await cache.replay(parse_cursor("kafka@e1:0:400,1:400,2:400"), EVERYTHING)
+        assert places(behind.entries) == [(str(n % 3), n // 3) for n in range(1203, 1500)]
+        everything = await cache.replay(parse_cursor("kafka@e1:0:0"), EVERYTHING)
+        assert len(everything.entries) == 1500 - 1  # partitions 1 and 2 were never seen: all
+
+
+async def test_two_routers_appending_the_same_partition_append_each_event_once() -> None:
+    prefix = new_prefix()
+    async with redis_cache(prefix=prefix, max_events=100) as first:
+        second = type(first)(first.url, key_prefix=prefix, source="kafka", max_events=100)
+        await first.append([entry("0", 0), entry("1", 0), entry("0", 1)])
+        await second.append([entry("1", 0), entry("0", 0), entry("0", 1), entry("1", 1)])
+        await first.append([entry("1", 1), entry("0", 2)])
+        await second.aclose()
+        replay = await first.replay(parse_cursor("kafka@e1:5:0"), EVERYTHING)
+        assert places(replay.entries) == [("0", 0), ("1", 0), ("0", 1), ("1", 1), ("0", 2)]
+        assert (await first.window()).events == 5
+
+
+async def test_eviction_is_remembered_so_a_resume_from_before_it_is_truncated() -> None:
+    async with redis_cache(max_events=3) as cache:
+        await cache.append([entry("0", n) for n in range(6)])
+        assert (await cache.window()).events == 3
+        behind = await cache.replay(parse_cursor("kafka@e1:0:1"), EVERYTHING)
+        assert behind.truncated
+        assert places(behind.entries) == [("0", 3), ("0", 4), ("0", 5)]
+        just_in_time = await cache.replay(parse_cursor("kafka@e1:0:2"), EVERYTHING)
+        assert not just_in_time.truncated
+        assert places(just_in_time.entries) == [("0", 3), ("0", 4), ("0", 5)]
+
+
+async def test_a_new_epoch_wipes_the_old_history() -> None:
+    async with redis_cache(max_events=10) as cache:
+        await cache.append([entry("0", 0), entry("0", 1)])
+        await cache.append([entry("0", 0, epoch="e2")])
+        old = await cache.replay(parse_cursor("kafka@e1:0:0"), parse_cursor("kafka@e2:0:9"))
+        assert old.truncated
+        assert places(old.entries) == [("0", 0)]
+        assert await cache.resume_point("e2") == {"0": (0,)}
+        assert await cache.resume_point("e1") is None
+
+
+async def test_the_resume_point_is_where_the_deployment_got_to() -> None:
+    async with redis_cache(max_events=10) as cache:
+        assert await cache.resume_point("e1") is None
+        await cache.append([entry("0", 4), entry("2", 9)])
+        assert await cache.resume_point("e1") == {"0": (4,), "2": (9,)}
+
+
+async def test_while_redis_is_away_delivery_goes_on_and_resumes_say_truncated() -> None:
+    with own_redis_server() as url:
+        async with redis_cache(url=url, max_events=100, timeout_seconds=0.2) as cache:
+            await cache.append([entry("0", 0)])
+            assert await cache.healthy()
+    # The server is gone (a new one comes up on the same port below).
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    async with redis_cache(url=url, max_events=100, timeout_seconds=0.2) as cache:
+        await cache.append([entry("0", 1), entry("0", 2)])  # must not raise
+        assert not await cache.healthy()
+        replay = await cache.replay(parse_cursor("kafka@e1:0:0"), EVERYTHING)
+        assert replay.truncated
+        assert places(replay.entries) == [("0", 1), ("0", 2)]  # what is held in memory
+        with own_redis_server(port):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cache.run)  # catches up without waiting for a new event
+                with trio.fail_after(20):  # a hang guard: the retry backoff is capped at 5 s
+                    await cache.health_changed.wait()
+                nursery.cancel_scope.cancel()
+            assert await cache.healthy()
+            replay = await cache.replay(parse_cursor("kafka@e1:0:0"), EVERYTHING)
+            assert places(replay.entries) == [("0", 1), ("0", 2)]
+            assert await cache.resume_point("e1") == {"0": (2,)}
