@@ -28,7 +28,8 @@ from router.bus.base import EventBus, Record
 from router.cache.base import ReplayCache
 from router.core.cursor import Cursor, EventIdentity
 from router.core.envelope import Envelope
-from router.core.history import Replay
+from router.core.history import Entry, Replay
+from router.core.mapping import convert_batch
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class HubSettings:
     """Batches of records between the consumer and the adapter (each at most a few hundred)."""
     output_capacity: int = 1
     """Chunks between a session and its HTTP response: a hand-off, not a buffer."""
+    bus_replay_limit: int = 100_000
+    """Most events read again from the bus for one resume; beyond, the resume is truncated."""
 
 
 class Hub:
@@ -101,13 +104,27 @@ class Hub:
         self.registry.add(session)
         up_to = self.adapter.cursor
         try:
-            resume = None if resume_from is None else await self.cache.replay(resume_from, up_to)
+            resume = None if resume_from is None else await self._replay(resume_from, up_to)
         except BaseException:
             self.registry.remove(session)
             raise
         output_send, output_receive = trio.open_memory_channel[bytes](self.settings.output_capacity)
         self._sessions_nursery.start_soon(self._run_session, session, output_send, resume)
         return output_receive, resume
+
+    async def _replay(self, after: Cursor, up_to: Cursor | None) -> Replay:
+        """From the cache; when it no longer holds everything, from the bus; and only when
+        neither has it all, a truncated replay."""
+        from_cache = await self.cache.replay(after, up_to)
+        if not from_cache.truncated or up_to is None:
+            return from_cache
+        records = await self.bus.replay(after, up_to, self.settings.bus_replay_limit)
+        if records is None:
+            return from_cache
+        batch = convert_batch((r.identity, r.raw) for r in records)
+        now = trio.current_time()
+        entries = [Entry(c.identity, c.message, now) for c in batch.events]
+        return Replay(entries, truncated=False)
 
     async def _run_session(
         self, session: Session, output: trio.MemorySendChannel[bytes], resume: Replay | None

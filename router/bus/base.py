@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from router.core.cursor import EventIdentity, Offset
+from router.core.cursor import Cursor, EventIdentity, Offset
 from router.core.envelope import Envelope
 from router.core.scope import Scope
 
@@ -57,6 +57,12 @@ class EventBus(Protocol):
 
         Raises :class:`BusUnavailableError` when the bus does not take them.
         """
+        ...
+
+    async def replay(self, after: Cursor, up_to: Cursor, limit: int) -> list[Record] | None:
+        """The records after ``after`` up to ``up_to`` (both of the current epoch), read again
+        from the bus, for a resume the replay cache cannot serve; ``None`` when the bus no longer
+        holds them all, or they are more than ``limit``."""
         ...
 
     async def healthy(self) -> bool: ...

@@ -28,7 +28,7 @@ from aiokafka.errors import KafkaError
 from router.bus.base import BusUnavailableError, Record, partition_key
 from router.bus.kafka_metadata import NO_TOPIC_ID, TopicMetadataRequest, topic_ids
 from router.core.backoff import Backoff
-from router.core.cursor import EventIdentity, Offset
+from router.core.cursor import Cursor, EventIdentity, Offset
 from router.core.envelope import Envelope
 
 log = logging.getLogger(__name__)
@@ -235,6 +235,71 @@ class KafkaBus:
                 await consumer.seek_to_beginning(tp)
             else:
                 consumer.seek(tp, last[0] + 1)
+
+    # -- replaying --------------------------------------------------------------------------------
+
+    async def replay(self, after: Cursor, up_to: Cursor, limit: int) -> list[Record] | None:
+        """Read the topic again from ``after`` to ``up_to``, partition by partition.
+
+        ``None`` if a partition no longer reaches back to ``after`` (retention took it), if there
+        is more than ``limit`` to read, or if the broker does not answer in time.
+        """
+        epoch = await self.epoch()
+        if not (after.is_from(self.source, epoch) and up_to.is_from(self.source, epoch)):
+            return None
+        wanted = {partition: (after.position(partition), end) for partition, end in up_to.positions}
+        try:
+            with trio.fail_after(self.settings.request_timeout_ms / 1000 * 2):
+                records: list[Record] | None = await trio_asyncio.aio_as_trio(self._reread)(
+                    wanted, epoch, limit
+                )
+        except (TimeoutError, trio.TooSlowError, KafkaError, OSError) as error:
+            log.warning("replay from kafka failed: %s", error)
+            return None
+        return records
+
+    async def _reread(
+        self, wanted: dict[str, tuple[Offset | None, Offset]], epoch: str, limit: int
+    ) -> list[Record] | None:
+        consumer = self._consumer()
+        try:
+            await consumer.start()
+            first: dict[TopicPartition, int] = {}
+            last: dict[TopicPartition, int] = {}
+            for partition, (served, end) in wanted.items():
+                start = 0 if served is None else served[0] + 1
+                if start <= end[0]:
+                    tp = TopicPartition(self.settings.topic, int(partition))
+                    first[tp], last[tp] = start, end[0]
+            if sum(last[tp] - first[tp] + 1 for tp in first) > limit:
+                return None
+            if not first:
+                return []
+            consumer.assign(list(first))
+            beginnings = await consumer.beginning_offsets(list(first))
+            if any(beginnings[tp] > first[tp] for tp in first):
+                return None  # retention has taken some of what the client missed
+            for tp, start in first.items():
+                consumer.seek(tp, start)
+            records: list[Record] = []
+            remaining = set(first)
+            while remaining:
+                fetched = await consumer.getmany(
+                    *remaining, timeout_ms=self.settings.fetch_max_wait_ms * 4
+                )
+                for tp, messages in fetched.items():
+                    for message in messages:
+                        if message.offset <= last[tp]:
+                            identity = EventIdentity(
+                                "kafka", str(tp.partition), (message.offset,), epoch
+                            )
+                            records.append(Record(identity, message.value or b""))
+                    if messages and messages[-1].offset >= last[tp]:
+                        remaining.discard(tp)
+                        consumer.pause(tp)
+            return records
+        finally:
+            await consumer.stop()
 
     # -- publishing --------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 import trio
 
 from router.bus.base import Record, partition_key
-from router.core.cursor import EventIdentity, Offset
+from router.core.cursor import Cursor, EventIdentity, Offset
 from router.core.envelope import Envelope
 from router.core.scope import Scope
 
@@ -42,6 +42,9 @@ class MemoryBus:
 
     async def healthy(self) -> bool:
         return True
+
+    async def replay(self, after: Cursor, up_to: Cursor, limit: int) -> list[Record] | None:
+        return None  # this bus keeps nothing once read
 
     async def aclose(self) -> None:
         pass
