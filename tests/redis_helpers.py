@@ -50,28 +50,48 @@ async def redis_cache(
             delete_prefix(url, prefix)
 
 
+class RedisServer:
+    """A redis-server of the test's own, on a fixed free port, that the test stops and starts."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.directory = tempfile.mkdtemp(prefix="sse-router-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        command = [
+            shutil.which("redis-server") or "redis-server",
+            "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", self.directory,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_until_listening(self.port)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 @contextmanager
 def own_redis_server(port: int | None = None) -> Iterator[str]:
-    """A redis-server of the test's own, on a free port, that the test may stop and restart."""
-    port = port or free_port()
-    directory = tempfile.mkdtemp(prefix="sse-router-redis-")
-    command = [
-        shutil.which("redis-server") or "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        directory,
-    ]
-    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as server:
-        try:
-            wait_until_listening(port)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            server.kill()
-            shutil.rmtree(directory, ignore_errors=True)
+    """A running :class:`RedisServer`, removed afterwards; ``port`` to reuse a stopped one's."""
+    server = RedisServer()
+    if port is not None:
+        server.port = port
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.remove()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import trio
 
+from router.cache.redis import RedisReplayCache
 from router.core.cursor import Cursor, EventIdentity, parse_cursor
 from router.core.history import Entry
 from router.core.scope import Scope
 from router.core.sse import SSEMessage
-from tests.redis_helpers import new_prefix, own_redis_server, redis_cache
+from tests.e2e_helpers import auth, content, running_router
+from tests.redis_helpers import RedisServer, new_prefix, own_redis_server, redis_cache
 
 EVERYTHING = parse_cursor("kafka@e1:0:1000,1:1000,2:1000")
 
@@ -120,3 +122,46 @@ async def test_while_redis_is_away_delivery_goes_on_and_resumes_say_truncated() 
             replay = await cache.replay(parse_cursor("kafka@e1:0:0"), EVERYTHING)
             assert places(replay.entries) == [("0", 1), ("0", 2)]
             assert await cache.resume_point("e1") == {"0": (2,)}
+
+
+async def test_the_router_rides_out_a_redis_outage_under_load() -> None:
+    server = RedisServer()
+    server.start()
+    try:
+        async with running_router(
+            cache="redis",
+            redis_url=server.url,
+            redis_key_prefix=new_prefix(),
+            memory_partitions=3,
+        ) as router:
+            cache = router.running.hub.cache
+            assert isinstance(cache, RedisReplayCache)
+            headers = auth("u1", novels=["n1", "n2", "n3"])
+            novels = ["n1", "n2", "n3"]
+            async with router.stream(headers) as first:
+                await router.publish(*(content(novels[n % 3], n) for n in range(10)))
+                await first.events_count(10)
+                server.stop()
+                await router.publish(*(content(novels[n % 3], n) for n in range(10, 20)))
+                await first.events_count(20)  # live delivery goes on without Redis
+                ready = (await router.client.get("/readyz")).json()
+                assert ready["status"] == "degraded"
+            cursor = first.events[9].last_event_id  # as if it had missed the last ten
+            await router.publish(*(content(novels[n % 3], n) for n in range(20, 25)))
+            await router.running.hub.adapter.wait_consumed(25)
+            resume = {**headers, "Last-Event-ID": cursor}
+            async with router.stream(resume) as during:
+                await during.events_count(1)
+                assert during.response.headers["sse-replay"] == "truncated"
+                assert during.data()[0]["code"] == "history-truncated"  # said, not hidden
+            server.start()
+            with trio.fail_after(20):  # a hang guard: the retry backoff is capped at 5 s
+                while not await cache.healthy():
+                    await cache.health_changed.wait()
+            async with router.stream(resume) as after:
+                assert after.response.headers["sse-replay"] == "complete"
+                await after.events_count(15)
+            got = sorted(d["content_version"] for d in after.data())
+            assert got == list(range(10, 25))  # exact again once Redis caught up
+    finally:
+        server.remove()

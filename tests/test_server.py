@@ -111,7 +111,11 @@ async def test_health_readiness_and_unknown_paths_answer_json() -> None:
         assert (await router.client.get("/healthz")).json()["status"] == "ok"
         ready = await router.client.get("/readyz")
         assert ready.status_code == 200
-        assert ready.json() == {"ready": True, "checks": {"bus": True, "cache": True}}
+        assert ready.json() == {
+            "ready": True,
+            "status": "ok",
+            "checks": {"bus": True, "cache": True},
+        }
         index = await router.client.get("/")
         assert "task.progress-updated" in index.json()["events"]
         missing = await router.client.get("/nope")

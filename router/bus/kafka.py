@@ -150,6 +150,10 @@ class KafkaBus:
     def _backoff(self) -> Backoff:
         return Backoff(self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds)
 
+    async def _consumer_in_loop(self) -> AIOKafkaConsumer:
+        """A consumer constructed on the asyncio side, where aiokafka expects to be made."""
+        return self._consumer()
+
     def _consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap,
@@ -189,7 +193,7 @@ class KafkaBus:
     ) -> AsyncGenerator[list[Record], None]:
         """Read with one consumer until it fails; ``progress`` keeps what was consumed, so the
         next consumer carries on from there."""
-        consumer = self._consumer()
+        consumer = await trio_asyncio.aio_as_trio(self._consumer_in_loop)()
         try:
             await trio_asyncio.aio_as_trio(consumer.start)()
             epoch = await trio_asyncio.aio_as_trio(self._probe)(consumer)
