@@ -47,6 +47,7 @@ class Settings:
     memory_bus_capacity: int = 10_000
     cache_max_events: int = 10_000
     cache_max_age_seconds: float = 3600.0
+    bus_replay_limit: int = 100_000
     publish_max_bytes: int = 1_048_576
     publish_max_batch: int = 1000
 
@@ -180,5 +181,10 @@ def add_serve_arguments(
     flag("--memory-bus-capacity", "unread records per in-memory partition", type=count(1))
     flag("--cache-max-events", "events kept for resume", type=count(1))
     flag("--cache-max-age-seconds", "oldest event kept for resume", type=positive_seconds)
+    flag(
+        "--bus-replay-limit",
+        "most events read again from the bus for a resume the cache cannot serve",
+        type=count(0),
+    )
     flag("--publish-max-bytes", "largest body POST /api/v1/events accepts", type=count(1))
     flag("--publish-max-batch", "most envelopes in one POST /api/v1/events", type=count(1))

@@ -170,7 +170,13 @@ async def _serve(
     shutdown_requested: trio.Event | None,
     task_status: trio.TaskStatus[Running],
 ) -> None:
-    hub = Hub(bus, cache, HubSettings(records_capacity=settings.records_buffer))
+    hub = Hub(
+        bus,
+        cache,
+        HubSettings(
+            records_capacity=settings.records_buffer, bus_replay_limit=settings.bus_replay_limit
+        ),
+    )
     app = create_app(hub, settings, verifier)
     if shutdown_requested is None:
         shutdown_requested = trio.Event()

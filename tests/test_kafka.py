@@ -170,3 +170,21 @@ async def test_a_resume_beyond_the_cache_window_is_served_from_kafka(kafka_broke
     for novel in ("n1", "n2"):  # each novel's events stay in order
         of_novel = [d["content_version"] for d in resumed.data() if d["novel_id"] == novel]
         assert of_novel == sorted(of_novel)
+
+
+async def test_a_resume_the_bus_will_not_read_again_is_truncated(kafka_broker: Broker) -> None:
+    async with kafka_router(kafka_broker, cache_max_events=3, bus_replay_limit=5) as router:
+        headers = auth("u1", novels=["n1"])
+        async with router.stream(headers) as first:
+            await router.publish(content("n1", 0))
+            await first.events_count(1)
+        await router.publish(*(content("n1", n) for n in range(1, 11)))
+        await router.running.hub.adapter.wait_consumed(11)
+        resumed_headers = {**headers, "Last-Event-ID": first.events[0].last_event_id}
+        async with router.stream(resumed_headers) as resumed:
+            assert resumed.response.status_code == 200, resumed.response.status_code
+            assert resumed.response.headers["sse-replay"] == "truncated"
+            await resumed.events_count(4)
+    error, *retained = resumed.data()
+    assert error["code"] == "history-truncated"
+    assert [d["content_version"] for d in retained] == [8, 9, 10]

@@ -280,3 +280,21 @@ async def test_sigterm_drains_the_streams_and_exits_zero() -> None:
     assert [e.event for e in events] == ["sse.error"]
     assert events[0].retry == 1000
     assert b'"code":"server-shutdown"' in received
+
+
+async def test_an_unexpected_failure_is_a_json_500_and_the_router_carries_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_router() as router:
+
+        async def broken(*args: object) -> None:
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(router.running.hub, "open", broken)
+        response = await router.client.get("/api/v1/events/stream", headers=auth(novels=["n1"]))
+        assert response.status_code == 500
+        assert response.json()["error"]["code"] == "internal"
+        assert "boom" not in response.text  # details stay in the log
+        assert "unexpected error in GET /api/v1/events/stream" in caplog.text
+        monkeypatch.undo()
+        assert (await router.client.get("/healthz")).status_code == 200

@@ -49,6 +49,17 @@ class KafkaSettings:
     backoff_max_seconds: float = 10.0
 
 
+async def _stop(consumer: AIOKafkaConsumer) -> None:
+    """Stop a consumer (asyncio side). aiokafka can raise CancelledError from its own internal
+    tasks when a consumer stops soon after it started; that is not a cancellation of ours."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+
+
 def epoch_of(topic_id: Any) -> str:
     """12 characters of a hash of the topic id: short, URL-safe, and different for a new topic
     even when ids are time-ordered and share their first bytes."""
@@ -114,7 +125,7 @@ class KafkaBus:
                 [TopicPartition(self.settings.topic, p) for p in partitions]
             )
         finally:
-            await consumer.stop()
+            await _stop(consumer)
         return epoch, {str(tp.partition): (end - 1,) for tp, end in ends.items() if end > 0}
 
     async def _probe(self, consumer: AIOKafkaConsumer) -> str:
@@ -227,7 +238,7 @@ class KafkaBus:
                     next_probe = trio.current_time() + self.settings.probe_interval_seconds
         finally:
             with trio.CancelScope(shield=True):
-                await trio_asyncio.aio_as_trio(consumer.stop)()
+                await trio_asyncio.aio_as_trio(_stop)(consumer)
 
     async def _assign(self, consumer: AIOKafkaConsumer, consumed: dict[str, Offset]) -> None:
         partitions = sorted(consumer.partitions_for_topic(self.settings.topic) or ())
@@ -265,20 +276,20 @@ class KafkaBus:
     async def _reread(
         self, wanted: dict[str, tuple[Offset | None, Offset]], epoch: str, limit: int
     ) -> list[Record] | None:
+        first: dict[TopicPartition, int] = {}
+        last: dict[TopicPartition, int] = {}
+        for partition, (served, end) in wanted.items():
+            start = 0 if served is None else served[0] + 1
+            if start <= end[0]:
+                tp = TopicPartition(self.settings.topic, int(partition))
+                first[tp], last[tp] = start, end[0]
+        if sum(last[tp] - first[tp] + 1 for tp in first) > limit:
+            return None
+        if not first:
+            return []
         consumer = self._consumer()
         try:
             await consumer.start()
-            first: dict[TopicPartition, int] = {}
-            last: dict[TopicPartition, int] = {}
-            for partition, (served, end) in wanted.items():
-                start = 0 if served is None else served[0] + 1
-                if start <= end[0]:
-                    tp = TopicPartition(self.settings.topic, int(partition))
-                    first[tp], last[tp] = start, end[0]
-            if sum(last[tp] - first[tp] + 1 for tp in first) > limit:
-                return None
-            if not first:
-                return []
             consumer.assign(list(first))
             beginnings = await consumer.beginning_offsets(list(first))
             if any(beginnings[tp] > first[tp] for tp in first):
@@ -303,7 +314,7 @@ class KafkaBus:
                         consumer.pause(tp)
             return records
         finally:
-            await consumer.stop()
+            await _stop(consumer)
 
     # -- publishing --------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -43,6 +44,7 @@ STREAM_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 PUBLISHER_ROLE = "publisher"
+log = logging.getLogger(__name__)
 _VALIDATION_IDENTITY = EventIdentity("check", "0", (0,), "check")
 
 
@@ -75,6 +77,11 @@ def create_app(hub: Hub, settings: Settings, verifier: TokenVerifier) -> QuartTr
         code = (error.name or "error").lower().replace(" ", "-")
         status = error.code or 500
         return HTTPError(status, code, error.description or code).to_response()
+
+    @app.errorhandler(Exception)
+    async def answer_unexpected_error(error: Exception) -> Response:
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        return HTTPError(500, "internal", "the router failed to answer; see its log").to_response()
 
     @app.after_request
     async def add_cors(response: Response) -> Response:
