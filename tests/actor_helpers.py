@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import trio
@@ -12,7 +11,7 @@ from router.core.cursor import Cursor, EventIdentity
 from router.core.events import ContentUpdateEvent, TaskProgressEvent
 from router.core.scope import Scope
 from router.core.sse import SSEMessage
-from tests.sse_spec_parser import ParsedEvent, parse_stream
+from tests.sse_spec_parser import ReceivedStream
 
 EPOCH = "e1"
 
@@ -52,12 +51,12 @@ def in_an_hour() -> float:
     return time.time() + 3600
 
 
-class Reader:
+class Reader(ReceivedStream):
     """Collects a session's output; ``events`` parses it like a browser would."""
 
     def __init__(self, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+        super().__init__()
         self.receive = receive
-        self.raw = b""
         self.closed = trio.Event()
 
     async def run(self) -> None:
@@ -65,14 +64,3 @@ class Reader:
             async for chunk in self.receive:
                 self.raw += chunk
         self.closed.set()
-
-    @property
-    def events(self) -> list[ParsedEvent]:
-        return parse_stream(self.raw).events
-
-    @property
-    def comments(self) -> list[str]:
-        return parse_stream(self.raw).comments
-
-    def data(self) -> list[dict[str, object]]:
-        return [json.loads(e.data) for e in self.events]

@@ -6,7 +6,6 @@ turn a hang into a failure, they never measure anything.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from router.auth import mint_token
 from router.config import Settings
 from router.server import Running, serve
 from tests.sse_http_client import StreamResponse, open_stream
-from tests.sse_spec_parser import ParsedEvent, parse_stream
+from tests.sse_spec_parser import ParsedEvent, ReceivedStream
 
 SECRET = "end-to-end-tests-secret-0123456789abcdef"
 HANG_GUARD_SECONDS = 20
@@ -67,28 +66,17 @@ def progress(user_id: str, task_id: str, percent: float) -> dict[str, Any]:
 
 
 @dataclass
-class EventStream:
+class EventStream(ReceivedStream):
     """An open ``text/event-stream`` response, read like a browser would."""
 
-    response: StreamResponse
-    chunks: AsyncIterator[bytes]
-    raw: bytes = b""
+    response: StreamResponse | None = None
+    chunks: AsyncIterator[bytes] | None = None
     ended: bool = False
-
-    @property
-    def events(self) -> list[ParsedEvent]:
-        return parse_stream(self.raw).events
-
-    @property
-    def comments(self) -> list[str]:
-        return parse_stream(self.raw).comments
-
-    def data(self) -> list[dict[str, Any]]:
-        return [json.loads(e.data) for e in self.events]
 
     async def read_until(self, done: Callable[[EventStream], bool]) -> None:
         with trio.fail_after(HANG_GUARD_SECONDS):
             while not done(self) and not self.ended:
+                assert self.chunks is not None
                 try:
                     self.raw += await anext(self.chunks)
                 except StopAsyncIteration:
@@ -144,7 +132,7 @@ class RouterUnderTest:
             ) as response,
             aclosing(response.chunks()) as chunks,
         ):
-            stream = EventStream(response, chunks)
+            stream = EventStream(response=response, chunks=chunks)
             if response.status_code == 200:
                 await stream.read_until(lambda s: b"\n\n" in s.raw)  # the retry hint
             yield stream

@@ -12,8 +12,10 @@ of being thrown away.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 # The standard's only line terminators. str.splitlines() would also split on U+2028, U+2029,
 # U+0085, \x0b, \x0c, \x1c-\x1e, which a browser treats as ordinary characters.
@@ -78,3 +80,21 @@ def parse_stream(raw: bytes) -> ParsedStream:
         # any other field name is ignored
     # At the end of the stream, a pending event (no blank line after it) is discarded.
     return stream
+
+
+@dataclass
+class ReceivedStream:
+    """Bytes received so far on one stream, read as a browser would read them."""
+
+    raw: bytes = b""
+
+    @property
+    def events(self) -> list[ParsedEvent]:
+        return parse_stream(self.raw).events
+
+    @property
+    def comments(self) -> list[str]:
+        return parse_stream(self.raw).comments
+
+    def data(self) -> list[dict[str, Any]]:
+        return [json.loads(e.data) for e in self.events]

@@ -48,13 +48,20 @@ class EnvelopeProblem(enum.StrEnum):
     UNROUTABLE = "unroutable"
 
 
-class EnvelopeError(ValueError):
-    """An envelope that cannot be routed; ``problem`` is a bounded set, fit for a metric label."""
+class RejectionError(ValueError):
+    """Something the router will not route: ``problem`` is one of a bounded set of reasons, fit
+    for a metric label; ``detail`` is for the log and the publisher."""
 
-    def __init__(self, problem: EnvelopeProblem, detail: str) -> None:
+    def __init__(self, problem: enum.StrEnum, detail: str) -> None:
         super().__init__(f"{problem.value}: {detail}")
         self.problem = problem
         self.detail = detail
+
+
+class EnvelopeError(RejectionError):
+    """An envelope that cannot be routed."""
+
+    problem: EnvelopeProblem
 
 
 @dataclass(frozen=True, slots=True)

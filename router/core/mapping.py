@@ -13,7 +13,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from router.core.cursor import Cursor, EventIdentity
-from router.core.envelope import Envelope, EnvelopeError, EnvelopeProblem, parse_envelope
+from router.core.envelope import (
+    Envelope,
+    EnvelopeError,
+    EnvelopeProblem,
+    RejectionError,
+    parse_envelope,
+)
 from router.core.events import (
     ContentUpdateEvent,
     DomainEvent,
@@ -57,11 +63,10 @@ class Problem(enum.StrEnum):
     UNROUTABLE = "unroutable"
 
 
-class MappingError(ValueError):
-    def __init__(self, problem: Problem, detail: str) -> None:
-        super().__init__(f"{problem.value}: {detail}")
-        self.problem = problem
-        self.detail = detail
+class MappingError(RejectionError):
+    """An envelope whose type, payload or scope the mapping refuses."""
+
+    problem: Problem
 
 
 def to_sse(envelope: Envelope, identity: EventIdentity, *, id: str | None = None) -> DomainEvent:
