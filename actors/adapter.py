@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import trio
 
@@ -80,7 +81,15 @@ class Adapter:
         self.cursor = batch.cursor
         for converted in batch.events:
             self._seq += 1
-            self.route(Delivery(self._seq, converted.identity, converted.cursor, converted.message))
+            self.route(
+                Delivery(
+                    self._seq,
+                    converted.identity,
+                    converted.cursor,
+                    converted.message,
+                    _seconds(converted.envelope.occurred_at),
+                )
+            )
         self._processed.set()
         self._processed = trio.Event()
 
@@ -96,3 +105,8 @@ class Adapter:
         for session in self.registry.candidates(message.scope):
             if admits(message, session.principal, session.stream_filter):
                 offers[session.offer(delivery)] += 1
+
+
+def _seconds(timestamp: str) -> float:
+    """An envelope's (normalised, UTC) ``occurred_at`` as seconds since the epoch."""
+    return datetime.fromisoformat(timestamp).timestamp()

@@ -15,6 +15,7 @@ that: every session says goodbye (``server-shutdown``) and ends its response.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ import trio
 
 from actors.adapter import Adapter
 from actors.consumer import run_consumer
+from actors.observer import NO_OBSERVER, StreamObserver
 from actors.registry import SessionRegistry
 from actors.session import CloseReason, Session
 from router.bus.base import EventBus, Record
@@ -50,16 +52,21 @@ class Hub:
         bus: EventBus,
         cache: ReplayCache,
         settings: HubSettings = HubSettings(),
+        observer: StreamObserver = NO_OBSERVER,
     ) -> None:
         self.bus = bus
         self.cache = cache
         self.settings = settings
+        self.observer = observer
         self.registry = SessionRegistry()
         self.adapter = Adapter(cache, self.registry)
         self.epoch = ""
+        self.replays: Counter[tuple[str, str]] = Counter()
+        """Resumes served, by (``complete`` or ``truncated``, ``cache`` or ``bus``)."""
         self.reading = trio.Event()
         """Set once the bus answered: every event published from then on will be routed."""
         self._sessions_nursery: trio.Nursery | None = None
+        self._records: trio.MemoryReceiveChannel[Sequence[Record]] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the consumer, the adapter and the sessions until cancelled.
@@ -71,6 +78,7 @@ class Hub:
         records_send, records_receive = trio.open_memory_channel[Sequence[Record]](
             self.settings.records_capacity
         )
+        self._records = records_receive
         async with trio.open_nursery() as nursery:
             self._sessions_nursery = await nursery.start(_open_sessions_nursery)
             nursery.start_soon(self.cache.run)
@@ -101,6 +109,7 @@ class Hub:
         assert self._sessions_nursery is not None, "the hub is not running"
         if resume_from is not None and resume_from.is_from(self.bus.source, self.epoch):
             session.cursor = resume_from
+        session.observer = self.observer
         self.registry.add(session)
         up_to = self.adapter.cursor
         try:
@@ -117,18 +126,23 @@ class Hub:
         neither has it all, a truncated replay."""
         from_cache = await self.cache.replay(after, up_to)
         if not from_cache.truncated or up_to is None:
+            self.replays["complete" if not from_cache.truncated else "truncated", "cache"] += 1
             return from_cache
         records = await self.bus.replay(after, up_to, self.settings.bus_replay_limit)
         if records is None:
+            self.replays["truncated", "cache"] += 1
             return from_cache
         batch = convert_batch((r.identity, r.raw) for r in records)
         now = trio.current_time()
         entries = [Entry(c.identity, c.message, now) for c in batch.events]
+        self.replays["complete", "bus"] += 1
         return Replay(entries, truncated=False)
 
     async def _run_session(
         self, session: Session, output: trio.MemorySendChannel[bytes], resume: Replay | None
     ) -> None:
+        started = trio.current_time()
+        self.observer.opened()
         try:
             await session.run(output, resume)
         except Exception:
@@ -140,6 +154,12 @@ class Hub:
             # that fails before it takes charge of its output must still end its response.
             output.close()
             self.registry.remove(session)
+            reason = session.close_reason or CloseReason.SERVER_SHUTDOWN  # cut by cancellation
+            self.observer.closed(reason.value, trio.current_time() - started)
+
+    def records_waiting(self) -> int:
+        """Batches of records the adapter has not taken yet."""
+        return 0 if self._records is None else self._records.statistics().current_buffer_used
 
     def close_sessions(self, reason: CloseReason = CloseReason.SERVER_SHUTDOWN) -> None:
         for session in self.registry:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from actors.observer import NO_OBSERVER, StreamObserver
 from router.core.cursor import Cursor, EventIdentity
 from router.core.events import ErrorCode, SSEErrorEvent
 from router.core.history import Replay
@@ -56,6 +57,8 @@ class Delivery:
     identity: EventIdentity
     cursor: Cursor
     message: SSEMessage
+    occurred_at: float | None = None
+    """When the event happened, in seconds since the epoch, for the delivery lag metric."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,7 @@ class Session:
     """When the token expires, in seconds since the epoch."""
     settings: SessionSettings = field(default_factory=SessionSettings)
     connection_id: str = ""
+    observer: StreamObserver = NO_OBSERVER
     close_reason: CloseReason | None = None
     cursor: Cursor | None = None
     _overflow: dict[str, Delivery] = field(default_factory=dict, repr=False)
@@ -194,6 +198,9 @@ class Session:
             )
             if admits(entry.message, self.principal, self.stream_filter):
                 await output.send(entry.message.with_id(str(self.cursor)).to_sse_format())
+                # Counted as sent; its age says how long the client was away, not the router's
+                # delivery lag, so no lag is reported for it.
+                self.observer.sent([(entry.message.event, None)], queued=0)
 
     async def _stream_live(self, output: trio.MemorySendChannel[bytes]) -> None:
         while True:
@@ -202,9 +209,22 @@ class Session:
             if silence.cancelled_caught:
                 await output.send(encode_comment())
                 continue
-            payload = b"".join(self._encode(d.identity, d.cursor, d.message) for d in batch)
-            if payload:
-                await output.send(payload)
+            chunks, sent = [], []
+            for delivery in batch:
+                chunk = self._encode(delivery.identity, delivery.cursor, delivery.message)
+                if chunk:
+                    chunks.append(chunk)
+                    sent.append(delivery)
+            if chunks:
+                await output.send(b"".join(chunks))
+                now = time.time()
+                self.observer.sent(
+                    [
+                        (d.message.event, None if d.occurred_at is None else now - d.occurred_at)
+                        for d in sent
+                    ],
+                    queued=self._inbox.statistics().current_buffer_used,
+                )
 
     async def _next_batch(self) -> Sequence[Delivery]:
         """The next deliveries in the adapter's order, waiting for the first one."""

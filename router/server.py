@@ -38,6 +38,7 @@ from router.cache.redis import RedisReplayCache
 from router.config import Settings
 from router.http.app import create_app
 from router.http.asgi import RequestLifecycle
+from router.metrics import Metrics
 
 
 class ConfigurationError(Exception):
@@ -170,14 +171,17 @@ async def _serve(
     shutdown_requested: trio.Event | None,
     task_status: trio.TaskStatus[Running],
 ) -> None:
+    metrics = Metrics()
     hub = Hub(
         bus,
         cache,
         HubSettings(
             records_capacity=settings.records_buffer, bus_replay_limit=settings.bus_replay_limit
         ),
+        observer=metrics,
     )
-    app = create_app(hub, settings, verifier)
+    metrics.watch(hub)
+    app = create_app(hub, settings, verifier, metrics)
     if shutdown_requested is None:
         shutdown_requested = trio.Event()
     stop_http = trio.Event()

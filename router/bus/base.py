@@ -65,6 +65,9 @@ class EventBus(Protocol):
         holds them all, or they are more than ``limit``."""
         ...
 
+    errors: int
+    """Failed calls so far, for the metrics."""
+
     async def healthy(self) -> bool: ...
 
     async def aclose(self) -> None:

@@ -86,6 +86,8 @@ class KafkaBus:
         self._epoch: str | None = None
         self._consumed_when_first_seen: dict[str, Offset] = {}
         self._healthy = False
+        self.errors = 0
+        """Failed calls to the broker, for the metrics."""
         self.health_changed = trio.Event()
         """Set (and replaced) whenever the broker stops or starts answering."""
         self._producer: AIOKafkaProducer | None = None
@@ -144,6 +146,7 @@ class KafkaBus:
         return epoch_of(topic_id)
 
     def _mark_unhealthy(self, error: BaseException) -> None:
+        self.errors += 1
         if self._healthy:
             log.warning("kafka unavailable: %s", error)
             self._set_health(False)

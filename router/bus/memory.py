@@ -28,6 +28,7 @@ class MemoryBus:
         if partitions < 1 or capacity < 1:
             raise ValueError("a memory bus needs at least one partition and a capacity of one")
         self._epoch = secrets.token_hex(4)
+        self.errors = 0  # nothing can fail here
         self._capacity = capacity
         self._unread: list[deque[Record]] = [deque() for _ in range(partitions)]
         self._next_offset = [0] * partitions

@@ -35,6 +35,9 @@ class ReplayCache(Protocol):
 
     async def window(self) -> Window: ...
 
+    errors: int
+    """Failed calls so far, for the metrics."""
+
     async def healthy(self) -> bool: ...
 
     async def run(self) -> None:

@@ -26,6 +26,7 @@ class MemoryReplayCache:
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
         self._clock = clock
+        self.errors = 0  # nothing can fail here
         self._history = History(max_events=max_events, max_age=max_age, source=source, epoch=epoch)
 
     async def append(self, entries: Sequence[Entry]) -> None:

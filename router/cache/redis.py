@@ -58,6 +58,8 @@ class RedisReplayCache:
         self.keys = [f"{base}:stream", f"{base}:served", f"{base}:evicted", f"{base}:epoch"]
         self._redis: Redis | None = None
         self._healthy = True
+        self.errors = 0
+        """Failed calls to Redis, for the metrics."""
         self._retry_at = 0.0
         self._backoff = Backoff(0.1, 5.0)
         self._pending: deque[Entry] = deque()
@@ -86,6 +88,7 @@ class RedisReplayCache:
         return await trio_asyncio.aio_as_trio(getattr(client, method))(*args)
 
     def _failed(self, error: BaseException) -> None:
+        self.errors += 1
         if self._healthy:
             log.warning("redis replay cache unavailable: %s", error)
             self._set_health(False)

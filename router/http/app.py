@@ -37,6 +37,8 @@ from router.core.stream_request import (
 from router.http.asgi import remember_session
 from router.http.cors import apply_cors
 from router.http.errors import HTTPError
+from router.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from router.metrics import Metrics
 
 STREAM_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -48,7 +50,9 @@ log = logging.getLogger(__name__)
 _VALIDATION_IDENTITY = EventIdentity("check", "0", (0,), "check")
 
 
-def create_app(hub: Hub, settings: Settings, verifier: TokenVerifier) -> QuartTrio:
+def create_app(
+    hub: Hub, settings: Settings, verifier: TokenVerifier, metrics: Metrics
+) -> QuartTrio:
     app = QuartTrio("sse-router")
     app.config["MAX_CONTENT_LENGTH"] = settings.publish_max_bytes
     session_settings = SessionSettings(
@@ -60,10 +64,15 @@ def create_app(hub: Hub, settings: Settings, verifier: TokenVerifier) -> QuartTr
     per_address = RateLimiter(settings.connects_per_minute, 60.0)
 
     def authenticate() -> Verified:
-        token = _token_from_request()
+        try:
+            token = _token_from_request()
+        except HTTPError as error:
+            metrics.auth_failures.labels(error.code).inc()
+            raise
         try:
             return verifier.verify(token)
         except AuthError as error:
+            metrics.auth_failures.labels(error.problem.value).inc()
             raise HTTPError(
                 401, error.problem.value, error.message, headers={"WWW-Authenticate": "Bearer"}
             ) from None
@@ -105,6 +114,10 @@ def create_app(hub: Hub, settings: Settings, verifier: TokenVerifier) -> QuartTr
             }
         )
 
+    @app.get("/metrics")
+    async def metrics_page() -> Response:
+        return Response(metrics.exposition(), content_type=METRICS_CONTENT_TYPE)
+
     @app.get("/healthz")
     async def healthz() -> Response:
         return jsonify({"status": "ok", "version": __version__})
@@ -135,6 +148,7 @@ def create_app(hub: Hub, settings: Settings, verifier: TokenVerifier) -> QuartTr
         except RequestError as error:
             raise HTTPError(403, "forbidden", error.message, parameter=error.parameter) from None
         if hub.registry.count_for_user(principal.user_id) >= settings.max_streams_per_user:
+            metrics.rate_limited.labels("streams-per-user").inc()
             raise HTTPError(
                 429,
                 "too-many-streams",
@@ -146,6 +160,7 @@ def create_app(hub: Hub, settings: Settings, verifier: TokenVerifier) -> QuartTr
             per_address.acquire(request.remote_addr or "unknown", now),
         )
         if wait > 0:
+            metrics.rate_limited.labels("connects-per-minute").inc()
             raise HTTPError(
                 429,
                 "rate-limited",

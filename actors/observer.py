@@ -1,0 +1,36 @@
+"""What the actors report about streams, for metrics: a Protocol, so actors import no exporter.
+
+The router's Prometheus metrics implement it (``router/metrics.py``); tests and embedders that
+want nothing pass :data:`NO_OBSERVER`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class StreamObserver(Protocol):
+    def opened(self) -> None:
+        """A stream started."""
+
+    def sent(self, events: Sequence[tuple[str, float | None]], queued: int) -> None:
+        """A write to a client: each event's name and its age in seconds (``None`` if unknown),
+        and how many deliveries were still waiting in the session's inbox."""
+
+    def closed(self, reason: str, seconds: float) -> None:
+        """A stream ended after ``seconds``, for ``reason`` (a CloseReason value)."""
+
+
+class _NoObserver:
+    def opened(self) -> None:
+        pass
+
+    def sent(self, events: Sequence[tuple[str, float | None]], queued: int) -> None:
+        pass
+
+    def closed(self, reason: str, seconds: float) -> None:
+        pass
+
+
+NO_OBSERVER: StreamObserver = _NoObserver()

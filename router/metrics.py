@@ -1,0 +1,145 @@
+"""Prometheus metrics: what an operator needs to see the router work.
+
+Per-stream observations (connections, events sent, delivery lag, queue fill) come through the
+actors' :class:`~actors.observer.StreamObserver` hooks. Counts the actors, the bus and the cache
+keep anyway (events consumed and rejected, offers, resumes, errors) are read when Prometheus
+scrapes, by a collector, so the hot path pays nothing for them. Every label value comes from a
+bounded set: never a user id or a token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from actors.hub import Hub
+from actors.session import CloseReason, Offer
+from router.core.mapping import Problem
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OVERFLOW_POLICIES = {Offer.COALESCED: "coalesced", Offer.DISCONNECTED: "disconnected"}
+
+
+class Metrics:
+    """One router's metrics, in a registry of its own (several routers may share a process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.current_connections = Gauge(
+            "sse_current_connections", "Open event streams.", registry=r
+        )
+        self.connection_duration = Histogram(
+            "sse_connection_duration_seconds",
+            "How long streams lasted, observed when they close, by why they closed.",
+            ["reason"],
+            buckets=(1, 10, 60, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600),
+            registry=r,
+        )
+        for reason in CloseReason:
+            self.connection_duration.labels(reason.value)
+        self.events_sent = Counter(
+            "sse_events_sent",
+            "Events written to clients, by SSE event name.",
+            ["event"],
+            registry=r,
+        )
+        self.delivery_lag = Histogram(
+            "sse_event_delivery_lag_seconds",
+            "Time from an event's occurred_at to its write to a client.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.queue_size = Histogram(
+            "sse_queue_size",
+            "Events still waiting in a stream's inbox when it writes to its client.",
+            buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "sse_auth_failures",
+            "Requests refused for their token, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "sse_rate_limited_connections",
+            "New streams refused by a limit: streams-per-user or connects-per-minute.",
+            ["limit"],
+            registry=r,
+        )
+
+    # -- StreamObserver --------------------------------------------------------------------------
+
+    def opened(self) -> None:
+        self.current_connections.inc()
+
+    def sent(self, events: Sequence[tuple[str, float | None]], queued: int) -> None:
+        self.queue_size.observe(queued)
+        for name, lag in events:
+            self.events_sent.labels(name).inc()
+            if lag is not None:
+                self.delivery_lag.observe(max(0.0, lag))
+
+    def closed(self, reason: str, seconds: float) -> None:
+        self.current_connections.dec()
+        self.connection_duration.labels(reason).observe(seconds)
+
+    # -- exposition ------------------------------------------------------------------------------
+
+    def watch(self, hub: Hub) -> None:
+        """Also export what ``hub``, its bus and its cache count, read at scrape time."""
+        self.registry.register(_HubCollector(hub))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _HubCollector(Collector):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        hub = self.hub
+        stats = hub.adapter.stats
+        consumed = CounterMetricFamily("sse_events_consumed", "Records read from the bus.")
+        consumed.add_metric([], stats.consumed)
+        yield consumed
+        rejected = CounterMetricFamily(
+            "sse_events_rejected", "Records skipped, by reason.", labels=["reason"]
+        )
+        for problem in Problem:
+            rejected.add_metric([problem.value], stats.rejected.get(problem.value, 0))
+        yield rejected
+        overflow = CounterMetricFamily(
+            "sse_queue_overflow",
+            "Events that met a full stream inbox, by what the policy did.",
+            labels=["policy"],
+        )
+        for offer, policy in OVERFLOW_POLICIES.items():
+            overflow.add_metric([policy], stats.offers.get(offer, 0))
+        overflow.add_metric(["dropped"], 0)  # this policy coalesces or disconnects, never drops
+        yield overflow
+        replays = CounterMetricFamily(
+            "sse_replays",
+            "Resumes served, by outcome (complete, truncated) and source (cache, bus).",
+            labels=["outcome", "source"],
+        )
+        for outcome in ("complete", "truncated"):
+            for source in ("cache", "bus"):
+                replays.add_metric([outcome, source], hub.replays.get((outcome, source), 0))
+        yield replays
+        errors = CounterMetricFamily(
+            "sse_backend_errors", "Failed calls to the bus or the cache.", labels=["backend"]
+        )
+        errors.add_metric(["bus"], hub.bus.errors)
+        errors.add_metric(["cache"], hub.cache.errors)
+        yield errors
+        records = GaugeMetricFamily(
+            "sse_consumer_queue_size", "Record batches waiting between consumer and adapter."
+        )
+        records.add_metric([], hub.records_waiting())
+        yield records

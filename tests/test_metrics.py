@@ -1,0 +1,83 @@
+"""GET /metrics after scripted traffic: every metric moves by what happened."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from router.bus.base import Record
+from router.core.cursor import EventIdentity
+from tests.e2e_helpers import STREAM_PATH, RouterUnderTest, auth, content, running_router
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def scrape(router: RouterUnderTest) -> Samples:
+    response = await router.client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_follow_the_traffic() -> None:
+    async with running_router(max_streams_per_user=1, session_buffer=1) as router:
+        before = await scrape(router)
+        assert value(before, "sse_current_connections") == 0
+
+        assert (await router.client.get(STREAM_PATH)).status_code == 401
+        async with router.stream(auth("u1", novels=["n1"])) as stream:
+            assert value(await scrape(router), "sse_current_connections") == 1
+            refused = await router.client.get(STREAM_PATH, headers=auth("u1", novels=["n1"]))
+            assert refused.status_code == 429
+            await router.publish(content("n1", 1))
+            await stream.events_count(1)
+            await router.publish(content("n1", 2))
+            await stream.events_count(2)
+            cursor = stream.events[0].last_event_id
+        garbage = Record(EventIdentity("memory", "0", (999,), router.running.hub.epoch), b"{")
+        await router.running.hub.adapter.process([garbage])
+
+        resume = {**auth("u1", novels=["n1"]), "Last-Event-ID": cursor}
+        async with router.stream(resume) as resumed:
+            await resumed.events_count(1)
+        async with router.stream(auth("u2", novels=["n1"])) as flooded:
+            await router.publish(*(content("n1", n) for n in range(10)))  # one burst, inbox of 1
+            await flooded.to_the_end()
+        assert flooded.data()[-1]["code"] == "lagged"
+
+        after = await scrape(router)
+    assert value(after, "sse_auth_failures_total", reason="missing") == 1
+    assert value(after, "sse_rate_limited_connections_total", limit="streams-per-user") == 1
+    assert value(after, "sse_events_sent_total", event="content.updated") >= 3
+    assert value(after, "sse_event_delivery_lag_seconds_count") >= 2  # replays carry none
+    assert value(after, "sse_queue_size_count") >= 2
+    assert value(after, "sse_connection_duration_seconds_count", reason="client") == 2
+    assert value(after, "sse_connection_duration_seconds_count", reason="lagged") == 1
+    assert value(after, "sse_current_connections") == 0
+    assert value(after, "sse_events_consumed_total") == 12 + 1
+    assert value(after, "sse_events_rejected_total", reason="malformed") == 1
+    assert value(after, "sse_replays_total", outcome="complete", source="cache") == 1
+    assert value(after, "sse_queue_overflow_total", policy="disconnected") >= 1
+    assert value(after, "sse_queue_overflow_total", policy="dropped") == 0
+    assert value(after, "sse_backend_errors_total", backend="bus") == 0
+    assert ("sse_consumer_queue_size", ()) in after
+
+
+async def test_no_label_carries_a_user_id_or_a_token() -> None:
+    async with running_router() as router:
+        async with router.stream(auth("secret-user-42", novels=["n1"])) as stream:
+            await router.publish(content("n1", 1))
+            await stream.events_count(1)
+        await router.client.get(STREAM_PATH, params={"token": "leaky-token-value"})
+        text = (await router.client.get("/metrics")).text
+    assert "secret-user-42" not in text
+    assert "leaky-token-value" not in text
