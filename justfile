@@ -10,7 +10,7 @@ export SSE_ROUTER_JWT_SECRET := env_var_or_default("SSE_ROUTER_JWT_SECRET", "dev
 
 # Start the router on its embedded default (in-memory bus and replay cache): `just run --port 9000`.
 run *ARGS:
-    sse-router serve {{ARGS}}
+    sse-router serve --log-format console {{ARGS}}
 
 # Mint a development token for `just run`: `just token --sub u1 --novels n1,n2 --roles publisher`.
 token *ARGS:

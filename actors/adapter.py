@@ -68,10 +68,12 @@ class Adapter:
         for rejected in batch.rejected:
             self.stats.rejected[rejected.problem.value] += 1
             log.warning(
-                "rejected event at %s: %s: %s",
-                rejected.identity,
-                rejected.problem.value,
-                rejected.detail,
+                "event rejected",
+                extra={
+                    "position": str(rejected.identity),
+                    "reason": rejected.problem.value,
+                    "detail": rejected.detail,
+                },
             )
         now = self._clock()
         entries = [Entry(c.identity, c.message, now) for c in batch.events]

@@ -148,14 +148,25 @@ class Hub:
         except Exception:
             # One broken stream must not take the router down with it.
             session.stop(CloseReason.ERROR)
-            log.exception("session %s failed", session.connection_id)
+            log.exception("session failed", extra={"connection_id": session.connection_id})
         finally:
             # Closed here too (closing twice is harmless, and this does not checkpoint): a session
             # that fails before it takes charge of its output must still end its response.
             output.close()
             self.registry.remove(session)
             reason = session.close_reason or CloseReason.SERVER_SHUTDOWN  # cut by cancellation
-            self.observer.closed(reason.value, trio.current_time() - started)
+            duration = trio.current_time() - started
+            self.observer.closed(reason.value, duration)
+            log.info(
+                "stream closed",
+                extra={
+                    "connection_id": session.connection_id,
+                    "user_id": session.principal.user_id,
+                    "reason": reason.value,
+                    "duration_seconds": round(duration, 3),
+                    "events_sent": session.events_sent,
+                },
+            )
 
     def records_waiting(self) -> int:
         """Batches of records the adapter has not taken yet."""

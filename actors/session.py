@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from router.core.permissions import Principal, StreamFilter, admits
 from router.core.sse import Priority, SSEMessage, encode_comment, encode_retry
 
 MAX_WRITE_BATCH = 64
+log = logging.getLogger(__name__)
 
 
 class CloseReason(enum.StrEnum):
@@ -68,6 +71,7 @@ class SessionSettings:
     retry_ms: int = 2000
     shutdown_retry_ms: int = 1000
     goodbye_timeout_seconds: float = 1.0
+    log_sample_rate: float = 0.0
 
 
 _CLOSING_ERRORS: dict[CloseReason, tuple[ErrorCode, str]] = {
@@ -95,6 +99,7 @@ class Session:
     connection_id: str = ""
     observer: StreamObserver = NO_OBSERVER
     close_reason: CloseReason | None = None
+    events_sent: int = 0
     cursor: Cursor | None = None
     _overflow: dict[str, Delivery] = field(default_factory=dict, repr=False)
     _held: Delivery | None = field(default=None, repr=False)
@@ -198,6 +203,7 @@ class Session:
             )
             if admits(entry.message, self.principal, self.stream_filter):
                 await output.send(entry.message.with_id(str(self.cursor)).to_sse_format())
+                self.events_sent += 1
                 # Counted as sent; its age says how long the client was away, not the router's
                 # delivery lag, so no lag is reported for it.
                 self.observer.sent([(entry.message.event, None)], queued=0)
@@ -217,6 +223,17 @@ class Session:
                     sent.append(delivery)
             if chunks:
                 await output.send(b"".join(chunks))
+                self.events_sent += len(sent)
+                if (
+                    self.settings.log_sample_rate
+                    and random.random() < self.settings.log_sample_rate
+                ):
+                    last = sent[-1].message
+                    log.info(
+                        "event sent",
+                        extra={"connection_id": self.connection_id, "sse_event": last.event,
+                               "id": last.id, "in_write": len(sent)},
+                    )  # fmt: skip
                 now = time.time()
                 self.observer.sent(
                     [
@@ -225,6 +242,20 @@ class Session:
                     ],
                     queued=self._inbox.statistics().current_buffer_used,
                 )
+
+    def _maybe_log_send(self, sent: Sequence[Delivery]) -> None:
+        rate = self.settings.log_sample_rate
+        if rate and random.random() < rate:
+            last = sent[-1].message
+            log.info(
+                "events sent",
+                extra={
+                    "connection_id": self.connection_id,
+                    "sse_event": last.event,
+                    "id": last.id,
+                    "in_write": len(sent),
+                },
+            )
 
     async def _next_batch(self) -> Sequence[Delivery]:
         """The next deliveries in the adapter's order, waiting for the first one."""

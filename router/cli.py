@@ -12,6 +12,7 @@ import trio
 from router import __version__
 from router.auth import MIN_SECRET_BYTES, mint_token
 from router.config import Settings, add_serve_arguments, count, env_name
+from router.logs import configure_logging
 from router.server import ConfigurationError, serve, token_verifier
 
 
@@ -48,13 +49,6 @@ def _split(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-async def _serve_and_announce(settings: Settings) -> None:
-    async with trio.open_nursery() as nursery:
-        running = await nursery.start(serve, settings)
-        for address in running.addresses:
-            print(f"sse-router listening on {address}", flush=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -75,12 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
     settings = Settings.from_args(args)
+    configure_logging(settings.log_level, settings.log_format)  # type: ignore[arg-type]
     try:
         token_verifier(settings)  # refuse to start before anything runs
     except ConfigurationError as error:
         print(f"sse-router: {error}", file=sys.stderr)
         return 2
-    trio.run(_serve_and_announce, settings)
+    trio.run(serve, settings)
     return 0
 
 

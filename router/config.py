@@ -50,6 +50,9 @@ class Settings:
     bus_replay_limit: int = 100_000
     publish_max_bytes: int = 1_048_576
     publish_max_batch: int = 1000
+    log_level: str = "info"
+    log_format: str = "json"
+    log_sample_rate: float = 0.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -97,6 +100,16 @@ def positive_seconds(text: str) -> float:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}")
     return value
 
 
@@ -188,3 +201,10 @@ def add_serve_arguments(
     )
     flag("--publish-max-bytes", "largest body POST /api/v1/events accepts", type=count(1))
     flag("--publish-max-batch", "most envelopes in one POST /api/v1/events", type=count(1))
+    flag("--log-level", "least severe log lines written", choices=("debug", "info", "warning"))
+    flag("--log-format", "json lines, or console for people", choices=("json", "console"))
+    flag(
+        "--log-sample-rate",
+        "fraction of event sends logged, 0 to 1 (each with its connection id)",
+        type=fraction,
+    )

@@ -15,6 +15,7 @@ and ends its response; the HTTP server stops accepting and lets in-flight reques
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 from contextlib import AsyncExitStack
@@ -39,6 +40,8 @@ from router.config import Settings
 from router.http.app import create_app
 from router.http.asgi import RequestLifecycle
 from router.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 
 class ConfigurationError(Exception):
@@ -123,6 +126,7 @@ async def serve(
     :class:`ConfigurationError` before anything starts if the settings cannot work.
     """
     verifier = token_verifier(settings)
+    log.info("router starting", extra={"settings": settings.redacted()})
     async with AsyncExitStack() as resources:
         if settings.bus != "memory" or settings.cache != "memory":
             # aiokafka and redis-py run on asyncio: in a trio-asyncio loop around the tree.
@@ -203,7 +207,9 @@ async def _serve(
         await root.start(hub.run)
         addresses: list[str] = await root.start(run_http)
         task_status.started(Running(addresses, hub, app))
+        log.info("router listening", extra={"addresses": addresses})
         await shutdown_requested.wait()
+        log.info("router stopping", extra={"open_streams": len(hub.registry)})
 
         hub.close_sessions(CloseReason.SERVER_SHUTDOWN)
         stop_http.set()

@@ -438,7 +438,7 @@ async def test_a_session_that_fails_is_removed_and_the_hub_carries_on(
     assert versions(healthy_reader) == [1, 2]
     assert versions(broken_reader) == []
     (logged,) = [r for r in caplog.records if r.name == "actors.hub"]
-    assert "broken-one" in logged.getMessage()
+    assert logged.connection_id == "broken-one"  # type: ignore[attr-defined]  # an extra field
     assert logged.exc_info is not None
     assert logged.exc_info[0] is RuntimeError
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -257,15 +258,20 @@ async def test_shutdown_is_bounded_even_with_a_client_that_stopped_reading() -> 
                 await router.stopped.wait()
 
 
-async def test_sigterm_drains_the_streams_and_exits_zero() -> None:
+async def test_sigterm_drains_the_streams_and_exits_zero_logging_json_lines() -> None:
     command = [sys.executable, "-m", "router.cli", "serve", "--port", "0"]
     environ = {**os.environ, "SSE_ROUTER_JWT_SECRET": SECRET}
+    query_token = token(novels=["n1"])
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=environ) as process:
         try:
             assert process.stdout is not None
-            line = await trio.to_thread.run_sync(process.stdout.readline)
-            url = line.strip().removeprefix("sse-router listening on ")
-            async with open_stream(url, "/api/v1/events/stream", auth(novels=["n1"])) as response:
+            logged: list[dict[str, object]] = []
+            while not logged or logged[-1]["event"] != "router listening":
+                line = await trio.to_thread.run_sync(process.stdout.readline)
+                logged.append(json.loads(line))
+            (url,) = logged[-1]["addresses"]  # type: ignore[misc]
+            path = "/api/v1/events/stream"
+            async with open_stream(url, path, params={"token": query_token}) as response:
                 assert response.status_code == 200
                 received = b""
                 async for chunk in response.chunks():
@@ -273,6 +279,7 @@ async def test_sigterm_drains_the_streams_and_exits_zero() -> None:
                         process.send_signal(signal.SIGTERM)
                     received += chunk
             code = await trio.to_thread.run_sync(lambda: process.wait(timeout=30))
+            rest = await trio.to_thread.run_sync(process.stdout.read)
         finally:
             process.kill()
     assert code == 0
@@ -280,6 +287,19 @@ async def test_sigterm_drains_the_streams_and_exits_zero() -> None:
     assert [e.event for e in events] == ["sse.error"]
     assert events[0].retry == 1000
     assert b'"code":"server-shutdown"' in received
+
+    logged += [json.loads(line) for line in rest.splitlines()]  # every line is JSON
+    names = [line["event"] for line in logged]
+    assert names[0] == "router starting"
+    assert {"stream opened", "stream closed", "router stopping"} <= set(names)
+    (opened,) = [line for line in logged if line["event"] == "stream opened"]
+    (closed,) = [line for line in logged if line["event"] == "stream closed"]
+    assert opened["connection_id"] == closed["connection_id"]
+    assert closed["reason"] == "server-shutdown"
+    assert logged[0]["settings"]["jwt_secret"] == "<redacted>"  # type: ignore[index]
+    everything = "\n".join(map(json.dumps, logged))
+    assert query_token not in everything
+    assert SECRET not in everything
 
 
 async def test_an_unexpected_failure_is_a_json_500_and_the_router_carries_on(

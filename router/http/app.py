@@ -59,6 +59,7 @@ def create_app(
         inbox_capacity=settings.session_buffer,
         heartbeat_seconds=settings.heartbeat_seconds,
         retry_ms=settings.retry_ms,
+        log_sample_rate=settings.log_sample_rate,
     )
     per_user = RateLimiter(settings.connects_per_minute, 60.0)
     per_address = RateLimiter(settings.connects_per_minute, 60.0)
@@ -79,6 +80,17 @@ def create_app(
 
     @app.errorhandler(HTTPError)
     async def answer_http_error(error: HTTPError) -> Response:
+        log.info(
+            "request refused",
+            extra={
+                "method": request.method,
+                "path": request.path,  # never the query string: it may hold a token
+                "status": error.status,
+                "code": error.code,
+                "parameter": error.parameter,
+                "remote": request.remote_addr,
+            },
+        )
         return error.to_response()
 
     @app.errorhandler(HTTPException)
@@ -176,6 +188,18 @@ def create_app(
             connection_id=secrets.token_hex(8),
         )
         remember_session(request.scope, session)  # stopped when the request ends, however it ends
+        log.info(
+            "stream opened",
+            extra={
+                "connection_id": session.connection_id,
+                "user_id": principal.user_id,
+                "novel_ids": sorted(asked.stream_filter.novel_ids),
+                "session_id": asked.stream_filter.session_id,
+                "types": sorted(asked.stream_filter.event_types),
+                "resuming": asked.resume_from is not None,
+                "remote": request.remote_addr,
+            },
+        )
         output, resume = await hub.open(session, asked.resume_from)
 
         async def body() -> AsyncIterator[bytes]:
