@@ -70,6 +70,9 @@ class SessionSettings:
     heartbeat_seconds: float = 15.0
     retry_ms: int = 2000
     shutdown_retry_ms: int = 1000
+    shutdown_retry_spread_ms: int = 0
+    """On shutdown each client is told to wait ``shutdown_retry_ms`` plus a random share of this,
+    so thousands of clients do not all reconnect in the same instant."""
     goodbye_timeout_seconds: float = 1.0
     log_sample_rate: float = 0.0
 
@@ -309,11 +312,10 @@ class Session:
         if self.close_reason not in _CLOSING_ERRORS:
             return
         code, text = _CLOSING_ERRORS[self.close_reason]
-        retry = (
-            self.settings.shutdown_retry_ms
-            if self.close_reason is CloseReason.SERVER_SHUTDOWN
-            else None
-        )
+        retry = None
+        if self.close_reason is CloseReason.SERVER_SHUTDOWN:
+            spread = self.settings.shutdown_retry_spread_ms
+            retry = self.settings.shutdown_retry_ms + (random.randint(0, spread) if spread else 0)
         goodbye = SSEErrorEvent(
             code=code,
             message=text,

@@ -33,6 +33,7 @@ class Settings:
     connects_per_minute: int = 20
     heartbeat_seconds: float = 15.0
     retry_ms: int = 2000
+    shutdown_retry_spread_ms: int = 5000
     session_buffer: int = 256
     records_buffer: int = 16
     bus: str = "memory"
@@ -176,6 +177,11 @@ def add_serve_arguments(
     flag("--connects-per-minute", "new streams per user and per address", type=count(1))
     flag("--heartbeat-seconds", "comment sent after this much silence", type=positive_seconds)
     flag("--retry-ms", "reconnection delay suggested to clients", type=count(0))
+    flag(
+        "--shutdown-retry-spread-ms",
+        "on shutdown, clients reconnect after 1 s plus a random share of this",
+        type=count(0),
+    )
     flag("--session-buffer", "events queued per stream before backpressure", type=count(1))
     flag("--records-buffer", "record batches between consumer and adapter", type=count(1))
     flag("--bus", "where events come from", choices=("memory", "kafka"))

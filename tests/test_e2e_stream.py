@@ -27,6 +27,7 @@ async def test_a_published_event_arrives_on_the_stream(
         assert stream.response.headers["cache-control"] == "no-cache"
         assert stream.response.headers["x-accel-buffering"] == "no"
         assert stream.response.headers["sse-replay"] == "complete"
+        assert stream.response.headers["x-server-version"] == "0.1.0"
         (event_id,) = await router.publish(content("n1", 7))
         (event,) = await stream.events_count(1)
         assert event.event == "content.updated"

@@ -179,6 +179,21 @@ async def test_shutdown_says_goodbye_with_a_retry_hint() -> None:
     assert reader.data()[0]["code"] == "server-shutdown"
 
 
+async def test_shutdown_retry_hints_are_spread_over_the_window() -> None:
+    hints = set()
+    for _ in range(20):
+        subject = session(shutdown_retry_ms=1000, shutdown_retry_spread_ms=5000)
+        async with trio.open_nursery() as nursery:
+            reader = await start(nursery, subject)
+            subject.stop(CloseReason.SERVER_SHUTDOWN)
+            await reader.closed.wait()
+        (goodbye,) = reader.events
+        assert goodbye.retry is not None
+        assert 1000 <= goodbye.retry <= 6000
+        hints.add(goodbye.retry)
+    assert len(hints) > 10  # not all in the same instant
+
+
 async def test_a_goodbye_to_a_client_that_does_not_read_gives_up(
     autojump_clock: trio.abc.Clock,
 ) -> None:

@@ -59,6 +59,7 @@ def create_app(
         inbox_capacity=settings.session_buffer,
         heartbeat_seconds=settings.heartbeat_seconds,
         retry_ms=settings.retry_ms,
+        shutdown_retry_spread_ms=settings.shutdown_retry_spread_ms,
         log_sample_rate=settings.log_sample_rate,
     )
     per_user = RateLimiter(settings.connects_per_minute, 60.0)
@@ -208,7 +209,11 @@ def create_app(
                     yield chunk
 
         truncated = resume is not None and resume.truncated
-        headers = {**STREAM_HEADERS, "SSE-Replay": "truncated" if truncated else "complete"}
+        headers = {
+            **STREAM_HEADERS,
+            "SSE-Replay": "truncated" if truncated else "complete",
+            "X-Server-Version": __version__,
+        }
         response = Response(body(), status=200, headers=headers)
         response.timeout = None  # a stream lasts as long as the client wants it
         return response
