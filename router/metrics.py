@@ -17,6 +17,8 @@ from prometheus_client.registry import Collector
 
 from actors.hub import Hub
 from actors.session import CloseReason, Offer
+from router.auth import AuthProblem
+from router.core.events import EVENT_CLASSES
 from router.core.mapping import Problem
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -71,6 +73,13 @@ class Metrics:
             ["limit"],
             registry=r,
         )
+        # Every label value exists from the start, at zero: rates and alerts see a series at once.
+        for limit in ("streams-per-user", "connects-per-minute"):
+            self.rate_limited.labels(limit)
+        for problem in AuthProblem:
+            self.auth_failures.labels(problem.value)
+        for event_class in EVENT_CLASSES:
+            self.events_sent.labels(event_class.EVENT)
 
     # -- StreamObserver --------------------------------------------------------------------------
 
