@@ -17,7 +17,7 @@ token *ARGS:
     @sse-router token {{ARGS}}
 
 # Everything CI checks: lint, generated files up to date, the TypeScript types, the test suite.
-test: lint ts-deps
+test: lint ts-deps system-deps
     python -m router.codegen --check
     python -m pytest
 
@@ -44,3 +44,15 @@ ts-deps:
 # topic `sse-events`, for `just run --bus kafka`. Stop it with Ctrl-C.
 kafka PORT="9092" TOPIC="sse-events":
     python -m tests.kafka_broker --port {{PORT}} --topic {{TOPIC}}
+
+# Debian packages the tests use beyond Python and npm: nginx, for the reverse-proxy test.
+system-deps:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then exit 0; fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+    else
+        echo "nginx is missing and cannot be installed here: tests/test_nginx.py will be skipped" >&2
+    fi

@@ -8,6 +8,7 @@ bad setting stops the process with a clear message instead of failing later insi
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -29,6 +30,7 @@ class Settings:
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     cors_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
     max_streams_per_user: int = 10
     connects_per_minute: int = 20
     heartbeat_seconds: float = 15.0
@@ -129,6 +131,16 @@ def origins(text: str) -> tuple[str, ...]:
     return listed
 
 
+def addresses(text: str) -> tuple[str, ...]:
+    listed = tuple(part.strip() for part in text.split(",") if part.strip())
+    for address in listed:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an IP address: {address!r}") from None
+    return listed
+
+
 def readable_file(text: str) -> Path:
     path = Path(text)
     if not path.is_file():
@@ -172,6 +184,11 @@ def add_serve_arguments(
     flag("--jwt-issuer", "required 'iss' claim, if set")
     flag(
         "--cors-origins", "comma-separated origins allowed to connect from a browser", type=origins
+    )
+    flag(
+        "--trusted-proxies",
+        "comma-separated addresses of reverse proxies whose X-Forwarded-For is believed",
+        type=addresses,
     )
     flag("--max-streams-per-user", "open streams one user may hold", type=count(1))
     flag("--connects-per-minute", "new streams per user and per address", type=count(1))

@@ -308,3 +308,21 @@ async def test_a_client_that_leaves_ends_its_session_promptly() -> None:
             await session.finished.wait()
         assert session.close_reason is CloseReason.CLIENT
         assert len(registry) == 0
+
+
+async def test_behind_a_trusted_proxy_rate_limits_see_the_client_address() -> None:
+    def client(address: str, user: str) -> dict[str, str]:
+        return {**auth(user, novels=["n1"]), "X-Forwarded-For": f"10.9.9.9, {address}"}
+
+    async with running_router(connects_per_minute=1, trusted_proxies=("127.0.0.1",)) as router:
+        async with router.stream(client("192.0.2.1", "u1")) as first:
+            assert first.response.status_code == 200
+        async with router.stream(client("192.0.2.2", "u2")) as other_client:
+            assert other_client.response.status_code == 200
+        async with router.stream(client("192.0.2.1", "u3")) as same_address:
+            assert same_address.response.status_code == 429
+    async with running_router(connects_per_minute=1) as untrusting:
+        async with untrusting.stream(client("192.0.2.1", "u1")) as first:
+            assert first.response.status_code == 200
+        async with untrusting.stream(client("192.0.2.2", "u2")) as forged:
+            assert forged.response.status_code == 429  # X-Forwarded-For ignored: same peer

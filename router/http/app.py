@@ -65,6 +65,16 @@ def create_app(
     per_user = RateLimiter(settings.connects_per_minute, 60.0)
     per_address = RateLimiter(settings.connects_per_minute, 60.0)
 
+    def client_address() -> str:
+        """The client's address: the peer's, or, when the peer is a trusted proxy, the last
+        address it added to X-Forwarded-For (earlier ones came from the client, and can lie)."""
+        peer = request.remote_addr or "unknown"
+        if peer in settings.trusted_proxies:
+            hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
+            if hops[-1]:
+                return hops[-1]
+        return peer
+
     def authenticate() -> Verified:
         try:
             token = _token_from_request()
@@ -89,7 +99,7 @@ def create_app(
                 "status": error.status,
                 "code": error.code,
                 "parameter": error.parameter,
-                "remote": request.remote_addr,
+                "remote": client_address(),
             },
         )
         return error.to_response()
@@ -170,7 +180,7 @@ def create_app(
         now = trio.current_time()
         wait = max(
             per_user.acquire(principal.user_id, now),
-            per_address.acquire(request.remote_addr or "unknown", now),
+            per_address.acquire(client_address(), now),
         )
         if wait > 0:
             metrics.rate_limited.labels("connects-per-minute").inc()
@@ -198,7 +208,7 @@ def create_app(
                 "session_id": asked.stream_filter.session_id,
                 "types": sorted(asked.stream_filter.event_types),
                 "resuming": asked.resume_from is not None,
-                "remote": request.remote_addr,
+                "remote": client_address(),
             },
         )
         output, resume = await hub.open(session, asked.resume_from)

@@ -1,0 +1,141 @@
+"""nginx (docs/deploy/nginx.conf) in front of two router processes on Kafka and Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, aclosing, contextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.e2e_helpers import PUBLISHER, SECRET, auth, content
+from tests.kafka_broker import Broker, create_topic, free_port, new_topic_name, wait_until_listening
+from tests.redis_helpers import REDIS_URL, delete_prefix, new_prefix
+from tests.sse_http_client import open_stream
+from tests.sse_spec_parser import ReceivedStream
+
+CONFIG = Path(__file__).resolve().parent.parent / "docs" / "deploy" / "nginx.conf"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+STREAM = "/api/v1/events/stream"
+
+
+@contextmanager
+def router_process(port: int, log: Path, *flags: str) -> Iterator[subprocess.Popen[bytes]]:
+    command = [sys.executable, "-m", "router.cli", "serve", "--port", str(port), *flags]
+    environ = {**os.environ, "SSE_ROUTER_JWT_SECRET": SECRET}
+    with log.open("wb") as output, subprocess.Popen(command, stdout=output, env=environ) as process:
+        try:
+            wait_until_listening(port)
+            yield process
+        finally:
+            process.kill()
+
+
+@contextmanager
+def nginx(port: int, upstreams: tuple[int, int], read_timeout: str) -> Iterator[None]:
+    config = CONFIG.read_text()
+    config = config.replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+    config = config.replace("127.0.0.1:8001", f"127.0.0.1:{upstreams[0]}")
+    config = config.replace("127.0.0.1:8002", f"127.0.0.1:{upstreams[1]}")
+    config = re.sub(r"proxy_read_timeout \S+;", f"proxy_read_timeout {read_timeout};", config)
+    prefix = Path(tempfile.mkdtemp(prefix="sse-router-nginx-"))
+    (prefix / "nginx.conf").write_text(config)
+    command = [NGINX, "-p", str(prefix), "-c", "nginx.conf", "-g", "daemon off;"]
+    with subprocess.Popen(command, stderr=subprocess.DEVNULL) as process:
+        try:
+            wait_until_listening(port)
+            yield
+        finally:
+            process.terminate()
+            process.wait()
+            shutil.rmtree(prefix, ignore_errors=True)
+
+
+def served_by(log: Path) -> set[str]:
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    return {line["connection_id"] for line in lines if line["event"] == "stream opened"}
+
+
+@pytest.mark.skipif(not Path(NGINX).exists(), reason="nginx is installed by .ci/run")
+async def test_streams_through_nginx_survive_a_router_going_away(
+    kafka_broker: Broker, tmp_path: Path
+) -> None:
+    import httpx
+
+    topic, prefix = new_topic_name(), new_prefix()
+    await create_topic(kafka_broker.bootstrap, topic, partitions=3)
+    ports = (free_port(), free_port())
+    front = free_port()
+    flags = (
+        "--bus", "kafka", "--kafka-bootstrap", kafka_broker.bootstrap, "--kafka-topic", topic,
+        "--cache", "redis", "--redis-url", REDIS_URL, "--redis-key-prefix", prefix,
+        "--heartbeat-seconds", "0.2", "--trusted-proxies", "127.0.0.1",
+        "--shutdown-retry-spread-ms", "0",
+    )  # fmt: skip
+    logs = (tmp_path / "a.log", tmp_path / "b.log")
+    url = f"http://127.0.0.1:{front}"
+    headers = auth("u1", novels=["n1", "n2"])
+    try:
+        with ExitStack() as stack:
+            routers = [
+                stack.enter_context(router_process(port, log, *flags))
+                for port, log in zip(ports, logs, strict=True)
+            ]
+            stack.enter_context(nginx(front, ports, read_timeout="1s"))
+            async with httpx.AsyncClient(base_url=url) as client:
+
+                async def publish(start: int, count: int) -> None:
+                    batch = [content(f"n{1 + n % 2}", n) for n in range(start, start + count)]
+                    response = await client.post("/api/v1/events", json=batch, headers=PUBLISHER)
+                    assert response.status_code == 202, response.text
+
+                first = ReceivedStream()
+                async with (
+                    open_stream(url, STREAM, headers) as response,
+                    aclosing(response.chunks()) as chunks,
+                ):
+                    assert response.status_code == 200
+                    with trio.fail_after(20):  # hang guards: nginx must pass bytes at once
+                        while b": ok" not in first.raw:
+                            first.raw += await anext(chunks)
+                        await publish(0, 5)
+                        while len(first.events) < 5:
+                            first.raw += await anext(chunks)
+                        # Quiet longer than nginx's 1 s read timeout: heartbeats keep it open.
+                        beats = first.comments.count("")
+                        while first.comments.count("") < beats + 8:
+                            first.raw += await anext(chunks)
+                    serving = 0 if served_by(logs[0]) else 1
+                    routers[serving].send_signal(signal.SIGTERM)
+                    with trio.fail_after(20):
+                        async for chunk in chunks:
+                            first.raw += chunk
+                assert first.data()[-1]["code"] == "server-shutdown"
+                assert await trio.to_thread.run_sync(routers[serving].wait) == 0
+                await publish(5, 5)  # while the client is away, through the other router
+
+                resume = {**headers, "Last-Event-ID": first.events[-2].last_event_id}
+                second = ReceivedStream()
+                async with (
+                    open_stream(url, STREAM, resume) as response,
+                    aclosing(response.chunks()) as chunks,
+                ):
+                    assert response.status_code == 200
+                    assert response.headers["sse-replay"] == "complete"
+                    with trio.fail_after(20):
+                        while len(second.events) < 5:
+                            second.raw += await anext(chunks)
+                assert served_by(logs[1 - serving])
+        versions = sorted(d["content_version"] for d in first.data()[:-1] + second.data())
+        assert versions == list(range(10))  # nothing lost, nothing twice
+    finally:
+        delete_prefix(REDIS_URL, prefix)
