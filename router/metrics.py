@@ -147,6 +147,14 @@ class _HubCollector(Collector):
         errors.add_metric(["bus"], hub.bus.errors)
         errors.add_metric(["cache"], hub.cache.errors)
         yield errors
+        lag = GaugeMetricFamily(
+            "sse_bus_consumer_lag",
+            "Records the bus holds that the router has not read yet, by partition.",
+            labels=["partition"],
+        )
+        for partition, behind in sorted(hub.bus.consumer_lag().items()):
+            lag.add_metric([partition], behind)
+        yield lag
         records = GaugeMetricFamily(
             "sse_consumer_queue_size", "Record batches waiting between consumer and adapter."
         )

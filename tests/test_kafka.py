@@ -188,3 +188,16 @@ async def test_a_resume_the_bus_will_not_read_again_is_truncated(kafka_broker: B
     error, *retained = resumed.data()
     assert error["code"] == "history-truncated"
     assert [d["content_version"] for d in retained] == [8, 9, 10]
+
+
+async def test_consumer_lag_is_exported_per_partition(kafka_broker: Broker) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with kafka_router(kafka_broker, partitions=3) as router:
+        await router.publish(*(content(f"n{n}", n) for n in range(6)))
+        await router.running.hub.adapter.wait_consumed(6)
+        text = (await router.client.get("/metrics")).text
+    (family,) = [
+        f for f in text_string_to_metric_families(text) if f.name == "sse_bus_consumer_lag"
+    ]
+    assert {s.labels["partition"]: s.value for s in family.samples} == {"0": 0, "1": 0, "2": 0}

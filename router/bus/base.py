@@ -68,6 +68,10 @@ class EventBus(Protocol):
     errors: int
     """Failed calls so far, for the metrics."""
 
+    def consumer_lag(self) -> Mapping[str, int]:
+        """Per partition, how many records the bus holds that the router has not read yet."""
+        ...
+
     async def healthy(self) -> bool: ...
 
     async def aclose(self) -> None:

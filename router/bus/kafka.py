@@ -88,6 +88,7 @@ class KafkaBus:
         self._healthy = False
         self.errors = 0
         """Failed calls to the broker, for the metrics."""
+        self._lag: dict[str, int] = {}
         self.health_changed = trio.Event()
         """Set (and replaced) whenever the broker stops or starts answering."""
         self._producer: AIOKafkaProducer | None = None
@@ -230,9 +231,10 @@ class KafkaBus:
                             "kafka", str(partition.partition), (message.offset,), epoch
                         )
                         records.append(Record(identity, message.value or b""))
+                for record in records:
+                    progress.consumed[record.identity.partition] = record.identity.offset
+                self._note_lag(consumer, progress)
                 if records:
-                    for record in records:
-                        progress.consumed[record.identity.partition] = record.identity.offset
                     yield records
                 if trio.current_time() >= next_probe:
                     if await trio_asyncio.aio_as_trio(self._probe)(consumer) != epoch:
@@ -242,6 +244,18 @@ class KafkaBus:
         finally:
             with trio.CancelScope(shield=True):
                 await trio_asyncio.aio_as_trio(_stop)(consumer)
+
+    def _note_lag(self, consumer: AIOKafkaConsumer, progress: _Progress) -> None:
+        """Records each partition holds beyond what was read, from the last fetch's high-water
+        marks (no extra request)."""
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                read = progress.consumed.get(str(tp.partition), (-1,))[0] + 1
+                self._lag[str(tp.partition)] = max(0, highwater - read)
+
+    def consumer_lag(self) -> Mapping[str, int]:
+        return dict(self._lag)
 
     async def _assign(self, consumer: AIOKafkaConsumer, consumed: dict[str, Offset]) -> None:
         partitions = sorted(consumer.partitions_for_topic(self.settings.topic) or ())

@@ -47,6 +47,9 @@ class MemoryBus:
     async def replay(self, after: Cursor, up_to: Cursor, limit: int) -> list[Record] | None:
         return None  # this bus keeps nothing once read
 
+    def consumer_lag(self) -> Mapping[str, int]:
+        return {str(p): len(unread) for p, unread in enumerate(self._unread)}
+
     async def aclose(self) -> None:
         pass
 
