@@ -61,6 +61,8 @@ class Hub:
         self.registry = SessionRegistry()
         self.adapter = Adapter(cache, self.registry)
         self.epoch = ""
+        self.closing = False
+        """Set by :meth:`close_sessions`: the router is shutting down and takes no new streams."""
         self.replays: Counter[tuple[str, str]] = Counter()
         """Resumes served, by (``complete`` or ``truncated``, ``cache`` or ``bus``)."""
         self.reading = trio.Event()
@@ -173,6 +175,8 @@ class Hub:
         return 0 if self._records is None else self._records.statistics().current_buffer_used
 
     def close_sessions(self, reason: CloseReason = CloseReason.SERVER_SHUTDOWN) -> None:
+        """Stop every session for ``reason``; from now on :attr:`closing` refuses new ones."""
+        self.closing = True
         for session in self.registry:
             session.stop(reason)
 

@@ -211,8 +211,8 @@ async def _serve(
         await shutdown_requested.wait()
         log.info("router stopping", extra={"open_streams": len(hub.registry)})
 
-        hub.close_sessions(CloseReason.SERVER_SHUTDOWN)
-        stop_http.set()
+        stop_http.set()  # no new connections from here on
+        hub.close_sessions(CloseReason.SERVER_SHUTDOWN)  # and no new streams on open ones
         with trio.move_on_after(settings.shutdown_grace_seconds + 1):
             await http_stopped.wait()
         root.cancel_scope.cancel()

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
 import jwt
 import pytest
 import trio
@@ -230,11 +231,22 @@ async def test_shutdown_says_goodbye_to_every_stream_then_stops() -> None:
             router.shutdown.set()
             await first.to_the_end()
             await second.to_the_end()
+            with pytest.raises(httpx.ConnectError):  # the listener is closed: nothing new
+                await router.client.get("/healthz")
         for stream in (first, second):
             (goodbye,) = stream.events
             assert stream.data()[0]["code"] == "server-shutdown"
             assert goodbye.retry is not None
             assert 1000 <= goodbye.retry <= 6000
+
+
+async def test_a_request_in_flight_when_shutdown_begins_gets_no_new_stream() -> None:
+    async with running_router() as router:
+        router.running.hub.close_sessions()  # the moment shutdown begins, before the server stops
+        late = await router.client.get("/api/v1/events/stream", headers=auth(novels=["n1"]))
+    assert late.status_code == 503
+    assert late.json()["error"]["code"] == "shutting-down"
+    assert late.headers["retry-after"] == "1"
 
 
 async def test_shutdown_is_bounded_even_with_a_client_that_stopped_reading() -> None:

@@ -158,6 +158,13 @@ def create_app(
 
     @app.get("/api/v1/events/stream")
     async def stream() -> Response:
+        if hub.closing:
+            raise HTTPError(
+                503,
+                "shutting-down",
+                "this instance is shutting down; reconnect",
+                headers={"Retry-After": "1"},
+            )
         verified = authenticate()
         principal = verified.principal
         try:
