@@ -15,7 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from router.core.cursor import check_partition
+
 ENV_PREFIX = "SSE_ROUTER_"
+DEFAULT_REDIS_STREAMS = ("sse-events",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,8 @@ class Settings:
     cache: str = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_key_prefix: str = "sse-router"
+    redis_streams: tuple[str, ...] = DEFAULT_REDIS_STREAMS
+    redis_stream_max_length: int = 1_000_000
     memory_partitions: int = 1
     memory_bus_capacity: int = 10_000
     cache_max_events: int = 10_000
@@ -59,7 +64,12 @@ class Settings:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+        values = {f.name: getattr(args, f.name) for f in fields(cls)}
+        # --redis-stream appends; given none, the environment's list, else the default.
+        values["redis_streams"] = tuple(
+            args.redis_streams or args.redis_streams_from_environment or DEFAULT_REDIS_STREAMS
+        )
+        return cls(**values)
 
     def redacted(self) -> dict[str, object]:
         """The settings as they may be logged: secrets replaced."""
@@ -141,6 +151,18 @@ def addresses(text: str) -> tuple[str, ...]:
     return listed
 
 
+def stream_name(text: str) -> str:
+    name = text.strip()
+    try:
+        check_partition(name)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a stream name is 1 to 64 of A-Z a-z 0-9 . _ - (it appears in every cursor), "
+            f"got {text!r}"
+        ) from None
+    return name
+
+
 def readable_file(text: str) -> Path:
     path = Path(text)
     if not path.is_file():
@@ -201,7 +223,7 @@ def add_serve_arguments(
     )
     flag("--session-buffer", "events queued per stream before backpressure", type=count(1))
     flag("--records-buffer", "record batches between consumer and adapter", type=count(1))
-    flag("--bus", "where events come from", choices=("memory", "kafka"))
+    flag("--bus", "where events come from", choices=("memory", "kafka", "redis"))
     flag("--kafka-bootstrap", "Kafka bootstrap servers, host:port[,host:port...]")
     flag("--kafka-topic", "the Kafka topic of domain events (it must exist)")
     flag(
@@ -212,7 +234,27 @@ def add_serve_arguments(
     flag("--kafka-request-timeout-ms", "Kafka request timeout", type=count(100))
     flag("--cache", "where events are kept for resume", choices=("memory", "redis"))
     flag("--redis-url", "Redis for the replay cache", secret=True)
-    flag("--redis-key-prefix", "prefix of the cache's Redis keys (one per deployment)")
+    flag("--redis-key-prefix", "prefix of the router's Redis keys (one per deployment)")
+    env = env_name("redis_streams")
+    parser.add_argument(
+        "--redis-stream",
+        dest="redis_streams",
+        metavar="NAME",
+        action="append",
+        type=stream_name,
+        help=f"a Redis stream of the Redis bus, one partition each; repeat for more "
+        f"[env {env}, comma-separated; default {','.join(defaults.redis_streams)}]",
+    )
+    parser.set_defaults(
+        redis_streams_from_environment=tuple(
+            stream_name(name) for name in environ.get(env, "").split(",") if name.strip()
+        )
+    )
+    flag(
+        "--redis-stream-max-length",
+        "entries each stream of the Redis bus keeps (approximately)",
+        type=count(1),
+    )
     flag("--memory-partitions", "partitions of the in-memory bus", type=count(1))
     flag("--memory-bus-capacity", "unread records per in-memory partition", type=count(1))
     flag("--cache-max-events", "events kept for resume", type=count(1))

@@ -33,6 +33,7 @@ from router.auth import TokenVerifier
 from router.bus.base import EventBus
 from router.bus.kafka import KafkaBus, KafkaSettings
 from router.bus.memory import MemoryBus
+from router.bus.redis import RedisBusSettings, RedisStreamBus
 from router.cache.base import ReplayCache
 from router.cache.memory import MemoryReplayCache
 from router.cache.redis import RedisReplayCache
@@ -139,6 +140,15 @@ async def serve(
 
 
 def event_bus(settings: Settings) -> EventBus:
+    if settings.bus == "redis":
+        return RedisStreamBus(
+            RedisBusSettings(
+                url=settings.redis_url,
+                streams=settings.redis_streams,
+                key_prefix=settings.redis_key_prefix,
+                max_length=settings.redis_stream_max_length,
+            )
+        )
     if settings.bus == "kafka":
         return KafkaBus(
             KafkaSettings(

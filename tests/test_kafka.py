@@ -151,45 +151,6 @@ async def test_a_recreated_topic_is_a_new_history(kafka_broker: Broker) -> None:
     assert old_epoch != new_epoch
 
 
-async def test_a_resume_beyond_the_cache_window_is_served_from_kafka(kafka_broker: Broker) -> None:
-    async with kafka_router(kafka_broker, cache_max_events=3) as router:
-        headers = auth("u1", novels=["n1", "n2"])
-        async with router.stream(headers) as first:
-            await router.publish(content("n1", 0))
-            await first.events_count(1)
-        await router.publish(*(content(f"n{1 + n % 2}", n) for n in range(1, 11)))
-        await router.running.hub.adapter.wait_consumed(11)
-        resumed_headers = {**headers, "Last-Event-ID": first.events[0].last_event_id}
-        async with router.stream(resumed_headers) as resumed:
-            assert resumed.response.headers["sse-replay"] == "complete"
-            await resumed.events_count(10)
-            await router.publish(content("n1", 11))
-            await resumed.events_count(11)
-    got = [d["content_version"] for d in resumed.data()]
-    assert sorted(got) == list(range(1, 12))  # exact: nothing lost, nothing twice
-    for novel in ("n1", "n2"):  # each novel's events stay in order
-        of_novel = [d["content_version"] for d in resumed.data() if d["novel_id"] == novel]
-        assert of_novel == sorted(of_novel)
-
-
-async def test_a_resume_the_bus_will_not_read_again_is_truncated(kafka_broker: Broker) -> None:
-    async with kafka_router(kafka_broker, cache_max_events=3, bus_replay_limit=5) as router:
-        headers = auth("u1", novels=["n1"])
-        async with router.stream(headers) as first:
-            await router.publish(content("n1", 0))
-            await first.events_count(1)
-        await router.publish(*(content("n1", n) for n in range(1, 11)))
-        await router.running.hub.adapter.wait_consumed(11)
-        resumed_headers = {**headers, "Last-Event-ID": first.events[0].last_event_id}
-        async with router.stream(resumed_headers) as resumed:
-            assert resumed.response.status_code == 200, resumed.response.status_code
-            assert resumed.response.headers["sse-replay"] == "truncated"
-            await resumed.events_count(4)
-    error, *retained = resumed.data()
-    assert error["code"] == "history-truncated"
-    assert [d["content_version"] for d in retained] == [8, 9, 10]
-
-
 async def test_consumer_lag_is_exported_per_partition(kafka_broker: Broker) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 

@@ -31,6 +31,7 @@ from router.core.cursor import Cursor, EventIdentity, Offset, format_offset, par
 from router.core.history import Entry, Replay
 from router.core.scope import Scope
 from router.core.sse import SSEMessage
+from router.redis_client import call_redis, connect_redis
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +73,15 @@ class RedisReplayCache:
 
     async def _client(self) -> Redis:
         if self._redis is None:
-
-            async def connect() -> Redis:
-                return Redis.from_url(
-                    self.url,
-                    socket_timeout=self.timeout_seconds,
-                    socket_connect_timeout=self.timeout_seconds,
-                )
-
-            self._redis = await trio_asyncio.aio_as_trio(connect)()
+            self._redis = await connect_redis(
+                self.url,
+                timeout_seconds=self.timeout_seconds,
+                read_timeout_seconds=self.timeout_seconds,
+            )
         return self._redis
 
     async def _call(self, method: str, *args: Any) -> Any:
-        client = await self._client()
-        return await trio_asyncio.aio_as_trio(getattr(client, method))(*args)
+        return await call_redis(await self._client(), method, *args)
 
     def _failed(self, error: BaseException) -> None:
         self.errors += 1

@@ -1,0 +1,225 @@
+"""The Redis Streams bus: each configured stream is a partition.
+
+Envelopes are stream entries with one field, ``envelope``; an entry's id (``ms-seq``) is its
+offset. Every router instance reads every stream (XREAD, no consumer group), like the Kafka bus
+reads every partition. The epoch is a marker key created with the first router that uses the
+streams: entry ids are times, so a recreated stream never reuses an id, and a Redis that lost its
+data (the marker with it) is a new history.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import zlib
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass
+
+import trio
+import trio_asyncio
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from router.bus.base import BusUnavailableError, Record, partition_key
+from router.core.backoff import Backoff
+from router.core.cursor import Cursor, EventIdentity, Offset, check_partition, format_offset
+from router.core.cursor import parse_offset as parse_entry_id
+from router.core.envelope import Envelope
+from router.redis_client import call_redis, connect_redis
+
+log = logging.getLogger(__name__)
+FIELD = b"envelope"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisBusSettings:
+    url: str
+    streams: tuple[str, ...]
+    key_prefix: str = "sse-router"
+    max_length: int = 1_000_000
+    """Entries kept per stream (approximately: XADD MAXLEN ~)."""
+    block_ms: int = 1000
+    max_batch: int = 256
+    timeout_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.streams:
+            raise ValueError("the Redis bus needs at least one stream")
+        for stream in self.streams:
+            check_partition(stream)  # a stream's name is its partition in every cursor
+
+
+class RedisStreamBus:
+    source = "redis"
+
+    def __init__(self, settings: RedisBusSettings) -> None:
+        self.settings = settings
+        self.errors = 0
+        self._epoch: str | None = None
+        self._start: dict[str, Offset] = {}
+        self._healthy = False
+        self.health_changed = trio.Event()
+        self._redis: Redis | None = None
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    async def _call(self, method: str, *args: object, **kwargs: object) -> object:
+        if self._redis is None:
+            self._redis = await connect_redis(
+                self.settings.url,
+                timeout_seconds=self.settings.timeout_seconds,
+                read_timeout_seconds=self.settings.timeout_seconds + self.settings.block_ms / 1000,
+            )
+        return await call_redis(self._redis, method, *args, **kwargs)
+
+    def _set_health(self, healthy: bool, error: BaseException | None = None) -> None:
+        if error is not None:
+            self.errors += 1
+        if healthy != self._healthy:
+            if healthy:
+                log.info("redis bus available", extra={"streams": list(self.settings.streams)})
+            else:
+                log.warning("redis bus unavailable", extra={"error": str(error)})
+            self._healthy = healthy
+            self.health_changed.set()
+            self.health_changed = trio.Event()
+
+    async def healthy(self) -> bool:
+        return self._healthy
+
+    async def aclose(self) -> None:
+        if self._redis is not None:
+            client, self._redis = self._redis, None
+            with trio.CancelScope(shield=True):
+                await trio_asyncio.aio_as_trio(client.aclose)()
+
+    def consumer_lag(self) -> Mapping[str, int]:
+        return {}  # counting entries between two ids would cost a scan: not reported
+
+    # -- epoch -----------------------------------------------------------------------------------
+
+    async def epoch(self) -> str:
+        """The history's epoch, waiting (with backoff) until Redis answers; the first answer also
+        fixes where "from now on" begins for ``read(None)``: after each stream's last entry."""
+        backoff = Backoff(0.1, 5.0)
+        while self._epoch is None:
+            try:
+                marker = f"{self.settings.key_prefix}:redis-bus:epoch"
+                await self._call("set", marker, secrets.token_urlsafe(9), nx=True)
+                epoch = (await self._call("get", marker)).decode()  # type: ignore[attr-defined]
+                start: dict[str, Offset] = {}
+                for stream in self.settings.streams:
+                    last = await self._call("xrevrange", stream, "+", "-", 1)
+                    if last:
+                        start[stream] = parse_entry_id(last[0][0].decode())  # type: ignore[index]
+            except (RedisError, OSError, TimeoutError) as error:
+                self._set_health(False, error)
+                await trio.sleep(backoff.next_delay())
+            else:
+                self._epoch, self._start = epoch, start
+                self._set_health(True)
+        return self._epoch
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    async def read(
+        self, start: Mapping[str, Offset] | None
+    ) -> AsyncGenerator[Sequence[Record], None]:
+        """Entries of every stream after ``start`` (``None``: after each stream's last entry when
+        :meth:`epoch` first answered); waits out Redis outages and carries on where it was."""
+        epoch = await self.epoch()
+        consumed = dict(self._start if start is None else start)
+        backoff = Backoff(0.1, 5.0)
+        while True:
+            positions = {
+                s: format_offset(consumed[s]) if s in consumed else "0-0"
+                for s in self.settings.streams
+            }
+            try:
+                answer = await self._call(
+                    "xread", positions, count=self.settings.max_batch, block=self.settings.block_ms
+                )
+            except (RedisError, OSError, TimeoutError) as error:
+                self._set_health(False, error)
+                await trio.sleep(backoff.next_delay())
+                continue
+            self._set_health(True)
+            backoff.reset()
+            records = []
+            for stream_name, entries in answer or []:  # type: ignore[attr-defined]
+                stream = stream_name.decode()
+                for entry_id, fields in entries:
+                    offset = parse_entry_id(entry_id.decode())
+                    records.append(
+                        Record(
+                            EventIdentity("redis", stream, offset, epoch), fields.get(FIELD, b"")
+                        )
+                    )
+                    consumed[stream] = offset
+            if records:
+                yield records
+
+    async def replay(self, after: Cursor, up_to: Cursor, limit: int) -> list[Record] | None:
+        """Entries after ``after`` up to ``up_to``, read again with XRANGE; ``None`` if a stream
+        was trimmed past ``after`` or there are more than ``limit``."""
+        epoch = await self.epoch()
+        if not (after.is_from(self.source, epoch) and up_to.is_from(self.source, epoch)):
+            return None
+        records: list[Record] = []
+        try:
+            for stream, end in up_to.positions:
+                served = after.position(stream)
+                first = await self._call("xrange", stream, "-", "+", 1)
+                if first and served is not None:
+                    oldest = parse_entry_id(first[0][0].decode())  # type: ignore[index]
+                    if oldest > served:
+                        return None  # trimmed past the client: what followed it may be gone
+                low = "-" if served is None else "(" + format_offset(served)
+                entries = await self._call(
+                    "xrange", stream, low, format_offset(end), limit + 1 - len(records)
+                )
+                for entry_id, fields in entries:  # type: ignore[attr-defined]
+                    offset = parse_entry_id(entry_id.decode())
+                    records.append(
+                        Record(
+                            EventIdentity("redis", stream, offset, epoch), fields.get(FIELD, b"")
+                        )
+                    )
+                if len(records) > limit:
+                    return None
+        except (RedisError, OSError, TimeoutError) as error:
+            self._set_health(False, error)
+            return None
+        return records
+
+    # -- publishing ------------------------------------------------------------------------------
+
+    async def publish(self, envelopes: Sequence[Envelope]) -> list[EventIdentity]:
+        """XADD each envelope to the stream its scope hashes to; raises
+        :class:`BusUnavailableError` if Redis does not take them."""
+        epoch = await self.epoch()
+        streams = self.settings.streams
+        identities = []
+        try:
+            for envelope in envelopes:
+                stream = streams[zlib.crc32(partition_key(envelope.scope).encode()) % len(streams)]
+                entry_id = await self._call(
+                    "xadd",
+                    stream,
+                    {FIELD: envelope.to_bytes()},
+                    maxlen=self.settings.max_length,
+                    approximate=True,
+                )
+                offset = parse_entry_id(entry_id.decode())  # type: ignore[attr-defined]
+                identities.append(EventIdentity("redis", stream, offset, epoch))
+        except (RedisError, OSError, TimeoutError) as error:
+            self._set_health(False, error)
+            raise BusUnavailableError(f"redis did not take the events: {error}") from None
+        return identities
+
+
+def _record(stream: str, entry_id: bytes, fields: Mapping[bytes, bytes], epoch: str) -> Record:
+    """A stream entry as a bus record; an entry without the envelope field reads as empty (and is
+    then rejected as malformed, its position still consumed)."""
+    offset = parse_entry_id(entry_id.decode())
+    return Record(EventIdentity("redis", stream, offset, epoch), fields.get(FIELD, b""))
