@@ -15,8 +15,9 @@ from actors.session import Delivery, Offer
 from router.bus.base import Record
 from router.cache.base import ReplayCache
 from router.core.cursor import Cursor
+from router.core.dedup import RecentIds
 from router.core.history import Entry
-from router.core.mapping import convert_batch
+from router.core.mapping import Converted, convert_batch
 from router.core.permissions import admits
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Adapter:
         registry: SessionRegistry,
         *,
         clock: Callable[[], float] = trio.current_time,
+        dedup_window: int = 10_000,
     ) -> None:
         self.cache = cache
         self.registry = registry
@@ -51,6 +53,7 @@ class Adapter:
         self._clock = clock
         self._seq = 0
         self._processed = trio.Event()
+        self._recent_ids = RecentIds(dedup_window)
 
     async def run(self, records_in: trio.MemoryReceiveChannel[Sequence[Record]]) -> None:
         """Process batches until ``records_in`` is closed or this is cancelled.
@@ -75,13 +78,14 @@ class Adapter:
                     "detail": rejected.detail,
                 },
             )
+        fresh = [c for c in batch.events if not self._duplicate(c)]
         now = self._clock()
-        entries = [Entry(c.identity, c.message, now) for c in batch.events]
+        entries = [Entry(c.identity, c.message, now) for c in fresh]
         if entries:
             await self.cache.append(entries)
         # From here to the end: no checkpoint, so no session registers half-way through.
         self.cursor = batch.cursor
-        for converted in batch.events:
+        for converted in fresh:
             self._seq += 1
             self.route(
                 Delivery(
@@ -94,6 +98,19 @@ class Adapter:
             )
         self._processed.set()
         self._processed = trio.Event()
+
+    def _duplicate(self, converted: Converted) -> bool:
+        """An event whose producer id was seen within the window is dropped (counted, logged):
+        a publisher that retried after a crash must not make a client see it twice."""
+        event_id = converted.envelope.event_id
+        if event_id is None or not self._recent_ids.seen_before(event_id):
+            return False
+        self.stats.rejected["duplicate"] += 1
+        log.info(
+            "event dropped as a duplicate",
+            extra={"position": str(converted.identity), "event_id": event_id},
+        )
+        return True
 
     async def wait_consumed(self, count: int) -> None:
         """Return once ``count`` records in all have been processed (for observers and tests)."""

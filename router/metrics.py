@@ -120,8 +120,8 @@ class _HubCollector(Collector):
         rejected = CounterMetricFamily(
             "sse_events_rejected", "Records skipped, by reason.", labels=["reason"]
         )
-        for problem in Problem:
-            rejected.add_metric([problem.value], stats.rejected.get(problem.value, 0))
+        for reason in [*(problem.value for problem in Problem), "duplicate"]:
+            rejected.add_metric([reason], stats.rejected.get(reason, 0))
         yield rejected
         overflow = CounterMetricFamily(
             "sse_queue_overflow",

@@ -220,3 +220,29 @@ async def test_run_processes_batches_until_its_channel_closes() -> None:
     assert [[e.identity.offset for e in entries] for entries in cache.appends] == [[(0,)], [(2,)]]
     assert adapter.stats.consumed == 3
     assert adapter.stats.rejected == Counter({"malformed": 1})
+
+
+async def test_an_event_published_twice_reaches_nobody_twice() -> None:
+    """The producer's event_id identifies a retry (an outbox relay that died between publishing
+    and deleting publishes its rows again); the second copy is dropped and counted."""
+
+    def with_id(version: int, event_id: str) -> bytes:
+        body = json.loads(content(version))
+        body["event_id"] = event_id
+        return json.dumps(body).encode()
+
+    cache = RecordingCache()
+    adapter = Adapter(cache, SessionRegistry(), dedup_window=100)
+    await adapter.process(
+        [
+            Record(identity(0), with_id(1, "row-1")),
+            Record(identity(1), with_id(2, "row-2")),
+            Record(identity(2), with_id(1, "row-1")),  # the relay's second try
+            Record(identity(3), content(3)),  # no event_id: nothing to compare
+            Record(identity(4), content(3)),
+        ]
+    )
+    (entries,) = cache.appends
+    assert [e.identity.offset for e in entries] == [(0,), (1,), (3,), (4,)]
+    assert adapter.stats.rejected == {"duplicate": 1}
+    assert adapter.cursor == Cursor.of(identity(4))  # consumed all the same
