@@ -51,6 +51,11 @@ class Settings:
     redis_key_prefix: str = "sse-router"
     redis_streams: tuple[str, ...] = DEFAULT_REDIS_STREAMS
     redis_stream_max_length: int = 1_000_000
+    outbox_dsn: str | None = None
+    outbox_table: str = "sse_outbox"
+    outbox_mode: str = "delete"
+    outbox_poll_seconds: float = 1.0
+    outbox_parts: int = 16
     memory_partitions: int = 1
     memory_bus_capacity: int = 10_000
     cache_max_events: int = 10_000
@@ -77,6 +82,8 @@ class Settings:
         if self.jwt_secret is not None:
             shown["jwt_secret"] = "<redacted>"
         shown["redis_url"] = "<redacted>"  # it may hold a password
+        if self.outbox_dsn is not None:
+            shown["outbox_dsn"] = "<redacted>"
         return shown
 
 
@@ -149,6 +156,14 @@ def addresses(text: str) -> tuple[str, ...]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"not an IP address: {address!r}") from None
     return listed
+
+
+def outbox_dsn(text: str) -> str:
+    if not text.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise argparse.ArgumentTypeError(
+            "an outbox DSN starts with sqlite:///, postgresql:// or postgres://"
+        )
+    return text
 
 
 def stream_name(text: str) -> str:
@@ -255,6 +270,16 @@ def add_serve_arguments(
         "entries each stream of the Redis bus keeps (approximately)",
         type=count(1),
     )
+    flag(
+        "--outbox-dsn",
+        "relay an outbox table to the bus: sqlite:///path.db or postgresql://...",
+        type=outbox_dsn,
+        secret=True,
+    )
+    flag("--outbox-table", "the outbox table's name")
+    flag("--outbox-mode", "what happens to a relayed row", choices=("delete", "mark"))
+    flag("--outbox-poll-seconds", "poll for rows this often without NOTIFY", type=positive_seconds)
+    flag("--outbox-parts", "parts of a PostgreSQL outbox, each relayed by one relay", type=count(1))
     flag("--memory-partitions", "partitions of the in-memory bus", type=count(1))
     flag("--memory-bus-capacity", "unread records per in-memory partition", type=count(1))
     flag("--cache-max-events", "events kept for resume", type=count(1))

@@ -5,6 +5,7 @@
     root nursery
     ├── signal watcher          SIGINT / SIGTERM -> shutdown requested
     ├── hub                      (see actors/hub.py: consumer, adapter, sessions nursery)
+    ├── outbox relay             with --outbox-dsn: outbox rows -> the bus
     └── HTTP server              hypercorn's trio worker serving the Quart-Trio app
 
 Shutdown, when a signal arrives: every session sends ``server-shutdown`` (with a ``retry:`` hint)
@@ -18,6 +19,7 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
@@ -28,6 +30,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
 from actors.hub import Hub, HubSettings
+from actors.relay import Relay, RelaySettings
 from actors.session import CloseReason
 from router.auth import TokenVerifier
 from router.bus.base import EventBus
@@ -41,6 +44,9 @@ from router.config import Settings
 from router.http.app import create_app
 from router.http.asgi import RequestLifecycle
 from router.metrics import Metrics
+from router.outbox.base import OutboxStore
+from router.outbox.postgres import PostgresOutbox
+from router.outbox.sqlite import SqliteOutbox
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +167,17 @@ def event_bus(settings: Settings) -> EventBus:
     return MemoryBus(partitions=settings.memory_partitions, capacity=settings.memory_bus_capacity)
 
 
+def outbox_opener(settings: Settings) -> Callable[[], OutboxStore] | None:
+    """How to open the configured outbox (in a worker thread), or ``None`` without one."""
+    dsn, table, mark = settings.outbox_dsn, settings.outbox_table, settings.outbox_mode == "mark"
+    if dsn is None:
+        return None
+    if dsn.startswith("sqlite:///"):
+        path = dsn.removeprefix("sqlite:///")
+        return lambda: SqliteOutbox(path, table, mark=mark)
+    return lambda: PostgresOutbox(dsn, table, parts=settings.outbox_parts, mark=mark)
+
+
 def replay_cache(settings: Settings, source: str) -> ReplayCache:
     if settings.cache == "redis":
         return RedisReplayCache(
@@ -215,6 +232,12 @@ async def _serve(
     async with trio.open_nursery() as root:
         root.start_soon(_watch_signals, shutdown_requested)
         await root.start(hub.run)
+        open_outbox = outbox_opener(settings)
+        if open_outbox is not None:
+            relay_settings = RelaySettings(
+                parts=settings.outbox_parts, poll_seconds=settings.outbox_poll_seconds
+            )
+            root.start_soon(Relay(open_outbox, bus, relay_settings).run)
         addresses: list[str] = await root.start(run_http)
         task_status.started(Running(addresses, hub, app))
         log.info("router listening", extra={"addresses": addresses})

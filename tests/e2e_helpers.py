@@ -6,6 +6,7 @@ turn a hang into a failure, they never measure anything.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from router.auth import mint_token
 from router.config import Settings
 from router.server import Running, serve
 from tests.sse_http_client import StreamResponse, open_stream
-from tests.sse_spec_parser import ParsedEvent, ReceivedStream
+from tests.sse_spec_parser import MARKER_PREFIX, ParsedEvent, ReceivedStream
 
 SECRET = "end-to-end-tests-secret-0123456789abcdef"
 HANG_GUARD_SECONDS = 20
@@ -90,11 +91,8 @@ class EventStream(ReceivedStream):
     async def to_the_end(self) -> None:
         await self.read_until(lambda s: False)
 
-    async def drained(self) -> None:
-        """Read until the next heartbeat: it comes only after the session found nothing more to
-        send, so every event routed to this stream before now has been read."""
-        beats = self.comments.count("")
-        await self.read_until(lambda s: s.comments.count("") > beats)
+    async def read_through(self, marker: str) -> None:
+        await self.read_until(lambda s: marker.encode() in s.raw)
 
 
 @dataclass
@@ -109,6 +107,26 @@ class RouterUnderTest:
     @property
     def url(self) -> str:
         return self.running.addresses[0]
+
+    async def flush(self, *streams: EventStream) -> None:
+        """Read ``streams`` through everything routed to them so far.
+
+        A broadcast marker is published and each stream read until it arrives: a session writes
+        in the order the adapter routed, so whatever was routed before the marker has been read.
+        ``data()`` leaves the markers out.
+        """
+        marker = f"{MARKER_PREFIX}{secrets.token_hex(4)}"
+        await self.publish(
+            envelope(
+                "System.NotificationSent",
+                {"broadcast": True},
+                level="info",
+                title=marker,
+                message="flush",
+            )
+        )
+        for stream in streams:
+            await stream.read_through(marker)
 
     async def publish(self, *envelopes: dict[str, Any]) -> list[str]:
         body: Any = list(envelopes) if len(envelopes) != 1 else envelopes[0]

@@ -19,6 +19,8 @@ from typing import Any
 
 # The standard's only line terminators. str.splitlines() would also split on U+2028, U+2029,
 # U+0085, \x0b, \x0c, \x1c-\x1e, which a browser treats as ordinary characters.
+MARKER_PREFIX = "test-marker:"
+
 _LINE_END = re.compile(r"\r\n|\r|\n")
 
 
@@ -97,4 +99,6 @@ class ReceivedStream:
         return parse_stream(self.raw).comments
 
     def data(self) -> list[dict[str, Any]]:
-        return [json.loads(e.data) for e in self.events]
+        """The events' data, without the markers tests send to know a stream is read through."""
+        parsed = [json.loads(e.data) for e in self.events]
+        return [d for d in parsed if not str(d.get("title", "")).startswith(MARKER_PREFIX)]

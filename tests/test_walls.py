@@ -11,7 +11,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CORE = sorted((ROOT / "router" / "core").rglob("*.py"))
 ACTORS = sorted((ROOT / "actors").rglob("*.py"))
-HTTP_AND_BROKERS = {"quart", "quart_trio", "hypercorn", "redis", "aiokafka", "trio_asyncio"}
+HTTP_AND_BROKERS = {
+    "quart",
+    "quart_trio",
+    "hypercorn",
+    "redis",
+    "aiokafka",
+    "trio_asyncio",
+    "psycopg",
+    "sqlite3",
+}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -1,0 +1,132 @@
+"""The outbox relay actor: rows of an outbox table, published to the bus, then deleted.
+
+At least once: rows are deleted (or marked) only after the bus took them, in the same
+transaction that held them. A relay that dies in between leaves them to be published again; the
+adapter drops the second copy by its ``event_id`` (a row without one is given
+``outbox:{table}:{id}``). Database calls run in worker threads, so the trio loop never blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from router.bus.base import EventBus
+from router.core.backoff import Backoff
+from router.core.envelope import Envelope, EnvelopeError, parse_envelope
+from router.outbox.base import Claim, OutboxStore
+
+log = logging.getLogger(__name__)
+WAIT_SLICE_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    parts: int = 16
+    batch: int = 100
+    poll_seconds: float = 1.0
+
+
+@dataclass
+class RelayStats:
+    published: int = 0
+    rejected: int = 0
+    failures: int = 0
+    rounds: int = 0
+    round_done: trio.Event = field(default_factory=trio.Event, repr=False)
+
+
+class Relay:
+    def __init__(
+        self,
+        open_store: Callable[[], OutboxStore],
+        bus: EventBus,
+        settings: RelaySettings = RelaySettings(),
+    ) -> None:
+        self.open_store = open_store
+        self.bus = bus
+        self.settings = settings
+        self.stats = RelayStats()
+
+    async def run(self) -> None:
+        """Relay until cancelled; a failing database or bus is retried with backoff.
+
+        Cancellation waits for the database call in progress (at most a second when waiting for
+        new rows), then the store is closed.
+        """
+        backoff = Backoff(0.2, 10.0)
+        while True:
+            try:
+                store = await trio.to_thread.run_sync(self.open_store)
+            except Exception as error:
+                self.stats.failures += 1
+                log.warning("outbox unavailable", extra={"error": str(error)})
+                await trio.sleep(backoff.next_delay())
+                continue
+            try:
+                backoff.reset()
+                await self._relay_with(store)
+            except Exception as error:
+                self.stats.failures += 1
+                log.warning("outbox relay failed", extra={"error": repr(error)})
+                await trio.sleep(backoff.next_delay())
+            finally:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(store.close)
+
+    async def _relay_with(self, store: OutboxStore) -> None:
+        while True:
+            moved = 0
+            for part in range(self.settings.parts):
+                moved += await self.relay_part(store, part)
+            self.stats.rounds += 1
+            self.stats.round_done.set()
+            self.stats.round_done = trio.Event()
+            if not moved:
+                await self._wait_for_rows(store)
+
+    async def _wait_for_rows(self, store: OutboxStore) -> None:
+        """Until a notification, or ``poll_seconds``; in waits of at most a second each, so a
+        cancelled relay is not held by a worker thread for a whole poll interval."""
+        deadline = trio.current_time() + self.settings.poll_seconds
+        while (left := deadline - trio.current_time()) > 0:
+            if await trio.to_thread.run_sync(store.wait_for_rows, min(left, WAIT_SLICE_SECONDS)):
+                return
+
+    async def relay_part(self, store: OutboxStore, part: int) -> int:
+        """Publish one batch of one part; the number of rows it took."""
+        claim = await trio.to_thread.run_sync(store.claim, part, self.settings.batch)
+        if claim is None or not claim.rows:
+            return 0
+        envelopes = self._envelopes(store.table, claim)
+        try:
+            with trio.CancelScope(shield=True):  # never leave a publish half-known
+                if envelopes:
+                    await self.bus.publish(envelopes)
+        except BaseException:
+            await trio.to_thread.run_sync(store.abandon, claim)
+            raise
+        await trio.to_thread.run_sync(store.settle, claim)
+        self.stats.published += len(envelopes)
+        return len(claim.rows)
+
+    def _envelopes(self, table: str, claim: Claim) -> list[Envelope]:
+        envelopes = []
+        for row_id, text in claim.rows:
+            try:
+                body = json.loads(text)
+                if isinstance(body, dict) and body.get("event_id") is None:
+                    body["event_id"] = f"outbox:{table}:{row_id}"
+                envelopes.append(parse_envelope(body))
+            except (ValueError, EnvelopeError) as error:
+                # Published, it would only be rejected downstream; settled with the rest, logged.
+                self.stats.rejected += 1
+                log.warning(
+                    "outbox row rejected",
+                    extra={"table": table, "id": row_id, "reason": str(error)},
+                )
+        return envelopes

@@ -1,0 +1,158 @@
+"""The transactional outbox relay, from SQLite and from PostgreSQL, to SSE clients."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import trio
+
+from actors.relay import Relay, RelaySettings
+from router.outbox.postgres import PostgresOutbox
+from router.outbox.sqlite import SqliteOutbox
+from tests.e2e_helpers import auth, content, running_router
+from tests.outbox_helpers import (
+    postgres_business_transaction,
+    postgres_outbox,
+    postgres_rows,
+    sqlite_business_transaction,
+    sqlite_outbox,
+)
+
+HEADERS = auth("u1", novels=["n1", "n2"])
+
+
+def by_novel(data: list[dict[str, object]]) -> dict[object, list[object]]:
+    grouped: dict[object, list[object]] = {}
+    for item in data:
+        grouped.setdefault(item["novel_id"], []).append(item["content_version"])
+    return grouped
+
+
+async def test_rows_committed_in_sqlite_reach_clients_once_in_order(tmp_path: Path) -> None:
+    with sqlite_outbox(tmp_path) as dsn:
+        async with (
+            running_router(
+                heartbeat_seconds=0.05,
+                outbox_dsn=dsn,
+                outbox_poll_seconds=0.05,
+                memory_partitions=2,
+            ) as router,
+            router.stream(HEADERS) as stream,
+        ):
+            sqlite_business_transaction(dsn, [content("n1", 1), content("n2", 1)])
+            sqlite_business_transaction(dsn, [content("n1", 99)], commit=False)  # rolled back
+            sqlite_business_transaction(dsn, [content("n1", 2), content("n2", 2)])
+            await stream.events_count(4)
+            await router.running.hub.adapter.wait_consumed(4)
+            await router.flush(stream)
+        assert by_novel(stream.data()) == {"n1": [1, 2], "n2": [1, 2]}
+        with sqlite3.connect(dsn.removeprefix("sqlite:///")) as db:
+            assert db.execute("SELECT count(*) FROM sse_outbox").fetchone() == (0,)
+
+
+async def test_mark_mode_keeps_the_rows_with_their_publish_time(tmp_path: Path) -> None:
+    with sqlite_outbox(tmp_path) as dsn:
+        async with (
+            running_router(
+                heartbeat_seconds=0.05, outbox_dsn=dsn, outbox_poll_seconds=0.05, outbox_mode="mark"
+            ) as router,
+            router.stream(HEADERS) as stream,
+        ):
+            sqlite_business_transaction(dsn, [content("n1", 1)])
+            await stream.events_count(1)
+        with sqlite3.connect(dsn.removeprefix("sqlite:///")) as db:
+            ((published_at,),) = db.execute("SELECT published_at FROM sse_outbox").fetchall()
+        assert published_at is not None
+
+
+async def test_a_relay_that_dies_between_publishing_and_deleting_causes_no_duplicate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settle = SqliteOutbox.settle
+    deaths = []
+
+    def die_once(self: SqliteOutbox, claim: object) -> None:
+        if not deaths:
+            deaths.append(claim)
+            raise RuntimeError("the relay died after publishing")
+        settle(self, claim)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SqliteOutbox, "settle", die_once)
+    with sqlite_outbox(tmp_path) as dsn:
+        async with (
+            running_router(
+                heartbeat_seconds=0.05, outbox_dsn=dsn, outbox_poll_seconds=0.05
+            ) as router,
+            router.stream(HEADERS) as stream,
+        ):
+            sqlite_business_transaction(dsn, [content("n1", 1), content("n1", 2)])
+            await router.running.hub.adapter.wait_consumed(4)  # published twice
+            await router.flush(stream)
+        assert deaths
+        assert [d["content_version"] for d in stream.data()] == [1, 2]  # once each
+        assert router.running.hub.adapter.stats.rejected == {"duplicate": 2}
+
+
+async def test_postgres_rows_reach_clients_woken_by_notify() -> None:
+    with postgres_outbox() as (dsn, table):
+        async with (
+            running_router(
+                heartbeat_seconds=0.05, outbox_dsn=dsn, outbox_table=table, outbox_poll_seconds=60
+            ) as router,
+            router.stream(HEADERS) as stream,
+        ):
+            # Polling every minute: only LISTEN/NOTIFY can deliver within the guard.
+            with trio.fail_after(10):
+                await trio.to_thread.run_sync(
+                    postgres_business_transaction, dsn, table, [content("n1", 1), content("n2", 1)]
+                )
+                await trio.to_thread.run_sync(
+                    lambda: postgres_business_transaction(
+                        dsn, table, [content("n1", 99)], commit=False
+                    )
+                )
+                await trio.to_thread.run_sync(
+                    postgres_business_transaction, dsn, table, [content("n1", 2)]
+                )
+                await stream.events_count(3)
+            await router.running.hub.adapter.wait_consumed(3)
+            await router.flush(stream)
+        assert by_novel(stream.data()) == {"n1": [1, 2], "n2": [1]}
+        assert postgres_rows(dsn, table) == []
+
+
+async def test_two_relays_on_one_postgres_table_deliver_every_row_once() -> None:
+    with postgres_outbox() as (dsn, table):
+        async with (
+            running_router(
+                heartbeat_seconds=0.05,
+                outbox_dsn=dsn,
+                outbox_table=table,
+                outbox_poll_seconds=0.05,
+                memory_partitions=3,
+            ) as router,
+            router.stream(auth("u1", novels=[f"n{n}" for n in range(8)])) as stream,
+        ):
+            second = Relay(
+                lambda: PostgresOutbox(dsn, table),
+                router.running.hub.bus,
+                RelaySettings(poll_seconds=0.05),
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(second.run)
+                for start in range(0, 80, 10):
+                    batch = [content(f"n{n % 8}", n) for n in range(start, start + 10)]
+                    await trio.to_thread.run_sync(postgres_business_transaction, dsn, table, batch)
+                await stream.events_count(80)
+                await router.running.hub.adapter.wait_consumed(80)
+                nursery.cancel_scope.cancel()
+            await router.flush(stream)
+        assert second.stats.published > 0  # the second relay did take part
+        stats = router.running.hub.adapter.stats
+        assert stats.consumed == 80 + 1  # every row once (and the test's marker): none twice
+        assert not stats.rejected
+        got = by_novel(stream.data())
+        assert sorted(v for versions in got.values() for v in versions) == list(range(80))
+        assert all(versions == sorted(versions) for versions in got.values())
