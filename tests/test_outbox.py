@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 
 from actors.relay import Relay, RelaySettings
+from router.outbox.base import Claim
 from router.outbox.postgres import PostgresOutbox
 from router.outbox.sqlite import SqliteOutbox
 from tests.e2e_helpers import auth, content, running_router
@@ -67,27 +70,39 @@ async def test_mark_mode_keeps_the_rows_with_their_publish_time(tmp_path: Path) 
         assert published_at is not None
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 async def test_a_relay_that_dies_between_publishing_and_deleting_causes_no_duplicate(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settle = SqliteOutbox.settle
+    store: type[SqliteOutbox | PostgresOutbox] = (
+        SqliteOutbox if database == "sqlite" else PostgresOutbox
+    )
+    settle = store.settle
     deaths = []
 
-    def die_once(self: SqliteOutbox, claim: object) -> None:
+    def die_once(self: SqliteOutbox | PostgresOutbox, claim: Claim) -> None:
         if not deaths:
             deaths.append(claim)
             raise RuntimeError("the relay died after publishing")
         settle(self, claim)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(SqliteOutbox, "settle", die_once)
-    with sqlite_outbox(tmp_path) as dsn:
+    monkeypatch.setattr(store, "settle", die_once)
+    with ExitStack() as stack:
+        if database == "sqlite":
+            dsn = stack.enter_context(sqlite_outbox(tmp_path))
+            settings: dict[str, object] = {}
+            write = partial(sqlite_business_transaction, dsn)
+        else:
+            dsn, table = stack.enter_context(postgres_outbox())
+            settings = {"outbox_table": table}
+            write = partial(postgres_business_transaction, dsn, table)
         async with (
             running_router(
-                heartbeat_seconds=0.05, outbox_dsn=dsn, outbox_poll_seconds=0.05
+                heartbeat_seconds=0.05, outbox_dsn=dsn, outbox_poll_seconds=0.05, **settings
             ) as router,
             router.stream(HEADERS) as stream,
         ):
-            sqlite_business_transaction(dsn, [content("n1", 1), content("n1", 2)])
+            await trio.to_thread.run_sync(write, [content("n1", 1), content("n1", 2)])
             await router.running.hub.adapter.wait_consumed(4)  # published twice
             await router.flush(stream)
         assert deaths
