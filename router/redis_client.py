@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import trio
 import trio_asyncio
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -30,3 +31,28 @@ async def call_redis(client: Redis, method: str, *args: Any, **kwargs: Any) -> A
         return await command(*args, **kwargs)
     except RedisConnectionError:
         return await command(*args, **kwargs)
+
+
+class RedisConnection:
+    """A client made on first use and closed (shielded, during shutdown) by :meth:`aclose`."""
+
+    def __init__(self, url: str, *, timeout_seconds: float, read_timeout_seconds: float) -> None:
+        self.url = url
+        self.timeout_seconds = timeout_seconds
+        self.read_timeout_seconds = read_timeout_seconds
+        self._client: Redis | None = None
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if self._client is None:
+            self._client = await connect_redis(
+                self.url,
+                timeout_seconds=self.timeout_seconds,
+                read_timeout_seconds=self.read_timeout_seconds,
+            )
+        return await call_redis(self._client, method, *args, **kwargs)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            with trio.CancelScope(shield=True):
+                await trio_asyncio.aio_as_trio(client.aclose)()

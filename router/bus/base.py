@@ -65,8 +65,10 @@ class EventBus(Protocol):
         holds them all, or they are more than ``limit``."""
         ...
 
-    errors: int
-    """Failed calls so far, for the metrics."""
+    @property
+    def errors(self) -> int:
+        """Failed calls so far, for the metrics."""
+        ...
 
     def consumer_lag(self) -> Mapping[str, int]:
         """Per partition, how many records the bus holds that the router has not read yet."""

@@ -30,6 +30,7 @@ from router.bus.kafka_metadata import NO_TOPIC_ID, TopicMetadataRequest, topic_i
 from router.core.backoff import Backoff
 from router.core.cursor import Cursor, EventIdentity, Offset
 from router.core.envelope import Envelope
+from router.health import Health
 
 log = logging.getLogger(__name__)
 
@@ -85,19 +86,23 @@ class KafkaBus:
         self.settings = settings
         self._epoch: str | None = None
         self._consumed_when_first_seen: dict[str, Offset] = {}
-        self._healthy = False
-        self.errors = 0
-        """Failed calls to the broker, for the metrics."""
+        self.health = Health("kafka", healthy=False)
         self._lag: dict[str, int] = {}
-        self.health_changed = trio.Event()
-        """Set (and replaced) whenever the broker stops or starts answering."""
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = trio.Lock()
 
     # -- health and epoch --------------------------------------------------------------------------
 
+    @property
+    def errors(self) -> int:
+        return self.health.errors
+
+    @property
+    def health_changed(self) -> trio.Event:
+        return self.health.changed
+
     async def healthy(self) -> bool:
-        return self._healthy
+        return self.health.healthy
 
     async def epoch(self) -> str:
         """The topic's epoch, waiting (with backoff) until the broker answers.
@@ -111,7 +116,7 @@ class KafkaBus:
             try:
                 epoch, ends = await trio_asyncio.aio_as_trio(self._first_look)()
             except (TimeoutError, KafkaError, OSError, TopicUnavailableError) as error:
-                self._mark_unhealthy(error)
+                self.health.failed(error)
                 await trio.sleep(backoff.next_delay())
             else:
                 self._epoch, self._consumed_when_first_seen = epoch, ends
@@ -145,22 +150,6 @@ class KafkaBus:
                 f"topic {self.settings.topic!r} is not available (error code {error_code})"
             )
         return epoch_of(topic_id)
-
-    def _mark_unhealthy(self, error: BaseException) -> None:
-        self.errors += 1
-        if self._healthy:
-            log.warning("kafka unavailable: %s", error)
-            self._set_health(False)
-
-    def _mark_healthy(self) -> None:
-        if not self._healthy:
-            log.info("kafka available: %s, topic %s", self.settings.bootstrap, self.settings.topic)
-            self._set_health(True)
-
-    def _set_health(self, healthy: bool) -> None:
-        self._healthy = healthy
-        self.health_changed.set()
-        self.health_changed = trio.Event()
 
     def _backoff(self) -> Backoff:
         return Backoff(self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds)
@@ -200,7 +189,7 @@ class KafkaBus:
                         backoff.reset()
                         yield batch
             except (TimeoutError, KafkaError, OSError, TopicUnavailableError) as error:
-                self._mark_unhealthy(error)
+                self.health.failed(error)
                 await trio.sleep(backoff.next_delay())
 
     async def _read_with_one_consumer(
@@ -217,7 +206,7 @@ class KafkaBus:
                 progress.consumed = {}
             self._epoch = epoch
             await trio_asyncio.aio_as_trio(self._assign)(consumer, progress.consumed)
-            self._mark_healthy()
+            self.health.recovered()
             next_probe = trio.current_time() + self.settings.probe_interval_seconds
             while True:
                 fetched = await trio_asyncio.aio_as_trio(consumer.getmany)(
@@ -239,7 +228,7 @@ class KafkaBus:
                 if trio.current_time() >= next_probe:
                     if await trio_asyncio.aio_as_trio(self._probe)(consumer) != epoch:
                         raise TopicUnavailableError("the topic was recreated")
-                    self._mark_healthy()
+                    self.health.recovered()
                     next_probe = trio.current_time() + self.settings.probe_interval_seconds
         finally:
             with trio.CancelScope(shield=True):
@@ -355,7 +344,7 @@ class KafkaBus:
             producer = await self._started_producer()
             sent = await trio_asyncio.aio_as_trio(send_all)(producer)
         except (TimeoutError, KafkaError, OSError) as error:
-            self._mark_unhealthy(error)
+            self.health.failed(error)
             raise BusUnavailableError(f"kafka did not take the events: {error}") from None
         return [EventIdentity("kafka", str(meta.partition), (meta.offset,), epoch) for meta in sent]
 

@@ -16,8 +16,6 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 
 import trio
-import trio_asyncio
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from router.bus.base import BusUnavailableError, Record, partition_key
@@ -25,7 +23,8 @@ from router.core.backoff import Backoff
 from router.core.cursor import Cursor, EventIdentity, Offset, check_partition, format_offset
 from router.core.cursor import parse_offset as parse_entry_id
 from router.core.envelope import Envelope
-from router.redis_client import call_redis, connect_redis
+from router.health import Health
+from router.redis_client import RedisConnection
 
 log = logging.getLogger(__name__)
 FIELD = b"envelope"
@@ -54,44 +53,33 @@ class RedisStreamBus:
 
     def __init__(self, settings: RedisBusSettings) -> None:
         self.settings = settings
-        self.errors = 0
         self._epoch: str | None = None
         self._start: dict[str, Offset] = {}
-        self._healthy = False
-        self.health_changed = trio.Event()
-        self._redis: Redis | None = None
+        self.health = Health("redis bus", healthy=False)
+        self._redis = RedisConnection(
+            settings.url,
+            timeout_seconds=settings.timeout_seconds,
+            read_timeout_seconds=settings.timeout_seconds + settings.block_ms / 1000,
+        )
 
     # -- plumbing --------------------------------------------------------------------------------
 
     async def _call(self, method: str, *args: object, **kwargs: object) -> object:
-        if self._redis is None:
-            self._redis = await connect_redis(
-                self.settings.url,
-                timeout_seconds=self.settings.timeout_seconds,
-                read_timeout_seconds=self.settings.timeout_seconds + self.settings.block_ms / 1000,
-            )
-        return await call_redis(self._redis, method, *args, **kwargs)
+        return await self._redis.call(method, *args, **kwargs)
 
-    def _set_health(self, healthy: bool, error: BaseException | None = None) -> None:
-        if error is not None:
-            self.errors += 1
-        if healthy != self._healthy:
-            if healthy:
-                log.info("redis bus available", extra={"streams": list(self.settings.streams)})
-            else:
-                log.warning("redis bus unavailable", extra={"error": str(error)})
-            self._healthy = healthy
-            self.health_changed.set()
-            self.health_changed = trio.Event()
+    @property
+    def errors(self) -> int:
+        return self.health.errors
+
+    @property
+    def health_changed(self) -> trio.Event:
+        return self.health.changed
 
     async def healthy(self) -> bool:
-        return self._healthy
+        return self.health.healthy
 
     async def aclose(self) -> None:
-        if self._redis is not None:
-            client, self._redis = self._redis, None
-            with trio.CancelScope(shield=True):
-                await trio_asyncio.aio_as_trio(client.aclose)()
+        await self._redis.aclose()
 
     def consumer_lag(self) -> Mapping[str, int]:
         return {}  # counting entries between two ids would cost a scan: not reported
@@ -113,11 +101,11 @@ class RedisStreamBus:
                     if last:
                         start[stream] = parse_entry_id(last[0][0].decode())  # type: ignore[index]
             except (RedisError, OSError, TimeoutError) as error:
-                self._set_health(False, error)
+                self.health.failed(error)
                 await trio.sleep(backoff.next_delay())
             else:
                 self._epoch, self._start = epoch, start
-                self._set_health(True)
+                self.health.recovered()
         return self._epoch
 
     # -- reading ---------------------------------------------------------------------------------
@@ -140,10 +128,10 @@ class RedisStreamBus:
                     "xread", positions, count=self.settings.max_batch, block=self.settings.block_ms
                 )
             except (RedisError, OSError, TimeoutError) as error:
-                self._set_health(False, error)
+                self.health.failed(error)
                 await trio.sleep(backoff.next_delay())
                 continue
-            self._set_health(True)
+            self.health.recovered()
             backoff.reset()
             records = []
             for stream_name, entries in answer or []:  # type: ignore[attr-defined]
@@ -188,7 +176,7 @@ class RedisStreamBus:
                 if len(records) > limit:
                     return None
         except (RedisError, OSError, TimeoutError) as error:
-            self._set_health(False, error)
+            self.health.failed(error)
             return None
         return records
 
@@ -213,7 +201,7 @@ class RedisStreamBus:
                 offset = parse_entry_id(entry_id.decode())  # type: ignore[attr-defined]
                 identities.append(EventIdentity("redis", stream, offset, epoch))
         except (RedisError, OSError, TimeoutError) as error:
-            self._set_health(False, error)
+            self.health.failed(error)
             raise BusUnavailableError(f"redis did not take the events: {error}") from None
         return identities
 

@@ -35,8 +35,10 @@ class ReplayCache(Protocol):
 
     async def window(self) -> Window: ...
 
-    errors: int
-    """Failed calls so far, for the metrics."""
+    @property
+    def errors(self) -> int:
+        """Failed calls so far, for the metrics."""
+        ...
 
     async def healthy(self) -> bool: ...
 

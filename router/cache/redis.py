@@ -21,8 +21,6 @@ from importlib import resources
 from typing import Any
 
 import trio
-import trio_asyncio
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from router.cache.base import Window
@@ -31,7 +29,8 @@ from router.core.cursor import Cursor, EventIdentity, Offset, format_offset, par
 from router.core.history import Entry, Replay
 from router.core.scope import Scope
 from router.core.sse import SSEMessage
-from router.redis_client import call_redis, connect_redis
+from router.health import Health
+from router.redis_client import RedisConnection
 
 log = logging.getLogger(__name__)
 
@@ -57,55 +56,42 @@ class RedisReplayCache:
         self.timeout_seconds = timeout_seconds
         base = f"{key_prefix}:{source}"
         self.keys = [f"{base}:stream", f"{base}:served", f"{base}:evicted", f"{base}:epoch"]
-        self._redis: Redis | None = None
-        self._healthy = True
-        self.errors = 0
-        """Failed calls to Redis, for the metrics."""
+        self._redis = RedisConnection(
+            url, timeout_seconds=timeout_seconds, read_timeout_seconds=timeout_seconds
+        )
+        self.health = Health("redis replay cache", healthy=True)
         self._retry_at = 0.0
         self._backoff = Backoff(0.1, 5.0)
         self._pending: deque[Entry] = deque()
         self._lost: dict[str, Offset] = {}
         self._waiting_writes = trio.Event()
-        self.health_changed = trio.Event()
-        """Set (and replaced) whenever Redis stops or starts answering."""
 
     # -- connection --------------------------------------------------------------------------------
 
-    async def _client(self) -> Redis:
-        if self._redis is None:
-            self._redis = await connect_redis(
-                self.url,
-                timeout_seconds=self.timeout_seconds,
-                read_timeout_seconds=self.timeout_seconds,
-            )
-        return self._redis
-
     async def _call(self, method: str, *args: Any) -> Any:
-        return await call_redis(await self._client(), method, *args)
+        return await self._redis.call(method, *args)
 
     def _failed(self, error: BaseException) -> None:
-        self.errors += 1
-        if self._healthy:
-            log.warning("redis replay cache unavailable: %s", error)
-            self._set_health(False)
+        self.health.failed(error)
         self._retry_at = trio.current_time() + self._backoff.next_delay()
 
     def _succeeded(self) -> None:
-        if not self._healthy:
-            log.info("redis replay cache available again")
-            self._set_health(True)
+        self.health.recovered()
         self._backoff.reset()
 
-    def _set_health(self, healthy: bool) -> None:
-        self._healthy = healthy
-        self.health_changed.set()
-        self.health_changed = trio.Event()
+    @property
+    def errors(self) -> int:
+        return self.health.errors
+
+    @property
+    def health_changed(self) -> trio.Event:
+        return self.health.changed
 
     async def run(self) -> None:
         """Write what waits in memory once Redis is back, even if no new event comes to push it.
         Runs until cancelled."""
         while True:
-            if self._pending and not self._healthy:
+            if self._pending and not self.health.healthy:
                 await trio.sleep_until(self._retry_at)
                 await self._flush()
             else:
@@ -113,13 +99,10 @@ class RedisReplayCache:
                 self._waiting_writes = trio.Event()
 
     async def healthy(self) -> bool:
-        return self._healthy
+        return self.health.healthy
 
     async def aclose(self) -> None:
-        if self._redis is not None:
-            client, self._redis = self._redis, None
-            with trio.CancelScope(shield=True):
-                await trio_asyncio.aio_as_trio(client.aclose)()
+        await self._redis.aclose()
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -131,7 +114,7 @@ class RedisReplayCache:
             lost = self._lost.get(dropped.partition)
             if lost is None or lost < dropped.offset:
                 self._lost[dropped.partition] = dropped.offset
-        if not self._healthy and trio.current_time() < self._retry_at:
+        if not self.health.healthy and trio.current_time() < self._retry_at:
             self._waiting_writes.set()  # run() writes them when Redis is back
             return
         await self._flush()
