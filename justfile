@@ -56,3 +56,8 @@ system-deps:
     else
         echo "nginx is missing and cannot be installed here: tests/test_nginx.py will be skipped" >&2
     fi
+
+# Measure the router beside a peer (sse-starlette on uvicorn); prints a table. Not a test.
+bench *ARGS:
+    pip install --quiet -e '.[bench]'
+    python -m bench.run {{ARGS}}

@@ -88,6 +88,7 @@ def hypercorn_config(settings: Settings) -> Config:
     config.bind = [f"fd://{listening_socket(settings)}"]
     config.graceful_timeout = settings.shutdown_grace_seconds
     config.keep_alive_timeout = settings.keep_alive_seconds
+    config.backlog = 4096  # thousands of browsers reconnect at once after a restart
     config.accesslog = None  # the query string may hold a token: never log it raw
     config.errorlog = None
     return config

@@ -1,0 +1,251 @@
+"""`just bench`: the router and a peer (sse-starlette on uvicorn), side by side, same workloads.
+
+Benchmarks are measurements, not tests: this prints a table and asserts nothing. The load client
+is C (bench/sseclient.c, built here with the system compiler) so that it is not the bottleneck;
+its own CPU time is reported next to the servers'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "bench" / ".build"
+SECRET = "benchmark-only-secret-0123456789abcdef"
+
+
+def build_client() -> Path:
+    BUILD.mkdir(exist_ok=True)
+    binary = BUILD / "sseclient"
+    source = ROOT / "bench" / "sseclient.c"
+    subprocess.run(["cc", "-O2", "-o", str(binary), str(source)], check=True)
+    return binary
+
+
+def raise_open_files_limit() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    stream_path: str
+    auth_header: str
+    publish_path: str
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def wait_listening(port: int) -> None:
+    import socket
+
+    for _ in range(500):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.1):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def start_router() -> Server:
+    from router.auth import mint_token
+
+    port = free_port()
+    command = [
+        sys.executable, "-m", "router.cli", "serve", "--port", str(port),
+        "--log-level", "warning", "--max-streams-per-user", "1000000",
+        "--connects-per-minute", "1000000", "--session-buffer", "1024",
+    ]  # fmt: skip
+    environ = {**os.environ, "SSE_ROUTER_JWT_SECRET": SECRET}
+    process = subprocess.Popen(command, env=environ, stdout=subprocess.DEVNULL)
+    wait_listening(port)
+    reader = mint_token(SECRET, sub="bench-reader", ttl_seconds=3600)
+    publisher = mint_token(SECRET, sub="bench-publisher", roles=["publisher"], ttl_seconds=3600)
+    server = Server(
+        "router", process, port, "/api/v1/events/stream", f"Authorization: Bearer {reader}",
+        "/api/v1/events",
+    )  # fmt: skip
+    server.publisher_token = publisher  # type: ignore[attr-defined]
+    return server
+
+
+def start_peer() -> Server:
+    port = free_port()
+    command = [
+        sys.executable, "-m", "uvicorn", "bench.peer:app", "--port", str(port),
+        "--loop", "uvloop", "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
+    wait_listening(port)
+    server = Server("peer", process, port, "/stream", "", "/publish")
+    server.publisher_token = ""  # type: ignore[attr-defined]
+    return server
+
+
+def publish(server: Server, seq: int) -> None:
+    payload = {"level": "info", "title": f"{seq}:{time.time_ns()}", "message": "benchmark"}
+    body = {
+        "event_type": "System.NotificationSent",
+        "occurred_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "scope": {"broadcast": True},
+        "payload": payload,
+    }
+    headers = {"Content-Type": "application/json"}
+    token = server.publisher_token  # type: ignore[attr-defined]
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}{server.publish_path}",
+        data=json.dumps(body).encode(),
+        headers=headers,
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        response.read()
+
+
+def run_client(
+    client: Path, server: Server, connections: int, expected: int, timeout: float,
+    on_open: Callable[[], None] | None = None,
+) -> dict[str, float]:  # fmt: skip
+    command = [
+        str(client), "127.0.0.1", str(server.port), server.stream_path, str(connections),
+        str(expected), str(timeout), server.auth_header,
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    if on_open is not None:
+        line = process.stderr.readline()
+        if line.strip() == "open":
+            on_open()
+    out, _ = process.communicate()
+    result: dict[str, float] = json.loads(out)
+    return result
+
+
+def idle(client: Path, server: Server, connections: int) -> dict[str, float]:
+    before = server.rss_kib()
+    measured: dict[str, float] = {}
+
+    def opened() -> None:
+        time.sleep(1.0)  # let the server settle, then weigh it
+        measured["rss_kib"] = server.rss_kib()
+
+    result = run_client(client, server, connections, 0, 6.0 + connections / 1000, opened)
+    rss = measured.get("rss_kib", server.rss_kib())
+    return {
+        "open_seconds": result["open_seconds"],
+        "failed": result["failed"],
+        "rss_mib": rss / 1024,
+        "kib_per_stream": (rss - before) / max(1, result["opened"]),
+    }
+
+
+def broadcast(client: Path, server: Server, connections: int, events: int, rate: float) -> dict:
+    cpu_before = server.cpu_seconds()
+    timings: dict[str, float] = {}
+
+    def publish_all() -> None:
+        timings["start"] = time.monotonic()
+        for seq in range(events):
+            publish(server, seq)
+            time.sleep(max(0.0, timings["start"] + (seq + 1) / rate - time.monotonic()))
+        timings["end"] = time.monotonic()
+
+    publisher = threading.Thread(target=publish_all)
+    result = run_client(client, server, connections, events, 120.0, on_open=publisher.start)
+    publisher.join()
+    elapsed = max(result["elapsed_seconds"] - result["open_seconds"], 1e-9)
+    return {
+        "delivered_per_second": result["events"] / elapsed,
+        "p50_ms": result["p50_ms"],
+        "p99_ms": result["p99_ms"],
+        "max_ms": result["max_ms"],
+        "missing": result["missing"],
+        "duplicates": result["duplicates"],
+        "server_cpu_seconds": server.cpu_seconds() - cpu_before,
+        "client_cpu_seconds": result["client_cpu_seconds"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--connections", type=int, nargs="+", default=[1000, 5000])
+    parser.add_argument("--events", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=20.0)
+    args = parser.parse_args()
+    raise_open_files_limit()
+    client = build_client()
+    rows: list[tuple[str, int, str, float, float]] = []
+    for connections in args.connections:
+        for workload in ("idle", "broadcast"):
+            results = {}
+            for start in (start_router, start_peer):
+                server = start()
+                try:
+                    if workload == "idle":
+                        results[server.name] = idle(client, server, connections)
+                    else:
+                        results[server.name] = broadcast(
+                            client, server, connections, args.events, args.rate
+                        )
+                finally:
+                    server.stop()
+            for metric in results["router"]:
+                rows.append(
+                    (
+                        workload,
+                        connections,
+                        metric,
+                        results["router"][metric],
+                        results["peer"][metric],
+                    )
+                )
+    print(
+        f"{'workload':<10} {'streams':>7} {'metric':<22} {'router':>12} {'peer':>12} {'ratio':>7}"
+    )
+    for workload, connections, metric, mine, theirs in rows:
+        ratio = f"{mine / theirs:7.2f}" if theirs else "      -"
+        print(f"{workload:<10} {connections:>7} {metric:<22} {mine:>12.2f} {theirs:>12.2f} {ratio}")
+
+
+if __name__ == "__main__":
+    main()

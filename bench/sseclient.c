@@ -1,0 +1,248 @@
+/*
+ * A load client for event streams: many connections on one epoll loop, each reading an
+ * HTTP/1.1 chunked text/event-stream and checking what it receives.
+ *
+ * Each event's data must carry "title":"<seq>:<unix-ns>", the publish sequence number and time.
+ * The client reports, as one JSON object: connections opened and failed, time to open them all,
+ * events received, missing and duplicated sequence numbers, delivery latency percentiles, and its
+ * own CPU time, so the harness can tell whether the client was the bottleneck.
+ *
+ * usage: sseclient HOST PORT REQUEST_PATH CONNECTIONS EXPECTED_EVENTS TIMEOUT_S [AUTH_HEADER]
+ *   waits until every connection got EXPECTED_EVENTS (0: only open them and hold for TIMEOUT_S).
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_SEQ 65536
+#define BUF 65536
+
+typedef struct {
+    int fd;
+    int state;          /* 0 connecting, 1 headers, 2 chunk size, 3 chunk data, 4 chunk crlf */
+    long chunk_left;
+    char head[8192];
+    int head_len;
+    char line[16384];   /* the current event-stream line */
+    int line_len;
+    long received;
+    unsigned char *seen; /* one bit per sequence number */
+    int done;
+} conn_t;
+
+static double *latencies;
+static long latency_count, latency_cap;
+static long total_events, duplicates;
+static int max_seq_seen = -1;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int64_t wall_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void on_line(conn_t *c, const char *line, int len) {
+    if (len < 5 || strncmp(line, "data:", 5) != 0) return;
+    const char *t = memmem(line, len, "\"title\":", 8);
+    if (!t) return;
+    t += 8;
+    while (t < line + len && (*t == ' ' || *t == '"')) t++; /* compact JSON or not */
+    char *end;
+    long seq = strtol(t, &end, 10);
+    if (*end != ':' || seq < 0 || seq >= MAX_SEQ) return;
+    int64_t sent = strtoll(end + 1, NULL, 10);
+    if (c->seen[seq / 8] & (1 << (seq % 8))) {
+        duplicates++;
+        return;
+    }
+    c->seen[seq / 8] |= 1 << (seq % 8);
+    if (seq > max_seq_seen) max_seq_seen = (int)seq;
+    c->received++;
+    total_events++;
+    if (latency_count == latency_cap) {
+        latency_cap = latency_cap ? latency_cap * 2 : 1 << 20;
+        latencies = realloc(latencies, latency_cap * sizeof(double));
+    }
+    latencies[latency_count++] = (wall_ns() - sent) / 1e6; /* ms */
+}
+
+static void on_stream_bytes(conn_t *c, const char *p, long n) {
+    for (long i = 0; i < n; i++) {
+        char ch = p[i];
+        if (ch == '\n' || ch == '\r') {
+            on_line(c, c->line, c->line_len);
+            c->line_len = 0;
+        } else if (c->line_len < (int)sizeof(c->line) - 1) {
+            c->line[c->line_len++] = ch;
+        }
+    }
+}
+
+/* Feed raw socket bytes through the HTTP response framing (headers, then chunked body). */
+static int on_bytes(conn_t *c, const char *p, long n) {
+    long i = 0;
+    while (i < n) {
+        if (c->state == 1) {
+            while (i < n && c->head_len < (int)sizeof(c->head) - 1) {
+                c->head[c->head_len++] = p[i++];
+                if (c->head_len >= 4 && memcmp(c->head + c->head_len - 4, "\r\n\r\n", 4) == 0) {
+                    c->head[c->head_len] = 0;
+                    if (strncmp(c->head, "HTTP/1.1 200", 12) != 0) return -1;
+                    c->state = 2;
+                    c->head_len = 0;
+                    break;
+                }
+            }
+            if (c->head_len >= (int)sizeof(c->head) - 1) return -1;
+        } else if (c->state == 2) { /* chunk size line */
+            char ch = p[i++];
+            if (ch == '\n') {
+                c->head[c->head_len] = 0;
+                c->chunk_left = strtol(c->head, NULL, 16);
+                c->head_len = 0;
+                if (c->chunk_left == 0) return -1; /* the response ended */
+                c->state = 3;
+            } else if (ch != '\r' && c->head_len < 32) {
+                c->head[c->head_len++] = ch;
+            }
+        } else if (c->state == 3) {
+            long take = n - i < c->chunk_left ? n - i : c->chunk_left;
+            on_stream_bytes(c, p + i, take);
+            i += take;
+            c->chunk_left -= take;
+            if (c->chunk_left == 0) c->state = 4;
+        } else if (c->state == 4) { /* CRLF after a chunk */
+            if (p[i++] == '\n') c->state = 2;
+        }
+    }
+    return 0;
+}
+
+static int percentile_cmp(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 7) {
+        fprintf(stderr, "usage: %s HOST PORT PATH CONNECTIONS EXPECTED TIMEOUT [AUTH]\n", argv[0]);
+        return 2;
+    }
+    const char *host = argv[1];
+    int port = atoi(argv[2]);
+    const char *path = argv[3];
+    int n = atoi(argv[4]);
+    long expected = atol(argv[5]);
+    double timeout = atof(argv[6]);
+    const char *auth = argc > 7 ? argv[7] : "";
+
+    char request[8192];
+    int request_len = snprintf(request, sizeof(request),
+                               "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n%s%s\r\n",
+                               path, host, auth, auth[0] ? "\r\n" : "");
+
+    struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons(port)};
+    inet_pton(AF_INET, host, &address.sin_addr);
+    int epoll = epoll_create1(0);
+    conn_t *conns = calloc(n, sizeof(conn_t));
+    int opened = 0, failed = 0, done = 0;
+    double start = now_s();
+    double all_open_at = 0;
+
+    for (int k = 0; k < n; k++) {
+        conn_t *c = &conns[k];
+        c->seen = calloc(MAX_SEQ / 8, 1);
+        c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        if (c->fd < 0) { failed++; c->done = 1; done++; continue; }
+        connect(c->fd, (struct sockaddr *)&address, sizeof(address));
+        struct epoll_event ev = {.events = EPOLLOUT | EPOLLIN, .data.u32 = (uint32_t)k};
+        epoll_ctl(epoll, EPOLL_CTL_ADD, c->fd, &ev);
+    }
+
+    struct epoll_event events[1024];
+    char buf[BUF];
+    while (done < n) {
+        double elapsed = now_s() - start;
+        if (elapsed > timeout) break;
+        int ready = epoll_wait(epoll, events, 1024, 100);
+        for (int e = 0; e < ready; e++) {
+            conn_t *c = &conns[events[e].data.u32];
+            if (c->done) continue;
+            if (c->state == 0 && (events[e].events & EPOLLOUT)) {
+                int error = 0;
+                socklen_t len = sizeof(error);
+                getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &error, &len);
+                if (error || write(c->fd, request, request_len) != request_len) {
+                    failed++; c->done = 1; done++; close(c->fd); continue;
+                }
+                c->state = 1;
+                struct epoll_event ev = {.events = EPOLLIN, .data.u32 = events[e].data.u32};
+                epoll_ctl(epoll, EPOLL_CTL_MOD, c->fd, &ev);
+                continue;
+            }
+            if (events[e].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+                long got = read(c->fd, buf, sizeof(buf));
+                if (got <= 0) {
+                    if (got < 0 && errno == EAGAIN) continue;
+                    if (c->state < 2) failed++;
+                    c->done = 1; done++; close(c->fd); continue;
+                }
+                int was_open = c->state >= 2;
+                if (on_bytes(c, buf, got) < 0) {
+                    if (c->state < 2) failed++;
+                    c->done = 1; done++; close(c->fd); continue;
+                }
+                if (!was_open && c->state >= 2) {
+                    opened++;
+                    if (opened + failed == n) {
+                        all_open_at = now_s() - start;
+                        fprintf(stderr, "open\n"); /* the harness starts publishing now */
+                        fflush(stderr);
+                    }
+                }
+                if (expected > 0 && c->received >= expected) {
+                    c->done = 1; done++;
+                }
+            }
+        }
+        if (expected == 0 && opened + failed == n && all_open_at > 0 &&
+            now_s() - start >= timeout) break;
+    }
+
+    long missing = 0;
+    if (expected > 0) {
+        for (int k = 0; k < n; k++)
+            if (conns[k].state >= 2) missing += expected - conns[k].received;
+    }
+    qsort(latencies, latency_count, sizeof(double), percentile_cmp);
+#define PCT(p) (latency_count ? latencies[(long)((latency_count - 1) * (p))] : 0.0)
+    struct rusage usage;
+    getrusage(RUSAGE_SELF, &usage);
+    double cpu = usage.ru_utime.tv_sec + usage.ru_utime.tv_usec / 1e6 + usage.ru_stime.tv_sec +
+                 usage.ru_stime.tv_usec / 1e6;
+    printf("{\"opened\": %d, \"failed\": %d, \"open_seconds\": %.3f, \"events\": %ld, "
+           "\"missing\": %ld, \"duplicates\": %ld, \"p50_ms\": %.2f, \"p90_ms\": %.2f, "
+           "\"p99_ms\": %.2f, \"max_ms\": %.2f, \"client_cpu_seconds\": %.3f, "
+           "\"elapsed_seconds\": %.3f}\n",
+           opened, failed, all_open_at, total_events, missing, duplicates, PCT(0.5), PCT(0.9),
+           PCT(0.99), latency_count ? latencies[latency_count - 1] : 0.0, cpu, now_s() - start);
+    return 0;
+}
