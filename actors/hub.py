@@ -25,7 +25,7 @@ from actors.adapter import Adapter
 from actors.consumer import run_consumer
 from actors.observer import NO_OBSERVER, StreamObserver
 from actors.registry import SessionRegistry
-from actors.session import CloseReason, Session
+from actors.session import CloseReason, Output, Session
 from router.bus.base import EventBus, Record
 from router.cache.base import ReplayCache
 from router.core.cursor import Cursor, EventIdentity
@@ -98,12 +98,13 @@ class Hub:
             nursery.start_soon(self.adapter.run, records_receive)
 
     async def open(
-        self, session: Session, resume_from: Cursor | None
-    ) -> tuple[trio.MemoryReceiveChannel[bytes], Replay | None]:
+        self, session: Session, resume_from: Cursor | None, output: Output | None = None
+    ) -> tuple[trio.MemoryReceiveChannel[bytes] | None, Replay | None]:
         """Attach ``session``: register it for live events, fetch its replay, start its actor.
 
-        Returns the channel of the stream's bytes, and the replay (``None`` without a cursor) so
-        the caller can say whether it was truncated. Registration and reading the adapter's cursor
+        The session writes to ``output``, or, without one, to a new memory channel whose receiving
+        end is returned (tests read it), with the replay (``None`` without a cursor) so the caller
+        can say whether it was truncated. Registration and reading the adapter's cursor
         happen with no checkpoint between them: every event after that cursor is offered to the
         session live, every event up to it comes from the replay cache, so the hand-over has no
         gap; the session skips what its own cursor covers, so it has no duplicate either.
@@ -119,9 +120,11 @@ class Hub:
         except BaseException:
             self.registry.remove(session)
             raise
-        output_send, output_receive = trio.open_memory_channel[bytes](self.settings.output_capacity)
-        self._sessions_nursery.start_soon(self._run_session, session, output_send, resume)
-        return output_receive, resume
+        receive: trio.MemoryReceiveChannel[bytes] | None = None
+        if output is None:
+            output, receive = trio.open_memory_channel[bytes](self.settings.output_capacity)
+        self._sessions_nursery.start_soon(self._run_session, session, output, resume)
+        return receive, resume
 
     async def _replay(self, after: Cursor, up_to: Cursor | None) -> Replay:
         """From the cache; when it no longer holds everything, from the bus; and only when
@@ -141,7 +144,7 @@ class Hub:
         return Replay(entries, truncated=False)
 
     async def _run_session(
-        self, session: Session, output: trio.MemorySendChannel[bytes], resume: Replay | None
+        self, session: Session, output: Output, resume: Replay | None
     ) -> None:
         started = trio.current_time()
         self.observer.opened()

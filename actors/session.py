@@ -1,9 +1,9 @@
 """The session actor: one per connected client, from its resume to its last byte.
 
 A session owns a bounded inbox the adapter fills (never blocking on it), the client's principal and
-filter, and its cursor. It writes the stream's bytes into an output channel that the HTTP layer
-drains into the response; when the client reads slowly, the output channel fills, the session stops
-reading its inbox, the inbox fills, and the adapter applies :meth:`Session.offer`'s policy.
+filter, and its cursor. It writes the stream's bytes to an :class:`Output` (the HTTP response's
+body, or a memory channel in tests); when the client reads slowly those writes wait, the session
+stops reading its inbox, the inbox fills, and the adapter applies :meth:`Session.offer`'s policy.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
@@ -27,6 +28,15 @@ from router.core.sse import Priority, SSEMessage, encode_comment, encode_retry
 
 MAX_WRITE_BATCH = 64
 log = logging.getLogger(__name__)
+
+
+class Output(Protocol):
+    """Where a session writes its stream: ``send`` waits while the client is not reading;
+    ``close`` ends the stream. A ``trio.MemorySendChannel[bytes]`` is one."""
+
+    async def send(self, value: bytes, /) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class CloseReason(enum.StrEnum):
@@ -153,7 +163,7 @@ class Session:
 
     async def run(
         self,
-        output: trio.MemorySendChannel[bytes],
+        output: Output,
         resume: Replay | None = None,
     ) -> None:
         """Write the stream into ``output`` until the session is stopped or its token expires.
@@ -169,8 +179,8 @@ class Session:
         finally:
             self.finished.set()
 
-    async def _run(self, output: trio.MemorySendChannel[bytes], resume: Replay | None) -> None:
-        async with output:
+    async def _run(self, output: Output, resume: Replay | None) -> None:
+        try:
             self._scope.deadline = trio.current_time() + max(0.0, self.expires_at - time.time())
             try:
                 with self._scope:
@@ -183,8 +193,10 @@ class Session:
                 await self._say_goodbye(output)
             except trio.BrokenResourceError:  # the HTTP side went away: the client left
                 self.stop(CloseReason.CLIENT)
+        finally:
+            output.close()
 
-    async def _replay(self, output: trio.MemorySendChannel[bytes], resume: Replay) -> None:
+    async def _replay(self, output: Output, resume: Replay) -> None:
         if resume.truncated:
             await output.send(
                 SSEErrorEvent(
@@ -211,7 +223,7 @@ class Session:
                 # delivery lag, so no lag is reported for it.
                 self.observer.sent([(entry.message.event, None)], queued=0)
 
-    async def _stream_live(self, output: trio.MemorySendChannel[bytes]) -> None:
+    async def _stream_live(self, output: Output) -> None:
         while True:
             with trio.move_on_after(self.settings.heartbeat_seconds) as silence:
                 batch = await self._next_batch()
@@ -308,7 +320,7 @@ class Session:
             return b""
         return message.to_sse_format()
 
-    async def _say_goodbye(self, output: trio.MemorySendChannel[bytes]) -> None:
+    async def _say_goodbye(self, output: Output) -> None:
         if self.close_reason not in _CLOSING_ERRORS:
             return
         code, text = _CLOSING_ERRORS[self.close_reason]

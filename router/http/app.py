@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
@@ -34,7 +33,7 @@ from router.core.stream_request import (
     check_filter_granted,
     parse_stream_request,
 )
-from router.http.asgi import remember_session
+from router.http.asgi import ResponseBodyWriter, remember_session
 from router.http.cors import apply_cors
 from router.http.errors import HTTPError
 from router.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -218,12 +217,8 @@ def create_app(
                 "remote": client_address(),
             },
         )
-        output, resume = await hub.open(session, asked.resume_from)
-
-        async def body() -> AsyncIterator[bytes]:
-            async with output:
-                async for chunk in output:
-                    yield chunk
+        writer = ResponseBodyWriter(request.scope)
+        _, resume = await hub.open(session, asked.resume_from, writer)
 
         truncated = resume is not None and resume.truncated
         headers = {
@@ -231,7 +226,7 @@ def create_app(
             "SSE-Replay": "truncated" if truncated else "complete",
             "X-Server-Version": __version__,
         }
-        response = Response(body(), status=200, headers=headers)
+        response = Response(writer.body(), status=200, headers=headers)
         response.timeout = None  # a stream lasts as long as the client wants it
         return response
 

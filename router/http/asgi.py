@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import trio
@@ -29,10 +30,42 @@ from hypercorn.typing import (
 from actors.session import CloseReason, Session
 
 SESSION_KEY = "sse_router.session"
+SEND_KEY = "sse_router.send"
 
 
 def remember_session(scope: object, session: Session) -> None:
     cast(dict[str, Any], scope)[SESSION_KEY] = session
+
+
+class ResponseBodyWriter:
+    """A session's :class:`~actors.session.Output` that writes straight to the ASGI ``send``.
+
+    Quart sends the status and headers, then iterates :meth:`body`; from that moment the session's
+    chunks go to hypercorn with no channel, generator or framework loop in between (each of those
+    cost a task switch per event and stream). When the session closes its output, :meth:`body`
+    ends and Quart ends the response.
+    """
+
+    def __init__(self, scope: object) -> None:
+        self._send: ASGISendCallable = cast(dict[str, Any], scope)[SEND_KEY]
+        self._headers_sent = trio.Event()
+        self._closed = trio.Event()
+
+    async def send(self, chunk: bytes, /) -> None:
+        if self._closed.is_set():
+            raise trio.BrokenResourceError("the response has ended")
+        await self._headers_sent.wait()
+        await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    def close(self) -> None:
+        self._closed.set()
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The response body as Quart sees it: nothing, until the session closes its output."""
+        self._headers_sent.set()
+        await self._closed.wait()
+        return
+        yield b""  # an async generator that yields nothing
 
 
 class RequestLifecycle:
@@ -49,6 +82,7 @@ class RequestLifecycle:
             else:
                 await send(message)
 
+        cast(dict[str, Any], scope)[SEND_KEY] = send_last_chunk_shielded
         try:
             await self.app(scope, receive, send_last_chunk_shielded)
         finally:
