@@ -239,16 +239,7 @@ class Session:
             if chunks:
                 await output.send(b"".join(chunks))
                 self.events_sent += len(sent)
-                if (
-                    self.settings.log_sample_rate
-                    and random.random() < self.settings.log_sample_rate
-                ):
-                    last = sent[-1].message
-                    log.info(
-                        "event sent",
-                        extra={"connection_id": self.connection_id, "sse_event": last.event,
-                               "id": last.id, "in_write": len(sent)},
-                    )  # fmt: skip
+                self._maybe_log_send(sent)
                 now = time.time()
                 self.observer.sent(
                     [

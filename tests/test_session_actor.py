@@ -325,3 +325,22 @@ async def test_a_replayed_event_moves_the_cursor_by_its_own_place_only() -> None
         "memory@e1:0:5,1:7",
         "memory@e1:0:5,1:8",
     ]
+
+
+async def test_sampled_sends_are_logged_with_the_connection_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="actors.session")
+    subject = session(log_sample_rate=1.0)
+    subject.connection_id = "c-42"
+    feed = Feed()
+    async with trio.open_nursery() as nursery:
+        await start(nursery, subject)
+        subject.offer(feed.next(content(version=1)))
+        await trio.testing.wait_all_tasks_blocked()
+        subject.stop(CloseReason.CLIENT)
+    (record,) = [r for r in caplog.records if r.getMessage() == "events sent"]
+    assert record.connection_id == "c-42"  # type: ignore[attr-defined]
+    assert record.sse_event == "content.updated"  # type: ignore[attr-defined]
