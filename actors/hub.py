@@ -143,9 +143,7 @@ class Hub:
         self.replays["complete", "bus"] += 1
         return Replay(entries, truncated=False)
 
-    async def _run_session(
-        self, session: Session, output: Output, resume: Replay | None
-    ) -> None:
+    async def _run_session(self, session: Session, output: Output, resume: Replay | None) -> None:
         started = trio.current_time()
         self.observer.opened()
         try:
