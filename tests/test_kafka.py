@@ -118,6 +118,8 @@ async def test_a_frozen_broker_is_waited_out_and_nothing_is_skipped(kafka_broker
             with trio.fail_after(30):  # a hang guard: the router must notice the outage
                 await bus.health_changed.wait()
             assert (await router.client.get("/readyz")).status_code == 503
+            metrics = (await router.client.get("/metrics")).text
+            assert 'sse_backend_errors_total{backend="bus"} 0.0' not in metrics
         finally:
             kafka_broker.resume()
         with trio.fail_after(30):  # and then that it is over

@@ -67,3 +67,31 @@ async def test_the_bus_rides_out_a_redis_outage_and_skips_nothing() -> None:
     finally:
         server.remove()
         delete_prefix(server.url, prefix)
+
+
+async def test_a_resume_neither_the_cache_nor_the_trimmed_bus_holds_is_truncated(
+    redis_bus_settings: dict[str, Any],
+) -> None:
+    streams = redis_bus_settings["redis_streams"]
+    async with running_router(cache_max_events=3, **redis_bus_settings) as router:
+        await router.running.hub.reading.wait()
+        headers = auth("u1", novels=["n1"])
+        async with router.stream(headers) as first:
+            await router.publish(content("n1", 0))
+            await first.events_count(1)
+        await router.publish(*(content("n1", n) for n in range(1, 11)))
+        await router.running.hub.adapter.wait_consumed(11)
+        client = redis.Redis.from_url(redis_bus_settings["redis_url"])
+        for stream in streams:
+            client.xtrim(
+                stream, maxlen=5, approximate=False
+            )  # the bus's own retention took the oldest entries
+        client.close()
+        resumed_headers = {**headers, "Last-Event-ID": first.events[0].last_event_id}
+        async with router.stream(resumed_headers) as resumed:
+            assert resumed.response is not None
+            assert resumed.response.headers["sse-replay"] == "truncated"
+            await resumed.events_count(4)
+    error, *retained = resumed.data()
+    assert error["code"] == "history-truncated"
+    assert [d["content_version"] for d in retained] == [8, 9, 10]
