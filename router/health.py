@@ -36,3 +36,21 @@ class Health:
         self.healthy = healthy
         self.changed.set()
         self.changed = trio.Event()
+
+
+class ReportsHealth:
+    """For a backend that keeps a :class:`Health` in ``self.health``: the Protocols' ``errors``
+    and ``healthy()``, and ``health_changed`` to wait for the next change."""
+
+    health: Health
+
+    @property
+    def errors(self) -> int:
+        return self.health.errors
+
+    @property
+    def health_changed(self) -> trio.Event:
+        return self.health.changed
+
+    async def healthy(self) -> bool:
+        return self.health.healthy

@@ -30,7 +30,7 @@ from router.bus.kafka_metadata import NO_TOPIC_ID, TopicMetadataRequest, topic_i
 from router.core.backoff import Backoff
 from router.core.cursor import Cursor, EventIdentity, Offset
 from router.core.envelope import Envelope
-from router.health import Health
+from router.health import Health, ReportsHealth
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class _Progress:
     consumed: dict[str, Offset]
 
 
-class KafkaBus:
+class KafkaBus(ReportsHealth):
     source = "kafka"
 
     def __init__(self, settings: KafkaSettings) -> None:
@@ -92,17 +92,6 @@ class KafkaBus:
         self._producer_lock = trio.Lock()
 
     # -- health and epoch --------------------------------------------------------------------------
-
-    @property
-    def errors(self) -> int:
-        return self.health.errors
-
-    @property
-    def health_changed(self) -> trio.Event:
-        return self.health.changed
-
-    async def healthy(self) -> bool:
-        return self.health.healthy
 
     async def epoch(self) -> str:
         """The topic's epoch, waiting (with backoff) until the broker answers.

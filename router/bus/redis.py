@@ -23,7 +23,7 @@ from router.core.backoff import Backoff
 from router.core.cursor import Cursor, EventIdentity, Offset, check_partition, format_offset
 from router.core.cursor import parse_offset as parse_entry_id
 from router.core.envelope import Envelope
-from router.health import Health
+from router.health import Health, ReportsHealth
 from router.redis_client import RedisConnection
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class RedisBusSettings:
             check_partition(stream)  # a stream's name is its partition in every cursor
 
 
-class RedisStreamBus:
+class RedisStreamBus(ReportsHealth):
     source = "redis"
 
     def __init__(self, settings: RedisBusSettings) -> None:
@@ -66,17 +66,6 @@ class RedisStreamBus:
 
     async def _call(self, method: str, *args: object, **kwargs: object) -> object:
         return await self._redis.call(method, *args, **kwargs)
-
-    @property
-    def errors(self) -> int:
-        return self.health.errors
-
-    @property
-    def health_changed(self) -> trio.Event:
-        return self.health.changed
-
-    async def healthy(self) -> bool:
-        return self.health.healthy
 
     async def aclose(self) -> None:
         await self._redis.aclose()

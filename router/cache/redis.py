@@ -29,7 +29,7 @@ from router.core.cursor import Cursor, EventIdentity, Offset, format_offset, par
 from router.core.history import Entry, Replay
 from router.core.scope import Scope
 from router.core.sse import SSEMessage
-from router.health import Health
+from router.health import Health, ReportsHealth
 from router.redis_client import RedisConnection
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ APPEND_SCRIPT = resources.files("router.cache").joinpath("redis_append.lua").rea
 PAGE = 500
 
 
-class RedisReplayCache:
+class RedisReplayCache(ReportsHealth):
     def __init__(
         self,
         url: str,
@@ -79,14 +79,6 @@ class RedisReplayCache:
         self.health.recovered()
         self._backoff.reset()
 
-    @property
-    def errors(self) -> int:
-        return self.health.errors
-
-    @property
-    def health_changed(self) -> trio.Event:
-        return self.health.changed
-
     async def run(self) -> None:
         """Write what waits in memory once Redis is back, even if no new event comes to push it.
         Runs until cancelled."""
@@ -97,9 +89,6 @@ class RedisReplayCache:
             else:
                 await self._waiting_writes.wait()
                 self._waiting_writes = trio.Event()
-
-    async def healthy(self) -> bool:
-        return self.health.healthy
 
     async def aclose(self) -> None:
         await self._redis.aclose()
