@@ -128,6 +128,16 @@ class RouterUnderTest:
         for stream in streams:
             await stream.read_through(marker)
 
+    async def fall_behind(self, headers: dict[str, str], missed: list[dict[str, Any]]) -> str:
+        """A client that saw one event, then was away while ``missed`` were published and
+        routed: its ``Last-Event-ID``."""
+        async with self.stream(headers) as first:
+            await self.publish(content("n1", 0))
+            await first.events_count(1)
+        await self.publish(*missed)
+        await self.running.hub.adapter.wait_consumed(1 + len(missed))
+        return first.events[0].last_event_id
+
     async def publish(self, *envelopes: dict[str, Any]) -> list[str]:
         body: Any = list(envelopes) if len(envelopes) != 1 else envelopes[0]
         response = await self.client.post("/api/v1/events", json=body, headers=PUBLISHER)

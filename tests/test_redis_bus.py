@@ -76,18 +76,12 @@ async def test_a_resume_neither_the_cache_nor_the_trimmed_bus_holds_is_truncated
     async with running_router(cache_max_events=3, **redis_bus_settings) as router:
         await router.running.hub.reading.wait()
         headers = auth("u1", novels=["n1"])
-        async with router.stream(headers) as first:
-            await router.publish(content("n1", 0))
-            await first.events_count(1)
-        await router.publish(*(content("n1", n) for n in range(1, 11)))
-        await router.running.hub.adapter.wait_consumed(11)
+        cursor = await router.fall_behind(headers, [content("n1", n) for n in range(1, 11)])
         client = redis.Redis.from_url(redis_bus_settings["redis_url"])
-        for stream in streams:
-            client.xtrim(
-                stream, maxlen=5, approximate=False
-            )  # the bus's own retention took the oldest entries
+        for stream in streams:  # the bus's own retention takes the oldest entries
+            client.xtrim(stream, maxlen=5, approximate=False)
         client.close()
-        resumed_headers = {**headers, "Last-Event-ID": first.events[0].last_event_id}
+        resumed_headers = {**headers, "Last-Event-ID": cursor}
         async with router.stream(resumed_headers) as resumed:
             assert resumed.response is not None
             assert resumed.response.headers["sse-replay"] == "truncated"

@@ -86,12 +86,8 @@ async def test_a_resume_beyond_the_cache_window_is_served_from_the_bus(
 ) -> None:
     async with shared_bus(cache_max_events=3) as router:
         headers = auth("u1", novels=["n1", "n2"])
-        async with router.stream(headers) as first:
-            await router.publish(content("n1", 0))
-            await first.events_count(1)
-        await router.publish(*(content(f"n{1 + n % 2}", n) for n in range(1, 11)))
-        await router.running.hub.adapter.wait_consumed(11)
-        resumed_headers = {**headers, "Last-Event-ID": first.events[0].last_event_id}
+        missed = [content(f"n{1 + n % 2}", n) for n in range(1, 11)]
+        resumed_headers = {**headers, "Last-Event-ID": await router.fall_behind(headers, missed)}
         async with router.stream(resumed_headers) as resumed:
             assert resumed.response.headers["sse-replay"] == "complete"
             await resumed.events_count(10)
@@ -109,12 +105,8 @@ async def test_a_resume_the_bus_will_not_read_again_is_truncated(
 ) -> None:
     async with shared_bus(cache_max_events=3, bus_replay_limit=5) as router:
         headers = auth("u1", novels=["n1"])
-        async with router.stream(headers) as first:
-            await router.publish(content("n1", 0))
-            await first.events_count(1)
-        await router.publish(*(content("n1", n) for n in range(1, 11)))
-        await router.running.hub.adapter.wait_consumed(11)
-        resumed_headers = {**headers, "Last-Event-ID": first.events[0].last_event_id}
+        missed = [content("n1", n) for n in range(1, 11)]
+        resumed_headers = {**headers, "Last-Event-ID": await router.fall_behind(headers, missed)}
         async with router.stream(resumed_headers) as resumed:
             assert resumed.response.status_code == 200, resumed.response.status_code
             assert resumed.response.headers["sse-replay"] == "truncated"
