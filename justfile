@@ -19,6 +19,7 @@ token *ARGS:
 # Everything CI checks: lint, generated files up to date, the TypeScript types, the test suite.
 test: lint ts-deps system-deps
     python -m router.codegen --check
+    npm test --prefix clients/typescript --silent
     python -m pytest
 
 # ruff on the code and tests, mypy --strict on the router and its actors.
