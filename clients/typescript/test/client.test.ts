@@ -1,55 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 
-import {
-  type CursorStore,
-  type EventSourceLike,
-  type MessageEventLike,
-  SSEClient,
-  type SSEClientOptions,
-  SSEStreamError,
-} from "../src/client.js";
-
-/** A scripted EventSource: the test opens it, sends events and errors as the router would. */
-class FakeEventSource implements EventSourceLike {
-  static made: FakeEventSource[] = [];
-  readyState = 0;
-  onopen: ((event: unknown) => void) | null = null;
-  onerror: ((event: unknown) => void) | null = null;
-  closed = false;
-  private readonly listeners = new Map<string, ((event: MessageEventLike) => void)[]>();
-
-  constructor(
-    readonly url: string,
-    readonly init: { withCredentials: boolean },
-  ) {
-    FakeEventSource.made.push(this);
-  }
-
-  addEventListener(type: string, listener: (event: MessageEventLike) => void): void {
-    this.listeners.set(type, [...(this.listeners.get(type) ?? []), listener]);
-  }
-
-  close(): void {
-    this.closed = true;
-    this.readyState = 2;
-  }
-
-  open(): void {
-    this.readyState = 1;
-    this.onopen?.({});
-  }
-
-  emit(type: string, data: object, lastEventId = ""): void {
-    for (const listener of this.listeners.get(type) ?? []) {
-      listener({ data: JSON.stringify(data), lastEventId });
-    }
-  }
-
-  fail(givenUp: boolean): void {
-    this.readyState = givenUp ? 2 : 0;
-    this.onerror?.({});
-  }
-}
+import { type CursorStore, SSEClient, type SSEClientOptions, SSEStreamError } from "../src/client.js";
+import { FakeEventSource } from "./fake-event-source.js";
 
 function memoryStore(initial: string | null = null): CursorStore & { value: string | null } {
   return {
