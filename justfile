@@ -20,6 +20,7 @@ token *ARGS:
 test: lint ts-deps system-deps
     python -m router.codegen --check
     npm test --prefix clients/typescript --silent
+    npm run test:e2e --prefix clients/typescript --silent
     python -m pytest
 
 # ruff on the code and tests, mypy --strict on the router and its actors.
@@ -46,16 +47,21 @@ ts-deps:
 kafka PORT="9092" TOPIC="sse-events":
     python -m tests.kafka_broker --port {{PORT}} --topic {{TOPIC}}
 
-# Debian packages the tests use beyond Python and npm: nginx, for the reverse-proxy test.
+# Debian packages the tests use beyond Python and npm: nginx (the reverse-proxy test) and
+# Chromium (the browser tests of the TypeScript client; never a browser download of its own).
 system-deps:
     #!/usr/bin/env bash
     set -euo pipefail
-    if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then exit 0; fi
+    missing=()
+    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    [ ${#missing[@]} = 0 ] && exit 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "nginx is missing and cannot be installed here: tests/test_nginx.py will be skipped" >&2
+        echo "missing and not installable here: ${missing[*]}" >&2
+        exit 1
     fi
 
 # Measure the router beside a peer (sse-starlette on uvicorn); prints a table. Not a test.

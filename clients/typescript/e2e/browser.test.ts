@@ -1,0 +1,187 @@
+// In a real browser (Debian's Chromium, driven by playwright-core): the page's SSEClient against
+// the real router on Redis Streams and the Redis cache, through restarts, reloads and an expired
+// token. Run by `npm run test:e2e` (part of `just test`).
+import { type ChildProcess, spawn } from "node:child_process";
+import { createHmac, randomBytes } from "node:crypto";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+
+import { build } from "esbuild";
+import { type Browser, chromium, type Page } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+const SECRET = "browser-tests-secret-0123456789abcdef0123";
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const PYTHON = process.env.SSE_ROUTER_PYTHON ?? "python";
+const REDIS_URL = process.env.REDIS_URL ?? "redis://127.0.0.1:6379/0";
+const run = randomBytes(4).toString("hex");
+
+function base64url(data: string | Buffer): string {
+  return Buffer.from(data).toString("base64url");
+}
+
+function token(claims: Record<string, unknown>, ttlSeconds = 3600): string {
+  const now = Math.floor(Date.now() / 1000);
+  const header = base64url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
+  const body = base64url(JSON.stringify({ ...claims, iat: now, exp: now + ttlSeconds }));
+  const signature = createHmac("sha256", SECRET).update(`${header}.${body}`).digest();
+  return `${header}.${body}.${base64url(signature)}`;
+}
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+let pageServer: Server;
+let pageUrl = "";
+let routerPort = 0;
+let router: ChildProcess | null = null;
+let browser: Browser;
+
+async function startRouter(): Promise<void> {
+  router = spawn(
+    PYTHON,
+    [
+      "-m", "router.cli", "serve", "--port", String(routerPort),
+      "--bus", "redis", "--redis-stream", `e2e-${run}`, "--cache", "redis",
+      "--redis-url", REDIS_URL, "--redis-key-prefix", `sse-router-e2e:${run}`,
+      "--cors-origins", new URL(pageUrl).origin, "--log-level", "warning",
+      "--shutdown-retry-spread-ms", "0", "--retry-ms", "200",
+    ],
+    { env: { ...process.env, SSE_ROUTER_JWT_SECRET: SECRET }, stdio: "ignore" },
+  );
+  for (let attempt = 0; attempt < 200; attempt++) {
+    try {
+      const ready = await fetch(`http://127.0.0.1:${routerPort}/readyz`);
+      if (ready.ok) return;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error("the router did not start");
+}
+
+async function stopRouter(): Promise<void> {
+  const process = router;
+  if (!process) return;
+  const exited = new Promise((resolve) => process.once("exit", resolve));
+  process.kill("SIGTERM");
+  await exited;
+  router = null;
+}
+
+async function publish(...versions: number[]): Promise<void> {
+  const body = versions.map((version) => ({
+    event_type: "Content.Updated",
+    occurred_at: new Date().toISOString(),
+    scope: { novel_id: "n1" },
+    payload: { novel_id: "n1", content_version: version },
+  }));
+  const response = await fetch(`http://127.0.0.1:${routerPort}/api/v1/events`, {
+    method: "POST",
+    headers: {
+      "Content-Type": "application/json",
+      Authorization: `Bearer ${token({ sub: "backend", roles: ["publisher"] })}`,
+    },
+    body: JSON.stringify(body),
+  });
+  expect(response.status).toBe(202);
+}
+
+async function received(page: Page, count: number): Promise<number[]> {
+  await page.waitForFunction((n) => window.received.length >= n, count, { timeout: 20_000 });
+  return page.evaluate(() => window.received);
+}
+
+beforeAll(async () => {
+  const bundle = await build({
+    entryPoints: [new URL("./page.ts", import.meta.url).pathname],
+    bundle: true,
+    format: "esm",
+    write: false,
+  });
+  const script = bundle.outputFiles[0]?.text ?? "";
+  pageServer = createServer((request, response) => {
+    const url = new URL(request.url ?? "/", "http://localhost");
+    if (url.pathname === "/token") {
+      const ttl = Number(url.searchParams.get("ttl") ?? "3600");
+      response.end(token({ sub: "reader", novels: ["n1"] }, ttl));
+    } else if (url.pathname === "/page.js") {
+      response.setHeader("Content-Type", "text/javascript");
+      response.end(script);
+    } else {
+      response.setHeader("Content-Type", "text/html");
+      response.end('<!doctype html><body></body><script type="module" src="/page.js"></script>');
+    }
+  });
+  await new Promise<void>((resolve) => pageServer.listen(0, "127.0.0.1", resolve));
+  pageUrl = `http://127.0.0.1:${(pageServer.address() as AddressInfo).port}`;
+  routerPort = await freePort();
+  await startRouter();
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    chromiumSandbox: false,
+    args: [
+      "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync",
+    ],
+  });
+}, 60_000);
+
+afterAll(async () => {
+  await browser?.close();
+  await stopRouter();
+  await new Promise((resolve) => pageServer?.close(resolve));
+  // The test's own keys and stream, gone with it.
+  const cleanup = spawn(PYTHON, [
+    "-c",
+    "import redis, sys; r = redis.Redis.from_url(sys.argv[1]);"
+      + " keys = list(r.scan_iter(sys.argv[2] + ':*')) + [sys.argv[3]]; r.delete(*keys)",
+    REDIS_URL,
+    `sse-router-e2e:${run}`,
+    `e2e-${run}`,
+  ]);
+  await new Promise((resolve) => cleanup.once("exit", resolve));
+});
+
+describe("the client in a browser, against the router", () => {
+  it("receives, and resumes exactly after a router restart and after a reload", async () => {
+    const page = await browser.newPage();
+    await page.goto(`${pageUrl}/?router=http://127.0.0.1:${routerPort}`);
+    await page.waitForFunction(() => window.state === "open");
+    await publish(1, 2, 3);
+    expect(await received(page, 3)).toEqual([1, 2, 3]);
+
+    // The router restarts mid-stream; events are published right after it is back. The browser
+    // reconnects on its own with Last-Event-ID and gets them once, in order.
+    await stopRouter();
+    await startRouter();
+    await publish(4, 5);
+    expect(await received(page, 5)).toEqual([1, 2, 3, 4, 5]);
+
+    // A reload resumes from the cursor the client kept in sessionStorage.
+    await page.reload();
+    await page.waitForFunction(() => window.state === "open");
+    await publish(6);
+    expect(await received(page, 1)).toEqual([6]);
+    await page.close();
+  }, 90_000);
+
+  it("reconnects with a fresh token when the router says it expired", async () => {
+    const page = await browser.newPage();
+    await page.goto(`${pageUrl}/?router=http://127.0.0.1:${routerPort}&ttl=2`);
+    await page.waitForFunction(() => window.errors.includes("token-expired"), undefined, {
+      timeout: 20_000,
+    });
+    await page.waitForFunction(() => window.tokensFetched >= 2 && window.state === "open");
+    await publish(7);
+    expect((await received(page, 1)).at(-1)).toBe(7);
+    await page.close();
+  }, 60_000);
+});
