@@ -6,7 +6,7 @@
     ├── consumer   bus -> records channel (capacity: records_capacity batches)
     ├── adapter    records channel -> replay cache, and each session's inbox (send_nowait)
     └── sessions nursery
-        └── session, one per client: inbox (capacity: inbox_capacity) -> output -> response
+        └── session, one per client: inbox (capacity: inbox_capacity) -> its output
 
 Cancelling the hub's scope stops all of it. :meth:`Hub.close_sessions` is the graceful step before
 that: every session says goodbye (``server-shutdown``) and ends its response.
@@ -41,7 +41,7 @@ class HubSettings:
     records_capacity: int = 16
     """Batches of records between the consumer and the adapter (each at most a few hundred)."""
     output_capacity: int = 1
-    """Chunks between a session and its HTTP response: a hand-off, not a buffer."""
+    """Chunks between a session and a memory-channel output (when ``open`` is given none)."""
     bus_replay_limit: int = 100_000
     """Most events read again from the bus for one resume; beyond, the resume is truncated."""
 
