@@ -211,12 +211,15 @@ def main() -> None:
     parser.add_argument("--connections", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--events", type=int, default=200)
     parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument(
+        "--workloads", nargs="+", choices=("idle", "broadcast"), default=["idle", "broadcast"]
+    )
     args = parser.parse_args()
     raise_open_files_limit()
     client = build_client()
     rows: list[tuple[str, int, str, float, float]] = []
     for connections in args.connections:
-        for workload in ("idle", "broadcast"):
+        for workload in args.workloads:
             results = {}
             for start in (start_router, start_peer):
                 server = start()
