@@ -121,14 +121,17 @@ def start_peer() -> Server:
     return server
 
 
-def publish(server: Server, seq: int) -> None:
-    payload = {"level": "info", "title": f"{seq}:{time.time_ns()}", "message": "benchmark"}
-    body = {
-        "event_type": "System.NotificationSent",
-        "occurred_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "scope": {"broadcast": True},
-        "payload": payload,
-    }
+def publish(server: Server, seq: int, count: int = 1) -> None:
+    """Publish events ``seq`` .. ``seq + count - 1`` in one request, each stamped now."""
+    body = [
+        {
+            "event_type": "System.NotificationSent",
+            "occurred_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "scope": {"broadcast": True},
+            "payload": {"level": "info", "title": f"{n}:{time.time_ns()}", "message": "benchmark"},
+        }
+        for n in range(seq, seq + count)
+    ]
     headers = {"Content-Type": "application/json"}
     token = server.publisher_token  # type: ignore[attr-defined]
     if token:
@@ -206,13 +209,38 @@ def broadcast(client: Path, server: Server, connections: int, events: int, rate:
     }
 
 
+def throughput(client: Path, server: Server, connections: int, events: int) -> dict[str, float]:
+    """``events`` published in batches of 100 as fast as the server takes them."""
+    cpu_before = server.cpu_seconds()
+
+    def publish_all() -> None:
+        for seq in range(0, events, 100):
+            publish(server, seq, min(100, events - seq))
+
+    publisher = threading.Thread(target=publish_all)
+    result = run_client(client, server, connections, events, 600.0, on_open=publisher.start)
+    publisher.join()
+    elapsed = max(result["elapsed_seconds"] - result["open_seconds"], 1e-9)
+    return {
+        "delivered_per_second": result["events"] / elapsed,
+        "p50_ms": result["p50_ms"],
+        "p99_ms": result["p99_ms"],
+        "missing": result["missing"],
+        "duplicates": result["duplicates"],
+        "server_cpu_seconds": server.cpu_seconds() - cpu_before,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--connections", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--events", type=int, default=200)
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument(
-        "--workloads", nargs="+", choices=("idle", "broadcast"), default=["idle", "broadcast"]
+        "--workloads",
+        nargs="+",
+        choices=("idle", "broadcast", "throughput"),
+        default=["idle", "broadcast", "throughput"],
     )
     args = parser.parse_args()
     raise_open_files_limit()
@@ -226,6 +254,8 @@ def main() -> None:
                 try:
                     if workload == "idle":
                         results[server.name] = idle(client, server, connections)
+                    elif workload == "throughput":
+                        results[server.name] = throughput(client, server, connections, 2000)
                     else:
                         results[server.name] = broadcast(
                             client, server, connections, args.events, args.rate
