@@ -17,11 +17,16 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 subscribers: set[asyncio.Queue[dict[str, str]]] = set()
+by_user: dict[str, set[asyncio.Queue[dict[str, str]]]] = {}
 
 
 async def stream(request: Request) -> EventSourceResponse:
+    """A subscriber; ``?user=`` also subscribes it to that user's events."""
     queue: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    user = request.query_params.get("user")
     subscribers.add(queue)
+    if user:
+        by_user.setdefault(user, set()).add(queue)
 
     async def events() -> AsyncIterator[dict[str, str]]:
         try:
@@ -29,6 +34,8 @@ async def stream(request: Request) -> EventSourceResponse:
                 yield await queue.get()
         finally:
             subscribers.discard(queue)
+            if user:
+                by_user.get(user, set()).discard(queue)
 
     return EventSourceResponse(events())
 
@@ -38,7 +45,8 @@ async def publish(request: Request) -> JSONResponse:
     items = body if isinstance(body, list) else [body]
     for item in items:
         event = {"event": "system.notification-sent", "data": json.dumps(item["payload"])}
-        for queue in subscribers:
+        user = item["scope"].get("user_id")
+        for queue in by_user.get(user, set()) if user else subscribers:
             queue.put_nowait(event)
     return JSONResponse({"accepted": len(items)}, status_code=202)
 

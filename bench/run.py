@@ -121,13 +121,14 @@ def start_peer() -> Server:
     return server
 
 
-def publish(server: Server, seq: int, count: int = 1) -> None:
-    """Publish events ``seq`` .. ``seq + count - 1`` in one request, each stamped now."""
+def publish(server: Server, seq: int, count: int = 1, users: list[str] | None = None) -> None:
+    """Publish events ``seq`` .. ``seq + count - 1`` in one request, each stamped now: to
+    everyone, or each to one of ``users``."""
     body = [
         {
             "event_type": "System.NotificationSent",
             "occurred_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "scope": {"broadcast": True},
+            "scope": {"user_id": users[n]} if users else {"broadcast": True},
             "payload": {"level": "info", "title": f"{n}:{time.time_ns()}", "message": "benchmark"},
         }
         for n in range(seq, seq + count)
@@ -231,6 +232,54 @@ def throughput(client: Path, server: Server, connections: int, events: int) -> d
     }
 
 
+def targeted(client: Path, server: Server, connections: int, rate: float) -> dict[str, float]:
+    """Each stream a different user; events at ``rate``/s for 5 s, each for one random user.
+    Routing by index: the cost per event must not grow with the number of streams."""
+    import random
+
+    from router.auth import mint_token
+
+    users = [f"user-{n}" for n in range(connections)]
+    lines = []
+    for user in users:
+        if server.name == "router":
+            lines.append(
+                f"{server.stream_path}\tAuthorization: Bearer {mint_token(SECRET, sub=user)}"
+            )
+        else:
+            lines.append(f"{server.stream_path}?user={user}\t")
+    requests = BUILD / f"requests-{server.name}.txt"
+    requests.write_text("\n".join(lines) + "\n")
+    events = int(rate * 5)
+    chosen = [random.choice(users) for _ in range(events)]
+    cpu: dict[str, float] = {}
+
+    def publish_all() -> None:
+        cpu["before"] = server.cpu_seconds()  # every stream is open: count only the events
+        start = time.monotonic()
+        for seq in range(0, events, 100):
+            publish(server, seq, min(100, events - seq), users=chosen)
+            time.sleep(max(0.0, start + (seq + 100) / rate - time.monotonic()))
+        cpu["after"] = server.cpu_seconds()
+
+    publisher = threading.Thread(target=publish_all)
+    command_server = Server(
+        server.name, server.process, server.port, f"@{requests}", "", server.publish_path
+    )
+    result = run_client(client, command_server, connections, 0, 8.0 + connections / 1000,
+                        on_open=publisher.start)  # fmt: skip
+    publisher.join()
+    used = cpu["after"] - cpu["before"]
+    return {
+        "delivered_per_second": result["events"] / 5.0,
+        "p50_ms": result["p50_ms"],
+        "p99_ms": result["p99_ms"],
+        "missing": events - result["events"],
+        "duplicates": result["duplicates"],
+        "server_cpu_ms_per_event": 1000 * used / max(1, events),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--connections", type=int, nargs="+", default=[1000, 5000])
@@ -239,7 +288,7 @@ def main() -> None:
     parser.add_argument(
         "--workloads",
         nargs="+",
-        choices=("idle", "broadcast", "throughput"),
+        choices=("idle", "broadcast", "throughput", "targeted"),
         default=["idle", "broadcast", "throughput"],
     )
     args = parser.parse_args()
@@ -254,6 +303,8 @@ def main() -> None:
                 try:
                     if workload == "idle":
                         results[server.name] = idle(client, server, connections)
+                    elif workload == "targeted":
+                        results[server.name] = targeted(client, server, connections, 2000.0)
                     elif workload == "throughput":
                         results[server.name] = throughput(client, server, connections, 2000)
                     else:

@@ -9,6 +9,7 @@
  *
  * usage: sseclient HOST PORT REQUEST_PATH CONNECTIONS EXPECTED_EVENTS TIMEOUT_S [AUTH_HEADER]
  *   waits until every connection got EXPECTED_EVENTS (0: only open them and hold for TIMEOUT_S).
+ *   REQUEST_PATH "@file": one "path<TAB>header" line per connection (a different user each).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -154,10 +155,26 @@ int main(int argc, char **argv) {
     double timeout = atof(argv[6]);
     const char *auth = argc > 7 ? argv[7] : "";
 
-    char request[8192];
-    int request_len = snprintf(request, sizeof(request),
-                               "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n%s%s\r\n",
-                               path, host, auth, auth[0] ? "\r\n" : "");
+    char **requests = calloc(n, sizeof(char *));
+    int *request_lens = calloc(n, sizeof(int));
+    FILE *per_connection = path[0] == '@' ? fopen(path + 1, "r") : NULL;
+    for (int k = 0; k < n; k++) {
+        char line[8192], own_path[8192] = "", own_auth[8192] = "";
+        const char *p = path, *a = auth;
+        if (per_connection && fgets(line, sizeof(line), per_connection)) {
+            line[strcspn(line, "\n")] = 0;
+            char *tab = strchr(line, '\t');
+            if (tab) { *tab = 0; snprintf(own_auth, sizeof(own_auth), "%s", tab + 1); }
+            snprintf(own_path, sizeof(own_path), "%s", line);
+            p = own_path;
+            a = own_auth;
+        }
+        requests[k] = malloc(16384);
+        request_lens[k] = snprintf(requests[k], 16384,
+                                   "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n%s%s\r\n",
+                                   p, host, a, a[0] ? "\r\n" : "");
+    }
+    if (per_connection) fclose(per_connection);
 
     struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons(port)};
     inet_pton(AF_INET, host, &address.sin_addr);
@@ -190,7 +207,8 @@ int main(int argc, char **argv) {
                 int error = 0;
                 socklen_t len = sizeof(error);
                 getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &error, &len);
-                if (error || write(c->fd, request, request_len) != request_len) {
+                int k = (int)events[e].data.u32;
+                if (error || write(c->fd, requests[k], request_lens[k]) != request_lens[k]) {
                     failed++; c->done = 1; done++; close(c->fd); continue;
                 }
                 c->state = 1;
