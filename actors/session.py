@@ -20,7 +20,7 @@ from typing import Protocol
 import trio
 
 from actors.observer import NO_OBSERVER, StreamObserver
-from router.core.cursor import Cursor, EventIdentity
+from router.core.cursor import Cursor, EventIdentity, advance
 from router.core.events import ErrorCode, SSEErrorEvent
 from router.core.history import Replay
 from router.core.permissions import Principal, StreamFilter, admits
@@ -211,11 +211,7 @@ class Session:
             # A replayed event moves the client's cursor by its own place only. The cache may
             # hold events another instance appended, whose cursors describe that instance's
             # progress, not what this client has been served.
-            self.cursor = (
-                Cursor.of(entry.identity)
-                if self.cursor is None or not _same_history(self.cursor, entry.identity)
-                else self.cursor.advance(entry.identity)
-            )
+            self.cursor = advance(self.cursor, entry.identity)
             if admits(entry.message, self.principal, self.stream_filter):
                 await output.send(entry.message.with_id(str(self.cursor)).to_sse_format())
                 self.events_sent += 1
@@ -328,7 +324,3 @@ class Session:
         with trio.move_on_after(self.settings.goodbye_timeout_seconds) as scope:
             scope.shield = True
             await output.send(goodbye.to_sse_format())
-
-
-def _same_history(cursor: Cursor, identity: EventIdentity) -> bool:
-    return (cursor.source, cursor.epoch) == (identity.source, identity.epoch)

@@ -221,6 +221,14 @@ class Cursor:
         return Cursor(self.source, self.epoch, (*others, (identity.partition, identity.offset)))
 
 
+def advance(cursor: Cursor | None, identity: EventIdentity) -> Cursor:
+    """``cursor`` moved on to ``identity``; no cursor yet, or an identity of another history (a
+    new epoch), starts a new cursor at ``identity``."""
+    if cursor is None or (cursor.source, cursor.epoch) != (identity.source, identity.epoch):
+        return Cursor.of(identity)
+    return cursor.advance(identity)
+
+
 def parse_cursor(text: str) -> Cursor:
     """Parse a ``Last-Event-ID``: a cursor, or the single-event seed form.
 

@@ -29,7 +29,6 @@ from router.core.sse import JSONObject
 
 MAX_EVENT_TYPE_LENGTH = 128
 MAX_EVENT_ID_LENGTH = 256
-ENVELOPE_FIELDS = ("event_type", "event_id", "occurred_at", "scope", "payload")
 
 _EVENT_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+")
 # RFC 3339 section 5.6: full-date "T" full-time, with a mandatory offset (Z or +hh:mm). The offset's

@@ -12,7 +12,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from router.core.cursor import Cursor, EventIdentity
+from router.core.cursor import Cursor, EventIdentity, advance
 from router.core.envelope import (
     Envelope,
     EnvelopeError,
@@ -149,7 +149,7 @@ def convert_batch(
     """
     batch = Batch(cursor=cursor)
     for identity, raw in records:
-        batch.cursor = _advance(batch.cursor, identity)
+        batch.cursor = advance(batch.cursor, identity)
         try:
             envelope = parse_envelope(raw)
             message = to_sse(envelope, identity, id=str(batch.cursor))
@@ -160,10 +160,3 @@ def convert_batch(
         else:
             batch.events.append(Converted(identity, batch.cursor, envelope, message))
     return batch
-
-
-def _advance(cursor: Cursor | None, identity: EventIdentity) -> Cursor:
-    """``cursor`` moved on to ``identity``; a record of a new epoch starts a new history."""
-    if cursor is None or (cursor.source, cursor.epoch) != (identity.source, identity.epoch):
-        return Cursor.of(identity)
-    return cursor.advance(identity)
