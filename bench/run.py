@@ -183,19 +183,19 @@ def idle(client: Path, server: Server, connections: int) -> dict[str, float]:
     }
 
 
-def broadcast(client: Path, server: Server, connections: int, events: int, rate: float) -> dict:
+def with_publisher(
+    client: Path,
+    server: Server,
+    connections: int,
+    expected: int,
+    timeout: float,
+    publish_all: Callable[[], None],
+) -> dict[str, float]:
+    """Open the streams, publish from a thread once all are open, and report delivery: what
+    the broadcast and throughput workloads share."""
     cpu_before = server.cpu_seconds()
-    timings: dict[str, float] = {}
-
-    def publish_all() -> None:
-        timings["start"] = time.monotonic()
-        for seq in range(events):
-            publish(server, seq)
-            time.sleep(max(0.0, timings["start"] + (seq + 1) / rate - time.monotonic()))
-        timings["end"] = time.monotonic()
-
     publisher = threading.Thread(target=publish_all)
-    result = run_client(client, server, connections, events, 120.0, on_open=publisher.start)
+    result = run_client(client, server, connections, expected, timeout, on_open=publisher.start)
     publisher.join()
     elapsed = max(result["elapsed_seconds"] - result["open_seconds"], 1e-9)
     return {
@@ -210,26 +210,28 @@ def broadcast(client: Path, server: Server, connections: int, events: int, rate:
     }
 
 
+def broadcast(
+    client: Path, server: Server, connections: int, events: int, rate: float
+) -> dict[str, float]:
+    """``events`` to every stream, one per request, at up to ``rate`` per second."""
+
+    def publish_all() -> None:
+        start = time.monotonic()
+        for seq in range(events):
+            publish(server, seq)
+            time.sleep(max(0.0, start + (seq + 1) / rate - time.monotonic()))
+
+    return with_publisher(client, server, connections, events, 120.0, publish_all)
+
+
 def throughput(client: Path, server: Server, connections: int, events: int) -> dict[str, float]:
     """``events`` published in batches of 100 as fast as the server takes them."""
-    cpu_before = server.cpu_seconds()
 
     def publish_all() -> None:
         for seq in range(0, events, 100):
             publish(server, seq, min(100, events - seq))
 
-    publisher = threading.Thread(target=publish_all)
-    result = run_client(client, server, connections, events, 600.0, on_open=publisher.start)
-    publisher.join()
-    elapsed = max(result["elapsed_seconds"] - result["open_seconds"], 1e-9)
-    return {
-        "delivered_per_second": result["events"] / elapsed,
-        "p50_ms": result["p50_ms"],
-        "p99_ms": result["p99_ms"],
-        "missing": result["missing"],
-        "duplicates": result["duplicates"],
-        "server_cpu_seconds": server.cpu_seconds() - cpu_before,
-    }
+    return with_publisher(client, server, connections, events, 600.0, publish_all)
 
 
 def targeted(client: Path, server: Server, connections: int, rate: float) -> dict[str, float]:
