@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -220,30 +221,47 @@ class Session:
                 self.observer.sent([(entry.message.event, None)], queued=0)
 
     async def _stream_live(self, output: Output) -> None:
+        # One silence scope lasts until a heartbeat is due, across any number of events: its
+        # deadline is lifted while writing (a write is not silence, and must not be cut short)
+        # and set again after. Entering a fresh scope per event cost more than the write itself
+        # when one event goes to thousands of streams.
+        heartbeat = self.settings.heartbeat_seconds
         while True:
-            with trio.move_on_after(self.settings.heartbeat_seconds) as silence:
-                batch = await self._next_batch()
-            if silence.cancelled_caught:
+            batch: Sequence[Delivery] = ()
+            with trio.CancelScope(deadline=trio.current_time() + heartbeat) as silence:
+                while True:
+                    batch = await self._next_batch()
+                    if silence.cancel_called:
+                        break  # the heartbeat fell due as this batch came: it goes out instead
+                    silence.deadline = math.inf
+                    await self._write(output, batch)
+                    batch = ()
+                    silence.deadline = trio.current_time() + heartbeat
+            if batch:
+                await self._write(output, batch)
+            else:
                 await output.send(encode_comment())
-                continue
-            chunks, sent = [], []
-            for delivery in batch:
-                chunk = self._encode(delivery.identity, delivery.cursor, delivery.message)
-                if chunk:
-                    chunks.append(chunk)
-                    sent.append(delivery)
-            if chunks:
-                await output.send(b"".join(chunks))
-                self.events_sent += len(sent)
-                self._maybe_log_send(sent)
-                now = time.time()
-                self.observer.sent(
-                    [
-                        (d.message.event, None if d.occurred_at is None else now - d.occurred_at)
-                        for d in sent
-                    ],
-                    queued=self._inbox.statistics().current_buffer_used,
-                )
+
+    async def _write(self, output: Output, batch: Sequence[Delivery]) -> None:
+        chunks, sent = [], []
+        for delivery in batch:
+            chunk = self._encode(delivery.identity, delivery.cursor, delivery.message)
+            if chunk:
+                chunks.append(chunk)
+                sent.append(delivery)
+        if not chunks:
+            return
+        await output.send(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        self.events_sent += len(sent)
+        self._maybe_log_send(sent)
+        now = time.time()
+        self.observer.sent(
+            [
+                (d.message.event, None if d.occurred_at is None else now - d.occurred_at)
+                for d in sent
+            ],
+            queued=self._inbox.statistics().current_buffer_used,
+        )
 
     def _maybe_log_send(self, sent: Sequence[Delivery]) -> None:
         rate = self.settings.log_sample_rate

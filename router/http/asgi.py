@@ -28,9 +28,11 @@ from hypercorn.typing import (
 )
 
 from actors.session import CloseReason, Session
+from router.http.direct_body import ChunkedSocketWriter, direct_writer
 
 SESSION_KEY = "sse_router.session"
 SEND_KEY = "sse_router.send"
+SERVER_SEND_KEY = "sse_router.server_send"
 
 
 def remember_session(scope: object, session: Session) -> None:
@@ -42,20 +44,36 @@ class ResponseBodyWriter:
 
     Quart sends the status and headers, then iterates :meth:`body`; from that moment the session's
     chunks go to hypercorn with no channel, generator or framework loop in between (each of those
-    cost a task switch per event and stream). When the session closes its output, :meth:`body`
-    ends and Quart ends the response.
+    cost a task switch per event and stream), and, on plain HTTP/1.1, straight onto the socket
+    (:mod:`router.http.direct_body`). When the session closes its output, :meth:`body` ends and
+    Quart ends the response.
     """
 
     def __init__(self, scope: object) -> None:
         self._send: ASGISendCallable = cast(dict[str, Any], scope)[SEND_KEY]
+        self._server_send: object = cast(dict[str, Any], scope).get(SERVER_SEND_KEY)
+        self._direct: ChunkedSocketWriter | None = None
         self._headers_sent = trio.Event()
         self._closed = trio.Event()
 
     async def send(self, chunk: bytes, /) -> None:
         if self._closed.is_set():
             raise trio.BrokenResourceError("the response has ended")
-        await self._headers_sent.wait()
+        if self._direct is not None:
+            await self._direct.send(chunk)
+            return
+        if not self._headers_sent.is_set():
+            await self._headers_sent.wait()
+            self._direct = direct_writer(self._server_send)
+            if self._direct is not None:
+                await self._direct.send(chunk)
+                return
         await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    @property
+    def writes_directly(self) -> bool:
+        """Whether chunks go straight onto the socket (known once the first one went out)."""
+        return self._direct is not None
 
     def close(self) -> None:
         self._closed.set()
@@ -83,6 +101,7 @@ class RequestLifecycle:
                 await send(message)
 
         cast(dict[str, Any], scope)[SEND_KEY] = send_last_chunk_shielded
+        cast(dict[str, Any], scope)[SERVER_SEND_KEY] = send
         try:
             await self.app(scope, receive, send_last_chunk_shielded)
         finally:

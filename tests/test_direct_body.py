@@ -1,0 +1,113 @@
+"""Stream bodies written straight onto the socket (router/http/direct_body.py), on the real server.
+
+The client side parses every response with h11, so a chunk framed wrongly, cut in two or
+interleaved would fail these tests as a protocol error, not only as a missing event.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import h11
+import pytest
+import trio
+
+import router.http.asgi
+from router.http.direct_body import ChunkedSocketWriter, direct_writer
+from tests.e2e_helpers import STREAM_PATH, content, running_router, token
+from tests.sse_spec_parser import parse_stream
+
+
+@pytest.fixture
+def writers(monkeypatch: pytest.MonkeyPatch) -> list[ChunkedSocketWriter | None]:
+    """What :func:`direct_writer` found for each stream the router opened."""
+    found: list[ChunkedSocketWriter | None] = []
+
+    def recording(asgi_send: Any) -> ChunkedSocketWriter | None:
+        found.append(direct_writer(asgi_send))
+        return found[-1]
+
+    monkeypatch.setattr(router.http.asgi, "direct_writer", recording)
+    return found
+
+
+async def test_an_http11_stream_is_written_straight_to_its_socket(
+    writers: list[ChunkedSocketWriter | None],
+) -> None:
+    async with running_router() as router, router.stream() as stream:
+        await router.publish(*(content("n1", n) for n in range(5)))
+        await stream.events_count(5)
+    assert [d["content_version"] for d in stream.data()] == [0, 1, 2, 3, 4]
+    assert len(writers) == 1
+    assert isinstance(writers[0], ChunkedSocketWriter)
+
+
+async def test_an_http10_stream_is_left_to_the_server_and_still_works(
+    writers: list[ChunkedSocketWriter | None],
+) -> None:
+    async with running_router() as router:
+        host, port = router.url.removeprefix("http://").rsplit(":", 1)
+        with trio.socket.socket() as client:
+            await client.connect((host, int(port)))
+            path = f"{STREAM_PATH}?token={token(novels=['n1'])}"
+            await client.send(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+            received = b""
+            while b"retry:" not in received:
+                received += await client.recv(65536)
+            await router.publish(content("n1", 7))
+            with trio.fail_after(20):
+                while b"content_version" not in received:
+                    received += await client.recv(65536)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head.lower()  # HTTP/1.0: the body ends with the connection
+    assert writers == [None]
+    (event,) = parse_stream(body).events
+    assert event.event == "content.updated"
+
+
+async def test_a_slow_reader_gets_every_chunk_whole_and_in_order(
+    writers: list[ChunkedSocketWriter | None],
+) -> None:
+    """More than the socket buffers hold: writes are cut short and finish under the send lock."""
+    async with running_router(session_buffer=512) as router:
+        host, port = router.url.removeprefix("http://").rsplit(":", 1)
+        with trio.socket.socket() as client:
+            client.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+            await client.connect((host, int(port)))
+            connection = h11.Connection(h11.CLIENT)
+            request = h11.Request(
+                method="GET",
+                target=f"{STREAM_PATH}?token={token(novels=['n1'])}",
+                headers=[("Host", "x")],
+            )
+            await client.send(connection.send(request) + connection.send(h11.EndOfMessage()))
+            while not isinstance(connection.next_event(), h11.Data):  # up to the retry hint
+                connection.receive_data(await client.recv(65536))
+            (writer,) = writers
+            assert writer is not None
+            big = [content("n1", n, summary="x" * 8000) for n in range(300)]
+            for start in range(0, len(big), 50):
+                await router.publish(*big[start : start + 50])
+            await router.running.hub.adapter.wait_consumed(len(big))
+            body = b""
+            with trio.fail_after(20):
+                while body.count(b"content_version") < len(big) or not body.endswith(b"\n\n"):
+                    event = connection.next_event()
+                    if event is h11.NEED_DATA:
+                        connection.receive_data(await client.recv(65536))
+                    elif isinstance(event, h11.Data):
+                        body += bytes(event.data)
+    assert writer.waits > 0
+    events = parse_stream(body).events
+    assert [e.event for e in events] == ["content.updated"] * len(big)
+    versions = [json.loads(e.data)["content_version"] for e in events]
+    assert versions == list(range(len(big)))
+
+
+def test_anything_but_hypercorns_http11_send_is_left_alone() -> None:
+    async def plain_send(message: object) -> None:
+        pass
+
+    assert direct_writer(plain_send) is None
+    assert direct_writer(object()) is None
