@@ -45,13 +45,19 @@ class Adapter:
         *,
         clock: Callable[[], float] = trio.current_time,
         dedup_window: int = 10_000,
+        fanout_pause_seconds: float = 0.02,
+        fanout_pause_above: int = 1000,
     ) -> None:
         self.cache = cache
         self.registry = registry
         self.cursor: Cursor | None = None
         self.stats = AdapterStats()
         self._clock = clock
+        self.fanout_pause_seconds = fanout_pause_seconds
+        self.fanout_pause_above = fanout_pause_above
         self._seq = 0
+        self._offered = 0
+        """Offers made so far (of any outcome): how many sessions each step woke, at most."""
         self._processed = trio.Event()
         self._recent_ids = RecentIds(dedup_window)
 
@@ -60,10 +66,30 @@ class Adapter:
 
         A malformed or unknown event is counted and logged with its position, and skipped: its
         position still advances the cursor, so it is never read again.
+
+        Everything waiting in ``records_in`` is routed in one step, so that each session writes
+        it in one write. After a step that woke at least ``fanout_pause_above`` sessions, the
+        adapter first lets them write (their turn is the next scheduling round, and its own the
+        one after), then waits ``fanout_pause_seconds`` before routing more. Without that pause
+        a wide fan-out is one long round per event, and the publishes, connects and resumes
+        that are in flight move one step per long round: events trickle in one by one and every
+        stream pays a write for each. With it, they arrive during a few short rounds and go out
+        together. The pause is the most it adds to an event's delivery.
         """
         async with records_in:
             async for records in records_in:
+                woken = self._offered
                 await self.process(records)
+                while True:
+                    try:
+                        more = records_in.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    await self.process(more)
+                if self.fanout_pause_seconds and self._offered - woken >= self.fanout_pause_above:
+                    await trio.lowlevel.checkpoint()  # the sessions write, in the next round
+                    await trio.lowlevel.checkpoint()  # and we are back after them
+                    await trio.sleep(self.fanout_pause_seconds)
 
     async def process(self, records: Sequence[Record]) -> None:
         batch = convert_batch(((r.identity, r.raw) for r in records), self.cursor)
@@ -124,6 +150,7 @@ class Adapter:
         for session in self.registry.candidates(message.scope):
             if admits(message, session.principal, session.stream_filter):
                 offers[session.offer(delivery)] += 1
+                self._offered += 1
 
 
 def _seconds(timestamp: str) -> float:

@@ -5,6 +5,7 @@
     hub nursery
     ├── consumer   bus -> records channel (capacity: records_capacity batches)
     ├── adapter    records channel -> replay cache, and each session's inbox (send_nowait)
+    ├── heartbeat clock   ticks every session; a quiet one gets a heartbeat in its inbox
     └── sessions nursery
         └── session, one per client: inbox (capacity: inbox_capacity) -> its output
 
@@ -23,6 +24,7 @@ import trio
 
 from actors.adapter import Adapter
 from actors.consumer import run_consumer
+from actors.heartbeats import run_heartbeat_clock
 from actors.observer import NO_OBSERVER, StreamObserver
 from actors.registry import SessionRegistry
 from actors.session import CloseReason, Output, Session
@@ -44,6 +46,10 @@ class HubSettings:
     """Chunks between a session and a memory-channel output (when ``open`` is given none)."""
     bus_replay_limit: int = 100_000
     """Most events read again from the bus for one resume; beyond, the resume is truncated."""
+    heartbeat_seconds: float = 15.0
+    """A stream that carried nothing for this long gets a comment line (see actors/heartbeats)."""
+    fanout_pause_seconds: float = 0.02
+    """After routing to many sessions, the adapter waits this long (see :meth:`Adapter.run`)."""
 
 
 class Hub:
@@ -59,7 +65,9 @@ class Hub:
         self.settings = settings
         self.observer = observer
         self.registry = SessionRegistry()
-        self.adapter = Adapter(cache, self.registry)
+        self.adapter = Adapter(
+            cache, self.registry, fanout_pause_seconds=settings.fanout_pause_seconds
+        )
         self.epoch = ""
         self.closing = False
         """Set by :meth:`close_sessions`: the router is shutting down and takes no new streams."""
@@ -84,6 +92,7 @@ class Hub:
         async with trio.open_nursery() as nursery:
             self._sessions_nursery = await nursery.start(_open_sessions_nursery)
             nursery.start_soon(self.cache.run)
+            nursery.start_soon(run_heartbeat_clock, self.registry, self.settings.heartbeat_seconds)
             task_status.started()
             # A bus that cannot be reached yet is waited for here, with sessions already served:
             # until its epoch is known, every resume is answered as truncated, never guessed.

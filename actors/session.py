@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-import math
 import random
 import time
 from collections.abc import Sequence
@@ -28,6 +27,8 @@ from router.core.permissions import Principal, StreamFilter, admits
 from router.core.sse import Priority, SSEMessage, encode_comment, encode_retry
 
 MAX_WRITE_BATCH = 64
+TICKS_PER_HEARTBEAT = 4
+"""A session writes a heartbeat after this many ticks of the heartbeat clock with no write."""
 log = logging.getLogger(__name__)
 
 
@@ -75,10 +76,16 @@ class Delivery:
     """When the event happened, in seconds since the epoch, for the delivery lag metric."""
 
 
+class _Heartbeat:
+    """What the heartbeat clock puts in a quiet session's inbox to wake it."""
+
+
+HEARTBEAT = _Heartbeat()
+
+
 @dataclass(frozen=True, slots=True)
 class SessionSettings:
     inbox_capacity: int = 256
-    heartbeat_seconds: float = 15.0
     retry_ms: int = 2000
     shutdown_retry_ms: int = 1000
     shutdown_retry_spread_ms: int = 0
@@ -118,9 +125,12 @@ class Session:
     _overflow: dict[str, Delivery] = field(default_factory=dict, repr=False)
     _held: Delivery | None = field(default=None, repr=False)
     _in_sync: bool = field(default=False, repr=False)
+    _quiet_ticks: int = field(default=0, repr=False)
+    _heartbeat_queued: bool = field(default=False, repr=False)
+    _heartbeat_due: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._inbox_send, self._inbox = trio.open_memory_channel[Delivery](
+        self._inbox_send, self._inbox = trio.open_memory_channel[Delivery | _Heartbeat](
             self.settings.inbox_capacity
         )
         self._scope = trio.CancelScope()
@@ -154,6 +164,20 @@ class Session:
             return Offer.COALESCED
         return Offer.QUEUED
 
+    def tick(self) -> None:
+        """One tick of the heartbeat clock (:func:`actors.heartbeats.run_heartbeat_clock`).
+
+        After :data:`TICKS_PER_HEARTBEAT` ticks without a write, the session is woken to write a
+        comment: a quiet stream hears from the router at least once per heartbeat period, however
+        many events a busy one writes, and no stream needs a timer of its own. A full inbox means
+        a write is coming anyway, so then nothing is queued.
+        """
+        self._quiet_ticks += 1
+        if self._quiet_ticks >= TICKS_PER_HEARTBEAT and not self._heartbeat_queued:
+            with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+                self._inbox_send.send_nowait(HEARTBEAT)
+                self._heartbeat_queued = True
+
     def stop(self, reason: CloseReason) -> None:
         """End the stream for ``reason``; the first reason given is the one reported."""
         if self.close_reason is None:
@@ -185,7 +209,9 @@ class Session:
             self._scope.deadline = trio.current_time() + max(0.0, self.expires_at - time.time())
             try:
                 with self._scope:
-                    await output.send(encode_retry(self.settings.retry_ms) + encode_comment("ok"))
+                    await self._send(
+                        output, encode_retry(self.settings.retry_ms) + encode_comment("ok")
+                    )
                     if resume is not None:
                         await self._replay(output, resume)
                     await self._stream_live(output)
@@ -199,12 +225,13 @@ class Session:
 
     async def _replay(self, output: Output, resume: Replay) -> None:
         if resume.truncated:
-            await output.send(
+            await self._send(
+                output,
                 SSEErrorEvent(
                     code=ErrorCode.HISTORY_TRUNCATED,
                     message="some events you missed are no longer kept; refetch your state",
                     retryable=True,
-                ).to_sse_format()
+                ).to_sse_format(),
             )
         for entry in resume.entries:
             if self.cursor is not None and self.cursor.covers(entry.identity):
@@ -214,33 +241,25 @@ class Session:
             # progress, not what this client has been served.
             self.cursor = advance(self.cursor, entry.identity)
             if admits(entry.message, self.principal, self.stream_filter):
-                await output.send(entry.message.with_id(str(self.cursor)).to_sse_format())
+                await self._send(output, entry.message.with_id(str(self.cursor)).to_sse_format())
                 self.events_sent += 1
                 # Counted as sent; its age says how long the client was away, not the router's
                 # delivery lag, so no lag is reported for it.
                 self.observer.sent([(entry.message.event, None)], queued=0)
 
     async def _stream_live(self, output: Output) -> None:
-        # One silence scope lasts until a heartbeat is due, across any number of events: its
-        # deadline is lifted while writing (a write is not silence, and must not be cut short)
-        # and set again after. Entering a fresh scope per event cost more than the write itself
-        # when one event goes to thousands of streams.
-        heartbeat = self.settings.heartbeat_seconds
         while True:
-            batch: Sequence[Delivery] = ()
-            with trio.CancelScope(deadline=trio.current_time() + heartbeat) as silence:
-                while True:
-                    batch = await self._next_batch()
-                    if silence.cancel_called:
-                        break  # the heartbeat fell due as this batch came: it goes out instead
-                    silence.deadline = math.inf
-                    await self._write(output, batch)
-                    batch = ()
-                    silence.deadline = trio.current_time() + heartbeat
+            batch = await self._next_batch()
             if batch:
                 await self._write(output, batch)
-            else:
-                await output.send(encode_comment())
+            if self._heartbeat_due:
+                self._heartbeat_due = False
+                if self._quiet_ticks >= TICKS_PER_HEARTBEAT:  # no event went out meanwhile
+                    await self._send(output, encode_comment())
+
+    async def _send(self, output: Output, chunk: bytes) -> None:
+        await output.send(chunk)
+        self._quiet_ticks = 0
 
     async def _write(self, output: Output, batch: Sequence[Delivery]) -> None:
         chunks, sent = [], []
@@ -251,7 +270,7 @@ class Session:
                 sent.append(delivery)
         if not chunks:
             return
-        await output.send(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        await self._send(output, chunks[0] if len(chunks) == 1 else b"".join(chunks))
         self.events_sent += len(sent)
         self._maybe_log_send(sent)
         now = time.time()
@@ -278,23 +297,33 @@ class Session:
             )
 
     async def _next_batch(self) -> Sequence[Delivery]:
-        """The next deliveries in the adapter's order, waiting for the first one."""
+        """The next deliveries in the adapter's order, waiting for the first one (or for the
+        heartbeat clock, which returns an empty batch with ``_heartbeat_due`` set)."""
         batch: list[Delivery] = []
         while len(batch) < MAX_WRITE_BATCH:
             delivery = self._pop_ready()
             if delivery is None:
-                if batch:
+                if batch or self._heartbeat_due:
                     break
-                self._held = await self._inbox.receive()
+                self._take(await self._inbox.receive())
                 continue
             batch.append(delivery)
         return batch
 
+    def _take(self, item: Delivery | _Heartbeat) -> None:
+        if isinstance(item, _Heartbeat):
+            self._heartbeat_queued = False
+            self._heartbeat_due = True
+        else:
+            self._held = item
+
     def _pop_ready(self) -> Delivery | None:
         """The earliest delivery available now, from the inbox or the coalesced overflow."""
-        if self._held is None:
-            with contextlib.suppress(trio.WouldBlock):
-                self._held = self._inbox.receive_nowait()
+        while self._held is None:
+            try:
+                self._take(self._inbox.receive_nowait())
+            except trio.WouldBlock:
+                break
         if self._overflow:
             key, earliest = min(self._overflow.items(), key=lambda item: item[1].seq)
             if self._held is None or earliest.seq < self._held.seq:

@@ -8,6 +8,7 @@ its own CPU time is reported next to the servers'.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import resource
@@ -16,13 +17,14 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "bench" / ".build"
+ROUTER_COMMAND = [sys.executable, "-m", "router.cli"]
 SECRET = "benchmark-only-secret-0123456789abcdef"
 
 
@@ -91,7 +93,7 @@ def start_router() -> Server:
 
     port = free_port()
     command = [
-        sys.executable, "-m", "router.cli", "serve", "--port", str(port),
+        *ROUTER_COMMAND, "serve", "--port", str(port),
         "--log-level", "warning", "--max-streams-per-user", "1000000",
         "--connects-per-minute", "1000000", "--session-buffer", "1024",
     ]  # fmt: skip
@@ -121,6 +123,9 @@ def start_peer() -> Server:
     return server
 
 
+_publisher_connections = threading.local()
+
+
 def publish(server: Server, seq: int, count: int = 1, users: list[str] | None = None) -> None:
     """Publish events ``seq`` .. ``seq + count - 1`` in one request, each stamped now: to
     everyone, or each to one of ``users``."""
@@ -137,13 +142,21 @@ def publish(server: Server, seq: int, count: int = 1, users: list[str] | None = 
     token = server.publisher_token  # type: ignore[attr-defined]
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{server.port}{server.publish_path}",
-        data=json.dumps(body).encode(),
-        headers=headers,
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
+    # One kept-alive connection per publishing thread, as a back end's HTTP client pool would.
+    connection = getattr(_publisher_connections, "connection", None)
+    if connection is None or connection.port != server.port:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        _publisher_connections.connection = connection
+    try:
+        connection.request("POST", server.publish_path, json.dumps(body).encode(), headers)
+        response = connection.getresponse()
         response.read()
+    except (OSError, http.client.HTTPException):
+        connection.close()
+        _publisher_connections.connection = None
+        raise
+    if response.status >= 300:
+        raise OSError(f"publish answered {response.status}")
 
 
 def run_client(
@@ -189,12 +202,14 @@ def with_publisher(
     connections: int,
     expected: int,
     timeout: float,
-    publish_all: Callable[[], None],
+    publish_all: Callable[[], int],
 ) -> dict[str, float]:
     """Open the streams, publish from a thread once all are open, and report delivery: what
-    the broadcast and throughput workloads share."""
+    the broadcast and throughput workloads share. ``publish_all`` returns how many of its
+    requests failed (refused, or unanswered within 30 s): their events count as missing."""
     cpu_before = server.cpu_seconds()
-    publisher = threading.Thread(target=publish_all)
+    failed: list[int] = []
+    publisher = threading.Thread(target=lambda: failed.append(publish_all()))
     result = run_client(client, server, connections, expected, timeout, on_open=publisher.start)
     publisher.join()
     elapsed = max(result["elapsed_seconds"] - result["open_seconds"], 1e-9)
@@ -205,6 +220,7 @@ def with_publisher(
         "max_ms": result["max_ms"],
         "missing": result["missing"],
         "duplicates": result["duplicates"],
+        "failed_publishes": failed[0] if failed else -1,
         "server_cpu_seconds": server.cpu_seconds() - cpu_before,
         "client_cpu_seconds": result["client_cpu_seconds"],
     }
@@ -213,13 +229,21 @@ def with_publisher(
 def broadcast(
     client: Path, server: Server, connections: int, events: int, rate: float
 ) -> dict[str, float]:
-    """``events`` to every stream, one per request, at up to ``rate`` per second."""
+    """``events`` to every stream, one per request, sent on a fixed schedule of ``rate`` per second.
 
-    def publish_all() -> None:
+    The schedule is open loop: each request goes out at its time whether or not the earlier ones
+    were answered (up to 16 at once), so a slow server faces the workload's rate instead of
+    slowing its publisher down; each event is stamped when its request is sent.
+    """
+
+    def publish_all() -> int:
         start = time.monotonic()
-        for seq in range(events):
-            publish(server, seq)
-            time.sleep(max(0.0, start + (seq + 1) / rate - time.monotonic()))
+        with ThreadPoolExecutor(max_workers=16) as publishers:
+            requests = []
+            for seq in range(events):
+                time.sleep(max(0.0, start + seq / rate - time.monotonic()))
+                requests.append(publishers.submit(publish, server, seq))
+        return sum(1 for request in requests if request.exception() is not None)
 
     return with_publisher(client, server, connections, events, 120.0, publish_all)
 
@@ -227,9 +251,14 @@ def broadcast(
 def throughput(client: Path, server: Server, connections: int, events: int) -> dict[str, float]:
     """``events`` published in batches of 100 as fast as the server takes them."""
 
-    def publish_all() -> None:
+    def publish_all() -> int:
+        failed = 0
         for seq in range(0, events, 100):
-            publish(server, seq, min(100, events - seq))
+            try:
+                publish(server, seq, min(100, events - seq))
+            except (OSError, http.client.HTTPException):
+                failed += 1
+        return failed
 
     return with_publisher(client, server, connections, events, 600.0, publish_all)
 

@@ -41,6 +41,7 @@ class Settings:
     shutdown_retry_spread_ms: int = 5000
     session_buffer: int = 256
     records_buffer: int = 16
+    fanout_pause_ms: int = 20
     bus: str = "memory"
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_topic: str = "sse-events"
@@ -238,6 +239,11 @@ def add_serve_arguments(
     )
     flag("--session-buffer", "events queued per stream before backpressure", type=count(1))
     flag("--records-buffer", "record batches between consumer and adapter", type=count(1))
+    flag(
+        "--fanout-pause-ms",
+        "after routing to 1,000 streams or more, wait this long so the next events go out together",
+        type=count(0),
+    )
     flag("--bus", "where events come from", choices=("memory", "kafka", "redis"))
     flag("--kafka-bootstrap", "Kafka bootstrap servers, host:port[,host:port...]")
     flag("--kafka-topic", "the Kafka topic of domain events (it must exist)")

@@ -20,6 +20,7 @@ from actors.session import CloseReason, Offer
 from router.auth import AuthProblem
 from router.core.events import EVENT_CLASSES
 from router.core.mapping import Problem
+from router.tally import Buckets, LabelledCount
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OVERFLOW_POLICIES = {Offer.COALESCED: "coalesced", Offer.DISCONNECTED: "disconnected"}
@@ -43,24 +44,24 @@ class Metrics:
         )
         for reason in CloseReason:
             self.connection_duration.labels(reason.value)
-        self.events_sent = Counter(
+        # Observed on every write to every stream: lock-free tallies, read at scrape time.
+        self.events_sent = LabelledCount(
             "sse_events_sent",
             "Events written to clients, by SSE event name.",
-            ["event"],
-            registry=r,
+            "event",
+            (event_class.EVENT for event_class in EVENT_CLASSES),
         )
-        self.delivery_lag = Histogram(
+        self.delivery_lag = Buckets(
             "sse_event_delivery_lag_seconds",
             "Time from an event's occurred_at to its write to a client.",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            registry=r,
+            (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
-        self.queue_size = Histogram(
+        self.queue_size = Buckets(
             "sse_queue_size",
             "Events still waiting in a stream's inbox when it writes to its client.",
-            buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
-            registry=r,
+            (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
         )
+        r.register(_TallyCollector((self.events_sent, self.delivery_lag, self.queue_size)))
         self.auth_failures = Counter(
             "sse_auth_failures",
             "Requests refused for their token, by reason.",
@@ -78,8 +79,6 @@ class Metrics:
             self.rate_limited.labels(limit)
         for problem in AuthProblem:
             self.auth_failures.labels(problem.value)
-        for event_class in EVENT_CLASSES:
-            self.events_sent.labels(event_class.EVENT)
 
     # -- StreamObserver --------------------------------------------------------------------------
 
@@ -88,10 +87,11 @@ class Metrics:
 
     def sent(self, events: Sequence[tuple[str, float | None]], queued: int) -> None:
         self.queue_size.observe(queued)
+        sent, lags = self.events_sent.counts, self.delivery_lag
         for name, lag in events:
-            self.events_sent.labels(name).inc()
+            sent[name] += 1
             if lag is not None:
-                self.delivery_lag.observe(max(0.0, lag))
+                lags.observe(lag if lag > 0.0 else 0.0)
 
     def closed(self, reason: str, seconds: float) -> None:
         self.current_connections.dec()
@@ -105,6 +105,15 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _TallyCollector(Collector):
+    def __init__(self, tallies: Sequence[LabelledCount | Buckets]) -> None:
+        self.tallies = tallies
+
+    def collect(self) -> Iterator[Metric]:
+        for tally in self.tallies:
+            yield tally.family()
 
 
 class _HubCollector(Collector):

@@ -208,7 +208,10 @@ async def _serve(
         bus,
         cache,
         HubSettings(
-            records_capacity=settings.records_buffer, bus_replay_limit=settings.bus_replay_limit
+            records_capacity=settings.records_buffer,
+            bus_replay_limit=settings.bus_replay_limit,
+            heartbeat_seconds=settings.heartbeat_seconds,
+            fanout_pause_seconds=settings.fanout_pause_ms / 1000,
         ),
         observer=metrics,
     )

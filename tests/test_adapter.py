@@ -246,3 +246,78 @@ async def test_an_event_published_twice_reaches_nobody_twice() -> None:
     assert [e.identity.offset for e in entries] == [(0,), (1,), (3,), (4,)]
     assert adapter.stats.rejected == {"duplicate": 1}
     assert adapter.cursor == Cursor.of(identity(4))  # consumed all the same
+
+
+class Writes:
+    """A session output that keeps each write apart, to see which events went out together."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    async def send(self, value: bytes, /) -> None:
+        self.chunks.append(value)
+
+    def close(self) -> None:
+        pass
+
+    def versions_per_write(self) -> list[list[int]]:
+        return [
+            [json.loads(line[6:])["content_version"] for line in chunk.splitlines()
+             if line.startswith(b"data: ")]
+            for chunk in self.chunks[1:]  # after the retry hint
+        ]  # fmt: skip
+
+
+async def fan_out_to_three(
+    nursery: trio.Nursery, pause_above: int
+) -> tuple[Adapter, trio.MemorySendChannel[Sequence[Record]], list[Writes]]:
+    registry = SessionRegistry()
+    adapter = Adapter(
+        RecordingCache(), registry, fanout_pause_seconds=0.02, fanout_pause_above=pause_above
+    )
+    outputs = [Writes() for _ in range(3)]
+    for output in outputs:
+        session = Session(
+            Principal("u1", novels=frozenset({"n1"})), StreamFilter(), expires_at=in_an_hour()
+        )
+        registry.add(session)
+        nursery.start_soon(session.run, output, None)
+    records_send, records_receive = trio.open_memory_channel[Sequence[Record]](16)
+    nursery.start_soon(adapter.run, records_receive)
+    return adapter, records_send, outputs
+
+
+async def test_after_a_wide_fan_out_the_adapter_pauses_and_what_came_meanwhile_goes_out_together(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        adapter, records, outputs = await fan_out_to_three(nursery, pause_above=3)
+        await records.send([Record(identity(0), content(0))])
+        await adapter.wait_consumed(1)
+        routed_at = trio.current_time()
+        for offset in range(1, 6):  # one batch at a time, as publishes arrive
+            await records.send([Record(identity(offset), content(offset))])
+        await trio.testing.wait_all_tasks_blocked()
+        assert adapter.stats.consumed == 1  # still pausing
+        await adapter.wait_consumed(6)
+        assert trio.current_time() - routed_at >= 0.02
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    for output in outputs:
+        assert output.versions_per_write() == [[0], [1, 2, 3, 4, 5]]
+
+
+async def test_a_narrow_fan_out_routes_the_next_events_at_once(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        adapter, records, outputs = await fan_out_to_three(nursery, pause_above=4)
+        started = trio.current_time()
+        for offset in range(3):
+            await records.send([Record(identity(offset), content(offset))])
+            await adapter.wait_consumed(offset + 1)
+        assert trio.current_time() == started
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    for output in outputs:
+        assert output.versions_per_write() == [[0], [1], [2]]

@@ -81,3 +81,33 @@ async def test_no_label_carries_a_user_id_or_a_token() -> None:
         text = (await router.client.get("/metrics")).text
     assert "secret-user-42" not in text
     assert "leaky-token-value" not in text
+
+
+def test_tallies_expose_what_prometheus_client_would() -> None:
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from router.tally import Buckets
+
+    bounds = (0.1, 1.0, 10.0)
+    ours = Buckets("lag_seconds", "Lag.", bounds)
+    reference_registry = CollectorRegistry()
+    reference = Histogram("lag_seconds", "Lag.", buckets=bounds, registry=reference_registry)
+    for observed in (0.0, 0.1, 0.5, 1.0, 3.0, 10.0, 11.0, 1e9):
+        ours.observe(observed)
+        reference.observe(observed)
+    ours_registry = CollectorRegistry()
+    ours_registry.register(_Fixed(ours))
+    expected = [
+        line
+        for line in generate_latest(reference_registry).decode().splitlines()
+        if "lag_seconds_created" not in line
+    ]
+    assert generate_latest(ours_registry).decode().splitlines() == expected
+
+
+class _Fixed:
+    def __init__(self, tally: object) -> None:
+        self.tally = tally
+
+    def collect(self) -> object:
+        yield self.tally.family()  # type: ignore[attr-defined]

@@ -8,12 +8,16 @@ import pytest
 import trio
 import trio.testing
 
+from actors.heartbeats import run_heartbeat_clock
 from actors.session import CloseReason, Offer, Session, SessionSettings
 from router.core.history import Entry, Replay
 from router.core.permissions import Principal, StreamFilter
 from tests.actor_helpers import Feed, Reader, content, in_an_hour, progress
 
 ME = Principal(user_id="u1", novels=frozenset({"n1"}))
+
+
+HEARTBEAT_SECONDS = 15
 
 
 def session(expires_at: float | None = None, **settings: object) -> Session:
@@ -25,11 +29,20 @@ def session(expires_at: float | None = None, **settings: object) -> Session:
     )
 
 
+async def heartbeats_until_finished(subject: Session) -> None:
+    """The hub's heartbeat clock, for one session, for as long as it runs."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_heartbeat_clock, [subject], HEARTBEAT_SECONDS)
+        await subject.finished.wait()
+        nursery.cancel_scope.cancel()
+
+
 async def start(nursery: trio.Nursery, subject: Session, resume: Replay | None = None) -> Reader:
     send, receive = trio.open_memory_channel[bytes](1)
     reader = Reader(receive)
     nursery.start_soon(subject.run, send, resume)
     nursery.start_soon(reader.run)
+    nursery.start_soon(heartbeats_until_finished, subject)
     await trio.testing.wait_all_tasks_blocked()
     return reader
 
@@ -43,7 +56,9 @@ async def test_the_first_bytes_set_the_retry_and_arrive_at_once() -> None:
 
 
 async def test_heartbeats_fill_silences_and_only_silences(autojump_clock: trio.abc.Clock) -> None:
-    subject = session(heartbeat_seconds=15)
+    """A comment follows between three quarters of a heartbeat period and a whole one of silence
+    (the clock ticks four times a period), and never while events flow."""
+    subject = session()
     feed = Feed()
     async with trio.open_nursery() as nursery:
         reader = await start(nursery, subject)
@@ -51,20 +66,22 @@ async def test_heartbeats_fill_silences_and_only_silences(autojump_clock: trio.a
         assert reader.comments == ["ok"]
         await trio.sleep(2)
         assert reader.comments == ["ok", ""]
-        await trio.sleep(10)
-        subject.offer(feed.next(content()))  # activity at 26 s restarts the 15 s silence
-        await trio.sleep(14)
+        for _ in range(30):  # an event every 5 s for 150 s: never a heartbeat
+            subject.offer(feed.next(content()))
+            await trio.sleep(5)
         assert reader.comments == ["ok", ""]
-        await trio.sleep(2)
+        await trio.sleep(11.25 - 5 - 0.01)  # silence since the last event: just under 3/4 period
+        assert reader.comments == ["ok", ""]
+        await trio.sleep(15 - 11.25 + 0.02)  # a whole period: the heartbeat has come
         assert reader.comments == ["ok", "", ""]
         subject.stop(CloseReason.CLIENT)
-    assert len(reader.events) == 1
+    assert len(reader.events) == 30
 
 
 async def test_an_expired_token_ends_the_stream_with_token_expired(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    subject = session(expires_at=time.time() + 40, heartbeat_seconds=15)
+    subject = session(expires_at=time.time() + 40)
     async with trio.open_nursery() as nursery:
         reader = await start(nursery, subject)
         await reader.closed.wait()

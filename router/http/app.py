@@ -56,7 +56,6 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.publish_max_bytes
     session_settings = SessionSettings(
         inbox_capacity=settings.session_buffer,
-        heartbeat_seconds=settings.heartbeat_seconds,
         retry_ms=settings.retry_ms,
         shutdown_retry_spread_ms=settings.shutdown_retry_spread_ms,
         log_sample_rate=settings.log_sample_rate,

@@ -1,0 +1,25 @@
+"""The heartbeat clock: one timer for every stream, not one per stream and event.
+
+A stream that has carried nothing for a heartbeat period gets a comment line, so that proxies and
+browsers keep it open. The clock ticks :data:`~actors.session.TICKS_PER_HEARTBEAT` times per
+period; each session counts the ticks since its last write and writes a comment once a whole
+period's worth went by, so a quiet stream hears from the router after between three quarters of a
+period and a full one of silence. A per-session timer re-armed on every write cost more CPU than
+the write itself when one event went to thousands of streams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import trio
+
+from actors.session import TICKS_PER_HEARTBEAT, Session
+
+
+async def run_heartbeat_clock(sessions: Iterable[Session], heartbeat_seconds: float) -> None:
+    """Tick every session in ``sessions`` (read anew at each tick) until cancelled."""
+    while True:
+        await trio.sleep(heartbeat_seconds / TICKS_PER_HEARTBEAT)
+        for session in sessions:
+            session.tick()
