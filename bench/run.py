@@ -220,6 +220,7 @@ def with_publisher(
         "max_ms": result["max_ms"],
         "missing": result["missing"],
         "duplicates": result["duplicates"],
+        "failed_connections": result["failed"],
         "failed_publishes": failed[0] if failed else -1,
         "server_cpu_seconds": server.cpu_seconds() - cpu_before,
         "client_cpu_seconds": result["client_cpu_seconds"],
