@@ -230,7 +230,11 @@ def add_serve_arguments(
     )
     flag("--max-streams-per-user", "open streams one user may hold", type=count(1))
     flag("--connects-per-minute", "new streams per user and per address", type=count(1))
-    flag("--heartbeat-seconds", "comment sent after this much silence", type=positive_seconds)
+    flag(
+        "--heartbeat-seconds",
+        "a comment is sent after at most this much silence (at least 3/4 of it)",
+        type=positive_seconds,
+    )
     flag("--retry-ms", "reconnection delay suggested to clients", type=count(0))
     flag(
         "--shutdown-retry-spread-ms",
