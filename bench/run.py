@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "bench" / ".build"
+EXTRA: list[str] = []
 ROUTER_COMMAND = [sys.executable, "-m", "router.cli"]
 SECRET = "benchmark-only-secret-0123456789abcdef"
 
@@ -39,6 +40,22 @@ def build_client() -> Path:
 def raise_open_files_limit() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+LISTEN_BACKLOG = 65535
+
+
+def raise_listen_backlog() -> None:
+    """Let both servers queue a whole connection storm (the kernel caps every listen backlog at
+    net.core.somaxconn; at 4,096, 10,000 clients connecting at once overflow it and wait out
+    TCP's retransmission backoff). Needs root; otherwise says what the run is limited to."""
+    for name in ("net/core/somaxconn", "net/ipv4/tcp_max_syn_backlog"):
+        setting = Path("/proc/sys") / name
+        try:
+            if int(setting.read_text()) < LISTEN_BACKLOG:
+                setting.write_text(str(LISTEN_BACKLOG))
+        except OSError as error:
+            print(f"bench: {name} stays at {setting.read_text().strip()}: {error}", file=sys.stderr)
 
 
 def free_port() -> int:
@@ -95,7 +112,7 @@ def start_router() -> Server:
     command = [
         *ROUTER_COMMAND, "serve", "--port", str(port),
         "--log-level", "warning", "--max-streams-per-user", "1000000",
-        "--connects-per-minute", "1000000", "--session-buffer", "1024",
+        "--connects-per-minute", "1000000", "--session-buffer", "1024", *EXTRA,
     ]  # fmt: skip
     environ = {**os.environ, "SSE_ROUTER_JWT_SECRET": SECRET}
     process = subprocess.Popen(command, env=environ, stdout=subprocess.DEVNULL)
@@ -115,6 +132,7 @@ def start_peer() -> Server:
     command = [
         sys.executable, "-m", "uvicorn", "bench.peer:app", "--port", str(port),
         "--loop", "uvloop", "--log-level", "warning", "--no-access-log",
+        "--backlog", str(LISTEN_BACKLOG),
     ]  # fmt: skip
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
     wait_listening(port)
@@ -186,7 +204,7 @@ def idle(client: Path, server: Server, connections: int) -> dict[str, float]:
         time.sleep(1.0)  # let the server settle, then weigh it
         measured["rss_kib"] = server.rss_kib()
 
-    result = run_client(client, server, connections, 0, 6.0 + connections / 1000, opened)
+    result = run_client(client, server, connections, 0, 3.0, opened)
     rss = measured.get("rss_kib", server.rss_kib())
     return {
         "open_seconds": result["open_seconds"],
@@ -298,7 +316,7 @@ def targeted(client: Path, server: Server, connections: int, rate: float) -> dic
     command_server = Server(
         server.name, server.process, server.port, f"@{requests}", "", server.publish_path
     )
-    result = run_client(client, command_server, connections, 0, 8.0 + connections / 1000,
+    result = run_client(client, command_server, connections, 0, 8.0,
                         on_open=publisher.start)  # fmt: skip
     publisher.join()
     used = cpu["after"] - cpu["before"]
@@ -325,6 +343,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     raise_open_files_limit()
+    raise_listen_backlog()
     client = build_client()
     rows: list[tuple[str, int, str, float, float]] = []
     for connections in args.connections:

@@ -26,7 +26,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     shutdown_grace_seconds: float = 5.0
-    keep_alive_seconds: float = 5.0
+    keep_alive_seconds: float = 20.0
     stalled_client_seconds: float = 20.0
     jwt_secret: str | None = None
     jwt_public_key_file: Path | None = None
@@ -210,7 +210,12 @@ def add_serve_arguments(
         "after SIGTERM, how long open streams and requests get to finish",
         type=positive_seconds,
     )
-    flag("--keep-alive-seconds", "close idle keep-alive connections after", type=positive_seconds)
+    flag(
+        "--keep-alive-seconds",
+        "close a connection idle this long, between requests or before its first (in a reconnect"
+        " storm of thousands, a new connection may wait seconds for its turn)",
+        type=positive_seconds,
+    )
     flag(
         "--stalled-client-seconds",
         "abort a connection whose client has read nothing for this long",

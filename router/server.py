@@ -17,6 +17,7 @@ and ends its response; the HTTP server stops accepting and lets in-flight reques
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 from collections.abc import Callable
@@ -83,12 +84,27 @@ def listening_socket(settings: Settings) -> int:
     return sock.detach()
 
 
+ACCEPTORS = 8
+"""Tasks accepting connections, each on its own descriptor of the one listening socket."""
+
+
 def hypercorn_config(settings: Settings) -> Config:
+    """hypercorn's configuration, bound to :func:`listening_socket`.
+
+    The socket is handed over ``ACCEPTORS`` times, as duplicates of one descriptor: hypercorn runs
+    an accept loop for each, and trio's accept loop takes one connection per scheduling round.
+    When thousands of browsers reconnect at once, one loop could not empty the accept queue while
+    every round also served the connections already in: the queue overflowed, the kernel dropped
+    handshakes and clients waited out TCP's retransmission backoff. Duplicates share one queue
+    (unlike SO_REUSEPORT, a second router cannot bind the port by mistake).
+    """
     config = Config()
-    config.bind = [f"fd://{listening_socket(settings)}"]
+    descriptor = listening_socket(settings)
+    duplicates = [os.dup(descriptor) for _ in range(ACCEPTORS - 1)]
+    config.bind = [f"fd://{fd}" for fd in (descriptor, *duplicates)]
     config.graceful_timeout = settings.shutdown_grace_seconds
     config.keep_alive_timeout = settings.keep_alive_seconds
-    config.backlog = 4096  # thousands of browsers reconnect at once after a restart
+    config.backlog = 65535  # thousands of browsers reconnect at once (capped by net.core.somaxconn)
     config.accesslog = None  # the query string may hold a token: never log it raw
     config.errorlog = None
     return config
@@ -242,7 +258,8 @@ async def _serve(
                 parts=settings.outbox_parts, poll_seconds=settings.outbox_poll_seconds
             )
             root.start_soon(Relay(open_outbox, bus, relay_settings).run)
-        addresses: list[str] = await root.start(run_http)
+        bound: list[str] = await root.start(run_http)
+        addresses = list(dict.fromkeys(bound))  # one address per acceptor: the same one
         task_status.started(Running(addresses, hub, app))
         log.info("router listening", extra={"addresses": addresses})
         await shutdown_requested.wait()

@@ -316,6 +316,7 @@ async def test_a_narrow_fan_out_routes_the_next_events_at_once(
         for offset in range(3):
             await records.send([Record(identity(offset), content(offset))])
             await adapter.wait_consumed(offset + 1)
+            await trio.testing.wait_all_tasks_blocked()  # the sessions have written it
         assert trio.current_time() == started
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
