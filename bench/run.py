@@ -24,8 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "bench" / ".build"
-EXTRA: list[str] = []
 ROUTER_COMMAND = [sys.executable, "-m", "router.cli"]
+"""How the harness starts the router (a profiling wrapper may stand in)."""
 SECRET = "benchmark-only-secret-0123456789abcdef"
 
 
@@ -112,7 +112,7 @@ def start_router() -> Server:
     command = [
         *ROUTER_COMMAND, "serve", "--port", str(port),
         "--log-level", "warning", "--max-streams-per-user", "1000000",
-        "--connects-per-minute", "1000000", "--session-buffer", "1024", *EXTRA,
+        "--connects-per-minute", "1000000", "--session-buffer", "1024",
     ]  # fmt: skip
     environ = {**os.environ, "SSE_ROUTER_JWT_SECRET": SECRET}
     process = subprocess.Popen(command, env=environ, stdout=subprocess.DEVNULL)
