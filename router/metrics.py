@@ -91,7 +91,7 @@ class Metrics:
         for name, lag in events:
             sent[name] += 1
             if lag is not None:
-                lags.observe(lag if lag > 0.0 else 0.0)
+                lags.observe(max(0.0, lag))
 
     def closed(self, reason: str, seconds: float) -> None:
         self.current_connections.dec()

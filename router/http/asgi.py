@@ -59,21 +59,13 @@ class ResponseBodyWriter:
     async def send(self, chunk: bytes, /) -> None:
         if self._closed.is_set():
             raise trio.BrokenResourceError("the response has ended")
-        if self._direct is not None:
-            await self._direct.send(chunk)
-            return
-        if not self._headers_sent.is_set():
+        if self._direct is None and not self._headers_sent.is_set():
             await self._headers_sent.wait()
             self._direct = direct_writer(self._server_send)
-            if self._direct is not None:
-                await self._direct.send(chunk)
-                return
-        await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-    @property
-    def writes_directly(self) -> bool:
-        """Whether chunks go straight onto the socket (known once the first one went out)."""
-        return self._direct is not None
+        if self._direct is not None:
+            await self._direct.send(chunk)
+        else:
+            await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
 
     def close(self) -> None:
         self._closed.set()
