@@ -330,50 +330,72 @@ def targeted(client: Path, server: Server, connections: int, rate: float) -> dic
     }
 
 
+DEFAULT_CONNECTIONS = {
+    "idle": (1000, 5000, 10000),
+    "broadcast": (1000, 5000, 10000),
+    "throughput": (1000,),
+    "targeted": (1000, 10000),
+}
+"""What ``just bench`` runs without arguments: the matrix of issue 7 (about 20 minutes)."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--connections", type=int, nargs="+", default=[1000, 5000])
+    parser.add_argument(
+        "--connections",
+        type=int,
+        nargs="+",
+        help="stream counts for every chosen workload (default: idle and broadcast at 1,000, 5,000"
+        " and 10,000; throughput at 1,000; targeted at 1,000 and 10,000)",
+    )
     parser.add_argument("--events", type=int, default=200)
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument(
         "--workloads",
         nargs="+",
-        choices=("idle", "broadcast", "throughput", "targeted"),
-        default=["idle", "broadcast", "throughput"],
+        choices=tuple(DEFAULT_CONNECTIONS),
+        default=list(DEFAULT_CONNECTIONS),
     )
     args = parser.parse_args()
     raise_open_files_limit()
     raise_listen_backlog()
     client = build_client()
+    plan = sorted(
+        (
+            (connections, workload)
+            for workload in args.workloads
+            for connections in (args.connections or DEFAULT_CONNECTIONS[workload])
+        ),
+        key=lambda step: (step[0], args.workloads.index(step[1])),
+    )
     rows: list[tuple[str, int, str, float, float]] = []
-    for connections in args.connections:
-        for workload in args.workloads:
-            results = {}
-            for start in (start_router, start_peer):
-                server = start()
-                try:
-                    if workload == "idle":
-                        results[server.name] = idle(client, server, connections)
-                    elif workload == "targeted":
-                        results[server.name] = targeted(client, server, connections, 2000.0)
-                    elif workload == "throughput":
-                        results[server.name] = throughput(client, server, connections, 2000)
-                    else:
-                        results[server.name] = broadcast(
-                            client, server, connections, args.events, args.rate
-                        )
-                finally:
-                    server.stop()
-            for metric in results["router"]:
-                rows.append(
-                    (
-                        workload,
-                        connections,
-                        metric,
-                        results["router"][metric],
-                        results["peer"][metric],
+    for connections, workload in plan:
+        results = {}
+        for start in (start_router, start_peer):
+            server = start()
+            try:
+                if workload == "idle":
+                    results[server.name] = idle(client, server, connections)
+                elif workload == "targeted":
+                    results[server.name] = targeted(client, server, connections, 2000.0)
+                elif workload == "throughput":
+                    results[server.name] = throughput(client, server, connections, 2000)
+                else:
+                    results[server.name] = broadcast(
+                        client, server, connections, args.events, args.rate
                     )
+            finally:
+                server.stop()
+        for metric in results["router"]:
+            rows.append(
+                (
+                    workload,
+                    connections,
+                    metric,
+                    results["router"][metric],
+                    results["peer"][metric],
                 )
+            )
     print(
         f"{'workload':<10} {'streams':>7} {'metric':<22} {'router':>12} {'peer':>12} {'ratio':>7}"
     )
