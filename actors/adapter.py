@@ -56,8 +56,6 @@ class Adapter:
         self.fanout_pause_seconds = fanout_pause_seconds
         self.fanout_pause_above = fanout_pause_above
         self._seq = 0
-        self._offered = 0
-        """Offers made so far (of any outcome): how many sessions each step woke, at most."""
         self._processed = trio.Event()
         self._recent_ids = RecentIds(dedup_window)
 
@@ -78,7 +76,7 @@ class Adapter:
         """
         async with records_in:
             async for records in records_in:
-                woken = self._offered
+                offers_before = self._offers_made()
                 await self.process(records)
                 while True:
                     try:
@@ -86,7 +84,8 @@ class Adapter:
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                     await self.process(more)
-                if self.fanout_pause_seconds and self._offered - woken >= self.fanout_pause_above:
+                woken = self._offers_made() - offers_before
+                if self.fanout_pause_seconds and woken >= self.fanout_pause_above:
                     await trio.lowlevel.checkpoint()  # the sessions write, in the next round
                     await trio.lowlevel.checkpoint()  # and we are back after them
                     await trio.sleep(self.fanout_pause_seconds)
@@ -143,6 +142,10 @@ class Adapter:
         while self.stats.consumed < count:
             await self._processed.wait()
 
+    def _offers_made(self) -> int:
+        """Offers so far, of any outcome: a step woke at most the difference of two readings."""
+        return sum(self.stats.offers.values())
+
     def route(self, delivery: Delivery) -> None:
         message = delivery.message
         assert message.scope is not None
@@ -150,7 +153,6 @@ class Adapter:
         for session in self.registry.candidates(message.scope):
             if admits(message, session.principal, session.stream_filter):
                 offers[session.offer(delivery)] += 1
-                self._offered += 1
 
 
 def _seconds(timestamp: str) -> float:
