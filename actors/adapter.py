@@ -11,7 +11,7 @@ from datetime import datetime
 import trio
 
 from actors.registry import SessionRegistry
-from actors.session import Delivery, Offer
+from actors.session import Delivery, Offer, Session
 from router.bus.base import Record
 from router.cache.base import ReplayCache
 from router.core.cursor import Cursor
@@ -65,25 +65,28 @@ class Adapter:
         A malformed or unknown event is counted and logged with its position, and skipped: its
         position still advances the cursor, so it is never read again.
 
-        Everything waiting in ``records_in`` is routed in one step, so that each session writes
-        it in one write. After a step that woke at least ``fanout_pause_above`` sessions, the
-        adapter first lets them write (their turn is the next scheduling round, and its own the
-        one after), then waits ``fanout_pause_seconds`` before routing more. Without that pause
-        a wide fan-out is one long round per event, and the publishes, connects and resumes
-        that are in flight move one step per long round: events trickle in one by one and every
-        stream pays a write for each. With it, they arrive during a few short rounds and go out
-        together. The pause is the most it adds to an event's delivery.
+        Everything waiting in ``records_in`` is processed in one step, and each session is
+        offered its share of it in one batch, which it writes in one write. After a step that
+        made at least ``fanout_pause_above`` offers, the adapter first lets the sessions write
+        (their turn is the next scheduling round, and its own the one after), then waits
+        ``fanout_pause_seconds`` before routing more. Without that pause a wide fan-out is one
+        long round per event, and the publishes, connects and resumes that are in flight move
+        one step per long round: events trickle in one by one and every stream pays a write for
+        each. With it, they arrive during a few short rounds and go out together. The pause is
+        the most it adds to an event's delivery.
         """
         async with records_in:
             async for records in records_in:
-                offers_before = self._offers_made()
-                await self.process(records)
+                waiting = [records]
                 while True:
                     try:
-                        more = records_in.receive_nowait()
+                        waiting.append(records_in.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                    await self.process(more)
+                offers_before = self._offers_made()
+                await self.process(
+                    records if len(waiting) == 1 else [r for batch in waiting for r in batch]
+                )
                 woken = self._offers_made() - offers_before
                 if self.fanout_pause_seconds and woken >= self.fanout_pause_above:
                     await trio.lowlevel.checkpoint()  # the sessions write, in the next round
@@ -110,9 +113,10 @@ class Adapter:
             await self.cache.append(entries)
         # From here to the end: no checkpoint, so no session registers half-way through.
         self.cursor = batch.cursor
+        deliveries = []
         for converted in fresh:
             self._seq += 1
-            self.route(
+            deliveries.append(
                 Delivery(
                     self._seq,
                     converted.identity,
@@ -121,6 +125,7 @@ class Adapter:
                     _seconds(converted.envelope.occurred_at),
                 )
             )
+        self.route(deliveries)
         self._processed.set()
         self._processed = trio.Event()
 
@@ -146,13 +151,29 @@ class Adapter:
         """Offers so far, of any outcome: a step woke at most the difference of two readings."""
         return sum(self.stats.offers.values())
 
-    def route(self, delivery: Delivery) -> None:
-        message = delivery.message
-        assert message.scope is not None
+    def route(self, deliveries: Sequence[Delivery]) -> None:
+        """Offer each session, in one batch, the deliveries that are for it."""
         offers = self.stats.offers
-        for session in self.registry.candidates(message.scope):
-            if admits(message, session.principal, session.stream_filter):
-                offers[session.offer(delivery)] += 1
+        if len(deliveries) == 1:  # the common case: one batch shared by all its sessions
+            message = deliveries[0].message
+            assert message.scope is not None
+            for session in self.registry.candidates(message.scope):
+                if admits(message, session.principal, session.stream_filter):
+                    session.offer(deliveries, offers)
+            return
+        batches: dict[Session, list[Delivery]] = {}
+        for delivery in deliveries:
+            message = delivery.message
+            assert message.scope is not None
+            for session in self.registry.candidates(message.scope):
+                if admits(message, session.principal, session.stream_filter):
+                    batch = batches.get(session)
+                    if batch is None:
+                        batches[session] = [delivery]
+                    else:
+                        batch.append(delivery)
+        for session, batch in batches.items():
+            session.offer(batch, offers)
 
 
 def _seconds(timestamp: str) -> float:

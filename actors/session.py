@@ -8,11 +8,11 @@ stops reading its inbox, the inbox fills, and the adapter applies :meth:`Session
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -51,8 +51,9 @@ class CloseReason(enum.StrEnum):
     ERROR = "error"
 
 
-class Offer(enum.Enum):
-    """What became of an event offered to a session."""
+class Offer(enum.StrEnum):
+    """What became of an event offered to a session (a ``StrEnum``: counted on the hot path, and
+    a string hashes faster than an ``Enum``)."""
 
     QUEUED = "queued"
     COALESCED = "coalesced"
@@ -123,15 +124,18 @@ class Session:
     events_sent: int = 0
     cursor: Cursor | None = None
     _overflow: dict[str, Delivery] = field(default_factory=dict, repr=False)
-    _held: Delivery | None = field(default=None, repr=False)
+    _held: Sequence[Delivery] = field(default=(), repr=False)
+    _queued: int = field(default=0, repr=False)
     _in_sync: bool = field(default=False, repr=False)
     _quiet_ticks: int = field(default=0, repr=False)
     _heartbeat_queued: bool = field(default=False, repr=False)
     _heartbeat_due: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._inbox_send, self._inbox = trio.open_memory_channel[Delivery | _Heartbeat](
-            self.settings.inbox_capacity
+        # Room for as many batches as events may wait (a batch holds at least one), and for the
+        # heartbeat: what bounds the inbox is :meth:`offer`'s count of events, not the channel.
+        self._inbox_send, self._inbox = trio.open_memory_channel[Sequence[Delivery] | _Heartbeat](
+            self.settings.inbox_capacity + 1
         )
         self._scope = trio.CancelScope()
         self.finished = trio.Event()
@@ -139,44 +143,66 @@ class Session:
 
     # -- the adapter's side: never blocks --------------------------------------------------------
 
-    def offer(self, delivery: Delivery) -> Offer:
-        """Queue ``delivery`` without waiting.
+    def offer(self, deliveries: Sequence[Delivery], outcomes: Counter[Offer]) -> None:
+        """Queue ``deliveries`` (in the adapter's order) without waiting, and count what became
+        of each in ``outcomes``.
 
-        A full inbox coalesces a low-priority event with the newest of its kind (held aside, at
-        most ``inbox_capacity`` of them); a high-priority event that cannot be queued ends the
-        stream as lagged, and the client resumes from the replay cache: nothing is lost, and no
-        one waits for this client.
+        At most ``inbox_capacity`` events wait to be written, however they were batched. Past
+        that, a low-priority event is coalesced with the newest of its kind (held aside, at most
+        ``inbox_capacity`` of them), and a high-priority one ends the stream as lagged: the
+        client resumes from the replay cache, nothing is lost, and no one waits for this client.
+        A whole batch that fits, with nothing held aside, is queued as it is: one channel send,
+        one wake-up, however many events it carries.
         """
         if self.close_reason is not None:
-            return Offer.CLOSED
-        message = delivery.message
-        key = message.coalesce_key if message.priority is Priority.LOW else None
-        if key is not None and key in self._overflow:
-            self._overflow[key] = delivery
-            return Offer.COALESCED
-        try:
-            self._inbox_send.send_nowait(delivery)
-        except trio.WouldBlock:
-            if key is None or len(self._overflow) >= self.settings.inbox_capacity:
-                self.stop(CloseReason.LAGGED)
-                return Offer.DISCONNECTED
-            self._overflow[key] = delivery
-            return Offer.COALESCED
-        return Offer.QUEUED
+            outcomes[Offer.CLOSED] += len(deliveries)
+            return
+        if not deliveries:
+            return
+        capacity = self.settings.inbox_capacity
+        if not self._overflow and self._queued + len(deliveries) <= capacity:
+            self._inbox_send.send_nowait(deliveries)
+            self._queued += len(deliveries)
+            outcomes[Offer.QUEUED] += len(deliveries)
+            return
+        queued: list[Delivery] = []
+        lagged_at = None
+        for index, delivery in enumerate(deliveries):
+            message = delivery.message
+            key = message.coalesce_key if message.priority is Priority.LOW else None
+            if key is not None and key in self._overflow:
+                self._overflow[key] = delivery
+            elif self._queued + len(queued) < capacity:
+                queued.append(delivery)
+                continue
+            elif key is not None and len(self._overflow) < capacity:
+                self._overflow[key] = delivery
+            else:
+                lagged_at = index
+                break
+            outcomes[Offer.COALESCED] += 1
+        if queued:
+            self._inbox_send.send_nowait(queued)
+            self._queued += len(queued)
+            outcomes[Offer.QUEUED] += len(queued)
+        if lagged_at is not None:
+            self.stop(CloseReason.LAGGED)
+            outcomes[Offer.DISCONNECTED] += 1
+            if lagged_at + 1 < len(deliveries):
+                outcomes[Offer.CLOSED] += len(deliveries) - lagged_at - 1
 
     def tick(self) -> None:
         """One tick of the heartbeat clock (:func:`actors.heartbeats.run_heartbeat_clock`).
 
         After :data:`TICKS_PER_HEARTBEAT` ticks without a write, the session is woken to write a
         comment: a quiet stream hears from the router at least once per heartbeat period, however
-        many events a busy one writes, and no stream needs a timer of its own. A full inbox means
-        a write is coming anyway, so then nothing is queued.
+        many events a busy one writes, and no stream needs a timer of its own. The inbox always
+        has room for the one heartbeat it may hold.
         """
         self._quiet_ticks += 1
         if self._quiet_ticks >= TICKS_PER_HEARTBEAT and not self._heartbeat_queued:
-            with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
-                self._inbox_send.send_nowait(HEARTBEAT)
-                self._heartbeat_queued = True
+            self._inbox_send.send_nowait(HEARTBEAT)
+            self._heartbeat_queued = True
 
     def stop(self, reason: CloseReason) -> None:
         """End the stream for ``reason``; the first reason given is the one reported."""
@@ -279,7 +305,7 @@ class Session:
                 (d.message.event, None if d.occurred_at is None else now - d.occurred_at)
                 for d in sent
             ],
-            queued=self._inbox.statistics().current_buffer_used,
+            queued=self._queued,
         )
 
     def _maybe_log_send(self, sent: Sequence[Delivery]) -> None:
@@ -297,40 +323,55 @@ class Session:
             )
 
     async def _next_batch(self) -> Sequence[Delivery]:
-        """The next deliveries in the adapter's order, waiting for the first one (or for the
-        heartbeat clock, which returns an empty batch with ``_heartbeat_due`` set)."""
-        batch: list[Delivery] = []
-        while len(batch) < MAX_WRITE_BATCH:
-            delivery = self._pop_ready()
-            if delivery is None:
-                if batch or self._heartbeat_due:
-                    break
-                self._take(await self._inbox.receive())
-                continue
-            batch.append(delivery)
-        return batch
-
-    def _take(self, item: Delivery | _Heartbeat) -> None:
-        if isinstance(item, _Heartbeat):
-            self._heartbeat_queued = False
-            self._heartbeat_due = True
-        else:
-            self._held = item
-
-    def _pop_ready(self) -> Delivery | None:
-        """The earliest delivery available now, from the inbox or the coalesced overflow."""
-        while self._held is None:
+        """The next deliveries in the adapter's order, at most :data:`MAX_WRITE_BATCH`, waiting
+        for the first one (or for the heartbeat clock, which returns an empty batch with
+        ``_heartbeat_due`` set)."""
+        while not (self._held or self._overflow or self._heartbeat_due):
+            self._take(await self._inbox.receive())
+        while len(self._held) < MAX_WRITE_BATCH:
             try:
                 self._take(self._inbox.receive_nowait())
             except trio.WouldBlock:
                 break
         if self._overflow:
-            key, earliest = min(self._overflow.items(), key=lambda item: item[1].seq)
-            if self._held is None or earliest.seq < self._held.seq:
+            return self._merge_overflow()
+        batch = self._held
+        if len(batch) > MAX_WRITE_BATCH:
+            batch, self._held = batch[:MAX_WRITE_BATCH], batch[MAX_WRITE_BATCH:]
+        else:
+            self._held = ()
+        self._queued -= len(batch)
+        return batch
+
+    def _take(self, item: Sequence[Delivery] | _Heartbeat) -> None:
+        if isinstance(item, _Heartbeat):
+            self._heartbeat_queued = False
+            self._heartbeat_due = True
+        elif not self._held:
+            self._held = item  # shared with other sessions: never changed in place
+        else:
+            self._held = [*self._held, *item]
+
+    def _merge_overflow(self) -> list[Delivery]:
+        """The earliest deliveries of those held and those coalesced aside, in the adapter's
+        order: a coalesced event keeps its place before the events that came after it."""
+        held, aside = self._held, sorted(self._overflow.items(), key=lambda kv: kv[1].seq)
+        batch: list[Delivery] = []
+        taken_held = taken_aside = 0
+        while len(batch) < MAX_WRITE_BATCH and (taken_held < len(held) or taken_aside < len(aside)):
+            if taken_aside < len(aside) and (
+                taken_held == len(held) or aside[taken_aside][1].seq < held[taken_held].seq
+            ):
+                key, delivery = aside[taken_aside]
                 del self._overflow[key]
-                return earliest
-        delivery, self._held = self._held, None
-        return delivery
+                taken_aside += 1
+            else:
+                delivery = held[taken_held]
+                taken_held += 1
+            batch.append(delivery)
+        self._held = held[taken_held:]
+        self._queued -= taken_held
+        return batch
 
     def _encode(self, identity: EventIdentity, cursor: Cursor, message: SSEMessage) -> bytes:
         """The bytes for one event, or ``b""`` if this client must not or need not see it.

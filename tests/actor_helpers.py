@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import trio
 
-from actors.session import Delivery
+from actors.session import Delivery, Offer, Session
 from router.core.cursor import Cursor, EventIdentity
 from router.core.events import ContentUpdateEvent, TaskProgressEvent
 from router.core.scope import Scope
@@ -35,6 +36,14 @@ class Feed:
         self.cursor = Cursor.of(where) if self.cursor is None else self.cursor.advance(where)
         self.seq += 1
         return Delivery(self.seq, where, self.cursor, message.with_id(str(self.cursor)))
+
+
+def offer(session: Session, delivery: Delivery) -> Offer:
+    """Offer ``delivery`` alone, the way the adapter offers a batch, and say what became of it."""
+    outcomes: Counter[Offer] = Counter()
+    session.offer([delivery], outcomes)
+    (outcome,) = outcomes
+    return outcome
 
 
 def content(novel_id: str = "n1", version: int = 1, user_id: str | None = None) -> SSEMessage:

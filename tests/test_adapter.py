@@ -322,3 +322,32 @@ async def test_a_narrow_fan_out_routes_the_next_events_at_once(
         nursery.cancel_scope.cancel()
     for output in outputs:
         assert output.versions_per_write() == [[0], [1], [2]]
+
+
+async def test_each_session_is_offered_its_share_of_a_step_in_one_batch() -> None:
+    registry = SessionRegistry()
+    adapter = Adapter(RecordingCache(), registry)
+    outputs: dict[str, Writes] = {}
+    async with trio.open_nursery() as nursery:
+        for name, novels in {"n1": {"n1"}, "n2": {"n2"}, "both": {"n1", "n2"}}.items():
+            session = Session(
+                Principal(name, novels=frozenset(novels)), StreamFilter(), expires_at=in_an_hour()
+            )
+            registry.add(session)
+            outputs[name] = Writes()
+            nursery.start_soon(session.run, outputs[name], None)
+        await trio.testing.wait_all_tasks_blocked()
+        records_send, records_receive = trio.open_memory_channel[Sequence[Record]](16)
+        novel_of = ["n1", "n1", "n2", "n1", "n1", "n1"]
+        for first in (0, 2, 4):  # three batches of two, all waiting when the adapter starts
+            await records_send.send(
+                [Record(identity(n), content(n, novel_of[n])) for n in (first, first + 1)]
+            )
+        nursery.start_soon(adapter.run, records_receive)
+        await adapter.wait_consumed(6)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert outputs["n1"].versions_per_write() == [[0, 1, 3, 4, 5]]
+    assert outputs["n2"].versions_per_write() == [[2]]
+    assert outputs["both"].versions_per_write() == [[0, 1, 2, 3, 4, 5]]
+    assert adapter.stats.offers == Counter({Offer.QUEUED: 5 + 1 + 6})

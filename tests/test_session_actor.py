@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
+from collections.abc import Sequence
 
 import pytest
 import trio
 import trio.testing
 
 from actors.heartbeats import run_heartbeat_clock
-from actors.session import CloseReason, Offer, Session, SessionSettings
+from actors.session import (
+    MAX_WRITE_BATCH,
+    CloseReason,
+    Delivery,
+    Offer,
+    Session,
+    SessionSettings,
+)
 from router.core.history import Entry, Replay
 from router.core.permissions import Principal, StreamFilter
-from tests.actor_helpers import Feed, Reader, content, in_an_hour, progress
+from tests.actor_helpers import Feed, Reader, content, in_an_hour, offer, progress
 
 ME = Principal(user_id="u1", novels=frozenset({"n1"}))
 
@@ -67,7 +76,7 @@ async def test_heartbeats_fill_silences_and_only_silences(autojump_clock: trio.a
         await trio.sleep(2)
         assert reader.comments == ["ok", ""]
         for _ in range(30):  # an event every 5 s for 150 s: never a heartbeat
-            subject.offer(feed.next(content()))
+            offer(subject, feed.next(content()))
             await trio.sleep(5)
         assert reader.comments == ["ok", ""]
         await trio.sleep(11.25 - 5 - 0.01)  # silence since the last event: just under 3/4 period
@@ -110,7 +119,7 @@ async def test_events_stream_in_order_with_their_cursor_as_id() -> None:
     async with trio.open_nursery() as nursery:
         reader = await start(nursery, subject)
         for delivery in deliveries:
-            assert subject.offer(delivery) is Offer.QUEUED
+            assert offer(subject, delivery) is Offer.QUEUED
         await trio.testing.wait_all_tasks_blocked()
         subject.stop(CloseReason.CLIENT)
     assert [e["content_version"] for e in reader.data()] == [0, 1, 2, 3, 4]
@@ -121,12 +130,12 @@ async def test_a_full_inbox_coalesces_progress_keeping_the_newest_and_the_order(
     subject = session(inbox_capacity=2)
     feed = Feed()
     stuck = [feed.next(content(version=1)), feed.next(content(version=2))]
-    assert [subject.offer(d) for d in stuck] == [Offer.QUEUED, Offer.QUEUED]
+    assert [offer(subject, d) for d in stuck] == [Offer.QUEUED, Offer.QUEUED]
     older, newer = feed.next(progress("t1", 10)), feed.next(progress("t1", 20))
     other_task = feed.next(progress("t2", 5))
-    assert subject.offer(older) is Offer.COALESCED
-    assert subject.offer(newer) is Offer.COALESCED  # replaces 10 %: only the newest matters
-    assert subject.offer(other_task) is Offer.COALESCED
+    assert offer(subject, older) is Offer.COALESCED
+    assert offer(subject, newer) is Offer.COALESCED  # replaces 10 %: only the newest matters
+    assert offer(subject, other_task) is Offer.COALESCED
     async with trio.open_nursery() as nursery:
         reader = await start(nursery, subject)
         subject.stop(CloseReason.CLIENT)
@@ -143,11 +152,11 @@ async def test_a_full_inbox_coalesces_progress_keeping_the_newest_and_the_order(
 async def test_coalesced_progress_keeps_its_place_before_later_events() -> None:
     subject = session(inbox_capacity=1)
     feed = Feed()
-    subject.offer(feed.next(content(version=1)))
-    subject.offer(feed.next(progress("t1", 50)))  # inbox full: held aside
+    offer(subject, feed.next(content(version=1)))
+    offer(subject, feed.next(progress("t1", 50)))  # inbox full: held aside
     async with trio.open_nursery() as nursery:
         reader = await start(nursery, subject)
-        subject.offer(feed.next(content(version=2)))
+        offer(subject, feed.next(content(version=2)))
         await trio.testing.wait_all_tasks_blocked()
         subject.stop(CloseReason.CLIENT)
     ids = [e.last_event_id for e in reader.events]
@@ -157,9 +166,9 @@ async def test_coalesced_progress_keeps_its_place_before_later_events() -> None:
 async def test_a_high_priority_event_that_cannot_be_queued_ends_the_stream_as_lagged() -> None:
     subject = session(inbox_capacity=1)
     feed = Feed()
-    assert subject.offer(feed.next(content(version=1))) is Offer.QUEUED
-    assert subject.offer(feed.next(content(version=2))) is Offer.DISCONNECTED
-    assert subject.offer(feed.next(content(version=3))) is Offer.CLOSED
+    assert offer(subject, feed.next(content(version=1))) is Offer.QUEUED
+    assert offer(subject, feed.next(content(version=2))) is Offer.DISCONNECTED
+    assert offer(subject, feed.next(content(version=3))) is Offer.CLOSED
     async with trio.open_nursery() as nursery:
         reader = await start(nursery, subject)
         await reader.closed.wait()
@@ -171,18 +180,108 @@ async def test_a_high_priority_event_that_cannot_be_queued_ends_the_stream_as_la
 async def test_too_many_coalesced_tasks_end_the_stream_as_lagged() -> None:
     subject = session(inbox_capacity=1)
     feed = Feed()
-    subject.offer(feed.next(content()))
-    assert subject.offer(feed.next(progress("t1", 1))) is Offer.COALESCED
-    assert subject.offer(feed.next(progress("t2", 1))) is Offer.DISCONNECTED
+    offer(subject, feed.next(content()))
+    assert offer(subject, feed.next(progress("t1", 1))) is Offer.COALESCED
+    assert offer(subject, feed.next(progress("t2", 1))) is Offer.DISCONNECTED
 
 
 async def test_a_slow_reader_does_not_block_the_offer() -> None:
     """The adapter's side never waits: a session nobody reads fills up and is cut off."""
     subject = session(inbox_capacity=4)
     feed = Feed()
-    outcomes = [subject.offer(feed.next(content(version=n))) for n in range(10)]
+    outcomes = [offer(subject, feed.next(content(version=n))) for n in range(10)]
     assert outcomes[:4] == [Offer.QUEUED] * 4
     assert outcomes[4] is Offer.DISCONNECTED
+
+
+def offer_batch(subject: Session, deliveries: list[Delivery]) -> Counter[Offer]:
+    outcomes: Counter[Offer] = Counter()
+    subject.offer(deliveries, outcomes)
+    return outcomes
+
+
+async def test_a_batch_that_does_not_fit_queues_what_fits_and_coalesces_the_rest() -> None:
+    subject = session(inbox_capacity=2)
+    feed = Feed()
+    batch = [
+        feed.next(content(version=1)),
+        feed.next(content(version=2)),
+        feed.next(progress("t1", 10)),
+        feed.next(progress("t1", 20)),
+        feed.next(progress("t2", 5)),
+    ]
+    assert offer_batch(subject, batch) == Counter({Offer.QUEUED: 2, Offer.COALESCED: 3})
+    async with trio.open_nursery() as nursery:
+        reader = await start(nursery, subject)
+        subject.stop(CloseReason.CLIENT)
+    assert [e.last_event_id for e in reader.events] == [
+        "memory@e1:0:0",
+        "memory@e1:0:1",
+        "memory@e1:0:3",
+        "memory@e1:0:4",
+    ]
+
+
+async def test_a_batch_whose_high_priority_event_does_not_fit_ends_the_stream() -> None:
+    subject = session(inbox_capacity=2)
+    feed = Feed()
+    batch = [feed.next(content(version=n)) for n in range(4)]
+    assert offer_batch(subject, batch) == Counter(
+        {Offer.QUEUED: 2, Offer.DISCONNECTED: 1, Offer.CLOSED: 1}
+    )
+    assert subject.close_reason is CloseReason.LAGGED
+    assert offer_batch(subject, [feed.next(content())]) == Counter({Offer.CLOSED: 1})
+
+
+async def test_the_inbox_bound_counts_events_not_batches() -> None:
+    subject = session(inbox_capacity=4)
+    feed = Feed()
+    assert offer_batch(subject, [feed.next(content()) for _ in range(3)]) == {Offer.QUEUED: 3}
+    assert offer_batch(subject, [feed.next(content()) for _ in range(2)]) == {
+        Offer.QUEUED: 1,
+        Offer.DISCONNECTED: 1,
+    }
+
+
+class CountingWrites:
+    """A :class:`StreamObserver` that keeps how many events each write carried."""
+
+    def __init__(self) -> None:
+        self.writes: list[int] = []
+
+    def opened(self) -> None:
+        pass
+
+    def sent(self, events: Sequence[tuple[str, float | None]], queued: int) -> None:
+        self.writes.append(len(events))
+
+    def closed(self, reason: str, seconds: float) -> None:
+        pass
+
+
+async def test_batches_waiting_together_go_out_in_one_write() -> None:
+    subject = session()
+    subject.observer = observer = CountingWrites()
+    feed = Feed()
+    for _ in range(3):
+        offer_batch(subject, [feed.next(content()), feed.next(progress("t1", 1))])
+    async with trio.open_nursery() as nursery:
+        reader = await start(nursery, subject)
+        subject.stop(CloseReason.CLIENT)
+    assert observer.writes == [6]
+    assert len(reader.events) == 6
+
+
+async def test_a_write_carries_at_most_max_write_batch_events_in_order() -> None:
+    subject = session(inbox_capacity=1000)
+    subject.observer = observer = CountingWrites()
+    feed = Feed()
+    offer_batch(subject, [feed.next(content(version=n)) for n in range(MAX_WRITE_BATCH * 2 + 1)])
+    async with trio.open_nursery() as nursery:
+        reader = await start(nursery, subject)
+        subject.stop(CloseReason.CLIENT)
+    assert observer.writes == [MAX_WRITE_BATCH, MAX_WRITE_BATCH, 1]
+    assert [d["content_version"] for d in reader.data()] == list(range(MAX_WRITE_BATCH * 2 + 1))
 
 
 async def test_shutdown_says_goodbye_with_a_retry_hint() -> None:
@@ -230,7 +329,7 @@ async def test_a_client_that_goes_away_ends_the_session_quietly() -> None:
         nursery.start_soon(subject.run, send, None)
         await receive.receive()
         await receive.aclose()
-        subject.offer(Feed().next(content()))
+        offer(subject, Feed().next(content()))
     assert subject.close_reason is CloseReason.CLIENT
 
 
@@ -253,8 +352,8 @@ async def test_a_session_cancelled_mid_replay_stops_there(autojump_clock: trio.a
         got.append(await receive.receive())  # retry hint
         for _ in range(3):
             got.append(await receive.receive())
-        subject.offer(feed.next(content(version=100)))
-        subject.offer(feed.next(content(version=101)))  # live inbox overflows mid-replay
+        offer(subject, feed.next(content(version=100)))
+        offer(subject, feed.next(content(version=101)))  # live inbox overflows mid-replay
         async with receive:
             async for chunk in receive:
                 got.append(chunk)
@@ -280,7 +379,7 @@ async def test_replay_then_live_skips_what_the_client_had_and_merges_its_cursor(
     replay = Replay([Entry(d.identity, d.message, 0.0) for d in history], False)
     async with trio.open_nursery() as nursery:
         reader = await start(nursery, subject, replay)
-        subject.offer(feed.next(content(version=6), partition="1"))  # partition 1, offset 3
+        offer(subject, feed.next(content(version=6), partition="1"))  # partition 1, offset 3
         await trio.testing.wait_all_tasks_blocked()
         subject.stop(CloseReason.CLIENT)
     assert [d["content_version"] for d in reader.data()] == [2, 4, 6]
@@ -335,7 +434,7 @@ async def test_a_replayed_event_moves_the_cursor_by_its_own_place_only() -> None
     feed.offsets = {"0": 5, "1": 7}
     async with trio.open_nursery() as nursery:
         reader = await start(nursery, subject, replay)
-        subject.offer(feed.next(content(version=8), partition="1"))
+        offer(subject, feed.next(content(version=8), partition="1"))
         await trio.testing.wait_all_tasks_blocked()
         subject.stop(CloseReason.CLIENT)
     assert [e.last_event_id for e in reader.events] == [
@@ -355,7 +454,7 @@ async def test_sampled_sends_are_logged_with_the_connection_id(
     feed = Feed()
     async with trio.open_nursery() as nursery:
         await start(nursery, subject)
-        subject.offer(feed.next(content(version=1)))
+        offer(subject, feed.next(content(version=1)))
         await trio.testing.wait_all_tasks_blocked()
         subject.stop(CloseReason.CLIENT)
     (record,) = [r for r in caplog.records if r.getMessage() == "events sent"]

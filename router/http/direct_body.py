@@ -43,7 +43,6 @@ class ChunkedSocketWriter:
         self._stream = stream
         self._socket = stream.socket
         self._send_lock = send_lock
-        pass  # EXPERIMENT
         self.waits = 0
         """How many chunks could not be written at once and had to wait for the client."""
 
