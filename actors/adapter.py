@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -153,14 +153,17 @@ class Adapter:
 
     def route(self, deliveries: Sequence[Delivery]) -> None:
         """Offer each session, in one batch, the deliveries that are for it."""
-        offers = self.stats.offers
-        if len(deliveries) == 1:  # the common case: one batch shared by all its sessions
-            message = deliveries[0].message
-            assert message.scope is not None
-            for session in self.registry.candidates(message.scope):
-                if admits(message, session.principal, session.stream_filter):
-                    session.offer(deliveries, offers)
+        audiences: dict[int, tuple[Collection[Session], list[Delivery]]] = {}
+        for delivery in deliveries:
+            assert delivery.message.scope is not None
+            candidates = self.registry.candidates(delivery.message.scope)
+            audience = audiences.setdefault(id(candidates), (candidates, []))
+            audience[1].append(delivery)
+        if len(audiences) == 1:  # one event, or a burst for the same audience
+            ((candidates, shared),) = audiences.values()
+            self._offer_to_audience(candidates, tuple(shared))
             return
+        offers = self.stats.offers
         batches: dict[Session, list[Delivery]] = {}
         for delivery in deliveries:
             message = delivery.message
@@ -174,6 +177,26 @@ class Adapter:
                         batch.append(delivery)
         for session, batch in batches.items():
             session.offer(batch, offers)
+
+    def _offer_to_audience(
+        self, candidates: Collection[Session], deliveries: tuple[Delivery, ...]
+    ) -> None:
+        """Offer deliveries that share their candidates: a session admitted to all of them
+        (the usual case) gets the one tuple every such session shares."""
+        offers = self.stats.offers
+        if len(deliveries) == 1:
+            message = deliveries[0].message
+            for session in candidates:
+                if admits(message, session.principal, session.stream_filter):
+                    session.offer(deliveries, offers)
+            return
+        for session in candidates:
+            principal, stream_filter = session.principal, session.stream_filter
+            batch = [d for d in deliveries if admits(d.message, principal, stream_filter)]
+            if len(batch) == len(deliveries):
+                session.offer(deliveries, offers)
+            elif batch:
+                session.offer(batch, offers)
 
 
 def _seconds(timestamp: str) -> float:

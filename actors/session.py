@@ -126,6 +126,9 @@ class Session:
     _overflow: dict[str, Delivery] = field(default_factory=dict, repr=False)
     _held: Sequence[Delivery] = field(default=(), repr=False)
     _queued: int = field(default=0, repr=False)
+    """Events offered and not yet written: in the inbox's batches and in ``_held``."""
+    _batches_waiting: int = field(default=0, repr=False)
+    """Items in the inbox channel (batches and the heartbeat)."""
     _in_sync: bool = field(default=False, repr=False)
     _quiet_ticks: int = field(default=0, repr=False)
     _heartbeat_queued: bool = field(default=False, repr=False)
@@ -162,6 +165,7 @@ class Session:
         capacity = self.settings.inbox_capacity
         if not self._overflow and self._queued + len(deliveries) <= capacity:
             self._inbox_send.send_nowait(deliveries)
+            self._batches_waiting += 1
             self._queued += len(deliveries)
             outcomes[Offer.QUEUED] += len(deliveries)
             return
@@ -183,6 +187,7 @@ class Session:
             outcomes[Offer.COALESCED] += 1
         if queued:
             self._inbox_send.send_nowait(queued)
+            self._batches_waiting += 1
             self._queued += len(queued)
             outcomes[Offer.QUEUED] += len(queued)
         if lagged_at is not None:
@@ -202,6 +207,7 @@ class Session:
         self._quiet_ticks += 1
         if self._quiet_ticks >= TICKS_PER_HEARTBEAT and not self._heartbeat_queued:
             self._inbox_send.send_nowait(HEARTBEAT)
+            self._batches_waiting += 1
             self._heartbeat_queued = True
 
     def stop(self, reason: CloseReason) -> None:
@@ -271,7 +277,7 @@ class Session:
                 self.events_sent += 1
                 # Counted as sent; its age says how long the client was away, not the router's
                 # delivery lag, so no lag is reported for it.
-                self.observer.sent([(entry.message.event, None)], queued=0)
+                self.observer.sent((entry.message.event,), oldest_age=None, queued=0)
 
     async def _stream_live(self, output: Output) -> None:
         while True:
@@ -299,12 +305,10 @@ class Session:
         await self._send(output, chunks[0] if len(chunks) == 1 else b"".join(chunks))
         self.events_sent += len(sent)
         self._maybe_log_send(sent)
-        now = time.time()
+        occurred = [d.occurred_at for d in sent if d.occurred_at is not None]
         self.observer.sent(
-            [
-                (d.message.event, None if d.occurred_at is None else now - d.occurred_at)
-                for d in sent
-            ],
+            [d.message.event for d in sent],
+            oldest_age=time.time() - min(occurred) if occurred else None,
             queued=self._queued,
         )
 
@@ -328,11 +332,8 @@ class Session:
         ``_heartbeat_due`` set)."""
         while not (self._held or self._overflow or self._heartbeat_due):
             self._take(await self._inbox.receive())
-        while len(self._held) < MAX_WRITE_BATCH:
-            try:
-                self._take(self._inbox.receive_nowait())
-            except trio.WouldBlock:
-                break
+        while self._batches_waiting and len(self._held) < MAX_WRITE_BATCH:
+            self._take(self._inbox.receive_nowait())
         if self._overflow:
             return self._merge_overflow()
         batch = self._held
@@ -344,6 +345,7 @@ class Session:
         return batch
 
     def _take(self, item: Sequence[Delivery] | _Heartbeat) -> None:
+        self._batches_waiting -= 1
         if isinstance(item, _Heartbeat):
             self._heartbeat_queued = False
             self._heartbeat_due = True

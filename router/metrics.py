@@ -53,7 +53,8 @@ class Metrics:
         )
         self.delivery_lag = Buckets(
             "sse_event_delivery_lag_seconds",
-            "Time from an event's occurred_at to its write to a client.",
+            "Time from an event's occurred_at to its write to a client (the events of one write"
+            " are observed at the age of the oldest).",
             (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.queue_size = Buckets(
@@ -85,13 +86,13 @@ class Metrics:
     def opened(self) -> None:
         self.current_connections.inc()
 
-    def sent(self, events: Sequence[tuple[str, float | None]], queued: int) -> None:
+    def sent(self, event_names: Sequence[str], oldest_age: float | None, queued: int) -> None:
         self.queue_size.observe(queued)
-        sent, lags = self.events_sent.counts, self.delivery_lag
-        for name, lag in events:
-            sent[name] += 1
-            if lag is not None:
-                lags.observe(max(0.0, lag))
+        self.events_sent.counts.update(event_names)
+        if oldest_age is not None:
+            # Each event of a write is observed at the oldest one's age: an upper bound, at one
+            # observation per write instead of one per event.
+            self.delivery_lag.observe(max(0.0, oldest_age), count=len(event_names))
 
     def closed(self, reason: str, seconds: float) -> None:
         self.current_connections.dec()

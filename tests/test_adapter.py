@@ -217,7 +217,8 @@ async def test_run_processes_batches_until_its_channel_closes() -> None:
         async with send:
             await send.send([Record(identity(0), content(0))])
             await send.send([Record(identity(1), b"nope"), Record(identity(2), content(1))])
-    assert [[e.identity.offset for e in entries] for entries in cache.appends] == [[(0,)], [(2,)]]
+    appended = [e.identity.offset for entries in cache.appends for e in entries]
+    assert appended == [(0,), (2,)]
     assert adapter.stats.consumed == 3
     assert adapter.stats.rejected == Counter({"malformed": 1})
 
@@ -351,3 +352,38 @@ async def test_each_session_is_offered_its_share_of_a_step_in_one_batch() -> Non
     assert outputs["n2"].versions_per_write() == [[2]]
     assert outputs["both"].versions_per_write() == [[0, 1, 2, 3, 4, 5]]
     assert adapter.stats.offers == Counter({Offer.QUEUED: 5 + 1 + 6})
+
+
+async def test_a_burst_for_one_audience_reaches_each_session_filtered_in_one_write() -> None:
+    """Events whose candidates are the same sessions (here: all of user u1's) are offered as
+    one batch, narrowed per session by the same check as any other event."""
+    registry = SessionRegistry()
+    adapter = Adapter(RecordingCache(), registry)
+    outputs = {"all": Writes(), "progress only": Writes()}
+    filters = {
+        "all": StreamFilter(),
+        "progress only": StreamFilter(event_types=frozenset({"task.progress-updated"})),
+    }
+    async with trio.open_nursery() as nursery:
+        for name, output in outputs.items():
+            session = Session(
+                Principal("u1", novels=frozenset({"n1"})), filters[name], expires_at=in_an_hour()
+            )
+            registry.add(session)
+            nursery.start_soon(session.run, output, None)
+        await trio.testing.wait_all_tasks_blocked()
+        mine = {"user_id": "u1", "novel_id": "n1"}
+        await adapter.process(
+            [
+                Record(identity(0), raw("Content.Updated", mine, novel_id="n1", content_version=1)),
+                Record(identity(1), raw("Task.ProgressUpdated", {"user_id": "u1"},
+                                        task_id="t1", progress=50)),
+                Record(identity(2), raw("Content.Updated", mine, novel_id="n1", content_version=2)),
+            ]
+        )  # fmt: skip
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert [len(chunk.split(b"\n\n")) - 1 for chunk in outputs["all"].chunks[1:]] == [3]
+    assert [len(chunk.split(b"\n\n")) - 1 for chunk in outputs["progress only"].chunks[1:]] == [1]
+    assert b"task.progress-updated" in outputs["progress only"].chunks[1]
+    assert adapter.stats.offers == Counter({Offer.QUEUED: 3 + 1})

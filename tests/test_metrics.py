@@ -93,9 +93,10 @@ def test_tallies_expose_what_prometheus_client_would() -> None:
     ours = Buckets("lag_seconds", "Lag.", bounds)
     reference_registry = CollectorRegistry()
     reference = Histogram("lag_seconds", "Lag.", buckets=bounds, registry=reference_registry)
-    for observed in (0.0, 0.1, 0.5, 1.0, 3.0, 10.0, 11.0, 1e9):
-        ours.observe(observed)
-        reference.observe(observed)
+    for times, observed in enumerate((0.0, 0.1, 0.5, 1.0, 3.0, 10.0, 11.0, 1e9), start=1):
+        ours.observe(observed, count=times)
+        for _ in range(times):
+            reference.observe(observed)
     ours_registry = CollectorRegistry()
     ours_registry.register(_TallyCollector((ours,)))
     expected = [

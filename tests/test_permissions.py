@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from router.core.events import SSEErrorEvent, SystemNotificationEvent, TaskProgressEvent
 from router.core.permissions import Principal, StreamFilter, admits, is_visible, is_wanted
@@ -134,3 +136,35 @@ def test_a_filter_cannot_widen_visibility() -> None:
 def test_an_unscoped_message_is_never_routed() -> None:
     error = SSEErrorEvent(code="lagged", message="too slow", retryable=True)
     assert not admits(error, ME, StreamFilter())
+
+
+def maybe(*values: str) -> st.SearchStrategy[str | None]:
+    return st.sampled_from([None, *values])
+
+
+named_scopes = st.tuples(maybe("u1", "u2"), maybe("n1", "n2"), maybe("s1", "s2")).filter(any)
+scopes = st.just(Scope(broadcast=True)) | named_scopes.map(lambda fields: Scope(*fields))
+names = st.frozensets(st.sampled_from(["n1", "n2", "n3"]), max_size=2)
+principals = st.builds(
+    Principal, user_id=st.sampled_from(["u1", "u2"]), novels=names, session_id=maybe("s1", "s2")
+)
+filters = st.builds(
+    StreamFilter,
+    novel_ids=names,
+    session_id=maybe("s1", "s2"),
+    event_types=st.frozensets(st.sampled_from(["task.progress-updated", "system.notification"])),
+)
+
+
+@given(scope=scopes, principal=principals, stream_filter=filters)
+def test_admits_decides_exactly_as_visible_and_wanted_do(
+    scope: Scope, principal: Principal, stream_filter: StreamFilter
+) -> None:
+    """Whatever shortcut ``admits`` takes, it decides as the rule's two halves do."""
+    message: TaskProgressEvent | SystemNotificationEvent = (
+        SystemNotificationEvent(level="info", title="t", message="m", scope=scope)
+        if scope.broadcast
+        else progress(scope)
+    )
+    expected = is_visible(scope, principal) and is_wanted(message, stream_filter)
+    assert admits(message, principal, stream_filter) is expected

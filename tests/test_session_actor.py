@@ -252,8 +252,8 @@ class CountingWrites:
     def opened(self) -> None:
         pass
 
-    def sent(self, events: Sequence[tuple[str, float | None]], queued: int) -> None:
-        self.writes.append(len(events))
+    def sent(self, event_names: Sequence[str], oldest_age: float | None, queued: int) -> None:
+        self.writes.append(len(event_names))
 
     def closed(self, reason: str, seconds: float) -> None:
         pass

@@ -78,6 +78,11 @@ def admits(message: SSEMessage, principal: Principal, stream_filter: StreamFilte
     A message without a scope is the router's own (an ``sse.error`` for this stream) and is never
     routed through here; refusing it keeps a bug from broadcasting it.
     """
-    if message.scope is None:
+    scope = message.scope
+    if scope is None:
         return False
-    return is_visible(message.scope, principal) and is_wanted(message, stream_filter)
+    if scope.broadcast:
+        # The widest fan-out, checked once per stream: the rule above, taken straight to the
+        # one part of it that applies (only a filter's event types narrow a broadcast).
+        return not stream_filter.event_types or message.event in stream_filter.event_types
+    return is_visible(scope, principal) and is_wanted(message, stream_filter)
