@@ -11,7 +11,7 @@ from datetime import datetime
 import trio
 
 from actors.registry import SessionRegistry
-from actors.session import Delivery, Offer, Session
+from actors.session import Delivery, Offer, Session, SharedBatch
 from router.bus.base import Record
 from router.cache.base import ReplayCache
 from router.core.cursor import Cursor
@@ -161,7 +161,7 @@ class Adapter:
             audience[1].append(delivery)
         if len(audiences) == 1:  # one event, or a burst for the same audience
             ((candidates, shared),) = audiences.values()
-            self._offer_to_audience(candidates, tuple(shared))
+            self._offer_to_audience(candidates, SharedBatch(shared))
             return
         offers = self.stats.offers
         batches: dict[Session, list[Delivery]] = {}
@@ -178,11 +178,9 @@ class Adapter:
         for session, batch in batches.items():
             session.offer(batch, offers)
 
-    def _offer_to_audience(
-        self, candidates: Collection[Session], deliveries: tuple[Delivery, ...]
-    ) -> None:
+    def _offer_to_audience(self, candidates: Collection[Session], deliveries: SharedBatch) -> None:
         """Offer deliveries that share their candidates: a session admitted to all of them
-        (the usual case) gets the one tuple every such session shares."""
+        (the usual case) gets the one batch every such session shares."""
         offers = self.stats.offers
         if len(deliveries) == 1:
             message = deliveries[0].message

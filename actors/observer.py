@@ -6,7 +6,7 @@ want nothing pass :data:`NO_OBSERVER`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Protocol
 
 
@@ -14,10 +14,10 @@ class StreamObserver(Protocol):
     def opened(self) -> None:
         """A stream started."""
 
-    def sent(self, event_names: Sequence[str], oldest_age: float | None, queued: int) -> None:
-        """A write to a client: the names of the events it carried, how old the oldest of them
-        was in seconds (``None`` if unknown, as for a replayed event), and how many events were
-        still waiting in the session's inbox."""
+    def sent(self, events: Mapping[str, int], oldest_age: float | None, queued: int) -> None:
+        """A write to a client: how many events of each name it carried, how old the oldest of
+        them was in seconds (``None`` if unknown, as for a replayed event), and how many events
+        were still waiting in the session's inbox."""
 
     def closed(self, reason: str, seconds: float) -> None:
         """A stream ended after ``seconds``, for ``reason`` (a CloseReason value)."""
@@ -27,7 +27,7 @@ class _NoObserver:
     def opened(self) -> None:
         pass
 
-    def sent(self, event_names: Sequence[str], oldest_age: float | None, queued: int) -> None:
+    def sent(self, events: Mapping[str, int], oldest_age: float | None, queued: int) -> None:
         pass
 
     def closed(self, reason: str, seconds: float) -> None:

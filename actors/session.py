@@ -9,11 +9,12 @@ stops reading its inbox, the inbox fills, and the adapter applies :meth:`Session
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -75,6 +76,27 @@ class Delivery:
     message: SSEMessage
     occurred_at: float | None = None
     """When the event happened, in seconds since the epoch, for the delivery lag metric."""
+
+
+class SharedBatch(tuple[Delivery, ...]):
+    """Deliveries the adapter offers as they are to every session it admitted to all of them.
+
+    A session in step with the router's cursor writes exactly the same bytes for them as every
+    other such session, so their encoding and what is counted of them are worked out once, by
+    the first session that writes them.
+    """
+
+    @functools.cached_property
+    def wire(self) -> bytes:
+        return b"".join(delivery.message.to_sse_format() for delivery in self)
+
+    @functools.cached_property
+    def event_counts(self) -> Counter[str]:
+        return Counter(delivery.message.event for delivery in self)
+
+    @functools.cached_property
+    def oldest_occurred_at(self) -> float | None:
+        return min((d.occurred_at for d in self if d.occurred_at is not None), default=None)
 
 
 class _Heartbeat:
@@ -277,7 +299,7 @@ class Session:
                 self.events_sent += 1
                 # Counted as sent; its age says how long the client was away, not the router's
                 # delivery lag, so no lag is reported for it.
-                self.observer.sent((entry.message.event,), oldest_age=None, queued=0)
+                self.observer.sent({entry.message.event: 1}, oldest_age=None, queued=0)
 
     async def _stream_live(self, output: Output) -> None:
         while True:
@@ -294,6 +316,13 @@ class Session:
         self._quiet_ticks = 0
 
     async def _write(self, output: Output, batch: Sequence[Delivery]) -> None:
+        if self._in_sync and isinstance(batch, SharedBatch):
+            # Admitted whole by the adapter, and in step with the router's cursor: the same
+            # bytes as every other session writing this batch, joined once for all of them.
+            self.cursor = batch[-1].cursor
+            await self._send(output, batch.wire)
+            self._count_sent(batch, batch.event_counts, batch.oldest_occurred_at)
+            return
         chunks, sent = [], []
         for delivery in batch:
             chunk = self._encode(delivery.identity, delivery.cursor, delivery.message)
@@ -303,12 +332,17 @@ class Session:
         if not chunks:
             return
         await self._send(output, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        occurred = [d.occurred_at for d in sent if d.occurred_at is not None]
+        self._count_sent(sent, Counter(d.message.event for d in sent), min(occurred, default=None))
+
+    def _count_sent(
+        self, sent: Sequence[Delivery], event_counts: Mapping[str, int], oldest: float | None
+    ) -> None:
         self.events_sent += len(sent)
         self._maybe_log_send(sent)
-        occurred = [d.occurred_at for d in sent if d.occurred_at is not None]
         self.observer.sent(
-            [d.message.event for d in sent],
-            oldest_age=time.time() - min(occurred) if occurred else None,
+            event_counts,
+            oldest_age=None if oldest is None else time.time() - oldest,
             queued=self._queued,
         )
 

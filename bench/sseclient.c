@@ -47,6 +47,7 @@ typedef struct {
 
 static double *latencies;
 static long latency_count, latency_cap;
+static double first_event_at, last_event_at; /* seconds, when the first and the last new event came */
 static long total_events, duplicates;
 static int max_seq_seen = -1;
 
@@ -80,6 +81,8 @@ static void on_line(conn_t *c, const char *line, int len) {
     if (seq > max_seq_seen) max_seq_seen = (int)seq;
     c->received++;
     total_events++;
+    last_event_at = now_s();
+    if (first_event_at == 0) first_event_at = last_event_at;
     if (latency_count == latency_cap) {
         latency_cap = latency_cap ? latency_cap * 2 : 1 << 20;
         latencies = realloc(latencies, latency_cap * sizeof(double));
@@ -258,8 +261,9 @@ int main(int argc, char **argv) {
     printf("{\"opened\": %d, \"failed\": %d, \"open_seconds\": %.3f, \"events\": %ld, "
            "\"missing\": %ld, \"duplicates\": %ld, \"p50_ms\": %.2f, \"p90_ms\": %.2f, "
            "\"p99_ms\": %.2f, \"max_ms\": %.2f, \"client_cpu_seconds\": %.3f, "
-           "\"elapsed_seconds\": %.3f}\n",
+           "\"elapsed_seconds\": %.3f, \"receiving_seconds\": %.3f}\n",
            opened, failed, all_open_at, total_events, missing, duplicates, PCT(0.5), PCT(0.9),
-           PCT(0.99), latency_count ? latencies[latency_count - 1] : 0.0, cpu, now_s() - start);
+           PCT(0.99), latency_count ? latencies[latency_count - 1] : 0.0, cpu, now_s() - start,
+           last_event_at - first_event_at);
     return 0;
 }

@@ -9,7 +9,7 @@ bounded set: never a user id or a token.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -86,13 +86,17 @@ class Metrics:
     def opened(self) -> None:
         self.current_connections.inc()
 
-    def sent(self, event_names: Sequence[str], oldest_age: float | None, queued: int) -> None:
+    def sent(self, events: Mapping[str, int], oldest_age: float | None, queued: int) -> None:
         self.queue_size.observe(queued)
-        self.events_sent.counts.update(event_names)
+        counts = self.events_sent.counts
+        written = 0
+        for name, count in events.items():
+            counts[name] += count
+            written += count
         if oldest_age is not None:
             # Each event of a write is observed at the oldest one's age: an upper bound, at one
             # observation per write instead of one per event.
-            self.delivery_lag.observe(max(0.0, oldest_age), count=len(event_names))
+            self.delivery_lag.observe(max(0.0, oldest_age), count=written)
 
     def closed(self, reason: str, seconds: float) -> None:
         self.current_connections.dec()

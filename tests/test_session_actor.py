@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pytest
 import trio
@@ -18,6 +18,7 @@ from actors.session import (
     Offer,
     Session,
     SessionSettings,
+    SharedBatch,
 )
 from router.core.history import Entry, Replay
 from router.core.permissions import Principal, StreamFilter
@@ -194,7 +195,7 @@ async def test_a_slow_reader_does_not_block_the_offer() -> None:
     assert outcomes[4] is Offer.DISCONNECTED
 
 
-def offer_batch(subject: Session, deliveries: list[Delivery]) -> Counter[Offer]:
+def offer_batch(subject: Session, deliveries: Sequence[Delivery]) -> Counter[Offer]:
     outcomes: Counter[Offer] = Counter()
     subject.offer(deliveries, outcomes)
     return outcomes
@@ -252,8 +253,8 @@ class CountingWrites:
     def opened(self) -> None:
         pass
 
-    def sent(self, event_names: Sequence[str], oldest_age: float | None, queued: int) -> None:
-        self.writes.append(len(event_names))
+    def sent(self, events: Mapping[str, int], oldest_age: float | None, queued: int) -> None:
+        self.writes.append(sum(events.values()))
 
     def closed(self, reason: str, seconds: float) -> None:
         pass
@@ -282,6 +283,35 @@ async def test_a_write_carries_at_most_max_write_batch_events_in_order() -> None
         subject.stop(CloseReason.CLIENT)
     assert observer.writes == [MAX_WRITE_BATCH, MAX_WRITE_BATCH, 1]
     assert [d["content_version"] for d in reader.data()] == list(range(MAX_WRITE_BATCH * 2 + 1))
+
+
+async def test_a_shared_batch_is_written_as_is_in_step_and_re_encoded_for_a_client_ahead() -> None:
+    """Sessions in step with the router's cursor write a shared batch's bytes as they are; a
+    client that came from an instance ahead in partition 1 keeps getting ids of its own."""
+    from router.core.cursor import parse_cursor
+
+    feed = Feed()
+    first = SharedBatch([feed.next(content(version=1))])
+    second = SharedBatch([feed.next(content(version=2)), feed.next(content(version=3))])
+    in_step, ahead = session(), session()
+    ahead.cursor = parse_cursor("memory@e1:1:5")
+    async with trio.open_nursery() as nursery:
+        readers = [await start(nursery, subject) for subject in (in_step, ahead)]
+        for batch in (first, second):  # each written before the next comes
+            for subject in (in_step, ahead):
+                offer_batch(subject, batch)
+            await trio.testing.wait_all_tasks_blocked()
+        in_step.stop(CloseReason.CLIENT)
+        ahead.stop(CloseReason.CLIENT)
+    in_step_reader, ahead_reader = readers
+    assert [e.last_event_id for e in in_step_reader.events] == [
+        f"memory@e1:0:{n}" for n in range(3)
+    ]
+    assert second.wire in in_step_reader.raw
+    assert [e.last_event_id for e in ahead_reader.events] == [
+        f"memory@e1:0:{n},1:5" for n in range(3)
+    ]
+    assert [d["content_version"] for d in ahead_reader.data()] == [1, 2, 3]
 
 
 async def test_shutdown_says_goodbye_with_a_retry_hint() -> None:
