@@ -180,20 +180,27 @@ class Adapter:
 
     def _offer_to_audience(self, candidates: Collection[Session], deliveries: SharedBatch) -> None:
         """Offer deliveries that share their candidates: a session admitted to all of them
-        (the usual case) gets the one batch every such session shares."""
+        (the usual case) gets the one batch every such session shares.
+
+        The check looks at an event's scope and name only, so it is made once per kind of event
+        in the batch (usually one: a burst of broadcasts, or of one novel's updates), and per
+        event only for a session admitted to some kinds and not others.
+        """
         offers = self.stats.offers
-        if len(deliveries) == 1:
-            message = deliveries[0].message
+        kinds = list({(d.message.scope, d.message.event): d.message for d in deliveries}.values())
+        if len(kinds) == 1:
+            (kind,) = kinds
             for session in candidates:
-                if admits(message, session.principal, session.stream_filter):
+                if admits(kind, session.principal, session.stream_filter):
                     session.offer(deliveries, offers)
             return
         for session in candidates:
             principal, stream_filter = session.principal, session.stream_filter
-            batch = [d for d in deliveries if admits(d.message, principal, stream_filter)]
-            if len(batch) == len(deliveries):
+            admitted = [admits(kind, principal, stream_filter) for kind in kinds]
+            if all(admitted):
                 session.offer(deliveries, offers)
-            elif batch:
+            elif any(admitted):
+                batch = [d for d in deliveries if admits(d.message, principal, stream_filter)]
                 session.offer(batch, offers)
 
 

@@ -168,3 +168,22 @@ def test_admits_decides_exactly_as_visible_and_wanted_do(
     )
     expected = is_visible(scope, principal) and is_wanted(message, stream_filter)
     assert admits(message, principal, stream_filter) is expected
+
+
+@given(
+    scope=scopes,
+    principal=principals,
+    stream_filter=filters,
+    payloads=st.tuples(st.text(max_size=5), st.text(max_size=5)),
+)
+def test_messages_alike_in_scope_and_name_are_admitted_alike(
+    scope: Scope, principal: Principal, stream_filter: StreamFilter, payloads: tuple[str, str]
+) -> None:
+    """What lets the adapter check a burst once per kind of event."""
+    first, second = (
+        SystemNotificationEvent(level="info", title=text or "t", message="m", scope=scope)
+        if scope.broadcast
+        else TaskProgressEvent(task_id=text or "t", progress=len(text), scope=scope)
+        for text in payloads
+    )
+    assert admits(first, principal, stream_filter) is admits(second, principal, stream_filter)

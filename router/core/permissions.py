@@ -75,6 +75,9 @@ def is_wanted(message: SSEMessage, stream_filter: StreamFilter) -> bool:
 def admits(message: SSEMessage, principal: Principal, stream_filter: StreamFilter) -> bool:
     """The one check between an event and a client: visible to them, and asked for.
 
+    It looks at nothing of the message but its scope and its event name, so messages alike in
+    both are admitted alike: the adapter checks a burst once per kind of event.
+
     A message without a scope is the router's own (an ``sse.error`` for this stream) and is never
     routed through here; refusing it keeps a bug from broadcasting it.
     """
