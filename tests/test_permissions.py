@@ -174,16 +174,19 @@ def test_admits_decides_exactly_as_visible_and_wanted_do(
     scope=scopes,
     principal=principals,
     stream_filter=filters,
-    payloads=st.tuples(st.text(max_size=5), st.text(max_size=5)),
+    payloads=st.tuples(*[st.tuples(st.sampled_from(["t1", "t2", "x-9"]), st.integers(0, 100))] * 2),
 )
 def test_messages_alike_in_scope_and_name_are_admitted_alike(
-    scope: Scope, principal: Principal, stream_filter: StreamFilter, payloads: tuple[str, str]
+    scope: Scope,
+    principal: Principal,
+    stream_filter: StreamFilter,
+    payloads: tuple[tuple[str, int], tuple[str, int]],
 ) -> None:
     """What lets the adapter check a burst once per kind of event."""
     first, second = (
-        SystemNotificationEvent(level="info", title=text or "t", message="m", scope=scope)
+        SystemNotificationEvent(level="info", title=name, message=str(number), scope=scope)
         if scope.broadcast
-        else TaskProgressEvent(task_id=text or "t", progress=len(text), scope=scope)
-        for text in payloads
+        else TaskProgressEvent(task_id=name, progress=number, scope=scope)
+        for name, number in payloads
     )
     assert admits(first, principal, stream_filter) is admits(second, principal, stream_filter)
