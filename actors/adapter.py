@@ -157,15 +157,13 @@ class Adapter:
         for delivery in deliveries:
             assert delivery.message.scope is not None
             candidates = self.registry.candidates(delivery.message.scope)
-            audience = audiences.setdefault(id(candidates), (candidates, []))
-            audience[1].append(delivery)
+            audiences.setdefault(id(candidates), (candidates, []))[1].append(delivery)
         if len(audiences) == 1:  # one event, or a burst for the same audience
             ((candidates, shared),) = audiences.values()
             self._offer_to_audience(candidates, SharedBatch(shared))
             return
-        offers = self.stats.offers
         batches: dict[Session, list[Delivery]] = {}
-        for delivery in deliveries:
+        for delivery in deliveries:  # in order: a session's batch keeps the adapter's order
             message = delivery.message
             assert message.scope is not None
             for session in self.registry.candidates(message.scope):
@@ -175,6 +173,7 @@ class Adapter:
                         batches[session] = [delivery]
                     else:
                         batch.append(delivery)
+        offers = self.stats.offers
         for session, batch in batches.items():
             session.offer(batch, offers)
 

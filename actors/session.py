@@ -150,7 +150,8 @@ class Session:
     _queued: int = field(default=0, repr=False)
     """Events offered and not yet written: in the inbox's batches and in ``_held``."""
     _batches_waiting: int = field(default=0, repr=False)
-    """Items in the inbox channel (batches and the heartbeat)."""
+    """Items in the inbox channel (batches and the heartbeat), kept as they are sent and taken:
+    asking the channel costs an object per call, and trying it costs an exception when empty."""
     _in_sync: bool = field(default=False, repr=False)
     _quiet_ticks: int = field(default=0, repr=False)
     _heartbeat_queued: bool = field(default=False, repr=False)
