@@ -66,5 +66,5 @@ system-deps:
 
 # Measure the router beside a peer (sse-starlette on uvicorn); prints a table. Not a test.
 bench *ARGS:
-    pip install --quiet -e '.[bench]'
+    pip install --quiet -e '.[dev,bench]'
     python -m bench.run {{ARGS}}

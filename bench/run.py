@@ -12,14 +12,16 @@ import http.client
 import json
 import os
 import resource
+import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +29,8 @@ BUILD = ROOT / "bench" / ".build"
 ROUTER_COMMAND = [sys.executable, "-m", "router.cli"]
 """How the harness starts the router (a profiling wrapper may stand in)."""
 SECRET = "benchmark-only-secret-0123456789abcdef"
+MAX_SEQ = 65536
+"""The C client counts sequence numbers below this (bench/sseclient.c)."""
 
 
 def build_client() -> Path:
@@ -74,6 +78,9 @@ class Server:
     stream_path: str
     auth_header: str
     publish_path: str
+    publisher_token: str = ""
+    resources: ExitStack = field(default_factory=ExitStack)
+    """What the server needs besides its process (a broker, Redis keys), released on stop."""
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -86,11 +93,12 @@ class Server:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        with self.resources:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
 
 
 def wait_listening(port: int) -> None:
@@ -105,26 +113,84 @@ def wait_listening(port: int) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def start_router() -> Server:
+def start_router(name: str = "router", options: Sequence[str] = ()) -> Server:
+    """The router on its embedded default, or with ``options`` (another bus and cache)."""
     from router.auth import mint_token
 
     port = free_port()
     command = [
         *ROUTER_COMMAND, "serve", "--port", str(port),
         "--log-level", "warning", "--max-streams-per-user", "1000000",
-        "--connects-per-minute", "1000000", "--session-buffer", "1024",
+        "--connects-per-minute", "1000000", "--session-buffer", "1024", *options,
     ]  # fmt: skip
     environ = {**os.environ, "SSE_ROUTER_JWT_SECRET": SECRET}
     process = subprocess.Popen(command, env=environ, stdout=subprocess.DEVNULL)
     wait_listening(port)
     reader = mint_token(SECRET, sub="bench-reader", ttl_seconds=3600)
     publisher = mint_token(SECRET, sub="bench-publisher", roles=["publisher"], ttl_seconds=3600)
-    server = Server(
-        "router", process, port, "/api/v1/events/stream", f"Authorization: Bearer {reader}",
-        "/api/v1/events",
+    return Server(
+        name, process, port, "/api/v1/events/stream", f"Authorization: Bearer {reader}",
+        "/api/v1/events", publisher,
     )  # fmt: skip
-    server.publisher_token = publisher  # type: ignore[attr-defined]
+
+
+def start_router_on_kafka_and_redis() -> Server:
+    """The router reading Kafka (a tansu broker started here, a new topic of 3 partitions) and
+    keeping its replay cache in Redis (``REDIS_URL``, else the local server, under a new key
+    prefix whose keys are deleted afterwards). It is returned once it routes what is published."""
+    import trio
+
+    from tests.kafka_broker import create_topic, running_broker
+
+    resources = ExitStack()
+    with resources:
+        broker = resources.enter_context(running_broker())
+        topic = f"bench-{secrets.token_hex(4)}"
+        trio.run(create_topic, broker.bootstrap, topic, 3)
+        redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        prefix = f"bench-{secrets.token_hex(4)}"
+        resources.callback(delete_keys, redis_url, prefix)
+        options = [
+            "--bus", "kafka", "--kafka-bootstrap", broker.bootstrap, "--kafka-topic", topic,
+            "--cache", "redis", "--redis-url", redis_url, "--redis-key-prefix", prefix,
+        ]  # fmt: skip
+        server = start_router("kafka+redis", options)
+        server.resources.push(resources.pop_all())
+    try:
+        wait_routing(server)
+    except BaseException:
+        server.stop()
+        raise
     return server
+
+
+def delete_keys(redis_url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+def wait_routing(server: Server) -> None:
+    """Publish one event nobody reads and wait until the router has consumed it: from then on
+    its consumer is reading the bus, so no workload event goes by before it starts."""
+    publish(server, MAX_SEQ)  # beyond the client's sequence numbers: never counted
+    for _ in range(600):
+        metrics = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        try:
+            metrics.request("GET", "/metrics")
+            text = metrics.getresponse().read().decode()
+        finally:
+            metrics.close()
+        for line in text.splitlines():
+            if line.startswith("sse_events_consumed_total ") and float(line.split()[1]) >= 1:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{server.name} did not consume the event published to start it")
 
 
 def start_peer() -> Server:
@@ -136,9 +202,7 @@ def start_peer() -> Server:
     ]  # fmt: skip
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
     wait_listening(port)
-    server = Server("peer", process, port, "/stream", "", "/publish")
-    server.publisher_token = ""  # type: ignore[attr-defined]
-    return server
+    return Server("peer", process, port, "/stream", "", "/publish")
 
 
 _publisher_connections = threading.local()
@@ -157,9 +221,8 @@ def publish(server: Server, seq: int, count: int = 1, users: list[str] | None = 
         for n in range(seq, seq + count)
     ]
     headers = {"Content-Type": "application/json"}
-    token = server.publisher_token  # type: ignore[attr-defined]
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
+    if server.publisher_token:
+        headers["Authorization"] = f"Bearer {server.publisher_token}"
     # One kept-alive connection per publishing thread, as a back end's HTTP client pool would.
     connection = getattr(_publisher_connections, "connection", None)
     if connection is None or connection.port != server.port:
@@ -316,9 +379,7 @@ def targeted(client: Path, server: Server, connections: int, rate: float) -> dic
         cpu["after"] = server.cpu_seconds()
 
     publisher = threading.Thread(target=publish_all)
-    command_server = Server(
-        server.name, server.process, server.port, f"@{requests}", "", server.publish_path
-    )
+    command_server = replace(server, stream_path=f"@{requests}", auth_header="")
     result = run_client(client, command_server, connections, 0, 8.0,
                         on_open=publisher.start)  # fmt: skip
     publisher.join()
@@ -342,6 +403,15 @@ DEFAULT_CONNECTIONS = {
 """What ``just bench`` runs without arguments: the matrix of issue 7 (about 7 minutes here)."""
 
 
+SERVERS: dict[str, Callable[[], Server]] = {
+    "router": start_router,
+    "kafka+redis": start_router_on_kafka_and_redis,
+    "peer": start_peer,
+}
+"""Who ``just bench`` measures: the router on its embedded default, the router on Kafka and
+Redis, and the peer; each ratio in the table is that server's figure over the peer's."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -359,6 +429,7 @@ def main() -> None:
         choices=tuple(DEFAULT_CONNECTIONS),
         default=list(DEFAULT_CONNECTIONS),
     )
+    parser.add_argument("--servers", nargs="+", choices=tuple(SERVERS), default=list(SERVERS))
     args = parser.parse_args()
     raise_open_files_limit()
     raise_listen_backlog()
@@ -371,40 +442,40 @@ def main() -> None:
         ),
         key=lambda step: (step[0], args.workloads.index(step[1])),
     )
-    rows: list[tuple[str, int, str, float, float]] = []
+    servers = [name for name in SERVERS if name in args.servers]
+    rows: list[tuple[str, int, str, dict[str, float]]] = []
     for connections, workload in plan:
-        results = {}
-        for start in (start_router, start_peer):
-            server = start()
+        results: dict[str, dict[str, float]] = {}
+        for name in servers:
+            server = SERVERS[name]()
             try:
                 if workload == "idle":
-                    results[server.name] = idle(client, server, connections)
+                    results[name] = idle(client, server, connections)
                 elif workload == "targeted":
-                    results[server.name] = targeted(client, server, connections, 2000.0)
+                    results[name] = targeted(client, server, connections, 2000.0)
                 elif workload == "throughput":
-                    results[server.name] = throughput(client, server, connections, 2000)
+                    results[name] = throughput(client, server, connections, 2000)
                 else:
-                    results[server.name] = broadcast(
-                        client, server, connections, args.events, args.rate
-                    )
+                    results[name] = broadcast(client, server, connections, args.events, args.rate)
             finally:
                 server.stop()
-        for metric in results["router"]:
-            rows.append(
-                (
-                    workload,
-                    connections,
-                    metric,
-                    results["router"][metric],
-                    results["peer"][metric],
-                )
-            )
-    print(
-        f"{'workload':<10} {'streams':>7} {'metric':<22} {'router':>12} {'peer':>12} {'ratio':>7}"
-    )
-    for workload, connections, metric, mine, theirs in rows:
-        ratio = f"{mine / theirs:7.2f}" if theirs else "      -"
-        print(f"{workload:<10} {connections:>7} {metric:<22} {mine:>12.2f} {theirs:>12.2f} {ratio}")
+        for metric in results[servers[0]]:
+            rows.append((workload, connections, metric, {n: results[n][metric] for n in servers}))
+    print_table(servers, rows)
+
+
+def print_table(servers: list[str], rows: list[tuple[str, int, str, dict[str, float]]]) -> None:
+    compared = [name for name in servers if name != "peer"] if "peer" in servers else []
+    header = f"{'workload':<10} {'streams':>7} {'metric':<22}"
+    header += "".join(f" {name:>12}" for name in servers)
+    header += "".join(f" {name + '/peer':>16}" for name in compared)
+    print(header)
+    for workload, connections, metric, values in rows:
+        line = f"{workload:<10} {connections:>7} {metric:<22}"
+        line += "".join(f" {values[name]:>12.2f}" for name in servers)
+        for name in compared:
+            line += f" {values[name] / values['peer']:>16.2f}" if values["peer"] else f" {'-':>16}"
+        print(line)
 
 
 if __name__ == "__main__":
