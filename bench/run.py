@@ -252,8 +252,10 @@ def run_client(
     assert process.stderr is not None
     if on_open is not None:
         line = process.stderr.readline()
-        if line.strip() == "open":
-            on_open()
+        if line.strip() != "open":
+            process.kill()
+            raise RuntimeError(f"the load client did not open its streams: {line!r}")
+        on_open()
     out, _ = process.communicate()
     result: dict[str, float] = json.loads(out)
     return result
@@ -358,7 +360,7 @@ def targeted(client: Path, server: Server, connections: int, rate: float) -> dic
     users = [f"user-{n}" for n in range(connections)]
     lines = []
     for user in users:
-        if server.name == "router":
+        if server.publisher_token:  # the router, either way: it knows a user by their token
             lines.append(
                 f"{server.stream_path}\tAuthorization: Bearer {mint_token(SECRET, sub=user)}"
             )
