@@ -302,6 +302,7 @@ def with_publisher(
         # how late the first event came (which the latency percentiles show).
         "sustained_per_second": result["events"] / max(result["receiving_seconds"], 1e-9),
         "p50_ms": result["p50_ms"],
+        "p90_ms": result["p90_ms"],
         "p99_ms": result["p99_ms"],
         "max_ms": result["max_ms"],
         "missing": result["missing"],
@@ -389,6 +390,7 @@ def targeted(client: Path, server: Server, connections: int, rate: float) -> dic
     return {
         "delivered_per_second": result["events"] / 5.0,
         "p50_ms": result["p50_ms"],
+        "p90_ms": result["p90_ms"],
         "p99_ms": result["p99_ms"],
         "missing": events - result["events"],
         "duplicates": result["duplicates"],
