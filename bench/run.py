@@ -143,7 +143,7 @@ def start_router_on_kafka_and_redis() -> Server:
     from tests.kafka_broker import create_topic, running_broker
 
     resources = ExitStack()
-    with resources:
+    with resources:  # released here if the router does not start, else when it stops
         broker = resources.enter_context(running_broker())
         topic = f"bench-{secrets.token_hex(4)}"
         trio.run(create_topic, broker.bootstrap, topic, 3)
@@ -404,7 +404,7 @@ DEFAULT_CONNECTIONS = {
     "throughput": (1000,),
     "targeted": (1000, 10000),
 }
-"""What ``just bench`` runs without arguments: the matrix of issue 7 (about 7 minutes here)."""
+"""What ``just bench`` runs without arguments: the matrix of issue 7 (about 10 minutes here)."""
 
 
 SERVERS: dict[str, Callable[[], Server]] = {
