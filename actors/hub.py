@@ -49,7 +49,7 @@ class HubSettings:
     heartbeat_seconds: float = 15.0
     """A stream that carried nothing for this long gets a comment line (see actors/heartbeats)."""
     fanout_pause_seconds: float = 0.02
-    """After routing to many sessions, the adapter waits this long (see :meth:`Adapter.run`)."""
+    """After a step that made many offers, the adapter waits this long (see :meth:`Adapter.run`)."""
 
 
 class Hub:

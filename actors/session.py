@@ -187,10 +187,7 @@ class Session:
             return
         capacity = self.settings.inbox_capacity
         if not self._overflow and self._queued + len(deliveries) <= capacity:
-            self._inbox_send.send_nowait(deliveries)
-            self._batches_waiting += 1
-            self._queued += len(deliveries)
-            outcomes[Offer.QUEUED] += len(deliveries)
+            self._queue(deliveries, outcomes)
             return
         queued: list[Delivery] = []
         lagged_at = None
@@ -209,15 +206,19 @@ class Session:
                 break
             outcomes[Offer.COALESCED] += 1
         if queued:
-            self._inbox_send.send_nowait(queued)
-            self._batches_waiting += 1
-            self._queued += len(queued)
-            outcomes[Offer.QUEUED] += len(queued)
+            self._queue(queued, outcomes)
         if lagged_at is not None:
             self.stop(CloseReason.LAGGED)
             outcomes[Offer.DISCONNECTED] += 1
             if lagged_at + 1 < len(deliveries):
                 outcomes[Offer.CLOSED] += len(deliveries) - lagged_at - 1
+
+    def _queue(self, deliveries: Sequence[Delivery], outcomes: Counter[Offer]) -> None:
+        """Put ``deliveries`` in the inbox as one batch; :meth:`offer` has made room for them."""
+        self._inbox_send.send_nowait(deliveries)
+        self._batches_waiting += 1
+        self._queued += len(deliveries)
+        outcomes[Offer.QUEUED] += len(deliveries)
 
     def tick(self) -> None:
         """One tick of the heartbeat clock (:func:`actors.heartbeats.run_heartbeat_clock`).

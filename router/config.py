@@ -250,7 +250,8 @@ def add_serve_arguments(
     flag("--records-buffer", "record batches between consumer and adapter", type=count(1))
     flag(
         "--fanout-pause-ms",
-        "after routing to 1,000 streams or more, wait this long so the next events go out together",
+        "after a step offered 1,000 or more events to streams (one event to 1,000, ten to 100),"
+        " wait this long so the next events go out together",
         type=count(0),
     )
     flag("--bus", "where events come from", choices=("memory", "kafka", "redis"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 
 import trio
 
@@ -38,11 +39,16 @@ class Feed:
         return Delivery(self.seq, where, self.cursor, message.with_id(str(self.cursor)))
 
 
-def offer(session: Session, delivery: Delivery) -> Offer:
-    """Offer ``delivery`` alone, the way the adapter offers a batch, and say what became of it."""
+def offer_batch(session: Session, deliveries: Sequence[Delivery]) -> Counter[Offer]:
+    """Offer ``deliveries`` as the adapter does, and count what became of each."""
     outcomes: Counter[Offer] = Counter()
-    session.offer([delivery], outcomes)
-    (outcome,) = outcomes
+    session.offer(deliveries, outcomes)
+    return outcomes
+
+
+def offer(session: Session, delivery: Delivery) -> Offer:
+    """Offer ``delivery`` alone, and say what became of it."""
+    (outcome,) = offer_batch(session, [delivery])
     return outcome
 
 

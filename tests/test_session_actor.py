@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import unittest.mock
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -26,7 +26,15 @@ from actors.session import (
 )
 from router.core.history import Entry, Replay
 from router.core.permissions import Principal, StreamFilter
-from tests.actor_helpers import Feed, Reader, content, in_an_hour, offer, progress
+from tests.actor_helpers import (
+    Feed,
+    Reader,
+    content,
+    in_an_hour,
+    offer,
+    offer_batch,
+    progress,
+)
 
 ME = Principal(user_id="u1", novels=frozenset({"n1"}))
 
@@ -197,12 +205,6 @@ async def test_a_slow_reader_does_not_block_the_offer() -> None:
     outcomes = [offer(subject, feed.next(content(version=n))) for n in range(10)]
     assert outcomes[:4] == [Offer.QUEUED] * 4
     assert outcomes[4] is Offer.DISCONNECTED
-
-
-def offer_batch(subject: Session, deliveries: Sequence[Delivery]) -> Counter[Offer]:
-    outcomes: Counter[Offer] = Counter()
-    subject.offer(deliveries, outcomes)
-    return outcomes
 
 
 async def test_a_batch_that_does_not_fit_queues_what_fits_and_coalesces_the_rest() -> None:
