@@ -121,7 +121,7 @@ REJECTED: list[tuple[str, str]] = [
     ("", "a cursor looks like source[@epoch]:partition:offset, got ''"),
     ("kafka", "a cursor looks like source[@epoch]:partition:offset, got 'kafka'"),
     ("kafka@e", "a cursor looks like source[@epoch]:partition:offset"),
-    ("kafka:", "each position looks like partition:offset, got ''"),
+    ("kafka:0:1,", "each position looks like partition:offset, got ''"),
     ("kafka:0", "each position looks like partition:offset, got '0'"),
     ("kafka:0:", "offset must be a non-negative integer without leading zeros, or two joined by"),
     ("kafka::1", "partition must be 1 to 64 of A-Z a-z 0-9 . _ -, got ''"),
@@ -219,9 +219,17 @@ def test_a_cursor_is_text() -> None:
         parse_cursor(b"kafka:0:1")  # type: ignore[arg-type]
 
 
-def test_a_cursor_names_at_least_one_partition() -> None:
-    with pytest.raises(CursorError, match="a cursor names at least one partition"):
-        Cursor("kafka", "e", ())
+def test_a_cursor_of_no_position_is_the_start_of_its_epoch() -> None:
+    start = Cursor.empty("kafka", "e")
+    assert str(start) == "kafka@e:"
+    assert parse_cursor("kafka@e:") == start
+    assert start.is_from("kafka", "e")
+    assert not start.covers(parse_identity("kafka@e:0:0"))
+    assert start.advance(parse_identity("kafka@e:2:7")) == parse_cursor("kafka@e:2:7")
+    assert start.merge(parse_cursor("kafka@e:1:3")) == parse_cursor("kafka@e:1:3")
+    assert parse_cursor("kafka@e:1:3").merge(start) == parse_cursor("kafka@e:1:3")
+    with pytest.raises(CursorError, match="exactly one partition"):
+        parse_identity("kafka@e:")
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ Resuming replays exactly what lies after it, partition by partition.
 
 Grammar (ABNF, RFC 5234)::
 
-    cursor    = source [ "@" epoch ] ":" position *( "," position )
+    cursor    = source [ "@" epoch ] ":" [ position *( "," position ) ]
     position  = partition ":" offset
     source    = %x61-7A *15( %x61-7A / DIGIT / "-" )          ; "kafka", "redis", "memory"
     epoch     = 1*32( ALPHA / DIGIT / "_" / "-" )
@@ -18,6 +18,10 @@ Grammar (ABNF, RFC 5234)::
 
 A cursor is at most :data:`MAX_CURSOR_LENGTH` bytes, names each partition once, and is printed with
 its partitions in order (numeric ones numerically), so one position has exactly one spelling.
+
+A cursor with no position (``memory@k3f9a1:``) is the start of its epoch: nothing served yet. A
+stream carries it from its first bytes when the router has routed nothing, so that even a client
+that drops before the first event reconnects with a position.
 
 An **event identity** is a cursor with exactly one position, e.g. ``kafka@Tq3x:2:105``. The plain
 seed form without an epoch (``kafka:2:105``) parses too, but since it cannot say which history it
@@ -136,8 +140,6 @@ class Cursor:
     def __post_init__(self) -> None:
         check_source(self.source)
         check_epoch(self.epoch)
-        if not self.positions:
-            raise CursorError("a cursor names at least one partition")
         for partition, offset in self.positions:
             check_partition(partition)
             check_offset(offset)
@@ -152,6 +154,11 @@ class Cursor:
                 f"a cursor is at most {MAX_CURSOR_LENGTH} bytes; this one is {len(text)}"
             )
         object.__setattr__(self, "_text", text)
+
+    @classmethod
+    def empty(cls, source: str, epoch: str | None) -> Cursor:
+        """The start of ``epoch``: a client served nothing of it yet."""
+        return cls(source, epoch, ())
 
     @classmethod
     def of(cls, identity: EventIdentity) -> Cursor:
@@ -248,7 +255,7 @@ def parse_cursor(text: str) -> Cursor:
     if at:
         check_epoch(epoch)
     positions: list[tuple[str, Offset]] = []
-    for item in body.split(","):
+    for item in body.split(",") if body else ():
         partition, colon, offset = item.partition(":")
         if not colon:
             raise CursorError(f"each position looks like partition:offset, got {item!r}")
