@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 
 import trio
 
-from router.bus.base import EventBus
+from router.bus.base import BusUnavailableError, EventBus
 from router.core.backoff import Backoff
 from router.core.envelope import Envelope, EnvelopeError, parse_envelope
 from router.outbox.base import Claim, OutboxStore
 
 log = logging.getLogger(__name__)
 WAIT_SLICE_SECONDS = 1.0
+CLOSE_TIMEOUT_SECONDS = 5.0
+"""How long closing the store may take on the way out, shielded; then its thread is left to it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,9 @@ class RelaySettings:
     parts: int = 16
     batch: int = 100
     poll_seconds: float = 1.0
+    publish_timeout_seconds: float = 10.0
+    """How long one publish may take, even when the relay is being cancelled: past it the rows
+    are given back (published again later, the copy dropped by its ``event_id``)."""
 
 
 @dataclass
@@ -75,8 +80,8 @@ class Relay:
                 log.warning("outbox relay failed", extra={"error": repr(error)})
                 await trio.sleep(backoff.next_delay())
             finally:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(store.close)
+                with trio.move_on_after(CLOSE_TIMEOUT_SECONDS, shield=True):
+                    await trio.to_thread.run_sync(store.close, abandon_on_cancel=True)
 
     async def _relay_with(self, store: OutboxStore) -> None:
         while True:
@@ -98,15 +103,25 @@ class Relay:
                 return
 
     async def relay_part(self, store: OutboxStore, part: int) -> int:
-        """Publish one batch of one part; the number of rows it took."""
+        """Publish one batch of one part; the number of rows it took.
+
+        The publish is shielded from cancellation, so a stopping relay does not leave it
+        half-known, but for ``publish_timeout_seconds`` at most: a bus that takes no more (a
+        full memory bus) cannot hold shutdown. A publish that does not finish in time raises
+        :class:`BusUnavailableError` (the relay backs off and tries again), or, when the relay
+        was cancelled meanwhile, ``Cancelled``; either way the rows are given back.
+        """
         claim = await trio.to_thread.run_sync(store.claim, part, self.settings.batch)
         if claim is None or not claim.rows:
             return 0
         envelopes = self._envelopes(store.table, claim)
         try:
-            with trio.CancelScope(shield=True):  # never leave a publish half-known
-                if envelopes:
+            if envelopes:
+                timeout = self.settings.publish_timeout_seconds
+                with trio.move_on_after(timeout, shield=True) as publishing:
                     await self.bus.publish(envelopes)
+                if publishing.cancelled_caught:
+                    raise BusUnavailableError(f"the bus took no publish within {timeout} s")
         except BaseException:
             await trio.to_thread.run_sync(store.abandon, claim)
             raise

@@ -34,7 +34,8 @@ async def call_redis(client: Redis, method: str, *args: Any, **kwargs: Any) -> A
 
 
 class RedisConnection:
-    """A client made on first use and closed (shielded, during shutdown) by :meth:`aclose`."""
+    """A client made on first use and closed (shielded, during shutdown, for ``timeout_seconds``
+    at most) by :meth:`aclose`."""
 
     def __init__(self, url: str, *, timeout_seconds: float, read_timeout_seconds: float) -> None:
         self.url = url
@@ -54,5 +55,5 @@ class RedisConnection:
     async def aclose(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
-            with trio.CancelScope(shield=True):
+            with trio.move_on_after(self.timeout_seconds, shield=True):
                 await trio_asyncio.aio_as_trio(client.aclose)()

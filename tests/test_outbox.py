@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-from contextlib import ExitStack
+from collections.abc import Sequence
+from contextlib import ExitStack, aclosing
 from functools import partial
 from pathlib import Path
 
@@ -11,6 +12,9 @@ import pytest
 import trio
 
 from actors.relay import Relay, RelaySettings
+from router.bus.memory import MemoryBus
+from router.core.cursor import EventIdentity
+from router.core.envelope import Envelope, parse_envelope
 from router.outbox.base import Claim
 from router.outbox.postgres import PostgresOutbox
 from router.outbox.sqlite import SqliteOutbox
@@ -171,3 +175,51 @@ async def test_two_relays_on_one_postgres_table_deliver_every_row_once() -> None
         got = by_novel(stream.data())
         assert sorted(v for versions in got.values() for v in versions) == list(range(80))
         assert all(versions == sorted(versions) for versions in got.values())
+
+
+class WatchedBus(MemoryBus):
+    """The memory bus, saying when a publish has begun (and may be waiting for room)."""
+
+    def __init__(self, **settings: int) -> None:
+        super().__init__(**settings)
+        self.publishing = trio.Event()
+
+    async def publish(self, envelopes: Sequence[Envelope]) -> list[EventIdentity]:
+        self.publishing.set()
+        return await super().publish(envelopes)
+
+
+async def test_a_relay_cancelled_while_its_publish_waits_for_a_full_bus_still_stops(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """The publish is shielded (a publish must not be left half-known), but only for a while:
+    cancelled while the bus has no room, the relay gives the rows back and ends."""
+    bus = WatchedBus(partitions=1, capacity=1)
+    await bus.publish([parse_envelope(content("n1", 0))])  # the one place is taken: full
+    bus.publishing = trio.Event()
+    with sqlite_outbox(tmp_path) as dsn:
+        sqlite_business_transaction(dsn, [content("n1", 1)])
+        relay = Relay(lambda: SqliteOutbox(dsn.removeprefix("sqlite:///"), "sse_outbox"), bus)
+        stopped = trio.Event()
+        relay_scope = trio.CancelScope()
+
+        async def run_relay() -> None:
+            with relay_scope:
+                await relay.run()
+            stopped.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_relay)
+            await bus.publishing.wait()
+            relay_scope.cancel()
+            with trio.move_on_after(60):
+                await stopped.wait()
+            cut_short = stopped.is_set()
+            if not cut_short:  # make room, so that the test itself can end
+                async with aclosing(bus.read(None)) as batches:
+                    await batches.__anext__()
+                    await stopped.wait()
+        assert cut_short, "the relay's shielded publish outlived its cancellation"
+        assert relay.stats.published == 0
+        with sqlite3.connect(dsn.removeprefix("sqlite:///")) as db:  # given back, not lost
+            assert db.execute("SELECT count(*) FROM sse_outbox").fetchone() == (1,)

@@ -48,6 +48,8 @@ class KafkaSettings:
     """How often the reader checks the broker answers and the topic is still the same one."""
     backoff_initial_seconds: float = 0.2
     backoff_max_seconds: float = 10.0
+    stop_timeout_seconds: float = 5.0
+    """How long stopping a consumer or the producer may take, shielded, when shutting down."""
 
 
 async def _stop(consumer: AIOKafkaConsumer) -> None:
@@ -220,7 +222,7 @@ class KafkaBus(ReportsHealth):
                     self.health.recovered()
                     next_probe = trio.current_time() + self.settings.probe_interval_seconds
         finally:
-            with trio.CancelScope(shield=True):
+            with trio.move_on_after(self.settings.stop_timeout_seconds, shield=True):
                 await trio_asyncio.aio_as_trio(_stop)(consumer)
 
     def _note_lag(self, consumer: AIOKafkaConsumer, progress: _Progress) -> None:
@@ -359,8 +361,9 @@ class KafkaBus(ReportsHealth):
         return producer
 
     async def aclose(self) -> None:
-        """Stop the producer, if one was started. Shielded: it runs during shutdown."""
+        """Stop the producer, if one was started. Shielded, as it runs during shutdown, for
+        ``stop_timeout_seconds`` at most: an unreachable broker cannot hold the process."""
         if self._producer is not None:
             producer, self._producer = self._producer, None
-            with trio.CancelScope(shield=True):
+            with trio.move_on_after(self.settings.stop_timeout_seconds, shield=True):
                 await trio_asyncio.aio_as_trio(producer.stop)()

@@ -87,6 +87,7 @@ class RequestLifecycle:
     ) -> None:
         async def send_last_chunk_shielded(message: ASGISendEvent) -> None:
             if message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Bounded by the socket's TCP_USER_TIMEOUT, like hypercorn's own shielded writes.
                 with trio.CancelScope(shield=True):
                     await send(message)
             else:

@@ -68,6 +68,9 @@ class ChunkedSocketWriter:
         self.waits += 1
         async with self._send_lock:
             try:
+                # No deadline here: one cut mid-chunk would corrupt the stream. The socket's
+                # TCP_USER_TIMEOUT (--stalled-client-seconds, see router/server.py) is the
+                # deadline: the kernel aborts the connection, and this write ends with it.
                 with trio.CancelScope(shield=True):
                     await self._stream.send_all(framed)
             except trio.ClosedResourceError as error:
