@@ -15,7 +15,7 @@ from actors.session import Delivery, Offer, Session, SharedBatch
 from router.bus.base import Record
 from router.cache.base import ReplayCache
 from router.core.cursor import Cursor
-from router.core.dedup import RecentIds
+from router.core.dedup import RecentIds, Sighting, event_digest
 from router.core.history import Entry
 from router.core.mapping import Converted, convert_batch
 from router.core.permissions import admits
@@ -28,6 +28,8 @@ class AdapterStats:
     consumed: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     offers: Counter[Offer] = field(default_factory=Counter)
+    id_reused: int = 0
+    """Events delivered though their producer ``event_id`` came with another event recently."""
 
 
 class Adapter:
@@ -130,16 +132,23 @@ class Adapter:
         self._processed = trio.Event()
 
     def _duplicate(self, converted: Converted) -> bool:
-        """An event whose producer id was seen within the window is dropped (counted, logged):
-        a publisher that retried after a crash must not make a client see it twice."""
-        event_id = converted.envelope.event_id
-        if event_id is None or not self._recent_ids.seen_before(event_id):
+        """An event seen within the window, by its producer id and its content, is dropped
+        (counted, logged): a publisher that retried after a crash must not make a client see it
+        twice. Another event under an id seen before is delivered, and counted and logged as a
+        reuse: ids are shared by every producer, so a clash must not lose an event."""
+        envelope = converted.envelope
+        if envelope.event_id is None:
+            return False
+        sighting = self._recent_ids.sight(envelope.event_id, event_digest(envelope))
+        if sighting is Sighting.NEW:
+            return False
+        where = {"position": str(converted.identity), "event_id": envelope.event_id}
+        if sighting is Sighting.REUSED_ID:
+            self.stats.id_reused += 1
+            log.warning("event id reused by another event", extra=where)
             return False
         self.stats.rejected["duplicate"] += 1
-        log.info(
-            "event dropped as a duplicate",
-            extra={"position": str(converted.identity), "event_id": event_id},
-        )
+        log.info("event dropped as a duplicate", extra=where)
         return True
 
     async def wait_consumed(self, count: int) -> None:

@@ -137,6 +137,12 @@ class _HubCollector(Collector):
         for reason in [*(problem.value for problem in Problem), "duplicate"]:
             rejected.add_metric([reason], stats.rejected.get(reason, 0))
         yield rejected
+        reused = CounterMetricFamily(
+            "sse_event_id_reused",
+            "Events delivered though their producer event_id came recently with another event.",
+        )
+        reused.add_metric([], stats.id_reused)
+        yield reused
         overflow = CounterMetricFamily(
             "sse_queue_overflow",
             "Events that met a full stream inbox, by what the policy did.",

@@ -387,3 +387,37 @@ async def test_a_burst_for_one_audience_reaches_each_session_filtered_in_one_wri
     assert [len(chunk.split(b"\n\n")) - 1 for chunk in outputs["progress only"].chunks[1:]] == [1]
     assert b"task.progress-updated" in outputs["progress only"].chunks[1]
     assert adapter.stats.offers == Counter({Offer.QUEUED: 3 + 1})
+
+
+async def test_a_different_event_that_reuses_a_producer_id_is_delivered_logged_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Producers share one id space: the same id with another type, scope or payload is not a
+    retry of the first event but another event, and it is delivered."""
+
+    def with_id(body: bytes, event_id: str) -> bytes:
+        decoded = json.loads(body)
+        decoded["event_id"] = event_id
+        return json.dumps(decoded).encode()
+
+    cache = RecordingCache()
+    adapter = Adapter(cache, SessionRegistry(), dedup_window=100)
+    caplog.set_level(logging.INFO, logger="actors.adapter")
+    notice = raw(
+        "System.NotificationSent", {"broadcast": True}, level="info", title="t", message="m"
+    )
+    await adapter.process(
+        [
+            Record(identity(0), with_id(content(1), "42")),
+            Record(identity(1), with_id(content(2), "42")),  # another payload
+            Record(identity(2), with_id(content(1, "n2"), "42")),  # another scope
+            Record(identity(3), with_id(notice, "42")),  # another type
+            Record(identity(4), with_id(content(2), "42")),  # a retry of the second
+        ]
+    )
+    (entries,) = cache.appends
+    assert [e.identity.offset for e in entries] == [(0,), (1,), (2,), (3,)]
+    assert adapter.stats.id_reused == 3
+    assert adapter.stats.rejected == {"duplicate": 1}
+    reused = [r for r in caplog.records if r.getMessage() == "event id reused by another event"]
+    assert [r.position for r in reused] == [str(identity(n)) for n in (1, 2, 3)]  # type: ignore[attr-defined]

@@ -164,8 +164,10 @@ def _envelope() -> str:
         f"- `event_type` (required): the producer's name for the event, a dotted name of at most "
         f"{MAX_EVENT_TYPE_LENGTH} characters; it selects the row of the table above.\n"
         f"- `event_id` (optional): the producer's own id, 1 to {MAX_EVENT_ID_LENGTH} characters, "
-        "for idempotency. It is not forwarded: the `event_id` a browser sees is the bus identity "
-        "(see below).\n"
+        "for idempotency: an event that repeats one of the last 10,000 events (the same id, type, "
+        "scope and payload) is dropped. Ids are shared by every producer, so another event under "
+        "an id seen before is delivered (and counted as `sse_event_id_reused_total`). It is not "
+        "forwarded: the `event_id` a browser sees is the bus identity (see below).\n"
         "- `occurred_at` (required): when it happened, RFC 3339 with an offset or `Z`.\n"
         f"- `scope` (required): any of {scope_fields}, each 1 to {MAX_SCOPE_ID_LENGTH} printable "
         'ASCII characters without spaces, or `{"broadcast": true}` alone; any other key is '
