@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
@@ -11,10 +12,10 @@ from datetime import datetime
 import trio
 
 from actors.registry import SessionRegistry
-from actors.session import Delivery, Offer, Session, SharedBatch
+from actors.session import CloseReason, Delivery, Offer, Session, SharedBatch
 from router.bus.base import Record
 from router.cache.base import ReplayCache
-from router.core.cursor import Cursor
+from router.core.cursor import Cursor, EventIdentity
 from router.core.dedup import RecentIds, Sighting, event_digest
 from router.core.history import Entry
 from router.core.mapping import Converted, convert_batch
@@ -23,12 +24,25 @@ from router.core.permissions import admits
 log = logging.getLogger(__name__)
 
 
+class Failure(enum.StrEnum):
+    """What failed unexpectedly (a bug, not bad input) and was contained to itself: a bounded
+    set, fit for a metric label."""
+
+    RECORD = "record"
+    """One record could not be converted or placed: skipped, its position still consumed."""
+    OFFER = "offer"
+    """Offering events to one session raised: that stream was ended with ``error``."""
+    BUS_READ = "bus-read"
+    """Reading the bus raised: the consumer backed off and read on from where it was."""
+
+
 @dataclass
 class AdapterStats:
     consumed: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     offers: Counter[Offer] = field(default_factory=Counter)
     id_reused: int = 0
+    failures: Counter[Failure] = field(default_factory=Counter)
     """Events delivered though their producer ``event_id`` came with another event recently."""
 
 
@@ -108,28 +122,54 @@ class Adapter:
                     "detail": rejected.detail,
                 },
             )
-        fresh = [c for c in batch.events if not self._duplicate(c)]
+        for failed in batch.failed:
+            self._record_failed(failed.identity, failed.error)
+        fresh: list[tuple[Converted, float]] = []
+        for converted in batch.events:
+            try:
+                if self._duplicate(converted):
+                    continue
+                occurred_at = _seconds(converted.envelope.occurred_at)
+            except Exception as error:  # a bug this record met: this record only is skipped
+                self._record_failed(converted.identity, error)
+                continue
+            fresh.append((converted, occurred_at))
         now = self._clock()
-        entries = [Entry(c.identity, c.message, now) for c in fresh]
+        entries = [Entry(c.identity, c.message, now) for c, _ in fresh]
         if entries:
             await self.cache.append(entries)
         # From here to the end: no checkpoint, so no session registers half-way through.
         self.cursor = batch.cursor
         deliveries = []
-        for converted in fresh:
+        for converted, occurred_at in fresh:
             self._seq += 1
             deliveries.append(
                 Delivery(
-                    self._seq,
-                    converted.identity,
-                    converted.cursor,
-                    converted.message,
-                    _seconds(converted.envelope.occurred_at),
+                    self._seq, converted.identity, converted.cursor, converted.message, occurred_at
                 )
             )
         self.route(deliveries)
         self._processed.set()
         self._processed = trio.Event()
+
+    def _record_failed(self, identity: EventIdentity, error: Exception) -> None:
+        """One record met a failure no rule foresaw: logged with its position, counted, and
+        skipped (its position is consumed all the same, so it is not read again)."""
+        self.stats.failures[Failure.RECORD] += 1
+        log.error("event failed", extra={"position": str(identity)}, exc_info=error)
+
+    def _offer_failed(self, session: Session, error: Exception) -> None:
+        """Offering to ``session`` raised: that stream ends (``error``), logged and counted once;
+        the step goes on for every other session."""
+        if session.close_reason is not None:
+            return  # already ended: its failure was reported, or it was leaving anyway
+        session.stop(CloseReason.ERROR)
+        self.stats.failures[Failure.OFFER] += 1
+        log.error(
+            "offer failed: stream ended",
+            extra={"connection_id": session.connection_id},
+            exc_info=error,
+        )
 
     def _duplicate(self, converted: Converted) -> bool:
         """An event seen within the window, by its producer id and its content, is dropped
@@ -176,7 +216,12 @@ class Adapter:
             message = delivery.message
             assert message.scope is not None
             for session in self.registry.candidates(message.scope):
-                if admits(message, session.principal, session.stream_filter):
+                try:
+                    admitted = admits(message, session.principal, session.stream_filter)
+                except Exception as error:
+                    self._offer_failed(session, error)
+                    continue
+                if admitted:
                     batch = batches.get(session)
                     if batch is None:
                         batches[session] = [delivery]
@@ -184,7 +229,10 @@ class Adapter:
                         batch.append(delivery)
         offers = self.stats.offers
         for session, batch in batches.items():
-            session.offer(batch, offers)
+            try:
+                session.offer(batch, offers)
+            except Exception as error:
+                self._offer_failed(session, error)
 
     def _offer_to_audience(self, candidates: Collection[Session], deliveries: SharedBatch) -> None:
         """Offer deliveries that share their candidates: a session admitted to all of them
@@ -199,17 +247,23 @@ class Adapter:
         if len(kinds) == 1:
             (kind,) = kinds
             for session in candidates:
-                if admits(kind, session.principal, session.stream_filter):
-                    session.offer(deliveries, offers)
+                try:  # free unless it raises: one session's failure ends that session only
+                    if admits(kind, session.principal, session.stream_filter):
+                        session.offer(deliveries, offers)
+                except Exception as error:
+                    self._offer_failed(session, error)
             return
         for session in candidates:
             principal, stream_filter = session.principal, session.stream_filter
-            admitted = [admits(kind, principal, stream_filter) for kind in kinds]
-            if all(admitted):
-                session.offer(deliveries, offers)
-            elif any(admitted):
-                batch = [d for d in deliveries if admits(d.message, principal, stream_filter)]
-                session.offer(batch, offers)
+            try:
+                admitted = [admits(kind, principal, stream_filter) for kind in kinds]
+                if all(admitted):
+                    session.offer(deliveries, offers)
+                elif any(admitted):
+                    batch = [d for d in deliveries if admits(d.message, principal, stream_filter)]
+                    session.offer(batch, offers)
+            except Exception as error:
+                self._offer_failed(session, error)
 
 
 def _seconds(timestamp: str) -> float:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 
 import trio
 
+from actors.adapter import Failure
 from router.bus.base import EventBus, Record
+from router.core.backoff import Backoff
 from router.core.cursor import Offset
 
 log = logging.getLogger(__name__)
@@ -18,15 +21,72 @@ async def run_consumer(
     bus: EventBus,
     start: Mapping[str, Offset] | None,
     records_out: trio.MemorySendChannel[Sequence[Record]],
+    failures: Counter[Failure] | None = None,
 ) -> None:
     """Forward batches of records from ``bus`` (after ``start``) into ``records_out``.
 
     When ``records_out`` is full this waits, so a slow adapter slows reading from the bus and
-    nothing is dropped. Runs until cancelled; closes ``records_out`` on the way out, which ends
-    the adapter.
+    nothing is dropped. A read that raises (the buses wait out outages themselves, so this is a
+    bug) is logged, counted in ``failures`` and opened again after a backoff, from ``start``
+    with what was handed over since: a record already handed over is never handed over twice.
+    Runs until cancelled; closes ``records_out`` on the way out, which ends the adapter.
     """
-    # Closing the reader explicitly: cancelled while sending, it would be left suspended and
-    # only finalized by the garbage collector.
-    async with records_out, aclosing(bus.read(start)) as batches:
-        async for records in batches:
-            await records_out.send(records)
+    handed_over: dict[str, Offset] = {}
+    backoff = Backoff(0.1, 5.0)
+    async with records_out:
+        while True:
+            reopen_from = None if start is None else {**start, **handed_over}
+            # Closing the reader explicitly: cancelled while sending, it would be left suspended
+            # and only finalized by the garbage collector.
+            async with aclosing(bus.read(reopen_from)) as batches:
+                try:
+                    await _forward(batches, records_out, handed_over, backoff)
+                    return  # the bus ended its history: so does the adapter
+                except _ReadFailedError as failed:
+                    error = failed.error
+            if failures is not None:
+                failures[Failure.BUS_READ] += 1
+            log.error(
+                "bus read failed",
+                extra={"position": {p: list(o) for p, o in handed_over.items()}},
+                exc_info=error,
+            )
+            await trio.sleep(backoff.next_delay())
+
+
+class _ReadFailedError(Exception):
+    """The bus reader raised ``error``: told apart from a failure to hand records over."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+async def _forward(
+    batches: AsyncGenerator[Sequence[Record], None],
+    records_out: trio.MemorySendChannel[Sequence[Record]],
+    handed_over: dict[str, Offset],
+    backoff: Backoff,
+) -> None:
+    """Send what ``batches`` yields, minus what was handed over before (a reader opened again
+    may start earlier than where the last one got to), and note how far each partition got.
+    Only the read's failures are caught: the adapter's end closing is not a bus problem."""
+    while True:
+        try:
+            records = await anext(batches)
+        except StopAsyncIteration:
+            return
+        except Exception as error:
+            raise _ReadFailedError(error) from error
+        if handed_over:
+            records = [r for r in records if _after(r, handed_over)]
+        if not records:
+            continue
+        await records_out.send(records)
+        backoff.reset()
+        for record in records:
+            handed_over[record.identity.partition] = record.identity.offset
+
+
+def _after(record: Record, handed_over: Mapping[str, Offset]) -> bool:
+    last = handed_over.get(record.identity.partition)
+    return last is None or record.identity.offset > last

@@ -103,7 +103,9 @@ class Hub:
                     self.bus.source, self.epoch, start.items()
                 )
             self.reading.set()
-            nursery.start_soon(run_consumer, self.bus, start, records_send)
+            nursery.start_soon(
+                run_consumer, self.bus, start, records_send, self.adapter.stats.failures
+            )
             nursery.start_soon(self.adapter.run, records_receive)
 
     async def open(

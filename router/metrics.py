@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from actors.adapter import Failure
 from actors.hub import Hub
 from actors.session import CloseReason, Offer
 from router.auth import AuthProblem
@@ -143,6 +144,15 @@ class _HubCollector(Collector):
         )
         reused.add_metric([], stats.id_reused)
         yield reused
+        failures = CounterMetricFamily(
+            "sse_actor_failures",
+            "Unexpected failures contained to one record, one stream or one bus read, by what"
+            " failed: the router logged each one and carried on.",
+            labels=["failed"],
+        )
+        for failure in Failure:
+            failures.add_metric([failure.value], stats.failures.get(failure, 0))
+        yield failures
         overflow = CounterMetricFamily(
             "sse_queue_overflow",
             "Events that met a full stream inbox, by what the policy did.",

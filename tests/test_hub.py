@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import pytest
@@ -18,11 +18,21 @@ import trio
 import trio.testing
 
 import actors.adapter
+import router.core.mapping
+from actors.adapter import Failure
 from actors.hub import Hub, HubSettings
 from actors.session import CloseReason, Offer, Session, SessionSettings
+from router.bus.base import Record
 from router.bus.memory import MemoryBus
 from router.cache.memory import MemoryReplayCache
-from router.core.cursor import Cursor, EventIdentity, parse_cursor, parse_identity
+from router.core.cursor import (
+    Cursor,
+    CursorError,
+    EventIdentity,
+    Offset,
+    parse_cursor,
+    parse_identity,
+)
 from router.core.envelope import Envelope, parse_envelope
 from router.core.history import Entry, Replay
 from router.core.permissions import Principal, StreamFilter
@@ -463,3 +473,131 @@ async def test_a_failing_replay_lets_the_session_go_and_leaves_the_hub_running(
         await settle()
         fresh.stop(CloseReason.CLIENT)
     assert versions(reader) == [2]
+
+
+async def test_a_record_whose_conversion_or_cursor_fails_is_skipped_and_the_rest_flows(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A failure nobody foresaw in one record (a bug in its conversion, a cursor that cannot take
+    its position) costs that record only: logged with its position, counted, skipped."""
+    to_sse, advance = router.core.mapping.to_sse, router.core.mapping.advance
+
+    def failing_to_sse(envelope: Envelope, identity: EventIdentity, **kwargs: Any) -> Any:
+        if envelope.payload.get("content_version") == 13:
+            raise RuntimeError("a conversion bug")
+        return to_sse(envelope, identity, **kwargs)
+
+    def failing_advance(cursor: Cursor | None, identity: EventIdentity) -> Cursor:
+        if identity.offset == (2,):
+            raise CursorError("a cursor that cannot take this position")
+        return advance(cursor, identity)
+
+    monkeypatch.setattr(router.core.mapping, "to_sse", failing_to_sse)
+    monkeypatch.setattr(router.core.mapping, "advance", failing_advance)
+    caplog.set_level(logging.ERROR, logger="actors.adapter")
+    async with running_hub() as (hub, nursery):
+        subject = session("u1", {"n1"})
+        reader = await attach(hub, nursery, subject)
+        # offsets 0, 1 (fails to convert), 2 (fails to advance), 3
+        await hub.publish([content("n1", 1), content("n1", 13), content("n1", 2)])
+        await hub.publish([content("n1", 3)])  # a later step: the actors are still there
+        await settle()
+        subject.stop(CloseReason.CLIENT)
+    assert versions(reader) == [1, 3]
+    assert hub.adapter.stats.consumed == 4
+    assert hub.adapter.stats.failures == Counter({Failure.RECORD: 2})
+    assert hub.adapter.cursor == parse_cursor(f"memory@{hub.epoch}:0:3")
+    logged = [r for r in caplog.records if r.getMessage() == "event failed"]
+    assert [r.position for r in logged] == [  # type: ignore[attr-defined]  # an extra field
+        f"memory@{hub.epoch}:0:1",
+        f"memory@{hub.epoch}:0:2",
+    ]
+    assert [r.exc_info[0] for r in logged if r.exc_info] == [RuntimeError, CursorError]
+
+
+@pytest.mark.parametrize("audience", ["one kind", "two kinds", "two audiences"])
+async def test_a_session_whose_offer_fails_is_ended_and_the_others_are_served(
+    audience: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="actors.adapter")
+    async with running_hub() as (hub, nursery):
+        before = session("u1", {"n1"})
+        broken = session("u2", {"n1"})
+        broken.connection_id = "broken-one"
+        after = session("u3", {"n1"})
+        readers = [await attach(hub, nursery, s) for s in (before, broken, after)]
+
+        def fail(*args: object) -> None:
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(broken, "offer", fail)
+        events = {
+            "one kind": [content("n1", 1)],
+            "two kinds": [content("n1", 1), notice("hello")],
+            "two audiences": [content("n1", 1), notice("hello"), progress("u9", "t")],
+        }[audience]
+        await hub.publish(events)
+        await settle()
+        assert broken.close_reason is CloseReason.ERROR
+        assert list(hub.registry) == [before, after]
+        await hub.publish([content("n1", 2)])
+        await settle()
+        before.stop(CloseReason.CLIENT)
+        after.stop(CloseReason.CLIENT)
+    assert versions(readers[0]) == versions(readers[2]) == [1, 2]
+    assert versions(readers[1]) == []
+    assert hub.adapter.stats.failures == Counter({Failure.OFFER: 1})
+    (logged,) = [r for r in caplog.records if r.getMessage() == "offer failed: stream ended"]
+    assert logged.connection_id == "broken-one"  # type: ignore[attr-defined]
+    assert logged.exc_info is not None
+
+
+class FlakyBus(MemoryBus):
+    """The memory bus, whose reader fails (as a bug in a bus would) after its first batch, the
+    first two times it is read; opened again, it yields the last batch it had yielded first (as a
+    bus that starts a little early would)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[Mapping[str, Offset] | None] = []
+        self.last: Sequence[Record] = ()
+
+    async def read(self, start: Mapping[str, Offset] | None) -> AsyncGenerator[Sequence[Record]]:
+        self.reads.append(start)
+        if self.last:
+            yield self.last
+        async with aclosing(super().read(start)) as records:
+            async for batch in records:
+                self.last = batch
+                yield batch
+                if len(self.reads) < 3:
+                    raise RuntimeError("the bus reader broke")
+
+
+async def test_a_consumer_whose_bus_read_fails_backs_off_and_reads_on_from_where_it_was(
+    caplog: pytest.LogCaptureFixture, autojump_clock: trio.abc.Clock
+) -> None:
+    caplog.set_level(logging.ERROR, logger="actors.consumer")
+    bus = FlakyBus()
+    cache = MemoryReplayCache(max_events=1000, source="memory", epoch=await bus.epoch())
+    hub = Hub(bus, cache)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        subject = session("u1", {"n1"})
+        reader = await attach(hub, nursery, subject)
+        for version in range(1, 6):
+            await hub.publish([content("n1", version)])
+            with trio.fail_after(GUARD_SECONDS):  # through the consumer's backoff
+                await hub.adapter.wait_consumed(version)
+        await settle()
+        subject.stop(CloseReason.CLIENT)
+        nursery.cancel_scope.cancel()
+    assert versions(reader) == [1, 2, 3, 4, 5]
+    assert hub.adapter.stats.failures == Counter({Failure.BUS_READ: 2})
+    assert bus.reads == [None, None, None]  # from the start given, and nothing twice
+    assert len([r for r in caplog.records if r.getMessage() == "bus read failed"]) == 2

@@ -12,7 +12,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from router.core.cursor import Cursor, EventIdentity, advance
+from router.core.cursor import Cursor, CursorError, EventIdentity, advance
 from router.core.envelope import (
     Envelope,
     EnvelopeError,
@@ -119,13 +119,24 @@ class Rejected:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A record whose conversion raised what no rule foresaw (a bug, or a position the cursor
+    cannot take): skipped like a rejection, with the error kept for the log."""
+
+    identity: EventIdentity
+    error: Exception
+
+
 @dataclass(slots=True)
 class Batch:
-    """The outcome of :func:`convert_batch`: events and rejections in bus order, and the cursor
-    after the last record (rejected records advance it too: they are consumed, not retried)."""
+    """The outcome of :func:`convert_batch`: events, rejections and failures in bus order, and
+    the cursor after the last record (rejected and failed records advance it too: they are
+    consumed, not retried; only a record whose position the cursor cannot take leaves it)."""
 
     events: list[Converted] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    failed: list[Failed] = field(default_factory=list)
     cursor: Cursor | None = None
 
 
@@ -145,11 +156,16 @@ def convert_batch(
     """Convert records read from a bus, in order, starting from ``cursor``.
 
     Each event's ``id`` is the cursor just after it, so a client that last saw it resumes exactly
-    behind it. Nothing raises: every failure becomes a :class:`Rejected`.
+    behind it. Nothing raises: bad input becomes a :class:`Rejected`, and anything else one
+    record raises a :class:`Failed`, so one record never costs the others.
     """
     batch = Batch(cursor=cursor)
     for identity, raw in records:
-        batch.cursor = advance(batch.cursor, identity)
+        try:
+            batch.cursor = advance(batch.cursor, identity)
+        except CursorError as exc:
+            batch.failed.append(Failed(identity, exc))
+            continue
         try:
             envelope = parse_envelope(raw)
             message = to_sse(envelope, identity, id=str(batch.cursor))
@@ -157,6 +173,8 @@ def convert_batch(
             batch.rejected.append(Rejected(identity, _ENVELOPE_PROBLEMS[exc.problem], exc.detail))
         except MappingError as exc:
             batch.rejected.append(Rejected(identity, exc.problem, exc.detail))
+        except Exception as exc:  # a bug this record met: this record only is skipped
+            batch.failed.append(Failed(identity, exc))
         else:
             batch.events.append(Converted(identity, batch.cursor, envelope, message))
     return batch
