@@ -74,6 +74,8 @@ class Adapter:
         self._seq = 0
         self._processed = trio.Event()
         self._recent_ids = RecentIds(dedup_window)
+        self._inbox_filled = False
+        """Whether an offer of the current step filled a session's inbox (see :meth:`run`)."""
 
     async def run(self, records_in: trio.MemoryReceiveChannel[Sequence[Record]]) -> None:
         """Process batches until ``records_in`` is closed or this is cancelled.
@@ -90,6 +92,12 @@ class Adapter:
         one step per long round: events trickle in one by one and every stream pays a write for
         each. With it, they arrive during a few short rounds and go out together. The pause is
         the most it adds to an event's delivery.
+
+        The same pause follows a step that filled a session's inbox (a burst: a full publish
+        batch is four inboxes): a session that keeps up writes what it was offered before the
+        next step finds its inbox still full and cuts it as lagged (see :meth:`Session.offer`).
+        One that does not keep up is cut by that next step; the others wait for it no longer
+        than the pause.
         """
         async with records_in:
             async for records in records_in:
@@ -100,11 +108,13 @@ class Adapter:
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                 offers_before = self._offers_made()
+                self._inbox_filled = False
                 await self.process(
                     records if len(waiting) == 1 else [r for batch in waiting for r in batch]
                 )
                 woken = self._offers_made() - offers_before
-                if self.fanout_pause_seconds and woken >= self.fanout_pause_above:
+                wide = woken >= self.fanout_pause_above
+                if self._inbox_filled or (self.fanout_pause_seconds and wide):
                     await trio.lowlevel.checkpoint()  # the sessions write, in the next round
                     await trio.lowlevel.checkpoint()  # and we are back after them
                     await trio.sleep(self.fanout_pause_seconds)
@@ -230,7 +240,8 @@ class Adapter:
         offers = self.stats.offers
         for session, batch in batches.items():
             try:
-                session.offer(batch, offers)
+                if session.offer(batch, offers):
+                    self._inbox_filled = True
             except Exception as error:
                 self._offer_failed(session, error)
 
@@ -248,8 +259,10 @@ class Adapter:
             (kind,) = kinds
             for session in candidates:
                 try:  # free unless it raises: one session's failure ends that session only
-                    if admits(kind, session.principal, session.stream_filter):
-                        session.offer(deliveries, offers)
+                    if admits(kind, session.principal, session.stream_filter) and session.offer(
+                        deliveries, offers
+                    ):
+                        self._inbox_filled = True
                 except Exception as error:
                     self._offer_failed(session, error)
             return
@@ -258,10 +271,14 @@ class Adapter:
             try:
                 admitted = [admits(kind, principal, stream_filter) for kind in kinds]
                 if all(admitted):
-                    session.offer(deliveries, offers)
+                    filled = session.offer(deliveries, offers)
                 elif any(admitted):
                     batch = [d for d in deliveries if admits(d.message, principal, stream_filter)]
-                    session.offer(batch, offers)
+                    filled = session.offer(batch, offers)
+                else:
+                    continue
+                if filled:
+                    self._inbox_filled = True
             except Exception as error:
                 self._offer_failed(session, error)
 

@@ -169,26 +169,32 @@ class Session:
 
     # -- the adapter's side: never blocks --------------------------------------------------------
 
-    def offer(self, deliveries: Sequence[Delivery], outcomes: Counter[Offer]) -> None:
+    def offer(self, deliveries: Sequence[Delivery], outcomes: Counter[Offer]) -> bool:
         """Queue ``deliveries`` (in the adapter's order) without waiting, and count what became
-        of each in ``outcomes``.
+        of each in ``outcomes``; return whether the inbox is now at or past its bound.
 
-        At most ``inbox_capacity`` events wait to be written, however they were batched. Past
-        that, a low-priority event is coalesced with the newest of its kind (held aside, at most
-        ``inbox_capacity`` of them), and a high-priority one ends the stream as lagged: the
-        client resumes from the replay cache, nothing is lost, and no one waits for this client.
-        A whole batch that fits, with nothing held aside, is queued as it is: one channel send,
-        one wake-up, however many events it carries.
+        The bound is on what still waits from earlier offers: while fewer than
+        ``inbox_capacity`` events do, an offer is taken whole, however large. The adapter makes
+        one offer per session per step, and a step is bounded (at most ``--records-buffer`` bus
+        batches), so at most ``inbox_capacity`` plus one step's events wait; and a burst larger
+        than the inbox (a full publish batch) reaches a client that keeps up, because after a
+        step that filled an inbox (this returns ``True``) the adapter lets the sessions write
+        before it routes more. Past the bound, a low-priority event is coalesced with the newest
+        of its kind (held aside, at most ``inbox_capacity`` of them), and a high-priority one
+        ends the stream as lagged: the client resumes from the replay cache, nothing is lost,
+        and no one waits for this client. An offer taken whole, with nothing held aside, is
+        queued as it is: one channel send, one wake-up, however many events it carries.
         """
         if self.close_reason is not None:
             outcomes[Offer.CLOSED] += len(deliveries)
-            return
+            return False
         if not deliveries:
-            return
+            return False
         capacity = self.settings.inbox_capacity
-        if not self._overflow and self._queued + len(deliveries) <= capacity:
+        room = len(deliveries) if self._queued < capacity else 0
+        if room and not self._overflow:
             self._queue(deliveries, outcomes)
-            return
+            return self._queued >= capacity
         queued: list[Delivery] = []
         lagged_at = None
         for index, delivery in enumerate(deliveries):
@@ -196,7 +202,7 @@ class Session:
             key = message.coalesce_key if message.priority is Priority.LOW else None
             if key is not None and key in self._overflow:
                 self._overflow[key] = delivery
-            elif self._queued + len(queued) < capacity:
+            elif len(queued) < room:
                 queued.append(delivery)
                 continue
             elif key is not None and len(self._overflow) < capacity:
@@ -212,6 +218,8 @@ class Session:
             outcomes[Offer.DISCONNECTED] += 1
             if lagged_at + 1 < len(deliveries):
                 outcomes[Offer.CLOSED] += len(deliveries) - lagged_at - 1
+            return False
+        return self._queued >= capacity
 
     def _queue(self, deliveries: Sequence[Delivery], outcomes: Counter[Offer]) -> None:
         """Put ``deliveries`` in the inbox as one batch; :meth:`offer` has made room for them."""

@@ -25,6 +25,7 @@ from actors.session import CloseReason, Offer, Session, SessionSettings
 from router.bus.base import Record
 from router.bus.memory import MemoryBus
 from router.cache.memory import MemoryReplayCache
+from router.config import Settings
 from router.core.cursor import (
     Cursor,
     CursorError,
@@ -601,3 +602,33 @@ async def test_a_consumer_whose_bus_read_fails_backs_off_and_reads_on_from_where
     assert hub.adapter.stats.failures == Counter({Failure.BUS_READ: 2})
     assert bus.reads == [None, None, None]  # from the start given, and nothing twice
     assert len([r for r in caplog.records if r.getMessage() == "bus read failed"]) == 2
+
+
+# -- bursts ----------------------------------------------------------------------------------------
+
+
+async def test_a_full_publish_batch_reaches_a_reader_that_keeps_up_and_cuts_one_that_does_not(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A producer may publish 1,000 events in one request (--publish-max-batch), four times what
+    an inbox holds (--session-buffer): a client that keeps up takes them all; one that reads
+    nothing is cut as lagged, once the step after the burst finds its inbox still full."""
+    burst = Settings().publish_max_batch
+    assert burst > SessionSettings().inbox_capacity
+    async with running_hub() as (hub, nursery):
+        fast = session("u1")
+        fast_reader = await attach(hub, nursery, fast)
+        stalled = session("u1")
+        await hub.open(stalled, None)  # its reader never reads
+        await hub.publish([status({"user_id": "u1"}, f"t{n}") for n in range(burst)])
+        with trio.fail_after(GUARD_SECONDS):
+            await hub.adapter.wait_consumed(burst)
+            await settle()
+            await hub.publish([status({"user_id": "u1"}, "after")])
+            await stalled.finished.wait()
+            await hub.adapter.wait_consumed(burst + 1)
+        await settle()
+        assert stalled.close_reason is CloseReason.LAGGED
+        assert fast.close_reason is None
+        fast.stop(CloseReason.CLIENT)
+    assert [d["task_id"] for d in fast_reader.data()] == [f"t{n}" for n in range(burst)] + ["after"]

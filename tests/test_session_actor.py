@@ -207,17 +207,18 @@ async def test_a_slow_reader_does_not_block_the_offer() -> None:
     assert outcomes[4] is Offer.DISCONNECTED
 
 
-async def test_a_batch_that_does_not_fit_queues_what_fits_and_coalesces_the_rest() -> None:
+async def test_an_offer_to_a_full_inbox_coalesces_what_it_can() -> None:
     subject = session(inbox_capacity=2)
     feed = Feed()
+    assert offer_batch(subject, [feed.next(content(version=n)) for n in (1, 2)]) == Counter(
+        {Offer.QUEUED: 2}
+    )
     batch = [
-        feed.next(content(version=1)),
-        feed.next(content(version=2)),
         feed.next(progress("t1", 10)),
         feed.next(progress("t1", 20)),
         feed.next(progress("t2", 5)),
     ]
-    assert offer_batch(subject, batch) == Counter({Offer.QUEUED: 2, Offer.COALESCED: 3})
+    assert offer_batch(subject, batch) == Counter({Offer.COALESCED: 3})
     async with trio.open_nursery() as nursery:
         reader = await start(nursery, subject)
         subject.stop(CloseReason.CLIENT)
@@ -229,25 +230,26 @@ async def test_a_batch_that_does_not_fit_queues_what_fits_and_coalesces_the_rest
     ]
 
 
-async def test_a_batch_whose_high_priority_event_does_not_fit_ends_the_stream() -> None:
+async def test_a_high_priority_event_offered_to_a_full_inbox_ends_the_stream() -> None:
     subject = session(inbox_capacity=2)
     feed = Feed()
-    batch = [feed.next(content(version=n)) for n in range(4)]
-    assert offer_batch(subject, batch) == Counter(
-        {Offer.QUEUED: 2, Offer.DISCONNECTED: 1, Offer.CLOSED: 1}
-    )
+    offer_batch(subject, [feed.next(content(version=n)) for n in range(2)])
+    batch = [feed.next(content(version=n)) for n in range(2, 4)]
+    assert offer_batch(subject, batch) == Counter({Offer.DISCONNECTED: 1, Offer.CLOSED: 1})
     assert subject.close_reason is CloseReason.LAGGED
     assert offer_batch(subject, [feed.next(content())]) == Counter({Offer.CLOSED: 1})
 
 
-async def test_the_inbox_bound_counts_events_not_batches() -> None:
+async def test_the_inbox_bound_counts_the_events_waiting_from_earlier_offers() -> None:
+    """Not batches, and not the offer at hand: one offer (one step of the adapter, which may be
+    a burst larger than the inbox) is taken whole while fewer than the capacity wait."""
     subject = session(inbox_capacity=4)
     feed = Feed()
-    assert offer_batch(subject, [feed.next(content()) for _ in range(3)]) == {Offer.QUEUED: 3}
-    assert offer_batch(subject, [feed.next(content()) for _ in range(2)]) == {
-        Offer.QUEUED: 1,
-        Offer.DISCONNECTED: 1,
-    }
+    outcomes: Counter[Offer] = Counter()
+    assert not subject.offer([feed.next(content()) for _ in range(3)], outcomes)
+    assert subject.offer([feed.next(content()) for _ in range(10)], outcomes)  # full: let it write
+    assert outcomes == {Offer.QUEUED: 13}
+    assert offer_batch(subject, [feed.next(content())]) == {Offer.DISCONNECTED: 1}
 
 
 class CountingWrites:
@@ -519,7 +521,8 @@ def test_what_is_offered_arrives_once_in_order_or_the_stream_ends_lagged(
 ) -> None:
     """A content update is written, or the stream ends as lagged; a progress event is written
     unless a newer one of its task is; nothing is written twice or out of the adapter's order;
-    every event offered is counted once; no more than the inbox's capacity ever waits. Writes
+    every event offered is counted once; an offer is queued only while fewer than the inbox's
+    capacity wait, so at most the capacity plus one offer ever waits. Writes
     are cut small here so that coalesced events wait across writes too."""
     with unittest.mock.patch("actors.session.MAX_WRITE_BATCH", write_batch):
         offered, outcomes, written, subject = trio.run(offer_and_read, steps, capacity)
@@ -575,10 +578,15 @@ async def offer_and_read(
                 for n, kind in enumerate(argument)
             ]
             offered += batch
-            subject.offer(batch, outcomes)
-            # The bound, read where it is kept: nothing else shows it between writes.
-            assert subject._queued <= capacity
+            waiting = subject._queued
+            filled = subject.offer(batch, outcomes)
+            # The bound, read where it is kept: nothing else shows it between writes. Fewer
+            # than the capacity waited before an offer taken whole.
+            if subject._queued != waiting:
+                assert waiting < capacity
+                assert subject._queued <= waiting + len(batch)
             assert len(subject._overflow) <= capacity
+            assert filled is (subject.close_reason is None and subject._queued >= capacity)
         await read(10_000)  # the client catches up with everything
         subject.stop(CloseReason.CLIENT)  # the first reason given stays
     stream = Reader(receive)
