@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
+import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from actors.session import CloseReason, Session, SessionSettings
 from router.bus.base import Record
 from router.core.cursor import EventIdentity
+from router.core.permissions import Principal, StreamFilter
 from tests.e2e_helpers import STREAM_PATH, RouterUnderTest, auth, content, running_router
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -49,10 +54,24 @@ async def test_metrics_follow_the_traffic() -> None:
         resume = {**auth("u1", novels=["n1"]), "Last-Event-ID": cursor}
         async with router.stream(resume) as resumed:
             await resumed.events_count(1)
-        async with router.stream(auth("u2", novels=["n1"])) as flooded:
-            await router.publish(*(content("n1", n) for n in range(10)))  # one burst, inbox of 1
-            await flooded.to_the_end()
-        assert flooded.data()[-1]["code"] == "lagged"
+        # A client that reads nothing, with an inbox of 1: a burst is taken whole, and a step
+        # that finds the inbox still full cuts the stream.
+        stalled = Session(
+            Principal("u2", frozenset({"n1"})),
+            StreamFilter(),
+            expires_at=time.time() + 3600,
+            settings=SessionSettings(inbox_capacity=1, goodbye_timeout_seconds=0),
+        )
+        hub = router.running.hub
+        await hub.open(stalled, None)
+        await router.publish(*(content("n1", n) for n in range(10)))  # taken out to be written
+        await hub.adapter.wait_consumed(2 + 1 + 10)
+        await router.publish(content("n1", 10))  # waits in the inbox, which is full
+        await hub.adapter.wait_consumed(2 + 1 + 11)
+        await router.publish(content("n1", 11))
+        with trio.fail_after(10):
+            await stalled.finished.wait()
+        assert stalled.close_reason is CloseReason.LAGGED
 
         after = await scrape(router)
     assert value(after, "sse_auth_failures_total", reason="missing") == 1
@@ -63,7 +82,7 @@ async def test_metrics_follow_the_traffic() -> None:
     assert value(after, "sse_connection_duration_seconds_count", reason="client") == 2
     assert value(after, "sse_connection_duration_seconds_count", reason="lagged") == 1
     assert value(after, "sse_current_connections") == 0
-    assert value(after, "sse_events_consumed_total") == 12 + 1
+    assert value(after, "sse_events_consumed_total") == 14 + 1
     assert value(after, "sse_events_rejected_total", reason="malformed") == 1
     assert value(after, "sse_replays_total", outcome="complete", source="cache") == 1
     assert value(after, "sse_queue_overflow_total", policy="disconnected") >= 1
