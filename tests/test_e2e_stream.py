@@ -12,8 +12,10 @@ from tests.e2e_helpers import (
     EventStream,
     auth,
     content,
+    envelope,
     progress,
     running_router,
+    signed_token,
     token,
 )
 
@@ -34,7 +36,7 @@ async def test_a_published_event_arrives_on_the_stream(
         data = stream.data()[0]
         assert data == {
             "event_id": event_id,
-            "occurred_at": "2026-11-28T10:00:00.000Z",
+            "occurred_at": "2026-11-28T10:00:00.000000Z",
             "novel_id": "n1",
             "content_version": 7,
         }
@@ -68,6 +70,30 @@ async def test_a_missing_or_bad_token_is_401_with_a_json_body(
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
     assert response.json()["error"]["code"] == code
+
+
+@pytest.mark.parametrize(
+    "claims_json",
+    [
+        f'{{"sub": "u1", "exp": {10**400}}}',
+        '{"sub": "u1", "exp": 1e400}',
+        '{"sub": "u1", "exp": NaN}',
+        '{"sub": "u1", "exp": ' + "9" * 5000 + "}",
+        f'{{"sub": "u1", "exp": 4102444800, "nbf": {10**400}}}',
+        '{"sub": "u\\ud800", "exp": 4102444800}',
+    ],
+    ids=["exp-10e400", "exp-1e400", "exp-nan", "exp-5000-digits", "nbf-10e400", "sub-surrogate"],
+)
+async def test_a_validly_signed_token_with_hostile_claims_is_401_not_500(claims_json: str) -> None:
+    headers = {"Authorization": f"Bearer {signed_token(claims_json)}"}
+    async with running_router() as router:
+        for response in (
+            await router.client.get(STREAM_PATH, headers=headers),
+            await router.client.post("/api/v1/events", json=content("n1"), headers=headers),
+        ):
+            assert response.status_code == 401, response.text
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert response.json()["error"]["code"] in {"malformed", "bad-claims"}
 
 
 @pytest.mark.parametrize(
@@ -220,6 +246,28 @@ async def test_a_cursor_from_before_a_restart_is_truncated_history() -> None:
         (error, replayed) = resumed.data()
         assert error["code"] == "history-truncated"
         assert replayed["content_version"] == 2
+
+
+async def test_types_may_name_sse_error_which_arrives_whatever_types_says() -> None:
+    async with running_router() as router:
+        headers = {**auth(novels=["n1"]), "Last-Event-ID": "memory@0ther3poch:0:5"}
+        for types in ("sse.error,content.updated", "content.updated"):
+            async with router.stream(headers, params={"types": types}) as stream:
+                assert stream.response.status_code == 200
+                assert stream.response.headers["sse-replay"] == "truncated"
+                await router.publish(
+                    envelope(
+                        "System.NotificationSent",
+                        {"broadcast": True},
+                        level="info",
+                        title="filtered",
+                        message="away",
+                    ),
+                    content("n1", 7),
+                )
+                await stream.events_count(2)
+            assert [e.event for e in stream.events] == ["sse.error", "content.updated"]
+            assert stream.data()[0]["code"] == "history-truncated"
 
 
 async def test_a_cursor_older_than_the_retained_window_is_truncated_history() -> None:

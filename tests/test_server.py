@@ -173,6 +173,119 @@ async def test_a_bad_envelope_in_a_batch_is_named_and_nothing_is_published() -> 
         assert [d["content_version"] for d in stream.data()] == [42]
 
 
+def raw_body(*envelopes: str) -> bytes:
+    """A publish body of envelopes written as JSON text, so they can hold what json.dumps would
+    not write (lone surrogates, NaN, integers of any length). UTF-8 with surrogatepass, so a raw
+    surrogate written into the text goes out as the bytes a sloppy producer would send."""
+    return ("[" + ",".join(envelopes) + "]").encode("utf-8", "surrogatepass")
+
+
+def with_payload_field(envelope: dict[str, object], name: str, value_json: str) -> str:
+    """``envelope`` as JSON text with one more payload field whose value is ``value_json``."""
+    text = json.dumps(envelope)
+    assert text.endswith("}}")
+    return f'{text[:-2]}, "{name}": {value_json}}}}}'
+
+
+JSON_HEADERS = {**PUBLISHER, "Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize(
+    ("culprit", "named"),
+    [
+        (with_payload_field(content("n1", 2), "summary", '"a\\ud800b"'), "payload.summary"),
+        (
+            with_payload_field(content("n1", 2), "internal_notes", '"\\udfff"'),
+            "payload.internal_notes",
+        ),
+        (with_payload_field(content("n1", 2), "summary", '"raw \ud800 bytes"'), "payload.summary"),
+        (
+            with_payload_field(content("n1", 2), "notes", '{"by": ["ok", "\\ud83d"]}'),
+            "payload.notes.by[1]",
+        ),
+        (with_payload_field(content("n1", 2), "\\ud800", "1"), "payload"),
+        (json.dumps({**content("n1", 2), "event_id": "e\ud800"}), "event_id"),
+        (with_payload_field(content("n1", 2), "internal_ratio", "1e400"), "payload.internal_ratio"),
+    ],
+    ids=["kept-field", "dropped-field", "raw-bytes", "nested", "key", "event-id", "infinity"],
+)
+async def test_a_batch_with_an_unencodable_envelope_is_refused_whole_and_names_it(
+    culprit: str, named: str
+) -> None:
+    async with running_router() as router, router.stream() as stream:
+        good = [json.dumps(content("n1", 1)), json.dumps(content("n1", 3))]
+        response = await router.client.post(
+            "/api/v1/events", content=raw_body(good[0], culprit, good[1]), headers=JSON_HEADERS
+        )
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert (error["code"], error["parameter"]) == ("unencodable", "[1]")
+        assert named in error["message"]
+        await router.publish(content("n1", 42))
+        await stream.events_count(1)
+        assert [d["content_version"] for d in stream.data()] == [42]  # nothing of the batch
+
+
+DIGITS_5000 = "9" * 5000
+
+
+@pytest.mark.parametrize(
+    ("envelope_json", "code", "said"),
+    [
+        (with_payload_field(content("n1"), "internal_count", DIGITS_5000), "bad-json", "digits"),
+        (
+            with_payload_field(content("n1"), "internal_count", "-" + DIGITS_5000),
+            "bad-json",
+            "digits",
+        ),
+        (
+            json.dumps(content("n1")).replace(
+                '"content_version": 1', '"content_version": ' + DIGITS_5000
+            ),
+            "bad-json",
+            "digits",
+        ),
+        (with_payload_field(content("n1"), "internal_ratio", "NaN"), "bad-json", "NaN"),
+        (with_payload_field(content("n1"), "internal_ratio", "-Infinity"), "bad-json", "-Infinity"),
+        (
+            json.dumps(content("n1")).replace("Content.Updated", "Content.Up\\ud800"),
+            "bad-field",
+            "event_type",
+        ),
+        (
+            json.dumps(content("n1")).replace('{"novel_id": "n1"}', '{"novel_id": "n\\ud800"}', 1),
+            "unroutable",
+            "scope.novel_id",
+        ),
+        (json.dumps(content("n1")).replace("00Z", "00Z\\ud800"), "bad-field", "occurred_at"),
+    ],
+    ids=[
+        "huge-int-dropped",
+        "huge-negative-int",
+        "huge-int-kept",
+        "nan",
+        "infinity",
+        "event-type",
+        "scope-id",
+        "occurred-at",
+    ],
+)
+async def test_hostile_numbers_and_text_in_a_publish_are_400_not_500(
+    envelope_json: str, code: str, said: str
+) -> None:
+    async with running_router() as router, router.stream() as stream:
+        response = await router.client.post(
+            "/api/v1/events", content=raw_body(envelope_json), headers=JSON_HEADERS
+        )
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["code"] == code
+        assert said in error["message"]
+        await router.publish(content("n1", 42))
+        await stream.events_count(1)
+        assert [d["content_version"] for d in stream.data()] == [42]
+
+
 async def test_too_large_a_batch_is_413() -> None:
     async with running_router(publish_max_batch=2) as router:
         response = await router.client.post(
