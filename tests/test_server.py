@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import jwt
@@ -17,6 +19,7 @@ import trio
 
 from router.cli import build_parser, main
 from router.config import Settings
+from router.core.mapping import PUBLISH_PROBLEMS
 from router.server import ConfigurationError, serve
 from tests.e2e_helpers import PUBLISHER, SECRET, auth, content, running_router, token
 from tests.sse_http_client import open_stream
@@ -284,6 +287,48 @@ async def test_hostile_numbers_and_text_in_a_publish_are_400_not_500(
         await router.publish(content("n1", 42))
         await stream.events_count(1)
         assert [d["content_version"] for d in stream.data()] == [42]
+
+
+STREAMS_DOC = Path(__file__).resolve().parent.parent / "docs" / "streams.md"
+BODY_PROBLEMS = frozenset({"bad-json", "empty-batch"})
+
+
+def without(name: str) -> str:
+    envelope = content("n1")
+    del envelope[name]
+    return json.dumps(envelope)
+
+
+# One publish body for each 400 code, to show the router produces every code it documents.
+PUBLISH_400_EXAMPLES = {
+    "bad-json": "{nope",
+    "empty-batch": "[]",
+    "not-an-object": "[1]",
+    "missing-field": without("scope"),
+    "bad-field": json.dumps({**content("n1"), "event_id": 7}),
+    "unroutable": json.dumps({**content("n1"), "scope": {}}),
+    "unknown-type": json.dumps({**content("n1"), "event_type": "Content.Deleted"}),
+    "invalid-payload": json.dumps(content("n1", -1)),
+    "unencodable": with_payload_field(content("n1"), "summary", '"\\ud800"'),
+}
+
+
+def test_the_documented_publish_codes_are_exactly_those_the_router_produces() -> None:
+    section = STREAMS_DOC.read_text().split("## `POST /api/v1/events`")[1].split("\n## ")[0]
+    documented = set(re.findall(r"^\| `([a-z-]+)` \|", section, re.MULTILINE))
+    assert documented == BODY_PROBLEMS | PUBLISH_PROBLEMS == set(PUBLISH_400_EXAMPLES)
+
+
+@pytest.mark.parametrize(("code", "body"), PUBLISH_400_EXAMPLES.items())
+async def test_every_documented_publish_code_is_produced(code: str, body: str) -> None:
+    async with running_router() as router:
+        response = await router.client.post(
+            "/api/v1/events", content=body.encode(), headers=JSON_HEADERS
+        )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert ("parameter" in error) is (code not in BODY_PROBLEMS)
 
 
 async def test_too_large_a_batch_is_413() -> None:
