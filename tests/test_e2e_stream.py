@@ -114,6 +114,31 @@ async def test_bad_stream_requests_name_the_parameter(
     assert response.json()["error"]["parameter"] == parameter
 
 
+@pytest.mark.parametrize(
+    ("query", "last_event_id", "parameter"),
+    [
+        ("types=%ED%A0%80", None, "types"),  # a lone surrogate, percent-encoded as UTF-8
+        ("last_event_id=%ED%A0%80", None, "last_event_id"),
+        ("last_event_id=memory@e:0:" + "9" * 5000, None, "last_event_id"),
+        ("", b"\xed\xa0\x80", "Last-Event-ID"),  # the same, raw in the header
+        ("", b"memory@e:0:" + b"9" * 450, "Last-Event-ID"),
+        ("", b"memory@e:0:" + b"9" * 5000, "Last-Event-ID"),
+        ("", b"memory@e:0:1e400", "Last-Event-ID"),
+    ],
+    ids=["types", "query-cursor", "query-huge", "header", "header-huge", "header-5000", "1e400"],
+)
+async def test_hostile_stream_parameters_are_400_naming_them(
+    query: str, last_event_id: bytes | None, parameter: str
+) -> None:
+    headers: dict[str, str | bytes] = {**auth(novels=["n1"])}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = last_event_id
+    async with running_router() as router:
+        response = await router.client.get(f"{STREAM_PATH}?{query}", headers=headers)
+    assert response.status_code == 400
+    assert response.json()["error"]["parameter"] == parameter
+
+
 async def test_a_malformed_last_event_id_header_is_400() -> None:
     async with running_router() as router:
         response = await router.client.get(

@@ -20,6 +20,7 @@ from router.core.envelope import (
     EnvelopeError,
     EnvelopeProblem,
     parse_envelope,
+    parse_publish_body,
     parse_timestamp,
 )
 from router.core.events import (
@@ -290,6 +291,58 @@ def test_occurred_at_keeps_microseconds_and_sorts_as_text_in_time_order(moment: 
     assert datetime.fromisoformat(normalised) == moment
     later = parse_timestamp((moment + timedelta(microseconds=1)).isoformat())
     assert normalised < later
+
+
+@pytest.mark.parametrize(
+    ("payload_extra", "named"),
+    [
+        ({"internal_notes": "a\ud800b"}, "payload.internal_notes holds a lone surrogate (U+D800)"),
+        ({"deep": [{"x": ["ok", "\udfff"]}]}, "payload.deep[0].x[1] holds a lone surrogate"),
+        ({"\udbff": 1}, "payload has a key holding a lone surrogate (U+DBFF)"),
+        ({"ratio": float("inf")}, "payload.ratio is a number out of range"),
+        ({"ratio": float("nan")}, "payload.ratio is NaN"),
+        ({"count": 10**5000}, "payload.count is an integer of more than"),
+    ],
+)
+def test_an_envelope_the_bus_cannot_carry_as_json_is_refused_naming_the_value(
+    payload_extra: dict[str, Any], named: str
+) -> None:
+    envelope = parse_envelope(raw(payload={**PAYLOADS["Task.ProgressUpdated"], **payload_extra}))
+    with pytest.raises(EnvelopeError) as caught:
+        envelope.to_bytes()
+    assert caught.value.problem is EnvelopeProblem.UNENCODABLE
+    assert named in caught.value.detail
+
+
+def test_an_envelope_with_paired_surrogates_and_any_unicode_encodes() -> None:
+    payload = {**PAYLOADS["Task.ProgressUpdated"], "message": "\U0001f600 \u2028 \x00"}
+    encoded = parse_envelope(raw(payload=payload)).to_bytes()
+    assert json.loads(encoded)["payload"]["message"] == payload["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b'{"a": NaN}', "NaN is not JSON"),
+        (b'{"a": [Infinity]}', "Infinity is not JSON"),
+        (b'{"a": ' + b"1" * 4301 + b"}", "an integer of 4301 digits; at most 4300"),
+        (b'{"a": -' + b"1" * 4301 + b"}", "an integer of 4301 digits"),
+        (b"\xff", "can't decode"),
+        (b"[" * 100_000, "nested too deeply"),
+    ],
+)
+def test_a_publish_body_the_router_would_misread_is_not_json(body: bytes, said: str) -> None:
+    with pytest.raises(EnvelopeError) as caught:
+        parse_publish_body(body)
+    assert caught.value.problem is EnvelopeProblem.NOT_JSON
+    assert said in caught.value.detail
+
+
+def test_a_publish_body_reads_integers_up_to_the_limit_and_any_float() -> None:
+    assert parse_publish_body(b'{"a": ' + b"7" * 4300 + b', "b": 1e308}') == {
+        "a": int("7" * 4300),
+        "b": 1e308,
+    }
 
 
 def test_a_timestamp_that_leaves_the_calendar_in_utc_is_refused() -> None:
