@@ -60,6 +60,7 @@ async def test_the_token_may_come_from_the_cookie_or_the_query() -> None:
         ({"Authorization": "Bearer not-a-token"}, "malformed"),
         ({"Authorization": f"Bearer {token(ttl_seconds=-10)}"}, "expired"),
         ({"Authorization": "Bearer " + token()[:-4] + "AAAA"}, "bad-signature"),
+        ({"Cookie": "access_token=%ED%A0%80"}, "malformed"),  # a lone surrogate, in UTF-8
     ],
 )
 async def test_a_missing_or_bad_token_is_401_with_a_json_body(

@@ -49,7 +49,8 @@ class EnvelopeProblem(enum.StrEnum):
     BAD_FIELD = "bad-field"
     UNROUTABLE = "unroutable"
     UNENCODABLE = "unencodable"
-    """A value standard JSON in UTF-8 has no form for: a lone surrogate, NaN or an infinity."""
+    """A value standard JSON in UTF-8 has no form for: a lone surrogate, NaN, an infinity, an
+    integer longer than the interpreter converts."""
 
 
 class RejectionError(ValueError):
