@@ -136,7 +136,9 @@ class Relay:
                 body = json.loads(text)
                 if isinstance(body, dict) and body.get("event_id") is None:
                     body["event_id"] = f"outbox:{table}:{row_id}"
-                envelopes.append(parse_envelope(body))
+                envelope = parse_envelope(body)
+                envelope.to_bytes()  # NaN or a lone surrogate: the bus cannot carry it, ever
+                envelopes.append(envelope)
             except (ValueError, EnvelopeError) as error:
                 # Published, it would only be rejected downstream; settled with the rest, logged.
                 self.stats.rejected += 1

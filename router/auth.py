@@ -8,6 +8,7 @@ key confusion (an HS256 token signed with the RSA public key as its secret) are 
 from __future__ import annotations
 
 import enum
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -112,11 +113,32 @@ class TokenVerifier:
             raise AuthError(
                 AuthProblem.BAD_SIGNATURE, f"the token must be signed with {self.algorithm}"
             ) from None
-        except jwt.DecodeError:
-            raise AuthError(AuthProblem.MALFORMED, "the token is not a valid JWT") from None
+        except jwt.DecodeError as exc:
+            # pyjwt's reason (bad base64, a claim that is not a number...) names no secret.
+            raise AuthError(AuthProblem.MALFORMED, f"the token is not a valid JWT: {exc}") from None
         except jwt.InvalidTokenError as exc:
             raise AuthError(AuthProblem.BAD_CLAIMS, f"the token was refused: {exc}") from None
-        return Verified(principal_from_claims(claims), float(claims["exp"]))
+        except (TypeError, ValueError, OverflowError) as exc:
+            # Older pyjwt releases let int() of a time claim such as [1] or 1e400 escape (#1186).
+            raise AuthError(
+                AuthProblem.BAD_CLAIMS, f"the token's time claims are unusable: {exc}"
+            ) from None
+        return Verified(principal_from_claims(claims), _expiry(claims["exp"]))
+
+
+def _expiry(exp: object) -> float:
+    """The ``exp`` claim as seconds since the epoch. pyjwt accepts any value ``int()`` takes, so
+    a signed ``10**400`` (a Python int compares with any time) or ``"999..."`` passes it; only a
+    JSON number the router can hold as a finite time is an expiry (RFC 7519's NumericDate)."""
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        raise AuthError(AuthProblem.BAD_CLAIMS, "the 'exp' claim must be a number of seconds")
+    try:
+        expires_at = float(exp)
+    except OverflowError:
+        expires_at = math.inf
+    if not math.isfinite(expires_at):
+        raise AuthError(AuthProblem.BAD_CLAIMS, "the 'exp' claim is too large to be a time")
+    return expires_at
 
 
 def _string_list(claims: Mapping[str, object], name: str) -> frozenset[str]:

@@ -107,6 +107,58 @@ def test_refusals(token: str, problem: AuthProblem) -> None:
     assert error.value.problem is problem
 
 
+def signed(claims_json: str) -> str:
+    """An HS256 token over claims written as JSON text, so they can hold what json.dumps would
+    not write: integers of any length, NaN, infinities, lone surrogates."""
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    signing_input = f"{header}.{b64(claims_json.encode('utf-8', 'surrogatepass'))}"
+    signature = hmac.new(SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(signature)}"
+
+
+SOON = int(time.time()) + 3600
+HOSTILE_CLAIMS = [
+    (f'{{"sub": "u1", "exp": {10**400}}}', AuthProblem.BAD_CLAIMS),
+    (f'{{"sub": "u1", "exp": -{10**400}}}', AuthProblem.EXPIRED),
+    ('{"sub": "u1", "exp": 1e400}', AuthProblem.MALFORMED),
+    ('{"sub": "u1", "exp": Infinity}', AuthProblem.MALFORMED),
+    ('{"sub": "u1", "exp": NaN}', AuthProblem.MALFORMED),
+    ('{"sub": "u1", "exp": ' + "9" * 5000 + "}", AuthProblem.MALFORMED),
+    ('{"sub": "u1", "exp": "' + "9" * 400 + '"}', AuthProblem.BAD_CLAIMS),
+    (f'{{"sub": "u1", "exp": {SOON}, "nbf": {10**400}}}', AuthProblem.BAD_CLAIMS),
+    (f'{{"sub": "u1", "exp": {SOON}, "iat": {10**400}}}', AuthProblem.BAD_CLAIMS),
+    (f'{{"sub": "u1", "exp": {SOON}, "nbf": 1e400}}', AuthProblem.MALFORMED),
+    (f'{{"sub": "u1", "exp": {SOON}, "iat": -1e400}}', AuthProblem.BAD_CLAIMS),
+    (f'{{"sub": "u\\ud800", "exp": {SOON}}}', AuthProblem.BAD_CLAIMS),
+    (f'{{"sub": "u1", "sid": "\\udfff", "exp": {SOON}}}', AuthProblem.BAD_CLAIMS),
+]
+HOSTILE_IDS = [
+    "exp-10e400",
+    "exp-minus-10e400",
+    "exp-1e400",
+    "exp-infinity",
+    "exp-nan",
+    "exp-5000-digits",
+    "exp-string-of-400-digits",
+    "nbf-10e400",
+    "iat-10e400",
+    "nbf-1e400",
+    "iat-minus-1e400",
+    "sub-surrogate",
+    "sid-surrogate",
+]
+
+
+@pytest.mark.parametrize(("claims_json", "problem"), HOSTILE_CLAIMS, ids=HOSTILE_IDS)
+def test_hostile_claims_in_a_validly_signed_token_are_refused(
+    claims_json: str, problem: AuthProblem
+) -> None:
+    with pytest.raises(AuthError) as error:
+        hs256().verify(signed(claims_json))
+    assert error.value.problem is problem
+    json.dumps(error.value.message)  # the message can go into a JSON body as it is
+
+
 def test_audience_and_issuer_are_checked_when_configured() -> None:
     verifier = TokenVerifier.from_key(secret=SECRET, audience="sse", issuer="https://auth")
     good = mint_token(SECRET, sub="u1", audience="sse", issuer="https://auth")

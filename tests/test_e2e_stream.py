@@ -12,8 +12,10 @@ from tests.e2e_helpers import (
     EventStream,
     auth,
     content,
+    envelope,
     progress,
     running_router,
+    signed_token,
     token,
 )
 
@@ -34,7 +36,7 @@ async def test_a_published_event_arrives_on_the_stream(
         data = stream.data()[0]
         assert data == {
             "event_id": event_id,
-            "occurred_at": "2026-11-28T10:00:00.000Z",
+            "occurred_at": "2026-11-28T10:00:00.000000Z",
             "novel_id": "n1",
             "content_version": 7,
         }
@@ -58,6 +60,7 @@ async def test_the_token_may_come_from_the_cookie_or_the_query() -> None:
         ({"Authorization": "Bearer not-a-token"}, "malformed"),
         ({"Authorization": f"Bearer {token(ttl_seconds=-10)}"}, "expired"),
         ({"Authorization": "Bearer " + token()[:-4] + "AAAA"}, "bad-signature"),
+        ({"Cookie": "access_token=%ED%A0%80"}, "malformed"),  # a lone surrogate, in UTF-8
     ],
 )
 async def test_a_missing_or_bad_token_is_401_with_a_json_body(
@@ -68,6 +71,30 @@ async def test_a_missing_or_bad_token_is_401_with_a_json_body(
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
     assert response.json()["error"]["code"] == code
+
+
+@pytest.mark.parametrize(
+    "claims_json",
+    [
+        f'{{"sub": "u1", "exp": {10**400}}}',
+        '{"sub": "u1", "exp": 1e400}',
+        '{"sub": "u1", "exp": NaN}',
+        '{"sub": "u1", "exp": ' + "9" * 5000 + "}",
+        f'{{"sub": "u1", "exp": 4102444800, "nbf": {10**400}}}',
+        '{"sub": "u\\ud800", "exp": 4102444800}',
+    ],
+    ids=["exp-10e400", "exp-1e400", "exp-nan", "exp-5000-digits", "nbf-10e400", "sub-surrogate"],
+)
+async def test_a_validly_signed_token_with_hostile_claims_is_401_not_500(claims_json: str) -> None:
+    headers = {"Authorization": f"Bearer {signed_token(claims_json)}"}
+    async with running_router() as router:
+        for response in (
+            await router.client.get(STREAM_PATH, headers=headers),
+            await router.client.post("/api/v1/events", json=content("n1"), headers=headers),
+        ):
+            assert response.status_code == 401, response.text
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert response.json()["error"]["code"] in {"malformed", "bad-claims"}
 
 
 @pytest.mark.parametrize(
@@ -85,6 +112,31 @@ async def test_bad_stream_requests_name_the_parameter(
     async with running_router() as router:
         response = await router.client.get(STREAM_PATH, params=params, headers=auth(novels=["n1"]))
     assert response.status_code == status
+    assert response.json()["error"]["parameter"] == parameter
+
+
+@pytest.mark.parametrize(
+    ("query", "last_event_id", "parameter"),
+    [
+        ("types=%ED%A0%80", None, "types"),  # a lone surrogate, percent-encoded as UTF-8
+        ("last_event_id=%ED%A0%80", None, "last_event_id"),
+        ("last_event_id=memory@e:0:" + "9" * 5000, None, "last_event_id"),
+        ("", b"\xed\xa0\x80", "Last-Event-ID"),  # the same, raw in the header
+        ("", b"memory@e:0:" + b"9" * 450, "Last-Event-ID"),
+        ("", b"memory@e:0:" + b"9" * 5000, "Last-Event-ID"),
+        ("", b"memory@e:0:1e400", "Last-Event-ID"),
+    ],
+    ids=["types", "query-cursor", "query-huge", "header", "header-huge", "header-5000", "1e400"],
+)
+async def test_hostile_stream_parameters_are_400_naming_them(
+    query: str, last_event_id: bytes | None, parameter: str
+) -> None:
+    headers: dict[str, str | bytes] = {**auth(novels=["n1"])}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = last_event_id
+    async with running_router() as router:
+        response = await router.client.get(f"{STREAM_PATH}?{query}", headers=headers)
+    assert response.status_code == 400
     assert response.json()["error"]["parameter"] == parameter
 
 
@@ -220,6 +272,28 @@ async def test_a_cursor_from_before_a_restart_is_truncated_history() -> None:
         (error, replayed) = resumed.data()
         assert error["code"] == "history-truncated"
         assert replayed["content_version"] == 2
+
+
+async def test_types_may_name_sse_error_which_arrives_whatever_types_says() -> None:
+    async with running_router() as router:
+        headers = {**auth(novels=["n1"]), "Last-Event-ID": "memory@0ther3poch:0:5"}
+        for types in ("sse.error,content.updated", "content.updated"):
+            async with router.stream(headers, params={"types": types}) as stream:
+                assert stream.response.status_code == 200
+                assert stream.response.headers["sse-replay"] == "truncated"
+                await router.publish(
+                    envelope(
+                        "System.NotificationSent",
+                        {"broadcast": True},
+                        level="info",
+                        title="filtered",
+                        message="away",
+                    ),
+                    content("n1", 7),
+                )
+                await stream.events_count(2)
+            assert [e.event for e in stream.events] == ["sse.error", "content.updated"]
+            assert stream.data()[0]["code"] == "history-truncated"
 
 
 async def test_a_cursor_older_than_the_retained_window_is_truncated_history() -> None:

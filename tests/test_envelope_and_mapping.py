@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from router.core.envelope import (
     EnvelopeError,
     EnvelopeProblem,
     parse_envelope,
+    parse_publish_body,
     parse_timestamp,
 )
 from router.core.events import (
@@ -40,7 +42,7 @@ from router.core.scope import MAX_SCOPE_ID_LENGTH, Scope
 
 QUICK = settings(deadline=None, database=None)
 
-OCCURRED_AT = "2026-11-28T10:15:00.123Z"
+OCCURRED_AT = "2026-11-28T10:15:00.123456Z"
 PAYLOADS: dict[str, dict[str, Any]] = {
     "Task.ProgressUpdated": {"task_id": "t1", "progress": 40},
     "Task.StatusChanged": {"task_id": "t1", "old_status": "running", "new_status": "done"},
@@ -251,21 +253,23 @@ def test_bad_timestamps_are_rejected(value: object) -> None:
         parse_timestamp(value)
 
 
-# Accepted, and normalised to UTC with milliseconds: the ECMAScript date format browsers read.
+# Accepted, and normalised to UTC with six fractional digits: the producer's microseconds kept.
 GOOD_TIMESTAMPS = [
-    ("2026-11-28T10:15:00Z", "2026-11-28T10:15:00.000Z"),
-    ("2026-11-28T10:15:00.1Z", "2026-11-28T10:15:00.100Z"),
-    ("2026-11-28T10:15:00.123456Z", "2026-11-28T10:15:00.123Z"),
-    ("2026-11-28T10:15:00.123456789Z", "2026-11-28T10:15:00.123Z"),  # nanoseconds, truncated
-    ("2026-11-28T10:15:00.999999999-12:00", "2026-11-28T22:15:00.999Z"),
-    ("2026-11-28T10:15:00+05:30", "2026-11-28T04:45:00.000Z"),
-    ("2026-11-28T10:15:00+23:59", "2026-11-27T10:16:00.000Z"),
-    ("2026-11-28T10:15:00.5+14:00", "2026-11-27T20:15:00.500Z"),
-    ("2026-11-28T10:15:00-00:00", "2026-11-28T10:15:00.000Z"),
-    ("2026-11-28t10:15:00z", "2026-11-28T10:15:00.000Z"),
-    ("2026-11-28 10:15:00Z", "2026-11-28T10:15:00.000Z"),
-    ("2024-02-29T23:59:59Z", "2024-02-29T23:59:59.000Z"),
-    ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000Z"),
+    ("2026-11-28T10:15:00Z", "2026-11-28T10:15:00.000000Z"),
+    ("2026-11-28T10:15:00.1Z", "2026-11-28T10:15:00.100000Z"),
+    ("2026-11-28T10:15:00.123Z", "2026-11-28T10:15:00.123000Z"),
+    ("2026-11-28T10:15:00.123456Z", "2026-11-28T10:15:00.123456Z"),
+    ("2026-11-28T10:15:00.000001Z", "2026-11-28T10:15:00.000001Z"),
+    ("2026-11-28T10:15:00.123456789Z", "2026-11-28T10:15:00.123456Z"),  # nanoseconds, cut
+    ("2026-11-28T10:15:00.999999999-12:00", "2026-11-28T22:15:00.999999Z"),
+    ("2026-11-28T10:15:00+05:30", "2026-11-28T04:45:00.000000Z"),
+    ("2026-11-28T10:15:00+23:59", "2026-11-27T10:16:00.000000Z"),
+    ("2026-11-28T10:15:00.5+14:00", "2026-11-27T20:15:00.500000Z"),
+    ("2026-11-28T10:15:00-00:00", "2026-11-28T10:15:00.000000Z"),
+    ("2026-11-28t10:15:00z", "2026-11-28T10:15:00.000000Z"),
+    ("2026-11-28 10:15:00Z", "2026-11-28T10:15:00.000000Z"),
+    ("2024-02-29T23:59:59Z", "2024-02-29T23:59:59.000000Z"),
+    ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000000Z"),
 ]
 
 
@@ -273,6 +277,72 @@ GOOD_TIMESTAMPS = [
 def test_good_timestamps_are_accepted_and_normalised_to_utc(value: str, normalised: str) -> None:
     assert parse_timestamp(value) == normalised
     assert parse_envelope(raw(occurred_at=value)).occurred_at == normalised
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=-11, minutes=-30))]),
+    )
+)
+def test_occurred_at_keeps_microseconds_and_sorts_as_text_in_time_order(moment: datetime) -> None:
+    normalised = parse_timestamp(moment.isoformat())
+    assert datetime.fromisoformat(normalised) == moment
+    later = parse_timestamp((moment + timedelta(microseconds=1)).isoformat())
+    assert normalised < later
+
+
+@pytest.mark.parametrize(
+    ("payload_extra", "named"),
+    [
+        ({"internal_notes": "a\ud800b"}, "payload.internal_notes holds a lone surrogate (U+D800)"),
+        ({"deep": [{"x": ["ok", "\udfff"]}]}, "payload.deep[0].x[1] holds a lone surrogate"),
+        ({"\udbff": 1}, "payload has a key holding a lone surrogate (U+DBFF)"),
+        ({"ratio": float("inf")}, "payload.ratio is a number out of range"),
+        ({"ratio": float("nan")}, "payload.ratio is NaN"),
+        ({"count": 10**5000}, "payload.count is an integer of more than"),
+    ],
+)
+def test_an_envelope_the_bus_cannot_carry_as_json_is_refused_naming_the_value(
+    payload_extra: dict[str, Any], named: str
+) -> None:
+    envelope = parse_envelope(raw(payload={**PAYLOADS["Task.ProgressUpdated"], **payload_extra}))
+    with pytest.raises(EnvelopeError) as caught:
+        envelope.to_bytes()
+    assert caught.value.problem is EnvelopeProblem.UNENCODABLE
+    assert named in caught.value.detail
+
+
+def test_an_envelope_with_paired_surrogates_and_any_unicode_encodes() -> None:
+    payload = {**PAYLOADS["Task.ProgressUpdated"], "message": "\U0001f600 \u2028 \x00"}
+    encoded = parse_envelope(raw(payload=payload)).to_bytes()
+    assert json.loads(encoded)["payload"]["message"] == payload["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b'{"a": NaN}', "NaN is not JSON"),
+        (b'{"a": [Infinity]}', "Infinity is not JSON"),
+        (b'{"a": ' + b"1" * 4301 + b"}", "an integer of 4301 digits; at most 4300"),
+        (b'{"a": -' + b"1" * 4301 + b"}", "an integer of 4301 digits"),
+        (b"\xff", "can't decode"),
+        (b"[" * 100_000, "nested too deeply"),
+    ],
+)
+def test_a_publish_body_the_router_would_misread_is_not_json(body: bytes, said: str) -> None:
+    with pytest.raises(EnvelopeError) as caught:
+        parse_publish_body(body)
+    assert caught.value.problem is EnvelopeProblem.NOT_JSON
+    assert said in caught.value.detail
+
+
+def test_a_publish_body_reads_integers_up_to_the_limit_and_any_float() -> None:
+    assert parse_publish_body(b'{"a": ' + b"7" * 4300 + b', "b": 1e308}') == {
+        "a": int("7" * 4300),
+        "b": 1e308,
+    }
 
 
 def test_a_timestamp_that_leaves_the_calendar_in_utc_is_refused() -> None:
@@ -368,7 +438,7 @@ def test_metadata_comes_from_the_bus_not_the_producer() -> None:
         parse_envelope(raw(payload=payload, occurred_at="2026-01-01T00:00:00+01:00")), IDENTITY
     )
     assert message.data["event_id"] == str(IDENTITY) == "kafka@Tq3x:3:105"
-    assert message.data["occurred_at"] == "2025-12-31T23:00:00.000Z"
+    assert message.data["occurred_at"] == "2025-12-31T23:00:00.000000Z"
     assert message.id is None
     assert "9b2f6c1e" not in message.to_sse_format().decode()  # the producer's id stays inside
 

@@ -74,6 +74,31 @@ async def test_mark_mode_keeps_the_rows_with_their_publish_time(tmp_path: Path) 
         assert published_at is not None
 
 
+async def test_a_row_the_bus_cannot_carry_is_rejected_and_the_rest_flows(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite keeps whatever a back end's json.dumps wrote, NaN and lone surrogates included."""
+    nan_row = content("n1", 2)
+    nan_row["payload"]["internal_ratio"] = float("nan")
+    surrogate_row = content("n1", 3, summary="half of \ud83d")
+    with sqlite_outbox(tmp_path) as dsn:
+        async with (
+            running_router(
+                heartbeat_seconds=0.05, outbox_dsn=dsn, outbox_poll_seconds=0.05
+            ) as router,
+            router.stream(HEADERS) as stream,
+        ):
+            sqlite_business_transaction(
+                dsn, [content("n1", 1), nan_row, surrogate_row, content("n1", 4)]
+            )
+            await stream.events_count(2)
+            await router.flush(stream)
+        assert [d["content_version"] for d in stream.data()] == [1, 4]
+        assert caplog.text.count("outbox row rejected") == 2
+        with sqlite3.connect(dsn.removeprefix("sqlite:///")) as db:
+            assert db.execute("SELECT count(*) FROM sse_outbox").fetchone() == (0,)
+
+
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 async def test_a_relay_that_dies_between_publishing_and_deleting_causes_no_duplicate(
     database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

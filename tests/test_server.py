@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import jwt
@@ -17,6 +19,7 @@ import trio
 
 from router.cli import build_parser, main
 from router.config import Settings
+from router.core.mapping import PUBLISH_PROBLEMS
 from router.server import ConfigurationError, serve
 from tests.e2e_helpers import PUBLISHER, SECRET, auth, content, running_router, token
 from tests.sse_http_client import open_stream
@@ -171,6 +174,161 @@ async def test_a_bad_envelope_in_a_batch_is_named_and_nothing_is_published() -> 
         await router.publish(content("n1", 42))
         await stream.events_count(1)
         assert [d["content_version"] for d in stream.data()] == [42]
+
+
+def raw_body(*envelopes: str) -> bytes:
+    """A publish body of envelopes written as JSON text, so they can hold what json.dumps would
+    not write (lone surrogates, NaN, integers of any length). UTF-8 with surrogatepass, so a raw
+    surrogate written into the text goes out as the bytes a sloppy producer would send."""
+    return ("[" + ",".join(envelopes) + "]").encode("utf-8", "surrogatepass")
+
+
+def with_payload_field(envelope: dict[str, object], name: str, value_json: str) -> str:
+    """``envelope`` as JSON text with one more payload field whose value is ``value_json``."""
+    text = json.dumps(envelope)
+    assert text.endswith("}}")
+    return f'{text[:-2]}, "{name}": {value_json}}}}}'
+
+
+JSON_HEADERS = {**PUBLISHER, "Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize(
+    ("culprit", "named"),
+    [
+        (with_payload_field(content("n1", 2), "summary", '"a\\ud800b"'), "payload.summary"),
+        (
+            with_payload_field(content("n1", 2), "internal_notes", '"\\udfff"'),
+            "payload.internal_notes",
+        ),
+        (with_payload_field(content("n1", 2), "summary", '"raw \ud800 bytes"'), "payload.summary"),
+        (
+            with_payload_field(content("n1", 2), "notes", '{"by": ["ok", "\\ud83d"]}'),
+            "payload.notes.by[1]",
+        ),
+        (with_payload_field(content("n1", 2), "\\ud800", "1"), "payload"),
+        (json.dumps({**content("n1", 2), "event_id": "e\ud800"}), "event_id"),
+        (with_payload_field(content("n1", 2), "internal_ratio", "1e400"), "payload.internal_ratio"),
+    ],
+    ids=["kept-field", "dropped-field", "raw-bytes", "nested", "key", "event-id", "infinity"],
+)
+async def test_a_batch_with_an_unencodable_envelope_is_refused_whole_and_names_it(
+    culprit: str, named: str
+) -> None:
+    async with running_router() as router, router.stream() as stream:
+        good = [json.dumps(content("n1", 1)), json.dumps(content("n1", 3))]
+        response = await router.client.post(
+            "/api/v1/events", content=raw_body(good[0], culprit, good[1]), headers=JSON_HEADERS
+        )
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert (error["code"], error["parameter"]) == ("unencodable", "[1]")
+        assert named in error["message"]
+        await router.publish(content("n1", 42))
+        await stream.events_count(1)
+        assert [d["content_version"] for d in stream.data()] == [42]  # nothing of the batch
+
+
+DIGITS_5000 = "9" * 5000
+
+
+@pytest.mark.parametrize(
+    ("envelope_json", "code", "said"),
+    [
+        (with_payload_field(content("n1"), "internal_count", DIGITS_5000), "bad-json", "digits"),
+        (
+            with_payload_field(content("n1"), "internal_count", "-" + DIGITS_5000),
+            "bad-json",
+            "digits",
+        ),
+        (
+            json.dumps(content("n1")).replace(
+                '"content_version": 1', '"content_version": ' + DIGITS_5000
+            ),
+            "bad-json",
+            "digits",
+        ),
+        (with_payload_field(content("n1"), "internal_ratio", "NaN"), "bad-json", "NaN"),
+        (with_payload_field(content("n1"), "internal_ratio", "-Infinity"), "bad-json", "-Infinity"),
+        (
+            json.dumps(content("n1")).replace("Content.Updated", "Content.Up\\ud800"),
+            "bad-field",
+            "event_type",
+        ),
+        (
+            json.dumps(content("n1")).replace('{"novel_id": "n1"}', '{"novel_id": "n\\ud800"}', 1),
+            "unroutable",
+            "scope.novel_id",
+        ),
+        (json.dumps(content("n1")).replace("00Z", "00Z\\ud800"), "bad-field", "occurred_at"),
+    ],
+    ids=[
+        "huge-int-dropped",
+        "huge-negative-int",
+        "huge-int-kept",
+        "nan",
+        "infinity",
+        "event-type",
+        "scope-id",
+        "occurred-at",
+    ],
+)
+async def test_hostile_numbers_and_text_in_a_publish_are_400_not_500(
+    envelope_json: str, code: str, said: str
+) -> None:
+    async with running_router() as router, router.stream() as stream:
+        response = await router.client.post(
+            "/api/v1/events", content=raw_body(envelope_json), headers=JSON_HEADERS
+        )
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["code"] == code
+        assert said in error["message"]
+        await router.publish(content("n1", 42))
+        await stream.events_count(1)
+        assert [d["content_version"] for d in stream.data()] == [42]
+
+
+STREAMS_DOC = Path(__file__).resolve().parent.parent / "docs" / "streams.md"
+BODY_PROBLEMS = frozenset({"bad-json", "empty-batch"})
+
+
+def without(name: str) -> str:
+    envelope = content("n1")
+    del envelope[name]
+    return json.dumps(envelope)
+
+
+# One publish body for each 400 code, to show the router produces every code it documents.
+PUBLISH_400_EXAMPLES = {
+    "bad-json": "{nope",
+    "empty-batch": "[]",
+    "not-an-object": "[1]",
+    "missing-field": without("scope"),
+    "bad-field": json.dumps({**content("n1"), "event_id": 7}),
+    "unroutable": json.dumps({**content("n1"), "scope": {}}),
+    "unknown-type": json.dumps({**content("n1"), "event_type": "Content.Deleted"}),
+    "invalid-payload": json.dumps(content("n1", -1)),
+    "unencodable": with_payload_field(content("n1"), "summary", '"\\ud800"'),
+}
+
+
+def test_the_documented_publish_codes_are_exactly_those_the_router_produces() -> None:
+    section = STREAMS_DOC.read_text().split("## `POST /api/v1/events`")[1].split("\n## ")[0]
+    documented = set(re.findall(r"^\| `([a-z-]+)` \|", section, re.MULTILINE))
+    assert documented == BODY_PROBLEMS | PUBLISH_PROBLEMS == set(PUBLISH_400_EXAMPLES)
+
+
+@pytest.mark.parametrize(("code", "body"), PUBLISH_400_EXAMPLES.items())
+async def test_every_documented_publish_code_is_produced(code: str, body: str) -> None:
+    async with running_router() as router:
+        response = await router.client.post(
+            "/api/v1/events", content=body.encode(), headers=JSON_HEADERS
+        )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert ("parameter" in error) is (code not in BODY_PROBLEMS)
 
 
 async def test_too_large_a_batch_is_413() -> None:

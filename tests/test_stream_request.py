@@ -51,7 +51,6 @@ def test_the_header_wins_over_the_query() -> None:
         ([("novel_id", "")], None, "novel_id", "printable"),
         ([("session_id", "x" * 300)], None, "session_id", "1 to 256"),
         ([("types", "content.updated,nope")], None, "types", "'nope'"),
-        ([("types", "sse.error")], None, "types", "unknown event types"),
         ([("types", "")], None, "types", "unknown event types"),
         ([("last_event_id", "kafka:0:-1")], None, "last_event_id", "offset"),
         ([], "memory:0:01", "Last-Event-ID", "leading zeros"),
@@ -65,6 +64,12 @@ def test_bad_requests_name_the_parameter(
         parse_stream_request(query, header)
     assert error.value.parameter == parameter
     assert message in error.value.message
+
+
+def test_types_may_name_sse_error_which_arrives_whatever_the_filter() -> None:
+    request = parse_stream_request([("types", "sse.error,content.updated")])
+    assert request.stream_filter.event_types == {"sse.error", "content.updated"}
+    assert parse_stream_request([("types", "sse.error")]).stream_filter.event_types == {"sse.error"}
 
 
 def test_too_many_novels() -> None:

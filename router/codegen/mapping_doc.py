@@ -53,7 +53,7 @@ EXAMPLE_CURSOR = Cursor("kafka", "Tq3x", (("0", (17,)),))
 EXAMPLE_ENVELOPE: dict[str, object] = {
     "event_type": "Task.ProgressUpdated",
     "event_id": "9b2f6c1e-5d0a-4c51-8f3e-2a7d1c9e4b60",
-    "occurred_at": "2026-11-28T10:15:00.123Z",
+    "occurred_at": "2026-11-28T12:15:00.123456+02:00",
     "scope": {"user_id": "u1"},
     "payload": {
         "task_id": "t1",
@@ -168,7 +168,8 @@ def _envelope() -> str:
         "scope and payload) is dropped. Ids are shared by every producer, so another event under "
         "an id seen before is delivered (and counted as `sse_event_id_reused_total`). It is not "
         "forwarded: the `event_id` a browser sees is the bus identity (see below).\n"
-        "- `occurred_at` (required): when it happened, RFC 3339 with an offset or `Z`.\n"
+        "- `occurred_at` (required): when it happened, RFC 3339 with an offset or `Z`. The router "
+        "sends it in UTC with microseconds (digits beyond them are cut), as `occurred_at` below.\n"
         f"- `scope` (required): any of {scope_fields}, each 1 to {MAX_SCOPE_ID_LENGTH} printable "
         'ASCII characters without spaces, or `{"broadcast": true}` alone; any other key is '
         "rejected.\n"

@@ -23,7 +23,11 @@ GENERATED_BY = "`just generate` (python -m router.codegen)"
 # What each metadata field holds. A field added to METADATA_FIELDS must be described here.
 METADATA_DESCRIPTIONS = {
     "event_id": "The event's identity on its bus: `{source}[@{epoch}]:{partition}:{offset}`.",
-    "occurred_at": "When the event happened: the envelope's `occurred_at`, copied unchanged.",
+    "occurred_at": (
+        "When the event happened: the envelope's `occurred_at` in UTC with six fractional digits "
+        "(`2026-11-28T10:15:00.123456Z`), the producer's precision kept to the microsecond, so "
+        "two of them compare as text in the order of time."
+    ),
 }
 
 

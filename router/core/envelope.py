@@ -5,22 +5,25 @@
     {
       "event_type": "Task.ProgressUpdated",          # the producer's name for the event
       "event_id": "9b2f6c1e-...",                    # optional, the producer's id, for idempotency
-      "occurred_at": "2026-11-28T10:15:00.123Z",     # RFC 3339, with an offset or Z
+      "occurred_at": "2026-11-28T10:15:00.123456Z",  # RFC 3339, with an offset or Z
       "scope": {"user_id": "u1"},                    # any of user_id, novel_id, session_id,
                                                      # or {"broadcast": true}
       "payload": {"task_id": "t1", "progress": 40}
     }
 
 :func:`parse_envelope` accepts bytes, text or an already-decoded object and raises
-:class:`EnvelopeError` with a reason a caller can count.
+:class:`EnvelopeError` with a reason a caller can count. :func:`parse_publish_body` reads what a
+producer posts, and :meth:`Envelope.to_bytes` refuses what the bus could not carry as standard JSON.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import math
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -45,6 +48,9 @@ class EnvelopeProblem(enum.StrEnum):
     MISSING_FIELD = "missing-field"
     BAD_FIELD = "bad-field"
     UNROUTABLE = "unroutable"
+    UNENCODABLE = "unencodable"
+    """A value standard JSON in UTF-8 has no form for: a lone surrogate, NaN, an infinity, an
+    integer longer than the interpreter converts."""
 
 
 class RejectionError(ValueError):
@@ -83,14 +89,112 @@ class Envelope:
         return body
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":")).encode()
+        """The envelope as the bus carries it: standard JSON in UTF-8, which any consumer reads.
+
+        Raises :class:`EnvelopeError` (``unencodable``) naming the first value that has no such
+        form: a lone surrogate (no UTF-8 form), NaN or an infinity (not JSON), an integer longer
+        than the interpreter converts. Nothing is half-written: the check is the encoding itself.
+        """
+        body = self.to_json()
+        try:
+            return json.dumps(
+                body, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+            ).encode()
+        except (ValueError, TypeError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
+            raise EnvelopeError(EnvelopeProblem.UNENCODABLE, _unencodable(body, exc)) from None
+
+
+def _unencodable(body: Mapping[str, object], error: Exception) -> str:
+    """What in ``body`` standard JSON in UTF-8 cannot carry, named by its path (``payload.a[2]``).
+
+    Walks with a stack, not recursion, so a deeply nested body cannot overflow it.
+    """
+    stack: list[tuple[str, object]] = [
+        (name, value) for name, value in reversed(list(body.items()))
+    ]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            surrogate = _lone_surrogate(value)
+            if surrogate is not None:
+                return f"{path} holds a lone surrogate (U+{ord(surrogate):04X}), not Unicode text"
+        elif isinstance(value, float) and not math.isfinite(value):
+            shown = "NaN" if math.isnan(value) else f"a number out of range (read as {value})"
+            return f"{path} is {shown}, which JSON has no form for"
+        elif isinstance(value, int) and not isinstance(value, bool) and _too_long(value):
+            return f"{path} is an integer of more than {sys.get_int_max_str_digits()} digits"
+        elif isinstance(value, Mapping):
+            for key, item in reversed(list(value.items())):
+                surrogate = _lone_surrogate(key) if isinstance(key, str) else None
+                if surrogate is not None:
+                    return (
+                        f"{path} has a key holding a lone surrogate "
+                        f"(U+{ord(surrogate):04X}), not Unicode text"
+                    )
+                stack.append((f"{path}.{key}", item))
+        elif isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
+            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+    return f"not encodable as JSON: {error}"[:200]
+
+
+def _lone_surrogate(text: str) -> str | None:
+    """The first code point of ``text`` that has no UTF-8 form, if any."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return text[exc.start]
+    return None
+
+
+def _too_long(value: int) -> bool:
+    limit = sys.get_int_max_str_digits()
+    # 3.33 bits a digit: anything under limit * 3 bits is certainly short enough.
+    if limit == 0 or value.bit_length() < limit * 3:
+        return False
+    try:
+        str(value)
+    except ValueError:
+        return True
+    return False
+
+
+def parse_publish_body(raw: bytes | str) -> object:
+    """A publish request's body as JSON, or :class:`EnvelopeError` (``not-json``) saying why not.
+
+    Stricter than :func:`json.loads` where a producer would be misread: ``NaN`` and
+    ``Infinity`` are not JSON, and an integer longer than the interpreter converts is named as
+    such rather than as "use sys.set_int_max_str_digits()".
+    """
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant, parse_int=_bounded_int)
+    except (ValueError, TypeError) as exc:  # JSONDecodeError, UnicodeDecodeError, the two above
+        raise EnvelopeError(EnvelopeProblem.NOT_JSON, str(exc)[:300]) from None
+    except RecursionError:
+        raise EnvelopeError(EnvelopeProblem.NOT_JSON, "nested too deeply") from None
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON: a number must be finite")
+
+
+def _bounded_int(text: str) -> int:
+    limit = sys.get_int_max_str_digits()
+    digits = len(text) - text.startswith("-")
+    if limit and digits > limit:
+        raise ValueError(f"an integer of {digits} digits; at most {limit} are read")
+    return int(text)
 
 
 def parse_timestamp(value: object) -> str:
-    """An RFC 3339 timestamp with an explicit offset, normalised to UTC with milliseconds.
+    """An RFC 3339 timestamp with an explicit offset, normalised to UTC with microseconds.
 
-    ``2026-11-28 12:15:00.123456+02:00`` becomes ``2026-11-28T10:15:00.123Z``: the one form every
-    browser's ``Date.parse`` reads the same way (the ECMAScript date time string format).
+    ``2026-11-28 12:15:00.123456+02:00`` becomes ``2026-11-28T10:15:00.123456Z``: always six
+    fractional digits, so the producer's precision is kept to the microsecond (what Python,
+    PostgreSQL and most clocks give; digits beyond are cut), and two normalised timestamps compare
+    as strings in the order of time. JavaScript's ``Date.parse`` reads the form (V8 checked), to
+    the millisecond a ``Date`` holds.
     Raises :class:`ValueError` for anything else, including dates that do not exist.
     """
     match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
@@ -111,7 +215,7 @@ def parse_timestamp(value: object) -> str:
         raise ValueError(f"is not a real date and time: {value!r}") from None
     return (
         f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:"
-        f"{utc.second:02d}.{utc.microsecond // 1000:03d}Z"
+        f"{utc.second:02d}.{utc.microsecond:06d}Z"
     )
 
 

@@ -146,7 +146,16 @@ _ENVELOPE_PROBLEMS = {
     EnvelopeProblem.MISSING_FIELD: Problem.MALFORMED,
     EnvelopeProblem.BAD_FIELD: Problem.MALFORMED,
     EnvelopeProblem.UNROUTABLE: Problem.UNROUTABLE,
+    EnvelopeProblem.UNENCODABLE: Problem.MALFORMED,
 }
+
+PUBLISH_PROBLEMS: frozenset[str] = frozenset(
+    {problem.value for problem in EnvelopeProblem if problem is not EnvelopeProblem.NOT_JSON}
+    | {problem.value for problem in Problem if problem is not Problem.MALFORMED}
+)
+"""The ``code`` of a publish refusal that names one envelope: the envelope's own problem (a
+decoded item is never ``not-json``) or the mapping's (which says ``malformed`` only of records
+read from a bus)."""
 
 
 def convert_batch(

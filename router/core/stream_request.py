@@ -15,8 +15,10 @@ from router.core.events import EVENT_CLASSES, SSEErrorEvent
 from router.core.permissions import Principal, StreamFilter
 from router.core.scope import MAX_SCOPE_ID_LENGTH, Scope, ScopeError
 
-# sse.error is the stream's own control channel: a client cannot filter it away.
+# sse.error is the stream's own control channel: a client cannot filter it away, so naming it in
+# ``types`` is accepted and changes nothing for it.
 FILTERABLE_EVENTS = frozenset(c.EVENT for c in EVENT_CLASSES if c is not SSEErrorEvent)
+NAMEABLE_EVENTS = FILTERABLE_EVENTS | {SSEErrorEvent.EVENT}
 KNOWN_PARAMETERS = frozenset({"novel_id", "session_id", "types", "last_event_id", "token"})
 MAX_NOVEL_FILTERS = 100
 
@@ -69,12 +71,12 @@ def parse_stream_request(
             session_id = _scope_id(name, value)
         elif name == "types":
             event_types = {t.strip() for t in value.split(",")}
-            unknown = sorted(event_types - FILTERABLE_EVENTS)
+            unknown = sorted(event_types - NAMEABLE_EVENTS)
             if unknown:
                 raise RequestError(
                     name,
                     f"unknown event types {', '.join(map(repr, unknown))}; "
-                    f"known: {', '.join(sorted(FILTERABLE_EVENTS))}",
+                    f"known: {', '.join(sorted(NAMEABLE_EVENTS))}",
                 )
         elif name == "last_event_id":
             last_event_id = value

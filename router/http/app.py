@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from typing import Any
@@ -24,7 +23,7 @@ from router.auth import AuthError, TokenVerifier, Verified
 from router.bus.base import BusUnavailableError
 from router.config import Settings
 from router.core.cursor import EventIdentity
-from router.core.envelope import Envelope, EnvelopeError, parse_envelope
+from router.core.envelope import Envelope, EnvelopeError, parse_envelope, parse_publish_body
 from router.core.mapping import MappingError, to_sse
 from router.core.ratelimit import RateLimiter
 from router.core.stream_request import (
@@ -238,9 +237,9 @@ def create_app(
             raise HTTPError(415, "unsupported-media-type", "send application/json")
         raw = await request.get_data(as_text=False)
         try:
-            body: Any = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-            raise HTTPError(400, "bad-json", f"the body is not JSON: {error}") from None
+            body: Any = parse_publish_body(raw)
+        except EnvelopeError as error:
+            raise HTTPError(400, "bad-json", f"the body is not JSON: {error.detail}") from None
         items = body if isinstance(body, list) else [body]
         if not items:
             raise HTTPError(400, "empty-batch", "the array holds no envelope")
@@ -248,6 +247,7 @@ def create_app(
             raise HTTPError(
                 413, "batch-too-large", f"at most {settings.publish_max_batch} envelopes at once"
             )
+        # Every envelope is checked, encoding included, before any is published: all or nothing.
         envelopes = [_checked_envelope(item, index) for index, item in enumerate(items)]
         try:
             identities = await hub.publish(envelopes)
@@ -286,10 +286,12 @@ def _token_from_request() -> str:
 
 
 def _checked_envelope(item: object, index: int) -> Envelope:
-    """An envelope the router will be able to route, or a 400 naming which one is wrong."""
+    """An envelope the router will be able to route and the bus to carry, or a 400 naming which
+    one is wrong (its ``code`` one of :data:`~router.core.mapping.PUBLISH_PROBLEMS`)."""
     try:
         envelope = parse_envelope(item)  # type: ignore[arg-type]
         to_sse(envelope, _VALIDATION_IDENTITY)
+        envelope.to_bytes()  # proves the bus can carry it (the bus encodes it again)
     except (EnvelopeError, MappingError) as error:
         raise HTTPError(400, error.problem.value, error.detail, parameter=f"[{index}]") from None
     return envelope

@@ -91,7 +91,7 @@ export interface SSEErrorPayload {
 export interface EventMetadata {
   /** The event's identity on its bus: `{source}[@{epoch}]:{partition}:{offset}`. */
   event_id: string;
-  /** When the event happened: the envelope's `occurred_at`, copied unchanged. */
+  /** When the event happened: the envelope's `occurred_at` in UTC with six fractional digits (`2026-11-28T10:15:00.123456Z`), the producer's precision kept to the microsecond, so two of them compare as text in the order of time. */
   occurred_at: string;
 }
 
