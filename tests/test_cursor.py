@@ -16,8 +16,8 @@ from router.core.cursor import (
     CursorError,
     EventIdentity,
     Offset,
-    parse_cursor,
     longest_cursor,
+    parse_cursor,
     parse_identity,
 )
 
@@ -507,7 +507,7 @@ def test_cursors_of_numeric_partitions_stay_within_the_bus_bound(
     def within(data: st.DataObject) -> None:
         chosen = data.draw(st.sets(st.sampled_from(everything), min_size=1))
         offsets = data.draw(st.lists(numbers, min_size=len(chosen), max_size=len(chosen)))
-        cursor = Cursor("kafka", "E" * 32, tuple(zip(chosen, ((o,) for o in offsets))))
+        cursor = Cursor("kafka", "E" * 32, tuple(zip(chosen, ((o,) for o in offsets), strict=True)))
         assert len(str(cursor)) <= longest
 
     within()
@@ -551,8 +551,11 @@ def test_realistic_cursors_are_small() -> None:
     assert sizes[128] < 600
     assert sizes[1024] < 4_500
     redis = tuple(
-        (f"{'orders-and-other-domain-events-of-tenant-acme':<50}"[:50].replace(" ", "-")
-         + f"-part{n:02}", (1_766_000_000_000 + n, n))
+        (
+            f"{'orders-and-other-domain-events-of-tenant-acme':<50}"[:50].replace(" ", "-")
+            + f"-part{n:02}",
+            (1_766_000_000_000 + n, n),
+        )
         for n in range(7)
     )
     assert {len(name) for name, _ in redis} == {57}
