@@ -168,7 +168,13 @@ class Cursor:
     epoch: str | None
     positions: tuple[tuple[str, Offset], ...]
     _text: str = field(init=False, repr=False, compare=False)
-    _by_partition: dict[str, Offset] = field(init=False, repr=False, compare=False)
+    _index: dict[str, int] = field(init=False, repr=False, compare=False)
+    _pieces: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    """Each position's ``partition:offset``, kept so that a cursor moved in one partition is
+    spelled again without formatting the others."""
+    _layout: _Layout | None = field(init=False, repr=False, compare=False)
+    _chunks: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
+    """Each position's offset as coded in the payload, in payload order (with ``_layout``)."""
 
     def __post_init__(self) -> None:
         check_source(self.source)
@@ -177,19 +183,59 @@ class Cursor:
             check_partition(partition)
             check_offset(offset)
         ordered = tuple(sorted(self.positions, key=lambda item: _partition_order(item[0])))
-        by_partition = dict(ordered)
-        if len(by_partition) != len(ordered):
+        index = {partition: i for i, (partition, _) in enumerate(ordered)}
+        if len(index) != len(ordered):
             raise CursorError("a cursor names each partition once")
         object.__setattr__(self, "positions", ordered)
-        object.__setattr__(self, "_by_partition", by_partition)
+        object.__setattr__(self, "_index", index)
+        pieces = tuple(f"{p}:{format_offset(o)}" for p, o in ordered)
         head = _head(self.source, self.epoch)
-        text = f"{head}:{','.join(f'{p}:{format_offset(o)}' for p, o in ordered)}"
+        layout, chunks = None, ()
         # Worked out only when it could be shorter: a payload holds at least 4 + n bytes.
-        if len(text) > len(head) + 2 + _base64_length(4 + len(ordered)):
-            compact = f"{head}:{COMPACT_MARK}{_encode_compact(ordered)}"
+        if sum(map(len, pieces)) + len(pieces) > 2 + _base64_length(4 + len(ordered)):
+            layout = _Layout.of(ordered)
+            chunks = layout.chunks(ordered, index)
+        self._spell(head, pieces, layout, chunks)
+
+    def _spell(
+        self,
+        head: str,
+        pieces: tuple[str, ...],
+        layout: _Layout | None,
+        chunks: tuple[bytes, ...],
+    ) -> None:
+        text = f"{head}:{','.join(pieces)}"
+        if layout is not None:
+            compact = f"{head}:{COMPACT_MARK}{_base64url(layout.payload(chunks))}"
             if len(compact) < len(text):
                 text = compact
+        object.__setattr__(self, "_pieces", pieces)
+        object.__setattr__(self, "_layout", layout)
+        object.__setattr__(self, "_chunks", chunks)
         object.__setattr__(self, "_text", text)
+
+    def _moved(self, partition: str, offset: Offset) -> Cursor | None:
+        """This cursor with ``partition`` (already named) at ``offset``, spelled again by
+        changing only what that position touches; ``None`` when that does not apply."""
+        layout = self._layout
+        if layout is None or (layout.kind and len(offset) != layout.kind):
+            return None
+        i = self._index[partition]
+        moved = object.__new__(Cursor)
+        object.__setattr__(moved, "source", self.source)
+        object.__setattr__(moved, "epoch", self.epoch)
+        positions = (*self.positions[:i], (partition, offset), *self.positions[i + 1 :])
+        object.__setattr__(moved, "positions", positions)
+        object.__setattr__(moved, "_index", self._index)  # the same partitions, the same places
+        pieces = self._pieces
+        pieces = (*pieces[:i], f"{partition}:{format_offset(offset)}", *pieces[i + 1 :])
+        moved._spell(
+            _head(self.source, self.epoch),
+            pieces,
+            layout,
+            layout.rechunk(self._chunks, positions, self._index, partition),
+        )
+        return moved
 
     @classmethod
     def empty(cls, source: str, epoch: str | None) -> Cursor:
@@ -211,7 +257,8 @@ class Cursor:
         return self._text
 
     def position(self, partition: str) -> Offset | None:
-        return self._by_partition.get(partition)
+        i = self._index.get(partition)
+        return None if i is None else self.positions[i][1]
 
     def text_form(self) -> str:
         """The readable spelling, whatever :func:`str` prints (tests and docs compare them)."""
@@ -272,6 +319,10 @@ class Cursor:
             )
         if self.covers(identity):
             return self
+        if identity.partition in self._index:
+            moved = self._moved(identity.partition, identity.offset)
+            if moved is not None:
+                return moved
         others = tuple(item for item in self.positions if item[0] != identity.partition)
         return Cursor(self.source, self.epoch, (*others, (identity.partition, identity.offset)))
 
@@ -303,49 +354,115 @@ def _offset_kind(positions: Sequence[tuple[str, Offset]]) -> int:
     return widths.pop() if len(widths) == 1 else 0
 
 
-def _payload(positions: Sequence[tuple[str, Offset]]) -> bytes:
-    kind = _offset_kind(positions)
-    out = bytearray((COMPACT_VERSION, kind))
-    previous = 0
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    _put(out, value)
+    return bytes(out)
 
-    def put_offset(offset: Offset) -> None:
-        nonlocal previous
-        if kind == 0:
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """What the compact payload of one set of partitions holds besides the offsets: worked out
+    once for the set, and shared by the cursors that move on within it.
+
+    The payload is ``head``, then for each position in payload order the bytes ``before`` it (a
+    run's gap and length, or a name) and its offset (together: its chunk), then ``tail``.
+    """
+
+    kind: int
+    order: tuple[str, ...]
+    rank: dict[str, int]
+    head: bytes
+    before: tuple[bytes, ...]
+    tail: bytes
+
+    @classmethod
+    def of(cls, positions: Sequence[tuple[str, Offset]]) -> _Layout:
+        kind = _offset_kind(positions)
+        numbered: list[tuple[int, str]] = []
+        named: list[str] = []
+        for partition, _ in positions:
+            number = _numeric(partition)
+            if number is None:
+                named.append(partition)
+            else:
+                numbered.append((number, partition))
+        numbered.sort()  # already so in a cursor's order, but "01" and "1" differ there
+        runs: list[list[tuple[int, str]]] = []
+        for item in numbered:
+            if runs and runs[-1][-1][0] + 1 == item[0]:
+                runs[-1].append(item)
+            else:
+                runs.append([item])
+        head = bytes((COMPACT_VERSION, kind)) + _varint(len(runs))
+        before: list[bytes] = []
+        end = -1
+        for run in runs:
+            before.append(_varint(run[0][0] - end - 1) + _varint(len(run)))
+            before += [b""] * (len(run) - 1)
+            end = run[-1][0]
+        count = _varint(len(named))
+        for k, partition in enumerate(named):
+            name = _varint(len(partition)) + partition.encode("ascii")
+            before.append(count + name if k == 0 else name)
+        order = (*(p for run in runs for _, p in run), *named)
+        return cls(
+            kind,
+            order,
+            {p: r for r, p in enumerate(order)},
+            head,
+            tuple(before),
+            b"" if named else count,
+        )
+
+    def chunk(self, rank: int, offset: Offset, previous: int) -> bytes:
+        """The position at ``rank`` in payload order, after one whose first number is
+        ``previous``."""
+        out = bytearray(self.before[rank])
+        if not self.kind:
             out.append(len(offset))
         delta = offset[0] - previous
         _put(out, delta << 1 if delta >= 0 else (-delta << 1) - 1)
-        previous = offset[0]
         if len(offset) == 2:
             _put(out, offset[1])
+        return bytes(out)
 
-    numbered: list[tuple[int, Offset]] = []
-    named: list[tuple[str, Offset]] = []
-    for partition, offset in positions:
-        number = _numeric(partition)
-        if number is None:
-            named.append((partition, offset))
-        else:
-            numbered.append((number, offset))
-    runs: list[list[tuple[int, Offset]]] = []
-    for item in numbered:  # in ascending order, as a cursor keeps its positions
-        if runs and runs[-1][-1][0] + 1 == item[0]:
-            runs[-1].append(item)
-        else:
-            runs.append([item])
-    _put(out, len(runs))
-    end = -1
-    for run in runs:
-        _put(out, run[0][0] - end - 1)
-        _put(out, len(run))
-        for _, offset in run:
-            put_offset(offset)
-        end = run[-1][0]
-    _put(out, len(named))
-    for partition, offset in named:
-        _put(out, len(partition))
-        out += partition.encode("ascii")
-        put_offset(offset)
-    return bytes(out)
+    def chunks(
+        self, positions: Sequence[tuple[str, Offset]], index: dict[str, int]
+    ) -> tuple[bytes, ...]:
+        coded, previous = [], 0
+        for rank, partition in enumerate(self.order):
+            offset = positions[index[partition]][1]
+            coded.append(self.chunk(rank, offset, previous))
+            previous = offset[0]
+        return tuple(coded)
+
+    def rechunk(
+        self,
+        chunks: tuple[bytes, ...],
+        positions: Sequence[tuple[str, Offset]],
+        index: dict[str, int],
+        partition: str,
+    ) -> tuple[bytes, ...]:
+        """``chunks`` after ``partition`` moved: its own offset and the next one change."""
+        r = self.rank[partition]
+
+        def first(rank: int) -> int:
+            return 0 if rank < 0 else positions[index[self.order[rank]]][1][0]
+
+        coded = list(chunks)
+        for k in (r, r + 1)[: len(coded) - r]:
+            coded[k] = self.chunk(k, positions[index[self.order[k]]][1], first(k - 1))
+        return tuple(coded)
+
+    def payload(self, chunks: Sequence[bytes]) -> bytes:
+        return self.head + b"".join(chunks) + self.tail
+
+
+def _payload(positions: Sequence[tuple[str, Offset]]) -> bytes:
+    index = {partition: i for i, (partition, _) in enumerate(positions)}
+    layout = _Layout.of(positions)
+    return layout.payload(layout.chunks(positions, index))
 
 
 def _base64url(data: bytes) -> str:
