@@ -190,7 +190,8 @@ class Cursor:
         object.__setattr__(self, "_index", index)
         pieces = tuple(f"{p}:{format_offset(o)}" for p, o in ordered)
         head = _head(self.source, self.epoch)
-        layout, chunks = None, ()
+        layout: _Layout | None = None
+        chunks: tuple[bytes, ...] = ()
         # Worked out only when it could be shorter: a payload holds at least 4 + n bytes.
         if sum(map(len, pieces)) + len(pieces) > 2 + _base64_length(4 + len(ordered)):
             layout = _Layout.of(ordered)
