@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -28,14 +28,24 @@ from actors.heartbeats import run_heartbeat_clock
 from actors.observer import NO_OBSERVER, StreamObserver
 from actors.registry import SessionRegistry
 from actors.session import CloseReason, Output, Session
-from router.bus.base import EventBus, Record
+from router.bus.base import BusUnavailableError, EventBus, Record
 from router.cache.base import ReplayCache
-from router.core.cursor import Cursor, EventIdentity
+from router.core.cursor import (
+    MAX_CURSOR_LENGTH,
+    Cursor,
+    EventIdentity,
+    Offset,
+    longest_cursor,
+)
 from router.core.envelope import Envelope
 from router.core.history import Entry, Replay
 from router.core.mapping import convert_batch
 
 log = logging.getLogger(__name__)
+
+
+class CursorBoundError(Exception):
+    """The bus has more partitions (or longer names) than a cursor can hold; for the operator."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +93,8 @@ class Hub:
 
         Reports started once sessions can be attached. On cancellation every task here stops at its
         next checkpoint; sessions still open are cut without a goodbye, so call
-        :meth:`close_sessions` first for a graceful stop.
+        :meth:`close_sessions` first for a graceful stop. Raises :class:`CursorBoundError` once
+        the bus answers if a cursor of all its partitions could be too long for a client to send.
         """
         records_send, records_receive = trio.open_memory_channel[Sequence[Record]](
             self.settings.records_capacity
@@ -97,6 +108,7 @@ class Hub:
             # A bus that cannot be reached yet is waited for here, with sessions already served:
             # until its epoch is known, every resume is answered as truncated, never guessed.
             self.epoch = await self.bus.epoch()
+            await self._check_cursor_bound()
             start = await self.cache.resume_point(self.epoch)
             if start:  # the cache holds this history: carry on where the deployment got to
                 self.adapter.cursor = Cursor.from_positions(
@@ -107,6 +119,20 @@ class Hub:
                 run_consumer, self.bus, start, records_send, self.adapter.stats.failures
             )
             nursery.start_soon(self.adapter.run, records_receive)
+
+    async def _check_cursor_bound(self) -> None:
+        partitions = await self.bus.partitions()
+        longest = longest_cursor(self.bus.source, self.epoch, partitions, self.bus.offset_width)
+        if longest > MAX_CURSOR_LENGTH:
+            raise CursorBoundError(
+                f"the {self.bus.source} bus has {len(partitions)} partitions: a cursor of all of "
+                f"them can take {longest} bytes, more than the {MAX_CURSOR_LENGTH} a "
+                "Last-Event-ID may have; use at most 1,024 partitions (or shorter stream names)"
+            )
+        log.info(
+            "cursor bound checked",
+            extra={"partitions": len(partitions), "longest_cursor_bytes": longest},
+        )
 
     async def open(
         self, session: Session, resume_from: Cursor | None, output: Output | None = None
@@ -121,13 +147,21 @@ class Hub:
         gap; the session skips what its own cursor covers, so it has no duplicate either.
         """
         assert self._sessions_nursery is not None, "the hub is not running"
-        if resume_from is not None and resume_from.is_from(self.bus.source, self.epoch):
-            session.cursor = resume_from
+        doubtful = False
+        if resume_from is not None:
+            vouched = await self._vouched(resume_from)
+            doubtful, resume_from = vouched is not resume_from, vouched
+            if resume_from.is_from(self.bus.source, self.epoch):
+                session.cursor = resume_from
         session.observer = self.observer
         self.registry.add(session)
         up_to = self.adapter.cursor
         try:
-            resume = None if resume_from is None else await self._replay(resume_from, up_to)
+            resume = (
+                None
+                if resume_from is None
+                else await self._replay(resume_from, up_to, doubtful=doubtful)
+            )
         except BaseException:
             self.registry.remove(session)
             raise
@@ -137,10 +171,57 @@ class Hub:
         self._sessions_nursery.start_soon(self._run_session, session, output, resume)
         return receive, resume
 
-    async def _replay(self, after: Cursor, up_to: Cursor | None) -> Replay:
+    async def _vouched(self, cursor: Cursor) -> Cursor:
+        """``cursor`` without the positions the bus cannot vouch for: of a partition it does
+        not have, or past the last offset it has written (itself when it has none such).
+
+        Such a position names events that never were, so it says nothing of what the client
+        has; kept, it would hide every live event of its partition. A position up to this
+        router's own cursor was written; one past it is asked of the bus, since another
+        instance may be a little ahead (when the bus does not answer, it is dropped: a replay
+        too many is said in-band, an event hidden is not). A cursor of another history is
+        returned as it is; the replay answers it as truncated.
+        """
+        if not cursor.is_from(self.bus.source, self.epoch):
+            return cursor
+        known = set(await self.bus.partitions())
+        here = self.adapter.cursor
+        ahead = {
+            partition
+            for partition, offset in cursor.positions
+            if partition in known
+            and (here is None or (mine := here.position(partition)) is None or offset > mine)
+        }
+        ends: Mapping[str, Offset] = {}
+        if ahead:
+            try:
+                ends = await self.bus.end_offsets()
+            except BusUnavailableError as error:
+                log.warning("cannot check a resume cursor against the bus: %s", error)
+        vouched = cursor.restricted(
+            partition
+            for partition, offset in cursor.positions
+            if partition in known
+            and (
+                partition not in ahead
+                or ((end := ends.get(partition)) is not None and offset <= end)
+            )
+        )
+        if vouched is not cursor:
+            log.info(
+                "resume cursor names positions the bus does not have",
+                extra={"dropped": len(cursor.positions) - len(vouched.positions)},
+            )
+        return vouched
+
+    async def _replay(self, after: Cursor, up_to: Cursor | None, *, doubtful: bool) -> Replay:
         """From the cache; when it no longer holds everything, from the bus; and only when
-        neither has it all, a truncated replay."""
+        neither has it all, a truncated replay. A ``doubtful`` cursor (see :meth:`_vouched`)
+        gets what the cache holds after it, as a truncated replay."""
         from_cache = await self.cache.replay(after, up_to)
+        if doubtful:
+            self.replays["truncated", "cache"] += 1
+            return Replay(from_cache.entries, truncated=True)
         if not from_cache.truncated or up_to is None:
             self.replays["complete" if not from_cache.truncated else "truncated", "cache"] += 1
             return from_cache

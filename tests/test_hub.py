@@ -632,3 +632,31 @@ async def test_a_full_publish_batch_reaches_a_reader_that_keeps_up_and_cuts_one_
         assert fast.close_reason is None
         fast.stop(CloseReason.CLIENT)
     assert [d["task_id"] for d in fast_reader.data()] == [f"t{n}" for n in range(burst)] + ["after"]
+
+
+async def test_a_client_a_little_ahead_of_this_router_keeps_what_it_has(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Its cursor is past this router's, but within what the bus has written (another instance
+    read further): not truncated history; the events it had are skipped when they arrive."""
+    async with running_hub() as (hub, nursery):
+        await hub.publish([content("n1", 1)])
+        await settle()
+        # Published with no checkpoint: the bus has them, this router has not read them yet.
+        written = await hub.publish([content("n1", n) for n in (2, 3, 4)])
+        ahead = Cursor.of(written[1])
+        assert hub.adapter.cursor is not None
+        assert not hub.adapter.cursor.covers(written[0])
+        resuming = session("u1", {"n1"})
+        output, replay = await hub.open(resuming, ahead)
+        assert replay is not None
+        assert not replay.truncated
+        assert resuming.cursor == ahead
+        reader = Reader(output)
+        nursery.start_soon(reader.run)
+        await settle()
+        resuming.stop(CloseReason.CLIENT)
+        with trio.fail_after(GUARD_SECONDS):
+            await reader.closed.wait()
+    assert versions(reader) == [4]
+    assert hub.replays["complete", "cache"] == 1

@@ -41,6 +41,24 @@ class EventBus(Protocol):
         """The current history's epoch (see docs/cursor.md)."""
         ...
 
+    @property
+    def offset_width(self) -> int:
+        """How many numbers an offset of this bus has: 1 (a Kafka or memory offset) or 2 (a
+        Redis entry id, ``ms-seq``); with :meth:`partitions`, what sizes the longest cursor."""
+        ...
+
+    async def partitions(self) -> Sequence[str]:
+        """Every partition of the current epoch, waiting for the bus as :meth:`epoch` does."""
+        ...
+
+    async def end_offsets(self) -> Mapping[str, Offset]:
+        """The last offset written in each partition, asked of the bus now (a partition it
+        does not name holds nothing yet): a cursor past it names events that never were.
+
+        Raises :class:`BusUnavailableError` when the bus does not answer in time.
+        """
+        ...
+
     def read(self, start: Mapping[str, Offset] | None) -> AsyncGenerator[Sequence[Record], None]:
         """Batches of records in bus order, after ``start``: the last offset consumed per
         partition, a partition it does not name being read from its beginning; or ``None`` to

@@ -83,11 +83,13 @@ class _Progress:
 
 class KafkaBus(ReportsHealth):
     source = "kafka"
+    offset_width = 1
 
     def __init__(self, settings: KafkaSettings) -> None:
         self.settings = settings
         self._epoch: str | None = None
         self._consumed_when_first_seen: dict[str, Offset] = {}
+        self._partitions: list[str] = []
         self.health = Health("kafka", healthy=False)
         self._lag: dict[str, int] = {}
         self._producer: AIOKafkaProducer | None = None
@@ -113,19 +115,50 @@ class KafkaBus(ReportsHealth):
                 self._epoch, self._consumed_when_first_seen = epoch, ends
         return self._epoch
 
+    async def partitions(self) -> Sequence[str]:
+        await self.epoch()
+        return list(self._partitions)
+
+    async def end_offsets(self) -> Mapping[str, Offset]:
+        """The last offset of every non-empty partition, asked of the broker with a consumer of
+        its own (only a resume from past this router's own cursor needs it)."""
+        try:
+            with trio.fail_after(self.settings.request_timeout_ms / 1000 * 2):
+                ends: dict[str, Offset] = await trio_asyncio.aio_as_trio(self._ends)()
+                return ends
+        except (TimeoutError, trio.TooSlowError, KafkaError, OSError) as error:
+            self.health.failed(error)
+            raise BusUnavailableError(
+                f"kafka did not say where its partitions end: {error}"
+            ) from None
+
     async def _first_look(self) -> tuple[str, dict[str, Offset]]:
         """The epoch, and the last offset of every non-empty partition (asyncio side)."""
         consumer = self._consumer()
         try:
             await consumer.start()
             epoch = await self._probe(consumer)
-            partitions = consumer.partitions_for_topic(self.settings.topic) or set()
-            ends = await consumer.end_offsets(
-                [TopicPartition(self.settings.topic, p) for p in partitions]
-            )
+            ends = await self._ends_with(consumer)
         finally:
             await _stop(consumer)
-        return epoch, {str(tp.partition): (end - 1,) for tp, end in ends.items() if end > 0}
+        return epoch, ends
+
+    async def _ends(self) -> dict[str, Offset]:
+        consumer = self._consumer()
+        try:
+            await consumer.start()
+            return await self._ends_with(consumer)
+        finally:
+            await _stop(consumer)
+
+    async def _ends_with(self, consumer: AIOKafkaConsumer) -> dict[str, Offset]:
+        """The last offset of every non-empty partition; notes the partitions (asyncio side)."""
+        partitions = consumer.partitions_for_topic(self.settings.topic) or set()
+        self._partitions = [str(p) for p in sorted(partitions)]
+        ends = await consumer.end_offsets(
+            [TopicPartition(self.settings.topic, p) for p in partitions]
+        )
+        return {str(tp.partition): (end - 1,) for tp, end in ends.items() if end > 0}
 
     async def _probe(self, consumer: AIOKafkaConsumer) -> str:
         """The topic's epoch, asked of the broker now (asyncio side)."""
@@ -239,6 +272,7 @@ class KafkaBus(ReportsHealth):
 
     async def _assign(self, consumer: AIOKafkaConsumer, consumed: dict[str, Offset]) -> None:
         partitions = sorted(consumer.partitions_for_topic(self.settings.topic) or ())
+        self._partitions = [str(p) for p in partitions]
         assigned = [TopicPartition(self.settings.topic, p) for p in partitions]
         consumer.assign(assigned)
         for tp in assigned:

@@ -41,6 +41,14 @@ class MemoryBus:
     async def epoch(self) -> str:
         return self._epoch
 
+    offset_width = 1
+
+    async def partitions(self) -> Sequence[str]:
+        return [str(p) for p in range(len(self._unread))]
+
+    async def end_offsets(self) -> Mapping[str, Offset]:
+        return {str(p): (end - 1,) for p, end in enumerate(self._next_offset) if end}
+
     async def healthy(self) -> bool:
         return True
 

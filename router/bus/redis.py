@@ -50,6 +50,7 @@ class RedisBusSettings:
 
 class RedisStreamBus(ReportsHealth):
     source = "redis"
+    offset_width = 2
 
     def __init__(self, settings: RedisBusSettings) -> None:
         self.settings = settings
@@ -96,6 +97,24 @@ class RedisStreamBus(ReportsHealth):
                 self._epoch, self._start = epoch, start
                 self.health.recovered()
         return self._epoch
+
+    async def partitions(self) -> Sequence[str]:
+        await self.epoch()
+        return self.settings.streams
+
+    async def end_offsets(self) -> Mapping[str, Offset]:
+        """Each stream's last entry id (XREVRANGE, one entry each)."""
+        ends: dict[str, Offset] = {}
+        try:
+            with trio.fail_after(self.settings.timeout_seconds):
+                for stream in self.settings.streams:
+                    last = await self._call("xrevrange", stream, "+", "-", 1)
+                    if last:
+                        ends[stream] = parse_entry_id(last[0][0].decode())  # type: ignore[index]
+        except (RedisError, OSError, TimeoutError, trio.TooSlowError) as error:
+            self.health.failed(error)
+            raise BusUnavailableError(f"redis did not say where its streams end: {error}") from None
+        return ends
 
     # -- reading ---------------------------------------------------------------------------------
 
