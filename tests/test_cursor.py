@@ -163,6 +163,7 @@ REJECTED: list[tuple[str, str]] = [
     (f"kafka:0:1-{MAX_OFFSET + 1}", "offset '1-9223372036854775808' is larger than 2^63 - 1"),
     (f"kafka:0:{10**19}", "is larger than 2^63 - 1"),
     ("kafka:0:" + "9" * 20, "offset '99999999999999999999' is larger than 2^63 - 1"),
+    ("kafka:0:" + "9" * 5000, "offset '" + "9" * 40 + "...' is larger than 2^63 - 1"),
     ("kafka:0:1,0:2", "a cursor names each partition once"),
     ("kafka:a:1,1:2,a:1", "a cursor names each partition once"),
     ("Kafka:0:1", "source must be a lower-case name of at most 16 characters, got 'Kafka'"),

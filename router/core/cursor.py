@@ -64,6 +64,7 @@ MAX_CURSOR_LENGTH = 16 * 1024
 """The longest ``Last-Event-ID`` accepted, in bytes: room for the compact form of 1,024 numeric
 partitions at any offsets (about 13,700 bytes; see docs/cursor.md)."""
 MAX_OFFSET = 2**63 - 1
+_MAX_OFFSET_DIGITS = len(str(MAX_OFFSET))
 COMPACT_MARK = "~"
 COMPACT_VERSION = 1
 _MAX_VARINT_BYTES = 10  # enough for a zigzag-coded difference of two offsets (< 2^64)
@@ -110,10 +111,18 @@ def parse_offset(text: str) -> Offset:
             f"offset must be a non-negative integer without leading zeros, or two joined by "
             f"'-', got {text!r}"
         )
+    # Compared by length first: Python refuses to convert a string of thousands of digits, and a
+    # cursor may be long enough to hold one.
+    if any(len(part) > _MAX_OFFSET_DIGITS for part in parts):
+        raise CursorError(f"offset {_clipped(text)!r} is larger than 2^63 - 1")
     offset = tuple(int(part) for part in parts)
     if any(part > MAX_OFFSET for part in offset):
         raise CursorError(f"offset {text!r} is larger than 2^63 - 1")
     return offset
+
+
+def _clipped(text: str, most: int = 40) -> str:
+    return text if len(text) <= most else f"{text[:most]}..."
 
 
 def format_offset(offset: Offset) -> str:
