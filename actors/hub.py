@@ -78,7 +78,7 @@ class Hub:
         self.adapter = Adapter(
             cache, self.registry, fanout_pause_seconds=settings.fanout_pause_seconds
         )
-        self.epoch = ""
+        self._started_epoch = ""
         self.closing = False
         """Set by :meth:`close_sessions`: the router is shutting down and takes no new streams."""
         self.replays: Counter[tuple[str, str]] = Counter()
@@ -87,6 +87,16 @@ class Hub:
         """Set once the bus answered: every event published from then on will be routed."""
         self._sessions_nursery: trio.Nursery | None = None
         self._records: trio.MemoryReceiveChannel[Sequence[Record]] | None = None
+
+    @property
+    def epoch(self) -> str:
+        """The epoch of the history the router routes now: the bus's when it first answered,
+        then that of the last event routed, so a new history found at run time (a recreated
+        topic, a Redis that lost its data) is the one resumes are compared with."""
+        cursor = self.adapter.cursor
+        if cursor is not None and cursor.epoch is not None:
+            return cursor.epoch
+        return self._started_epoch
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the consumer, the adapter and the sessions until cancelled.
@@ -107,12 +117,12 @@ class Hub:
             task_status.started()
             # A bus that cannot be reached yet is waited for here, with sessions already served:
             # until its epoch is known, every resume is answered as truncated, never guessed.
-            self.epoch = await self.bus.epoch()
+            self._started_epoch = await self.bus.epoch()
             await self._check_cursor_bound()
-            start = await self.cache.resume_point(self.epoch)
+            start = await self.cache.resume_point(self._started_epoch)
             if start:  # the cache holds this history: carry on where the deployment got to
                 self.adapter.cursor = Cursor.from_positions(
-                    self.bus.source, self.epoch, start.items()
+                    self.bus.source, self._started_epoch, start.items()
                 )
             self.reading.set()
             nursery.start_soon(

@@ -131,6 +131,13 @@ _CLOSING_ERRORS: dict[CloseReason, tuple[ErrorCode, str]] = {
 }
 
 
+_HISTORY_REPLACED = SSEErrorEvent(
+    code=ErrorCode.HISTORY_TRUNCATED,
+    message="the event history was lost or replaced; events may be missing: refetch your state",
+    retryable=True,
+).to_sse_format()
+
+
 @dataclass(eq=False)
 class Session:
     """A client's stream. ``resume`` is its cursor and what the replay cache gave back for it."""
@@ -326,6 +333,12 @@ class Session:
         self._quiet_ticks = 0
 
     async def _write(self, output: Output, batch: Sequence[Delivery]) -> None:
+        newest = batch[-1].cursor
+        if self.cursor is not None and (newest.source, newest.epoch) != (
+            self.cursor.source,
+            self.cursor.epoch,
+        ):  # the bus's history was lost or replaced under this stream: events may be missing
+            await self._send(output, _HISTORY_REPLACED)
         if self._in_sync and isinstance(batch, SharedBatch):
             # Admitted whole by the adapter, and in step with the router's cursor: the same
             # bytes as every other session writing this batch, joined once for all of them.
