@@ -18,7 +18,15 @@ import trio
 from router.cli import build_parser, main
 from router.config import Settings
 from router.server import ConfigurationError, serve
-from tests.e2e_helpers import PUBLISHER, SECRET, auth, content, running_router, token
+from tests.e2e_helpers import (
+    PUBLISHER,
+    SECRET,
+    STREAM_PATH,
+    auth,
+    content,
+    running_router,
+    token,
+)
 from tests.sse_http_client import open_stream
 from tests.sse_spec_parser import parse_stream
 
@@ -223,6 +231,54 @@ async def test_an_idle_keep_alive_connection_is_closed() -> None:
             await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             response = await read_to_eof(stream)
     assert response.startswith(b"HTTP/1.1 200")
+
+
+SMUGGLED = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def date_of(response: bytes) -> bytes:
+    return next(line for line in response.split(b"\r\n") if line.lower().startswith(b"date:"))
+
+
+@pytest.mark.parametrize(
+    "ambiguous",
+    [
+        pytest.param(  # CL.TE: a front end that frames by Content-Length forwards it all
+            b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            id="CL.TE",
+        ),
+        pytest.param(  # TE.CL: the length covers less than the chunked body
+            b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Length: 4\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            id="TE.CL",
+        ),
+        pytest.param(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            id="GET",
+        ),
+    ],
+)
+async def test_a_request_framed_two_ways_is_400_and_the_connection_closes(
+    ambiguous: bytes,
+) -> None:
+    """Both Content-Length and Transfer-Encoding: whatever a proxy in front took for the body,
+    nothing after this request is answered on this connection (RFC 9112, section 6.1)."""
+    async with running_router() as router:
+        host, port = router.url.removeprefix("http://").rsplit(":", 1)
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            await stream.send_all(ambiguous + SMUGGLED)  # in one segment
+            response = await read_to_eof(stream)
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            await stream.send_all(ambiguous)
+            await stream.send_all(SMUGGLED)  # and in a second write
+            split = await read_to_eof(stream)
+    assert response.startswith(b"HTTP/1.1 400")
+    assert response.count(b"HTTP/1.1 ") == 1  # the smuggled request got no answer
+    _, _, body = response.partition(b"\r\n\r\n")
+    assert json.loads(body)["error"]["code"] == "ambiguous-framing"
+    assert split == response.replace(date_of(response), date_of(split))
 
 
 async def test_shutdown_says_goodbye_to_every_stream_then_stops() -> None:
