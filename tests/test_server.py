@@ -281,6 +281,38 @@ async def test_a_request_framed_two_ways_is_400_and_the_connection_closes(
     assert split == response.replace(date_of(response), date_of(split))
 
 
+async def test_head_of_the_stream_answers_the_headers_and_opens_no_session() -> None:
+    async with running_router(max_streams_per_user=1) as router:
+        host, port = router.url.removeprefix("http://").rsplit(":", 1)
+        path = f"/api/v1/events/stream?token={token(novels=['n1'])}"
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            await stream.send_all(
+                f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n"
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+            )
+            response = await read_to_eof(stream)
+        assert len(router.running.hub.registry) == 0
+        async with router.stream() as after:  # the one slot of the per-user cap is free
+            assert after.response is not None
+            assert after.response.status_code == 200
+    head, _, rest = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"content-type: text/event-stream; charset=utf-8" in head.lower()
+    assert b"x-server-version: " in head.lower()
+    assert rest.startswith(b"HTTP/1.1 200")  # the pipelined request is answered, and next
+    assert rest.endswith(b'"status":"ok","version":"0.1.0"}\n')
+
+
+async def test_head_of_the_stream_is_checked_like_a_get() -> None:
+    async with running_router() as router:
+        refused = await router.client.head(STREAM_PATH)
+        assert refused.status_code == 401
+        forbidden = await router.client.head(
+            STREAM_PATH, params={"novel_id": "n2"}, headers=auth(novels=["n1"])
+        )
+        assert forbidden.status_code == 403
+
+
 async def test_shutdown_says_goodbye_to_every_stream_then_stops() -> None:
     async with running_router() as router:
         async with router.stream() as first, router.stream() as second:
