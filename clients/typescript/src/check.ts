@@ -34,6 +34,9 @@ function handleError(code: SSEErrorCode): string {
     case "server-shutdown":
     case "history-truncated":
     case "internal":
+    case "rate-limited":
+    case "too-many-streams":
+    case "shutting-down":
       return code;
     default: {
       const unhandled: never = code;
