@@ -303,14 +303,25 @@ async def test_head_of_the_stream_answers_the_headers_and_opens_no_session() -> 
     assert rest.endswith(b'"status":"ok","version":"0.1.0"}\n')
 
 
-async def test_head_of_the_stream_is_checked_like_a_get() -> None:
-    async with running_router() as router:
+async def test_head_of_the_stream_is_checked_like_a_get_and_takes_no_allowance() -> None:
+    async with running_router(connects_per_minute=1, max_streams_per_user=1) as router:
         refused = await router.client.head(STREAM_PATH)
         assert refused.status_code == 401
         forbidden = await router.client.head(
             STREAM_PATH, params={"novel_id": "n2"}, headers=auth(novels=["n1"])
         )
         assert forbidden.status_code == 403
+        for _ in range(3):  # only asks the connect rate: the one new stream a minute is left
+            assert (await router.client.head(STREAM_PATH, headers=auth())).status_code == 200
+        async with router.stream() as stream:
+            assert stream.response is not None
+            assert stream.response.status_code == 200
+            capped = await router.client.head(STREAM_PATH, headers=auth("u1"))
+            assert capped.status_code == 429
+            assert capped.headers["retry-after"] == "10"
+        limited = await router.client.head(STREAM_PATH, headers=auth("u1"))
+        assert limited.status_code == 429  # as a GET would be now
+        assert int(limited.headers["retry-after"]) >= 59
 
 
 async def test_shutdown_says_goodbye_to_every_stream_then_stops() -> None:

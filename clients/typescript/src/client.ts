@@ -4,6 +4,7 @@
 
 import {
   SSE_EVENT_NAMES,
+  SSE_REFUSAL_CODES,
   type SSEErrorCode,
   type SSEErrorPayload,
   type SSEEventMap,
@@ -69,11 +70,7 @@ export interface SSEClientOptions {
 /** The codes of an `sse.error` that refuses a new stream for now. Such a stream is that one
  * event and its end; the browser reconnects by itself after the `retry:` that came with it (the
  * wait the router asked for), sending the `Last-Event-ID` it had. */
-export const REFUSAL_CODES: ReadonlySet<SSEErrorCode> = new Set<SSEErrorCode>([
-  "rate-limited",
-  "too-many-streams",
-  "shutting-down",
-]);
+export const REFUSAL_CODES: ReadonlySet<SSEErrorCode> = new Set<SSEErrorCode>(SSE_REFUSAL_CODES);
 
 /** An `sse.error` from the router, typed by its code. */
 export class SSEStreamError extends Error {

@@ -118,6 +118,15 @@ export const SSE_ERROR_CODES = [
 
 export type SSEErrorCode = (typeof SSE_ERROR_CODES)[number];
 
+/** The codes of an `sse.error` that refuses a new stream for now: the stream's only event, with a `retry:` of the wait, after which the browser reconnects by itself. */
+export const SSE_REFUSAL_CODES = [
+  "rate-limited",
+  "too-many-streams",
+  "shutting-down",
+] as const;
+
+export type SSERefusalCode = (typeof SSE_REFUSAL_CODES)[number];
+
 /**
  * How much a slow stream may lose of an event: a `low` one may be coalesced or
  * dropped in favour of a newer one; a `high` one that cannot be queued ends the
