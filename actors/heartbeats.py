@@ -10,16 +10,27 @@ the write itself when one event went to thousands of streams.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import trio
 
 from actors.session import TICKS_PER_HEARTBEAT, Session
+from router.core.cursor import Cursor
 
 
-async def run_heartbeat_clock(sessions: Iterable[Session], heartbeat_seconds: float) -> None:
-    """Tick every session in ``sessions`` (read anew at each tick) until cancelled."""
+async def run_heartbeat_clock(
+    sessions: Iterable[Session],
+    heartbeat_seconds: float,
+    progress: Callable[[], Cursor | None] | None = None,
+) -> None:
+    """Tick every session in ``sessions`` (read anew at each tick) until cancelled.
+
+    ``progress`` gives the router's cursor, read once per tick and handed to every session in
+    the same step (no checkpoint between), so that for each of them every event up to it has
+    been offered: a quiet session's heartbeat then carries its cursor moved up to it.
+    """
     while True:
         await trio.sleep(heartbeat_seconds / TICKS_PER_HEARTBEAT)
+        position = None if progress is None else progress()
         for session in sessions:
-            session.tick()
+            session.tick(position)

@@ -58,6 +58,7 @@ async def test_metrics_follow_the_traffic() -> None:
     assert value(after, "sse_auth_failures_total", reason="missing") == 1
     assert value(after, "sse_rate_limited_connections_total", limit="streams-per-user") == 1
     assert value(after, "sse_events_sent_total", event="content.updated") >= 3
+    assert value(after, "sse_events_sent_total", event="sse.error") == 1  # the lagged goodbye
     assert value(after, "sse_event_delivery_lag_seconds_count") >= 2  # replays carry none
     assert value(after, "sse_queue_size_count") >= 2
     assert value(after, "sse_connection_duration_seconds_count", reason="client") == 2
