@@ -6,6 +6,10 @@ period; each session counts the ticks since its last write and writes a comment 
 period's worth went by, so a quiet stream hears from the router after between three quarters of a
 period and a full one of silence. A per-session timer re-armed on every write cost more CPU than
 the write itself when one event went to thousands of streams.
+
+The same tick carries the router's cursor to every session, so a quiet stream's heartbeat can be
+its cursor moved up to the router's (an id-only block) instead of a comment: a client that sees
+none of the events passing still resumes from where the router is (docs/cursor.md).
 """
 
 from __future__ import annotations
