@@ -113,7 +113,9 @@ class Hub:
         async with trio.open_nursery() as nursery:
             self._sessions_nursery = await nursery.start(_open_sessions_nursery)
             nursery.start_soon(self.cache.run)
-            nursery.start_soon(run_heartbeat_clock, self.registry, self.settings.heartbeat_seconds)
+            nursery.start_soon(
+                run_heartbeat_clock, self.registry, self.settings.heartbeat_seconds, self.progress
+            )
             task_status.started()
             # A bus that cannot be reached yet is waited for here, with sessions already served:
             # until its epoch is known, every resume is answered as truncated, never guessed.
@@ -154,7 +156,9 @@ class Hub:
         can say whether it was truncated. Registration and reading the adapter's cursor
         happen with no checkpoint between them: every event after that cursor is offered to the
         session live, every event up to it comes from the replay cache, so the hand-over has no
-        gap; the session skips what its own cursor covers, so it has no duplicate either.
+        gap; the session skips what its own cursor covers, so it has no duplicate either. The
+        session's stream starts with its position (:meth:`position` then), so a client cut before
+        its first event resumes from there.
         """
         assert self._sessions_nursery is not None, "the hub is not running"
         doubtful = False
@@ -166,6 +170,7 @@ class Hub:
         session.observer = self.observer
         self.registry.add(session)
         up_to = self.adapter.cursor
+        position = self.position()
         try:
             resume = (
                 None
@@ -178,8 +183,26 @@ class Hub:
         receive: trio.MemoryReceiveChannel[bytes] | None = None
         if output is None:
             output, receive = trio.open_memory_channel[bytes](self.settings.output_capacity)
-        self._sessions_nursery.start_soon(self._run_session, session, output, resume)
+        self._sessions_nursery.start_soon(self._run_session, session, output, resume, position)
         return receive, resume
+
+    def position(self) -> Cursor:
+        """Where the router stands in the bus: every event up to here has been routed, every
+        later one will be offered to the sessions registered now.
+
+        Before anything was routed, the start of the bus's epoch (:meth:`Cursor.empty`). Before
+        the bus answered, the start of no epoch: no offset can be trusted yet, and a resume from
+        a cursor without an epoch is answered as truncated, so a client that keeps it is told
+        plainly rather than shown a guess that could hide events.
+        """
+        if self.adapter.cursor is not None:
+            return self.adapter.cursor
+        return Cursor.empty(self.bus.source, self.epoch if self.reading.is_set() else None)
+
+    def progress(self) -> Cursor | None:
+        """What a quiet session may follow (:meth:`Session.tick`): :meth:`position` once the bus
+        answered, ``None`` before, when there is no position worth moving a client to."""
+        return self.position() if self.reading.is_set() else None
 
     async def _vouched(self, cursor: Cursor) -> Cursor:
         """``cursor`` without the positions the bus cannot vouch for: of a partition it does
@@ -245,11 +268,13 @@ class Hub:
         self.replays["complete", "bus"] += 1
         return Replay(entries, truncated=False)
 
-    async def _run_session(self, session: Session, output: Output, resume: Replay | None) -> None:
+    async def _run_session(
+        self, session: Session, output: Output, resume: Replay | None, position: Cursor
+    ) -> None:
         started = trio.current_time()
         self.observer.opened()
         try:
-            await session.run(output, resume)
+            await session.run(output, resume, position)
         except Exception:
             # One broken stream must not take the router down with it.
             session.stop(CloseReason.ERROR)

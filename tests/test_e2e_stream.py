@@ -358,6 +358,28 @@ async def test_resume_gets_exactly_the_missed_events_while_publishing_goes_on(
         assert all(v == sorted(v) for v in by_novel_and_publish.values())
 
 
+async def test_a_stream_cut_before_its_first_event_resumes_with_the_id_of_its_first_bytes(
+    router_on_each_bus: RouterFactory,
+) -> None:
+    """What a browser does: its stream is cut before any event; it reconnects sending the last
+    id it saw, which came with the first bytes; what was published meanwhile arrives."""
+    async with router_on_each_bus() as router:
+        headers = auth("u1", novels=["n1", "n2"])
+        await router.publish(content("n2", 0, user_id="someone-else"))  # routed, not for u1
+        async with router.stream(headers=headers) as first:
+            assert first.events == []
+            last_id = first.last_event_id
+        assert last_id, "the first bytes carry no id"
+        await router.publish(*(content(f"n{1 + n % 2}", n) for n in range(1, 7)))
+        await router.running.hub.adapter.wait_consumed(7)
+        async with router.stream(headers={**headers, "Last-Event-ID": last_id}) as second:
+            assert second.response is not None
+            assert second.response.headers["sse-replay"] == "complete"
+            await second.events_count(6)
+        assert sorted(d["content_version"] for d in second.data()) == list(range(1, 7))
+        assert [e.event for e in second.events] == ["content.updated"] * 6
+
+
 async def test_replayed_events_are_filtered_like_live_ones(
     router_on_each_bus: RouterFactory,
 ) -> None:
