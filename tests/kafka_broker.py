@@ -236,10 +236,11 @@ async def wait_for_log_start(bootstrap: str, topic: str, partition: int, at_leas
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
         await trio_asyncio.aio_as_trio(consumer.start)()
         try:
-            with trio.fail_after(30):  # a hang guard: what it waits for is named below
+            with trio.move_on_after(30):  # a hang guard
                 while (start := await trio_asyncio.aio_as_trio(log_start)(consumer)) < at_least:
                     await trio.sleep(0.1)  # a poll interval: nothing asserts on it
-            return start
+                return start
+            raise AssertionError(f"the log start of {topic}:{partition} stayed below {at_least}")
         finally:
             await trio_asyncio.aio_as_trio(consumer.stop)()
 

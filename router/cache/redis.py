@@ -151,7 +151,8 @@ class RedisReplayCache(ReportsHealth):
     async def forget(self, identity: EventIdentity) -> None:
         """Note the bus's deleted records up to ``identity`` as evicted, in one script (which
         starts a new history first if the cache holds another epoch's). Never raises: while Redis
-        is away it is noted with the events lost meanwhile, written once Redis is back."""
+        is away it is noted with the events lost meanwhile, written after the next append that
+        reaches Redis (a replay that cannot read Redis is answered as truncated meanwhile)."""
         try:
             await self._call(
                 "eval",
