@@ -262,11 +262,18 @@ class Hub:
         if records is None:
             self.replays["truncated", "cache"] += 1
             return from_cache
-        batch = convert_batch((r.identity, r.raw) for r in records)
+        batch = convert_batch((r.identity, r.raw) for r in records if not r.lost)
         now = trio.current_time()
         entries = [Entry(c.identity, c.message, now) for c in batch.events]
-        self.replays["complete", "bus"] += 1
-        return Replay(entries, truncated=False)
+        if not any(r.lost for r in records):
+            self.replays["complete", "bus"] += 1
+            return Replay(entries, truncated=False)
+        # The bus deleted some of what the client missed: truncated, with every event either
+        # still holds, each partition's in offset order.
+        self.replays["truncated", "bus"] += 1
+        held = {(e.identity.partition, e.identity.offset): e for e in from_cache.entries}
+        held.update({(e.identity.partition, e.identity.offset): e for e in entries})
+        return Replay([held[place] for place in sorted(held)], truncated=True)
 
     async def _run_session(
         self, session: Session, output: Output, resume: Replay | None, position: Cursor

@@ -201,6 +201,7 @@ def event_bus(settings: Settings) -> EventBus:
                 topic=settings.kafka_topic,
                 fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
                 request_timeout_ms=settings.kafka_request_timeout_ms,
+                epoch_from_topic_name=settings.kafka_epoch == "topic-name",
             )
         )
     return MemoryBus(partitions=settings.memory_partitions, capacity=settings.memory_bus_capacity)

@@ -77,6 +77,7 @@ async def test_streams_through_nginx_survive_a_router_going_away(
     front = free_port()
     flags = (
         "--bus", "kafka", "--kafka-bootstrap", kafka_broker.bootstrap, "--kafka-topic", topic,
+        "--kafka-epoch", kafka_broker.router_settings["kafka_epoch"],
         "--cache", "redis", "--redis-url", REDIS_URL, "--redis-key-prefix", prefix,
         "--heartbeat-seconds", "0.2", "--trusted-proxies", "127.0.0.1",
         "--shutdown-retry-spread-ms", "0",

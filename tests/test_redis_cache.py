@@ -348,3 +348,16 @@ async def test_a_history_lost_in_redis_truncates_cursors_from_before_on_every_in
         assert not since.truncated
         assert places(since.entries) == [("0", 2)]
         await second.aclose()
+
+
+async def test_records_the_bus_deleted_unread_truncate_a_resume_from_before_them() -> None:
+    async with redis_cache(max_events=10) as cache:
+        await cache.append([entry("0", n) for n in range(3)])
+        await cache.forget(EventIdentity("kafka", "0", (6,), "e1"))  # offsets 3..6 were lost
+        await cache.append([entry("0", 7)])
+        up_to = Cursor.of(EventIdentity("kafka", "0", (7,), "e1"))
+        from_before = await cache.replay(Cursor.of(EventIdentity("kafka", "0", (2,), "e1")), up_to)
+        assert from_before.truncated
+        assert places(from_before.entries) == [("0", 7)]
+        past_them = Cursor.of(EventIdentity("kafka", "0", (6,), "e1"))
+        assert not (await cache.replay(past_them, up_to)).truncated

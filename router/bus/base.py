@@ -29,6 +29,11 @@ class Record:
 
     identity: EventIdentity
     raw: bytes
+    lost: bool = False
+    """No record, but the place of records the bus deleted before they were read (Kafka's
+    retention or DeleteRecords): every offset of the partition up to ``identity`` that the reader
+    had not reached is gone. ``raw`` is empty. The router moves past it and tells every client
+    behind it that its history is truncated."""
 
 
 class EventBus(Protocol):
@@ -80,7 +85,9 @@ class EventBus(Protocol):
     async def replay(self, after: Cursor, up_to: Cursor, limit: int) -> list[Record] | None:
         """The records after ``after`` up to ``up_to`` (both of the current epoch), read again
         from the bus, for a resume the replay cache cannot serve; ``None`` when the bus no longer
-        holds them all, or they are more than ``limit``."""
+        holds them all, or they are more than ``limit``. A bus that knows what it deleted may
+        instead return what it still holds, after a ``lost`` record for each partition that
+        no longer reaches back to ``after``."""
         ...
 
     @property

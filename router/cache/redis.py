@@ -43,6 +43,7 @@ from router.redis_client import RedisConnection
 log = logging.getLogger(__name__)
 
 APPEND_SCRIPT = resources.files("router.cache").joinpath("redis_append.lua").read_text()
+FORGET_SCRIPT = resources.files("router.cache").joinpath("redis_forget.lua").read_text()
 PAGE = 500
 
 
@@ -224,6 +225,27 @@ class RedisReplayCache(ReportsHealth):
                 json.dumps(message.scope.to_json(), separators=(",", ":")),
             ]
         return args
+
+    async def forget(self, identity: EventIdentity) -> None:
+        """Note the bus's deleted records up to ``identity`` as evicted, in one script (which
+        starts a new history first if the cache holds another epoch's). Never raises: while Redis
+        is away it is noted with the events lost meanwhile, recorded by the next append that
+        reaches Redis (a replay that cannot read Redis is answered as truncated meanwhile)."""
+        try:
+            await self._call(
+                "eval",
+                FORGET_SCRIPT,
+                len(self.keys),
+                *self.keys,
+                identity.epoch or "",
+                identity.partition,
+                format_offset(identity.offset),
+            )
+        except (RedisError, OSError, TimeoutError) as error:
+            self._failed(error)
+            lost = self._lost.get(identity.partition)
+            if lost is None or lost < identity.offset:
+                self._lost[identity.partition] = identity.offset
 
     # -- reading -----------------------------------------------------------------------------------
 
