@@ -68,9 +68,7 @@ async def test_a_kafka_topic_of_128_partitions_routes_and_resumes(kafka_broker: 
     topic = new_topic_name()
     await create_topic(kafka_broker.bootstrap, topic, 128)
     try:
-        async with running_router(
-            bus="kafka", kafka_bootstrap=kafka_broker.bootstrap, kafka_topic=topic
-        ) as router:
+        async with running_router(**kafka_broker.router_settings, kafka_topic=topic) as router:
             with trio.fail_after(20):
                 await router.running.hub.reading.wait()
             cursor = await resumes_exactly(router, 600)
