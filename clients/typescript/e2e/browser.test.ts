@@ -105,9 +105,12 @@ async function holdStream(sub: string): Promise<{ cursor: () => Promise<string>;
   const reader = (response.body as ReadableStream<Uint8Array>).getReader();
   const decoder = new TextDecoder();
   let text = "";
+  // The id of the first event: a stream's first bytes carry an id-only block (its position before
+  // any event), which is not the cursor of an event seen.
   const cursor = async (): Promise<string> => {
     for (;;) {
-      const id = /^id: (.+)$/m.exec(text);
+      const event = text.split("\n\n").find((block) => /^data: /m.test(block));
+      const id = event === undefined ? null : /^id: (.+)$/m.exec(event);
       if (id?.[1]) return id[1];
       const { value, done } = await reader.read();
       if (done) throw new Error("the held stream ended");
