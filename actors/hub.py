@@ -79,6 +79,8 @@ class Hub:
             cache, self.registry, fanout_pause_seconds=settings.fanout_pause_seconds
         )
         self._started_epoch = ""
+        self._read_from: Cursor | None = None
+        """Where the consumer started reading: what :attr:`position` is until the first event."""
         self.closing = False
         """Set by :meth:`close_sessions`: the router is shutting down and takes no new streams."""
         self.replays: Counter[tuple[str, str]] = Counter()
@@ -97,6 +99,15 @@ class Hub:
         if cursor is not None and cursor.epoch is not None:
             return cursor.epoch
         return self._started_epoch
+
+    @property
+    def position(self) -> Cursor | None:
+        """Where the router stands in the bus: every event after it is routed live, so it is
+        the hand-over point of a resume. The adapter's cursor once it has routed an event; before,
+        where the consumer started (a router whose consumer is still starting, or has found
+        nothing yet, stands there all the same). ``None`` until the bus has answered."""
+        routed = self.adapter.cursor
+        return self._read_from if routed is None else routed
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the consumer, the adapter and the sessions until cancelled.
@@ -124,6 +135,10 @@ class Hub:
                 self.adapter.cursor = Cursor.from_positions(
                     self.bus.source, self._started_epoch, start.items()
                 )
+            read_from = await self.bus.start_positions() if start is None else start
+            self._read_from = Cursor.from_positions(
+                self.bus.source, self._started_epoch, read_from.items()
+            )
             self.reading.set()
             nursery.start_soon(
                 run_consumer, self.bus, start, records_send, self.adapter.stats.failures
@@ -165,7 +180,7 @@ class Hub:
                 session.cursor = resume_from
         session.observer = self.observer
         self.registry.add(session)
-        up_to = self.adapter.cursor
+        up_to = self.position
         try:
             resume = (
                 None
@@ -195,7 +210,7 @@ class Hub:
         if not cursor.is_from(self.bus.source, self.epoch):
             return cursor
         known = set(await self.bus.partitions())
-        here = self.adapter.cursor
+        here = self.position
         ahead = {
             partition
             for partition, offset in cursor.positions
