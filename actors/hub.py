@@ -79,6 +79,8 @@ class Hub:
             cache, self.registry, fanout_pause_seconds=settings.fanout_pause_seconds
         )
         self._started_epoch = ""
+        self._read_from: Cursor | None = None
+        """Where the consumer started reading: what :meth:`position` is until the first event."""
         self.closing = False
         """Set by :meth:`close_sessions`: the router is shutting down and takes no new streams."""
         self.replays: Counter[tuple[str, str]] = Counter()
@@ -97,6 +99,26 @@ class Hub:
         if cursor is not None and cursor.epoch is not None:
             return cursor.epoch
         return self._started_epoch
+
+    def position(self) -> Cursor:
+        """Where the router stands in the bus: every event up to here has been routed (or was
+        there before the router started reading), every later one will be offered to the
+        sessions registered now. It is the hand-over point of a resume, and a new stream's first
+        id.
+
+        The adapter's cursor once it has routed an event; before, where the consumer started (a
+        router whose consumer is still starting, or has found nothing yet, stands there all the
+        same). Before the bus answered, the start of no epoch: no offset can be trusted yet, and
+        a resume from a cursor without an epoch is answered as truncated, so a client that keeps
+        it is told plainly rather than shown a guess that could hide events.
+        """
+        here = self._hand_over()
+        return Cursor.empty(self.bus.source, None) if here is None else here
+
+    def _hand_over(self) -> Cursor | None:
+        """:meth:`position`, or ``None`` until the bus has answered."""
+        routed = self.adapter.cursor
+        return self._read_from if routed is None else routed
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the consumer, the adapter and the sessions until cancelled.
@@ -126,6 +148,10 @@ class Hub:
                 self.adapter.cursor = Cursor.from_positions(
                     self.bus.source, self._started_epoch, start.items()
                 )
+            read_from = await self.bus.start_positions() if start is None else start
+            self._read_from = Cursor.from_positions(
+                self.bus.source, self._started_epoch, read_from.items()
+            )
             self.reading.set()
             nursery.start_soon(
                 run_consumer, self.bus, start, records_send, self.adapter.stats.failures
@@ -169,7 +195,7 @@ class Hub:
                 session.cursor = resume_from
         session.observer = self.observer
         self.registry.add(session)
-        up_to = self.adapter.cursor
+        up_to = self._hand_over()
         position = self.position()
         try:
             resume = (
@@ -186,23 +212,10 @@ class Hub:
         self._sessions_nursery.start_soon(self._run_session, session, output, resume, position)
         return receive, resume
 
-    def position(self) -> Cursor:
-        """Where the router stands in the bus: every event up to here has been routed, every
-        later one will be offered to the sessions registered now.
-
-        Before anything was routed, the start of the bus's epoch (:meth:`Cursor.empty`). Before
-        the bus answered, the start of no epoch: no offset can be trusted yet, and a resume from
-        a cursor without an epoch is answered as truncated, so a client that keeps it is told
-        plainly rather than shown a guess that could hide events.
-        """
-        if self.adapter.cursor is not None:
-            return self.adapter.cursor
-        return Cursor.empty(self.bus.source, self.epoch if self.reading.is_set() else None)
-
     def progress(self) -> Cursor | None:
         """What a quiet session may follow (:meth:`Session.tick`): :meth:`position` once the bus
         answered, ``None`` before, when there is no position worth moving a client to."""
-        return self.position() if self.reading.is_set() else None
+        return self._hand_over()
 
     async def _vouched(self, cursor: Cursor) -> Cursor:
         """``cursor`` without the positions the bus cannot vouch for: of a partition it does
@@ -218,7 +231,7 @@ class Hub:
         if not cursor.is_from(self.bus.source, self.epoch):
             return cursor
         known = set(await self.bus.partitions())
-        here = self.adapter.cursor
+        here = self._hand_over()
         ahead = {
             partition
             for partition, offset in cursor.positions

@@ -64,6 +64,13 @@ class EventBus(Protocol):
         """
         ...
 
+    async def start_positions(self) -> Mapping[str, Offset]:
+        """Where ``read(None)`` starts, said as ``read``'s ``start`` would say it: per partition,
+        the last offset it does not read (a partition not named is read from its beginning).
+        Waits for the bus as :meth:`epoch` does, and gives the same answer every time: where a
+        router reading from "now on" stands before it has read anything."""
+        ...
+
     def read(self, start: Mapping[str, Offset] | None) -> AsyncGenerator[Sequence[Record], None]:
         """Batches of records in bus order, after ``start``: the last offset consumed per
         partition, a partition it does not name being read from its beginning; or ``None`` to

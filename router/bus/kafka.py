@@ -128,6 +128,11 @@ class KafkaBus(ReportsHealth):
         await self.epoch()
         return list(self._partitions)
 
+    async def start_positions(self) -> Mapping[str, Offset]:
+        """Where each partition ended when :meth:`epoch` first answered."""
+        await self.epoch()
+        return dict(self._consumed_when_first_seen)
+
     async def end_offsets(self) -> Mapping[str, Offset]:
         """The last offset of every non-empty partition, asked of the broker with a consumer of
         its own (only a resume from past this router's own cursor needs it)."""

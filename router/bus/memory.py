@@ -49,6 +49,9 @@ class MemoryBus:
     async def end_offsets(self) -> Mapping[str, Offset]:
         return {str(p): (end - 1,) for p, end in enumerate(self._next_offset) if end}
 
+    async def start_positions(self) -> Mapping[str, Offset]:
+        return {}  # read(None) takes everything not read yet: every partition from its start
+
     async def healthy(self) -> bool:
         return True
 

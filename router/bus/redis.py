@@ -125,6 +125,11 @@ class RedisStreamBus(ReportsHealth):
         await self.epoch()
         return self.settings.streams
 
+    async def start_positions(self) -> Mapping[str, Offset]:
+        """Each stream's last entry id when :meth:`epoch` first answered."""
+        await self.epoch()
+        return dict(self._start)
+
     async def end_offsets(self) -> Mapping[str, Offset]:
         """Each stream's last entry id (XREVRANGE, one entry each)."""
         ends: dict[str, Offset] = {}
