@@ -42,8 +42,15 @@ from router.redis_client import RedisConnection
 
 log = logging.getLogger(__name__)
 
-APPEND_SCRIPT = resources.files("router.cache").joinpath("redis_append.lua").read_text()
-FORGET_SCRIPT = resources.files("router.cache").joinpath("redis_forget.lua").read_text()
+
+def _script(name: str) -> str:
+    """A script of this package with the offset helpers it shares in front of it."""
+    here = resources.files("router.cache")
+    return here.joinpath("redis_offsets.lua").read_text() + here.joinpath(name).read_text()
+
+
+APPEND_SCRIPT = _script("redis_append.lua")
+FORGET_SCRIPT = _script("redis_forget.lua")
 PAGE = 500
 
 

@@ -22,14 +22,6 @@
 --
 -- Offsets are "n" or "ms-seq"; they are compared as pairs of numbers.
 
-local function offset_less(a, b)
-  local a1, a2 = string.match(a, "^(%d+)-?(%d*)$")
-  local b1, b2 = string.match(b, "^(%d+)-?(%d*)$")
-  a1, b1 = tonumber(a1), tonumber(b1)
-  if a1 ~= b1 then return a1 < b1 end
-  return (tonumber(a2) or -1) < (tonumber(b2) or -1)
-end
-
 local function note_floor(partition, offset)
   local before = redis.call("HGET", KEYS[3], partition)
   if not before or offset_less(before, offset) then

@@ -5,14 +5,6 @@
 -- left as it is.
 -- ARGV[1] epoch, ARGV[2] partition, ARGV[3] offset ("n" or "ms-seq", compared as pairs).
 
-local function offset_less(a, b)
-  local a1, a2 = string.match(a, "^(%d+)-?(%d*)$")
-  local b1, b2 = string.match(b, "^(%d+)-?(%d*)$")
-  a1, b1 = tonumber(a1), tonumber(b1)
-  if a1 ~= b1 then return a1 < b1 end
-  return (tonumber(a2) or -1) < (tonumber(b2) or -1)
-end
-
 if redis.call("GET", KEYS[4]) ~= ARGV[1] then
   redis.call("DEL", KEYS[1], KEYS[2], KEYS[3])
   redis.call("SET", KEYS[4], ARGV[1])
