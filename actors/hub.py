@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -27,7 +27,7 @@ from actors.consumer import run_consumer
 from actors.heartbeats import run_heartbeat_clock
 from actors.observer import NO_OBSERVER, StreamObserver
 from actors.registry import SessionRegistry
-from actors.session import CloseReason, Output, Session
+from actors.session import CloseReason, Output, Session, SessionSettings
 from router.bus.base import BusUnavailableError, EventBus, Record
 from router.cache.base import ReplayCache
 from router.core.cursor import (
@@ -40,6 +40,7 @@ from router.core.cursor import (
 from router.core.envelope import Envelope
 from router.core.history import Entry, Replay
 from router.core.mapping import convert_batch
+from router.core.permissions import Principal, StreamFilter
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,19 @@ class HubSettings:
     """A stream that carried nothing for this long gets a comment line (see actors/heartbeats)."""
     fanout_pause_seconds: float = 0.02
     """After a step that made many offers, the adapter waits this long (see :meth:`Adapter.run`)."""
+    session: SessionSettings = field(default_factory=SessionSettings)
+    """What every session :meth:`Hub.open` makes is built with (its inbox: ``--session-buffer``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A session :meth:`Hub.open` made and started."""
+
+    session: Session
+    replay: Replay | None
+    """What the replay gave back for its cursor (``None`` without one), to say if truncated."""
+    output: trio.MemoryReceiveChannel[bytes] | None
+    """The receiving end of the session's output, when ``open`` was given none (tests read it)."""
 
 
 class Hub:
@@ -173,27 +187,49 @@ class Hub:
         )
 
     async def open(
-        self, session: Session, resume_from: Cursor | None, output: Output | None = None
-    ) -> tuple[trio.MemoryReceiveChannel[bytes] | None, Replay | None]:
-        """Attach ``session``: register it for live events, fetch its replay, start its actor.
+        self,
+        principal: Principal,
+        stream_filter: StreamFilter,
+        *,
+        expires_at: float,
+        resume_from: Cursor | None = None,
+        output: Output | None = None,
+        connection_id: str = "",
+        settings: SessionSettings | None = None,
+    ) -> Opened:
+        """Make the session of an admitted stream, register it for live events, fetch its
+        replay, start its actor.
 
-        The session writes to ``output``, or, without one, to a new memory channel whose receiving
-        end is returned (tests read it), with the replay (``None`` without a cursor) so the caller
-        can say whether it was truncated. Registration and reading the adapter's cursor
-        happen with no checkpoint between them: every event after that cursor is offered to the
-        session live, every event up to it comes from the replay cache, so the hand-over has no
-        gap; the session skips what its own cursor covers, so it has no duplicate either. The
-        session's stream starts with its position (:meth:`position` then), so a client cut before
-        its first event resumes from there.
+        The session is built with the hub's :attr:`HubSettings.session` (or ``settings``, for a
+        transport or a test that needs others), the hub's observer, and its cursor: ``resume_from``
+        as far as the bus vouches for it, when it is of this history. It writes to ``output``, or,
+        without one, to a new memory channel whose receiving end is returned. Registration and
+        reading the adapter's cursor happen with no checkpoint between them: every event after
+        that cursor is offered to the session live, every event up to it comes from the replay
+        cache, so the hand-over has no gap; the session skips what its own cursor covers, so it
+        has no duplicate either. The session's stream starts with its position (:meth:`position`
+        then), so a client cut before its first event resumes from there. Cancelled (or failing)
+        before it returns, the session is unregistered and never runs; once it returns, the
+        session runs in the hub's sessions nursery, and the caller stops it with
+        :meth:`Session.stop` when its client leaves.
         """
         assert self._sessions_nursery is not None, "the hub is not running"
         doubtful = False
+        cursor = None
         if resume_from is not None:
             vouched = await self._vouched(resume_from)
             doubtful, resume_from = vouched is not resume_from, vouched
             if resume_from.is_from(self.bus.source, self.epoch):
-                session.cursor = resume_from
-        session.observer = self.observer
+                cursor = resume_from
+        session = Session(
+            principal,
+            stream_filter,
+            expires_at=expires_at,
+            settings=self.settings.session if settings is None else settings,
+            connection_id=connection_id,
+            observer=self.observer,
+            cursor=cursor,
+        )
         self.registry.add(session)
         up_to = self._hand_over()
         position = self.position()
@@ -210,7 +246,7 @@ class Hub:
         if output is None:
             output, receive = trio.open_memory_channel[bytes](self.settings.output_capacity)
         self._sessions_nursery.start_soon(self._run_session, session, output, resume, position)
-        return receive, resume
+        return Opened(session, resume, receive)
 
     def progress(self) -> Cursor | None:
         """What a quiet session may follow (:meth:`Session.tick`): :meth:`position` once the bus

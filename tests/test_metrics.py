@@ -7,7 +7,7 @@ import time
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors.session import CloseReason, Session, SessionSettings
+from actors.session import CloseReason, SessionSettings
 from router.bus.base import Record
 from router.core.cursor import EventIdentity
 from router.core.permissions import Principal, StreamFilter
@@ -58,14 +58,14 @@ async def test_metrics_follow_the_traffic() -> None:
             await resumed.events_count(1)
         # A client that reads nothing, with an inbox of 1: a burst is taken whole, and a step
         # that finds the inbox still full cuts the stream.
-        stalled = Session(
+        hub = router.running.hub
+        opened = await hub.open(
             Principal("u2", frozenset({"n1"})),
             StreamFilter(),
             expires_at=time.time() + 3600,
             settings=SessionSettings(inbox_capacity=1, goodbye_timeout_seconds=0),
         )
-        hub = router.running.hub
-        await hub.open(stalled, None)
+        stalled = opened.session
         await router.publish(*(content("n1", n) for n in range(10)))  # taken out to be written
         await hub.adapter.wait_consumed(2 + 1 + 10)
         await router.publish(content("n1", 10))  # waits in the inbox, which is full
