@@ -1,4 +1,7 @@
-"""The hub: the router's running actors, and what the HTTP layer may ask of them.
+"""The hub: the router's running actors, and what a transport may ask of them.
+
+A transport opens an admitted stream with :meth:`Hub.open`, which makes its session: from
+:attr:`HubSettings.session`, with the hub's observer and the resume cursor it vouched for.
 
 :meth:`Hub.run` is the actor part of the nursery tree::
 
@@ -7,7 +10,7 @@
     ├── adapter    records channel -> replay cache, and each session's inbox (send_nowait)
     ├── heartbeat clock   ticks every session; a quiet one gets a heartbeat in its inbox
     └── sessions nursery
-        └── session, one per client: inbox (capacity: inbox_capacity) -> its output
+        └── session, one per client: inbox (capacity: session.inbox_capacity) -> its output
 
 Cancelling the hub's scope stops all of it. :meth:`Hub.close_sessions` is the graceful step before
 that: every session says goodbye (``server-shutdown``) and ends its response.

@@ -53,3 +53,10 @@ def test_core_imports_only_the_standard_library_and_itself(path: Path) -> None:
 def test_actors_import_no_http_framework_or_broker_client(path: Path) -> None:
     forbidden = {n for n in imported_modules(path) if n.split(".")[0] in HTTP_AND_BROKERS}
     assert not forbidden, f"{path.relative_to(ROOT)} imports {sorted(forbidden)}"
+
+
+def test_admission_imports_no_http_framework() -> None:
+    """The front door is every transport's: none of them may leak into it."""
+    path = ROOT / "router" / "admission.py"
+    forbidden = {n for n in imported_modules(path) if n.split(".")[0] in HTTP_AND_BROKERS}
+    assert not forbidden, f"router/admission.py imports {sorted(forbidden)}"

@@ -21,7 +21,7 @@ from router.admission import Admission, Ask
 from router.auth import Verified
 from router.bus.base import BusUnavailableError
 from router.config import Settings
-from router.core.admission import Credentials, Refused
+from router.core.admission import Admitted, Credentials, Refused
 from router.core.cursor import EventIdentity
 from router.core.envelope import Envelope, EnvelopeError, parse_envelope, parse_publish_body
 from router.core.mapping import MappingError, to_sse
@@ -134,23 +134,11 @@ def create_app(hub: Hub, admission: Admission, settings: Settings, metrics: Metr
         if head:
             return Response(b"", status=200, headers=STREAM_HEADERS)
         connection_id = secrets.token_hex(8)
-        asked = admitted.stream_filter
-        log.info(
-            "stream opened",
-            extra={
-                "connection_id": connection_id,
-                "user_id": admitted.principal.user_id,
-                "novel_ids": sorted(asked.novel_ids),
-                "session_id": asked.session_id,
-                "types": sorted(asked.event_types),
-                "resuming": admitted.resume_from is not None,
-                "remote": client_address(),
-            },
-        )
+        _log_stream_opened(connection_id, admitted, client_address())
         writer = ResponseBodyWriter(request.scope)
         opened = await hub.open(
             admitted.principal,
-            asked,
+            admitted.stream_filter,
             expires_at=admitted.expires_at,
             resume_from=admitted.resume_from,
             output=writer,
@@ -189,6 +177,22 @@ def _stream_ask() -> Ask:
         request.headers.get("Last-Event-ID"),
         request.remote_addr,
         request.headers.get("X-Forwarded-For"),
+    )
+
+
+def _log_stream_opened(connection_id: str, admitted: Admitted, remote: str) -> None:
+    asked = admitted.stream_filter
+    log.info(
+        "stream opened",
+        extra={
+            "connection_id": connection_id,
+            "user_id": admitted.principal.user_id,
+            "novel_ids": sorted(asked.novel_ids),
+            "session_id": asked.session_id,
+            "types": sorted(asked.event_types),
+            "resuming": admitted.resume_from is not None,
+            "remote": remote,
+        },
     )
 
 
