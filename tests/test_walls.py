@@ -53,3 +53,10 @@ def test_core_imports_only_the_standard_library_and_itself(path: Path) -> None:
 def test_actors_import_no_http_framework_or_broker_client(path: Path) -> None:
     forbidden = {n for n in imported_modules(path) if n.split(".")[0] in HTTP_AND_BROKERS}
     assert not forbidden, f"{path.relative_to(ROOT)} imports {sorted(forbidden)}"
+
+
+def test_the_metrics_import_no_actor() -> None:
+    """Counts reach ``/metrics`` one way: reported to the Observer, never read off an actor."""
+    imported = imported_modules(ROOT / "router" / "metrics.py")
+    actors = {name for name in imported if name.split(".")[0] == "actors"}
+    assert not actors, f"router/metrics.py imports {sorted(actors)}"
