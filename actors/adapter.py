@@ -242,8 +242,10 @@ class Adapter:
         """Offer each session, in one batch, the deliveries that are for it.
 
         What became of the offers is counted in a ``Counter`` of this step's own, and reported
-        once when the step is over: at 10,000 sessions a call to the observer per offer would
-        be a few percent of the routing (``python -m bench.actor_round``)."""
+        to the observer once, when the step is over. A call per offer (one per session and step)
+        measured about half again the cost of the ``Counter`` increment, a few percent of the
+        3.5 us per session that ``python -m bench.actor_round`` gives the routing; once a step
+        it is nothing."""
         outcomes: Counter[Offer] = Counter()
         self._route(deliveries, outcomes)
         if outcomes:
