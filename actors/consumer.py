@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
 
 import trio
 
-from actors.adapter import Failure
 from router.bus.base import EventBus, Record
 from router.core.backoff import Backoff
 from router.core.cursor import Offset
+from router.core.observer import Failure
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +20,15 @@ async def run_consumer(
     bus: EventBus,
     start: Mapping[str, Offset] | None,
     records_out: trio.MemorySendChannel[Sequence[Record]],
-    failures: Counter[Failure] | None = None,
+    failed: Callable[[Failure], None] | None = None,
 ) -> None:
     """Forward batches of records from ``bus`` (after ``start``) into ``records_out``.
 
     When ``records_out`` is full this waits, so a slow adapter slows reading from the bus and
     nothing is dropped. A read that raises (the buses wait out outages themselves, so this is a
-    bug) is logged, counted in ``failures`` and opened again after a backoff, from ``start``
-    with what was handed over since: a record already handed over is never handed over twice.
+    bug) is logged, reported to ``failed`` (the adapter's :meth:`~actors.adapter.Adapter.failed`,
+    which counts it and tells the observer) and opened again after a backoff, from ``start`` with
+    what was handed over since: a record already handed over is never handed over twice.
     Runs until cancelled; closes ``records_out`` on the way out, which ends the adapter.
     """
     handed_over: dict[str, Offset] = {}
@@ -42,10 +42,10 @@ async def run_consumer(
                 try:
                     await _forward(batches, records_out, handed_over, backoff)
                     return  # the bus ended its history: so does the adapter
-                except _ReadFailedError as failed:
-                    error = failed.error
-            if failures is not None:
-                failures[Failure.BUS_READ] += 1
+                except _ReadFailedError as read_failed:
+                    error = read_failed.error
+            if failed is not None:
+                failed(Failure.BUS_READ)
             log.error(
                 "bus read failed",
                 extra={"position": {p: list(o) for p, o in handed_over.items()}},

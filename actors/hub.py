@@ -28,7 +28,6 @@ import trio
 from actors.adapter import Adapter
 from actors.consumer import run_consumer
 from actors.heartbeats import run_heartbeat_clock
-from actors.observer import NO_OBSERVER, StreamObserver
 from actors.registry import SessionRegistry
 from actors.session import CloseReason, Output, Session, SessionSettings
 from router.bus.base import BusUnavailableError, EventBus, Record
@@ -43,6 +42,7 @@ from router.core.cursor import (
 from router.core.envelope import Envelope
 from router.core.history import Entry, Replay
 from router.core.mapping import convert_batch
+from router.core.observer import NO_OBSERVER, Observer, ReplayOutcome, ReplaySource
 from router.core.permissions import Principal, StreamFilter
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class Hub:
         bus: EventBus,
         cache: ReplayCache,
         settings: HubSettings = HubSettings(),
-        observer: StreamObserver = NO_OBSERVER,
+        observer: Observer = NO_OBSERVER,
     ) -> None:
         self.bus = bus
         self.cache = cache
@@ -93,14 +93,17 @@ class Hub:
         self.observer = observer
         self.registry = SessionRegistry()
         self.adapter = Adapter(
-            cache, self.registry, fanout_pause_seconds=settings.fanout_pause_seconds
+            cache,
+            self.registry,
+            fanout_pause_seconds=settings.fanout_pause_seconds,
+            observer=observer,
         )
         self._started_epoch = ""
         self._read_from: Cursor | None = None
         """Where the consumer started reading: what :meth:`position` is until the first event."""
         self.closing = False
         """Set by :meth:`close_sessions`: the router is shutting down and takes no new streams."""
-        self.replays: Counter[tuple[str, str]] = Counter()
+        self.replays: Counter[tuple[ReplayOutcome, ReplaySource]] = Counter()
         """Resumes served, by (``complete`` or ``truncated``, ``cache`` or ``bus``)."""
         self.reading = trio.Event()
         """Set once the bus answered: every event published from then on will be routed."""
@@ -170,9 +173,7 @@ class Hub:
                 self.bus.source, self._started_epoch, read_from.items()
             )
             self.reading.set()
-            nursery.start_soon(
-                run_consumer, self.bus, start, records_send, self.adapter.stats.failures
-            )
+            nursery.start_soon(run_consumer, self.bus, start, records_send, self.adapter.failed)
             nursery.start_soon(self.adapter.run, records_receive)
 
     async def _check_cursor_bound(self) -> None:
@@ -303,29 +304,34 @@ class Hub:
         """From the cache; when it no longer holds everything, from the bus; and only when
         neither has it all, a truncated replay. A ``doubtful`` cursor (see :meth:`_vouched`)
         gets what the cache holds after it, as a truncated replay."""
+        complete, truncated = ReplayOutcome.COMPLETE, ReplayOutcome.TRUNCATED
         from_cache = await self.cache.replay(after, up_to)
         if doubtful:
-            self.replays["truncated", "cache"] += 1
+            self._replayed(truncated, ReplaySource.CACHE)
             return Replay(from_cache.entries, truncated=True)
         if not from_cache.truncated or up_to is None:
-            self.replays["complete" if not from_cache.truncated else "truncated", "cache"] += 1
+            self._replayed(truncated if from_cache.truncated else complete, ReplaySource.CACHE)
             return from_cache
         records = await self.bus.replay(after, up_to, self.settings.bus_replay_limit)
         if records is None:
-            self.replays["truncated", "cache"] += 1
+            self._replayed(truncated, ReplaySource.CACHE)
             return from_cache
         batch = convert_batch((r.identity, r.raw) for r in records if not r.lost)
         now = trio.current_time()
         entries = [Entry(c.identity, c.message, now) for c in batch.events]
         if not any(r.lost for r in records):
-            self.replays["complete", "bus"] += 1
+            self._replayed(complete, ReplaySource.BUS)
             return Replay(entries, truncated=False)
         # The bus deleted some of what the client missed: truncated, with every event either
         # still holds, each partition's in offset order.
-        self.replays["truncated", "bus"] += 1
+        self._replayed(truncated, ReplaySource.BUS)
         held = {(e.identity.partition, e.identity.offset): e for e in from_cache.entries}
         held.update({(e.identity.partition, e.identity.offset): e for e in entries})
         return Replay([held[place] for place in sorted(held)], truncated=True)
+
+    def _replayed(self, outcome: ReplayOutcome, source: ReplaySource) -> None:
+        self.replays[outcome, source] += 1
+        self.observer.replayed(outcome, source)
 
     async def _run_session(
         self, session: Session, output: Output, resume: Replay | None, position: Cursor

@@ -8,7 +8,6 @@ stops reading its inbox, the inbox fills, and the adapter applies :meth:`Session
 
 from __future__ import annotations
 
-import enum
 import functools
 import logging
 import random
@@ -20,10 +19,12 @@ from typing import Protocol
 
 import trio
 
-from actors.observer import NO_OBSERVER, StreamObserver
 from router.core.cursor import Cursor, EventIdentity, advance
 from router.core.events import ErrorCode, SSEErrorEvent
 from router.core.history import Replay
+from router.core.observer import NO_OBSERVER, StreamObserver
+from router.core.observer import CloseReason as CloseReason
+from router.core.observer import Offer as Offer
 from router.core.permissions import Principal, StreamFilter, admits
 from router.core.sse import Priority, SSEMessage, encode_comment, encode_id, encode_retry
 
@@ -43,26 +44,6 @@ class Output(Protocol):
     async def send(self, value: bytes, /) -> None: ...
 
     def close(self) -> None: ...
-
-
-class CloseReason(enum.StrEnum):
-    """Why a stream ended: a bounded set, fit for a metric label."""
-
-    CLIENT = "client"
-    LAGGED = "lagged"
-    TOKEN_EXPIRED = "token-expired"
-    SERVER_SHUTDOWN = "server-shutdown"
-    ERROR = "error"
-
-
-class Offer(enum.StrEnum):
-    """What became of an event offered to a session (a ``StrEnum``: counted on the hot path, and
-    a string hashes faster than an ``Enum``)."""
-
-    QUEUED = "queued"
-    COALESCED = "coalesced"
-    DISCONNECTED = "disconnected"
-    CLOSED = "closed"
 
 
 @dataclass(frozen=True, slots=True)

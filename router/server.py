@@ -261,7 +261,7 @@ async def _serve(
         ),
         observer=metrics,
     )
-    metrics.watch(hub)
+    metrics.watch(bus, cache, hub.records_waiting)
     admission = Admission(
         verifier,
         AdmissionSettings(
@@ -282,7 +282,7 @@ async def _serve(
     async def run_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
         try:
             await hypercorn_serve(
-                RequestLifecycle(app),
+                RequestLifecycle(app, metrics),
                 hypercorn_config(settings),
                 shutdown_trigger=stop_http.wait,
                 task_status=task_status,
@@ -298,7 +298,7 @@ async def _serve(
             relay_settings = RelaySettings(
                 parts=settings.outbox_parts, poll_seconds=settings.outbox_poll_seconds
             )
-            root.start_soon(Relay(open_outbox, bus, relay_settings).run)
+            root.start_soon(Relay(open_outbox, bus, relay_settings, metrics).run)
         bound: list[str] = await root.start(run_http)
         addresses = list(dict.fromkeys(bound))  # one address per acceptor: the same one
         task_status.started(Running(addresses, hub, app))

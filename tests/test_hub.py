@@ -37,6 +37,7 @@ from router.core.cursor import (
 )
 from router.core.envelope import Envelope, parse_envelope
 from router.core.history import Entry, Replay
+from router.core.observer import NoObserver
 from router.core.permissions import Principal, StreamFilter
 from router.core.sse import SSEMessage
 from tests.actor_helpers import Reader
@@ -268,18 +269,12 @@ async def test_a_targeted_event_is_checked_against_its_sessions_only(
     assert labels(readers[5]) == Counter(["server-shutdown"])
 
 
-class CountingObserver:
+class CountingObserver(NoObserver):
     def __init__(self) -> None:
         self.opened_streams = 0
 
     def opened(self) -> None:
         self.opened_streams += 1
-
-    def sent(self, events: Mapping[str, int], oldest_age: float | None, queued: int) -> None:
-        pass
-
-    def closed(self, reason: str, seconds: float) -> None:
-        pass
 
 
 async def test_the_hub_makes_each_session_with_its_settings_observer_and_cursor(

@@ -60,3 +60,10 @@ def test_admission_imports_no_http_framework() -> None:
     path = ROOT / "router" / "admission.py"
     forbidden = {n for n in imported_modules(path) if n.split(".")[0] in HTTP_AND_BROKERS}
     assert not forbidden, f"router/admission.py imports {sorted(forbidden)}"
+
+
+def test_the_metrics_import_no_actor() -> None:
+    """Counts reach ``/metrics`` one way: reported to the Observer, never read off an actor."""
+    imported = imported_modules(ROOT / "router" / "metrics.py")
+    actors = {name for name in imported if name.split(".")[0] == "actors"}
+    assert not actors, f"router/metrics.py imports {sorted(actors)}"
