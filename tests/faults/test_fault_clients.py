@@ -1,0 +1,95 @@
+"""Faults on the client side: drops at random moments, slow readers, a client that reads nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from tests.e2e_helpers import running_router
+from tests.faults.harness import ROUTER_SETTINGS, Behaviour, Frontend, Run, TabSpec
+
+
+ITEM_6 = (
+    "issue 13 item 6: a stream's first bytes carry no id, so a tab that drops before its first "
+    "event reconnects without Last-Event-ID and loses what was published meanwhile"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=ITEM_6)
+async def test_clients_dropping_at_random_moments_lose_and_repeat_nothing(
+    redis_bus_settings: dict[str, Any],
+) -> None:
+    """Busy and quiet tabs drop their streams before their first event, after a few events (often
+    in the middle of a replay, since they were away meanwhile) and after a random while, and
+    reconnect with the last ``id:`` they saw, while events flow for many users, novels, sessions
+    and everyone."""
+    run = Run("client drops", seed=1401)
+    async with running_router(**ROUTER_SETTINGS, **redis_bus_settings) as router:
+        with trio.fail_after(20):  # waiting for: the router to reach the Redis bus
+            await router.running.hub.reading.wait()
+        run.publish_through(lambda: router.url)
+        run.make_tabs(lambda spec: Behaviour(drops=True, away_seconds=0.3))
+        async with trio.open_nursery() as nursery:
+            run.start(nursery, Frontend(run.rng, router.url))
+            await run.all_connected()
+            await run.publisher.publish(600, batch=6, pause=0.01)
+            await run.settle()
+            nursery.cancel_scope.cancel()
+    run.report()
+
+
+@pytest.mark.xfail(strict=True, reason=ITEM_6)
+async def test_a_tab_that_drops_before_its_first_event_resumes_where_it_started() -> None:
+    """The drop before any event, made certain: the tab is away while events are published."""
+    run = Run("drop before the first event", seed=1404)
+    async with running_router(**ROUTER_SETTINGS, memory_partitions=3) as router:
+        run.publish_through(lambda: router.url)
+        (tab, *others) = run.make_tabs(lambda spec: Behaviour())
+        async with trio.open_nursery() as nursery:
+            run.start(nursery, Frontend(run.rng, router.url), others)
+            await run.all_connected(others)
+            async with trio.open_nursery() as first_stream:  # opened, then dropped at once
+                tab.calm = True
+                tab.behaviour.drops = False
+                first_stream.start_soon(tab.run, Frontend(run.rng, router.url))
+                await run.all_connected([tab])
+                first_stream.cancel_scope.cancel()
+            await run.publisher.publish(60, batch=6)
+            run.start(nursery, Frontend(run.rng, router.url), [tab])
+            await run.publisher.publish(20, batch=5)
+            await run.settle(15)
+            nursery.cancel_scope.cancel()
+    run.report()
+
+
+async def test_a_slow_reader_and_one_that_reads_nothing_hold_back_no_one() -> None:
+    """Among fast tabs, one reads slowly and one reads nothing for a while after every stream
+    opens: the router may cut them (``lagged``), and they resume; the fast tabs get everything,
+    and so, in the end, do the slow ones."""
+    run = Run("slow and stalled readers", seed=1402, population_options={"padding": 2000})
+    slow = run.population.add_tab("slow")
+    stalled = run.population.add_tab("stalled")
+
+    def behaviour(spec: TabSpec) -> Behaviour:
+        if spec is slow:
+            return Behaviour(read_pause_seconds=0.02)
+        if spec is stalled:
+            return Behaviour(stall_seconds=1.5)
+        return Behaviour()
+
+    async with running_router(
+        **{**ROUTER_SETTINGS, "session_buffer": 16}, memory_partitions=3
+    ) as router:
+        run.publish_through(lambda: router.url)
+        run.make_tabs(behaviour)
+        async with trio.open_nursery() as nursery:
+            run.start(nursery, Frontend(run.rng, router.url))
+            await run.all_connected()
+            await run.publisher.publish(600, batch=20, pause=0.005)
+            await run.settle()
+            nursery.cancel_scope.cancel()
+    run.report()
+    cut = [t for t in run.tabs if t.spec in (slow, stalled) and len(t.record.connections) > 1]
+    print(f"slow or stalled tabs cut and resumed: {len(cut)}")
