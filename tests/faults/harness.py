@@ -10,6 +10,7 @@ each is bounded and says what it waited for. Nothing measures a time.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -35,6 +36,7 @@ from tests.faults.oracle import (
     Client,
     Connection,
     Delivered,
+    Figures,
     Judgement,
     KeepsEverything,
     Published,
@@ -285,9 +287,32 @@ class Frontend:
     def __init__(self, rng: random.Random, *urls: str) -> None:
         self.rng = rng
         self.urls = list(urls)
+        self._open = trio.Event()
+        self._open.set()
+
+    def hold(self) -> None:
+        """Hold new connections (open streams go on) until :meth:`release`."""
+        if self._open.is_set():
+            self._open = trio.Event()
+
+    def release(self) -> None:
+        self._open.set()
+
+    async def admitted(self) -> None:
+        await self._open.wait()
 
     def pick(self) -> str | None:
         return self.rng.choice(self.urls) if self.urls else None
+
+
+class DropMode(Enum):
+    BEFORE_FIRST_EVENT = "before-first-event"
+    AFTER_EVENTS = "after-events"
+    AFTER_A_WHILE = "after-a-while"
+
+
+RESUMING_DROPS = (DropMode.AFTER_EVENTS, DropMode.AFTER_A_WHILE)
+"""Drops after the stream gave a position: for tests of another fault than the first bytes'."""
 
 
 @dataclass
@@ -303,12 +328,8 @@ class Behaviour:
     """A slow reader: this long between reads."""
     stall_seconds: float = 0.0
     """A client that reads nothing for this long after each stream opens."""
-
-
-class DropMode(Enum):
-    BEFORE_FIRST_EVENT = "before-first-event"
-    AFTER_EVENTS = "after-events"
-    AFTER_A_WHILE = "after-a-while"
+    drop_modes: tuple[DropMode, ...] = ()
+    """The drops to draw from; all of them when empty."""
 
 
 @dataclass
@@ -321,10 +342,23 @@ class Tab:
     rng: random.Random
     record: Client = field(init=False)
     last_event_id: str | None = None
-    calm: bool = False
-    """Set during the final settling: stop dropping, stay connected."""
     connected: trio.Event = field(default_factory=trio.Event)
     drops: dict[DropMode, int] = field(default_factory=dict)
+    _stream_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    _drop_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    _calm: bool = False
+
+    @property
+    def calm(self) -> bool:
+        """While set, the tab drops nothing on purpose and stays connected (settling, or a test
+        that wants no resume at some moment); a timed drop already planned is called off."""
+        return self._calm
+
+    @calm.setter
+    def calm(self, value: bool) -> None:
+        self._calm = value
+        if value:
+            self._drop_scope.deadline = math.inf
 
     def __post_init__(self) -> None:
         self.record = Client(
@@ -335,17 +369,25 @@ class Tab:
     async def run(self, frontend: Frontend) -> None:
         """Connect, read, reconnect, until cancelled."""
         while True:
+            await frontend.admitted()
             url = frontend.pick()
             if url is not None:
-                with suppress(OSError, trio.BrokenResourceError, h11.RemoteProtocolError):
+                with (
+                    trio.CancelScope() as self._stream_scope,
+                    suppress(OSError, trio.BrokenResourceError, h11.RemoteProtocolError),
+                ):
                     await self._one_stream(url)
             away = self.rng.uniform(0, self.behaviour.away_seconds)
             await trio.sleep(away if url is not None else 0.05)
 
+    def cut(self) -> None:
+        """Drop the current stream now (the network went away); the tab reconnects as usual."""
+        self._stream_scope.cancel()
+
     def _drop_plan(self) -> tuple[DropMode | None, int, float]:
         if self.calm or not self.behaviour.drops or self.rng.random() < 0.3:
             return None, 0, 0.0
-        mode = self.rng.choice(list(DropMode))
+        mode = self.rng.choice(self.behaviour.drop_modes or list(DropMode))
         return mode, self.rng.randint(1, 25), self.rng.uniform(0.01, 0.6)
 
     async def _one_stream(self, url: str) -> None:
@@ -360,9 +402,10 @@ class Tab:
             self.record.connections.append(connection)
             if response.status_code != 200:
                 return
-            with trio.move_on_after(after_seconds if mode is DropMode.AFTER_A_WHILE else 1e9):
+            timed = mode is DropMode.AFTER_A_WHILE and not self.calm
+            with trio.move_on_after(after_seconds if timed else math.inf) as self._drop_scope:
                 await self._read(response, connection, mode, after_events)
-            if mode is not None:
+            if mode is not None and not self.calm:
                 self.drops[mode] = self.drops.get(mode, 0) + 1
 
     async def _read(
@@ -382,11 +425,13 @@ class Tab:
                     first = False
                     connection.opened_at = now()  # the session is registered: its start
                     self.connected.set()
-                    if mode is DropMode.BEFORE_FIRST_EVENT and not connection.delivered:
+                    before_any = not connection.delivered
+                    if mode is DropMode.BEFORE_FIRST_EVENT and not self.calm and before_any:
                         return
                     if self.behaviour.stall_seconds:
                         await trio.sleep(self.behaviour.stall_seconds)
-                if mode is DropMode.AFTER_EVENTS and len(connection.delivered) >= after_events:
+                enough = len(connection.delivered) >= after_events
+                if mode is DropMode.AFTER_EVENTS and not self.calm and enough:
                     return
                 if self.behaviour.read_pause_seconds:
                     await trio.sleep(self.behaviour.read_pause_seconds)
@@ -518,14 +563,32 @@ class Run:
     publisher: Publisher = field(init=False)
     retention: Retention = field(default_factory=KeepsEverything)
     population_options: dict[str, Any] = field(default_factory=dict)
+    moments: list[tuple[float, str]] = field(default_factory=list)
+    """What the test did when (``mark``), for the timeline of a failing tab."""
 
     def __post_init__(self) -> None:
+        self.started_at = now()
         self.rng = random.Random(self.seed)
         self.population = Population(self.rng, **self.population_options)
 
     def publish_through(self, url: Callable[[], str]) -> Publisher:
         self.publisher = Publisher(self.population, url)
         return self.publisher
+
+    def mark(self, what: str) -> None:
+        self.moments.append((now(), what))
+
+    def timeline(self, tab: Tab, limit: int = 12) -> str:
+        """A failing tab's streams, and the test's moments among them."""
+        rows = [(at, f"  {at - self.started_at:7.2f}s  -- {what}") for at, what in self.moments]
+        for c in tab.record.connections[:limit]:
+            sent = (c.last_event_id or "-")[:60]
+            text = (
+                f"  {c.opened_at - self.started_at:7.2f}s  {c.status} replay={c.replay} "
+                f"sent={sent} got={len(c.delivered)} errors={c.errors}"
+            )
+            rows.append((c.opened_at, text))
+        return "\n".join(text for _, text in sorted(rows))
 
     def make_tabs(self, behaviour: Callable[[TabSpec], Behaviour]) -> list[Tab]:
         for spec in self.population.tabs[len(self.tabs) :]:
@@ -570,6 +633,9 @@ class Run:
         except trio.TooSlowError:
             print(f"{self.label}: gave up after {seconds} s waiting for every tab's events")
 
+    def figures(self) -> list[Figures]:
+        return figures_by_group(self.label, self.verdicts(), len(self.publisher.published))
+
     def report(self) -> None:
         """Print the figures; fail on any loss, duplicate, leak, disorder or false truncation."""
         verdicts = self.verdicts()
@@ -582,4 +648,8 @@ class Run:
         if drops:
             print("drops: " + ", ".join(f"{mode} {times}" for mode, times in sorted(drops.items())))
         failures = describe_failures(verdicts)
+        failing = {v.client for v in verdicts if not v.clean}
+        for tab in self.tabs[:]:
+            if tab.spec.name in failing and len(failing) <= 4:
+                print(f"timeline of {tab.spec.name}:\n{self.timeline(tab)}")
         assert not failures, f"{self.label}: the promise broke\n{failures}"

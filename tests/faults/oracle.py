@@ -55,7 +55,7 @@ class Published:
     acked_at: float
     """Just after the router answered ``202`` (or the transaction committed)."""
     identity: str | None = None
-    """Its identity on the bus, from the publish endpoint's ``event_ids``; ``None`` via the outbox."""
+    """Its bus identity, from the publish endpoint's ``event_ids``; ``None`` by the outbox."""
     uncertain: bool = False
     """The publish was not answered (a router killed under it): it may arrive, it is not owed."""
 
@@ -116,7 +116,7 @@ class Retention(Protocol):
 
 @dataclass(frozen=True)
 class KeepsEverything:
-    """A bus that never drops an event in the test's lifetime (Kafka; Redis Streams under MAXLEN)."""
+    """A bus that drops no event in the test's lifetime (Kafka; Redis Streams under MAXLEN)."""
 
     def gone(self, event: Published, at: float) -> bool:
         return False
@@ -212,9 +212,7 @@ def judge(
     by_key: Mapping[str, Published] = {event.key: event for event in published}
     start = client.first_opened_at
     visible = [event for event in published if may_see(client, event)]
-    owed = {
-        e.key for e in visible if start is not None and e.sent_at >= start and not e.uncertain
-    }
+    owed = {e.key for e in visible if start is not None and e.sent_at >= start and not e.uncertain}
     verdict = Judgement(
         client.name,
         client.group,
@@ -347,9 +345,7 @@ COLUMNS = (
 )
 
 
-def figures_by_group(
-    label: str, verdicts: Sequence[Judgement], published: int
-) -> list[Figures]:
+def figures_by_group(label: str, verdicts: Sequence[Judgement], published: int) -> list[Figures]:
     """A line per group of clients, then their total, each labelled ``label / group``."""
     groups: dict[str, Figures] = {}
     total = Figures(f"{label} / all", published=published)
@@ -367,9 +363,7 @@ def table(lines: Sequence[Figures]) -> str:
     rule = "|" + "|".join("-" * (width + 2) for _, _, width in COLUMNS) + "|"
     rows = [
         "| "
-        + " | ".join(
-            str(getattr(line, attribute)).ljust(width) for _, attribute, width in COLUMNS
-        )
+        + " | ".join(str(getattr(line, attribute)).ljust(width) for _, attribute, width in COLUMNS)
         + " |"
         for line in lines
     ]

@@ -10,7 +10,6 @@ import trio
 from tests.e2e_helpers import running_router
 from tests.faults.harness import ROUTER_SETTINGS, Behaviour, Frontend, Run, TabSpec
 
-
 ITEM_6 = (
     "issue 13 item 6: a stream's first bytes carry no id, so a tab that drops before its first "
     "event reconnects without Last-Event-ID and loses what was published meanwhile"
