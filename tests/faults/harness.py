@@ -143,6 +143,8 @@ class Population:
     """Characters added to each event's text, to fill buffers faster."""
     tabs: list[TabSpec] = field(default_factory=list)
     sequence: int = 0
+    weights: dict[Kind, int] = field(default_factory=lambda: dict(KIND_WEIGHTS))
+    """How often each kind of event is drawn; a test may change it as it goes."""
 
     def __post_init__(self) -> None:
         novel_ids = [f"n{k}" for k in range(self.novels)]
@@ -171,7 +173,7 @@ class Population:
         self.sequence += 1
         key = f"e-{self.sequence}"
         text = f"{MARKER_PREFIX}{key}" + (" " + "x" * self.padding if self.padding else "")
-        kind = self.rng.choices(list(KIND_WEIGHTS), weights=list(KIND_WEIGHTS.values()))[0]
+        kind = self.rng.choices(list(self.weights), weights=list(self.weights.values()))[0]
         busy = [t for t in self.tabs if t.group != "quiet"]
         tab = self.rng.choice(busy)
         novel = self.rng.choice(tab.novels)
@@ -475,7 +477,7 @@ def router_flags(settings: dict[str, Any]) -> list[str]:
     return flags
 
 
-@dataclass
+@dataclass(eq=False)
 class RouterProcess:
     """``python -m router.cli serve`` on a port of its own, logging JSON lines to a file."""
 

@@ -126,6 +126,24 @@ class KeepsEverything:
 
 
 @dataclass
+class WindowOfLast:
+    """A replay window of the last ``size`` events published, with nothing behind it (the
+    embedded default: the in-memory bus keeps nothing the cache dropped). ``published`` is the
+    publisher's own list, read as it grows."""
+
+    size: int
+    published: Sequence[Published]
+
+    def gone(self, event: Published, at: float) -> bool:
+        index = next(i for i, e in enumerate(self.published) if e is event)
+        newer = sum(1 for e in self.published[index + 1 :] if e.acked_at <= at)
+        return newer >= self.size
+
+    def history_lost(self, epoch: str | None, at: float) -> bool:
+        return False
+
+
+@dataclass
 class LostAt:
     """Histories lost at known moments: a Redis restarted empty under ``--bus redis``, a router
     on the embedded default restarted. Every event published before a loss, and every epoch seen

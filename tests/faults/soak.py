@@ -82,25 +82,37 @@ async def soak(seconds: float, seed: int) -> bool:
                     while not stop_publishing.is_set():
                         await run.publisher.publish(5, batch=5, pause=0.02)
 
+                restarting: set[RouterProcess] = set()
+
+                async def supervise() -> None:
+                    """Restart a router that died unasked, as an orchestrator would."""
+                    nonlocal crashes
+                    while True:
+                        for router in routers:
+                            if router.crashed() and router not in restarting:
+                                crashes += 1
+                                print(f"a router died unasked:\n{router.log_tail(3)}")
+                                await router.start()
+                        await trio.sleep(0.2)
+
                 nursery.start_soon(publish_all_along)
+                nursery.start_soon(supervise)
                 deadline = now() + seconds
                 while now() < deadline:
                     await trio.sleep(rng.uniform(1.0, 3.0))
-                    for router in routers:
-                        if router.crashed():
-                            crashes += 1
-                            print(f"a router died unasked:\n{router.log_tail(8)}")
-                            await router.start()
                     fault = rng.choice(FAULTS)
                     injected[fault] += 1
                     run.mark(fault)
                     if fault in ("sigterm", "sigkill"):
                         victim = rng.choice(routers)
+                        restarting.add(victim)
                         frontend.urls.remove(victim.url)
-                        victim.signal(signal.SIGTERM if fault == "sigterm" else signal.SIGKILL)
+                        if victim.process is not None and victim.process.poll() is None:
+                            victim.signal(signal.SIGTERM if fault == "sigterm" else signal.SIGKILL)
                         await victim.wait()
                         await victim.start()
                         frontend.urls.append(victim.url)
+                        restarting.discard(victim)
                     elif fault.startswith("redis"):
                         moment = now()
                         await trio.to_thread.run_sync(stop_redis, server, fault == "redis-kept")

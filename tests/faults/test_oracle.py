@@ -10,6 +10,7 @@ from tests.faults.oracle import (
     Delivered,
     LostAt,
     Published,
+    WindowOfLast,
     figures_by_group,
     judge,
     table,
@@ -153,3 +154,10 @@ def test_figures_sum_per_group_and_print_as_a_table() -> None:
     printed = table(lines)
     assert printed.splitlines()[0].startswith("| fault / group")
     assert "drops / all" in printed
+
+
+def test_a_window_of_the_last_events_drops_the_older_ones() -> None:
+    window = WindowOfLast(2, PUBLISHED)
+    assert window.gone(A, at=9.0)  # b, s and c came after it
+    assert not window.gone(C, at=9.0)
+    assert not window.gone(A, at=2.2)  # only b had been published after it then
