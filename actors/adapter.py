@@ -15,7 +15,7 @@ from actors.registry import SessionRegistry
 from actors.session import CloseReason, Delivery, Offer, Session, SharedBatch
 from router.bus.base import Record
 from router.cache.base import ReplayCache
-from router.core.cursor import Cursor, EventIdentity
+from router.core.cursor import Cursor, EventIdentity, advance
 from router.core.dedup import RecentIds, Sighting, event_digest
 from router.core.history import Entry
 from router.core.mapping import Converted, convert_batch
@@ -42,8 +42,10 @@ class AdapterStats:
     rejected: Counter[str] = field(default_factory=Counter)
     offers: Counter[Offer] = field(default_factory=Counter)
     id_reused: int = 0
-    failures: Counter[Failure] = field(default_factory=Counter)
     """Events delivered though their producer ``event_id`` came with another event recently."""
+    failures: Counter[Failure] = field(default_factory=Counter)
+    lost_on_bus: int = 0
+    """Times the bus had deleted records before they were read (``lost`` records)."""
 
 
 class Adapter:
@@ -120,6 +122,9 @@ class Adapter:
                     await trio.sleep(self.fanout_pause_seconds)
 
     async def process(self, records: Sequence[Record]) -> None:
+        if any(r.lost for r in records):
+            await self._pass_over_lost([r for r in records if r.lost])
+            records = [r for r in records if not r.lost]
         batch = convert_batch(((r.identity, r.raw) for r in records), self.cursor)
         self.stats.consumed += len(records)
         for rejected in batch.rejected:
@@ -161,6 +166,25 @@ class Adapter:
         self.route(deliveries)
         self._processed.set()
         self._processed = trio.Event()
+
+    async def _pass_over_lost(self, lost: Sequence[Record]) -> None:
+        """Records the bus deleted before they were read: the cache learns it first, so a resume
+        from before them is truncated; then the cursor moves past them and every open stream
+        behind them ends as lagged (with no checkpoint between, so none registers half-way): its
+        client resumes and is told its history is truncated. Nothing here can tell whom the lost
+        events were for, so every stream behind them is told."""
+        for marker in lost:
+            await self.cache.forget(marker.identity)
+        self.stats.lost_on_bus += len(lost)
+        for marker in lost:
+            self.cursor = advance(self.cursor, marker.identity)
+        for session in list(self.registry):
+            if session.cursor is None or not all(session.cursor.covers(m.identity) for m in lost):
+                session.stop(CloseReason.LAGGED)
+        log.warning(
+            "records deleted from the bus before they were read",
+            extra={"positions": [str(m.identity) for m in lost]},
+        )
 
     def _record_failed(self, identity: EventIdentity, error: Exception) -> None:
         """One record met a failure no rule foresaw: logged with its position, counted, and

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -28,14 +28,24 @@ from actors.heartbeats import run_heartbeat_clock
 from actors.observer import NO_OBSERVER, StreamObserver
 from actors.registry import SessionRegistry
 from actors.session import CloseReason, Output, Session
-from router.bus.base import EventBus, Record
+from router.bus.base import BusUnavailableError, EventBus, Record
 from router.cache.base import ReplayCache
-from router.core.cursor import Cursor, EventIdentity
+from router.core.cursor import (
+    MAX_CURSOR_LENGTH,
+    Cursor,
+    EventIdentity,
+    Offset,
+    longest_cursor,
+)
 from router.core.envelope import Envelope
 from router.core.history import Entry, Replay
 from router.core.mapping import convert_batch
 
 log = logging.getLogger(__name__)
+
+
+class CursorBoundError(Exception):
+    """The bus has more partitions (or longer names) than a cursor can hold; for the operator."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +78,9 @@ class Hub:
         self.adapter = Adapter(
             cache, self.registry, fanout_pause_seconds=settings.fanout_pause_seconds
         )
-        self.epoch = ""
+        self._started_epoch = ""
+        self._read_from: Cursor | None = None
+        """Where the consumer started reading: what :meth:`position` is until the first event."""
         self.closing = False
         """Set by :meth:`close_sessions`: the router is shutting down and takes no new streams."""
         self.replays: Counter[tuple[str, str]] = Counter()
@@ -78,12 +90,43 @@ class Hub:
         self._sessions_nursery: trio.Nursery | None = None
         self._records: trio.MemoryReceiveChannel[Sequence[Record]] | None = None
 
+    @property
+    def epoch(self) -> str:
+        """The epoch of the history the router routes now: the bus's when it first answered,
+        then that of the last event routed, so a new history found at run time (a recreated
+        topic, a Redis that lost its data) is the one resumes are compared with."""
+        cursor = self.adapter.cursor
+        if cursor is not None and cursor.epoch is not None:
+            return cursor.epoch
+        return self._started_epoch
+
+    def position(self) -> Cursor:
+        """Where the router stands in the bus: every event up to here has been routed (or was
+        there before the router started reading), every later one will be offered to the
+        sessions registered now. It is the hand-over point of a resume, and a new stream's first
+        id.
+
+        The adapter's cursor once it has routed an event; before, where the consumer started (a
+        router whose consumer is still starting, or has found nothing yet, stands there all the
+        same). Before the bus answered, the start of no epoch: no offset can be trusted yet, and
+        a resume from a cursor without an epoch is answered as truncated, so a client that keeps
+        it is told plainly rather than shown a guess that could hide events.
+        """
+        here = self._hand_over()
+        return Cursor.empty(self.bus.source, None) if here is None else here
+
+    def _hand_over(self) -> Cursor | None:
+        """:meth:`position`, or ``None`` until the bus has answered."""
+        routed = self.adapter.cursor
+        return self._read_from if routed is None else routed
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the consumer, the adapter and the sessions until cancelled.
 
         Reports started once sessions can be attached. On cancellation every task here stops at its
         next checkpoint; sessions still open are cut without a goodbye, so call
-        :meth:`close_sessions` first for a graceful stop.
+        :meth:`close_sessions` first for a graceful stop. Raises :class:`CursorBoundError` once
+        the bus answers if a cursor of all its partitions could be too long for a client to send.
         """
         records_send, records_receive = trio.open_memory_channel[Sequence[Record]](
             self.settings.records_capacity
@@ -92,21 +135,42 @@ class Hub:
         async with trio.open_nursery() as nursery:
             self._sessions_nursery = await nursery.start(_open_sessions_nursery)
             nursery.start_soon(self.cache.run)
-            nursery.start_soon(run_heartbeat_clock, self.registry, self.settings.heartbeat_seconds)
+            nursery.start_soon(
+                run_heartbeat_clock, self.registry, self.settings.heartbeat_seconds, self.progress
+            )
             task_status.started()
             # A bus that cannot be reached yet is waited for here, with sessions already served:
             # until its epoch is known, every resume is answered as truncated, never guessed.
-            self.epoch = await self.bus.epoch()
-            start = await self.cache.resume_point(self.epoch)
+            self._started_epoch = await self.bus.epoch()
+            await self._check_cursor_bound()
+            start = await self.cache.resume_point(self._started_epoch)
             if start:  # the cache holds this history: carry on where the deployment got to
                 self.adapter.cursor = Cursor.from_positions(
-                    self.bus.source, self.epoch, start.items()
+                    self.bus.source, self._started_epoch, start.items()
                 )
+            read_from = await self.bus.start_positions() if start is None else start
+            self._read_from = Cursor.from_positions(
+                self.bus.source, self._started_epoch, read_from.items()
+            )
             self.reading.set()
             nursery.start_soon(
                 run_consumer, self.bus, start, records_send, self.adapter.stats.failures
             )
             nursery.start_soon(self.adapter.run, records_receive)
+
+    async def _check_cursor_bound(self) -> None:
+        partitions = await self.bus.partitions()
+        longest = longest_cursor(self.bus.source, self.epoch, partitions, self.bus.offset_width)
+        if longest > MAX_CURSOR_LENGTH:
+            raise CursorBoundError(
+                f"the {self.bus.source} bus has {len(partitions)} partitions: a cursor of all of "
+                f"them can take {longest} bytes, more than the {MAX_CURSOR_LENGTH} a "
+                "Last-Event-ID may have; use at most 1,024 partitions (or shorter stream names)"
+            )
+        log.info(
+            "cursor bound checked",
+            extra={"partitions": len(partitions), "longest_cursor_bytes": longest},
+        )
 
     async def open(
         self, session: Session, resume_from: Cursor | None, output: Output | None = None
@@ -118,29 +182,92 @@ class Hub:
         can say whether it was truncated. Registration and reading the adapter's cursor
         happen with no checkpoint between them: every event after that cursor is offered to the
         session live, every event up to it comes from the replay cache, so the hand-over has no
-        gap; the session skips what its own cursor covers, so it has no duplicate either.
+        gap; the session skips what its own cursor covers, so it has no duplicate either. The
+        session's stream starts with its position (:meth:`position` then), so a client cut before
+        its first event resumes from there.
         """
         assert self._sessions_nursery is not None, "the hub is not running"
-        if resume_from is not None and resume_from.is_from(self.bus.source, self.epoch):
-            session.cursor = resume_from
+        doubtful = False
+        if resume_from is not None:
+            vouched = await self._vouched(resume_from)
+            doubtful, resume_from = vouched is not resume_from, vouched
+            if resume_from.is_from(self.bus.source, self.epoch):
+                session.cursor = resume_from
         session.observer = self.observer
         self.registry.add(session)
-        up_to = self.adapter.cursor
+        up_to = self._hand_over()
+        position = self.position()
         try:
-            resume = None if resume_from is None else await self._replay(resume_from, up_to)
+            resume = (
+                None
+                if resume_from is None
+                else await self._replay(resume_from, up_to, doubtful=doubtful)
+            )
         except BaseException:
             self.registry.remove(session)
             raise
         receive: trio.MemoryReceiveChannel[bytes] | None = None
         if output is None:
             output, receive = trio.open_memory_channel[bytes](self.settings.output_capacity)
-        self._sessions_nursery.start_soon(self._run_session, session, output, resume)
+        self._sessions_nursery.start_soon(self._run_session, session, output, resume, position)
         return receive, resume
 
-    async def _replay(self, after: Cursor, up_to: Cursor | None) -> Replay:
+    def progress(self) -> Cursor | None:
+        """What a quiet session may follow (:meth:`Session.tick`): :meth:`position` once the bus
+        answered, ``None`` before, when there is no position worth moving a client to."""
+        return self._hand_over()
+
+    async def _vouched(self, cursor: Cursor) -> Cursor:
+        """``cursor`` without the positions the bus cannot vouch for: of a partition it does
+        not have, or past the last offset it has written (itself when it has none such).
+
+        Such a position names events that never were, so it says nothing of what the client
+        has; kept, it would hide every live event of its partition. A position up to this
+        router's own cursor was written; one past it is asked of the bus, since another
+        instance may be a little ahead (when the bus does not answer, it is dropped: a replay
+        too many is said in-band, an event hidden is not). A cursor of another history is
+        returned as it is; the replay answers it as truncated.
+        """
+        if not cursor.is_from(self.bus.source, self.epoch):
+            return cursor
+        known = set(await self.bus.partitions())
+        here = self._hand_over()
+        ahead = {
+            partition
+            for partition, offset in cursor.positions
+            if partition in known
+            and (here is None or (mine := here.position(partition)) is None or offset > mine)
+        }
+        ends: Mapping[str, Offset] = {}
+        if ahead:
+            try:
+                ends = await self.bus.end_offsets()
+            except BusUnavailableError as error:
+                log.warning("cannot check a resume cursor against the bus: %s", error)
+        vouched = cursor.restricted(
+            partition
+            for partition, offset in cursor.positions
+            if partition in known
+            and (
+                partition not in ahead
+                or ((end := ends.get(partition)) is not None and offset <= end)
+            )
+        )
+        if vouched is not cursor:
+            log.info(
+                "resume cursor names positions the bus does not have",
+                extra={"dropped": len(cursor.positions) - len(vouched.positions)},
+            )
+        return vouched
+
+    async def _replay(self, after: Cursor, up_to: Cursor | None, *, doubtful: bool) -> Replay:
         """From the cache; when it no longer holds everything, from the bus; and only when
-        neither has it all, a truncated replay."""
+        neither has it all, a truncated replay. A ``doubtful`` cursor (see :meth:`_vouched`)
+        gets what the cache holds after it, as a truncated replay."""
         from_cache = await self.cache.replay(after, up_to)
+        if doubtful:
+            self.replays["truncated", "cache"] += 1
+            return Replay(from_cache.entries, truncated=True)
         if not from_cache.truncated or up_to is None:
             self.replays["complete" if not from_cache.truncated else "truncated", "cache"] += 1
             return from_cache
@@ -148,17 +275,26 @@ class Hub:
         if records is None:
             self.replays["truncated", "cache"] += 1
             return from_cache
-        batch = convert_batch((r.identity, r.raw) for r in records)
+        batch = convert_batch((r.identity, r.raw) for r in records if not r.lost)
         now = trio.current_time()
         entries = [Entry(c.identity, c.message, now) for c in batch.events]
-        self.replays["complete", "bus"] += 1
-        return Replay(entries, truncated=False)
+        if not any(r.lost for r in records):
+            self.replays["complete", "bus"] += 1
+            return Replay(entries, truncated=False)
+        # The bus deleted some of what the client missed: truncated, with every event either
+        # still holds, each partition's in offset order.
+        self.replays["truncated", "bus"] += 1
+        held = {(e.identity.partition, e.identity.offset): e for e in from_cache.entries}
+        held.update({(e.identity.partition, e.identity.offset): e for e in entries})
+        return Replay([held[place] for place in sorted(held)], truncated=True)
 
-    async def _run_session(self, session: Session, output: Output, resume: Replay | None) -> None:
+    async def _run_session(
+        self, session: Session, output: Output, resume: Replay | None, position: Cursor
+    ) -> None:
         started = trio.current_time()
         self.observer.opened()
         try:
-            await session.run(output, resume)
+            await session.run(output, resume, position)
         except Exception:
             # One broken stream must not take the router down with it.
             session.stop(CloseReason.ERROR)

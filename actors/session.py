@@ -25,9 +25,12 @@ from router.core.cursor import Cursor, EventIdentity, advance
 from router.core.events import ErrorCode, SSEErrorEvent
 from router.core.history import Replay
 from router.core.permissions import Principal, StreamFilter, admits
-from router.core.sse import Priority, SSEMessage, encode_comment, encode_retry
+from router.core.sse import Priority, SSEMessage, encode_comment, encode_id, encode_retry
 
 MAX_WRITE_BATCH = 64
+"""Most events in one write, live or replayed. A replay also checkpoints after each write: an
+output may take the bytes without one (the HTTP body's direct writer does while the socket
+takes them), and a 10,000-event replay would otherwise hold the loop for tens of ms."""
 TICKS_PER_HEARTBEAT = 4
 """A session writes a heartbeat after this many ticks of the heartbeat clock with no write."""
 log = logging.getLogger(__name__)
@@ -131,6 +134,18 @@ _CLOSING_ERRORS: dict[CloseReason, tuple[ErrorCode, str]] = {
 }
 
 
+_HISTORY_TRUNCATED = SSEErrorEvent(
+    code=ErrorCode.HISTORY_TRUNCATED,
+    message="some events you missed are no longer kept; refetch your state",
+    retryable=True,
+).to_sse_format()
+_HISTORY_REPLACED = SSEErrorEvent(
+    code=ErrorCode.HISTORY_TRUNCATED,
+    message="the event history was lost or replaced; events may be missing: refetch your state",
+    retryable=True,
+).to_sse_format()
+
+
 @dataclass(eq=False)
 class Session:
     """A client's stream. ``resume`` is its cursor and what the replay cache gave back for it."""
@@ -156,6 +171,10 @@ class Session:
     _quiet_ticks: int = field(default=0, repr=False)
     _heartbeat_queued: bool = field(default=False, repr=False)
     _heartbeat_due: bool = field(default=False, repr=False)
+    _progress: Cursor | None = field(default=None, repr=False)
+    """The router's cursor at a tick that found nothing waiting for this session: everything up
+    to it that was for the session had been taken from the inbox, so once that is written the
+    client has been served up to it (what passed for others counts as served)."""
 
     def __post_init__(self) -> None:
         # Room for as many batches as events may wait (a batch holds at least one), and for the
@@ -228,14 +247,23 @@ class Session:
         self._queued += len(deliveries)
         outcomes[Offer.QUEUED] += len(deliveries)
 
-    def tick(self) -> None:
+    def tick(self, progress: Cursor | None = None) -> None:
         """One tick of the heartbeat clock (:func:`actors.heartbeats.run_heartbeat_clock`).
 
         After :data:`TICKS_PER_HEARTBEAT` ticks without a write, the session is woken to write a
-        comment: a quiet stream hears from the router at least once per heartbeat period, however
+        heartbeat: a quiet stream hears from the router at least once per heartbeat period, however
         many events a busy one writes, and no stream needs a timer of its own. The inbox always
         has room for the one heartbeat it may hold.
+
+        ``progress`` is the router's cursor now, read with no checkpoint since the adapter last
+        routed: every event up to it that is for this session has been offered. If none of them
+        is still waiting here, the heartbeat carries the client's cursor moved up to it (an
+        id-only block), so a client that sees nothing while others' events pass still resumes
+        from where the router is, not from its last event. Never a position past an event still
+        waiting: what waits was offered after ``progress`` was recorded, so it lies beyond it.
         """
+        if progress is not None and not self._queued and not self._overflow:
+            self._progress = progress
         self._quiet_ticks += 1
         if self._quiet_ticks >= TICKS_PER_HEARTBEAT and not self._heartbeat_queued:
             self._inbox_send.send_nowait(HEARTBEAT)
@@ -254,30 +282,42 @@ class Session:
         self,
         output: Output,
         resume: Replay | None = None,
+        position: Cursor | None = None,
     ) -> None:
         """Write the stream into ``output`` until the session is stopped or its token expires.
 
-        Sends the retry hint at once, then ``history-truncated`` if the resume was truncated, the
-        replay, and live events. When stopped for a reason the client should hear (lagged, token
+        ``position`` is the router's cursor when the session registered for live events
+        (:meth:`actors.hub.Hub.position`): every event up to it is the replay's business (or, for
+        a stream that does not resume, none of the client's), every later one arrives live.
+
+        Sends the retry hint at once, with the client's position as an id-only block (its own
+        cursor when it resumes, else ``position``), so a client cut before its first event
+        reconnects from there; then ``history-truncated`` if the resume was truncated, the
+        replay, the client's cursor moved up to ``position`` if the replay did not already say
+        it, and live events. When stopped for a reason the client should hear (lagged, token
         expired, shutdown), sends that ``sse.error`` last, waiting at most
         ``goodbye_timeout_seconds`` for a slow client. Closes ``output`` on the way out. If the
-        surrounding nursery is cancelled, it stops at once without a goodbye.
+        surrounding nursery is cancelled, it stops at once without a goodbye; the replay
+        checkpoints after each write, so that may be half-way through it.
         """
         try:
-            await self._run(output, resume)
+            await self._run(output, resume, position)
         finally:
             self.finished.set()
 
-    async def _run(self, output: Output, resume: Replay | None) -> None:
+    async def _run(self, output: Output, resume: Replay | None, position: Cursor | None) -> None:
         try:
             self._scope.deadline = trio.current_time() + max(0.0, self.expires_at - time.time())
             try:
                 with self._scope:
-                    await self._send(
-                        output, encode_retry(self.settings.retry_ms) + encode_comment("ok")
-                    )
+                    first = encode_retry(self.settings.retry_ms) + encode_comment("ok")
+                    if resume is None and position is not None:
+                        self.cursor = position
+                    if self.cursor is not None:
+                        first += encode_id(str(self.cursor))
+                    await self._send(output, first)
                     if resume is not None:
-                        await self._replay(output, resume)
+                        await self._replay(output, resume, position)
                     await self._stream_live(output)
                 if self.close_reason is None:  # only the deadline ends the scope without a reason
                     self.close_reason = CloseReason.TOKEN_EXPIRED
@@ -287,29 +327,49 @@ class Session:
         finally:
             output.close()
 
-    async def _replay(self, output: Output, resume: Replay) -> None:
+    async def _replay(self, output: Output, resume: Replay, position: Cursor | None) -> None:
+        """Write what the client missed, at most :data:`MAX_WRITE_BATCH` events a write, with a
+        checkpoint after each batch of entries (written or skipped); then, if the client's cursor
+        moved past the last id it was sent (events it may not see, and all of ``position``, were
+        served too), that cursor as an id-only block."""
         if resume.truncated:
-            await self._send(
-                output,
-                SSEErrorEvent(
-                    code=ErrorCode.HISTORY_TRUNCATED,
-                    message="some events you missed are no longer kept; refetch your state",
-                    retryable=True,
-                ).to_sse_format(),
-            )
-        for entry in resume.entries:
-            if self.cursor is not None and self.cursor.covers(entry.identity):
-                continue  # the client had it already
-            # A replayed event moves the client's cursor by its own place only. The cache may
-            # hold events another instance appended, whose cursors describe that instance's
-            # progress, not what this client has been served.
-            self.cursor = advance(self.cursor, entry.identity)
-            if admits(entry.message, self.principal, self.stream_filter):
-                await self._send(output, entry.message.with_id(str(self.cursor)).to_sse_format())
-                self.events_sent += 1
-                # Counted as sent; its age says how long the client was away, not the router's
-                # delivery lag, so no lag is reported for it.
-                self.observer.sent({entry.message.event: 1}, oldest_age=None, queued=0)
+            await self._send_error(output, _HISTORY_TRUNCATED)
+        told = self.cursor  # the last cursor the client was sent
+        chunks: list[bytes] = []
+        counts: Counter[str] = Counter()
+        for examined, entry in enumerate(resume.entries, start=1):
+            if self.cursor is None or not self.cursor.covers(entry.identity):
+                # A replayed event moves the client's cursor by its own place only. The cache
+                # may hold events another instance appended, whose cursors describe that
+                # instance's progress, not what this client has been served.
+                self.cursor = advance(self.cursor, entry.identity)
+                if admits(entry.message, self.principal, self.stream_filter):
+                    chunks.append(entry.message.with_id(str(self.cursor)).to_sse_format())
+                    counts[entry.message.event] += 1
+                    told = self.cursor
+            if examined % MAX_WRITE_BATCH == 0:
+                await self._write_replayed(output, chunks, counts)
+                await trio.lowlevel.checkpoint()
+        await self._write_replayed(output, chunks, counts)
+        if position is not None:
+            served = position if self.cursor is None else self.cursor.merge(position)
+            self.cursor = served
+            if served != told:
+                await self._send(output, encode_id(str(served)))
+
+    async def _write_replayed(
+        self, output: Output, chunks: list[bytes], counts: Counter[str]
+    ) -> None:
+        """Write and count the replayed events in ``chunks``, and empty it and ``counts``."""
+        if not chunks:
+            return
+        await self._send(output, b"".join(chunks))
+        self.events_sent += len(chunks)
+        # Counted as sent; their age says how long the client was away, not the router's
+        # delivery lag, so no lag is reported for them.
+        self.observer.sent(dict(counts), oldest_age=None, queued=0)
+        chunks.clear()
+        counts.clear()
 
     async def _stream_live(self, output: Output) -> None:
         while True:
@@ -319,13 +379,43 @@ class Session:
             if self._heartbeat_due:
                 self._heartbeat_due = False
                 if self._quiet_ticks >= TICKS_PER_HEARTBEAT:  # no event went out meanwhile
-                    await self._send(output, encode_comment())
+                    await self._send(output, self._heartbeat())
+
+    def _heartbeat(self) -> bytes:
+        """A comment, or, when the router has moved past the client's cursor with nothing for it
+        (see :meth:`tick`), that cursor moved up as an id-only block: as good a keep-alive, at
+        no extra wake-up or write."""
+        progress, self._progress = self._progress, None
+        if progress is None:
+            return encode_comment()
+        served = progress if self.cursor is None else self.cursor.merge(progress)
+        if served == self.cursor:
+            return encode_comment()
+        # In step with the router before, still in step: ``progress`` is a cursor the router
+        # had, and every later delivery's cursor is at or past it.
+        self.cursor = served
+        return encode_id(str(served))
 
     async def _send(self, output: Output, chunk: bytes) -> None:
         await output.send(chunk)
         self._quiet_ticks = 0
 
+    async def _send_error(self, output: Output, error: bytes) -> None:
+        """Write one of the router's own ``sse.error`` events, counted like any event sent."""
+        await self._send(output, error)
+        self.observer.sent({SSEErrorEvent.EVENT: 1}, oldest_age=None, queued=self._queued)
+
     async def _write(self, output: Output, batch: Sequence[Delivery]) -> None:
+        newest = batch[-1].cursor
+        if (
+            self.cursor is not None
+            and self.cursor.epoch is not None
+            and (newest.source, newest.epoch) != (self.cursor.source, self.cursor.epoch)
+        ):
+            # The bus's history was lost or replaced under this stream: events may be missing.
+            # A cursor of no epoch is a stream that opened before the bus answered: it missed
+            # nothing, and every event since reached it live.
+            await self._send_error(output, _HISTORY_REPLACED)
         if self._in_sync and isinstance(batch, SharedBatch):
             # Admitted whole by the adapter, and in step with the router's cursor: the same
             # bytes as every other session writing this batch, joined once for all of them.
@@ -458,3 +548,5 @@ class Session:
         with trio.move_on_after(self.settings.goodbye_timeout_seconds) as scope:
             scope.shield = True
             await output.send(goodbye.to_sse_format())
+        if not scope.cancelled_caught:
+            self.observer.sent({SSEErrorEvent.EVENT: 1}, oldest_age=None, queued=self._queued)

@@ -80,7 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # and let it run less often, since a busy router allocates many short-lived objects per event.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    trio.run(serve, settings)
+    try:
+        trio.run(serve, settings)
+    except ConfigurationError as error:  # found once the bus answered: the partitions
+        print(f"sse-router: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -47,6 +47,7 @@ class Settings:
     kafka_topic: str = "sse-events"
     kafka_fetch_max_wait_ms: int = 25
     kafka_request_timeout_ms: int = 5000
+    kafka_epoch: str = "topic-id"
     cache: str = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_key_prefix: str = "sse-router"
@@ -263,6 +264,12 @@ def add_serve_arguments(
         type=count(1),
     )
     flag("--kafka-request-timeout-ms", "Kafka request timeout", type=count(100))
+    flag(
+        "--kafka-epoch",
+        "what the history's epoch is made of: the topic's id, or, for a broker that gives none,"
+        " the cluster id and topic name (a recreated topic then goes unnoticed)",
+        choices=("topic-id", "topic-name"),
+    )
     flag("--cache", "where events are kept for resume", choices=("memory", "redis"))
     flag("--redis-url", "Redis for the replay cache", secret=True)
     flag("--redis-key-prefix", "prefix of the router's Redis keys (one per deployment)")

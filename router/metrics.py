@@ -21,6 +21,7 @@ from actors.session import CloseReason, Offer
 from router.auth import AuthProblem
 from router.core.events import EVENT_CLASSES
 from router.core.mapping import Problem
+from router.core.refusal import Limit
 from router.tally import Buckets, LabelledCount
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -72,13 +73,14 @@ class Metrics:
         )
         self.rate_limited = Counter(
             "sse_rate_limited_connections",
-            "New streams refused by a limit: streams-per-user or connects-per-minute.",
+            "New streams refused by a limit: streams-per-user, connects-per-user or "
+            "connects-per-address.",
             ["limit"],
             registry=r,
         )
         # Every label value exists from the start, at zero: rates and alerts see a series at once.
-        for limit in ("streams-per-user", "connects-per-minute"):
-            self.rate_limited.labels(limit)
+        for limit in Limit:
+            self.rate_limited.labels(limit.value)
         for problem in AuthProblem:
             self.auth_failures.labels(problem.value)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import trio
@@ -33,6 +34,10 @@ async def call_redis(client: Redis, method: str, *args: Any, **kwargs: Any) -> A
         return await command(*args, **kwargs)
 
 
+Command = tuple[str, Sequence[Any], Mapping[str, Any]]
+"""A redis-py method's name, its positional and its keyword arguments."""
+
+
 class RedisConnection:
     """A client made on first use and closed (shielded, during shutdown, for ``timeout_seconds``
     at most) by :meth:`aclose`."""
@@ -51,6 +56,28 @@ class RedisConnection:
                 read_timeout_seconds=self.read_timeout_seconds,
             )
         return await call_redis(self._client, method, *args, **kwargs)
+
+    async def call_in_order(self, *commands: Command) -> list[Any]:
+        """Send ``commands`` together on one connection (a pipeline, not a transaction): Redis
+        runs them in order, with no other command of this client between them. Not tried again
+        on a closed connection: the caller sees every outage."""
+        if self._client is None:
+            self._client = await connect_redis(
+                self.url,
+                timeout_seconds=self.timeout_seconds,
+                read_timeout_seconds=self.read_timeout_seconds,
+            )
+        client = self._client
+
+        async def run() -> list[Any]:
+            pipeline = client.pipeline(transaction=False)
+            for method, args, kwargs in commands:
+                getattr(pipeline, method)(*args, **kwargs)
+            answers: list[Any] = await pipeline.execute()
+            return answers
+
+        answers: list[Any] = await trio_asyncio.aio_as_trio(run)()
+        return answers
 
     async def aclose(self) -> None:
         if self._client is not None:

@@ -30,7 +30,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
-from actors.hub import Hub, HubSettings
+from actors.hub import CursorBoundError, Hub, HubSettings
 from actors.relay import Relay, RelaySettings
 from actors.session import CloseReason
 from router.auth import TokenVerifier
@@ -42,6 +42,7 @@ from router.cache.base import ReplayCache
 from router.cache.memory import MemoryReplayCache
 from router.cache.redis import RedisReplayCache
 from router.config import Settings
+from router.core.cursor import MAX_CURSOR_LENGTH
 from router.http.app import create_app
 from router.http.asgi import RequestLifecycle
 from router.metrics import Metrics
@@ -84,6 +85,14 @@ def listening_socket(settings: Settings) -> int:
     return sock.detach()
 
 
+ORDINARY_HEAD_BYTES = 16 * 1024
+"""What a request head holds besides a resume cursor: request line, headers, cookies, a token
+(hypercorn's own default for the whole head)."""
+REQUEST_HEAD_LIMIT = 2 * MAX_CURSOR_LENGTH + ORDINARY_HEAD_BYTES
+"""The longest request head read: a maximal cursor in ``Last-Event-ID`` and again in
+``last_event_id`` (a client may send both), and the ordinary rest; a longer one is refused by
+hypercorn before the app sees it."""
+
 ACCEPTORS = 8
 """Tasks accepting connections, each on its own descriptor of the one listening socket."""
 
@@ -104,6 +113,7 @@ def hypercorn_config(settings: Settings) -> Config:
     config.bind = [f"fd://{fd}" for fd in (descriptor, *duplicates)]
     config.graceful_timeout = settings.shutdown_grace_seconds
     config.keep_alive_timeout = settings.keep_alive_seconds
+    config.h11_max_incomplete_size = REQUEST_HEAD_LIMIT
     config.backlog = 65535  # thousands of browsers reconnect at once (capped by net.core.somaxconn)
     config.accesslog = None  # the query string may hold a token: never log it raw
     config.errorlog = None
@@ -147,7 +157,8 @@ async def serve(
     """Run the router until SIGINT/SIGTERM (or until ``shutdown_requested`` is set).
 
     ``task_status`` reports the bound addresses and the running parts. Raises
-    :class:`ConfigurationError` before anything starts if the settings cannot work.
+    :class:`ConfigurationError` before anything starts if the settings cannot work, or once the
+    bus answers if its partitions cannot be held by a cursor.
     """
     verifier = token_verifier(settings)
     log.info("router starting", extra={"settings": settings.redacted()})
@@ -159,7 +170,18 @@ async def serve(
         resources.push_async_callback(bus.aclose)
         cache = replay_cache(settings, bus.source)
         resources.push_async_callback(cache.aclose)
-        await _serve(settings, verifier, bus, cache, shutdown_requested, task_status)
+        try:
+            await _serve(settings, verifier, bus, cache, shutdown_requested, task_status)
+        except BaseExceptionGroup as group:
+            too_wide, _ = group.split(CursorBoundError)
+            if too_wide is None:
+                raise
+            raise ConfigurationError(_first_leaf(too_wide)) from None
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> str:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else str(first)
 
 
 def event_bus(settings: Settings) -> EventBus:
@@ -179,6 +201,7 @@ def event_bus(settings: Settings) -> EventBus:
                 topic=settings.kafka_topic,
                 fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
                 request_timeout_ms=settings.kafka_request_timeout_ms,
+                epoch_from_topic_name=settings.kafka_epoch == "topic-name",
             )
         )
     return MemoryBus(partitions=settings.memory_partitions, capacity=settings.memory_bus_capacity)

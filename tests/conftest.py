@@ -9,16 +9,31 @@ import redis
 import trio
 
 from tests.e2e_helpers import RouterUnderTest, running_router
-from tests.kafka_broker import Broker, create_topic, new_topic_name, running_broker
+from tests.kafka_broker import Broker, BrokerKind, create_topic, new_topic_name, running_broker
 from tests.redis_helpers import REDIS_URL, delete_prefix, new_prefix
 
 RouterFactory = Callable[..., AbstractAsyncContextManager[RouterUnderTest]]
 
 
 @pytest.fixture(scope="session")
-def kafka_broker() -> Iterator[Broker]:
-    with running_broker() as broker:
+def tansu_broker() -> Iterator[Broker]:
+    with running_broker(kind=BrokerKind.TANSU) as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def noida_broker() -> Iterator[Broker]:
+    """noida-db: the broker that moves a partition's log start (the retention tests)."""
+    with running_broker(kind=BrokerKind.NOIDA) as broker:
+        yield broker
+
+
+@pytest.fixture(params=list(BrokerKind))
+def kafka_broker(request: pytest.FixtureRequest) -> Broker:
+    """Each Kafka test runs on both brokers: two independent implementations of the protocol
+    prove the router's use of it better than one. Both are started once per test run."""
+    broker: Broker = request.getfixturevalue(f"{request.param}_broker")
+    return broker
 
 
 @pytest.fixture
@@ -38,14 +53,24 @@ def redis_bus_settings() -> Iterator[dict[str, Any]]:
     client.close()
 
 
-@pytest.fixture
-def kafka_bus_settings(kafka_broker: Broker) -> dict[str, Any]:
-    """Settings for routers sharing one Kafka topic of three partitions.
+def kafka_bus_settings(broker: Broker) -> dict[str, Any]:
+    """Settings for routers sharing one new Kafka topic of three partitions on ``broker``.
 
-    Synchronous (its own short trio run) so that it can be chosen by a parametrised fixture."""
+    Synchronous (its own short trio run) so that a parametrised fixture can call it."""
     topic = new_topic_name()
-    trio.run(create_topic, kafka_broker.bootstrap, topic, 3)
-    return {"bus": "kafka", "kafka_bootstrap": kafka_broker.bootstrap, "kafka_topic": topic}
+    trio.run(create_topic, broker.bootstrap, topic, 3)
+    return {**broker.router_settings, "kafka_topic": topic}
+
+
+BUSES = ["kafka-tansu", "kafka-noida", "redis"]
+"""The real buses, each Kafka broker apart."""
+
+
+def bus_settings(request: pytest.FixtureRequest, bus: str) -> dict[str, Any]:
+    if bus.startswith("kafka-"):
+        return kafka_bus_settings(request.getfixturevalue(f"{bus.removeprefix('kafka-')}_broker"))
+    settings: dict[str, Any] = request.getfixturevalue(f"{bus}_bus_settings")
+    return settings
 
 
 def routers_on(bus_settings: dict[str, Any]) -> RouterFactory:
@@ -59,14 +84,14 @@ def routers_on(bus_settings: dict[str, Any]) -> RouterFactory:
     return router
 
 
-@pytest.fixture(params=["kafka", "redis"])
+@pytest.fixture(params=BUSES)
 def shared_bus(request: pytest.FixtureRequest) -> RouterFactory:
     """Routers on one real bus with three partitions; every router made by the factory shares
     it, so several instances can be tested together."""
-    return routers_on(request.getfixturevalue(f"{request.param}_bus_settings"))
+    return routers_on(bus_settings(request, request.param))
 
 
-@pytest.fixture(params=["memory", "kafka", "redis"])
+@pytest.fixture(params=["memory", *BUSES])
 def router_on_each_bus(request: pytest.FixtureRequest) -> RouterFactory:
     """A router on each bus in turn, with three partitions: the tests that use it are the
     bus-independent promises (delivery, isolation, exact resume)."""
@@ -78,4 +103,4 @@ def router_on_each_bus(request: pytest.FixtureRequest) -> RouterFactory:
                 yield started
 
         return memory
-    return routers_on(request.getfixturevalue(f"{request.param}_bus_settings"))
+    return routers_on(bus_settings(request, request.param))

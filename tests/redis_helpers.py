@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 import redis
+import trio
 import trio_asyncio
 
 from router.cache.redis import RedisReplayCache
@@ -95,3 +96,11 @@ def own_redis_server(port: int | None = None) -> Iterator[str]:
         yield server.url
     finally:
         server.remove()
+
+
+async def wait_for_writes_in_flight(control: redis.Redis, count: int) -> None:
+    """Return once ``count`` clients of the server ``control`` paused for writes
+    (``CLIENT PAUSE ... WRITE``) wait in a script. Waits for it to happen, with a hang guard."""
+    with trio.fail_after(20):
+        while sum(c["cmd"] == "eval" for c in control.client_list()) < count:
+            await trio.sleep(0.005)

@@ -37,6 +37,10 @@ class ParsedStream:
     events: list[ParsedEvent] = field(default_factory=list)
     comments: list[str] = field(default_factory=list)
     reconnection_time: int | None = None
+    last_event_id: str = ""
+    """The event source's "last event ID string": what a browser sends as ``Last-Event-ID`` when
+    it reconnects. Set at every blank line, whether or not an event is dispatched, so a block
+    with an ``id:`` and no data moves it without dispatching anything."""
 
 
 def parse_stream(raw: bytes) -> ParsedStream:
@@ -54,6 +58,9 @@ def parse_stream(raw: bytes) -> ParsedStream:
     retry: int | None = None
     for line in lines:
         if line == "":  # a blank line dispatches the event
+            # "Set the last event ID string of the event source to the value of the last event
+            # ID buffer", before the check for an empty data buffer.
+            stream.last_event_id = last_event_id
             if data == "":
                 event_type = ""
             else:
@@ -97,6 +104,11 @@ class ReceivedStream:
     @property
     def comments(self) -> list[str]:
         return parse_stream(self.raw).comments
+
+    @property
+    def last_event_id(self) -> str:
+        """What a browser would send as ``Last-Event-ID`` if the stream were cut now."""
+        return parse_stream(self.raw).last_event_id
 
     def data(self) -> list[dict[str, Any]]:
         """The events' data, without the markers tests send to know a stream is read through."""

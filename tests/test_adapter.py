@@ -421,3 +421,35 @@ async def test_a_different_event_that_reuses_a_producer_id_is_delivered_logged_a
     assert adapter.stats.rejected == {"duplicate": 1}
     reused = [r for r in caplog.records if r.getMessage() == "event id reused by another event"]
     assert [r.position for r in reused] == [str(identity(n)) for n in (1, 2, 3)]  # type: ignore[attr-defined]
+
+
+async def test_records_the_bus_deleted_unread_end_the_streams_behind_them_and_truncate_resumes(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    cache = RecordingCache()
+    registry = SessionRegistry()
+    adapter = Adapter(cache, registry)
+    async with trio.open_nursery() as nursery:
+        behind, reader = reader_of_n1(registry, nursery)
+        await adapter.process([Record(identity(0), content(0))])
+        with trio.fail_after(5):  # a hang guard (mock clock): the session writes it
+            while not reader.events:
+                await trio.sleep(0.01)
+        ahead = Session(
+            Principal("u2", novels=frozenset({"n1"})), StreamFilter(), expires_at=in_an_hour()
+        )
+        ahead.cursor = Cursor.of(identity(5))  # served by an instance that read them in time
+        registry.add(ahead)
+        await adapter.process(
+            [Record(identity(5), b"", lost=True), Record(identity(6), content(6))]
+        )
+        assert behind.close_reason is CloseReason.LAGGED
+        assert ahead.close_reason is None
+        assert adapter.cursor == Cursor.of(identity(6))
+        assert adapter.stats.lost_on_bus == 1
+        assert adapter.stats.rejected == {}  # the marker is no malformed record
+        from_before = await cache.replay(Cursor.of(identity(0)), adapter.cursor)
+        assert from_before.truncated
+        assert [e.identity for e in from_before.entries] == [identity(6)]
+        assert not (await cache.replay(Cursor.of(identity(5)), adapter.cursor)).truncated
+        nursery.cancel_scope.cancel()

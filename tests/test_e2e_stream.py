@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+from contextlib import nullcontext
+
 import pytest
 import trio
 
 from actors.session import CloseReason
+from router.core.cursor import parse_cursor
 from tests.conftest import RouterFactory
 from tests.e2e_helpers import (
     STREAM_PATH,
     EventStream,
+    RouterUnderTest,
     auth,
     content,
     envelope,
@@ -158,8 +163,76 @@ async def test_streams_per_user_are_capped() -> None:
         response = await router.client.get(STREAM_PATH, headers=auth(novels=["n1"]))
         assert response.status_code == 429
         assert response.json()["error"]["code"] == "too-many-streams"
+        assert response.headers["retry-after"] == "10"
         async with router.stream(headers=auth("u2")) as other_user:
             assert other_user.response.status_code == 200
+
+
+EVENT_SOURCE = {"Accept": "text/event-stream"}  # what every browser EventSource sends
+
+
+async def refused_in_band(router: RouterUnderTest, headers: dict[str, str]) -> EventStream:
+    """A stream asked for the way an EventSource asks, read to its end."""
+    async with router.stream({**headers, **EVENT_SOURCE}) as stream:
+        assert stream.response is not None
+        assert stream.response.status_code == 200
+        assert stream.response.headers["content-type"] == "text/event-stream; charset=utf-8"
+        assert "sse-replay" not in stream.response.headers  # no stream was opened
+        await stream.to_the_end()
+    return stream
+
+
+@pytest.mark.parametrize("refusal", ["rate-limited", "too-many-streams", "shutting-down"])
+async def test_an_event_source_is_refused_in_band_so_the_browser_retries(
+    refusal: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="router.http.admission")
+    async with running_router(connects_per_minute=2, max_streams_per_user=1) as router:
+        if refusal == "rate-limited":
+            for _ in range(2):
+                async with router.stream():
+                    pass
+        if refusal == "shutting-down":
+            router.running.hub.close_sessions()  # the moment shutdown begins
+        async with router.stream() if refusal == "too-many-streams" else nullcontext():
+            caplog.clear()
+            stream = await refused_in_band(router, auth(novels=["n1"]))
+        scraped = (await router.client.get("/metrics")).text
+    (event,) = stream.events  # one block, then the end of the stream: the browser reconnects
+    assert event.event == "sse.error"
+    assert stream.data() == [
+        {"code": refusal, "message": stream.data()[0]["message"], "retryable": True}
+    ]
+    assert event.last_event_id == ""  # no id: the browser keeps its Last-Event-ID
+    wait_ms = {"rate-limited": (59_000, 60_000), "too-many-streams": (10_000, 10_000)}
+    low, high = wait_ms.get(refusal, (1000, 1000))
+    assert event.retry is not None
+    assert low <= event.retry <= high
+    (logged,) = [r for r in caplog.records if r.getMessage() == "request refused"]
+    assert logged.__dict__["code"] == refusal
+    assert logged.__dict__["answered"] == "in-band"
+    counted = {"rate-limited": "connects-per-user", "too-many-streams": "streams-per-user"}
+    if refusal in counted:
+        assert f'sse_rate_limited_connections_total{{limit="{counted[refusal]}"}} 1.0' in scraped
+
+
+@pytest.mark.parametrize(
+    ("headers", "params", "status"),
+    [
+        ({}, [], 401),
+        (auth(novels=["n1"]), [("novel_id", "n2")], 403),
+        (auth(novels=["n1"]), [("types", "content.nope")], 400),
+    ],
+)
+async def test_an_event_source_still_gets_the_status_of_a_refusal_not_to_retry(
+    headers: dict[str, str], params: list[tuple[str, str]], status: int
+) -> None:
+    async with running_router() as router:
+        response = await router.client.get(
+            STREAM_PATH, params=params, headers={**headers, **EVENT_SOURCE}
+        )
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
 
 
 async def test_new_streams_are_rate_limited_with_retry_after() -> None:
@@ -171,6 +244,49 @@ async def test_new_streams_are_rate_limited_with_retry_after() -> None:
     assert response.status_code == 429
     assert response.json()["error"]["code"] == "rate-limited"
     assert 1 <= int(response.headers["retry-after"]) <= 60
+
+
+def behind(address: str, user: str = "u1") -> dict[str, str]:
+    return {**auth(user, novels=["n1"]), "X-Forwarded-For": address}
+
+
+async def test_a_user_refused_for_one_address_keeps_their_allowance_elsewhere(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="router.http.admission")
+    async with running_router(connects_per_minute=2, trusted_proxies=("127.0.0.1",)) as router:
+        for user in ("u1", "u1"):
+            async with router.stream(behind("10.0.0.1", user)):
+                pass
+        refused = await router.client.get(STREAM_PATH, headers=behind("10.0.0.1", "u2"))
+        assert refused.status_code == 429
+        for _ in range(2):  # u2, from home: the refusal above spent none of u2's allowance
+            async with router.stream(behind("10.0.0.2", "u2")) as stream:
+                assert stream.response is not None
+                assert stream.response.status_code == 200
+        scraped = (await router.client.get("/metrics")).text
+    (logged,) = [r for r in caplog.records if r.getMessage() == "request refused"]
+    assert logged.__dict__["limit"] == "connects-per-address"
+    assert 'sse_rate_limited_connections_total{limit="connects-per-address"} 1.0' in scraped
+    assert 'sse_rate_limited_connections_total{limit="connects-per-user"} 0.0' in scraped
+
+
+async def test_one_users_retries_do_not_spend_their_addresss_allowance(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="router.http.admission")
+    async with running_router(connects_per_minute=3, trusted_proxies=("127.0.0.1",)) as router:
+        for address in ("10.0.0.1", "10.0.0.1", "10.0.0.2"):
+            async with router.stream(behind(address, "u1")):
+                pass
+        for _ in range(5):  # u1 is out of allowance, and keeps trying behind the office's NAT
+            refused = await router.client.get(STREAM_PATH, headers=behind("10.0.0.1", "u1"))
+            assert refused.status_code == 429
+        async with router.stream(behind("10.0.0.1", "u2")) as colleague:
+            assert colleague.response is not None
+            assert colleague.response.status_code == 200
+    logged = [r for r in caplog.records if r.getMessage() == "request refused"]
+    assert {r.__dict__["limit"] for r in logged} == {"connects-per-user"}
 
 
 async def test_nobody_receives_another_users_or_another_novels_events(
@@ -222,7 +338,7 @@ async def test_resume_gets_exactly_the_missed_events_while_publishing_goes_on(
             await first.events_count(20)
             seen = first.data()
             last_id = first.events[-1].last_event_id
-        assert "," in last_id  # several partitions: a real cursor
+        assert len(parse_cursor(last_id).positions) > 1  # several partitions: a real cursor
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(publish_next, 30)  # goes on while the client reconnects
@@ -240,6 +356,28 @@ async def test_resume_gets_exactly_the_missed_events_while_publishing_goes_on(
             publish = next(i for i, (low, high) in enumerate(batches) if low <= version < high)
             by_novel_and_publish.setdefault((data["novel_id"], publish), []).append(version)
         assert all(v == sorted(v) for v in by_novel_and_publish.values())
+
+
+async def test_a_stream_cut_before_its_first_event_resumes_with_the_id_of_its_first_bytes(
+    router_on_each_bus: RouterFactory,
+) -> None:
+    """What a browser does: its stream is cut before any event; it reconnects sending the last
+    id it saw, which came with the first bytes; what was published meanwhile arrives."""
+    async with router_on_each_bus() as router:
+        headers = auth("u1", novels=["n1", "n2"])
+        await router.publish(content("n2", 0, user_id="someone-else"))  # routed, not for u1
+        async with router.stream(headers=headers) as first:
+            assert first.events == []
+            last_id = first.last_event_id
+        assert last_id, "the first bytes carry no id"
+        await router.publish(*(content(f"n{1 + n % 2}", n) for n in range(1, 7)))
+        await router.running.hub.adapter.wait_consumed(7)
+        async with router.stream(headers={**headers, "Last-Event-ID": last_id}) as second:
+            assert second.response is not None
+            assert second.response.headers["sse-replay"] == "complete"
+            await second.events_count(6)
+        assert sorted(d["content_version"] for d in second.data()) == list(range(1, 7))
+        assert [e.event for e in second.events] == ["content.updated"] * 6
 
 
 async def test_replayed_events_are_filtered_like_live_ones(

@@ -119,10 +119,16 @@ async def running_hub(
     partitions: int = 1,
     bus_capacity: int = 10_000,
     cache_class: type[MemoryReplayCache] = MemoryReplayCache,
+    cache_events: int = 100_000,
+    bus: MemoryBus | None = None,
     **hub_settings: Any,
 ) -> AsyncIterator[tuple[Hub, trio.Nursery]]:
-    bus = MemoryBus(partitions=partitions, capacity=bus_capacity)
-    cache = cache_class(max_events=100_000, source="memory", epoch=await bus.epoch())
+    # A bus given here may not answer yet: its cache then learns the epoch from the first event.
+    epoch = None
+    if bus is None:
+        bus = MemoryBus(partitions=partitions, capacity=bus_capacity)
+        epoch = await bus.epoch()
+    cache = cache_class(max_events=cache_events, source="memory", epoch=epoch)
     hub = Hub(bus, cache, HubSettings(**hub_settings))
     async with trio.open_nursery() as nursery:
         await nursery.start(hub.run)
@@ -632,3 +638,139 @@ async def test_a_full_publish_batch_reaches_a_reader_that_keeps_up_and_cuts_one_
         assert fast.close_reason is None
         fast.stop(CloseReason.CLIENT)
     assert [d["task_id"] for d in fast_reader.data()] == [f"t{n}" for n in range(burst)] + ["after"]
+
+
+async def test_a_client_a_little_ahead_of_this_router_keeps_what_it_has(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Its cursor is past this router's, but within what the bus has written (another instance
+    read further): not truncated history; the events it had are skipped when they arrive."""
+    async with running_hub() as (hub, nursery):
+        await hub.publish([content("n1", 1)])
+        await settle()
+        # Published with no checkpoint: the bus has them, this router has not read them yet.
+        written = await hub.publish([content("n1", n) for n in (2, 3, 4)])
+        ahead = Cursor.of(written[1])
+        assert hub.adapter.cursor is not None
+        assert not hub.adapter.cursor.covers(written[0])
+        resuming = session("u1", {"n1"})
+        output, replay = await hub.open(resuming, ahead)
+        assert replay is not None
+        assert not replay.truncated
+        assert resuming.cursor == ahead
+        reader = Reader(output)
+        nursery.start_soon(reader.run)
+        await settle()
+        resuming.stop(CloseReason.CLIENT)
+        with trio.fail_after(GUARD_SECONDS):
+            await reader.closed.wait()
+    assert versions(reader) == [4]
+    assert hub.replays["complete", "cache"] == 1
+
+
+# -- the client's position, from the first bytes and while others' events pass -------------------
+
+
+@pytest.mark.parametrize("routed_before", [False, True], ids=["nothing routed", "after others"])
+async def test_a_stream_cut_before_its_first_event_resumes_from_its_first_bytes(
+    routed_before: bool, autojump_clock: trio.abc.Clock
+) -> None:
+    """The browser reconnects with the id of the first bytes, and gets what was published while
+    it was away: complete, nothing lost, even on a router that has routed nothing yet."""
+    async with running_hub(partitions=3) as (hub, nursery):
+        if routed_before:
+            await hub.publish([content("n2", n) for n in range(5)])
+            await settle()
+        first = session("alice", novels={"n1"})
+        first_reader = await attach(hub, nursery, first)
+        await settle()
+        position = first_reader.last_event_id
+        first.stop(CloseReason.CLIENT)  # cut before any event
+        with trio.fail_after(GUARD_SECONDS):
+            await first_reader.closed.wait()
+        assert first_reader.events == []
+        if not routed_before:
+            assert position == str(Cursor.empty("memory", hub.epoch))
+        published = await hub.publish([content("n1", n) for n in range(6)])
+        await settle()
+        second = session("alice", novels={"n1"})
+        output, replay = await hub.open(second, parse_cursor(position))
+        second_reader = Reader(output)
+        nursery.start_soon(second_reader.run)
+        await settle()
+        second.stop(CloseReason.CLIENT)
+    assert replay is not None
+    assert not replay.truncated
+    assert versions(second_reader) == list(range(6))
+    assert identities(second_reader) == published
+
+
+class UnansweringBus(MemoryBus):
+    """A bus that does not answer until ``answer`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = trio.Event()
+
+    async def epoch(self) -> str:
+        await self.answer.wait()
+        return await super().epoch()
+
+
+async def test_before_the_bus_answers_a_stream_starts_at_no_epoch_then_follows_the_router(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Before the bus answers no offset can be trusted: the first id has no epoch, so a resume
+    from it is answered as truncated, never as complete past events. Once the bus answers, the
+    next heartbeat gives the stream a real position."""
+    bus = UnansweringBus()
+    async with running_hub(bus=bus, heartbeat_seconds=15) as (hub, nursery):
+        early = session("alice", novels={"n1"})
+        early_reader = await attach(hub, nursery, early)
+        await settle()
+        assert early_reader.last_event_id == "memory:"
+        resumed = session("alice", novels={"n1"})
+        _, replay = await hub.open(resumed, parse_cursor("memory:"))
+        assert replay is not None
+        assert replay.truncated
+        resumed.stop(CloseReason.CLIENT)
+        bus.answer.set()
+        await hub.reading.wait()
+        await trio.sleep(15 + 1)  # a whole heartbeat period of ticks after the bus answered
+        assert early_reader.last_event_id == str(Cursor.empty("memory", hub.epoch))
+        await hub.publish([content("n1", 1)])
+        await settle()
+        early.stop(CloseReason.CLIENT)
+    assert versions(early_reader) == [1]
+
+
+async def test_a_quiet_stream_follows_the_router_and_resumes_complete_past_a_small_window(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Others' events pass a tab that sees none of them, many more than the replay window
+    holds. Its heartbeats move its cursor along, so when it reconnects the resume is complete,
+    not history-truncated, and the event for it published while it was away arrives."""
+    async with running_hub(partitions=3, cache_events=5, heartbeat_seconds=15) as (hub, nursery):
+        quiet = session("alice", novels={"n1"})
+        quiet_reader = await attach(hub, nursery, quiet)
+        for n in range(40):
+            await hub.publish([content("n2", n)])
+            await trio.sleep(1)
+        await trio.sleep(15)
+        position = parse_cursor(quiet_reader.last_event_id)
+        assert position == hub.adapter.cursor
+        quiet.stop(CloseReason.CLIENT)
+        await hub.publish([content("n1", 100)])
+        await hub.publish([content("n2", n) for n in range(41, 44)])
+        await settle()
+        again = session("alice", novels={"n1"})
+        output, replay = await hub.open(again, position)
+        again_reader = Reader(output)
+        nursery.start_soon(again_reader.run)
+        await settle()
+        again.stop(CloseReason.CLIENT)
+    assert quiet_reader.events == []
+    assert replay is not None
+    assert not replay.truncated
+    assert versions(again_reader) == [100]
+    assert labels(again_reader)["history-truncated"] == 0

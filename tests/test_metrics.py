@@ -48,7 +48,9 @@ async def test_metrics_follow_the_traffic() -> None:
             await router.publish(content("n1", 2))
             await stream.events_count(2)
             cursor = stream.events[0].last_event_id
-        garbage = Record(EventIdentity("memory", "0", (999,), router.running.hub.epoch), b"{")
+        # Malformed, in a partition the bus does not write to: its place moves the router's
+        # cursor, and must not cover the events the bus writes next.
+        garbage = Record(EventIdentity("memory", "9", (999,), router.running.hub.epoch), b"{")
         await router.running.hub.adapter.process([garbage])
 
         resume = {**auth("u1", novels=["n1"]), "Last-Event-ID": cursor}
@@ -77,6 +79,9 @@ async def test_metrics_follow_the_traffic() -> None:
     assert value(after, "sse_auth_failures_total", reason="missing") == 1
     assert value(after, "sse_rate_limited_connections_total", limit="streams-per-user") == 1
     assert value(after, "sse_events_sent_total", event="content.updated") >= 3
+    # The lagged goodbye never left (that client reads nothing), so it is not counted as sent;
+    # tests/test_session_actor.py counts the router's own errors that do leave.
+    assert value(after, "sse_events_sent_total", event="sse.error") == 0
     assert value(after, "sse_event_delivery_lag_seconds_count") >= 2  # replays carry none
     assert value(after, "sse_queue_size_count") >= 2
     assert value(after, "sse_connection_duration_seconds_count", reason="client") == 2

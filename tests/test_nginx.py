@@ -77,6 +77,7 @@ async def test_streams_through_nginx_survive_a_router_going_away(
     front = free_port()
     flags = (
         "--bus", "kafka", "--kafka-bootstrap", kafka_broker.bootstrap, "--kafka-topic", topic,
+        "--kafka-epoch", kafka_broker.router_settings["kafka_epoch"],
         "--cache", "redis", "--redis-url", REDIS_URL, "--redis-key-prefix", prefix,
         "--heartbeat-seconds", "0.2", "--trusted-proxies", "127.0.0.1",
         "--shutdown-retry-spread-ms", "0",
@@ -139,3 +140,51 @@ async def test_streams_through_nginx_survive_a_router_going_away(
         assert versions == list(range(10))  # nothing lost, nothing twice
     finally:
         delete_prefix(REDIS_URL, prefix)
+
+
+@pytest.mark.skipif(not Path(NGINX).exists(), reason="nginx is installed by .ci/run")
+async def test_tabs_behind_one_nat_refused_for_now_are_told_in_band_through_nginx(
+    tmp_path: Path,
+) -> None:
+    """Behind one address, more new streams than the connect rate allows: an EventSource gets the
+    refusal as a stream it will retry by itself (a 429 would stop it), nginx passing it as is."""
+    import httpx
+
+    port, front = free_port(), free_port()
+    flags = ("--connects-per-minute", "2", "--trusted-proxies", "127.0.0.1")
+    url = f"http://127.0.0.1:{front}"
+    event_source = {"Accept": "text/event-stream"}
+    with (
+        router_process(port, tmp_path / "router.log", *flags),
+        nginx(front, (port, port), read_timeout="5s"),
+    ):
+        for user in ("u1", "u2"):  # two tabs of the office are in
+            async with open_stream(url, STREAM, {**auth(user), **event_source}) as response:
+                assert response.status_code == 200
+        refused = ReceivedStream()
+        async with (
+            open_stream(url, STREAM, {**auth("u3"), **event_source}) as response,
+            aclosing(response.chunks()) as chunks,
+        ):
+            assert response.status_code == 200
+            assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+            with trio.fail_after(20):  # a hang guard: the refusal is one block, then the end
+                async for chunk in chunks:
+                    refused.raw += chunk
+        async with httpx.AsyncClient(base_url=url) as client:
+            plain = await client.get(STREAM, headers=auth("u4"))
+    (event,) = refused.events
+    assert event.event == "sse.error"
+    assert refused.data() == [
+        {"code": "rate-limited", "message": refused.data()[0]["message"], "retryable": True}
+    ]
+    assert event.retry is not None
+    assert 50_000 < event.retry <= 60_000
+    assert plain.status_code == 429
+    assert 50 < int(plain.headers["retry-after"]) <= 60
+    logged = [json.loads(line) for line in (tmp_path / "router.log").read_text().splitlines()]
+    refusals = [line for line in logged if line["event"] == "request refused"]
+    assert [(r["limit"], r["answered"], r["remote"]) for r in refusals] == [
+        ("connects-per-address", "in-band", "127.0.0.1"),
+        ("connects-per-address", "status", "127.0.0.1"),
+    ]

@@ -62,8 +62,11 @@ async def test_the_bus_rides_out_a_redis_outage_and_skips_nothing() -> None:
                 with trio.fail_after(20):
                     await bus.health_changed.wait()
                 await router.publish(*(content(f"n{1 + n % 2}", n) for n in range(4, 8)))
-                await events.events_count(8)
-        assert sorted(d["content_version"] for d in events.data()) == list(range(8))
+                await events.events_count(9)
+        *before, told = events.data()[:5]
+        assert sorted(d["content_version"] for d in before) == list(range(4))
+        assert told["code"] == "history-truncated"  # a new history: what was lost is said
+        assert sorted(d["content_version"] for d in events.data()[5:]) == list(range(4, 8))
     finally:
         server.remove()
         delete_prefix(server.url, prefix)
@@ -89,3 +92,103 @@ async def test_a_resume_neither_the_cache_nor_the_trimmed_bus_holds_is_truncated
     error, *retained = resumed.data()
     assert error["code"] == "history-truncated"
     assert [d["content_version"] for d in retained] == [8, 9, 10]
+
+
+async def test_a_redis_restarted_empty_is_a_new_history_and_every_cursor_from_before_is_told() -> (
+    None
+):
+    """The bus and the cache share one Redis, restarted with its data lost while one client is
+    away and another is connected: the first resumes truncated, the second hears it in-band, and
+    both carry on in the new history, exact from then on."""
+    server = RedisServer()
+    server.start()
+    prefix = new_prefix()
+    settings = {
+        "bus": "redis",
+        "cache": "redis",
+        "redis_url": server.url,
+        "redis_key_prefix": prefix,
+        "redis_streams": ("events-a", "events-b"),
+    }
+    headers = auth("u1", novels=["n1", "n2"])
+    try:
+        async with running_router(**settings) as router:
+            await router.running.hub.reading.wait()
+            async with router.stream(headers) as away:
+                await router.publish(*(content(f"n{1 + n % 2}", n) for n in range(4)))
+                await away.events_count(4)
+            async with router.stream(headers) as live:
+                await router.publish(*(content(f"n{1 + n % 2}", n) for n in range(4, 10)))
+                await live.events_count(6)  # the client away misses these
+                server.stop()
+                server.start()  # empty: the streams, their epoch marker and the cache are gone
+                await router.publish(content("n1", 10))
+                await live.read_until(
+                    lambda s: any(d.get("content_version") == 10 for d in s.data())
+                )
+            *before, told, after = live.data()
+            assert [d["content_version"] for d in before] == list(range(4, 10))
+            assert told["code"] == "history-truncated"  # events may have been lost: said
+            assert after["content_version"] == 10
+            resume = {**headers, "Last-Event-ID": away.events[-1].last_event_id}
+            async with router.stream(resume) as resumed:
+                await router.flush(resumed)
+            assert resumed.response is not None
+            assert resumed.response.headers["sse-replay"] == "truncated"
+            assert resumed.data()[0]["code"] == "history-truncated"
+            since = {**headers, "Last-Event-ID": live.events[-1].last_event_id}
+            async with router.stream(since) as recent:  # the new history is kept: exact
+                await router.publish(content("n2", 11))
+                await recent.read_until(lambda s: bool(s.data()))  # past the marker sent above
+            assert recent.response is not None
+            assert recent.response.headers["sse-replay"] == "complete"
+            assert [d["content_version"] for d in recent.data()] == [11]
+    finally:
+        server.remove()
+
+
+async def test_a_redis_restored_from_an_older_copy_is_a_new_history() -> None:
+    """The copy keeps the epoch marker, but its streams end before what the router consumed:
+    that too is a new history. A resume from before is truncated, a connected client is told,
+    and what was published since is delivered, the restored entries not again."""
+    server = RedisServer()
+    server.start()
+    settings = {
+        "bus": "redis",
+        "redis_url": server.url,
+        "redis_key_prefix": new_prefix(),
+        "redis_streams": ("events-a", "events-b"),
+    }
+    headers = auth("u1", novels=["n1", "n2"])
+    control = redis.Redis.from_url(server.url)
+    try:
+        async with running_router(**settings) as router:
+            bus = router.running.hub.bus
+            assert isinstance(bus, RedisStreamBus)
+            await router.running.hub.reading.wait()
+            async with router.stream(headers) as live:
+                await router.publish(*(content(f"n{1 + n % 2}", n) for n in range(4)))
+                await live.events_count(4)
+                control.save()  # the copy Redis comes back with
+                await router.publish(*(content(f"n{1 + n % 2}", n) for n in range(4, 8)))
+                await live.events_count(8)
+                server.stop()
+                with trio.fail_after(20):  # hang guards: the reader notices, then recovers
+                    await bus.health_changed.wait()
+                server.start()  # from the copy: marker kept, entries 4 to 7 gone
+                with trio.fail_after(20):
+                    await bus.health_changed.wait()
+                await router.publish(content("n1", 8))
+                await live.events_count(10)
+            *before, told, after = live.data()
+            assert sorted(d["content_version"] for d in before) == list(range(8))
+            assert told["code"] == "history-truncated"
+            assert after["content_version"] == 8  # nothing restored delivered again
+            resume = {**headers, "Last-Event-ID": live.events[5].last_event_id}
+            async with router.stream(resume) as resumed:
+                await router.flush(resumed)
+            assert resumed.response is not None
+            assert resumed.response.headers["sse-replay"] == "truncated"
+    finally:
+        control.close()
+        server.remove()

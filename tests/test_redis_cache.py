@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import redis
 import trio
+import trio.testing
 
 from router.cache.redis import RedisReplayCache
 from router.core.cursor import Cursor, EventIdentity, parse_cursor
 from router.core.history import Entry
 from router.core.scope import Scope
 from router.core.sse import SSEMessage
-from tests.e2e_helpers import auth, content, running_router
-from tests.redis_helpers import RedisServer, new_prefix, own_redis_server, redis_cache
+from tests.e2e_helpers import EventStream, RouterUnderTest, auth, content, running_router
+from tests.redis_helpers import (
+    RedisServer,
+    delete_prefix,
+    new_prefix,
+    own_redis_server,
+    redis_cache,
+    wait_for_writes_in_flight,
+)
 
 EVERYTHING = parse_cursor("kafka@e1:0:1000,1:1000,2:1000")
 
@@ -165,3 +174,190 @@ async def test_the_router_rides_out_a_redis_outage_under_load() -> None:
             assert got == list(range(10, 25))  # exact again once Redis caught up
     finally:
         server.remove()
+
+
+async def test_two_flushes_at_once_write_each_held_back_event_once() -> None:
+    """The adapter's append and the background catch-up both write what waited while Redis was
+    away. A paused Redis holds the first write in flight while the second is asked for, so the
+    two meet every time."""
+    server = RedisServer()
+    server.start()
+    control = redis.Redis.from_url(server.url)
+    try:
+        async with redis_cache(url=server.url, max_events=100, timeout_seconds=10) as cache:
+            server.stop()
+            await cache.append([entry("0", 0)])  # refused: held back in memory
+            assert not await cache.healthy()
+            server.start()
+            control.client_pause(60_000, all=False)  # writes wait until the unpause below
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cache.run)  # writes once its retry delay is over
+                await wait_for_writes_in_flight(control, 1)
+                nursery.start_soon(cache.append, [entry("0", 1)])  # past the delay: writes too
+                await trio.testing.wait_all_tasks_blocked()
+                control.client_unpause()
+                with trio.fail_after(20):  # a hang guard: both writes end once Redis answers
+                    while not await cache.healthy() or (await cache.window()).events != 2:
+                        await cache.health_changed.wait()
+                nursery.cancel_scope.cancel()
+            replay = await cache.replay(parse_cursor("kafka@e1:1:0"), EVERYTHING)
+            assert places(replay.entries) == [("0", 0), ("0", 1)]  # each once, in order
+            assert not replay.truncated
+            assert await cache.resume_point("e1") == {"0": (1,)}
+    finally:
+        control.close()
+        server.remove()
+
+
+async def resume_and_check(
+    router: RouterUnderTest, headers: dict[str, str], live: EventStream, index: int
+) -> str:
+    """Resume from the cursor ``live`` had after its event ``index`` and read through a flush
+    marker: a complete resume is exactly the events ``live`` got after it, a truncated one says
+    so first and repeats nothing. Returns the ``SSE-Replay`` answer."""
+    expected = [d["content_version"] for d in live.data()[index + 1 :]]
+    async with router.stream(
+        {**headers, "Last-Event-ID": live.events[index].last_event_id}
+    ) as resumed:
+        await router.flush(resumed)
+    assert resumed.response is not None
+    answer = resumed.response.headers["sse-replay"]
+    got = resumed.data()
+    if answer == "truncated":
+        assert got[0]["code"] == "history-truncated"  # said, never hidden
+        rest = [d["content_version"] for d in got[1:]]
+        assert len(rest) == len(set(rest))  # nothing twice
+        assert set(rest) <= set(expected)  # nothing from before the cursor
+    else:
+        assert answer == "complete"
+        assert sorted(d["content_version"] for d in got) == sorted(expected)
+    return answer
+
+
+async def test_the_router_survives_repeated_redis_restarts_while_events_flow() -> None:
+    """Each restart loses Redis's data (the server keeps nothing on disk): live delivery goes
+    on throughout, and every resume afterwards is exact or says it is truncated."""
+    restarts, per_round, batch_size = 5, 40, 4
+    total = restarts * per_round + per_round
+    server = RedisServer()
+    server.start()
+    try:
+        async with running_router(
+            cache="redis",
+            redis_url=server.url,
+            redis_key_prefix=new_prefix(),
+            memory_partitions=3,
+        ) as router:
+            cache = router.running.hub.cache
+            assert isinstance(cache, RedisReplayCache)
+            novels = ["n1", "n2", "n3"]
+            headers = auth("u1", novels=novels)
+
+            async def publish_all() -> None:
+                for start in range(0, total, batch_size):
+                    await router.publish(
+                        *(content(novels[n % 3], n) for n in range(start, start + batch_size))
+                    )
+
+            async with router.stream(headers) as live, trio.open_nursery() as nursery:
+                nursery.start_soon(publish_all)
+                for restart in range(restarts):
+                    await live.events_count(restart * per_round + 10)
+                    server.stop()  # while events flow
+                    await live.events_count(restart * per_round + 25)  # delivered without Redis
+                    server.start()
+                await live.events_count(total)
+                with trio.fail_after(20):  # a hang guard: the retry backoff is capped at 5 s
+                    while not await cache.healthy():
+                        await cache.health_changed.wait()
+                got = [d["content_version"] for d in live.data()]
+                assert sorted(got) == list(range(total))  # all of them, each once, live
+                answers = [
+                    await resume_and_check(router, headers, live, index)
+                    for index in range(5, total, 15)
+                ]
+                assert "truncated" in answers  # history was lost: said so
+                assert answers[-1] == "complete"  # and what was kept since is exact
+    finally:
+        server.remove()
+
+
+async def test_a_cache_restarted_empty_answers_every_cursor_from_before_as_truncated() -> None:
+    """The bus keeps nothing to read again here (memory), so a cursor whose missed events went
+    with Redis's data can only be told its history is truncated, never served as complete."""
+    server = RedisServer()
+    server.start()
+    try:
+        async with running_router(
+            cache="redis",
+            redis_url=server.url,
+            redis_key_prefix=new_prefix(),
+            memory_partitions=3,
+        ) as router:
+            novels = ["n1", "n2", "n3"]
+            headers = auth("u1", novels=novels)
+            async with router.stream(headers) as away:
+                await router.publish(*(content(novels[n % 3], n) for n in range(3)))
+                await away.events_count(3)
+            async with router.stream(headers) as live:
+                await router.publish(*(content(novels[n % 3], n) for n in range(3, 9)))
+                await live.events_count(6)  # in the cache; the client away misses them
+                server.stop()
+                server.start()  # empty: its data is lost
+                await router.publish(*(content(novels[n % 3], n) for n in range(9, 12)))
+                await live.events_count(9)
+            resume = {**headers, "Last-Event-ID": away.events[-1].last_event_id}
+            async with router.stream(resume) as resumed:
+                await router.flush(resumed)
+            assert resumed.response is not None
+            assert resumed.response.headers["sse-replay"] == "truncated"
+            assert resumed.data()[0]["code"] == "history-truncated"
+            since = {**headers, "Last-Event-ID": live.events[-1].last_event_id}
+            async with router.stream(since) as recent:  # kept since the restart: exact
+                await router.publish(content("n1", 12))
+                await recent.read_until(lambda s: bool(s.data()))  # past the marker sent above
+            assert recent.response is not None
+            assert recent.response.headers["sse-replay"] == "complete"
+            assert [d["content_version"] for d in recent.data()] == [12]
+    finally:
+        server.remove()
+
+
+async def test_a_history_lost_in_redis_truncates_cursors_from_before_on_every_instance() -> None:
+    """Redis loses the keys (here deleted, as a restart without persistence would): each
+    instance records what it had written as lost before writing again, in every partition, not
+    only those it writes next; a cursor from after it is exact again."""
+    prefix = new_prefix()
+    async with redis_cache(prefix=prefix, max_events=100) as first:
+        second = type(first)(first.url, key_prefix=prefix, source="kafka", max_events=100)
+        await first.append([entry("0", 0), entry("1", 0), entry("0", 1), entry("1", 1)])
+        await second.append([entry("0", 0), entry("1", 0), entry("0", 1), entry("1", 1)])
+        await second.append([entry("1", 2)])  # the second instance is a little ahead
+        delete_prefix(first.url, prefix)
+        lost = await first.replay(parse_cursor("kafka@e1:0:0,1:0"), EVERYTHING)
+        assert lost.truncated
+        await first.append([entry("0", 2)])
+        behind = await first.replay(parse_cursor("kafka@e1:0:1,1:0"), EVERYTHING)
+        assert behind.truncated  # partition 1's events after 0 are gone, though none came since
+        assert places(behind.entries) == [("0", 2)]
+        ahead = parse_cursor("kafka@e1:0:1,1:1")  # served 1:2 by the second instance: not here
+        assert (await second.replay(ahead, EVERYTHING)).truncated
+        await second.append([entry("0", 2)])
+        assert (await first.replay(ahead, EVERYTHING)).truncated  # now recorded in Redis
+        since = await first.replay(parse_cursor("kafka@e1:0:1,1:2"), EVERYTHING)
+        assert not since.truncated
+        assert places(since.entries) == [("0", 2)]
+        await second.aclose()
+
+
+async def test_records_the_bus_deleted_unread_truncate_a_resume_from_before_them() -> None:
+    async with redis_cache(max_events=10) as cache:
+        await cache.append([entry("0", n) for n in range(3)])
+        await cache.forget(EventIdentity("kafka", "0", (6,), "e1"))  # offsets 3..6 were lost
+        await cache.append([entry("0", 7)])
+        up_to = Cursor.of(EventIdentity("kafka", "0", (7,), "e1"))
+        from_before = await cache.replay(Cursor.of(EventIdentity("kafka", "0", (2,), "e1")), up_to)
+        assert from_before.truncated
+        assert places(from_before.entries) == [("0", 7)]
+        past_them = Cursor.of(EventIdentity("kafka", "0", (6,), "e1"))
+        assert not (await cache.replay(past_them, up_to)).truncated

@@ -21,7 +21,15 @@ from router.cli import build_parser, main
 from router.config import Settings
 from router.core.mapping import PUBLISH_PROBLEMS
 from router.server import ConfigurationError, serve
-from tests.e2e_helpers import PUBLISHER, SECRET, auth, content, running_router, token
+from tests.e2e_helpers import (
+    PUBLISHER,
+    SECRET,
+    STREAM_PATH,
+    auth,
+    content,
+    running_router,
+    token,
+)
 from tests.sse_http_client import open_stream
 from tests.sse_spec_parser import parse_stream
 
@@ -381,6 +389,97 @@ async def test_an_idle_keep_alive_connection_is_closed() -> None:
             await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             response = await read_to_eof(stream)
     assert response.startswith(b"HTTP/1.1 200")
+
+
+SMUGGLED = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def date_of(response: bytes) -> bytes:
+    return next(line for line in response.split(b"\r\n") if line.lower().startswith(b"date:"))
+
+
+@pytest.mark.parametrize(
+    "ambiguous",
+    [
+        pytest.param(  # CL.TE: a front end that frames by Content-Length forwards it all
+            b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            id="CL.TE",
+        ),
+        pytest.param(  # TE.CL: the length covers less than the chunked body
+            b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Length: 4\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            id="TE.CL",
+        ),
+        pytest.param(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            id="GET",
+        ),
+    ],
+)
+async def test_a_request_framed_two_ways_is_400_and_the_connection_closes(
+    ambiguous: bytes,
+) -> None:
+    """Both Content-Length and Transfer-Encoding: whatever a proxy in front took for the body,
+    nothing after this request is answered on this connection (RFC 9112, section 6.1)."""
+    async with running_router() as router:
+        host, port = router.url.removeprefix("http://").rsplit(":", 1)
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            await stream.send_all(ambiguous + SMUGGLED)  # in one segment
+            response = await read_to_eof(stream)
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            await stream.send_all(ambiguous)
+            await stream.send_all(SMUGGLED)  # and in a second write
+            split = await read_to_eof(stream)
+    assert response.startswith(b"HTTP/1.1 400")
+    assert response.count(b"HTTP/1.1 ") == 1  # the smuggled request got no answer
+    _, _, body = response.partition(b"\r\n\r\n")
+    assert json.loads(body)["error"]["code"] == "ambiguous-framing"
+    assert split == response.replace(date_of(response), date_of(split))
+
+
+async def test_head_of_the_stream_answers_the_headers_and_opens_no_session() -> None:
+    async with running_router(max_streams_per_user=1) as router:
+        host, port = router.url.removeprefix("http://").rsplit(":", 1)
+        path = f"/api/v1/events/stream?token={token(novels=['n1'])}"
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            await stream.send_all(
+                f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n"
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+            )
+            response = await read_to_eof(stream)
+        assert len(router.running.hub.registry) == 0
+        async with router.stream() as after:  # the one slot of the per-user cap is free
+            assert after.response is not None
+            assert after.response.status_code == 200
+    head, _, rest = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"content-type: text/event-stream; charset=utf-8" in head.lower()
+    assert b"x-server-version: " in head.lower()
+    assert rest.startswith(b"HTTP/1.1 200")  # the pipelined request is answered, and next
+    assert rest.endswith(b'"status":"ok","version":"0.1.0"}\n')
+
+
+async def test_head_of_the_stream_is_checked_like_a_get_and_takes_no_allowance() -> None:
+    async with running_router(connects_per_minute=1, max_streams_per_user=1) as router:
+        refused = await router.client.head(STREAM_PATH)
+        assert refused.status_code == 401
+        forbidden = await router.client.head(
+            STREAM_PATH, params={"novel_id": "n2"}, headers=auth(novels=["n1"])
+        )
+        assert forbidden.status_code == 403
+        for _ in range(3):  # only asks the connect rate: the one new stream a minute is left
+            assert (await router.client.head(STREAM_PATH, headers=auth())).status_code == 200
+        async with router.stream() as stream:
+            assert stream.response is not None
+            assert stream.response.status_code == 200
+            capped = await router.client.head(STREAM_PATH, headers=auth("u1"))
+            assert capped.status_code == 429
+            assert capped.headers["retry-after"] == "10"
+        limited = await router.client.head(STREAM_PATH, headers=auth("u1"))
+        assert limited.status_code == 429  # as a GET would be now
+        assert int(limited.headers["retry-after"]) >= 59
 
 
 async def test_shutdown_says_goodbye_to_every_stream_then_stops() -> None:

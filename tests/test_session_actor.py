@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 import unittest.mock
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from actors.heartbeats import run_heartbeat_clock
 from actors.session import (
     MAX_WRITE_BATCH,
+    TICKS_PER_HEARTBEAT,
     CloseReason,
     Delivery,
     Offer,
@@ -24,8 +26,11 @@ from actors.session import (
     SessionSettings,
     SharedBatch,
 )
+from router.core.cursor import Cursor, EventIdentity, parse_cursor
+from router.core.events import TaskProgressEvent
 from router.core.history import Entry, Replay
 from router.core.permissions import Principal, StreamFilter
+from router.core.scope import Scope
 from tests.actor_helpers import (
     Feed,
     Reader,
@@ -51,20 +56,28 @@ def session(expires_at: float | None = None, **settings: object) -> Session:
     )
 
 
-async def heartbeats_until_finished(subject: Session) -> None:
+async def heartbeats_until_finished(
+    subject: Session, progress: Callable[[], Cursor | None] | None = None
+) -> None:
     """The hub's heartbeat clock, for one session, for as long as it runs."""
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_heartbeat_clock, [subject], HEARTBEAT_SECONDS)
+        nursery.start_soon(run_heartbeat_clock, [subject], HEARTBEAT_SECONDS, progress)
         await subject.finished.wait()
         nursery.cancel_scope.cancel()
 
 
-async def start(nursery: trio.Nursery, subject: Session, resume: Replay | None = None) -> Reader:
+async def start(
+    nursery: trio.Nursery,
+    subject: Session,
+    resume: Replay | None = None,
+    position: Cursor | None = None,
+    progress: Callable[[], Cursor | None] | None = None,
+) -> Reader:
     send, receive = trio.open_memory_channel[bytes](1)
     reader = Reader(receive)
-    nursery.start_soon(subject.run, send, resume)
+    nursery.start_soon(subject.run, send, resume, position)
     nursery.start_soon(reader.run)
-    nursery.start_soon(heartbeats_until_finished, subject)
+    nursery.start_soon(heartbeats_until_finished, subject, progress)
     await trio.testing.wait_all_tasks_blocked()
     return reader
 
@@ -382,7 +395,7 @@ def replay_of(feed: Feed, count: int) -> Replay:
 async def test_a_session_cancelled_mid_replay_stops_there(autojump_clock: trio.abc.Clock) -> None:
     subject = session(inbox_capacity=1)
     feed = Feed()
-    replay = replay_of(feed, 100)
+    replay = replay_of(feed, 1000)
     send, receive = trio.open_memory_channel[bytes](0)
     got: list[bytes] = []
     async with trio.open_nursery() as nursery:
@@ -401,7 +414,7 @@ async def test_a_session_cancelled_mid_replay_stops_there(autojump_clock: trio.a
     names = [e.event for e in events.events]
     assert names[:3] == ["content.updated"] * 3
     assert names[-1] == "sse.error"
-    assert len(names) < 10
+    assert len(names) <= 4 * MAX_WRITE_BATCH + 1  # what the session had written when stopped
 
 
 async def test_replay_then_live_skips_what_the_client_had_and_merges_its_cursor() -> None:
@@ -592,3 +605,362 @@ async def offer_and_read(
     stream = Reader(receive)
     stream.raw = b"".join(chunks)
     return offered, outcomes, [e for e in stream.events if e.event != "sse.error"], subject
+
+
+# -- the client's position: from the first bytes, after a replay, and while others' events pass --
+
+
+async def test_a_stream_starts_with_its_position_as_an_id_only_block() -> None:
+    """Before any event a browser already holds a Last-Event-ID: the start of the epoch here."""
+    subject = session(retry_ms=2500)
+    async with trio.open_nursery() as nursery:
+        reader = await start(nursery, subject, position=Cursor.empty("memory", "e1"))
+        subject.stop(CloseReason.CLIENT)
+    assert reader.raw == b"retry: 2500\n\n: ok\n\nid: memory@e1:\n\n"
+    assert reader.events == []
+    assert reader.last_event_id == "memory@e1:"
+
+
+async def test_a_resume_starts_with_the_clients_own_cursor() -> None:
+    feed = Feed()
+    subject = session()
+    subject.cursor = parse_cursor("memory@e1:0:4,1:7")
+    async with trio.open_nursery() as nursery:
+        reader = await start(
+            nursery, subject, Replay([], False), position=parse_cursor("memory@e1:0:2")
+        )
+        subject.stop(CloseReason.CLIENT)
+    assert reader.raw.startswith(b"retry: 2000\n\n: ok\n\nid: memory@e1:0:4,1:7\n\n")
+    assert reader.last_event_id == "memory@e1:0:4,1:7"  # the router was behind: nothing moved
+    del feed
+
+
+async def test_a_replay_that_writes_nothing_still_moves_the_clients_cursor() -> None:
+    """Everything the client missed was another user's: it has been served up to the router's
+    position all the same, and is told so; a resume from its old cursor would go on replaying
+    them, and turn truncated once the window moves on."""
+    feed = Feed()
+    subject = session()
+    subject.cursor = feed.next(content(version=0)).cursor
+    others = [feed.next(progress("t9", n, user_id="u2")) for n in range(3)]
+    replay = Replay([Entry(d.identity, d.message, 0.0) for d in others], False)
+    assert feed.cursor is not None
+    async with trio.open_nursery() as nursery:
+        reader = await start(nursery, subject, replay, position=feed.cursor)
+        offer(subject, feed.next(content(version=4)))
+        await trio.testing.wait_all_tasks_blocked()
+        ids_before_live = parse_stream_ids(reader.raw)
+        subject.stop(CloseReason.CLIENT)
+    assert ids_before_live[-2:] == ["memory@e1:0:3", "memory@e1:0:4"]
+    assert [d["content_version"] for d in reader.data()] == [4]
+
+
+def parse_stream_ids(raw: bytes) -> list[str]:
+    """Every id the stream carried, in order, whether on an event or alone."""
+    return [
+        line.removeprefix(b"id: ").decode()
+        for block in raw.split(b"\n\n")
+        for line in block.split(b"\n")
+        if line.startswith(b"id: ")
+    ]
+
+
+async def test_a_quiet_sessions_heartbeat_carries_the_routers_progress(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Others' events pass and none is for this client: its heartbeat moves its cursor up to
+    the router's, in place of the comment; with nothing new, the heartbeat is a comment."""
+    feed = Feed()
+    subject = session()
+    async with trio.open_nursery() as nursery:
+        reader = await start(
+            nursery,
+            subject,
+            position=Cursor.empty("memory", "e1"),
+            progress=lambda: feed.cursor,
+        )
+        for n in range(10):
+            feed.next(progress("t9", n, user_id="u2"), partition=str(n % 3))  # not offered
+        await trio.sleep(HEARTBEAT_SECONDS + 0.01)
+        assert reader.last_event_id == str(feed.cursor) == "memory@e1:0:3,1:2,2:2"
+        assert reader.comments == ["ok"]
+        await trio.sleep(HEARTBEAT_SECONDS)
+        assert reader.comments == ["ok", ""]
+        subject.stop(CloseReason.CLIENT)
+    assert reader.events == []
+
+
+async def test_a_heartbeat_never_moves_the_cursor_past_an_event_still_waiting() -> None:
+    """The heartbeat is due while events wait behind a write of events the client already had
+    (it came from an instance ahead in partition 1), one of them coalesced aside. The router's
+    cursor covers them all, so the heartbeat must not carry it: a client cut just after would
+    resume past events it was never sent."""
+    feed = Feed()
+    subject = session(inbox_capacity=3)
+    subject.cursor = CLIENT_AHEAD
+    with unittest.mock.patch("actors.session.MAX_WRITE_BATCH", 2):
+        async with trio.open_nursery() as nursery:
+            reader = await start(nursery, subject, Replay([], False))
+            for _ in range(TICKS_PER_HEARTBEAT):
+                subject.tick(feed.cursor)  # nothing routed yet; the heartbeat is queued
+            had = [feed.next(content(version=n), partition="1") for n in range(2)]
+            waiting = [feed.next(progress("t1", 10)), feed.next(progress("t1", 20))]
+            outcomes = offer_batch(subject, [*had, waiting[0]])
+            outcomes += offer_batch(subject, [waiting[1]])
+            assert outcomes == {Offer.QUEUED: 3, Offer.COALESCED: 1}
+            subject.tick(feed.cursor)  # the router's cursor covers both progress events
+            await trio.testing.wait_all_tasks_blocked()
+            subject.stop(CloseReason.CLIENT)
+    assert [d["progress"] for d in reader.data()] == [10, 20]
+    ids = parse_stream_ids(reader.raw)
+    events_after = {0: waiting, 1: waiting[1:], 2: []}  # what was written after each id
+    for at, text in enumerate(ids):
+        assert not any(parse_cursor(text).covers(d.identity) for d in events_after[at]), text
+
+
+position_steps = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("offer"), st.lists(st.sampled_from(["content", "t1", "had"]), min_size=1)
+        ),
+        st.tuples(st.just("others"), st.integers(1, 3)),
+        st.tuples(st.just("tick"), st.integers(1, 4)),
+        st.tuples(st.just("read"), st.integers(0, 3)),
+    ),
+    max_size=30,
+)
+
+
+CLIENT_AHEAD = parse_cursor("memory@e1:1:1000")
+"""A client that came from an instance ahead in partition 1: events there ("had") are skipped."""
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=position_steps, capacity=st.integers(1, 6), write_batch=st.integers(1, 4))
+def test_no_id_the_client_is_sent_covers_an_event_sent_after_it(
+    steps: list[tuple[str, Any]], capacity: int, write_batch: int
+) -> None:
+    """Over any interleaving of the client's events, events it already had, others' events,
+    heartbeat ticks and reads: a client cut at any point resumes from its last id and misses
+    nothing written after it, so no id (on an event or alone) names a position past an event
+    still to come. And the client's last id follows the router's cursor. Writes are cut small,
+    so that skipped events fill whole writes while others wait behind them."""
+    with unittest.mock.patch("actors.session.MAX_WRITE_BATCH", write_batch):
+        raw, identities, wanted, subject, router = trio.run(offer_tick_and_read, steps, capacity)
+    written: list[EventIdentity | None] = []  # in stream order: an event's identity, or an id
+    ids: list[tuple[int, str]] = []
+    for block in raw.split(b"\n\n"):
+        lines = block.split(b"\n")
+        for line in lines:
+            if line.startswith(b"id: "):
+                ids.append((len(written), line.removeprefix(b"id: ").decode()))
+        if any(line.startswith(b"data: ") for line in lines):
+            data = json.loads(lines[-1].removeprefix(b"data: "))
+            if "code" in data:  # the goodbye
+                written.append(None)
+            else:
+                version = data.get("content_version", data.get("message"))
+                written.append(identities[int(version)])
+    for at, text in ids:
+        cursor = parse_cursor(text)
+        for later in written[at + 1 :]:
+            assert later is None or not cursor.covers(later), (text, later)
+    if subject.close_reason is CloseReason.CLIENT:  # not cut as lagged: nothing it needs is lost
+        assert set(wanted) <= set(written)
+    if subject.close_reason is CloseReason.CLIENT and router is not None:
+        assert parse_cursor(ids[-1][1]) == CLIENT_AHEAD.merge(router)  # the heartbeat caught up
+
+
+async def offer_tick_and_read(
+    steps: list[tuple[str, Any]], capacity: int
+) -> tuple[bytes, dict[int, EventIdentity], list[EventIdentity], Session, Cursor | None]:
+    subject = session(inbox_capacity=capacity)
+    feed = Feed()
+    identities: dict[int, EventIdentity] = {}  # by content version: what each event is
+    wanted: list[EventIdentity] = []  # the content updates the client did not have
+    send, receive = trio.open_memory_channel[bytes](0)
+    chunks: list[bytes] = []
+
+    async def read(most: int) -> None:
+        for _ in range(most):
+            await trio.testing.wait_all_tasks_blocked()
+            try:
+                chunks.append(receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+        await trio.testing.wait_all_tasks_blocked()  # the session goes on from its last write
+
+    subject.cursor = CLIENT_AHEAD
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(subject.run, send, Replay([], False), Cursor.empty("memory", "e1"))
+        await read(1)
+        for step, argument in steps:
+            if step == "read":
+                await read(argument)
+            elif step == "tick":
+                for _ in range(argument):
+                    subject.tick(feed.cursor)
+            elif step == "others":
+                for _ in range(argument):
+                    feed.next(content(novel_id="n2"), partition="2")
+            else:
+                batch = []
+                for kind in argument:
+                    version = len(identities)
+                    if kind == "had":
+                        delivery = feed.next(content(version=version), partition="1")
+                        identities[version] = delivery.identity
+                        batch.append(delivery)
+                        continue
+                    message = (
+                        content(version=version)
+                        if kind == "content"
+                        else TaskProgressEvent(
+                            task_id="t1", progress=50, message=str(version), scope=Scope("u1")
+                        )
+                    )
+                    delivery = feed.next(message)
+                    identities[version] = delivery.identity
+                    if kind == "content":
+                        wanted.append(delivery.identity)
+                    batch.append(delivery)
+                subject.offer(batch, Counter())
+        await read(10_000)  # the client catches up with everything
+        for _ in range(4):
+            subject.tick(feed.cursor)  # and a heartbeat comes
+        await read(10_000)
+        subject.stop(CloseReason.CLIENT)
+    return b"".join(chunks), identities, wanted, subject, feed.cursor
+
+
+# -- a long replay lets the rest of the router run -----------------------------------------------
+
+
+class StepWrites(trio.abc.Instrument):
+    """Counts the events written in each step of a task, and keeps the most."""
+
+    def __init__(self) -> None:
+        self.in_step = 0
+        self.most_in_a_step = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.in_step = 0
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.most_in_a_step = max(self.most_in_a_step, self.in_step)
+
+
+class InstantOutput:
+    """A client whose socket takes every byte at once: ``send`` never checkpoints, as the HTTP
+    body's direct writer when the socket has room."""
+
+    def __init__(self, steps: StepWrites) -> None:
+        self.steps = steps
+        self.raw = b""
+        self.events = 0
+
+    async def send(self, value: bytes, /) -> None:
+        self.raw += value
+        self.events += value.count(b"event: ")
+        self.steps.in_step += value.count(b"event: ")
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_long_replay_checkpoints_so_other_tasks_run_meanwhile() -> None:
+    """10,000 events replayed into a socket that never makes the session wait: no step of the
+    session writes more than one batch, and a task scheduled beside it runs all along."""
+    feed = Feed()
+    replay = replay_of(feed, 10_000)
+    steps = StepWrites()
+    output = InstantOutput(steps)
+    subject = session()
+    turns_during_replay: list[int] = []
+
+    async def beside() -> None:
+        while output.events < 10_000:
+            turns_during_replay.append(output.events)
+            await trio.lowlevel.checkpoint()
+
+    trio.lowlevel.add_instrument(steps)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(subject.run, output, replay)
+            nursery.start_soon(beside)
+            await trio.testing.wait_all_tasks_blocked()
+            subject.stop(CloseReason.CLIENT)
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    assert output.events == 10_000
+    assert steps.most_in_a_step <= MAX_WRITE_BATCH
+    assert len({n for n in turns_during_replay if 0 < n < 10_000}) > 100
+
+
+# -- the router's own errors are counted like any event sent -------------------------------------
+
+
+class CountingEvents(CountingWrites):
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: Counter[str] = Counter()
+
+    def sent(self, events: Mapping[str, int], oldest_age: float | None, queued: int) -> None:
+        super().sent(events, oldest_age, queued)
+        self.events.update(events)
+
+
+@pytest.mark.parametrize(
+    "reason", [CloseReason.LAGGED, CloseReason.TOKEN_EXPIRED, CloseReason.SERVER_SHUTDOWN]
+)
+async def test_the_routers_own_errors_are_counted_as_sent(reason: CloseReason) -> None:
+    feed = Feed()
+    subject = session()
+    subject.observer = observer = CountingEvents()
+    async with trio.open_nursery() as nursery:
+        reader = await start(nursery, subject, Replay(replay_of(feed, 2).entries, truncated=True))
+        subject.stop(reason)
+    assert [e.event for e in reader.events] == ["sse.error", *["content.updated"] * 2, "sse.error"]
+    assert observer.events == {"sse.error": 2, "content.updated": 2}
+
+
+async def test_a_goodbye_that_never_left_is_not_counted(autojump_clock: trio.abc.Clock) -> None:
+    subject = session(goodbye_timeout_seconds=0.5)
+    subject.observer = observer = CountingEvents()
+    send, receive = trio.open_memory_channel[bytes](0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(subject.run, send, None)
+        await receive.receive()  # the first bytes, then the client reads no more
+        subject.stop(CloseReason.SERVER_SHUTDOWN)
+    assert observer.events == {}
+
+
+# -- a history replaced under a stream ---------------------------------------------------------
+
+
+async def test_a_stream_whose_history_was_replaced_is_told_once_and_it_is_counted() -> None:
+    feed = Feed()
+    subject = session()
+    subject.observer = observer = CountingEvents()
+    async with trio.open_nursery() as nursery:
+        reader = await start(nursery, subject, position=parse_cursor("memory@e0:0:41"))
+        offer_batch(subject, [feed.next(content(version=1)), feed.next(content(version=2))])
+        offer_batch(subject, [feed.next(content(version=3))])
+        await trio.testing.wait_all_tasks_blocked()
+        subject.stop(CloseReason.CLIENT)
+    assert [e.event for e in reader.events] == ["sse.error", *["content.updated"] * 3]
+    assert json.loads(reader.events[0].data)["code"] == "history-truncated"
+    assert observer.events == {"sse.error": 1, "content.updated": 3}
+
+
+async def test_a_stream_opened_before_the_bus_answered_is_not_told_of_a_lost_history() -> None:
+    """Its first id names no epoch: it missed nothing, every event since reached it live."""
+    feed = Feed()
+    subject = session()
+    async with trio.open_nursery() as nursery:
+        reader = await start(nursery, subject, position=Cursor.empty("memory", None))
+        offer_batch(subject, [feed.next(content(version=1))])
+        await trio.testing.wait_all_tasks_blocked()
+        subject.stop(CloseReason.CLIENT)
+    assert [e.event for e in reader.events] == ["content.updated"]
+    assert reader.last_event_id == str(feed.cursor)

@@ -19,6 +19,7 @@ from router.core.sse import (
     SSEMessage,
     encode_comment,
     encode_event,
+    encode_id,
     encode_json,
 )
 
@@ -106,6 +107,35 @@ def test_comments_dispatch_nothing_and_do_not_disturb_events() -> None:
     stream = parse_stream(encode_comment("hi") + event + encode_comment("a\rb") + event)
     assert stream.comments == ["hi", "a", "b"]
     assert stream.events == [ParsedEvent("x", '{"a":1}', "7")] * 2
+
+
+# --- Id-only blocks -----------------------------------------------------------------------------
+
+
+def test_exact_bytes_of_an_id_only_block() -> None:
+    assert encode_id("memory@e1:0:5,1:7") == b"id: memory@e1:0:5,1:7\n\n"
+
+
+def test_an_id_only_block_sets_the_last_event_id_and_dispatches_nothing() -> None:
+    event = SSEMessage(event="x", data={"a": 1}, id="7").to_sse_format()
+    anonymous = SSEMessage(event="x", data={"a": 2}).to_sse_format()
+    assert parse_stream(encode_id("memory@e1:")).events == []
+    assert parse_stream(encode_id("memory@e1:")).last_event_id == "memory@e1:"
+    stream = parse_stream(event + encode_id("8") + anonymous + encode_id("9"))
+    assert stream.events == [ParsedEvent("x", '{"a":1}', "7"), ParsedEvent("x", '{"a":2}', "8")]
+    assert stream.last_event_id == "9"
+
+
+def test_an_id_only_block_cut_before_its_blank_line_moves_nothing() -> None:
+    """The last event id changes when the block ends: a stream cut inside one keeps the old."""
+    event = SSEMessage(event="x", data={}, id="7").to_sse_format()
+    assert parse_stream(event + encode_id("8")[:-1]).last_event_id == "7"
+
+
+@pytest.mark.parametrize("char", ["\r", "\n", "\x00"])
+def test_an_id_only_block_refuses_what_would_forge_a_field(char: str) -> None:
+    with pytest.raises(ValueError, match="must not contain CR, LF or NUL"):
+        encode_id(f"a{char}data: forged")
 
 
 # --- Fields that could forge others ------------------------------------------------------------
@@ -354,3 +384,22 @@ def test_a_comment_of_any_single_line_reads_back(text: str) -> None:
     stream = parse_stream(encode_comment(text))
     assert stream.comments == [text]
     assert stream.events == []
+
+
+@QUICK
+@given(st.lists(st.tuples(st.booleans(), ids.filter(lambda i: i is not None)), max_size=8))
+def test_id_only_blocks_among_events_read_back_through_the_standard(
+    items: list[tuple[bool, str]],
+) -> None:
+    """Each block leaves the browser's last event id at its own id; only the events dispatch."""
+    wire = b""
+    expected: list[ParsedEvent] = []
+    for is_event, id in items:
+        if is_event:
+            wire += SSEMessage(event="x", id=id, data={}).to_sse_format()
+            expected.append(ParsedEvent("x", "{}", id))
+        else:
+            wire += encode_id(id)
+        stream = parse_stream(wire)
+        assert stream.events == expected
+        assert stream.last_event_id == id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from router.core.cursor import MAX_CURSOR_LENGTH
 from router.core.permissions import Principal, StreamFilter
 from router.core.stream_request import (
     RequestError,
@@ -54,7 +55,7 @@ def test_the_header_wins_over_the_query() -> None:
         ([("types", "")], None, "types", "unknown event types"),
         ([("last_event_id", "kafka:0:-1")], None, "last_event_id", "offset"),
         ([], "memory:0:01", "Last-Event-ID", "leading zeros"),
-        ([], "x" * 600, "Last-Event-ID", "at most 512 bytes"),
+        ([], "x" * (MAX_CURSOR_LENGTH + 1), "Last-Event-ID", f"at most {MAX_CURSOR_LENGTH} bytes"),
     ],
 )
 def test_bad_requests_name_the_parameter(

@@ -29,6 +29,11 @@ class Record:
 
     identity: EventIdentity
     raw: bytes
+    lost: bool = False
+    """No record, but the place of records the bus deleted before they were read (Kafka's
+    retention or DeleteRecords): every offset of the partition up to ``identity`` that the reader
+    had not reached is gone. ``raw`` is empty. The router moves past it and tells every client
+    behind it that its history is truncated."""
 
 
 class EventBus(Protocol):
@@ -39,6 +44,31 @@ class EventBus(Protocol):
 
     async def epoch(self) -> str:
         """The current history's epoch (see docs/cursor.md)."""
+        ...
+
+    @property
+    def offset_width(self) -> int:
+        """How many numbers an offset of this bus has: 1 (a Kafka or memory offset) or 2 (a
+        Redis entry id, ``ms-seq``); with :meth:`partitions`, what sizes the longest cursor."""
+        ...
+
+    async def partitions(self) -> Sequence[str]:
+        """Every partition of the current epoch, waiting for the bus as :meth:`epoch` does."""
+        ...
+
+    async def end_offsets(self) -> Mapping[str, Offset]:
+        """The last offset written in each partition, asked of the bus now (a partition it
+        does not name holds nothing yet): a cursor past it names events that never were.
+
+        Raises :class:`BusUnavailableError` when the bus does not answer in time.
+        """
+        ...
+
+    async def start_positions(self) -> Mapping[str, Offset]:
+        """Where ``read(None)`` starts, said as ``read``'s ``start`` would say it: per partition,
+        the last offset it does not read (a partition not named is read from its beginning).
+        Waits for the bus as :meth:`epoch` does, and gives the same answer every time: where a
+        router reading from "now on" stands before it has read anything."""
         ...
 
     def read(self, start: Mapping[str, Offset] | None) -> AsyncGenerator[Sequence[Record], None]:
@@ -62,7 +92,9 @@ class EventBus(Protocol):
     async def replay(self, after: Cursor, up_to: Cursor, limit: int) -> list[Record] | None:
         """The records after ``after`` up to ``up_to`` (both of the current epoch), read again
         from the bus, for a resume the replay cache cannot serve; ``None`` when the bus no longer
-        holds them all, or they are more than ``limit``."""
+        holds them all, or they are more than ``limit``. A bus that knows what it deleted may
+        instead return what it still holds, after a ``lost`` record for each partition that
+        no longer reaches back to ``after``."""
         ...
 
     @property

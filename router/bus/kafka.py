@@ -7,6 +7,10 @@ around the tree; their ``stop()`` is shielded, so a cancelled reader still close
 
 The epoch is derived from the topic id (Metadata v10, see ``kafka_metadata``): a topic deleted and
 recreated under the same name gets a new id, so cursors from before it are never matched by offset.
+
+Records the broker deleted before they were read (retention, DeleteRecords) are never skipped
+silently: the consumers ask for no automatic offset reset, so a position before the log start is
+an error here, answered by a :class:`Record` marked ``lost`` in place of what is gone.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 import base64
 import hashlib
 import logging
+import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -23,7 +28,7 @@ from typing import Any
 import trio
 import trio_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from router.bus.base import BusUnavailableError, Record, partition_key
 from router.bus.kafka_metadata import NO_TOPIC_ID, TopicMetadataRequest, topic_ids
@@ -50,6 +55,10 @@ class KafkaSettings:
     backoff_max_seconds: float = 10.0
     stop_timeout_seconds: float = 5.0
     """How long stopping a consumer or the producer may take, shielded, when shutting down."""
+    epoch_from_topic_name: bool = False
+    """For a broker that gives topics no id (Kafka before 2.8, some Kafka-compatible brokers):
+    derive the epoch from the cluster id and the topic name. A recreated topic then goes
+    unnoticed, so its replay cache must be deleted with it. Off, such a broker is unavailable."""
 
 
 async def _stop(consumer: AIOKafkaConsumer) -> None:
@@ -83,11 +92,13 @@ class _Progress:
 
 class KafkaBus(ReportsHealth):
     source = "kafka"
+    offset_width = 1
 
     def __init__(self, settings: KafkaSettings) -> None:
         self.settings = settings
         self._epoch: str | None = None
         self._consumed_when_first_seen: dict[str, Offset] = {}
+        self._partitions: list[str] = []
         self.health = Health("kafka", healthy=False)
         self._lag: dict[str, int] = {}
         self._producer: AIOKafkaProducer | None = None
@@ -113,19 +124,55 @@ class KafkaBus(ReportsHealth):
                 self._epoch, self._consumed_when_first_seen = epoch, ends
         return self._epoch
 
+    async def partitions(self) -> Sequence[str]:
+        await self.epoch()
+        return list(self._partitions)
+
+    async def start_positions(self) -> Mapping[str, Offset]:
+        """Where each partition ended when :meth:`epoch` first answered."""
+        await self.epoch()
+        return dict(self._consumed_when_first_seen)
+
+    async def end_offsets(self) -> Mapping[str, Offset]:
+        """The last offset of every non-empty partition, asked of the broker with a consumer of
+        its own (only a resume from past this router's own cursor needs it)."""
+        try:
+            with trio.fail_after(self.settings.request_timeout_ms / 1000 * 2):
+                ends: dict[str, Offset] = await trio_asyncio.aio_as_trio(self._ends)()
+                return ends
+        except (TimeoutError, trio.TooSlowError, KafkaError, OSError) as error:
+            self.health.failed(error)
+            raise BusUnavailableError(
+                f"kafka did not say where its partitions end: {error}"
+            ) from None
+
     async def _first_look(self) -> tuple[str, dict[str, Offset]]:
         """The epoch, and the last offset of every non-empty partition (asyncio side)."""
         consumer = self._consumer()
         try:
             await consumer.start()
             epoch = await self._probe(consumer)
-            partitions = consumer.partitions_for_topic(self.settings.topic) or set()
-            ends = await consumer.end_offsets(
-                [TopicPartition(self.settings.topic, p) for p in partitions]
-            )
+            ends = await self._ends_with(consumer)
         finally:
             await _stop(consumer)
-        return epoch, {str(tp.partition): (end - 1,) for tp, end in ends.items() if end > 0}
+        return epoch, ends
+
+    async def _ends(self) -> dict[str, Offset]:
+        consumer = self._consumer()
+        try:
+            await consumer.start()
+            return await self._ends_with(consumer)
+        finally:
+            await _stop(consumer)
+
+    async def _ends_with(self, consumer: AIOKafkaConsumer) -> dict[str, Offset]:
+        """The last offset of every non-empty partition; notes the partitions (asyncio side)."""
+        partitions = consumer.partitions_for_topic(self.settings.topic) or set()
+        self._partitions = [str(p) for p in sorted(partitions)]
+        ends = await consumer.end_offsets(
+            [TopicPartition(self.settings.topic, p) for p in partitions]
+        )
+        return {str(tp.partition): (end - 1,) for tp, end in ends.items() if end > 0}
 
     async def _probe(self, consumer: AIOKafkaConsumer) -> str:
         """The topic's epoch, asked of the broker now (asyncio side)."""
@@ -136,10 +183,18 @@ class KafkaBus(ReportsHealth):
         error_code, topic_id, partitions = topic_ids(response).get(
             self.settings.topic, (3, NO_TOPIC_ID, 0)
         )
-        if error_code != 0 or topic_id == NO_TOPIC_ID or partitions == 0:
+        if error_code != 0 or partitions == 0:
             raise TopicUnavailableError(
                 f"topic {self.settings.topic!r} is not available (error code {error_code})"
             )
+        if topic_id == NO_TOPIC_ID:
+            if not self.settings.epoch_from_topic_name:
+                raise TopicUnavailableError(
+                    f"the broker gives topic {self.settings.topic!r} no topic id, which the epoch"
+                    " is made of; see --kafka-epoch in docs/kafka-and-redis.md"
+                )
+            cluster = getattr(response, "cluster_id", None) or ""
+            topic_id = uuid.uuid5(uuid.NAMESPACE_URL, f"kafka:{cluster}/{self.settings.topic}")
         return epoch_of(topic_id)
 
     def _backoff(self) -> Backoff:
@@ -154,7 +209,9 @@ class KafkaBus(ReportsHealth):
             bootstrap_servers=self.settings.bootstrap,
             client_id=self.settings.client_id,
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            # No silent jump to the log start: a position retention deleted raises, and the
+            # reader says what was lost (see _skip_deleted).
+            auto_offset_reset="none",
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
             request_timeout_ms=self.settings.request_timeout_ms,
         )
@@ -200,10 +257,20 @@ class KafkaBus(ReportsHealth):
             self.health.recovered()
             next_probe = trio.current_time() + self.settings.probe_interval_seconds
             while True:
-                fetched = await trio_asyncio.aio_as_trio(consumer.getmany)(
-                    timeout_ms=self.settings.fetch_max_wait_ms * 4,
-                    max_records=self.settings.max_batch,
-                )
+                try:
+                    fetched = await trio_asyncio.aio_as_trio(consumer.getmany)(
+                        timeout_ms=self.settings.fetch_max_wait_ms * 4,
+                        max_records=self.settings.max_batch,
+                    )
+                except OffsetOutOfRangeError as out_of_range:
+                    lost = await trio_asyncio.aio_as_trio(self._skip_deleted)(
+                        consumer, out_of_range.args[0], epoch
+                    )
+                    for marker in lost:
+                        progress.consumed[marker.identity.partition] = marker.identity.offset
+                    if lost:
+                        yield lost
+                    continue
                 records = []
                 for partition, messages in sorted(fetched.items(), key=lambda kv: kv[0].partition):
                     for message in messages:
@@ -225,6 +292,32 @@ class KafkaBus(ReportsHealth):
             with trio.move_on_after(self.settings.stop_timeout_seconds, shield=True):
                 await trio_asyncio.aio_as_trio(_stop)(consumer)
 
+    async def _skip_deleted(
+        self, consumer: AIOKafkaConsumer, positions: Mapping[TopicPartition, int], epoch: str
+    ) -> list[Record]:
+        """Carry on from the log start of each partition whose position the broker no longer
+        holds, and return a ``lost`` marker for each one that had records deleted before they
+        were read (asyncio side). A position past the log's end (a broker that lost its data)
+        starts again from the log start, as aiokafka's reset would, and loses nothing."""
+        starts = await consumer.beginning_offsets(list(positions))
+        lost = []
+        for tp, position in sorted(positions.items(), key=lambda kv: kv[0].partition):
+            start = starts[tp]
+            if start > position:
+                log.warning(
+                    "kafka deleted records before the router read them",
+                    extra={"partition": tp.partition, "lost": [position, start - 1]},
+                )
+                identity = EventIdentity("kafka", str(tp.partition), (start - 1,), epoch)
+                lost.append(Record(identity, b"", lost=True))
+            else:
+                log.warning(
+                    "kafka position beyond the log's end: reading again from its start",
+                    extra={"partition": tp.partition, "position": position},
+                )
+            consumer.seek(tp, start)
+        return lost
+
     def _note_lag(self, consumer: AIOKafkaConsumer, progress: _Progress) -> None:
         """Records each partition holds beyond what was read, from the last fetch's high-water
         marks (no extra request)."""
@@ -239,6 +332,7 @@ class KafkaBus(ReportsHealth):
 
     async def _assign(self, consumer: AIOKafkaConsumer, consumed: dict[str, Offset]) -> None:
         partitions = sorted(consumer.partitions_for_topic(self.settings.topic) or ())
+        self._partitions = [str(p) for p in partitions]
         assigned = [TopicPartition(self.settings.topic, p) for p in partitions]
         consumer.assign(assigned)
         for tp in assigned:
@@ -253,8 +347,10 @@ class KafkaBus(ReportsHealth):
     async def replay(self, after: Cursor, up_to: Cursor, limit: int) -> list[Record] | None:
         """Read the topic again from ``after`` to ``up_to``, partition by partition.
 
-        ``None`` if a partition no longer reaches back to ``after`` (retention took it), if there
-        is more than ``limit`` to read, or if the broker does not answer in time.
+        Where a partition's log start has passed ``after`` (retention, DeleteRecords), a ``lost``
+        marker at the offset before the log start comes first, then what the partition still
+        holds. ``None`` if there is more than ``limit`` to read, or if the broker does not answer
+        in time.
         """
         epoch = await self.epoch()
         if not (after.is_from(self.source, epoch) and up_to.is_from(self.source, epoch)):
@@ -287,13 +383,21 @@ class KafkaBus(ReportsHealth):
         consumer = self._consumer()
         try:
             await consumer.start()
-            consumer.assign(list(first))
             beginnings = await consumer.beginning_offsets(list(first))
-            if any(beginnings[tp] > first[tp] for tp in first):
-                return None  # retention has taken some of what the client missed
+            records: list[Record] = []
+            for tp in sorted(first, key=lambda tp: tp.partition):
+                if beginnings[tp] > first[tp]:  # retention took some of what the client missed
+                    gone_up_to = min(beginnings[tp], last[tp] + 1) - 1
+                    identity = EventIdentity("kafka", str(tp.partition), (gone_up_to,), epoch)
+                    records.append(Record(identity, b"", lost=True))
+                    first[tp] = gone_up_to + 1
+                    if first[tp] > last[tp]:
+                        del first[tp]
+            if not first:
+                return records
+            consumer.assign(list(first))
             for tp, start in first.items():
                 consumer.seek(tp, start)
-            records: list[Record] = []
             remaining = set(first)
             while remaining:
                 fetched = await consumer.getmany(

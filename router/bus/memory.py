@@ -41,6 +41,17 @@ class MemoryBus:
     async def epoch(self) -> str:
         return self._epoch
 
+    offset_width = 1
+
+    async def partitions(self) -> Sequence[str]:
+        return [str(p) for p in range(len(self._unread))]
+
+    async def end_offsets(self) -> Mapping[str, Offset]:
+        return {str(p): (end - 1,) for p, end in enumerate(self._next_offset) if end}
+
+    async def start_positions(self) -> Mapping[str, Offset]:
+        return {}  # read(None) takes everything not read yet: every partition from its start
+
     async def healthy(self) -> bool:
         return True
 

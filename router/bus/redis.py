@@ -5,6 +5,14 @@ offset. Every router instance reads every stream (XREAD, no consumer group), lik
 reads every partition. The epoch is a marker key created with the first router that uses the
 streams: entry ids are times, so a recreated stream never reuses an id, and a Redis that lost its
 data (the marker with it) is a new history.
+
+The reader notices a lost or replaced history while it runs, not only at start: every read asks
+for the marker in the same round trip as the entries (so no entry of a new history is taken as
+one of the old), and after an outage it also checks that no stream ends before what was
+consumed from it (a Redis restored from an older copy keeps the marker). Either way the streams
+get a new epoch, shared by every instance through the marker, and are read again from their
+beginning: cursors from before are answered as truncated, and events published to the new
+history before the reader noticed are not skipped.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 
 import trio
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from router.bus.base import BusUnavailableError, Record, partition_key
 from router.core.backoff import Backoff
@@ -28,6 +36,16 @@ from router.redis_client import RedisConnection
 
 log = logging.getLogger(__name__)
 FIELD = b"envelope"
+REPLACE_MARKER = """
+local marker = redis.call("GET", KEYS[1])
+if not marker or marker == ARGV[1] then
+  redis.call("SET", KEYS[1], ARGV[2])
+  return ARGV[2]
+end
+return marker
+"""
+"""Give the streams a new epoch unless another instance already did: the marker is set anew if it
+is gone or still names the lost history, else the epoch it names now is adopted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +68,7 @@ class RedisBusSettings:
 
 class RedisStreamBus(ReportsHealth):
     source = "redis"
+    offset_width = 2
 
     def __init__(self, settings: RedisBusSettings) -> None:
         self.settings = settings
@@ -75,13 +94,18 @@ class RedisStreamBus(ReportsHealth):
 
     # -- epoch -----------------------------------------------------------------------------------
 
+    @property
+    def _marker(self) -> str:
+        return f"{self.settings.key_prefix}:redis-bus:epoch"
+
     async def epoch(self) -> str:
         """The history's epoch, waiting (with backoff) until Redis answers; the first answer also
-        fixes where "from now on" begins for ``read(None)``: after each stream's last entry."""
+        fixes where "from now on" begins for ``read(None)``: after each stream's last entry.
+        A new one once :meth:`read` has found the history lost or replaced."""
         backoff = Backoff(0.1, 5.0)
         while self._epoch is None:
             try:
-                marker = f"{self.settings.key_prefix}:redis-bus:epoch"
+                marker = self._marker
                 await self._call("set", marker, secrets.token_urlsafe(9), nx=True)
                 epoch = (await self._call("get", marker)).decode()  # type: ignore[attr-defined]
                 start: dict[str, Offset] = {}
@@ -97,33 +121,77 @@ class RedisStreamBus(ReportsHealth):
                 self.health.recovered()
         return self._epoch
 
+    async def partitions(self) -> Sequence[str]:
+        await self.epoch()
+        return self.settings.streams
+
+    async def start_positions(self) -> Mapping[str, Offset]:
+        """Each stream's last entry id when :meth:`epoch` first answered."""
+        await self.epoch()
+        return dict(self._start)
+
+    async def end_offsets(self) -> Mapping[str, Offset]:
+        """Each stream's last entry id (XREVRANGE, one entry each)."""
+        ends: dict[str, Offset] = {}
+        try:
+            with trio.fail_after(self.settings.timeout_seconds):
+                for stream in self.settings.streams:
+                    last = await self._call("xrevrange", stream, "+", "-", 1)
+                    if last:
+                        ends[stream] = parse_entry_id(last[0][0].decode())  # type: ignore[index]
+        except (RedisError, OSError, TimeoutError, trio.TooSlowError) as error:
+            self.health.failed(error)
+            raise BusUnavailableError(f"redis did not say where its streams end: {error}") from None
+        return ends
+
     # -- reading ---------------------------------------------------------------------------------
 
     async def read(
         self, start: Mapping[str, Offset] | None
     ) -> AsyncGenerator[Sequence[Record], None]:
         """Entries of every stream after ``start`` (``None``: after each stream's last entry when
-        :meth:`epoch` first answered); waits out Redis outages and carries on where it was."""
+        :meth:`epoch` first answered); waits out Redis outages and carries on where it was.
+
+        A history found lost or replaced (the marker gone or changed, or after an outage a stream
+        that ends before what was consumed from it) is a new epoch: its streams are read from
+        their beginning, and every record after that carries the new epoch."""
         epoch = await self.epoch()
         consumed = dict(self._start if start is None else start)
         backoff = Backoff(0.1, 5.0)
+        after_outage = False
         while True:
             positions = {
                 s: format_offset(consumed[s]) if s in consumed else "0-0"
                 for s in self.settings.streams
             }
             try:
-                answer = await self._call(
-                    "xread", positions, count=self.settings.max_batch, block=self.settings.block_ms
+                if after_outage:
+                    restored = await self._streams_went_back(epoch, consumed)
+                    if restored is not None:  # what they hold was delivered, or lost, before
+                        epoch, consumed = await self._new_history(epoch), restored
+                    after_outage = False
+                    continue
+                marker, answer = await self._redis.call_in_order(
+                    ("get", (self._marker,), {}),
+                    (
+                        "xread",
+                        (positions,),
+                        {"count": self.settings.max_batch, "block": self.settings.block_ms},
+                    ),
                 )
+                if marker is None or marker.decode() != epoch:
+                    # What was read belongs to another history: read it again, as that one's.
+                    epoch, consumed = await self._new_history(epoch), {}
+                    continue
             except (RedisError, OSError, TimeoutError) as error:
                 self.health.failed(error)
+                after_outage = True
                 await trio.sleep(backoff.next_delay())
                 continue
             self.health.recovered()
             backoff.reset()
             records = []
-            for stream_name, entries in answer or []:  # type: ignore[attr-defined]
+            for stream_name, entries in answer or []:
                 stream = stream_name.decode()
                 for entry_id, fields in entries:
                     offset = parse_entry_id(entry_id.decode())
@@ -135,6 +203,43 @@ class RedisStreamBus(ReportsHealth):
                     consumed[stream] = offset
             if records:
                 yield records
+
+    async def _streams_went_back(
+        self, epoch: str, consumed: Mapping[str, Offset]
+    ) -> dict[str, Offset] | None:
+        """With the marker of ``epoch`` still there, whether a stream now ends before what was
+        consumed from it, or is gone: the history was replaced (a Redis restored from an older
+        copy). If so, where each stream ends now: what follows is the new history. (A marker
+        gone or changed is found by the next read, and that history read from its beginning.)"""
+        marker = await self._call("get", self._marker)
+        if marker is None or marker.decode() != epoch:  # type: ignore[attr-defined]
+            return None
+        ends: dict[str, Offset] = {}
+        went_back = False
+        for stream in self.settings.streams:
+            try:
+                info = await self._call("xinfo_stream", stream)
+            except ResponseError:  # no such stream
+                went_back = went_back or stream in consumed
+                continue
+            last = info["last-generated-id"]  # type: ignore[index]
+            ends[stream] = parse_entry_id(last.decode() if isinstance(last, bytes) else last)
+            mine = consumed.get(stream)
+            went_back = went_back or (mine is not None and ends[stream] < mine)
+        return ends if went_back else None
+
+    async def _new_history(self, lost: str) -> str:
+        """Move on from the history of epoch ``lost`` to the one the streams hold now (its epoch
+        made here, or by another instance that noticed first)."""
+        epoch = await self._call(
+            "eval", REPLACE_MARKER, 1, self._marker, lost, secrets.token_urlsafe(9)
+        )
+        self._epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+        log.warning(
+            "redis bus history lost or replaced: a new epoch, resumes from before are truncated",
+            extra={"lost_epoch": lost, "epoch": self._epoch},
+        )
+        return self._epoch
 
     async def replay(self, after: Cursor, up_to: Cursor, limit: int) -> list[Record] | None:
         """Entries after ``after`` up to ``up_to``, read again with XRANGE; ``None`` if a stream

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from router.core.cursor import Cursor, Offset
+from router.core.cursor import Cursor, EventIdentity, Offset
 from router.core.history import Entry, Replay
 
 
@@ -21,6 +21,12 @@ class Window:
 class ReplayCache(Protocol):
     async def append(self, entries: Sequence[Entry]) -> None:
         """Keep ``entries`` (in the order the router processed them), trimming to retention."""
+        ...
+
+    async def forget(self, identity: EventIdentity) -> None:
+        """The bus deleted its partition's records up to ``identity`` before they were read
+        (a ``lost`` record): a resume from before it is truncated from now on, as after an
+        eviction. Never raises."""
         ...
 
     async def replay(self, after: Cursor, up_to: Cursor | None) -> Replay:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import trio
 
 from router.cache.base import Window
-from router.core.cursor import Cursor, Offset
+from router.core.cursor import Cursor, EventIdentity, Offset
 from router.core.history import Entry, History, Replay
 
 
@@ -32,6 +32,9 @@ class MemoryReplayCache:
     async def append(self, entries: Sequence[Entry]) -> None:
         for entry in entries:
             self._history.append(entry)
+
+    async def forget(self, identity: EventIdentity) -> None:
+        self._history.forget(identity)
 
     async def replay(self, after: Cursor, up_to: Cursor | None) -> Replay:
         self._history.expire(self._clock())

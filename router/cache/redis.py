@@ -6,15 +6,23 @@ order. The script also trims to retention itself, so it knows, per partition, th
 evicted: a resume from before that is truncated history, never a silent gap.
 
 When Redis cannot be reached, live delivery goes on: appends wait in memory (at most
-``max_events`` of them) and are written when Redis answers again; events that did not fit are
-recorded as evicted, so a resume across them is answered as truncated. A replay that cannot read
-Redis is answered as truncated with what is held in memory.
+``max_events`` of them) and are written when Redis answers again, by one writer at a time;
+events that did not fit are recorded as evicted, so a resume across them is answered as
+truncated. A replay that cannot read Redis is answered as truncated with what is held in memory.
+
+A Redis that comes back without its data (restarted empty, or replaced) has lost the history
+the resumes stand on. The keys carry a generation, a token made when they were started; each
+instance remembers the one it wrote to, and how far it had written in each partition. Finding
+the generation gone or changed, it records all it had written as evicted before writing again,
+so every cursor from before the loss is answered as truncated (or read again from the bus, if it
+still holds the events), never as complete with a silent gap.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections import deque
 from collections.abc import Sequence
 from importlib import resources
@@ -34,7 +42,15 @@ from router.redis_client import RedisConnection
 
 log = logging.getLogger(__name__)
 
-APPEND_SCRIPT = resources.files("router.cache").joinpath("redis_append.lua").read_text()
+
+def _script(name: str) -> str:
+    """A script of this package with the offset helpers it shares in front of it."""
+    here = resources.files("router.cache")
+    return here.joinpath("redis_offsets.lua").read_text() + here.joinpath(name).read_text()
+
+
+APPEND_SCRIPT = _script("redis_append.lua")
+FORGET_SCRIPT = _script("redis_forget.lua")
 PAGE = 500
 
 
@@ -55,7 +71,13 @@ class RedisReplayCache(ReportsHealth):
         self.max_age = max_age
         self.timeout_seconds = timeout_seconds
         base = f"{key_prefix}:{source}"
-        self.keys = [f"{base}:stream", f"{base}:served", f"{base}:evicted", f"{base}:epoch"]
+        self.keys = [
+            f"{base}:stream",
+            f"{base}:served",
+            f"{base}:evicted",
+            f"{base}:epoch",
+            f"{base}:generation",
+        ]
         self._redis = RedisConnection(
             url, timeout_seconds=timeout_seconds, read_timeout_seconds=timeout_seconds
         )
@@ -65,6 +87,13 @@ class RedisReplayCache(ReportsHealth):
         self._pending: deque[Entry] = deque()
         self._lost: dict[str, Offset] = {}
         self._waiting_writes = trio.Event()
+        self._flushing = trio.Lock()
+        """Held by the one task writing ``_pending`` to Redis (the adapter's append, or run)."""
+        self._history: tuple[str, str] | None = None
+        """The epoch and generation this instance last wrote to (or read its resume point from)."""
+        self._written: dict[str, Offset] = {}
+        """Per partition, the newest offset this instance knows the history of ``_history`` holds:
+        all of it is recorded as evicted if that history turns out lost."""
 
     # -- connection --------------------------------------------------------------------------------
 
@@ -111,29 +140,86 @@ class RedisReplayCache(ReportsHealth):
             self._waiting_writes.set()
 
     async def _flush(self) -> None:
-        while self._pending:
-            batch = [self._pending[i] for i in range(min(PAGE, len(self._pending)))]
-            try:
-                await self._call(
-                    "eval", APPEND_SCRIPT, len(self.keys), *self.keys, *self._args(batch)
-                )
-                if self._lost:
-                    await self._record_lost()
-            except (RedisError, OSError, TimeoutError) as error:
-                self._failed(error)
-                return
-            for _ in batch:
-                self._pending.popleft()
-            self._succeeded()
+        """Write what waits in ``_pending``, oldest first, until it is empty or Redis fails.
 
-    def _args(self, batch: Sequence[Entry]) -> list[str | int]:
+        One writer at a time: a second caller waits for the first, then writes what is left (if
+        the first failed, only once the retry delay is over). Entries leave ``_pending`` only once
+        Redis has taken them, and only those: ``append`` may drop the oldest meanwhile.
+        Cancelled while writing, the entries stay and are written next time (Redis appends each
+        event once, however often it is sent)."""
+        async with self._flushing:
+            while self._pending:
+                if not self.health.healthy and trio.current_time() < self._retry_at:
+                    return  # the writer before us just failed: wait out the delay
+                epoch = self._pending[0].identity.epoch
+                batch: list[Entry] = []
+                for pending in self._pending:  # one epoch per call: the script takes one
+                    if len(batch) == PAGE or pending.identity.epoch != epoch:
+                        break
+                    batch.append(pending)
+                try:
+                    await self._write(batch)
+                except (RedisError, OSError, TimeoutError) as error:
+                    self._failed(error)
+                    return
+                written = {id(entry) for entry in batch}
+                while self._pending and id(self._pending[0]) in written:
+                    self._pending.popleft()
+                self._succeeded()
+
+    async def _write(self, batch: Sequence[Entry]) -> None:
+        """One script call for ``batch``; a second one, with all this instance had written as
+        the floor, when the history it wrote to is gone."""
+        epoch = batch[0].identity.epoch or ""
+        known = self._history[1] if self._history and self._history[0] == epoch else ""
+        if not known:
+            self._written = {}
+        lost = dict(self._lost)
+        status, generation, _appended = await self._call(
+            "eval", APPEND_SCRIPT, len(self.keys), *self.keys, *self._args(batch, known, lost)
+        )
+        if not int(status):
+            log.warning(
+                "redis replay cache lost its history: resumes from before are truncated",
+                extra={"epoch": epoch},
+            )
+            floor = _latest(self._written, lost)
+            status, generation, _appended = await self._call(
+                "eval",
+                APPEND_SCRIPT,
+                len(self.keys),
+                *self.keys,
+                *self._args(batch, known, floor, full_floor=True),
+            )
+        self._history = (epoch, generation.decode())
+        for partition, offset in lost.items():
+            if self._lost.get(partition) == offset:
+                del self._lost[partition]
+        self._written = _latest(
+            self._written, {e.identity.partition: e.identity.offset for e in batch}
+        )
+
+    def _args(
+        self,
+        batch: Sequence[Entry],
+        known: str,
+        floor: dict[str, Offset],
+        *,
+        full_floor: bool = False,
+    ) -> list[str | int]:
         epoch = batch[0].identity.epoch or ""
         args: list[str | int] = [
             epoch,
             self.max_events,
             round((self.max_age or 0) * 1000),
             len(batch),
+            known,
+            secrets.token_urlsafe(9),
+            "1" if full_floor else "0",
+            len(floor),
         ]
+        for partition, offset in floor.items():
+            args += [partition, format_offset(offset)]
         for entry in batch:
             message = entry.message
             assert message.scope is not None
@@ -147,29 +233,46 @@ class RedisReplayCache(ReportsHealth):
             ]
         return args
 
-    async def _record_lost(self) -> None:
-        """Events dropped while Redis was away count as evicted: resumes across them truncate."""
-        evicted_key = self.keys[2]
-        current = await self._call("hgetall", evicted_key)
-        known = {k.decode(): parse_offset(v.decode()) for k, v in current.items()}
-        for partition, offset in self._lost.items():
-            if partition not in known or known[partition] < offset:
-                await self._call("hset", evicted_key, partition, format_offset(offset))
-        self._lost.clear()
+    async def forget(self, identity: EventIdentity) -> None:
+        """Note the bus's deleted records up to ``identity`` as evicted, in one script (which
+        starts a new history first if the cache holds another epoch's). Never raises: while Redis
+        is away it is noted with the events lost meanwhile, recorded by the next append that
+        reaches Redis (a replay that cannot read Redis is answered as truncated meanwhile)."""
+        try:
+            await self._call(
+                "eval",
+                FORGET_SCRIPT,
+                len(self.keys),
+                *self.keys,
+                identity.epoch or "",
+                identity.partition,
+                format_offset(identity.offset),
+            )
+        except (RedisError, OSError, TimeoutError) as error:
+            self._failed(error)
+            lost = self._lost.get(identity.partition)
+            if lost is None or lost < identity.offset:
+                self._lost[identity.partition] = identity.offset
 
     # -- reading -----------------------------------------------------------------------------------
 
     async def resume_point(self, epoch: str) -> dict[str, Offset] | None:
-        """The last offset appended per partition, if the cache holds history of ``epoch``."""
+        """The last offset appended per partition, if the cache holds history of ``epoch``; this
+        instance then stands on that history (a loss of it later truncates resumes from it)."""
         try:
             stored = await self._call("get", self.keys[3])
             if stored is None or stored.decode() != epoch:
                 return None
+            generation = await self._call("get", self.keys[4])
             served = await self._call("hgetall", self.keys[1])
         except (RedisError, OSError, TimeoutError) as error:
             self._failed(error)
             return None
-        return {k.decode(): parse_offset(v.decode()) for k, v in served.items()}
+        start = {k.decode(): parse_offset(v.decode()) for k, v in served.items()}
+        if generation is not None:
+            self._history = (epoch, generation.decode())
+            self._written = dict(start)
+        return start
 
     async def replay(self, after: Cursor, up_to: Cursor | None) -> Replay:
         if up_to is None:
@@ -185,12 +288,27 @@ class RedisReplayCache(ReportsHealth):
         stored_epoch = await self._call("get", self.keys[3])
         epoch = stored_epoch.decode() if stored_epoch else None
         same_history = epoch is not None and after.is_from(self.source, epoch)
+        generation = await self._call("get", self.keys[4])
         evicted_raw = await self._call("hgetall", self.keys[2])
         served_raw = await self._call("hgetall", self.keys[1])
         evicted = {k.decode(): parse_offset(v.decode()) for k, v in evicted_raw.items()}
+        if same_history:
+            evicted = _latest(evicted, self._lost)  # dropped here, not yet recorded in Redis
         partitions = {k.decode() for k in served_raw}
-        truncated = not same_history or any(
-            (mine := after.position(p)) is None or mine < offset for p, offset in evicted.items()
+        # Redis lost the history this instance wrote to, and it has not written since to
+        # record what it knew was there: it cannot tell what is missing, so it says so.
+        replaced = (
+            self._history is not None
+            and self._history[0] == epoch
+            and (generation is None or generation.decode() != self._history[1])
+        )
+        truncated = (
+            not same_history
+            or replaced
+            or any(
+                (mine := after.position(p)) is None or mine < offset
+                for p, offset in evicted.items()
+            )
         )
         # Read newest first, and stop once every partition has shown an event the client had:
         # each partition's events are in offset order, so nothing older can be new to it.
@@ -241,3 +359,12 @@ class RedisReplayCache(ReportsHealth):
             self._failed(error)
             return Window(len(self._pending), None)
         return Window(int(length) + len(self._pending), None)
+
+
+def _latest(first: dict[str, Offset], second: dict[str, Offset]) -> dict[str, Offset]:
+    """Per partition, the later offset of the two."""
+    latest = dict(first)
+    for partition, offset in second.items():
+        if partition not in latest or latest[partition] < offset:
+            latest[partition] = offset
+    return latest

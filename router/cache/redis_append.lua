@@ -1,21 +1,32 @@
 -- Append a batch of SSE events to the replay stream, once per event across all router instances.
 --
--- KEYS[1] stream    the events, oldest first (fields: p o c e d s)
--- KEYS[2] served    hash partition -> last offset appended or passed over (the high-water mark)
--- KEYS[3] evicted   hash partition -> newest offset trimmed away
--- KEYS[4] epoch     the history these keys belong to
+-- KEYS[1] stream       the events, oldest first (fields: p o c e d s)
+-- KEYS[2] served       hash partition -> last offset appended or passed over (the high-water mark)
+-- KEYS[3] evicted      hash partition -> newest offset trimmed away (or otherwise lost)
+-- KEYS[4] epoch        the bus history these keys belong to
+-- KEYS[5] generation   a token made when these keys were started: a Redis that lost its data
+--                      (or a new epoch) starts them again with a new one
 -- ARGV[1] epoch, ARGV[2] max events, ARGV[3] max age in ms (0: none), ARGV[4] number of events,
+-- ARGV[5] the generation the writer last wrote to ("" if none in this epoch), ARGV[6] a fresh
+-- generation (taken if the keys start again), ARGV[7] "1" if the floor below holds everything
+-- the writer had written to this epoch, ARGV[8] number of floor pairs,
+-- then floor pairs of partition, offset: events up to there that the cache does not hold (lost
+-- from the writer's memory while Redis was away, or with a history Redis lost), so a resume from
+-- before them is truncated,
 -- then per event 6 values: partition, offset, cursor, event name, data JSON, scope JSON,
 -- then pairs of partition, offset: where the batch ends (rejected records included).
 --
+-- Returns {1, generation, events appended}; or {0, generation, 0}, having written nothing, when
+-- the generation the writer wrote to is gone and ARGV[7] is not "1": the writer calls again with
+-- all it had written as the floor, so no cursor from before the loss is answered as complete.
+--
 -- Offsets are "n" or "ms-seq"; they are compared as pairs of numbers.
 
-local function offset_less(a, b)
-  local a1, a2 = string.match(a, "^(%d+)-?(%d*)$")
-  local b1, b2 = string.match(b, "^(%d+)-?(%d*)$")
-  a1, b1 = tonumber(a1), tonumber(b1)
-  if a1 ~= b1 then return a1 < b1 end
-  return (tonumber(a2) or -1) < (tonumber(b2) or -1)
+local function note_floor(partition, offset)
+  local before = redis.call("HGET", KEYS[3], partition)
+  if not before or offset_less(before, offset) then
+    redis.call("HSET", KEYS[3], partition, offset)
+  end
 end
 
 local function note_evicted(entry)
@@ -25,21 +36,33 @@ local function note_evicted(entry)
     if fields[i] == "p" then partition = fields[i + 1] end
     if fields[i] == "o" then offset = fields[i + 1] end
   end
-  local before = redis.call("HGET", KEYS[3], partition)
-  if not before or offset_less(before, offset) then
-    redis.call("HSET", KEYS[3], partition, offset)
-  end
+  note_floor(partition, offset)
   redis.call("XDEL", KEYS[1], entry[1])
 end
 
-if redis.call("GET", KEYS[4]) ~= ARGV[1] then
+local same_epoch = redis.call("GET", KEYS[4]) == ARGV[1]
+local generation = same_epoch and redis.call("GET", KEYS[5])
+local known, fresh, full_floor = ARGV[5], ARGV[6], ARGV[7] == "1"
+if known ~= "" and generation ~= known and not full_floor then
+  return {0, generation or "", 0}
+end
+if not same_epoch then
   redis.call("DEL", KEYS[1], KEYS[2], KEYS[3])
   redis.call("SET", KEYS[4], ARGV[1])
+end
+if not generation then
+  generation = fresh
+  redis.call("SET", KEYS[5], generation)
+end
+
+local at = 9
+for _ = 1, tonumber(ARGV[8]) do
+  note_floor(ARGV[at], ARGV[at + 1])
+  at = at + 2
 end
 
 local appended = 0
 local count = tonumber(ARGV[4])
-local at = 5
 for _ = 1, count do
   local partition, offset = ARGV[at], ARGV[at + 1]
   local served = redis.call("HGET", KEYS[2], partition)
@@ -75,4 +98,4 @@ if max_age > 0 then
     note_evicted(entry)
   end
 end
-return appended
+return {1, generation, appended}

@@ -44,6 +44,18 @@ ERROR_CODES = {
         "epoch of the bus: events may have been missed, so reload state"
     ),
     ErrorCode.INTERNAL: "an unexpected failure in the router",
+    ErrorCode.RATE_LIMITED: (
+        "a new stream refused: too many new streams for this user or address; the browser "
+        "reconnects after the `retry:` that comes with it"
+    ),
+    ErrorCode.TOO_MANY_STREAMS: (
+        "a new stream refused: this user holds `--max-streams-per-user` streams already; the "
+        "browser reconnects after the `retry:` that comes with it"
+    ),
+    ErrorCode.SHUTTING_DOWN: (
+        "a new stream refused: this instance is stopping; the browser reconnects after the "
+        "`retry:` that comes with it, to another instance"
+    ),
 }
 
 # The worked example: an envelope read at partition 2, offset 105 of a Kafka source, by a client

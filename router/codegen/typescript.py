@@ -10,6 +10,7 @@ from router.codegen.model import GENERATED_BY, Catalogue, EventSpec, load_catalo
 from router.core.envelope import MAX_EVENT_ID_LENGTH
 from router.core.events import ErrorCode
 from router.core.mapping import MappingRule
+from router.core.refusal import RETRYABLE
 from router.core.schema import Field
 from router.core.scope import MAX_SCOPE_ID_LENGTH, SCOPE_FIELDS
 from router.core.sse import Priority
@@ -113,12 +114,20 @@ def _event_map(catalogue: Catalogue) -> str:
 
 
 def _error_codes() -> str:
-    return _tuple(
+    codes = _tuple(
         "SSE_ERROR_CODES",
         "SSEErrorCode",
         (code.value for code in ErrorCode),
         "The `code` of an `sse.error`: why the router tells a client its stream went wrong.",
     )
+    refusals = _tuple(
+        "SSE_REFUSAL_CODES",
+        "SSERefusalCode",
+        (code.value for code in RETRYABLE),
+        "The codes of an `sse.error` that refuses a new stream for now: the stream's only event,"
+        " with a `retry:` of the wait, after which the browser reconnects by itself.",
+    )
+    return f"{codes}\n{refusals}"
 
 
 def _priority(priority: Priority) -> str:

@@ -134,6 +134,10 @@ class ErrorCode(enum.StrEnum):
     SERVER_SHUTDOWN = "server-shutdown"
     HISTORY_TRUNCATED = "history-truncated"
     INTERNAL = "internal"
+    # A new stream refused for now (see router.core.refusal): the stream carries only this.
+    RATE_LIMITED = "rate-limited"
+    TOO_MANY_STREAMS = "too-many-streams"
+    SHUTTING_DOWN = "shutting-down"
 
 
 class SSEErrorEvent(DomainEvent):

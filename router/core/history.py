@@ -63,15 +63,25 @@ class History:
 
     def append(self, entry: Entry) -> None:
         """Keep ``entry``; an entry of a new source or epoch starts a new history."""
-        identity = entry.identity
-        if (identity.source, identity.epoch) != (self.source, self.epoch):
-            self._entries.clear()
-            self._evicted_up_to.clear()
-            self.source, self.epoch = identity.source, identity.epoch
+        self._join(entry.identity)
         self._entries.append(entry)
         while len(self._entries) > self.max_events:
             self._evict_oldest()
         self.expire(entry.appended_at)
+
+    def forget(self, identity: EventIdentity) -> None:
+        """The bus deleted its partition's records up to ``identity`` before the router read
+        them, so they were never kept: a resume from before it is truncated, as after an
+        eviction."""
+        self._join(identity)
+        self._note_evicted(identity)
+
+    def _join(self, identity: EventIdentity) -> None:
+        """Start a new history if ``identity`` is of another source or epoch."""
+        if (identity.source, identity.epoch) != (self.source, self.epoch):
+            self._entries.clear()
+            self._evicted_up_to.clear()
+            self.source, self.epoch = identity.source, identity.epoch
 
     def expire(self, now: float) -> None:
         """Evict what has outlived ``max_age`` at ``now``."""
@@ -82,10 +92,12 @@ class History:
             self._evict_oldest()
 
     def _evict_oldest(self) -> None:
-        oldest = self._entries.popleft().identity
-        evicted = self._evicted_up_to.get(oldest.partition)
-        if evicted is None or oldest.offset > evicted:
-            self._evicted_up_to[oldest.partition] = oldest.offset
+        self._note_evicted(self._entries.popleft().identity)
+
+    def _note_evicted(self, identity: EventIdentity) -> None:
+        evicted = self._evicted_up_to.get(identity.partition)
+        if evicted is None or identity.offset > evicted:
+            self._evicted_up_to[identity.partition] = identity.offset
 
     def replay(self, after: Cursor, up_to: Cursor | None) -> Replay:
         """The retained events a client at ``after`` has not been served, up to ``up_to``.

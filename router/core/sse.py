@@ -119,6 +119,17 @@ def encode_retry(milliseconds: int) -> bytes:
     return f"retry: {milliseconds}\n\n".encode()
 
 
+def encode_id(id: str) -> bytes:
+    """A block that only sets the client's last event id; it dispatches no event.
+
+    A browser sets its last event id at the blank line that ends any block (before it checks
+    whether there is data to dispatch), so this moves the ``Last-Event-ID`` it will reconnect
+    with, and no handler runs.
+    """
+    _check_field("id", id)
+    return f"id: {id}\n\n".encode()
+
+
 def encode_comment(text: str = "") -> bytes:
     """A comment line (``: text``), which clients ignore; used as a heartbeat."""
     return "".join(f": {line}\n" for line in _LINE_BREAK.split(text)).encode("utf-8") + b"\n"

@@ -11,7 +11,6 @@ import logging
 import secrets
 from typing import Any
 
-import trio
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -25,24 +24,20 @@ from router.config import Settings
 from router.core.cursor import EventIdentity
 from router.core.envelope import Envelope, EnvelopeError, parse_envelope, parse_publish_body
 from router.core.mapping import MappingError, to_sse
-from router.core.ratelimit import RateLimiter
+from router.core.refusal import Refusal
 from router.core.stream_request import (
     FILTERABLE_EVENTS,
     RequestError,
     check_filter_granted,
     parse_stream_request,
 )
+from router.http.admission import STREAM_HEADERS, StreamAdmission, refusal_response
 from router.http.asgi import ResponseBodyWriter, remember_session
 from router.http.cors import apply_cors
 from router.http.errors import HTTPError
 from router.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from router.metrics import Metrics
 
-STREAM_HEADERS = {
-    "Content-Type": "text/event-stream; charset=utf-8",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
 PUBLISHER_ROLE = "publisher"
 log = logging.getLogger(__name__)
 _VALIDATION_IDENTITY = EventIdentity("check", "0", (0,), "check")
@@ -59,8 +54,7 @@ def create_app(
         shutdown_retry_spread_ms=settings.shutdown_retry_spread_ms,
         log_sample_rate=settings.log_sample_rate,
     )
-    per_user = RateLimiter(settings.connects_per_minute, 60.0)
-    per_address = RateLimiter(settings.connects_per_minute, 60.0)
+    admission = StreamAdmission(hub, settings, metrics)
 
     def client_address() -> str:
         """The client's address: the peer's, or, when the peer is a trusted proxy, the last
@@ -153,15 +147,20 @@ def create_app(
         response.status_code = 200 if checks["bus"] else 503
         return response
 
+    def refused(refusal: Refusal) -> Response:
+        return refusal_response(
+            refusal,
+            accept=request.headers.get("Accept"),
+            method=request.method,
+            path=request.path,
+            remote=client_address(),
+        )
+
     @app.get("/api/v1/events/stream")
     async def stream() -> Response:
-        if hub.closing:
-            raise HTTPError(
-                503,
-                "shutting-down",
-                "this instance is shutting down; reconnect",
-                headers={"Retry-After": "1"},
-            )
+        refusal = admission.closing()
+        if refusal is not None:
+            return refused(refusal)
         verified = authenticate()
         principal = verified.principal
         try:
@@ -174,26 +173,12 @@ def create_app(
             check_filter_granted(asked.stream_filter, principal)
         except RequestError as error:
             raise HTTPError(403, "forbidden", error.message, parameter=error.parameter) from None
-        if hub.registry.count_for_user(principal.user_id) >= settings.max_streams_per_user:
-            metrics.rate_limited.labels("streams-per-user").inc()
-            raise HTTPError(
-                429,
-                "too-many-streams",
-                f"at most {settings.max_streams_per_user} open streams per user",
-            )
-        now = trio.current_time()
-        wait = max(
-            per_user.acquire(principal.user_id, now),
-            per_address.acquire(client_address(), now),
-        )
-        if wait > 0:
-            metrics.rate_limited.labels("connects-per-minute").inc()
-            raise HTTPError(
-                429,
-                "rate-limited",
-                "too many new streams; try again later",
-                headers={"Retry-After": str(max(1, round(wait + 0.5)))},
-            )
+        head = request.method == "HEAD"  # the answer's headers, and no session: it has no body
+        refusal = admission.limits(principal.user_id, client_address(), take=not head)
+        if refusal is not None:
+            return refused(refusal)
+        if head:
+            return Response(b"", status=200, headers=STREAM_HEADERS)
 
         session = Session(
             principal,
@@ -219,11 +204,7 @@ def create_app(
         _, resume = await hub.open(session, asked.resume_from, writer)
 
         truncated = resume is not None and resume.truncated
-        headers = {
-            **STREAM_HEADERS,
-            "SSE-Replay": "truncated" if truncated else "complete",
-            "X-Server-Version": __version__,
-        }
+        headers = {**STREAM_HEADERS, "SSE-Replay": "truncated" if truncated else "complete"}
         response = Response(writer.body(), status=200, headers=headers)
         response.timeout = None  # a stream lasts as long as the client wants it
         return response

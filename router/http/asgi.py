@@ -11,11 +11,19 @@
    in the same call, is cancelled with it (cf. pgjones/hypercorn#330). Shielding that one last
    ``send`` lets the close finish. It cannot block for long: hypercorn already shields its socket
    writes, and the last chunk of a body is at most one write.
+
+3. A request with both ``Content-Length`` and ``Transfer-Encoding`` is refused here, before the
+   app: h11 frames it by ``Transfer-Encoding`` and keeps the connection open, so a proxy in front
+   that framed it by ``Content-Length`` (or the reverse) could smuggle a second request inside its
+   body, and that request was answered. It gets ``400``, and the connection is closed after it,
+   so nothing after it is read (RFC 9112, 6.1); see :func:`refuse_ambiguous_framing` for how.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+import logging
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, cast
 
 import trio
@@ -24,15 +32,19 @@ from hypercorn.typing import (
     ASGIReceiveCallable,
     ASGISendCallable,
     ASGISendEvent,
+    HTTPScope,
     Scope,
 )
 
 from actors.session import CloseReason, Session
 from router.http.direct_body import ChunkedSocketWriter, direct_writer
+from router.http.errors import error_document
 
 SESSION_KEY = "sse_router.session"
 SEND_KEY = "sse_router.send"
 SERVER_SEND_KEY = "sse_router.server_send"
+AMBIGUOUS_FRAMING = "ambiguous-framing"
+log = logging.getLogger(__name__)
 
 
 def remember_session(scope: object, session: Session) -> None:
@@ -93,6 +105,9 @@ class RequestLifecycle:
             else:
                 await send(message)
 
+        if scope["type"] == "http" and framed_two_ways(scope["headers"]):
+            await refuse_ambiguous_framing(scope, send)
+            return
         cast(dict[str, Any], scope)[SEND_KEY] = send_last_chunk_shielded
         cast(dict[str, Any], scope)[SERVER_SEND_KEY] = send
         try:
@@ -101,3 +116,47 @@ class RequestLifecycle:
             session = cast(dict[str, Any], scope).get(SESSION_KEY)
             if isinstance(session, Session):
                 session.stop(CloseReason.CLIENT)
+
+
+def framed_two_ways(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request says both ``Content-Length`` and ``Transfer-Encoding``."""
+    names = {name.lower() for name, _ in headers}
+    return b"content-length" in names and b"transfer-encoding" in names
+
+
+async def refuse_ambiguous_framing(scope: HTTPScope, send: ASGISendCallable) -> None:
+    """Answer ``400`` and have the server close the connection after it.
+
+    The body is sent whole, with its ``Content-Length``, but the response is not ended (no last
+    body message): hypercorn, left with a response it cannot finish, closes the connection once
+    the app returns, and never reads another request on it. ``Connection: close`` would say the
+    same, but it makes h11 treat any further bytes from the client (the smuggled request, if it
+    comes in a later segment) as an error, and hypercorn then closes the socket while the ``400``
+    is still being written: the client got nothing in about 1 run of 4.
+    """
+    message = "a request must not have both Content-Length and Transfer-Encoding"
+    body = json.dumps(error_document(400, AMBIGUOUS_FRAMING, message), sort_keys=True).encode()
+    client = scope.get("client")
+    log.info(
+        "request refused",
+        extra={
+            "method": scope["method"],
+            "path": scope["path"],  # never the query string: it may hold a token
+            "status": 400,
+            "code": AMBIGUOUS_FRAMING,
+            "parameter": None,
+            "remote": client[0] if client else "unknown",
+        },
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 400,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+            "trailers": False,
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": True})

@@ -25,14 +25,17 @@ class HTTPError(Exception):
         self.headers = headers or {}
 
     def to_response(self) -> Response:
-        body: dict[str, object] = {
-            "status": self.status,
-            "code": self.code,
-            "message": self.message,
-        }
-        if self.parameter is not None:
-            body["parameter"] = self.parameter
-        response = jsonify({"error": body})
+        response = jsonify(error_document(self.status, self.code, self.message, self.parameter))
         response.status_code = self.status
         response.headers.update(self.headers)
         return response
+
+
+def error_document(
+    status: int, code: str, message: str, parameter: str | None = None
+) -> dict[str, object]:
+    """The JSON body of a refusal."""
+    body: dict[str, object] = {"status": status, "code": code, "message": message}
+    if parameter is not None:
+        body["parameter"] = parameter
+    return {"error": body}

@@ -93,6 +93,33 @@ async function publish(...versions: number[]): Promise<void> {
   expect(response.status).toBe(202);
 }
 
+/** A stream of `sub`'s held open from Node, as another tab would; `cursor()` waits for the id
+ * of the first event on it. */
+async function holdStream(sub: string): Promise<{ cursor: () => Promise<string>; close: () => void }> {
+  const aborted = new AbortController();
+  const response = await fetch(`http://127.0.0.1:${routerPort}/api/v1/events/stream`, {
+    headers: { Authorization: `Bearer ${token({ sub, novels: ["n1"] })}` },
+    signal: aborted.signal,
+  });
+  expect(response.status).toBe(200);
+  const reader = (response.body as ReadableStream<Uint8Array>).getReader();
+  const decoder = new TextDecoder();
+  let text = "";
+  // The id of the first event: a stream's first bytes carry an id-only block (its position before
+  // any event), which is not the cursor of an event seen.
+  const cursor = async (): Promise<string> => {
+    for (;;) {
+      const event = text.split("\n\n").find((block) => /^data: /m.test(block));
+      const id = event === undefined ? null : /^id: (.+)$/m.exec(event);
+      if (id?.[1]) return id[1];
+      const { value, done } = await reader.read();
+      if (done) throw new Error("the held stream ended");
+      text += decoder.decode(value, { stream: true });
+    }
+  };
+  return { cursor, close: () => aborted.abort() };
+}
+
 async function received(page: Page, count: number): Promise<number[]> {
   await page.waitForFunction((n) => window.received.length >= n, count, { timeout: 20_000 });
   return page.evaluate(() => window.received);
@@ -110,7 +137,7 @@ beforeAll(async () => {
     const url = new URL(request.url ?? "/", "http://localhost");
     if (url.pathname === "/token") {
       const ttl = Number(url.searchParams.get("ttl") ?? "3600");
-      response.end(token({ sub: "reader", novels: ["n1"] }, ttl));
+      response.end(token({ sub: url.searchParams.get("sub") ?? "reader", novels: ["n1"] }, ttl));
     } else if (url.pathname === "/page.js") {
       response.setHeader("Content-Type", "text/javascript");
       response.end(script);
@@ -172,6 +199,26 @@ describe("the client in a browser, against the router", () => {
     expect(await received(page, 1)).toEqual([6]);
     await page.close();
   }, 90_000);
+
+  it("comes back by itself, where it was, after the router refused it for now", async () => {
+    // The user has the router's 10 streams open elsewhere; the first saw event 10.
+    const held = await Promise.all(Array.from({ length: 10 }, () => holdStream("holder")));
+    await publish(10);
+    const cursor = await held[0]!.cursor();
+    const page = await browser.newPage();
+    const query = new URLSearchParams({ router: `http://127.0.0.1:${routerPort}`, sub: "holder", cursor });
+    await page.goto(`${pageUrl}/?${query}`);
+    // Refused in-band (a 429 would stop the EventSource for good): it waits the router's retry:.
+    await page.waitForFunction(() => window.errors.includes("too-many-streams"));
+    expect(await page.evaluate(() => window.state)).toBe("reconnecting");
+    await publish(11, 12); // while it waits
+    held[0]!.close(); // one of the other streams ends: a slot is free
+    await page.waitForFunction(() => window.state === "open", undefined, { timeout: 20_000 });
+    expect(await received(page, 2)).toEqual([11, 12]); // from its cursor: nothing lost or twice
+    expect(await page.evaluate(() => window.states)).toEqual(["connecting", "open", "reconnecting", "open"]);
+    for (const stream of held.slice(1)) stream.close();
+    await page.close();
+  }, 60_000);
 
   it("reconnects with a fresh token when the router says it expired", async () => {
     const page = await browser.newPage();

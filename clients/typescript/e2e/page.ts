@@ -7,6 +7,7 @@ declare global {
     errors: string[];
     tokensFetched: number;
     state: string;
+    states: string[];
   }
 }
 
@@ -15,12 +16,16 @@ window.received = [];
 window.errors = [];
 window.tokensFetched = 0;
 window.state = "closed";
+window.states = [];
+const cursor = query.get("cursor"); // where an earlier page of this tab had got to
+if (cursor) sessionStorage.setItem("sse-router:cursor", cursor);
 
 const client = new SSEClient({
   url: `${query.get("router")}/api/v1/events/stream`,
   getToken: async () => {
     window.tokensFetched += 1;
-    const response = await fetch(`/token?ttl=${query.get("ttl") ?? "3600"}`);
+    const sub = query.get("sub") ?? "reader";
+    const response = await fetch(`/token?ttl=${query.get("ttl") ?? "3600"}&sub=${sub}`);
     return response.text();
   },
 });
@@ -31,5 +36,6 @@ client.on("content.updated", (event) => {
 client.onError((error) => window.errors.push(error.code));
 client.onState((state) => {
   window.state = state;
+  window.states.push(state);
 });
 client.start();

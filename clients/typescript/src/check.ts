@@ -11,6 +11,7 @@ import {
   type SSEErrorPayload,
   type SSEEventMap,
   type SSEEventName,
+  type SSERefusalCode,
 } from "./index.js";
 
 type Equal<A, B> =
@@ -20,6 +21,7 @@ const assertType = <T extends true>(): T | undefined => undefined;
 // The event map, the name tuple and the priorities agree; errors use the error codes.
 assertType<Equal<keyof SSEEventMap, SSEEventName>>();
 assertType<Equal<SSEErrorPayload["code"], SSEErrorCode>>();
+assertType<Equal<Extract<SSERefusalCode, SSEErrorCode>, SSERefusalCode>>(); // refusals are errors
 type MappedEventName = (typeof PRODUCER_EVENT_TYPES)[keyof typeof PRODUCER_EVENT_TYPES];
 assertType<Equal<MappedEventName, Exclude<SSEEventName, "sse.error">>>();
 const priority: PriorityLevel = EventPriority[SSE_EVENT_NAMES[0]];
@@ -34,6 +36,9 @@ function handleError(code: SSEErrorCode): string {
     case "server-shutdown":
     case "history-truncated":
     case "internal":
+    case "rate-limited":
+    case "too-many-streams":
+    case "shutting-down":
       return code;
     default: {
       const unhandled: never = code;

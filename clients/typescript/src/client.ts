@@ -4,6 +4,7 @@
 
 import {
   SSE_EVENT_NAMES,
+  SSE_REFUSAL_CODES,
   type SSEErrorCode,
   type SSEErrorPayload,
   type SSEEventMap,
@@ -66,16 +67,24 @@ export interface SSEClientOptions {
   random?: () => number;
 }
 
+/** The codes of an `sse.error` that refuses a new stream for now. Such a stream is that one
+ * event and its end; the browser reconnects by itself after the `retry:` that came with it (the
+ * wait the router asked for), sending the `Last-Event-ID` it had. */
+export const REFUSAL_CODES: ReadonlySet<SSEErrorCode> = new Set<SSEErrorCode>(SSE_REFUSAL_CODES);
+
 /** An `sse.error` from the router, typed by its code. */
 export class SSEStreamError extends Error {
   readonly code: SSEErrorCode;
   readonly retryable: boolean;
+  /** The router refused this connection for now (see `REFUSAL_CODES`); no stream was opened. */
+  readonly refused: boolean;
 
   constructor(payload: SSEErrorPayload) {
     super(payload.message);
     this.name = "SSEStreamError";
     this.code = payload.code;
     this.retryable = payload.retryable;
+    this.refused = payload.retryable && REFUSAL_CODES.has(payload.code);
   }
 }
 
@@ -195,6 +204,9 @@ export class SSEClient {
   }
 
   private onStreamError(error: SSEStreamError): void {
+    // A refusal arrives on a 200 (an EventSource gives up on any other status), so `onopen` has
+    // fired, but no stream is open: say so. The browser reconnects after the router's `retry:`.
+    if (error.refused) this.setState("reconnecting");
     for (const handler of this.errorHandlers) handler(error);
     if (error.code === "token-expired" && this.options.getToken) {
       // The browser would retry with the expired token: take over, with a fresh one.
@@ -209,7 +221,8 @@ export class SSEClient {
       this.setState("reconnecting"); // the browser retries by itself, honouring `retry:`
       return;
     }
-    // The browser gave up (a refused request, or a stream it will not reopen): back off.
+    // The browser gave up (a refused request answered with its HTTP status, e.g. a 429 from a
+    // proxy or an older router, or a stream it will not reopen): back off.
     source.close();
     this.failures += 1;
     const polling = this.options.polling;

@@ -79,8 +79,8 @@ export interface ContentUpdatePayload {
  * The payload of `sse.error`, contract version 1; its data carries no `EventMetadata`.
  */
 export interface SSEErrorPayload {
-  /** one of `token-expired`, `lagged`, `server-shutdown`, `history-truncated`, `internal` */
-  code: "token-expired" | "lagged" | "server-shutdown" | "history-truncated" | "internal";
+  /** one of `token-expired`, `lagged`, `server-shutdown`, `history-truncated`, `internal`, `rate-limited`, `too-many-streams`, `shutting-down` */
+  code: "token-expired" | "lagged" | "server-shutdown" | "history-truncated" | "internal" | "rate-limited" | "too-many-streams" | "shutting-down";
   /** string, at most 10000 characters */
   message: string;
   /** boolean */
@@ -111,9 +111,21 @@ export const SSE_ERROR_CODES = [
   "server-shutdown",
   "history-truncated",
   "internal",
+  "rate-limited",
+  "too-many-streams",
+  "shutting-down",
 ] as const;
 
 export type SSEErrorCode = (typeof SSE_ERROR_CODES)[number];
+
+/** The codes of an `sse.error` that refuses a new stream for now: the stream's only event, with a `retry:` of the wait, after which the browser reconnects by itself. */
+export const SSE_REFUSAL_CODES = [
+  "rate-limited",
+  "too-many-streams",
+  "shutting-down",
+] as const;
+
+export type SSERefusalCode = (typeof SSE_REFUSAL_CODES)[number];
 
 /**
  * How much a slow stream may lose of an event: a `low` one may be coalesced or

@@ -93,6 +93,57 @@ describe("SSEClient", () => {
     expect(errors[0]?.code).toBe("history-truncated");
   });
 
+  it.each(["rate-limited", "too-many-streams", "shutting-down"] as const)(
+    "on an in-band %s refusal, waits for the browser's own retry and keeps the cursor",
+    async (code) => {
+      const store = memoryStore("memory@e1:0:7");
+      const sse = client({ cursorStore: store });
+      const states: string[] = [];
+      sse.onState((state) => states.push(state));
+      const errors: SSEStreamError[] = [];
+      sse.onError((error) => errors.push(error));
+      sse.start();
+      await settle();
+      const refused = last();
+      refused.open(); // a refusal is a 200, so that the browser retries
+      refused.emit("sse.error", { code, message: "not now", retryable: true }, "memory@e1:0:7");
+      expect(errors.map((error) => [error.code, error.refused])).toEqual([[code, true]]);
+      expect(sse.state).toBe("reconnecting");
+      refused.fail(false); // the stream ends; the browser waits the retry: and reconnects
+      await vi.advanceTimersByTimeAsync(120_000);
+      expect(FakeEventSource.made).toHaveLength(1); // the client leaves it to the browser
+      expect(refused.closed).toBe(false);
+      expect(store.value).toBe("memory@e1:0:7");
+      refused.open(); // admitted this time
+      expect(states).toEqual(["connecting", "open", "reconnecting", "open"]);
+    },
+  );
+
+  it("backs off when a refusal comes as an HTTP status, which the browser does not retry", async () => {
+    const store = memoryStore("memory@e1:0:7");
+    const sse = client({ cursorStore: store, backoff: { initialMs: 1000, maxMs: 1000, factor: 2 } });
+    sse.start();
+    await settle();
+    last().fail(true); // a 429: the EventSource is closed
+    expect(sse.state).toBe("reconnecting");
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(FakeEventSource.made).toHaveLength(2);
+    expect(new URL(last().url).searchParams.get("last_event_id")).toBe("memory@e1:0:7");
+  });
+
+  it("does not take an error that ends a stream for a refusal", async () => {
+    const sse = client();
+    const errors: SSEStreamError[] = [];
+    sse.onError((error) => errors.push(error));
+    sse.start();
+    await settle();
+    last().open();
+    last().emit("sse.error", { code: "server-shutdown", message: "bye", retryable: true });
+    last().emit("sse.error", { code: "history-truncated", message: "refetch", retryable: true });
+    expect(errors.map((error) => error.refused)).toEqual([false, false]);
+    expect(sse.state).toBe("open");
+  });
+
   it("refreshes the token and reconnects when the router says token-expired", async () => {
     let issued = 0;
     const sse = client({ getToken: () => `token-${++issued}` });
