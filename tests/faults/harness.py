@@ -446,6 +446,7 @@ class Tab:
         dispatch step sets ``lastEventId`` before it looks at the data)."""
         parsed = parse_stream(complete + b"data: probe\n\n").events
         *events, probe = parsed
+        before = self.last_event_id
         if probe.last_event_id:
             self.last_event_id = probe.last_event_id
         for event in events:
@@ -454,7 +455,7 @@ class Tab:
                 code = str(data.get("code"))
                 connection.errors.append(code)
                 if code == "history-truncated":
-                    connection.truncated = True
+                    connection.truncate(now(), before)
                 if code in REFUSALS and not connection.delivered:
                     connection.refused = True
                 continue

@@ -70,6 +70,18 @@ class Delivered:
     """The ``event_id`` in its data: its bus identity, hence its partition and offset."""
 
 
+@dataclass(frozen=True, slots=True)
+class Truncation:
+    """An ``sse.error`` ``history-truncated``: at the start of a resume, or in the middle of a live
+    stream (the router found the history under it lost)."""
+
+    index: int
+    """How many events of the connection came before it."""
+    at: float
+    cursor: str | None
+    """The tab's ``Last-Event-ID`` when it arrived: the position the router said was lost."""
+
+
 @dataclass
 class Connection:
     """One HTTP stream of a client: what it sent, and what came back in order."""
@@ -80,8 +92,18 @@ class Connection:
     replay: str | None = None
     """The ``SSE-Replay`` header."""
     delivered: list[Delivered] = field(default_factory=list)
-    truncated: bool = False
-    """An ``sse.error`` ``history-truncated`` arrived (before anything it replayed)."""
+    truncations: list[Truncation] = field(default_factory=list)
+
+    def truncate(self, at: float | None = None, cursor: str | None = None) -> None:
+        """Record a ``history-truncated`` after the events delivered so far."""
+        when = self.opened_at if at is None else at
+        given = self.last_event_id if cursor is None else cursor
+        self.truncations.append(Truncation(len(self.delivered), when, given))
+
+    @property
+    def truncated(self) -> bool:
+        return bool(self.truncations)
+
     errors: list[str] = field(default_factory=list)
     """The codes of every ``sse.error`` received, in order."""
     refused: bool = False
@@ -244,14 +266,17 @@ def judge(
     segment: set[str] = set()
     last_offset: dict[tuple[str, str | None, str], Offset] = {}
     for connection in client.connections:
-        if connection.truncated:
-            if _truncation_justified(client, connection, visible, seen_ever, retention):
-                verdict.truncations_justified += 1
-            else:
-                verdict.truncations_unjustified += 1
-            segment = set()
-            last_offset = {}
-        for item in connection.delivered:
+        marks = {t.index: t for t in connection.truncations}
+        for index, item in enumerate([*connection.delivered, None]):
+            if index in marks:
+                if _truncation_justified(client, marks[index], visible, seen_ever, retention):
+                    verdict.truncations_justified += 1
+                else:
+                    verdict.truncations_unjustified += 1
+                segment = set()
+                last_offset = {}
+            if item is None:
+                break
             if item.key is None or item.key not in by_key:
                 verdict.leaked.append(item.key or item.identity)
                 continue
@@ -280,14 +305,14 @@ def judge(
 
 def _truncation_justified(
     client: Client,
-    connection: Connection,
+    truncation: Truncation,
     visible: Sequence[Published],
     received: set[str],
     retention: Retention,
 ) -> bool:
     """Whether the client was really owed something gone, or its cursor's history was lost."""
-    at = connection.opened_at
-    parsed, epoch = _cursor_epoch(connection.last_event_id)
+    at = truncation.at
+    parsed, epoch = _cursor_epoch(truncation.cursor)
     if parsed and retention.history_lost(epoch, at):
         return True
     start = client.first_opened_at
@@ -300,10 +325,9 @@ def _truncation_justified(
 def _excused(client: Client, event: Published, retention: Retention) -> bool:
     """An owed event that never arrived is excused by a truncation after it was gone."""
     return any(
-        connection.truncated
-        and event.sent_at < connection.opened_at
-        and retention.gone(event, connection.opened_at)
+        event.sent_at < truncation.at and retention.gone(event, truncation.at)
         for connection in client.connections
+        for truncation in connection.truncations
     )
 
 

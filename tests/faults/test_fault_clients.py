@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 import trio
 
 from tests.e2e_helpers import running_router
@@ -19,13 +18,7 @@ from tests.faults.harness import (
 )
 from tests.faults.oracle import WindowOfLast
 
-ITEM_6 = (
-    "issue 13 item 6: a stream's first bytes carry no id, so a tab that drops before its first "
-    "event reconnects without Last-Event-ID and loses what was published meanwhile"
-)
 
-
-@pytest.mark.xfail(strict=True, reason=ITEM_6)
 async def test_clients_dropping_at_random_moments_lose_and_repeat_nothing(
     redis_bus_settings: dict[str, Any],
 ) -> None:
@@ -48,7 +41,6 @@ async def test_clients_dropping_at_random_moments_lose_and_repeat_nothing(
     run.report()
 
 
-@pytest.mark.xfail(strict=True, reason=ITEM_6)
 async def test_a_tab_that_drops_before_its_first_event_resumes_where_it_started() -> None:
     """The drop before any event, made certain: the tab is away while events are published."""
     run = Run("drop before the first event", seed=1404)
@@ -72,13 +64,6 @@ async def test_a_tab_that_drops_before_its_first_event_resumes_where_it_started(
     run.report()
 
 
-ITEM_7 = (
-    "issue 13 item 7: a quiet tab's cursor moves only when an event is written to it, so once the "
-    "replay window passed it, its resume is history-truncated though it missed nothing it may see"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=ITEM_7)
 async def test_quiet_tabs_resume_without_a_false_truncation() -> None:
     """On the embedded default with a replay window of 50 events, busy tabs' events pass quiet
     tabs by hundreds; the quiet tabs are then cut and resume. They missed nothing, so they must

@@ -19,26 +19,9 @@ from tests.faults.oracle import LostAt
 from tests.kafka_broker import Broker, create_topic, new_topic_name
 from tests.redis_helpers import RedisServer
 
-ITEM_2 = (
-    "issue 13 item 2: under --cache redis, two flushes of the cache's held-back writes run at "
-    "once and the router dies with IndexError: pop from an empty deque; a race, so not strict "
-    "(seen in 4 of 5 runs on Kafka, 2 of 6 on the Redis bus)"
-)
-ITEM_4_BUS = (
-    "issue 13 item 4 (and item 2 in some runs): a Redis restarted empty under --bus redis is not "
-    "noticed; tabs that were away resume 'complete' and what was published before is silently "
-    "missing"
-)
-ITEM_4_CACHE = (
-    "issue 13 item 4 (and item 2 in some runs): a Redis cache restarted empty is not noticed; "
-    "tabs that were away resume 'complete' and miss what Kafka still holds. The exact answer is "
-    "a re-read from Kafka: a truncation here counts as unjustified, since nothing is gone"
-)
-
-
 RESTARTS = {True: 6, False: 2}
 """Restarts of Redis per test, each with tabs away during it, by whether Redis keeps its data:
-item 2 of issue 13 needed several restarts under load to show."""
+two flushes of the cache racing (issue 13, item 2) needed several restarts under load to show."""
 
 
 @pytest.fixture
@@ -86,12 +69,7 @@ def settings_for(bus: str, server: RedisServer, broker: Broker | None) -> dict[s
 
 @pytest.mark.parametrize(
     ("bus", "keep_data"),
-    [
-        pytest.param("kafka", True, marks=pytest.mark.xfail(strict=False, reason=ITEM_2)),
-        pytest.param("kafka", False, marks=pytest.mark.xfail(strict=True, reason=ITEM_4_CACHE)),
-        pytest.param("redis", True, marks=pytest.mark.xfail(strict=False, reason=ITEM_2)),
-        pytest.param("redis", False, marks=pytest.mark.xfail(strict=True, reason=ITEM_4_BUS)),
-    ],
+    [("kafka", True), ("kafka", False), ("redis", True), ("redis", False)],
     ids=["kafka-cache-kept", "kafka-cache-lost", "redis-bus-kept", "redis-bus-lost"],
 )
 async def test_redis_restarted_while_events_flow(
@@ -103,7 +81,7 @@ async def test_redis_restarted_while_events_flow(
     ``history-truncated``: what they missed is really gone."""
     broker: Broker | None = None
     if bus == "kafka":
-        broker = request.getfixturevalue("kafka_broker")
+        broker = request.getfixturevalue("tansu_broker")
     settings = settings_for(bus, own_redis, broker)
     if broker is not None:
         await create_topic(broker.bootstrap, settings["kafka_topic"], 3)
@@ -187,7 +165,7 @@ async def test_a_resume_while_redis_is_down_is_exact_once_it_is_back(
     bus: str, own_redis: RedisServer, request: pytest.FixtureRequest
 ) -> None:
     """Tabs away while events flow come back while Redis is down, with its data kept."""
-    broker: Broker | None = request.getfixturevalue("kafka_broker") if bus == "kafka" else None
+    broker: Broker | None = request.getfixturevalue("tansu_broker") if bus == "kafka" else None
     settings = settings_for(bus, own_redis, broker)
     if broker is not None:
         await create_topic(broker.bootstrap, settings["kafka_topic"], 3)

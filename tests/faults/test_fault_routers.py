@@ -24,7 +24,7 @@ def shared_settings(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     if request.param == "redis":
         yield {**request.getfixturevalue("redis_bus_settings"), **cache}
     else:
-        broker: Broker = request.getfixturevalue("kafka_broker")
+        broker: Broker = request.getfixturevalue("tansu_broker")
         topic = new_topic_name()
         trio.run(create_topic, broker.bootstrap, topic, 3)
         yield {"bus": "kafka", "kafka_bootstrap": broker.bootstrap, "kafka_topic": topic, **cache}

@@ -51,6 +51,14 @@ def opened(at: float, *delivered: Delivered, last: str | None = None) -> Connect
     return Connection(opened_at=at, last_event_id=last, status=200, delivered=list(delivered))
 
 
+def truncated_resume(at: float, *delivered: Delivered, last: str) -> Connection:
+    """A resume answered ``history-truncated``, then ``delivered``."""
+    connection = opened(at, last=last)
+    connection.truncate()
+    connection.delivered += delivered
+    return connection
+
+
 def test_every_permitted_event_once_in_order_is_clean() -> None:
     verdict = judge(reader(opened(0.5, *got(A, B)), opened(2.8, *got(C), last="x")), PUBLISHED)
     assert verdict.clean
@@ -92,8 +100,7 @@ def test_order_is_checked_per_partition_only() -> None:
 
 
 def test_a_truncation_with_nothing_gone_is_unjustified() -> None:
-    truncated = opened(2.8, *got(A, B, C), last=f"memory@{EPOCH}:0:1")
-    truncated.truncated = True
+    truncated = truncated_resume(2.8, *got(A, B, C), last=f"memory@{EPOCH}:0:1")
     verdict = judge(reader(opened(0.5, *got(A, B)), truncated), PUBLISHED)
     assert verdict.truncations_unjustified == 1
     assert not verdict.duplicated  # after a truncation the client refetched: repeats are fine
@@ -102,8 +109,7 @@ def test_a_truncation_with_nothing_gone_is_unjustified() -> None:
 def test_a_truncation_after_lost_history_is_justified_and_excuses_what_was_gone() -> None:
     lost = LostAt()
     lost.lose(2.7, epochs=[EPOCH])
-    truncated = opened(3.5, last=f"memory@{EPOCH}:0:0")
-    truncated.truncated = True
+    truncated = truncated_resume(3.5, last=f"memory@{EPOCH}:0:0")
     verdict = judge(reader(opened(0.5, *got(A)), truncated), PUBLISHED, lost)
     assert verdict.truncations_justified == 1
     assert verdict.excused == 1  # b was gone when it came back
@@ -122,8 +128,7 @@ def test_a_truncation_is_justified_only_by_what_the_client_was_owed() -> None:
     truncation cost it a refetch for nothing (issue 13, item 7)."""
     lost = LostAt()
     lost.lose(2.7)  # no epoch named: a window that moved, not a reset
-    truncated = opened(3.5, *got(C), last=f"memory@{EPOCH}:0:1")
-    truncated.truncated = True
+    truncated = truncated_resume(3.5, *got(C), last=f"memory@{EPOCH}:0:1")
     caught_up = reader(opened(0.5, *got(A, B)), truncated)
     assert judge(caught_up, PUBLISHED, lost).truncations_unjustified == 1
     behind = reader(opened(0.5, *got(A)), truncated)
@@ -161,3 +166,18 @@ def test_a_window_of_the_last_events_drops_the_older_ones() -> None:
     assert window.gone(A, at=9.0)  # b, s and c came after it
     assert not window.gone(C, at=9.0)
     assert not window.gone(A, at=2.2)  # only b had been published after it then
+
+
+def test_a_truncation_in_the_middle_of_a_live_stream_splits_it_where_it_came() -> None:
+    """A Redis that lost its history under a live stream: the router says so in the stream."""
+    lost = LostAt()
+    lost.lose(2.7, epochs=[EPOCH])
+    live = opened(0.5, *got(A, B))
+    live.truncate(at=2.8, cursor=f"memory@{EPOCH}:0:1")
+    live.delivered += got(B, C)  # replayed after it: no duplicate
+    verdict = judge(reader(live), PUBLISHED, lost)
+    assert verdict.clean
+    assert verdict.truncations_justified == 1
+    nothing_lost = opened(0.5, *got(A, B))
+    nothing_lost.truncate(at=2.8, cursor=f"memory@{EPOCH}:0:1")
+    assert judge(reader(nothing_lost), PUBLISHED).truncations_unjustified == 1
