@@ -582,13 +582,20 @@ class Run:
         self.moments.append((now(), what))
 
     def timeline(self, tab: Tab, limit: int = 12) -> str:
-        """A failing tab's streams, and the test's moments among them."""
-        rows = [(at, f"  {at - self.started_at:7.2f}s  -- {what}") for at, what in self.moments]
-        for c in tab.record.connections[:limit]:
+        """A failing tab's streams (its last ``limit``), and the test's moments among them."""
+        shown = tab.record.connections[-limit:]
+        since = shown[0].opened_at if shown else self.started_at
+        rows = [
+            (at, f"  {at - self.started_at:7.2f}s  -- {what}")
+            for at, what in self.moments
+            if at >= since - 1
+        ]
+        for c in shown:
             sent = (c.last_event_id or "-")[:60]
             text = (
                 f"  {c.opened_at - self.started_at:7.2f}s  {c.status} replay={c.replay} "
                 f"sent={sent} got={len(c.delivered)} errors={c.errors}"
+                + "".join(f" truncated@{t.at - self.started_at:.2f}s" for t in c.truncations)
             )
             rows.append((c.opened_at, text))
         return "\n".join(text for _, text in sorted(rows))

@@ -383,6 +383,7 @@ COLUMNS = (
     ("order", "out_of_order", 5),
     ("trunc ok", "truncations_justified", 8),
     ("trunc bad", "truncations_unjustified", 9),
+    ("excused", "excused", 7),
     ("reconnects", "reconnects", 10),
 )
 

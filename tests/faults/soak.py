@@ -44,7 +44,8 @@ async def soak(seconds: float, seed: int) -> bool:
     run.retention = lost
     slow = run.population.add_tab("slow")
     stalled = run.population.add_tab("stalled")
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # the faults: their kind, their moment, their victim
+    routing = random.Random(seed + 1)  # which router a tab or a publish goes to
     injected: Counter[str] = Counter()
     crashes = 0
     server = RedisServer()
@@ -70,8 +71,8 @@ async def soak(seconds: float, seed: int) -> bool:
             routers += [RouterProcess(settings), RouterProcess(settings)]
             for router in routers:
                 await router.start()
-            frontend = Frontend(rng, *(r.url for r in routers))
-            run.publish_through(lambda: rng.choice(frontend.urls or [routers[0].url]))
+            frontend = Frontend(routing, *(r.url for r in routers))
+            run.publish_through(lambda: routing.choice(frontend.urls or [routers[0].url]))
             run.make_tabs(behaviour)
             async with trio.open_nursery() as nursery:
                 run.start(nursery, frontend)
@@ -137,6 +138,9 @@ async def soak(seconds: float, seed: int) -> bool:
     failures = describe_failures(verdicts)
     if failures:
         print(f"\nthe promise broke:\n{failures}")
+        failing = [t for t, v in zip(run.tabs, verdicts, strict=True) if not v.clean]
+        for tab in failing[:4]:
+            print(f"timeline of {tab.spec.name}:\n{run.timeline(tab, limit=200)}")
     return not failures and not crashes
 
 
