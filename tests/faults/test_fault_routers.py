@@ -102,7 +102,7 @@ async def test_a_reconnect_storm_after_a_kill_loses_nothing(
                     done.set()
 
                 nursery.start_soon(publish_throughout)
-                await trio.sleep(0.3)
+                await trio.sleep(0.3)  # a moment into the publishing, so the kill lands mid-flow
                 frontend.urls[:] = [survivor.url]
                 victim.signal(signal.SIGKILL)
                 with trio.fail_after(30):  # waiting for: the publishing through the storm to end
