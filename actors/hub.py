@@ -66,6 +66,22 @@ class HubSettings:
     """After a step that made many offers, the adapter waits this long (see :meth:`Adapter.run`)."""
     session: SessionSettings = field(default_factory=SessionSettings)
     """What every session :meth:`Hub.open` makes is built with (its inbox: ``--session-buffer``)."""
+    replay_outage_grace_seconds: float = 30.0
+    """For this long after the replay cache was first found unreadable, a resume that neither
+    it nor the bus can serve is refused for a retry (:class:`ReplayUnavailableError`), not
+    answered as truncated: the history is most likely still there, and a short outage should
+    cost a client nothing. Past it, the client gets what is held, as truncated, and live events."""
+    replay_retry_seconds: float = 2.0
+    """How long a client refused for an unreadable cache is told to wait."""
+
+
+class ReplayUnavailableError(Exception):
+    """A resume that cannot be served now: the replay cache cannot be read and the bus does not
+    hold what the client missed. The client should come back after ``wait`` seconds."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__("the replay cache cannot be read now; reconnect to resume")
+        self.wait = wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +116,8 @@ class Hub:
         )
         self._started_epoch = ""
         self._read_from: Cursor | None = None
+        self._cache_unreadable_since: float | None = None
+        """When a replay first found the cache unreadable, since it last could read it."""
         """Where the consumer started reading: what :meth:`position` is until the first event."""
         self.closing = False
         """Set by :meth:`close_sessions`: the router is shutting down and takes no new streams."""
@@ -306,6 +324,10 @@ class Hub:
         gets what the cache holds after it, as a truncated replay."""
         complete, truncated = ReplayOutcome.COMPLETE, ReplayOutcome.TRUNCATED
         from_cache = await self.cache.replay(after, up_to)
+        if not from_cache.unavailable:
+            self._cache_unreadable_since = None
+        elif self._cache_unreadable_since is None:
+            self._cache_unreadable_since = trio.current_time()
         if doubtful:
             self._replayed(truncated, ReplaySource.CACHE)
             return Replay(from_cache.entries, truncated=True)
@@ -314,6 +336,7 @@ class Hub:
             return from_cache
         records = await self.bus.replay(after, up_to, self.settings.bus_replay_limit)
         if records is None:
+            self._refuse_while_the_cache_is_briefly_unreadable(from_cache)
             self._replayed(truncated, ReplaySource.CACHE)
             return from_cache
         batch = convert_batch((r.identity, r.raw) for r in records if not r.lost)
@@ -328,6 +351,16 @@ class Hub:
         held = {(e.identity.partition, e.identity.offset): e for e in from_cache.entries}
         held.update({(e.identity.partition, e.identity.offset): e for e in entries})
         return Replay([held[place] for place in sorted(held)], truncated=True)
+
+    def _refuse_while_the_cache_is_briefly_unreadable(self, from_cache: Replay) -> None:
+        """Raise :class:`ReplayUnavailableError` for a replay the cache could not read, within
+        ``replay_outage_grace_seconds`` of the first such replay."""
+        since = self._cache_unreadable_since
+        if not from_cache.unavailable or since is None:
+            return
+        if trio.current_time() - since < self.settings.replay_outage_grace_seconds:
+            self._replayed(ReplayOutcome.REFUSED, ReplaySource.CACHE)
+            raise ReplayUnavailableError(self.settings.replay_retry_seconds)
 
     def _replayed(self, outcome: ReplayOutcome, source: ReplaySource) -> None:
         self.replays[outcome, source] += 1

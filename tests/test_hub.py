@@ -7,6 +7,7 @@ every task is blocked), and the ``fail_after`` guards only turn a hang into a pr
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
@@ -17,15 +18,17 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+import trio_asyncio
 
 import actors.adapter
 import router.core.mapping
 from actors.adapter import Failure
-from actors.hub import Hub, HubSettings, Opened
+from actors.hub import Hub, HubSettings, Opened, ReplayUnavailableError
 from actors.session import CloseReason, Offer, Session, SessionSettings
 from router.bus.base import Record
 from router.bus.memory import MemoryBus
 from router.cache.memory import MemoryReplayCache
+from router.cache.redis import RedisReplayCache
 from router.config import Settings
 from router.core.cursor import (
     Cursor,
@@ -41,6 +44,7 @@ from router.core.observer import NoObserver
 from router.core.permissions import Principal, StreamFilter
 from router.core.sse import SSEMessage
 from tests.actor_helpers import Reader
+from tests.redis_helpers import new_prefix
 
 GUARD_SECONDS = 600
 settle = trio.testing.wait_all_tasks_blocked
@@ -835,3 +839,38 @@ async def test_a_quiet_stream_follows_the_router_and_resumes_complete_past_a_sma
     assert not replay.truncated
     assert versions(again_reader) == [100]
     assert labels(again_reader)["history-truncated"] == 0
+
+
+async def test_a_resume_the_cache_cannot_read_is_refused_for_a_while_then_truncated(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A Redis cache that is down, behind a bus that keeps nothing to read again: the history
+    is most likely still in Redis, so for ``replay_outage_grace_seconds`` the client is asked to
+    come back; past that it gets what is held in memory, as truncated, and live events."""
+    with socket.socket() as probe:  # a port nothing listens on: the cache's Redis is down
+        probe.bind(("127.0.0.1", 0))
+        down = f"redis://127.0.0.1:{probe.getsockname()[1]}"
+    bus = MemoryBus()
+    cache = RedisReplayCache(down, key_prefix=new_prefix(), source="memory", max_events=100)
+    hub = Hub(bus, cache, HubSettings(replay_outage_grace_seconds=30, replay_retry_seconds=2))
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        await hub.reading.wait()
+        await hub.publish([content("n1", 1), content("n1", 2)])
+        await hub.adapter.wait_consumed(2)
+        assert hub.adapter.cursor is not None
+        first = Cursor.of(EventIdentity("memory", "0", (0,), hub.epoch))
+        with pytest.raises(ReplayUnavailableError) as refused:
+            await open_session(hub, client("u1", novels=["n1"]), first)
+        assert refused.value.wait == 2
+        assert len(hub.registry) == 0  # the refused stream holds no slot
+        mock_clock.jump(29)
+        with pytest.raises(ReplayUnavailableError):
+            await open_session(hub, client("u1", novels=["n1"]), first)
+        mock_clock.jump(2)
+        opened = await open_session(hub, client("u1", novels=["n1"]), first)
+        assert opened.replay is not None
+        assert opened.replay.truncated
+        assert [e.identity.offset for e in opened.replay.entries] == [(1,)]  # held in memory
+        assert hub.replays == {("refused", "cache"): 2, ("truncated", "cache"): 1}
+        nursery.cancel_scope.cancel()

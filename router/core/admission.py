@@ -56,6 +56,7 @@ class Reason(enum.StrEnum):
     TOO_MANY_STREAMS = ErrorCode.TOO_MANY_STREAMS.value
     RATE_LIMITED = ErrorCode.RATE_LIMITED.value
     SHUTTING_DOWN = ErrorCode.SHUTTING_DOWN.value
+    REPLAY_UNAVAILABLE = ErrorCode.REPLAY_UNAVAILABLE.value
 
 
 RETRY = frozenset(Reason(code.value) for code in RETRYABLE)

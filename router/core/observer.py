@@ -59,6 +59,8 @@ REJECTION_REASONS: tuple[str, ...] = (*(problem.value for problem in Problem), D
 class ReplayOutcome(enum.StrEnum):
     COMPLETE = "complete"
     TRUNCATED = "truncated"
+    REFUSED = "refused"
+    """Not served now (the cache could not be read): the client was told to come back."""
 
 
 class ReplaySource(enum.StrEnum):

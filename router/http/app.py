@@ -15,7 +15,7 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from actors.hub import Hub
+from actors.hub import Hub, ReplayUnavailableError
 from router import __version__
 from router.admission import Admission, Ask
 from router.auth import Verified
@@ -24,7 +24,9 @@ from router.config import Settings
 from router.core.admission import Admitted, Credentials, Refused
 from router.core.cursor import EventIdentity
 from router.core.envelope import Envelope, EnvelopeError, parse_envelope, parse_publish_body
+from router.core.events import ErrorCode
 from router.core.mapping import MappingError, to_sse
+from router.core.refusal import Refusal
 from router.core.stream_request import FILTERABLE_EVENTS
 from router.http.admission import STREAM_HEADERS, http_error, refusal_response
 from router.http.asgi import ResponseBodyWriter, remember_session
@@ -58,9 +60,12 @@ def create_app(hub: Hub, admission: Admission, settings: Settings, metrics: Metr
         retry = refusal.to_retry()
         if retry is None:
             raise http_error(refusal)
+        return refused_for_now(retry)
+
+    def refused_for_now(refusal: Refusal) -> Response:
         accept, method, path = request.headers.get("Accept"), request.method, request.path
         return refusal_response(
-            retry, accept=accept, method=method, path=path, remote=client_address()
+            refusal, accept=accept, method=method, path=path, remote=client_address()
         )
 
     @app.errorhandler(HTTPError)
@@ -136,14 +141,17 @@ def create_app(hub: Hub, admission: Admission, settings: Settings, metrics: Metr
         connection_id = secrets.token_hex(8)
         _log_stream_opened(connection_id, admitted, client_address())
         writer = ResponseBodyWriter(request.scope)
-        opened = await hub.open(
-            admitted.principal,
-            admitted.stream_filter,
-            expires_at=admitted.expires_at,
-            resume_from=admitted.resume_from,
-            output=writer,
-            connection_id=connection_id,
-        )
+        try:
+            opened = await hub.open(
+                admitted.principal,
+                admitted.stream_filter,
+                expires_at=admitted.expires_at,
+                resume_from=admitted.resume_from,
+                output=writer,
+                connection_id=connection_id,
+            )
+        except ReplayUnavailableError as error:
+            return refused_for_now(Refusal(ErrorCode.REPLAY_UNAVAILABLE, str(error), error.wait))
         remember_session(request.scope, opened.session)  # stopped when the request ends
         truncated = opened.replay is not None and opened.replay.truncated
         headers = {**STREAM_HEADERS, "SSE-Replay": "truncated" if truncated else "complete"}

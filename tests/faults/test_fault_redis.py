@@ -150,17 +150,7 @@ def epochs_of(run: Run) -> list[str]:
     )
 
 
-OUTAGE_RESUME = (
-    "fault-suite finding, not an issue-13 item: under --bus redis, a resume while Redis is down "
-    "is answered history-truncated with only the events held in memory (docs/kafka-and-redis.md) "
-    "though no event is gone; an in-band retryable refusal would let it resume exactly later"
-)
-
-
-@pytest.mark.parametrize(
-    "bus",
-    ["kafka", pytest.param("redis", marks=pytest.mark.xfail(strict=True, reason=OUTAGE_RESUME))],
-)
+@pytest.mark.parametrize("bus", ["kafka", "redis"])
 async def test_a_resume_while_redis_is_down_is_exact_once_it_is_back(
     bus: str, own_redis: RedisServer, request: pytest.FixtureRequest
 ) -> None:
