@@ -379,6 +379,9 @@ class Session:
             if self._heartbeat_due:
                 self._heartbeat_due = False
                 if self._quiet_ticks >= TICKS_PER_HEARTBEAT:  # no event went out meanwhile
+                    if self._progress is not None and self._replaced_by(self._progress):
+                        # Moved into a new history by others' events: told as if by its own.
+                        await self._send_error(output, _HISTORY_REPLACED)
                     await self._send(output, self._heartbeat())
 
     def _heartbeat(self) -> bytes:
@@ -405,16 +408,20 @@ class Session:
         await self._send(output, error)
         self.observer.sent({SSEErrorEvent.EVENT: 1}, oldest_age=None, queued=self._queued)
 
-    async def _write(self, output: Output, batch: Sequence[Delivery]) -> None:
-        newest = batch[-1].cursor
-        if (
+    def _replaced_by(self, newer: Cursor) -> bool:
+        """Whether the router's cursor ``newer`` is of another history than the client's: the
+        bus's history was lost or replaced under this stream, and events may be missing. A
+        cursor of no epoch is a stream that opened before the bus answered: it missed nothing,
+        and every event since reached it live."""
+        return (
             self.cursor is not None
             and self.cursor.epoch is not None
-            and (newest.source, newest.epoch) != (self.cursor.source, self.cursor.epoch)
-        ):
-            # The bus's history was lost or replaced under this stream: events may be missing.
-            # A cursor of no epoch is a stream that opened before the bus answered: it missed
-            # nothing, and every event since reached it live.
+            and (newer.source, newer.epoch) != (self.cursor.source, self.cursor.epoch)
+        )
+
+    async def _write(self, output: Output, batch: Sequence[Delivery]) -> None:
+        if self._replaced_by(batch[-1].cursor):
+            self._progress = None  # of the history before: never to move the client back to it
             await self._send_error(output, _HISTORY_REPLACED)
         if self._in_sync and isinstance(batch, SharedBatch):
             # Admitted whole by the adapter, and in step with the router's cursor: the same
