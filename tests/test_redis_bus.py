@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from typing import Any
 
 import redis
@@ -189,6 +190,52 @@ async def test_a_redis_restored_from_an_older_copy_is_a_new_history() -> None:
                 await router.flush(resumed)
             assert resumed.response is not None
             assert resumed.response.headers["sse-replay"] == "truncated"
+    finally:
+        control.close()
+        server.remove()
+
+
+async def test_a_restored_redis_loses_nothing_published_while_the_reader_was_away() -> None:
+    """Restored from a copy, one stream ends before what the router consumed (a new history),
+    the other does not; an event published to it before the reader is back is new, and must be
+    delivered, not skipped as though the copy held it."""
+    server = RedisServer()
+    server.start()
+    streams = ("events-a", "events-b")
+    settings = {
+        "bus": "redis",
+        "redis_url": server.url,
+        "redis_key_prefix": new_prefix(),
+        "redis_streams": streams,
+    }
+    headers = auth("u1", novels=["n1", "n4"])  # n1 lands in events-a, n4 in events-b
+    assert [zlib.crc32(n.encode()) % 2 for n in ("n1", "n4")] == [0, 1]
+    control = redis.Redis.from_url(server.url)
+    try:
+        async with running_router(**settings) as router:
+            bus = router.running.hub.bus
+            assert isinstance(bus, RedisStreamBus)
+            await router.running.hub.reading.wait()
+            async with router.stream(headers) as live:
+                await router.publish(content("n1", 0), content("n4", 1))
+                await live.events_count(2)
+                control.save()  # the copy Redis comes back with
+                await router.publish(content("n1", 2))  # events-a only: it goes back
+                await live.events_count(3)
+                server.stop()
+                with trio.fail_after(20):  # a hang guard: the reader notices
+                    await bus.health_changed.wait()
+                server.start()  # from the copy
+                control.xadd(streams[1], {"envelope": json.dumps(content("n4", 3)).encode()})
+                with trio.fail_after(20):
+                    await bus.health_changed.wait()
+                await router.publish(content("n1", 4))
+                await live.read_until(
+                    lambda s: any(d.get("content_version") == 4 for d in s.data())
+                )
+                await router.flush(live)
+            versions = [d.get("content_version") for d in live.data()]
+            assert sorted(v for v in versions if v is not None) == [0, 1, 2, 3, 4]
     finally:
         control.close()
         server.remove()

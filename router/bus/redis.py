@@ -209,8 +209,11 @@ class RedisStreamBus(ReportsHealth):
     ) -> dict[str, Offset] | None:
         """With the marker of ``epoch`` still there, whether a stream now ends before what was
         consumed from it, or is gone: the history was replaced (a Redis restored from an older
-        copy). If so, where each stream ends now: what follows is the new history. (A marker
-        gone or changed is found by the next read, and that history read from its beginning.)"""
+        copy). If so, where to read each stream from: where it ends now if it went back, else
+        what was consumed from it (entries after that, published while the reader was away or
+        in the copy and not read yet, are new); a stream nothing was consumed from is read from
+        its beginning. (A marker gone or changed is found by the next read, and that history read
+        from its beginning.)"""
         marker = await self._call("get", self._marker)
         if marker is None or marker.decode() != epoch:  # type: ignore[attr-defined]
             return None
@@ -223,9 +226,11 @@ class RedisStreamBus(ReportsHealth):
                 went_back = went_back or stream in consumed
                 continue
             last = info["last-generated-id"]  # type: ignore[index]
-            ends[stream] = parse_entry_id(last.decode() if isinstance(last, bytes) else last)
+            end = parse_entry_id(last.decode() if isinstance(last, bytes) else last)
             mine = consumed.get(stream)
-            went_back = went_back or (mine is not None and ends[stream] < mine)
+            if mine is not None:
+                went_back = went_back or end < mine
+                ends[stream] = min(end, mine)
         return ends if went_back else None
 
     async def _new_history(self, lost: str) -> str:
