@@ -198,8 +198,10 @@ class Session:
         batches), so at most ``inbox_capacity`` plus one step's events wait; and a burst larger
         than the inbox (a full publish batch) reaches a client that keeps up, because after a
         step that filled an inbox (this returns ``True``) the adapter lets the sessions write
-        before it routes more. Past the bound, a low-priority event is coalesced with the newest
-        of its kind (held aside, at most ``inbox_capacity`` of them), and a high-priority one
+        before it routes more (not after an offer coalesced aside whole: that client is not
+        reading, and the pause would hold everyone back for it). Past the bound, a low-priority
+        event is coalesced with the newest of its kind (held aside, at most ``inbox_capacity`` of
+        them), and a high-priority one
         ends the stream as lagged: the client resumes from the replay cache, nothing is lost,
         and no one waits for this client. An offer taken whole, with nothing held aside, is
         queued as it is: one channel send, one wake-up, however many events it carries.
@@ -238,7 +240,9 @@ class Session:
             if lagged_at + 1 < len(deliveries):
                 outcomes[Offer.CLOSED] += len(deliveries) - lagged_at - 1
             return False
-        return self._queued >= capacity
+        # Only an offer that queued something filled the inbox: one coalesced aside whole is a
+        # client that reads nothing, which the adapter's pause would wait for on every step.
+        return bool(queued) and self._queued >= capacity
 
     def _queue(self, deliveries: Sequence[Delivery], outcomes: Counter[Offer]) -> None:
         """Put ``deliveries`` in the inbox as one batch; :meth:`offer` has made room for them."""

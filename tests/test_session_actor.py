@@ -592,6 +592,7 @@ async def offer_and_read(
             ]
             offered += batch
             waiting = subject._queued
+            queued_before = outcomes[Offer.QUEUED]
             filled = subject.offer(batch, outcomes)
             # The bound, read where it is kept: nothing else shows it between writes. Fewer
             # than the capacity waited before an offer taken whole.
@@ -599,7 +600,11 @@ async def offer_and_read(
                 assert waiting < capacity
                 assert subject._queued <= waiting + len(batch)
             assert len(subject._overflow) <= capacity
-            assert filled is (subject.close_reason is None and subject._queued >= capacity)
+            assert filled is (
+                subject.close_reason is None
+                and subject._queued >= capacity
+                and outcomes[Offer.QUEUED] > queued_before
+            )
         await read(10_000)  # the client catches up with everything
         subject.stop(CloseReason.CLIENT)  # the first reason given stays
     stream = Reader(receive)
