@@ -239,3 +239,48 @@ async def test_a_restored_redis_loses_nothing_published_while_the_reader_was_awa
     finally:
         control.close()
         server.remove()
+
+
+async def test_a_restore_another_instance_noticed_first_is_not_delivered_again() -> None:
+    """Two instances read one restored Redis; the first to notice gives it a new epoch (set
+    here by hand, as that instance would), and the other adopts it from the marker. The copy's
+    entries were delivered before on both: the second instance must not deliver them again."""
+    server = RedisServer()
+    server.start()
+    prefix = new_prefix()
+    settings = {
+        "bus": "redis",
+        "redis_url": server.url,
+        "redis_key_prefix": prefix,
+        "redis_streams": ("events-a", "events-b"),
+    }
+    headers = auth("u1", novels=["n1", "n4"])
+    control = redis.Redis.from_url(server.url)
+    try:
+        async with running_router(**settings) as router:
+            bus = router.running.hub.bus
+            assert isinstance(bus, RedisStreamBus)
+            await router.running.hub.reading.wait()
+            async with router.stream(headers) as live:
+                await router.publish(*(content(("n1", "n4")[n % 2], n) for n in range(4)))
+                await live.events_count(4)
+                control.save()  # the copy Redis comes back with
+                await router.publish(*(content(("n1", "n4")[n % 2], n) for n in range(4, 8)))
+                await live.events_count(8)
+                server.stop()
+                with trio.fail_after(20):  # a hang guard: the reader notices
+                    await bus.health_changed.wait()
+                server.start()  # from the copy: the marker of the history before
+                control.set(f"{prefix}:redis-bus:epoch", "another-instance")
+                with trio.fail_after(20):
+                    await bus.health_changed.wait()
+                await router.publish(content("n1", 8))
+                await live.read_until(
+                    lambda s: any(d.get("content_version") == 8 for d in s.data())
+                )
+            versions = [d.get("content_version") for d in live.data()]
+            assert sorted(v for v in versions if v is not None) == list(range(9))
+            assert await bus.epoch() == "another-instance"
+    finally:
+        control.close()
+        server.remove()

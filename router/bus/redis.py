@@ -154,7 +154,8 @@ class RedisStreamBus(ReportsHealth):
 
         A history found lost or replaced (the marker gone or changed, or after an outage a stream
         that ends before what was consumed from it) is a new epoch: its streams are read from
-        their beginning, and every record after that carries the new epoch."""
+        their beginning (a restored one's from where it went back to), and every record after
+        that carries the new epoch."""
         epoch = await self.epoch()
         consumed = dict(self._start if start is None else start)
         backoff = Backoff(0.1, 5.0)
@@ -181,7 +182,10 @@ class RedisStreamBus(ReportsHealth):
                 )
                 if marker is None or marker.decode() != epoch:
                     # What was read belongs to another history: read it again, as that one's.
-                    epoch, consumed = await self._new_history(epoch), {}
+                    # A marker another instance changed may be its answer to a restore (see
+                    # _streams_went_back): the copy's entries were delivered here too, before.
+                    restored = None if marker is None else await self._restored_from(consumed)
+                    epoch, consumed = await self._new_history(epoch), restored or {}
                     continue
             except (RedisError, OSError, TimeoutError) as error:
                 self.health.failed(error)
@@ -217,6 +221,11 @@ class RedisStreamBus(ReportsHealth):
         marker = await self._call("get", self._marker)
         if marker is None or marker.decode() != epoch:  # type: ignore[attr-defined]
             return None
+        return await self._restored_from(consumed)
+
+    async def _restored_from(self, consumed: Mapping[str, Offset]) -> dict[str, Offset] | None:
+        """Whether a stream ends before what was consumed from it, or is gone; if so, where to
+        read each from (see :meth:`_streams_went_back`)."""
         ends: dict[str, Offset] = {}
         went_back = False
         for stream in self.settings.streams:
