@@ -149,6 +149,14 @@ class Hub:
                     self.bus.source, self._started_epoch, start.items()
                 )
             read_from = await self.bus.start_positions() if start is None else start
+            if start is None:
+                # The cache holds nothing of this history, and the router starts reading past
+                # the events up to ``read_from``: a resume from before them must find them
+                # missing (and read them again from the bus), not be answered complete without.
+                for partition, offset in read_from.items():
+                    await self.cache.forget(
+                        EventIdentity(self.bus.source, partition, offset, self._started_epoch)
+                    )
             self._read_from = Cursor.from_positions(
                 self.bus.source, self._started_epoch, read_from.items()
             )
