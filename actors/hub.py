@@ -37,6 +37,7 @@ from router.core.cursor import (
     Offset,
     longest_cursor,
 )
+from router.core.dedup import RecentIds, Sighting, event_digest
 from router.core.envelope import Envelope
 from router.core.history import Entry, Replay
 from router.core.mapping import convert_batch
@@ -285,7 +286,15 @@ class Hub:
             return from_cache
         batch = convert_batch((r.identity, r.raw) for r in records if not r.lost)
         now = trio.current_time()
-        entries = [Entry(c.identity, c.message, now) for c in batch.events]
+        # What the adapter dropped live as a repeat (the same event published again) is on the
+        # bus all the same: dropped here too, so a resume never shows it twice.
+        seen = RecentIds(max(1, len(batch.events)))
+        entries = [
+            Entry(c.identity, c.message, now)
+            for c in batch.events
+            if c.envelope.event_id is None
+            or seen.sight(c.envelope.event_id, event_digest(c.envelope)) is not Sighting.DUPLICATE
+        ]
         if not any(r.lost for r in records):
             self.replays["complete", "bus"] += 1
             return Replay(entries, truncated=False)

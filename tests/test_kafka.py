@@ -245,3 +245,19 @@ async def test_a_resume_from_before_a_restart_gets_what_the_new_router_never_rou
     assert resumed.response is not None
     assert resumed.response.headers["sse-replay"] == "complete"  # Kafka still holds them all
     assert [d["content_version"] for d in resumed.data() if "content_version" in d] == [1, 2, 3]
+
+
+async def test_an_event_published_twice_is_replayed_from_kafka_once(kafka_broker: Broker) -> None:
+    """A relay that gave its rows back after a publish that ran out of time publishes them
+    again: the adapter drops the copy live, and a resume read again from Kafka must too."""
+    again = {**content("n1", 1), "event_id": "outbox:rows:7"}
+    async with kafka_router(kafka_broker, cache_max_events=1) as router:
+        headers = auth(novels=["n1"])
+        cursor = await router.fall_behind(
+            headers, [again, content("n1", 2), again, content("n1", 3)]
+        )
+        async with router.stream({**headers, "Last-Event-ID": cursor}) as resumed:
+            await router.flush(resumed)
+        assert router.running.hub.replays["complete", "bus"] == 1
+    assert resumed.response is not None
+    assert [d["content_version"] for d in resumed.data() if "content_version" in d] == [1, 2, 3]
