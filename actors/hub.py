@@ -40,9 +40,14 @@ from router.core.cursor import (
 from router.core.dedup import RecentIds, Sighting, event_digest
 from router.core.envelope import Envelope
 from router.core.history import Entry, Replay
-from router.core.mapping import convert_batch
+from router.core.mapping import Converted, convert_batch
 
 log = logging.getLogger(__name__)
+
+
+BUS_REPLAY_SLICE = 250
+"""Records a resume read again from the bus converts between two checkpoints: a few ms of the
+loop, where a whole replay (up to ``bus_replay_limit``) took seconds of it."""
 
 
 class CursorBoundError(Exception):
@@ -284,14 +289,19 @@ class Hub:
         if records is None:
             self.replays["truncated", "cache"] += 1
             return from_cache
-        batch = convert_batch((r.identity, r.raw) for r in records if not r.lost)
+        kept = [r for r in records if not r.lost]
+        converted: list[Converted] = []
+        for start in range(0, len(kept), BUS_REPLAY_SLICE):  # up to bus_replay_limit records
+            slice_ = kept[start : start + BUS_REPLAY_SLICE]
+            converted += convert_batch((r.identity, r.raw) for r in slice_).events
+            await trio.lowlevel.checkpoint()
         now = trio.current_time()
         # What the adapter dropped live as a repeat (the same event published again) is on the
         # bus all the same: dropped here too, so a resume never shows it twice.
-        seen = RecentIds(max(1, len(batch.events)))
+        seen = RecentIds(max(1, len(converted)))
         entries = [
             Entry(c.identity, c.message, now)
-            for c in batch.events
+            for c in converted
             if c.envelope.event_id is None
             or seen.sight(c.envelope.event_id, event_digest(c.envelope)) is not Sighting.DUPLICATE
         ]

@@ -284,3 +284,49 @@ async def test_a_restore_another_instance_noticed_first_is_not_delivered_again()
     finally:
         control.close()
         server.remove()
+
+
+async def test_a_long_resume_read_again_from_the_bus_lets_the_loop_run_while_it_converts(
+    redis_bus_settings: dict[str, Any],
+) -> None:
+    """3,000 events read again from the bus are converted a slice at a time, with a checkpoint
+    after each, so every other stream and the adapter run meanwhile (in one go it held the
+    loop for seconds at 100,000)."""
+    import unittest.mock
+
+    import actors.hub
+    from router.core.mapping import convert_batch
+
+    turns = 0
+    slices: list[tuple[int, int]] = []
+
+    def recording(records: Any, cursor: Any = None) -> Any:
+        batch = convert_batch(records, cursor)
+        slices.append((len(batch.events), turns))
+        return batch
+
+    async def beside(done: trio.Event) -> None:
+        nonlocal turns
+        while not done.is_set():
+            turns += 1
+            await trio.lowlevel.checkpoint()
+
+    async with running_router(cache_max_events=1, **redis_bus_settings) as router:
+        await router.running.hub.reading.wait()
+        headers = auth("u1", novels=["n1"])
+        cursor = await router.fall_behind(headers, [content("n1", 1)])
+        for start in range(2, 3002, 1000):
+            await router.publish(*(content("n1", n) for n in range(start, start + 1000)))
+        await router.running.hub.adapter.wait_consumed(3002)
+        done = trio.Event()
+        with unittest.mock.patch.object(actors.hub, "convert_batch", recording):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(beside, done)
+                async with router.stream({**headers, "Last-Event-ID": cursor}) as resumed:
+                    await resumed.events_count(3001)
+                done.set()
+        assert router.running.hub.replays["complete", "bus"] == 1
+    assert sum(events for events, _ in slices) == 3001
+    assert max(events for events, _ in slices) <= 500
+    # Other tasks ran all along (trio may run the two in either order within one round).
+    assert len({at for _, at in slices}) >= len(slices) // 2
