@@ -39,13 +39,19 @@ from router.core.cursor import (
     Offset,
     longest_cursor,
 )
+from router.core.dedup import RecentIds, Sighting, event_digest
 from router.core.envelope import Envelope
 from router.core.history import Entry, Replay
-from router.core.mapping import convert_batch
+from router.core.mapping import Converted, convert_batch
 from router.core.observer import NO_OBSERVER, Observer, ReplayOutcome, ReplaySource
 from router.core.permissions import Principal, StreamFilter
 
 log = logging.getLogger(__name__)
+
+
+BUS_REPLAY_SLICE = 250
+"""Records a resume read again from the bus converts between two checkpoints: a few ms of the
+loop, where a whole replay (up to ``bus_replay_limit``) took seconds of it."""
 
 
 class CursorBoundError(Exception):
@@ -187,6 +193,14 @@ class Hub:
                     self.bus.source, self._started_epoch, start.items()
                 )
             read_from = await self.bus.start_positions() if start is None else start
+            if start is None:
+                # The cache holds nothing of this history, and the router starts reading past
+                # the events up to ``read_from``: a resume from before them must find them
+                # missing (and read them again from the bus), not be answered complete without.
+                for partition, offset in read_from.items():
+                    await self.cache.forget(
+                        EventIdentity(self.bus.source, partition, offset, self._started_epoch)
+                    )
             self._read_from = Cursor.from_positions(
                 self.bus.source, self._started_epoch, read_from.items()
             )
@@ -339,9 +353,22 @@ class Hub:
             self._refuse_while_the_cache_is_briefly_unreadable(from_cache)
             self._replayed(truncated, ReplaySource.CACHE)
             return from_cache
-        batch = convert_batch((r.identity, r.raw) for r in records if not r.lost)
+        kept = [r for r in records if not r.lost]
+        converted: list[Converted] = []
+        for start in range(0, len(kept), BUS_REPLAY_SLICE):  # up to bus_replay_limit records
+            slice_ = kept[start : start + BUS_REPLAY_SLICE]
+            converted += convert_batch((r.identity, r.raw) for r in slice_).events
+            await trio.lowlevel.checkpoint()
         now = trio.current_time()
-        entries = [Entry(c.identity, c.message, now) for c in batch.events]
+        # What the adapter dropped live as a repeat (the same event published again) is on the
+        # bus all the same: dropped here too, so a resume never shows it twice.
+        seen = RecentIds(max(1, len(converted)))
+        entries = [
+            Entry(c.identity, c.message, now)
+            for c in converted
+            if c.envelope.event_id is None
+            or seen.sight(c.envelope.event_id, event_digest(c.envelope)) is not Sighting.DUPLICATE
+        ]
         if not any(r.lost for r in records):
             self._replayed(complete, ReplaySource.BUS)
             return Replay(entries, truncated=False)

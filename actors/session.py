@@ -179,8 +179,10 @@ class Session:
         batches), so at most ``inbox_capacity`` plus one step's events wait; and a burst larger
         than the inbox (a full publish batch) reaches a client that keeps up, because after a
         step that filled an inbox (this returns ``True``) the adapter lets the sessions write
-        before it routes more. Past the bound, a low-priority event is coalesced with the newest
-        of its kind (held aside, at most ``inbox_capacity`` of them), and a high-priority one
+        before it routes more (not after an offer coalesced aside whole: that client is not
+        reading, and the pause would hold everyone back for it). Past the bound, a low-priority
+        event is coalesced with the newest of its kind (held aside, at most ``inbox_capacity`` of
+        them), and a high-priority one
         ends the stream as lagged: the client resumes from the replay cache, nothing is lost,
         and no one waits for this client. An offer taken whole, with nothing held aside, is
         queued as it is: one channel send, one wake-up, however many events it carries.
@@ -219,7 +221,9 @@ class Session:
             if lagged_at + 1 < len(deliveries):
                 outcomes[Offer.CLOSED] += len(deliveries) - lagged_at - 1
             return False
-        return self._queued >= capacity
+        # Only an offer that queued something filled the inbox: one coalesced aside whole is a
+        # client that reads nothing, which the adapter's pause would wait for on every step.
+        return bool(queued) and self._queued >= capacity
 
     def _queue(self, deliveries: Sequence[Delivery], outcomes: Counter[Offer]) -> None:
         """Put ``deliveries`` in the inbox as one batch; :meth:`offer` has made room for them."""
@@ -360,6 +364,9 @@ class Session:
             if self._heartbeat_due:
                 self._heartbeat_due = False
                 if self._quiet_ticks >= TICKS_PER_HEARTBEAT:  # no event went out meanwhile
+                    if self._progress is not None and self._replaced_by(self._progress):
+                        # Moved into a new history by others' events: told as if by its own.
+                        await self._send_error(output, _HISTORY_REPLACED)
                     await self._send(output, self._heartbeat())
 
     def _heartbeat(self) -> bytes:
@@ -386,16 +393,20 @@ class Session:
         await self._send(output, error)
         self.observer.sent({SSEErrorEvent.EVENT: 1}, oldest_age=None, queued=self._queued)
 
-    async def _write(self, output: Output, batch: Sequence[Delivery]) -> None:
-        newest = batch[-1].cursor
-        if (
+    def _replaced_by(self, newer: Cursor) -> bool:
+        """Whether the router's cursor ``newer`` is of another history than the client's: the
+        bus's history was lost or replaced under this stream, and events may be missing. A
+        cursor of no epoch is a stream that opened before the bus answered: it missed nothing,
+        and every event since reached it live."""
+        return (
             self.cursor is not None
             and self.cursor.epoch is not None
-            and (newest.source, newest.epoch) != (self.cursor.source, self.cursor.epoch)
-        ):
-            # The bus's history was lost or replaced under this stream: events may be missing.
-            # A cursor of no epoch is a stream that opened before the bus answered: it missed
-            # nothing, and every event since reached it live.
+            and (newer.source, newer.epoch) != (self.cursor.source, self.cursor.epoch)
+        )
+
+    async def _write(self, output: Output, batch: Sequence[Delivery]) -> None:
+        if self._replaced_by(batch[-1].cursor):
+            self._progress = None  # of the history before: never to move the client back to it
             await self._send_error(output, _HISTORY_REPLACED)
         if self._in_sync and isinstance(batch, SharedBatch):
             # Admitted whole by the adapter, and in step with the router's cursor: the same

@@ -500,3 +500,44 @@ async def test_the_observer_hears_every_count_and_a_steps_offers_in_one_report(
     assert metrics.records_rejected.counts["duplicate"] == 1
     assert metrics.records_lost == 1
     assert (first.close_reason, second.close_reason) == (CloseReason.LAGGED, CloseReason.LAGGED)
+
+
+async def test_a_client_that_reads_nothing_and_is_only_coalesced_holds_no_one_back(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Once a stuck client's inbox is full, its progress events are coalesced aside and it is
+    never cut: the pause that lets a reader catch up after a step that filled an inbox must not
+    follow every step from then on, or every other stream waits for this one."""
+    from actors.session import SessionSettings
+
+    registry = SessionRegistry()
+    adapter = Adapter(RecordingCache(), registry, fanout_pause_seconds=0.02)
+    stuck = Session(
+        Principal("u1"),
+        StreamFilter(),
+        expires_at=in_an_hour(),
+        settings=SessionSettings(inbox_capacity=2),
+    )
+    registry.add(stuck)
+    output, _never_read = trio.open_memory_channel[bytes](0)
+
+    def progress(n: int) -> Record:
+        body = raw("Task.ProgressUpdated", {"user_id": "u1"}, task_id="t1", progress=n)
+        return Record(identity(n), body)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stuck.run, output, None)
+        records, records_receive = trio.open_memory_channel[Sequence[Record]](16)
+        nursery.start_soon(adapter.run, records_receive)
+        for n in range(3):  # two fill its inbox, the third is coalesced aside
+            await records.send([progress(n)])
+            await adapter.wait_consumed(n + 1)
+        await trio.sleep(1)
+        started = trio.current_time()
+        for n in range(3, 8):
+            await records.send([progress(n)])
+            await adapter.wait_consumed(n + 1)
+        assert trio.current_time() - started < 0.02
+        assert stuck.close_reason is None
+        assert adapter.stats.offers[Offer.COALESCED] == 6
+        nursery.cancel_scope.cancel()

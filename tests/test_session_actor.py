@@ -592,6 +592,7 @@ async def offer_and_read(
             ]
             offered += batch
             waiting = subject._queued
+            queued_before = outcomes[Offer.QUEUED]
             filled = subject.offer(batch, outcomes)
             # The bound, read where it is kept: nothing else shows it between writes. Fewer
             # than the capacity waited before an offer taken whole.
@@ -599,7 +600,11 @@ async def offer_and_read(
                 assert waiting < capacity
                 assert subject._queued <= waiting + len(batch)
             assert len(subject._overflow) <= capacity
-            assert filled is (subject.close_reason is None and subject._queued >= capacity)
+            assert filled is (
+                subject.close_reason is None
+                and subject._queued >= capacity
+                and outcomes[Offer.QUEUED] > queued_before
+            )
         await read(10_000)  # the client catches up with everything
         subject.stop(CloseReason.CLIENT)  # the first reason given stays
     stream = Reader(receive)
@@ -963,4 +968,30 @@ async def test_a_stream_opened_before_the_bus_answered_is_not_told_of_a_lost_his
         await trio.testing.wait_all_tasks_blocked()
         subject.stop(CloseReason.CLIENT)
     assert [e.event for e in reader.events] == ["content.updated"]
+    assert reader.last_event_id == str(feed.cursor)
+
+
+async def test_a_quiet_stream_whose_history_was_replaced_is_told_before_its_heartbeat_moves_it(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Others' events of a new history pass while this client sees none: its heartbeat may
+    carry it into the new history only after the same history-truncated a stream with events
+    of its own is sent, else it never hears that events may be missing."""
+    feed = Feed()
+    subject = session()
+    async with trio.open_nursery() as nursery:
+        reader = await start(
+            nursery,
+            subject,
+            position=parse_cursor("memory@e0:0:41"),
+            progress=lambda: feed.cursor,
+        )
+        for n in range(3):
+            feed.next(progress("t9", n, user_id="u2"))  # of epoch e1, not for this client
+        await trio.sleep(HEARTBEAT_SECONDS + 0.01)
+        offer_batch(subject, [feed.next(content(version=1))])
+        await trio.testing.wait_all_tasks_blocked()
+        subject.stop(CloseReason.CLIENT)
+    assert [e.event for e in reader.events] == ["sse.error", "content.updated"]
+    assert json.loads(reader.events[0].data)["code"] == "history-truncated"
     assert reader.last_event_id == str(feed.cursor)

@@ -229,7 +229,7 @@ class RedisReplayCache(ReportsHealth):
                 format_offset(entry.identity.offset),
                 message.id or "",
                 message.event,
-                json.dumps(message.data, ensure_ascii=False, separators=(",", ":")),
+                _data_json(message.data),
                 json.dumps(message.scope.to_json(), separators=(",", ":")),
             ]
         return args
@@ -361,6 +361,20 @@ class RedisReplayCache(ReportsHealth):
             self._failed(error)
             return Window(len(self._pending), None)
         return Window(int(length) + len(self._pending), None)
+
+
+def _data_json(data: object) -> str:
+    """An event's data as JSON for the stream, in UTF-8 as it is, unless it holds text with no
+    UTF-8 form (a lone surrogate, which a producer writing to the bus itself can send as
+    ``"\\ud800"``): that is escaped, as the stream to the browser escapes it, since Redis takes
+    only what encodes and a write that raised would hold every event behind it."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(data, separators=(",", ":"))
+    return text
 
 
 def _latest(first: dict[str, Offset], second: dict[str, Offset]) -> dict[str, Offset]:
