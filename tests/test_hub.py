@@ -438,10 +438,10 @@ async def test_a_session_that_fails_is_removed_and_the_hub_carries_on(
             monkeypatch.setattr(broken, "run", fail)
         else:
 
-            def fail_to_encode(*args: object) -> bytes:
+            async def fail_to_write(*args: object) -> None:
                 raise RuntimeError("boom")
 
-            monkeypatch.setattr(broken, "_encode", fail_to_encode)
+            monkeypatch.setattr(broken, "_write", fail_to_write)
         broken_reader = await attach(hub, nursery, broken)
         await hub.publish([content("n1", 1)])
         with trio.fail_after(GUARD_SECONDS):
