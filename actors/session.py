@@ -295,12 +295,13 @@ class Session:
         moved up to the router's as an id-only block)."""
         inbox = self._inbox
         while True:
-            while not inbox.ready:
-                self._writer_waiting = True
-                await self._wake.receive()
             batch = inbox.take(MAX_WRITE_BATCH)
             if batch:
                 await self._write(output, batch)
+            elif not inbox.heartbeat_due:  # nothing waits: until an offer or a tick wakes it
+                self._writer_waiting = True
+                await self._wake.receive()
+                continue
             if inbox.heartbeat_due:
                 moved = inbox.heartbeat()
                 await self._send(
