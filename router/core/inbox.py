@@ -128,10 +128,12 @@ class Inbox:
         """The lag verdict: an event that had to be queued found no room."""
         self.waiting = 0
         """Events offered and queued, not yet taken (those coalesced aside are not counted)."""
-        # A list, not a deque: few batches wait at a time, and a deque's first block is 500
-        # bytes more per session, at 10,000 sessions.
-        self._batches: list[Sequence[Delivery]] = []
         self._held: Sequence[Delivery] = ()
+        """The next events to take, in the order offered: the rest of a batch cut at a take, or
+        the one batch offered while nothing waited."""
+        # A list, not a deque: few batches wait behind ``_held`` at a time, and a deque's first
+        # block is 500 bytes more per session, at 10,000 sessions.
+        self._batches: list[Sequence[Delivery]] = []
         self._aside: dict[str, Delivery] = {}
         self._in_sync = False
         self._quiet_ticks = 0
@@ -164,7 +166,11 @@ class Inbox:
         capacity = self.capacity
         room = len(deliveries) if self.waiting < capacity else 0
         if room and not self._aside:
-            self._batches.append(deliveries)
+            # With nothing waiting the batch is the next to take: no list to grow and shrink.
+            if self.waiting:
+                self._batches.append(deliveries)
+            else:
+                self._held = deliveries
             self.waiting += room
             outcomes[Offer.QUEUED] += room
             return self.waiting >= capacity
@@ -186,7 +192,10 @@ class Inbox:
                 break
             outcomes[Offer.COALESCED] += 1
         if queued:
-            self._batches.append(queued)
+            if self.waiting:
+                self._batches.append(queued)
+            else:
+                self._held = queued
             self.waiting += len(queued)
             outcomes[Offer.QUEUED] += len(queued)
         if lagged_at is not None:
@@ -243,7 +252,8 @@ class Inbox:
             batch = batches[joined]
             joined += 1
             held = batch if not held else [*held, *batch]
-        del batches[:joined]
+        if joined:
+            del batches[:joined]
         if self._aside:
             return self._merge_aside(held, most)
         if len(held) > most:
