@@ -99,6 +99,8 @@ class Inbox:
 
     Neither side ever waits on it: every method returns at once. Batches offered are kept as
     they are (a :class:`SharedBatch` is shared with other sessions: never changed in place).
+    The public attributes are there to be read (plain attributes, not properties: the adapter's
+    side reads them once per offer, for 10,000 sessions); they change only through the calls.
     """
 
     __slots__ = (
@@ -154,9 +156,9 @@ class Inbox:
         The bound is on what still waits from earlier offers: while fewer than ``capacity``
         events do, an offer is taken whole, however large. Past it, a low-priority event is
         coalesced with the newest of its kind, held aside (at most ``capacity`` of them), and a
-        high-priority one is the lag verdict: :attr:`lagged` and :attr:`closed` are set, and it
-        and the rest of the offer are lost to this client. An offer taken whole, with nothing
-        held aside, is kept as it is.
+        high-priority one is the lag verdict: :attr:`lagged` and :attr:`closed` are set, and
+        neither it nor the rest of the offer is queued (the client is to resume from the replay
+        cache). An offer taken whole, with nothing held aside, is kept as it is.
         """
         if self.closed:
             outcomes[Offer.CLOSED] += len(deliveries)
