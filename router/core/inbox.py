@@ -100,7 +100,8 @@ class Inbox:
     Neither side ever waits on it: every method returns at once. Batches offered are kept as
     they are (a :class:`SharedBatch` is shared with other sessions: never changed in place).
     The public attributes are there to be read (plain attributes, not properties: the adapter's
-    side reads them once per offer, for 10,000 sessions); they change only through the calls.
+    side reads them once per offer, for 10,000 sessions); they change only through the calls,
+    but for :attr:`cursor`, which a driver may set before the stream starts (a resume).
     """
 
     __slots__ = (
