@@ -64,6 +64,12 @@ system-deps:
         exit 1
     fi
 
+# The fault suite's longer soak: two routers on a Redis of its own, every fault mixed (router
+# SIGTERM/SIGKILL, Redis restarts with and without data, reconnect storms, drops, slow readers),
+# one table at the end: `just faults --seconds 300 --seed 7`. `just test` runs tests/faults bounded.
+faults *ARGS:
+    python -m tests.faults.soak {{ARGS}}
+
 # Measure the router beside a peer (sse-starlette on uvicorn); prints a table. Not a test.
 bench *ARGS:
     pip install --quiet -e '.[dev,bench]'

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
+from dataclasses import dataclass, field
 
 import trio
 
-from actors.adapter import Failure
 from router.bus.base import EventBus, Record
 from router.core.backoff import Backoff
 from router.core.cursor import Offset
+from router.core.observer import Failure
 
 log = logging.getLogger(__name__)
 
@@ -21,37 +21,57 @@ async def run_consumer(
     bus: EventBus,
     start: Mapping[str, Offset] | None,
     records_out: trio.MemorySendChannel[Sequence[Record]],
-    failures: Counter[Failure] | None = None,
+    failed: Callable[[Failure], None] | None = None,
 ) -> None:
     """Forward batches of records from ``bus`` (after ``start``) into ``records_out``.
 
     When ``records_out`` is full this waits, so a slow adapter slows reading from the bus and
     nothing is dropped. A read that raises (the buses wait out outages themselves, so this is a
-    bug) is logged, counted in ``failures`` and opened again after a backoff, from ``start``
-    with what was handed over since: a record already handed over is never handed over twice.
+    bug) is logged, reported to ``failed`` (the adapter's :meth:`~actors.adapter.Adapter.failed`,
+    which counts it and tells the observer) and opened again after a backoff, from ``start`` with
+    what was handed over since: a record already handed over is never handed over twice.
     Runs until cancelled; closes ``records_out`` on the way out, which ends the adapter.
     """
-    handed_over: dict[str, Offset] = {}
+    handed_over = _HandedOver()
     backoff = Backoff(0.1, 5.0)
     async with records_out:
         while True:
-            reopen_from = None if start is None else {**start, **handed_over}
+            reopen_from = handed_over.reopen_from(start)
             # Closing the reader explicitly: cancelled while sending, it would be left suspended
             # and only finalized by the garbage collector.
             async with aclosing(bus.read(reopen_from)) as batches:
                 try:
                     await _forward(batches, records_out, handed_over, backoff)
                     return  # the bus ended its history: so does the adapter
-                except _ReadFailedError as failed:
-                    error = failed.error
-            if failures is not None:
-                failures[Failure.BUS_READ] += 1
+                except _ReadFailedError as read_failed:
+                    error = read_failed.error
+            if failed is not None:
+                failed(Failure.BUS_READ)
             log.error(
                 "bus read failed",
-                extra={"position": {p: list(o) for p, o in handed_over.items()}},
+                extra={"position": {p: list(o) for p, o in handed_over.offsets.items()}},
                 exc_info=error,
             )
             await trio.sleep(backoff.next_delay())
+
+
+@dataclass
+class _HandedOver:
+    """How far each partition was handed over to the adapter, in the history (epoch) of the
+    last record handed over. A new history (a recreated topic, a Redis that lost its data)
+    numbers its offsets again, from below those of the one before: what was handed over of
+    that one says nothing of it, and filtered by it, the new history's events would be lost."""
+
+    offsets: dict[str, Offset] = field(default_factory=dict)
+    epoch: str | None = None
+    new_history: bool = False
+    """Whether the bus moved on to a new history since the consumer started: ``start`` is then
+    of the one before, and a reader opened again starts from ``offsets`` alone."""
+
+    def reopen_from(self, start: Mapping[str, Offset] | None) -> dict[str, Offset] | None:
+        if self.new_history:
+            return dict(self.offsets)
+        return None if start is None else {**start, **self.offsets}
 
 
 class _ReadFailedError(Exception):
@@ -64,7 +84,7 @@ class _ReadFailedError(Exception):
 async def _forward(
     batches: AsyncGenerator[Sequence[Record], None],
     records_out: trio.MemorySendChannel[Sequence[Record]],
-    handed_over: dict[str, Offset],
+    handed_over: _HandedOver,
     backoff: Backoff,
 ) -> None:
     """Send what ``batches`` yields, minus what was handed over before (a reader opened again
@@ -77,14 +97,21 @@ async def _forward(
             return
         except Exception as error:
             raise _ReadFailedError(error) from error
-        if handed_over:
-            records = [r for r in records if _after(r, handed_over)]
+        if not records:
+            continue
+        epoch = records[-1].identity.epoch  # one reader's batch is of one history
+        if handed_over.epoch is not None and epoch != handed_over.epoch:
+            handed_over.offsets.clear()
+            handed_over.new_history = True
+        if handed_over.offsets:
+            records = [r for r in records if _after(r, handed_over.offsets)]
         if not records:
             continue
         await records_out.send(records)
         backoff.reset()
+        handed_over.epoch = epoch
         for record in records:
-            handed_over[record.identity.partition] = record.identity.offset
+            handed_over.offsets[record.identity.partition] = record.identity.offset
 
 
 def _after(record: Record, handed_over: Mapping[str, Offset]) -> bool:

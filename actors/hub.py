@@ -1,4 +1,7 @@
-"""The hub: the router's running actors, and what the HTTP layer may ask of them.
+"""The hub: the router's running actors, and what a transport may ask of them.
+
+A transport opens an admitted stream with :meth:`Hub.open`, which makes its session: from
+:attr:`HubSettings.session`, with the hub's observer and the resume cursor it vouched for.
 
 :meth:`Hub.run` is the actor part of the nursery tree::
 
@@ -7,7 +10,7 @@
     ├── adapter    records channel -> replay cache, and each session's inbox (send_nowait)
     ├── heartbeat clock   ticks every session; a quiet one gets a heartbeat in its inbox
     └── sessions nursery
-        └── session, one per client: inbox (capacity: inbox_capacity) -> its output
+        └── session, one per client: inbox (capacity: session.inbox_capacity) -> its output
 
 Cancelling the hub's scope stops all of it. :meth:`Hub.close_sessions` is the graceful step before
 that: every session says goodbye (``server-shutdown``) and ends its response.
@@ -18,16 +21,15 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
 from actors.adapter import Adapter
 from actors.consumer import run_consumer
 from actors.heartbeats import run_heartbeat_clock
-from actors.observer import NO_OBSERVER, StreamObserver
 from actors.registry import SessionRegistry
-from actors.session import CloseReason, Output, Session
+from actors.session import CloseReason, Output, Session, SessionSettings
 from router.bus.base import BusUnavailableError, EventBus, Record
 from router.cache.base import ReplayCache
 from router.core.cursor import (
@@ -37,11 +39,19 @@ from router.core.cursor import (
     Offset,
     longest_cursor,
 )
+from router.core.dedup import RecentIds, Sighting, event_digest
 from router.core.envelope import Envelope
 from router.core.history import Entry, Replay
-from router.core.mapping import convert_batch
+from router.core.mapping import Converted, convert_batch
+from router.core.observer import NO_OBSERVER, Observer, ReplayOutcome, ReplaySource
+from router.core.permissions import Principal, StreamFilter
 
 log = logging.getLogger(__name__)
+
+
+BUS_REPLAY_SLICE = 250
+"""Records a resume read again from the bus converts between two checkpoints: a few ms of the
+loop, where a whole replay (up to ``bus_replay_limit``) took seconds of it."""
 
 
 class CursorBoundError(Exception):
@@ -60,6 +70,35 @@ class HubSettings:
     """A stream that carried nothing for this long gets a comment line (see actors/heartbeats)."""
     fanout_pause_seconds: float = 0.02
     """After a step that made many offers, the adapter waits this long (see :meth:`Adapter.run`)."""
+    session: SessionSettings = field(default_factory=SessionSettings)
+    """What every session :meth:`Hub.open` makes is built with (its inbox: ``--session-buffer``)."""
+    replay_outage_grace_seconds: float = 30.0
+    """For this long after the replay cache was first found unreadable, a resume that neither
+    it nor the bus can serve is refused for a retry (:class:`ReplayUnavailableError`), not
+    answered as truncated: the history is most likely still there, and a short outage should
+    cost a client nothing. Past it, the client gets what is held, as truncated, and live events."""
+    replay_retry_seconds: float = 2.0
+    """How long a client refused for an unreadable cache is told to wait."""
+
+
+class ReplayUnavailableError(Exception):
+    """A resume that cannot be served now: the replay cache cannot be read and the bus does not
+    hold what the client missed. The client should come back after ``wait`` seconds."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__("the replay cache cannot be read now; reconnect to resume")
+        self.wait = wait
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A session :meth:`Hub.open` made and started."""
+
+    session: Session
+    replay: Replay | None
+    """What the replay gave back for its cursor (``None`` without one), to say if truncated."""
+    output: trio.MemoryReceiveChannel[bytes] | None
+    """The receiving end of the session's output, when ``open`` was given none (tests read it)."""
 
 
 class Hub:
@@ -68,7 +107,7 @@ class Hub:
         bus: EventBus,
         cache: ReplayCache,
         settings: HubSettings = HubSettings(),
-        observer: StreamObserver = NO_OBSERVER,
+        observer: Observer = NO_OBSERVER,
     ) -> None:
         self.bus = bus
         self.cache = cache
@@ -76,14 +115,19 @@ class Hub:
         self.observer = observer
         self.registry = SessionRegistry()
         self.adapter = Adapter(
-            cache, self.registry, fanout_pause_seconds=settings.fanout_pause_seconds
+            cache,
+            self.registry,
+            fanout_pause_seconds=settings.fanout_pause_seconds,
+            observer=observer,
         )
         self._started_epoch = ""
         self._read_from: Cursor | None = None
+        self._cache_unreadable_since: float | None = None
+        """When a replay first found the cache unreadable, since it last could read it."""
         """Where the consumer started reading: what :meth:`position` is until the first event."""
         self.closing = False
         """Set by :meth:`close_sessions`: the router is shutting down and takes no new streams."""
-        self.replays: Counter[tuple[str, str]] = Counter()
+        self.replays: Counter[tuple[ReplayOutcome, ReplaySource]] = Counter()
         """Resumes served, by (``complete`` or ``truncated``, ``cache`` or ``bus``)."""
         self.reading = trio.Event()
         """Set once the bus answered: every event published from then on will be routed."""
@@ -149,13 +193,19 @@ class Hub:
                     self.bus.source, self._started_epoch, start.items()
                 )
             read_from = await self.bus.start_positions() if start is None else start
+            if start is None:
+                # The cache holds nothing of this history, and the router starts reading past
+                # the events up to ``read_from``: a resume from before them must find them
+                # missing (and read them again from the bus), not be answered complete without.
+                for partition, offset in read_from.items():
+                    await self.cache.forget(
+                        EventIdentity(self.bus.source, partition, offset, self._started_epoch)
+                    )
             self._read_from = Cursor.from_positions(
                 self.bus.source, self._started_epoch, read_from.items()
             )
             self.reading.set()
-            nursery.start_soon(
-                run_consumer, self.bus, start, records_send, self.adapter.stats.failures
-            )
+            nursery.start_soon(run_consumer, self.bus, start, records_send, self.adapter.failed)
             nursery.start_soon(self.adapter.run, records_receive)
 
     async def _check_cursor_bound(self) -> None:
@@ -173,27 +223,49 @@ class Hub:
         )
 
     async def open(
-        self, session: Session, resume_from: Cursor | None, output: Output | None = None
-    ) -> tuple[trio.MemoryReceiveChannel[bytes] | None, Replay | None]:
-        """Attach ``session``: register it for live events, fetch its replay, start its actor.
+        self,
+        principal: Principal,
+        stream_filter: StreamFilter,
+        *,
+        expires_at: float,
+        resume_from: Cursor | None = None,
+        output: Output | None = None,
+        connection_id: str = "",
+        settings: SessionSettings | None = None,
+    ) -> Opened:
+        """Make the session of an admitted stream, register it for live events, fetch its
+        replay, start its actor.
 
-        The session writes to ``output``, or, without one, to a new memory channel whose receiving
-        end is returned (tests read it), with the replay (``None`` without a cursor) so the caller
-        can say whether it was truncated. Registration and reading the adapter's cursor
-        happen with no checkpoint between them: every event after that cursor is offered to the
-        session live, every event up to it comes from the replay cache, so the hand-over has no
-        gap; the session skips what its own cursor covers, so it has no duplicate either. The
-        session's stream starts with its position (:meth:`position` then), so a client cut before
-        its first event resumes from there.
+        The session is built with the hub's :attr:`HubSettings.session` (or ``settings``, for a
+        transport or a test that needs others), the hub's observer, and its cursor: ``resume_from``
+        as far as the bus vouches for it, when it is of this history. It writes to ``output``, or,
+        without one, to a new memory channel whose receiving end is returned. Registration and
+        reading the adapter's cursor happen with no checkpoint between them: every event after
+        that cursor is offered to the session live, every event up to it comes from the replay
+        cache, so the hand-over has no gap; the session skips what its own cursor covers, so it
+        has no duplicate either. The session's stream starts with its position (:meth:`position`
+        then), so a client cut before its first event resumes from there. Cancelled (or failing)
+        before it returns, the session is unregistered and never runs; once it returns, the
+        session runs in the hub's sessions nursery, and the caller stops it with
+        :meth:`Session.stop` when its client leaves.
         """
         assert self._sessions_nursery is not None, "the hub is not running"
         doubtful = False
+        cursor = None
         if resume_from is not None:
             vouched = await self._vouched(resume_from)
             doubtful, resume_from = vouched is not resume_from, vouched
             if resume_from.is_from(self.bus.source, self.epoch):
-                session.cursor = resume_from
-        session.observer = self.observer
+                cursor = resume_from
+        session = Session(
+            principal,
+            stream_filter,
+            expires_at=expires_at,
+            settings=self.settings.session if settings is None else settings,
+            connection_id=connection_id,
+            observer=self.observer,
+            cursor=cursor,
+        )
         self.registry.add(session)
         up_to = self._hand_over()
         position = self.position()
@@ -210,7 +282,7 @@ class Hub:
         if output is None:
             output, receive = trio.open_memory_channel[bytes](self.settings.output_capacity)
         self._sessions_nursery.start_soon(self._run_session, session, output, resume, position)
-        return receive, resume
+        return Opened(session, resume, receive)
 
     def progress(self) -> Cursor | None:
         """What a quiet session may follow (:meth:`Session.tick`): :meth:`position` once the bus
@@ -264,29 +336,62 @@ class Hub:
         """From the cache; when it no longer holds everything, from the bus; and only when
         neither has it all, a truncated replay. A ``doubtful`` cursor (see :meth:`_vouched`)
         gets what the cache holds after it, as a truncated replay."""
+        complete, truncated = ReplayOutcome.COMPLETE, ReplayOutcome.TRUNCATED
         from_cache = await self.cache.replay(after, up_to)
+        if not from_cache.unavailable:
+            self._cache_unreadable_since = None
+        elif self._cache_unreadable_since is None:
+            self._cache_unreadable_since = trio.current_time()
         if doubtful:
-            self.replays["truncated", "cache"] += 1
+            self._replayed(truncated, ReplaySource.CACHE)
             return Replay(from_cache.entries, truncated=True)
         if not from_cache.truncated or up_to is None:
-            self.replays["complete" if not from_cache.truncated else "truncated", "cache"] += 1
+            self._replayed(truncated if from_cache.truncated else complete, ReplaySource.CACHE)
             return from_cache
         records = await self.bus.replay(after, up_to, self.settings.bus_replay_limit)
         if records is None:
-            self.replays["truncated", "cache"] += 1
+            self._refuse_while_the_cache_is_briefly_unreadable(from_cache)
+            self._replayed(truncated, ReplaySource.CACHE)
             return from_cache
-        batch = convert_batch((r.identity, r.raw) for r in records if not r.lost)
+        kept = [r for r in records if not r.lost]
+        converted: list[Converted] = []
+        for start in range(0, len(kept), BUS_REPLAY_SLICE):  # up to bus_replay_limit records
+            slice_ = kept[start : start + BUS_REPLAY_SLICE]
+            converted += convert_batch((r.identity, r.raw) for r in slice_).events
+            await trio.lowlevel.checkpoint()
         now = trio.current_time()
-        entries = [Entry(c.identity, c.message, now) for c in batch.events]
+        # What the adapter dropped live as a repeat (the same event published again) is on the
+        # bus all the same: dropped here too, so a resume never shows it twice.
+        seen = RecentIds(max(1, len(converted)))
+        entries = [
+            Entry(c.identity, c.message, now)
+            for c in converted
+            if c.envelope.event_id is None
+            or seen.sight(c.envelope.event_id, event_digest(c.envelope)) is not Sighting.DUPLICATE
+        ]
         if not any(r.lost for r in records):
-            self.replays["complete", "bus"] += 1
+            self._replayed(complete, ReplaySource.BUS)
             return Replay(entries, truncated=False)
         # The bus deleted some of what the client missed: truncated, with every event either
         # still holds, each partition's in offset order.
-        self.replays["truncated", "bus"] += 1
+        self._replayed(truncated, ReplaySource.BUS)
         held = {(e.identity.partition, e.identity.offset): e for e in from_cache.entries}
         held.update({(e.identity.partition, e.identity.offset): e for e in entries})
         return Replay([held[place] for place in sorted(held)], truncated=True)
+
+    def _refuse_while_the_cache_is_briefly_unreadable(self, from_cache: Replay) -> None:
+        """Raise :class:`ReplayUnavailableError` for a replay the cache could not read, within
+        ``replay_outage_grace_seconds`` of the first such replay."""
+        since = self._cache_unreadable_since
+        if not from_cache.unavailable or since is None:
+            return
+        if trio.current_time() - since < self.settings.replay_outage_grace_seconds:
+            self._replayed(ReplayOutcome.REFUSED, ReplaySource.CACHE)
+            raise ReplayUnavailableError(self.settings.replay_retry_seconds)
+
+    def _replayed(self, outcome: ReplayOutcome, source: ReplaySource) -> None:
+        self.replays[outcome, source] += 1
+        self.observer.replayed(outcome, source)
 
     async def _run_session(
         self, session: Session, output: Output, resume: Replay | None, position: Cursor

@@ -18,6 +18,7 @@ import trio
 from router.bus.base import BusUnavailableError, EventBus
 from router.core.backoff import Backoff
 from router.core.envelope import Envelope, EnvelopeError, parse_envelope
+from router.core.observer import NO_OBSERVER, Observer
 from router.outbox.base import Claim, OutboxStore
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ class RelaySettings:
 
 @dataclass
 class RelayStats:
+    """What the relay has counted, for tests and waits; the counts also go to its observer."""
+
     published: int = 0
     rejected: int = 0
     failures: int = 0
@@ -51,11 +54,13 @@ class Relay:
         open_store: Callable[[], OutboxStore],
         bus: EventBus,
         settings: RelaySettings = RelaySettings(),
+        observer: Observer = NO_OBSERVER,
     ) -> None:
         self.open_store = open_store
         self.bus = bus
         self.settings = settings
         self.stats = RelayStats()
+        self.observer = observer
 
     async def run(self) -> None:
         """Relay until cancelled; a failing database or bus is retried with backoff.
@@ -68,7 +73,7 @@ class Relay:
             try:
                 store = await trio.to_thread.run_sync(self.open_store)
             except Exception as error:
-                self.stats.failures += 1
+                self._failed()
                 log.warning("outbox unavailable", extra={"error": str(error)})
                 await trio.sleep(backoff.next_delay())
                 continue
@@ -76,12 +81,16 @@ class Relay:
                 backoff.reset()
                 await self._relay_with(store)
             except Exception as error:
-                self.stats.failures += 1
+                self._failed()
                 log.warning("outbox relay failed", extra={"error": repr(error)})
                 await trio.sleep(backoff.next_delay())
             finally:
                 with trio.move_on_after(CLOSE_TIMEOUT_SECONDS, shield=True):
                     await trio.to_thread.run_sync(store.close, abandon_on_cancel=True)
+
+    def _failed(self) -> None:
+        self.stats.failures += 1
+        self.observer.relay_failed()
 
     async def _relay_with(self, store: OutboxStore) -> None:
         while True:
@@ -127,6 +136,11 @@ class Relay:
             raise
         await trio.to_thread.run_sync(store.settle, claim)
         self.stats.published += len(envelopes)
+        self.observer.relay_published(len(envelopes))
+        rejected = len(claim.rows) - len(envelopes)
+        if rejected:
+            self.stats.rejected += rejected
+            self.observer.relay_rejected(rejected)
         return len(claim.rows)
 
     def _envelopes(self, table: str, claim: Claim) -> list[Envelope]:
@@ -140,8 +154,8 @@ class Relay:
                 envelope.to_bytes()  # NaN or a lone surrogate: the bus cannot carry it, ever
                 envelopes.append(envelope)
             except (ValueError, EnvelopeError) as error:
-                # Published, it would only be rejected downstream; settled with the rest, logged.
-                self.stats.rejected += 1
+                # Published, it would only be rejected downstream; settled with the rest (and
+                # counted once they are), logged.
                 log.warning(
                     "outbox row rejected",
                     extra={"table": table, "id": row_id, "reason": str(error)},

@@ -10,7 +10,6 @@ adapter's offers meet the inbox's policy.
 
 from __future__ import annotations
 
-import enum
 import logging
 import random
 import time
@@ -21,22 +20,15 @@ from typing import Protocol
 
 import trio
 
-from actors.observer import NO_OBSERVER, StreamObserver
 from router.core.cursor import Cursor
 from router.core.events import ErrorCode, SSEErrorEvent
 from router.core.history import Replay
-from router.core.inbox import (
-    MAX_WRITE_BATCH,
-    TICKS_PER_HEARTBEAT,
-    Delivery,
-    Inbox,
-    Offer,
-    SharedBatch,
-)
+from router.core.inbox import MAX_WRITE_BATCH, TICKS_PER_HEARTBEAT, Delivery, Inbox, SharedBatch
+from router.core.observer import NO_OBSERVER, CloseReason, Offer, StreamObserver
 from router.core.permissions import Principal, StreamFilter, admits
 from router.core.sse import encode_comment, encode_id, encode_retry
 
-__all__ = [  # the inbox's names stay importable from here, where the actors and tests find them
+__all__ = [  # the inbox's and the observer's names stay importable from here, as before
     "MAX_WRITE_BATCH",
     "TICKS_PER_HEARTBEAT",
     "CloseReason",
@@ -58,16 +50,6 @@ class Output(Protocol):
     async def send(self, value: bytes, /) -> None: ...
 
     def close(self) -> None: ...
-
-
-class CloseReason(enum.StrEnum):
-    """Why a stream ended: a bounded set, fit for a metric label."""
-
-    CLIENT = "client"
-    LAGGED = "lagged"
-    TOKEN_EXPIRED = "token-expired"
-    SERVER_SHUTDOWN = "server-shutdown"
-    ERROR = "error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,7 +285,11 @@ class Session:
                 await self._wake.receive()
                 continue
             if inbox.heartbeat_due:
-                moved = inbox.heartbeat()
+                heartbeat = inbox.heartbeat()
+                if heartbeat.history_replaced:
+                    # Moved into a new history by others' events: told as if by its own.
+                    await self._send_error(output, _HISTORY_REPLACED)
+                moved = heartbeat.moved_to
                 await self._send(
                     output, encode_comment() if moved is None else encode_id(str(moved))
                 )

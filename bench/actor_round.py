@@ -47,8 +47,10 @@ def _notification(offset: int) -> Record:
 async def measure(sessions: int, events_per_round: int, rounds: int) -> tuple[float, float]:
     """Microseconds per session and round: routing, then waking and writing."""
     registry = SessionRegistry()
-    adapter = Adapter(MemoryReplayCache(max_events=10_000), registry, fanout_pause_seconds=0)
     metrics = Metrics()
+    adapter = Adapter(
+        MemoryReplayCache(max_events=10_000), registry, fanout_pause_seconds=0, observer=metrics
+    )
     routing = writing = 0.0
     async with trio.open_nursery() as nursery:
         for _ in range(sessions):

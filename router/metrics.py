@@ -1,26 +1,36 @@
 """Prometheus metrics: what an operator needs to see the router work.
 
-Per-stream observations (connections, events sent, delivery lag, queue fill) come through the
-actors' :class:`~actors.observer.StreamObserver` hooks. Counts the actors, the bus and the cache
-keep anyway (events consumed and rejected, offers, resumes, errors) are read when Prometheus
-scrapes, by a collector, so the hot path pays nothing for them. Every label value comes from a
+:class:`Metrics` is the router's :class:`~router.core.observer.Observer`: the hub, the adapter,
+the consumer, the sessions, the outbox relay and the HTTP body writer report to it what they
+count, as it happens, and it imports none of them. Counts land in plain integers and tallies
+(``router/tally.py``), turned into metric families when Prometheus scrapes; what is a level, not
+a count (the bus's consumer lag, the records waiting for the adapter, the backends' errors), is
+read at scrape time from what :meth:`Metrics.watch` was given. Every label value comes from a
 bounded set: never a user id or a token.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from actors.adapter import Failure
-from actors.hub import Hub
-from actors.session import CloseReason, Offer
 from router.auth import AuthProblem
+from router.bus.base import EventBus
+from router.cache.base import ReplayCache
 from router.core.events import EVENT_CLASSES
-from router.core.mapping import Problem
+from router.core.observer import (
+    REJECTION_REASONS,
+    CloseReason,
+    Failure,
+    Offer,
+    ReplayOutcome,
+    ReplaySource,
+    WriteFallback,
+)
 from router.core.refusal import Limit
 from router.tally import Buckets, LabelledCount
 
@@ -64,7 +74,45 @@ class Metrics:
             "Events still waiting in a stream's inbox when it writes to its client.",
             (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
         )
-        r.register(_TallyCollector((self.events_sent, self.delivery_lag, self.queue_size)))
+        # Counted as the actors report it (see the Observer methods below).
+        self.records_consumed = 0
+        self.records_rejected = LabelledCount(
+            "sse_events_rejected", "Records skipped, by reason.", "reason", REJECTION_REASONS
+        )
+        self.ids_reused = 0
+        self.failures = LabelledCount(
+            "sse_actor_failures",
+            "Unexpected failures contained to one record, one stream or one bus read, by what"
+            " failed: the router logged each one and carried on.",
+            "failed",
+            (failure.value for failure in Failure),
+        )
+        self.records_lost = 0
+        self.offers: Tally[Offer] = Tally()
+        self.replays: Tally[tuple[ReplayOutcome, ReplaySource]] = Tally()
+        self.outbox_published = 0
+        self.outbox_rejected = 0
+        self.outbox_failures = 0
+        self.write_fallbacks = LabelledCount(
+            "sse_direct_write_fallbacks",
+            "Streams whose body went through the server's ASGI send instead of straight onto the"
+            " socket, at about half the throughput, by why.",
+            "reason",
+            (reason.value for reason in WriteFallback),
+        )
+        r.register(
+            _TallyCollector(
+                (
+                    self.events_sent,
+                    self.delivery_lag,
+                    self.queue_size,
+                    self.records_rejected,
+                    self.failures,
+                    self.write_fallbacks,
+                )
+            )
+        )
+        r.register(_CountsCollector(self))
         self.auth_failures = Counter(
             "sse_auth_failures",
             "Requests refused for their token, by reason.",
@@ -105,11 +153,47 @@ class Metrics:
         self.current_connections.dec()
         self.connection_duration.labels(reason).observe(seconds)
 
+    # -- Observer: counts ------------------------------------------------------------------------
+
+    def consumed(self, records: int) -> None:
+        self.records_consumed += records
+
+    def rejected(self, reason: str) -> None:
+        self.records_rejected.counts[reason] += 1
+
+    def id_reused(self) -> None:
+        self.ids_reused += 1
+
+    def failed(self, failure: Failure) -> None:
+        self.failures.counts[failure.value] += 1
+
+    def lost_on_bus(self, records: int) -> None:
+        self.records_lost += records
+
+    def offered(self, outcomes: Mapping[Offer, int]) -> None:
+        self.offers.update(outcomes)
+
+    def replayed(self, outcome: ReplayOutcome, source: ReplaySource) -> None:
+        self.replays[outcome, source] += 1
+
+    def relay_published(self, events: int) -> None:
+        self.outbox_published += events
+
+    def relay_rejected(self, rows: int) -> None:
+        self.outbox_rejected += rows
+
+    def relay_failed(self) -> None:
+        self.outbox_failures += 1
+
+    def body_fell_back(self, reason: WriteFallback) -> None:
+        self.write_fallbacks.counts[reason.value] += 1
+
     # -- exposition ------------------------------------------------------------------------------
 
-    def watch(self, hub: Hub) -> None:
-        """Also export what ``hub``, its bus and its cache count, read at scrape time."""
-        self.registry.register(_HubCollector(hub))
+    def watch(self, bus: EventBus, cache: ReplayCache, records_waiting: Callable[[], int]) -> None:
+        """Also export, read at scrape time, the errors of ``bus`` and ``cache``, the bus's
+        consumer lag, and how many record batches wait for the adapter."""
+        self.registry.register(_LevelsCollector(bus, cache, records_waiting))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -124,44 +208,33 @@ class _TallyCollector(Collector):
             yield tally.family()
 
 
-class _HubCollector(Collector):
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
+class _CountsCollector(Collector):
+    """The unlabelled and two-label counts :class:`Metrics` keeps as plain numbers."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        hub = self.hub
-        stats = hub.adapter.stats
-        consumed = CounterMetricFamily("sse_events_consumed", "Records read from the bus.")
-        consumed.add_metric([], stats.consumed)
-        yield consumed
-        rejected = CounterMetricFamily(
-            "sse_events_rejected", "Records skipped, by reason.", labels=["reason"]
-        )
-        for reason in [*(problem.value for problem in Problem), "duplicate"]:
-            rejected.add_metric([reason], stats.rejected.get(reason, 0))
-        yield rejected
-        reused = CounterMetricFamily(
+        metrics = self.metrics
+        yield _count("sse_events_consumed", "Records read from the bus.", metrics.records_consumed)
+        yield _count(
             "sse_event_id_reused",
             "Events delivered though their producer event_id came recently with another event.",
+            metrics.ids_reused,
         )
-        reused.add_metric([], stats.id_reused)
-        yield reused
-        failures = CounterMetricFamily(
-            "sse_actor_failures",
-            "Unexpected failures contained to one record, one stream or one bus read, by what"
-            " failed: the router logged each one and carried on.",
-            labels=["failed"],
+        yield _count(
+            "sse_bus_records_lost",
+            "Records the bus deleted before the router read them: every stream behind them was"
+            " ended as lagged.",
+            metrics.records_lost,
         )
-        for failure in Failure:
-            failures.add_metric([failure.value], stats.failures.get(failure, 0))
-        yield failures
         overflow = CounterMetricFamily(
             "sse_queue_overflow",
             "Events that met a full stream inbox, by what the policy did.",
             labels=["policy"],
         )
         for offer, policy in OVERFLOW_POLICIES.items():
-            overflow.add_metric([policy], stats.offers.get(offer, 0))
+            overflow.add_metric([policy], metrics.offers.get(offer, 0))
         overflow.add_metric(["dropped"], 0)  # this policy coalesces or disconnects, never drops
         yield overflow
         replays = CounterMetricFamily(
@@ -169,26 +242,57 @@ class _HubCollector(Collector):
             "Resumes served, by outcome (complete, truncated) and source (cache, bus).",
             labels=["outcome", "source"],
         )
-        for outcome in ("complete", "truncated"):
-            for source in ("cache", "bus"):
-                replays.add_metric([outcome, source], hub.replays.get((outcome, source), 0))
+        for outcome in ReplayOutcome:
+            for source in ReplaySource:
+                count = metrics.replays.get((outcome, source), 0)
+                replays.add_metric([outcome.value, source.value], count)
         yield replays
+        yield _count(
+            "sse_outbox_published",
+            "Outbox rows the relay published to the bus.",
+            metrics.outbox_published,
+        )
+        yield _count(
+            "sse_outbox_rejected",
+            "Outbox rows the relay settled without publishing them: not a valid envelope.",
+            metrics.outbox_rejected,
+        )
+        yield _count(
+            "sse_outbox_failures",
+            "Times opening the outbox or a relay round failed: the relay backed off and retried.",
+            metrics.outbox_failures,
+        )
+
+
+def _count(name: str, documentation: str, value: int) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation)
+    family.add_metric([], value)
+    return family
+
+
+class _LevelsCollector(Collector):
+    def __init__(
+        self, bus: EventBus, cache: ReplayCache, records_waiting: Callable[[], int]
+    ) -> None:
+        self.bus, self.cache, self.records_waiting = bus, cache, records_waiting
+
+    def collect(self) -> Iterator[Metric]:
         errors = CounterMetricFamily(
             "sse_backend_errors", "Failed calls to the bus or the cache.", labels=["backend"]
         )
-        errors.add_metric(["bus"], hub.bus.errors)
-        errors.add_metric(["cache"], hub.cache.errors)
+        errors.add_metric(["bus"], self.bus.errors)
+        errors.add_metric(["cache"], self.cache.errors)
         yield errors
         lag = GaugeMetricFamily(
             "sse_bus_consumer_lag",
             "Records the bus holds that the router has not read yet, by partition.",
             labels=["partition"],
         )
-        for partition, behind in sorted(hub.bus.consumer_lag().items()):
+        for partition, behind in sorted(self.bus.consumer_lag().items()):
             lag.add_metric([partition], behind)
         yield lag
         records = GaugeMetricFamily(
             "sse_consumer_queue_size", "Record batches waiting between consumer and adapter."
         )
-        records.add_metric([], hub.records_waiting())
+        records.add_metric([], self.records_waiting())
         yield records

@@ -32,7 +32,8 @@ from quart_trio import QuartTrio
 
 from actors.hub import CursorBoundError, Hub, HubSettings
 from actors.relay import Relay, RelaySettings
-from actors.session import CloseReason
+from actors.session import CloseReason, SessionSettings
+from router.admission import Admission, AdmissionSettings
 from router.auth import TokenVerifier
 from router.bus.base import EventBus
 from router.bus.kafka import KafkaBus, KafkaSettings
@@ -251,11 +252,28 @@ async def _serve(
             bus_replay_limit=settings.bus_replay_limit,
             heartbeat_seconds=settings.heartbeat_seconds,
             fanout_pause_seconds=settings.fanout_pause_ms / 1000,
+            session=SessionSettings(
+                inbox_capacity=settings.session_buffer,
+                retry_ms=settings.retry_ms,
+                shutdown_retry_spread_ms=settings.shutdown_retry_spread_ms,
+                log_sample_rate=settings.log_sample_rate,
+            ),
         ),
         observer=metrics,
     )
-    metrics.watch(hub)
-    app = create_app(hub, settings, verifier, metrics)
+    metrics.watch(bus, cache, hub.records_waiting)
+    admission = Admission(
+        verifier,
+        AdmissionSettings(
+            max_streams_per_user=settings.max_streams_per_user,
+            connects_per_minute=settings.connects_per_minute,
+            trusted_proxies=settings.trusted_proxies,
+        ),
+        metrics,
+        streams_open=hub.registry.count_for_user,
+        closing=lambda: hub.closing,
+    )
+    app = create_app(hub, admission, settings, metrics)
     if shutdown_requested is None:
         shutdown_requested = trio.Event()
     stop_http = trio.Event()
@@ -264,7 +282,7 @@ async def _serve(
     async def run_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
         try:
             await hypercorn_serve(
-                RequestLifecycle(app),
+                RequestLifecycle(app, metrics),
                 hypercorn_config(settings),
                 shutdown_trigger=stop_http.wait,
                 task_status=task_status,
@@ -280,7 +298,7 @@ async def _serve(
             relay_settings = RelaySettings(
                 parts=settings.outbox_parts, poll_seconds=settings.outbox_poll_seconds
             )
-            root.start_soon(Relay(open_outbox, bus, relay_settings).run)
+            root.start_soon(Relay(open_outbox, bus, relay_settings, metrics).run)
         bound: list[str] = await root.start(run_http)
         addresses = list(dict.fromkeys(bound))  # one address per acceptor: the same one
         task_status.started(Running(addresses, hub, app))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -21,6 +21,7 @@ from router.core.cursor import Cursor, parse_cursor
 from router.core.history import Entry
 from router.core.mapping import convert_batch
 from router.core.permissions import Principal, StreamFilter
+from router.metrics import Metrics
 from tests.actor_helpers import EPOCH, Reader, identity, in_an_hour
 
 OCCURRED = "2026-11-28T10:00:00Z"
@@ -452,4 +453,91 @@ async def test_records_the_bus_deleted_unread_end_the_streams_behind_them_and_tr
         assert from_before.truncated
         assert [e.identity for e in from_before.entries] == [identity(6)]
         assert not (await cache.replay(Cursor.of(identity(5)), adapter.cursor)).truncated
+        nursery.cancel_scope.cancel()
+
+
+class ObservedMetrics(Metrics):
+    """The router's metrics, also keeping each report of a step's offers as it came."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offer_reports: list[dict[Offer, int]] = []
+
+    def offered(self, outcomes: Mapping[Offer, int]) -> None:
+        self.offer_reports.append(dict(outcomes))
+        super().offered(outcomes)
+
+
+async def test_the_observer_hears_every_count_and_a_steps_offers_in_one_report(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """What the adapter counts reaches its observer as it happens; the offers of a step, made
+    one per session, are reported once for the whole step (the hot path makes no call each)."""
+    metrics = ObservedMetrics()
+    registry = SessionRegistry()
+    adapter = Adapter(RecordingCache(), registry, dedup_window=100, observer=metrics)
+    async with trio.open_nursery() as nursery:
+        first, _ = reader_of_n1(registry, nursery)
+        second, _ = reader_of_n1(registry, nursery)
+        with_id = json.loads(content(1))
+        with_id["event_id"] = "e-1"
+        again = json.dumps(with_id).encode()
+        await adapter.process(
+            [
+                Record(identity(0), content(0)),
+                Record(identity(1), again),
+                Record(identity(2), again),  # the same event again: a duplicate
+                Record(identity(3), b"{"),
+            ]
+        )
+        await adapter.process([Record(identity(4), b"", lost=True)])  # ends both as lagged
+        await adapter.process([Record(identity(5), content(5))])  # to two closed streams
+        nursery.cancel_scope.cancel()
+    assert metrics.offer_reports == [{Offer.QUEUED: 2 + 2}, {Offer.CLOSED: 2}]
+    assert metrics.offers == adapter.stats.offers
+    assert metrics.records_consumed == adapter.stats.consumed == 4 + 1
+    assert metrics.records_rejected.counts["malformed"] == 1
+    assert metrics.records_rejected.counts["duplicate"] == 1
+    assert metrics.records_lost == 1
+    assert (first.close_reason, second.close_reason) == (CloseReason.LAGGED, CloseReason.LAGGED)
+
+
+async def test_a_client_that_reads_nothing_and_is_only_coalesced_holds_no_one_back(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Once a stuck client's inbox is full, its progress events are coalesced aside and it is
+    never cut: the pause that lets a reader catch up after a step that filled an inbox must not
+    follow every step from then on, or every other stream waits for this one."""
+    from actors.session import SessionSettings
+
+    registry = SessionRegistry()
+    adapter = Adapter(RecordingCache(), registry, fanout_pause_seconds=0.02)
+    stuck = Session(
+        Principal("u1"),
+        StreamFilter(),
+        expires_at=in_an_hour(),
+        settings=SessionSettings(inbox_capacity=2),
+    )
+    registry.add(stuck)
+    output, _never_read = trio.open_memory_channel[bytes](0)
+
+    def progress(n: int) -> Record:
+        body = raw("Task.ProgressUpdated", {"user_id": "u1"}, task_id="t1", progress=n)
+        return Record(identity(n), body)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stuck.run, output, None)
+        records, records_receive = trio.open_memory_channel[Sequence[Record]](16)
+        nursery.start_soon(adapter.run, records_receive)
+        for n in range(3):  # two fill its inbox, the third is coalesced aside
+            await records.send([progress(n)])
+            await adapter.wait_consumed(n + 1)
+        await trio.sleep(1)
+        started = trio.current_time()
+        for n in range(3, 8):
+            await records.send([progress(n)])
+            await adapter.wait_consumed(n + 1)
+        assert trio.current_time() - started < 0.02
+        assert stuck.close_reason is None
+        assert adapter.stats.offers[Offer.COALESCED] == 6
         nursery.cancel_scope.cancel()

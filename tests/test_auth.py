@@ -30,7 +30,9 @@ def pem(private_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def claims(**extra: object) -> dict[str, object]:
-    return {"sub": "u1", "exp": int(time.time()) + 60, **extra}
+    # An hour: tokens built when the parameters are collected must outlive every test run
+    # before theirs (tests/faults alone takes minutes).
+    return {"sub": "u1", "exp": int(time.time()) + 3600, **extra}
 
 
 def test_a_minted_token_grants_its_claims() -> None:

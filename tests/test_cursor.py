@@ -374,6 +374,7 @@ def test_advance_covers_what_it_was_given_and_all_it_covered(
         cursor = cursor.advance(ident)
         assert cursor.covers(ident)
         assert cursor.position(partition) == max(offset, before.position(partition) or offset)
+        assert str(cursor) == str(Cursor(cursor.source, cursor.epoch, cursor.positions))
         for p, o in before.positions:
             assert cursor.covers(EventIdentity(before.source, p, o, before.epoch))
 
@@ -561,3 +562,14 @@ def test_realistic_cursors_are_small() -> None:
     )
     assert {len(name) for name, _ in redis} == {57}
     assert len(str(Cursor("redis", "Tq3xLw9pZk2a", redis))) < 560
+
+
+def test_a_cursor_moved_out_of_mixed_offsets_is_spelled_as_one_built_anew() -> None:
+    """A client's Redis cursor with one one-number offset among two-number ones is compact in the
+    mixed kind; moved on to a two-number offset there, it must be spelled in the one spelling of
+    its positions (the two-number kind, a byte a position shorter), not keep the mixed one."""
+    positions = [(str(p), (1_700_000_000_000 + p, 0)) for p in range(40)]
+    positions[5] = ("5", (3,))
+    cursor = Cursor("redis", "e1", tuple(positions))
+    moved = cursor.advance(EventIdentity("redis", "5", (1_700_000_000_005, 1), "e1"))
+    assert str(moved) == str(Cursor("redis", "e1", moved.positions))

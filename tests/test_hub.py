@@ -7,24 +7,28 @@ every task is blocked), and the ``fail_after`` guards only turn a hang into a pr
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+import trio_asyncio
 
 import actors.adapter
 import router.core.mapping
 from actors.adapter import Failure
-from actors.hub import Hub, HubSettings
+from actors.hub import Hub, HubSettings, Opened, ReplayUnavailableError
 from actors.session import CloseReason, Offer, Session, SessionSettings
 from router.bus.base import Record
 from router.bus.memory import MemoryBus
 from router.cache.memory import MemoryReplayCache
+from router.cache.redis import RedisReplayCache
 from router.config import Settings
 from router.core.cursor import (
     Cursor,
@@ -36,9 +40,11 @@ from router.core.cursor import (
 )
 from router.core.envelope import Envelope, parse_envelope
 from router.core.history import Entry, Replay
+from router.core.observer import NoObserver
 from router.core.permissions import Principal, StreamFilter
 from router.core.sse import SSEMessage
 from tests.actor_helpers import Reader
+from tests.redis_helpers import new_prefix
 
 GUARD_SECONDS = 600
 settle = trio.testing.wait_all_tasks_blocked
@@ -82,19 +88,40 @@ def notice(title: str) -> Envelope:
     )
 
 
-def session(
+@dataclass(frozen=True)
+class Client:
+    """What a client asks the hub for; :meth:`Hub.open` makes its session."""
+
+    principal: Principal
+    stream_filter: StreamFilter
+    connection_id: str
+    settings: SessionSettings | None
+
+
+def client(
     user_id: str,
     novels: Iterable[str] = (),
     session_id: str | None = None,
     novel_filter: Iterable[str] = (),
+    connection_id: str | None = None,
     **settings: Any,
-) -> Session:
-    return Session(
+) -> Client:
+    return Client(
         Principal(user_id, frozenset(novels), session_id),
         StreamFilter(novel_ids=frozenset(novel_filter)),
+        connection_id or user_id,
+        SessionSettings(**settings) if settings else None,
+    )
+
+
+async def open_session(hub: Hub, asked: Client, resume_from: Cursor | None = None) -> Opened:
+    return await hub.open(
+        asked.principal,
+        asked.stream_filter,
         expires_at=time.time() + 30 * 86400,  # far beyond anything the mock clock reaches here
-        settings=SessionSettings(**settings),
-        connection_id=user_id,
+        resume_from=resume_from,
+        connection_id=asked.connection_id,
+        settings=asked.settings,
     )
 
 
@@ -137,12 +164,14 @@ async def running_hub(
 
 
 async def attach(
-    hub: Hub, nursery: trio.Nursery, subject: Session, resume_from: Cursor | None = None
-) -> Reader:
-    output, _ = await hub.open(subject, resume_from)
-    reader = Reader(output)
+    hub: Hub, nursery: trio.Nursery, asked: Client, resume_from: Cursor | None = None
+) -> tuple[Session, Reader]:
+    """The session the hub made for ``asked``, and a reader of its output, reading."""
+    opened = await open_session(hub, asked, resume_from)
+    assert opened.output is not None
+    reader = Reader(opened.output)
     nursery.start_soon(reader.run)
-    return reader
+    return opened.session, reader
 
 
 def labels(reader: Reader) -> Counter[str]:
@@ -171,10 +200,12 @@ async def test_each_event_reaches_exactly_the_sessions_it_is_for(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     async with running_hub(partitions=3) as (hub, nursery):
-        alice = session("alice", novels={"n1"}, session_id="s-a")
-        bob = session("bob", novels={"n2"}, session_id="s-b")
-        carol = session("carol", novels={"n1", "n2"}, novel_filter={"n2"})
-        readers = {s.connection_id: await attach(hub, nursery, s) for s in (alice, bob, carol)}
+        asks = [
+            client("alice", novels={"n1"}, session_id="s-a"),
+            client("bob", novels={"n2"}, session_id="s-b"),
+            client("carol", novels={"n1", "n2"}, novel_filter={"n2"}),
+        ]
+        attached = {a.connection_id: await attach(hub, nursery, a) for a in asks}
         await hub.publish(
             [
                 progress("alice", "alice-task"),
@@ -191,9 +222,9 @@ async def test_each_event_reaches_exactly_the_sessions_it_is_for(
             ]
         )
         await settle()
-        for subject in (alice, bob, carol):
+        for subject, _ in attached.values():
             subject.stop(CloseReason.CLIENT)
-    assert {name: labels(reader) for name, reader in readers.items()} == {
+    assert {name: labels(reader) for name, (_, reader) in attached.items()} == {
         "alice": Counter(["alice-task", "1", "alice-other-session-task", "maintenance"]),
         "bob": Counter(["2", "bob-session-task", "maintenance"]),
         "carol": Counter(["2", "maintenance"]),
@@ -216,8 +247,8 @@ async def test_a_targeted_event_is_checked_against_its_sessions_only(
 
     monkeypatch.setattr(actors.adapter, "admits", counting_admits)
     async with running_hub(partitions=4) as (hub, nursery):
-        sessions = [session(f"u{n}", {f"n{n % 10}"}, f"s{n}") for n in range(count)]
-        readers = [await attach(hub, nursery, subject) for subject in sessions]
+        asks = [client(f"u{n}", {f"n{n % 10}"}, f"s{n}") for n in range(count)]
+        readers = [(await attach(hub, nursery, asked))[1] for asked in asks]
         offers = hub.adapter.stats.offers
 
         await hub.publish([progress("u7", "for-u7")])
@@ -240,6 +271,45 @@ async def test_a_targeted_event_is_checked_against_its_sessions_only(
     assert labels(readers[3]) == Counter(["for-s3", "server-shutdown"])
     assert labels(readers[4]) == Counter(["1", "server-shutdown"])
     assert labels(readers[5]) == Counter(["server-shutdown"])
+
+
+class CountingObserver(NoObserver):
+    def __init__(self) -> None:
+        self.opened_streams = 0
+
+    def opened(self) -> None:
+        self.opened_streams += 1
+
+
+async def test_the_hub_makes_each_session_with_its_settings_observer_and_cursor(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """What a session is built with comes from the hub: its settings (``--session-buffer``
+    among them), the hub's observer, and the cursor it resumes from, at construction."""
+    bus = MemoryBus()
+    cache = MemoryReplayCache(max_events=100, source="memory", epoch=await bus.epoch())
+    own = SessionSettings(inbox_capacity=3, retry_ms=1234)
+    observer = CountingObserver()
+    hub = Hub(bus, cache, HubSettings(session=own), observer=observer)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        (written,) = await hub.publish([content("n1", 1)])
+        await settle()
+        opened = await open_session(hub, client("u1", {"n1"}), Cursor.of(written))
+        assert opened.session.settings is own
+        assert opened.session.observer is observer
+        assert opened.session.cursor == Cursor.of(written)
+        assert opened.session.connection_id == "u1"
+        assert list(hub.registry) == [opened.session]
+        elsewhere = await open_session(hub, client("u2"), parse_cursor("memory@other:0:0"))
+        assert elsewhere.session.cursor is None  # another history: replayed as truncated
+        asked = SessionSettings(inbox_capacity=9)
+        assert (await open_session(hub, client("u3", inbox_capacity=9))).session.settings == asked
+        await settle()
+        assert observer.opened_streams == 3
+        assert opened.output is not None
+        assert (await opened.output.receive()).startswith(b"retry: 1234\n")
+        nursery.cancel_scope.cancel()
 
 
 # -- the resume hand-over --------------------------------------------------------------------------
@@ -265,8 +335,7 @@ async def test_a_resume_continues_with_no_gap_and_no_duplicate(
             await trio.lowlevel.checkpoint()
 
     async with running_hub(partitions=4, cache_class=cache_class) as (hub, nursery):
-        first = session("u1", NOVELS)
-        first_reader = await attach(hub, nursery, first)
+        first, first_reader = await attach(hub, nursery, client("u1", NOVELS))
         await publish(hub, range(20))
         await settle()
         published.extend(await hub.publish([content(NOVELS[n % 8], n) for n in range(20, 30)]))
@@ -276,13 +345,14 @@ async def test_a_resume_continues_with_no_gap_and_no_duplicate(
         last_id = first_reader.events[-1].last_event_id
 
         await publish(hub, range(30, 40))  # while no session is attached
-        second = session("u1", NOVELS)
         async with trio.open_nursery() as during:
             during.start_soon(publish, hub, range(40, 70))
             for _ in range(checkpoints_before_open):
                 await trio.lowlevel.checkpoint()
-            output, replay = await hub.open(second, parse_cursor(last_id))
-            second_reader = Reader(output)
+            opened = await open_session(hub, client("u1", NOVELS), parse_cursor(last_id))
+            assert opened.output is not None
+            second, replay = opened.session, opened.replay
+            second_reader = Reader(opened.output)
             nursery.start_soon(second_reader.run)
         await publish(hub, range(70, 80))
         await settle()
@@ -315,10 +385,13 @@ async def test_close_sessions_says_goodbye_to_everyone_and_empties_the_registry(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     async with running_hub() as (hub, nursery):
-        sessions = [session(f"u{n}", {"n1"}, shutdown_retry_ms=700) for n in range(5)]
-        readers = [await attach(hub, nursery, subject) for subject in sessions]
-        stalled = session("u9", {"n1"}, goodbye_timeout_seconds=2.0)
-        stalled_output, _ = await hub.open(stalled, None)  # nobody ever reads it
+        asks = [client(f"u{n}", {"n1"}, shutdown_retry_ms=700) for n in range(5)]
+        attached = [await attach(hub, nursery, asked) for asked in asks]
+        sessions = [subject for subject, _ in attached]
+        readers = [reader for _, reader in attached]
+        opened = await open_session(hub, client("u9", {"n1"}, goodbye_timeout_seconds=2.0))
+        stalled, stalled_output = opened.session, opened.output  # nobody ever reads it
+        assert stalled_output is not None
         await hub.publish([content("n1", 1)])
         await settle()
         assert len(hub.registry) == 6
@@ -351,11 +424,10 @@ async def test_cancelling_the_hub_stops_everything_at_once_even_with_stalled_rea
     with trio.fail_after(GUARD_SECONDS):
         async with running_hub(partitions=2, bus_capacity=4, records_capacity=1) as (hub, nursery):
             for n in range(3):
-                subject = session(f"u{n}", {"n1", "n2"})
-                output, _ = await hub.open(subject, None)
-                stalled.append((subject, output))
-            live = session("u9", {"n1", "n2"})
-            live_reader = await attach(hub, nursery, live)
+                opened = await open_session(hub, client(f"u{n}", {"n1", "n2"}))
+                assert opened.output is not None
+                stalled.append((opened.session, opened.output))
+            live, live_reader = await attach(hub, nursery, client("u9", {"n1", "n2"}))
 
             async def publish_forever() -> None:
                 n = 0
@@ -384,10 +456,10 @@ async def test_a_stalled_session_is_cut_off_as_lagged_and_nobody_else_waits_for_
     autojump_clock: trio.abc.Clock,
 ) -> None:
     async with running_hub(partitions=2, bus_capacity=4, records_capacity=1) as (hub, nursery):
-        stalled = session("u1", {"n1", "n2"}, inbox_capacity=4)
-        stalled_output, _ = await hub.open(stalled, None)  # its reader stopped reading
-        live = session("u2", {"n1", "n2"})
-        live_reader = await attach(hub, nursery, live)
+        opened = await open_session(hub, client("u1", {"n1", "n2"}, inbox_capacity=4))
+        stalled, stalled_output = opened.session, opened.output  # its reader stopped reading
+        assert stalled_output is not None
+        live, live_reader = await attach(hub, nursery, client("u2", {"n1", "n2"}))
         all_published = trio.Event()
 
         async def publish_all() -> None:
@@ -426,10 +498,10 @@ async def test_a_session_that_fails_is_removed_and_the_hub_carries_on(
 ) -> None:
     caplog.set_level(logging.ERROR, logger="actors.hub")
     async with running_hub() as (hub, nursery):
-        healthy = session("u1", {"n1"})
-        healthy_reader = await attach(hub, nursery, healthy)
-        broken = session("u2", {"n1"})
-        broken.connection_id = "broken-one"
+        healthy, healthy_reader = await attach(hub, nursery, client("u1", {"n1"}))
+        # The hub made the session, which runs from the next checkpoint on: patched before.
+        broken_one = client("u2", {"n1"}, connection_id="broken-one")
+        broken, broken_reader = await attach(hub, nursery, broken_one)
         if where == "at once":
 
             async def fail(*args: object) -> None:
@@ -442,7 +514,6 @@ async def test_a_session_that_fails_is_removed_and_the_hub_carries_on(
                 raise RuntimeError("boom")
 
             monkeypatch.setattr(broken, "_write", fail_to_write)
-        broken_reader = await attach(hub, nursery, broken)
         await hub.publish([content("n1", 1)])
         with trio.fail_after(GUARD_SECONDS):
             await broken_reader.closed.wait()  # its response ends; it does not hang
@@ -470,12 +541,10 @@ async def test_a_failing_replay_lets_the_session_go_and_leaves_the_hub_running(
     async with running_hub(cache_class=FailingCache) as (hub, nursery):
         await hub.publish([content("n1", 1)])
         await settle()
-        resuming = session("u1", {"n1"})
         with pytest.raises(ConnectionError):
-            await hub.open(resuming, hub.adapter.cursor)
+            await open_session(hub, client("u1", {"n1"}), hub.adapter.cursor)
         assert len(hub.registry) == 0
-        fresh = session("u1", {"n1"})
-        reader = await attach(hub, nursery, fresh)
+        fresh, reader = await attach(hub, nursery, client("u1", {"n1"}))
         await hub.publish([content("n1", 2)])
         await settle()
         fresh.stop(CloseReason.CLIENT)
@@ -505,8 +574,7 @@ async def test_a_record_whose_conversion_or_cursor_fails_is_skipped_and_the_rest
     monkeypatch.setattr(router.core.mapping, "advance", failing_advance)
     caplog.set_level(logging.ERROR, logger="actors.adapter")
     async with running_hub() as (hub, nursery):
-        subject = session("u1", {"n1"})
-        reader = await attach(hub, nursery, subject)
+        subject, reader = await attach(hub, nursery, client("u1", {"n1"}))
         # offsets 0, 1 (fails to convert), 2 (fails to advance), 3
         await hub.publish([content("n1", 1), content("n1", 13), content("n1", 2)])
         await hub.publish([content("n1", 3)])  # a later step: the actors are still there
@@ -533,11 +601,11 @@ async def test_a_session_whose_offer_fails_is_ended_and_the_others_are_served(
 ) -> None:
     caplog.set_level(logging.ERROR, logger="actors.adapter")
     async with running_hub() as (hub, nursery):
-        before = session("u1", {"n1"})
-        broken = session("u2", {"n1"})
-        broken.connection_id = "broken-one"
-        after = session("u3", {"n1"})
-        readers = [await attach(hub, nursery, s) for s in (before, broken, after)]
+        asks = [client("u1", {"n1"}), client("u2", {"n1"}, connection_id="broken-one")]
+        asks.append(client("u3", {"n1"}))
+        attached = [await attach(hub, nursery, asked) for asked in asks]
+        (before, _), (broken, _), (after, _) = attached
+        readers = [reader for _, reader in attached]
 
         def fail(*args: object) -> None:
             raise RuntimeError("boom")
@@ -595,8 +663,7 @@ async def test_a_consumer_whose_bus_read_fails_backs_off_and_reads_on_from_where
     hub = Hub(bus, cache)
     async with trio.open_nursery() as nursery:
         await nursery.start(hub.run)
-        subject = session("u1", {"n1"})
-        reader = await attach(hub, nursery, subject)
+        subject, reader = await attach(hub, nursery, client("u1", {"n1"}))
         for version in range(1, 6):
             await hub.publish([content("n1", version)])
             with trio.fail_after(GUARD_SECONDS):  # through the consumer's backoff
@@ -622,10 +689,8 @@ async def test_a_full_publish_batch_reaches_a_reader_that_keeps_up_and_cuts_one_
     burst = Settings().publish_max_batch
     assert burst > SessionSettings().inbox_capacity
     async with running_hub() as (hub, nursery):
-        fast = session("u1")
-        fast_reader = await attach(hub, nursery, fast)
-        stalled = session("u1")
-        await hub.open(stalled, None)  # its reader never reads
+        fast, fast_reader = await attach(hub, nursery, client("u1"))
+        stalled = (await open_session(hub, client("u1"))).session  # its reader never reads
         await hub.publish([status({"user_id": "u1"}, f"t{n}") for n in range(burst)])
         with trio.fail_after(GUARD_SECONDS):
             await hub.adapter.wait_consumed(burst)
@@ -653,12 +718,13 @@ async def test_a_client_a_little_ahead_of_this_router_keeps_what_it_has(
         ahead = Cursor.of(written[1])
         assert hub.adapter.cursor is not None
         assert not hub.adapter.cursor.covers(written[0])
-        resuming = session("u1", {"n1"})
-        output, replay = await hub.open(resuming, ahead)
+        opened = await open_session(hub, client("u1", {"n1"}), ahead)
+        resuming, replay = opened.session, opened.replay
         assert replay is not None
         assert not replay.truncated
         assert resuming.cursor == ahead
-        reader = Reader(output)
+        assert opened.output is not None
+        reader = Reader(opened.output)
         nursery.start_soon(reader.run)
         await settle()
         resuming.stop(CloseReason.CLIENT)
@@ -681,8 +747,7 @@ async def test_a_stream_cut_before_its_first_event_resumes_from_its_first_bytes(
         if routed_before:
             await hub.publish([content("n2", n) for n in range(5)])
             await settle()
-        first = session("alice", novels={"n1"})
-        first_reader = await attach(hub, nursery, first)
+        first, first_reader = await attach(hub, nursery, client("alice", novels={"n1"}))
         await settle()
         position = first_reader.last_event_id
         first.stop(CloseReason.CLIENT)  # cut before any event
@@ -693,9 +758,10 @@ async def test_a_stream_cut_before_its_first_event_resumes_from_its_first_bytes(
             assert position == str(Cursor.empty("memory", hub.epoch))
         published = await hub.publish([content("n1", n) for n in range(6)])
         await settle()
-        second = session("alice", novels={"n1"})
-        output, replay = await hub.open(second, parse_cursor(position))
-        second_reader = Reader(output)
+        opened = await open_session(hub, client("alice", novels={"n1"}), parse_cursor(position))
+        second, replay = opened.session, opened.replay
+        assert opened.output is not None
+        second_reader = Reader(opened.output)
         nursery.start_soon(second_reader.run)
         await settle()
         second.stop(CloseReason.CLIENT)
@@ -725,12 +791,11 @@ async def test_before_the_bus_answers_a_stream_starts_at_no_epoch_then_follows_t
     next heartbeat gives the stream a real position."""
     bus = UnansweringBus()
     async with running_hub(bus=bus, heartbeat_seconds=15) as (hub, nursery):
-        early = session("alice", novels={"n1"})
-        early_reader = await attach(hub, nursery, early)
+        early, early_reader = await attach(hub, nursery, client("alice", novels={"n1"}))
         await settle()
         assert early_reader.last_event_id == "memory:"
-        resumed = session("alice", novels={"n1"})
-        _, replay = await hub.open(resumed, parse_cursor("memory:"))
+        opened = await open_session(hub, client("alice", novels={"n1"}), parse_cursor("memory:"))
+        resumed, replay = opened.session, opened.replay
         assert replay is not None
         assert replay.truncated
         resumed.stop(CloseReason.CLIENT)
@@ -751,8 +816,7 @@ async def test_a_quiet_stream_follows_the_router_and_resumes_complete_past_a_sma
     holds. Its heartbeats move its cursor along, so when it reconnects the resume is complete,
     not history-truncated, and the event for it published while it was away arrives."""
     async with running_hub(partitions=3, cache_events=5, heartbeat_seconds=15) as (hub, nursery):
-        quiet = session("alice", novels={"n1"})
-        quiet_reader = await attach(hub, nursery, quiet)
+        quiet, quiet_reader = await attach(hub, nursery, client("alice", novels={"n1"}))
         for n in range(40):
             await hub.publish([content("n2", n)])
             await trio.sleep(1)
@@ -763,9 +827,10 @@ async def test_a_quiet_stream_follows_the_router_and_resumes_complete_past_a_sma
         await hub.publish([content("n1", 100)])
         await hub.publish([content("n2", n) for n in range(41, 44)])
         await settle()
-        again = session("alice", novels={"n1"})
-        output, replay = await hub.open(again, position)
-        again_reader = Reader(output)
+        opened = await open_session(hub, client("alice", novels={"n1"}), position)
+        again, replay = opened.session, opened.replay
+        assert opened.output is not None
+        again_reader = Reader(opened.output)
         nursery.start_soon(again_reader.run)
         await settle()
         again.stop(CloseReason.CLIENT)
@@ -774,3 +839,38 @@ async def test_a_quiet_stream_follows_the_router_and_resumes_complete_past_a_sma
     assert not replay.truncated
     assert versions(again_reader) == [100]
     assert labels(again_reader)["history-truncated"] == 0
+
+
+async def test_a_resume_the_cache_cannot_read_is_refused_for_a_while_then_truncated(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A Redis cache that is down, behind a bus that keeps nothing to read again: the history
+    is most likely still in Redis, so for ``replay_outage_grace_seconds`` the client is asked to
+    come back; past that it gets what is held in memory, as truncated, and live events."""
+    with socket.socket() as probe:  # a port nothing listens on: the cache's Redis is down
+        probe.bind(("127.0.0.1", 0))
+        down = f"redis://127.0.0.1:{probe.getsockname()[1]}"
+    bus = MemoryBus()
+    cache = RedisReplayCache(down, key_prefix=new_prefix(), source="memory", max_events=100)
+    hub = Hub(bus, cache, HubSettings(replay_outage_grace_seconds=30, replay_retry_seconds=2))
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        await hub.reading.wait()
+        await hub.publish([content("n1", 1), content("n1", 2)])
+        await hub.adapter.wait_consumed(2)
+        assert hub.adapter.cursor is not None
+        first = Cursor.of(EventIdentity("memory", "0", (0,), hub.epoch))
+        with pytest.raises(ReplayUnavailableError) as refused:
+            await open_session(hub, client("u1", novels=["n1"]), first)
+        assert refused.value.wait == 2
+        assert len(hub.registry) == 0  # the refused stream holds no slot
+        mock_clock.jump(29)
+        with pytest.raises(ReplayUnavailableError):
+            await open_session(hub, client("u1", novels=["n1"]), first)
+        mock_clock.jump(2)
+        opened = await open_session(hub, client("u1", novels=["n1"]), first)
+        assert opened.replay is not None
+        assert opened.replay.truncated
+        assert [e.identity.offset for e in opened.replay.entries] == [(1,)]  # held in memory
+        assert hub.replays == {("refused", "cache"): 2, ("truncated", "cache"): 1}
+        nursery.cancel_scope.cancel()

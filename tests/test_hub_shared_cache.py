@@ -24,7 +24,7 @@ from router.core.history import Entry
 from router.core.mapping import convert_batch
 from tests.actor_helpers import Reader
 from tests.redis_helpers import REDIS_URL, delete_prefix, new_prefix
-from tests.test_hub import GUARD_SECONDS, NOVELS, content, session, versions
+from tests.test_hub import GUARD_SECONDS, NOVELS, client, content, open_session, versions
 
 
 class HeldBackBus(MemoryBus):
@@ -94,8 +94,8 @@ async def test_a_resume_on_an_instance_that_has_routed_nothing_yet_is_exact(
                 for identity in identities[:8]:  # what the client got from A before A died
                     client_cursor = advance(client_cursor, identity)
                 assert client_cursor is not None
-                subject = session("u1", novels=NOVELS)
-                output, replay = await hub.open(subject, client_cursor)
+                opened = await open_session(hub, client("u1", novels=NOVELS), client_cursor)
+                subject, output, replay = opened.session, opened.output, opened.replay
                 assert output is not None
                 assert replay is not None
                 assert not replay.truncated

@@ -91,6 +91,20 @@ def test_a_high_priority_event_with_no_room_is_the_lag_verdict_and_the_rest_is_c
     assert offered(inbox, [feed.next(content())]) == {Offer.CLOSED: 1}
 
 
+def test_an_offer_all_coalesced_aside_does_not_fill_the_inbox_however_much_waits() -> None:
+    """A client that reads nothing has its progress coalesced aside, step after step: the
+    adapter pauses for an inbox an offer filled, and must not pause for this one every step."""
+    inbox = Inbox(capacity=2)
+    feed = Feed()
+    outcomes: Counter[Offer] = Counter()
+    assert inbox.offer([feed.next(progress("t1", n)) for n in range(2)], outcomes)  # filled
+    for n in range(2, 6):
+        assert not inbox.offer([feed.next(progress("t1", n))], outcomes)  # coalesced aside
+    assert outcomes == {Offer.QUEUED: 2, Offer.COALESCED: 4}
+    assert inbox.waiting == 2
+    assert not inbox.closed
+
+
 def test_a_closed_inbox_counts_offers_as_closed_and_still_gives_what_waits() -> None:
     inbox = Inbox(capacity=4)
     feed = Feed()
@@ -182,12 +196,49 @@ def test_a_heartbeat_carries_the_routers_progress_only_when_nothing_waits() -> N
     feed.next(content(novel_id="n2"))  # another client's event passes
     for _ in range(TICKS_PER_HEARTBEAT):
         inbox.tick(feed.cursor)
-    assert inbox.heartbeat() == feed.cursor == inbox.cursor
+    assert inbox.heartbeat().moved_to == feed.cursor == inbox.cursor
     waiting = feed.next(content())
     offered(inbox, [waiting])
     for _ in range(TICKS_PER_HEARTBEAT):
         inbox.tick(feed.cursor)  # covers the event still waiting: not carried
-    assert inbox.heartbeat() is None  # a comment
+    assert inbox.heartbeat().moved_to is None  # a comment
+
+
+def test_a_quiet_client_moved_into_a_new_history_by_a_heartbeat_is_told_first() -> None:
+    """Others' events of a new history pass while this client sees none: the heartbeat that
+    carries its cursor there says so, as a batch of its own events of that history would."""
+    inbox = Inbox(capacity=4, cursor=parse_cursor("memory@e0:0:41"))
+    feed = Feed()  # of epoch e1
+    feed.next(progress("t9", 1, user_id="u2"))  # not for this client
+    for _ in range(TICKS_PER_HEARTBEAT):
+        inbox.tick(feed.cursor)
+    heartbeat = inbox.heartbeat()
+    assert heartbeat.history_replaced
+    assert heartbeat.moved_to == feed.cursor == inbox.cursor
+    for _ in range(TICKS_PER_HEARTBEAT):
+        inbox.tick(feed.cursor)
+    assert not inbox.heartbeat().history_replaced  # said once: the client is in it now
+
+
+def test_progress_of_the_history_before_never_moves_the_client_back_into_it() -> None:
+    """The router's progress kept at a tick of the old history is dropped once a batch of a
+    new history is written: a later heartbeat must not carry the client back."""
+    before = parse_cursor("memory@e0:0:41")
+    inbox = Inbox(capacity=4, cursor=before)
+    inbox.tick(before)  # nothing waits: the router's progress, in the old history, is kept
+    feed = Feed()  # of epoch e1
+    batch = [feed.next(content())]
+    offered(inbox, batch)
+    assert inbox.take() == batch
+    assert inbox.history_replaced(batch)
+    assert inbox.serve(batch[0]) is not None
+    offered(inbox, [feed.next(content(version=2))])  # waits through the ticks: none kept
+    for _ in range(TICKS_PER_HEARTBEAT):
+        inbox.tick(feed.cursor)
+    heartbeat = inbox.heartbeat()
+    assert heartbeat.moved_to is None
+    assert not heartbeat.history_replaced
+    assert inbox.cursor == batch[0].cursor
 
 
 # -- the promises, over any interleaving ---------------------------------------------------------
@@ -232,13 +283,18 @@ def test_what_is_offered_is_taken_once_in_order_coalesced_or_the_inbox_lags(
             ]
             offers += batch
             before, waiting, was_closed = sum(outcomes.values()), inbox.waiting, inbox.closed
+            queued_before = outcomes[Offer.QUEUED]
             filled = inbox.offer(SharedBatch(batch) if shared else batch, outcomes)
             assert sum(outcomes.values()) == before + len(batch)
             if inbox.waiting != waiting:  # queued: fewer than the capacity waited before
                 assert waiting < capacity
                 assert inbox.waiting <= waiting + len(batch)
             assert inbox.set_aside <= capacity
-            assert filled is (not inbox.closed and inbox.waiting >= capacity)
+            assert filled is (
+                not inbox.closed
+                and inbox.waiting >= capacity
+                and outcomes[Offer.QUEUED] > queued_before  # all coalesced aside: not filled
+            )
             if was_closed:
                 assert inbox.waiting == waiting
         elif step == "take":
@@ -302,7 +358,7 @@ class Client:
         if wrote:
             inbox.written()
         if inbox.heartbeat_due:
-            moved = inbox.heartbeat()
+            moved = inbox.heartbeat().moved_to
             if moved is not None:
                 self.ids.append((len(self.items), moved))
             inbox.written()
@@ -382,3 +438,119 @@ def test_no_id_covers_an_event_written_after_it_and_the_cursor_follows_the_route
         if feed.cursor is not None:
             assert inbox.cursor == CLIENT_AHEAD.merge(feed.cursor)
             assert (client.ids[-1][1] if client.ids else CLIENT_AHEAD) == inbox.cursor
+
+
+class Histories:
+    """Deliveries the way the adapter makes them, across histories: the bus's history may be
+    lost or replaced (a new epoch), and the router's cursor starts again in it."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.cursor: Cursor | None = None
+        self.seq = 0
+        self.offset = -1
+
+    def next(self, message: Any) -> Delivery:
+        self.offset += 1
+        where = EventIdentity("memory", "0", (self.offset,), f"h{self.epoch}")
+        self.cursor = Cursor.of(where) if self.cursor is None else self.cursor.advance(where)
+        self.seq += 1
+        return Delivery(self.seq, where, self.cursor, message.with_id(str(self.cursor)))
+
+    def replace(self) -> None:
+        self.epoch += 1
+        self.offset = -1
+        self.cursor = None
+
+
+history_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("offer"), st.lists(st.booleans(), min_size=1, max_size=4)),
+        st.tuples(st.just("others"), st.integers(1, 3)),
+        st.tuples(st.just("tick"), st.integers(1, 4)),
+        st.tuples(st.just("write"), st.integers(1, 3)),
+        st.tuples(st.just("replace"), st.none()),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(steps=history_steps, capacity=st.integers(1, 4))
+def test_a_client_hears_of_every_new_history_before_its_cursor_enters_it_and_never_goes_back(
+    steps: list[tuple[str, Any]], capacity: int
+) -> None:
+    """Over any interleaving of the client's events (some of them not for it, as the actor's
+    filter leaves out), others' events passing, heartbeat ticks with the router's cursor, writes
+    and the bus's history replaced: the first id that puts the client in a new history comes
+    after a history-truncated said since that history began (one error may tell of two), and
+    neither its cursor nor any id it is sent moves it back to a history it left, whether the id
+    comes with an event or alone with a heartbeat."""
+    inbox = Inbox(capacity, cursor=Cursor.empty("memory", "h0"))
+    feed = Histories()
+    shown: set[int] = set()  # the seqs of the deliveries this client may see
+    began = {0: -1}  # each history's number: where in the stream the bus began it
+    told: list[int] = []  # where in the stream a history-truncated was said
+    ids: list[tuple[int, Cursor]] = []  # each id sent, with where in the stream
+    kept = [0]  # the history of the client's cursor, after each call
+
+    def history_kept() -> None:
+        assert inbox.cursor is not None
+        assert inbox.cursor.epoch is not None
+        kept.append(int(inbox.cursor.epoch.removeprefix("h")))
+        assert kept[-1] >= kept[-2], f"the cursor went back to {inbox.cursor}"
+
+    def write(most: int) -> None:
+        """One turn of the actor's loop, as ``actors/session.py`` takes it."""
+        batch = inbox.take(most)
+        if batch and inbox.history_replaced(batch):
+            told.append(len(told) + len(ids))
+            inbox.written()
+        wrote = False
+        for delivery in batch:
+            message = inbox.serve(delivery)
+            history_kept()
+            if message is not None and delivery.seq in shown:
+                assert message.id is not None
+                ids.append((len(told) + len(ids), parse_cursor(message.id)))
+                wrote = True
+        if wrote:
+            inbox.written()
+        if inbox.heartbeat_due:
+            heartbeat = inbox.heartbeat()
+            if heartbeat.history_replaced:
+                told.append(len(told) + len(ids))
+            if heartbeat.moved_to is not None:
+                ids.append((len(told) + len(ids), heartbeat.moved_to))
+            inbox.written()
+            history_kept()
+
+    for step, argument in steps:
+        if step == "offer":
+            batch = [feed.next(content(version=n)) for n in range(len(argument))]
+            shown.update(d.seq for d, for_client in zip(batch, argument, strict=True) if for_client)
+            inbox.offer(batch, Counter())
+        elif step == "others":
+            for _ in range(argument):
+                feed.next(content(novel_id="n2"))  # not offered: another client's
+        elif step == "tick":
+            for _ in range(argument):
+                inbox.tick(feed.cursor)
+        elif step == "write":
+            write(argument)
+        else:
+            feed.replace()
+            began[feed.epoch] = len(told) + len(ids) - 1  # after all said so far
+    while inbox.ready:
+        write(3)
+    for _ in range(TICKS_PER_HEARTBEAT):
+        inbox.tick(feed.cursor)
+    write(3)
+    history = 0
+    for at, cursor in ids:
+        assert cursor.epoch is not None
+        now = int(cursor.epoch.removeprefix("h"))
+        assert now >= history, f"moved back from h{history} to {cursor}"
+        if now != history:
+            assert any(began[now] < said < at for said in told), f"moved into {cursor} untold"
+            history = now

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from pathlib import Path
 
+import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors.session import CloseReason, Session, SessionSettings
+from actors.session import CloseReason, SessionSettings
 from router.bus.base import Record
 from router.core.cursor import EventIdentity
 from router.core.permissions import Principal, StreamFilter
-from tests.e2e_helpers import STREAM_PATH, RouterUnderTest, auth, content, running_router
+from router.http import asgi
+from tests.e2e_helpers import (
+    HANG_GUARD_SECONDS,
+    STREAM_PATH,
+    RouterUnderTest,
+    auth,
+    content,
+    running_router,
+    token,
+)
+from tests.outbox_helpers import sqlite_business_transaction, sqlite_outbox
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -58,14 +71,14 @@ async def test_metrics_follow_the_traffic() -> None:
             await resumed.events_count(1)
         # A client that reads nothing, with an inbox of 1: a burst is taken whole, and a step
         # that finds the inbox still full cuts the stream.
-        stalled = Session(
+        hub = router.running.hub
+        opened = await hub.open(
             Principal("u2", frozenset({"n1"})),
             StreamFilter(),
             expires_at=time.time() + 3600,
             settings=SessionSettings(inbox_capacity=1, goodbye_timeout_seconds=0),
         )
-        hub = router.running.hub
-        await hub.open(stalled, None)
+        stalled = opened.session
         await router.publish(*(content("n1", n) for n in range(10)))  # taken out to be written
         await hub.adapter.wait_consumed(2 + 1 + 10)
         await router.publish(content("n1", 10))  # waits in the inbox, which is full
@@ -129,3 +142,62 @@ def test_tallies_expose_what_prometheus_client_would() -> None:
         if "lag_seconds_created" not in line
     ]
     assert generate_latest(ours_registry).decode().splitlines() == expected
+
+
+async def metric_reaches(router: RouterUnderTest, name: str, wanted: float, **labels: str) -> None:
+    """Scrape until ``name`` reaches ``wanted`` (what it counts happens in another actor)."""
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        while value(await scrape(router), name, **labels) < wanted:
+            await trio.sleep(0.02)
+
+
+async def test_the_outbox_relays_counts_are_exported(tmp_path: Path) -> None:
+    not_an_envelope = {"event_type": "Content.Updated"}
+    with sqlite_outbox(tmp_path) as dsn:
+        async with running_router(outbox_dsn=dsn, outbox_poll_seconds=0.05) as router:
+            before = await scrape(router)
+            sqlite_business_transaction(dsn, [content("n1", 1), not_an_envelope, content("n1", 2)])
+            await metric_reaches(router, "sse_outbox_rejected_total", 1)
+            after = await scrape(router)
+    for name in ("sse_outbox_published_total", "sse_outbox_rejected_total"):
+        assert value(before, name) == 0
+    assert value(after, "sse_outbox_published_total") == 2
+    assert value(after, "sse_outbox_rejected_total") == 1
+    assert value(after, "sse_outbox_failures_total") == 0
+    # An outbox without its table: every round fails, and the relay backs off and tries again.
+    async with running_router(outbox_dsn=f"sqlite:///{tmp_path / 'no-table.db'}") as router:
+        await metric_reaches(router, "sse_outbox_failures_total", 2)
+        assert value(await scrape(router), "sse_outbox_published_total") == 0
+
+
+async def open_http10_stream(router: RouterUnderTest) -> trio.socket.SocketType:
+    """A stream asked for in HTTP/1.0, whose body is not chunked; returned once it has begun."""
+    host, port = router.url.removeprefix("http://").rsplit(":", 1)
+    client = trio.socket.socket()
+    await client.connect((host, int(port)))
+    path = f"{STREAM_PATH}?token={token(novels=['n1'])}"
+    await client.send(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+    received = b""
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        while b"retry:" not in received:
+            received += await client.recv(65536)
+    return client
+
+
+async def test_a_body_the_direct_writer_cannot_take_is_counted_and_logged_once_per_reason(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fallback to the server's send still works, at about half the throughput: it must
+    show, in the metrics for every stream and in the log once, not pass silently."""
+    monkeypatch.setattr(asgi, "_fallbacks_logged", set(), raising=False)
+    caplog.set_level(logging.WARNING, logger="router.http.asgi")
+    async with running_router() as served:
+        async with served.stream(auth("u1", novels=["n1"])):  # HTTP/1.1: written directly
+            assert value(await scrape(served), "sse_direct_write_fallbacks_total") == 0
+        with await open_http10_stream(served), await open_http10_stream(served):
+            samples = await scrape(served)
+    assert value(samples, "sse_direct_write_fallbacks_total", reason="not-chunked") == 2
+    for reason in ("not-hypercorn", "not-http11", "not-plain-tcp"):
+        assert (("sse_direct_write_fallbacks_total", (("reason", reason),))) in samples
+    logged = [r for r in caplog.records if "not straight to its socket" in r.getMessage()]
+    assert [getattr(r, "reason", None) for r in logged] == ["not-chunked"]

@@ -71,6 +71,7 @@ def test_the_plain_forms_keep_todays_statuses() -> None:
         ErrorCode.RATE_LIMITED: 429,
         ErrorCode.TOO_MANY_STREAMS: 429,
         ErrorCode.SHUTTING_DOWN: 503,
+        ErrorCode.REPLAY_UNAVAILABLE: 503,
     }
 
 

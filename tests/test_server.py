@@ -482,6 +482,18 @@ async def test_head_of_the_stream_is_checked_like_a_get_and_takes_no_allowance()
         assert int(limited.headers["retry-after"]) >= 59
 
 
+async def test_the_session_settings_travel_from_the_config_to_each_session() -> None:
+    """``--session-buffer`` (and the retry hints) reach the hub, which builds every session."""
+    overrides = {"session_buffer": 7, "retry_ms": 4321, "shutdown_retry_spread_ms": 55}
+    async with running_router(**overrides) as router, router.stream() as stream:
+        assert stream.response is not None
+        assert stream.response.status_code == 200
+        (session,) = router.running.hub.registry
+    assert session.settings == router.running.hub.settings.session
+    assert (session.settings.inbox_capacity, session.settings.retry_ms) == (7, 4321)
+    assert session.settings.shutdown_retry_spread_ms == 55
+
+
 async def test_shutdown_says_goodbye_to_every_stream_then_stops() -> None:
     async with running_router() as router:
         async with router.stream() as first, router.stream() as second:

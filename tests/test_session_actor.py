@@ -873,3 +873,29 @@ async def test_a_stream_opened_before_the_bus_answered_is_not_told_of_a_lost_his
         subject.stop(CloseReason.CLIENT)
     assert [e.event for e in reader.events] == ["content.updated"]
     assert reader.last_event_id == str(feed.cursor)
+
+
+async def test_a_quiet_stream_whose_history_was_replaced_is_told_before_its_heartbeat_moves_it(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Others' events of a new history pass while this client sees none: its heartbeat may
+    carry it into the new history only after the same history-truncated a stream with events
+    of its own is sent, else it never hears that events may be missing."""
+    feed = Feed()
+    subject = session()
+    async with trio.open_nursery() as nursery:
+        reader = await start(
+            nursery,
+            subject,
+            position=parse_cursor("memory@e0:0:41"),
+            progress=lambda: feed.cursor,
+        )
+        for n in range(3):
+            feed.next(progress("t9", n, user_id="u2"))  # of epoch e1, not for this client
+        await trio.sleep(HEARTBEAT_SECONDS + 0.01)
+        offer_batch(subject, [feed.next(content(version=1))])
+        await trio.testing.wait_all_tasks_blocked()
+        subject.stop(CloseReason.CLIENT)
+    assert [e.event for e in reader.events] == ["sse.error", "content.updated"]
+    assert json.loads(reader.events[0].data)["code"] == "history-truncated"
+    assert reader.last_event_id == str(feed.cursor)

@@ -68,3 +68,17 @@ def test_the_inbox_reaches_no_event_loop_and_no_actor() -> None:
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert loaded.stdout.strip() == "[]"
+
+
+def test_admission_imports_no_http_framework() -> None:
+    """The front door is every transport's: none of them may leak into it."""
+    path = ROOT / "router" / "admission.py"
+    forbidden = {n for n in imported_modules(path) if n.split(".")[0] in HTTP_AND_BROKERS}
+    assert not forbidden, f"router/admission.py imports {sorted(forbidden)}"
+
+
+def test_the_metrics_import_no_actor() -> None:
+    """Counts reach ``/metrics`` one way: reported to the Observer, never read off an actor."""
+    imported = imported_modules(ROOT / "router" / "metrics.py")
+    actors = {name for name in imported if name.split(".")[0] == "actors"}
+    assert not actors, f"router/metrics.py imports {sorted(actors)}"

@@ -154,7 +154,8 @@ class RedisStreamBus(ReportsHealth):
 
         A history found lost or replaced (the marker gone or changed, or after an outage a stream
         that ends before what was consumed from it) is a new epoch: its streams are read from
-        their beginning, and every record after that carries the new epoch."""
+        their beginning (a restored one's from where it went back to), and every record after
+        that carries the new epoch."""
         epoch = await self.epoch()
         consumed = dict(self._start if start is None else start)
         backoff = Backoff(0.1, 5.0)
@@ -181,7 +182,10 @@ class RedisStreamBus(ReportsHealth):
                 )
                 if marker is None or marker.decode() != epoch:
                     # What was read belongs to another history: read it again, as that one's.
-                    epoch, consumed = await self._new_history(epoch), {}
+                    # A marker another instance changed may be its answer to a restore (see
+                    # _streams_went_back): the copy's entries were delivered here too, before.
+                    restored = None if marker is None else await self._restored_from(consumed)
+                    epoch, consumed = await self._new_history(epoch), restored or {}
                     continue
             except (RedisError, OSError, TimeoutError) as error:
                 self.health.failed(error)
@@ -209,11 +213,19 @@ class RedisStreamBus(ReportsHealth):
     ) -> dict[str, Offset] | None:
         """With the marker of ``epoch`` still there, whether a stream now ends before what was
         consumed from it, or is gone: the history was replaced (a Redis restored from an older
-        copy). If so, where each stream ends now: what follows is the new history. (A marker
-        gone or changed is found by the next read, and that history read from its beginning.)"""
+        copy). If so, where to read each stream from: where it ends now if it went back, else
+        what was consumed from it (entries after that, published while the reader was away or
+        in the copy and not read yet, are new); a stream nothing was consumed from is read from
+        its beginning. (A marker gone or changed is found by the next read, and that history read
+        from its beginning.)"""
         marker = await self._call("get", self._marker)
         if marker is None or marker.decode() != epoch:  # type: ignore[attr-defined]
             return None
+        return await self._restored_from(consumed)
+
+    async def _restored_from(self, consumed: Mapping[str, Offset]) -> dict[str, Offset] | None:
+        """Whether a stream ends before what was consumed from it, or is gone; if so, where to
+        read each from (see :meth:`_streams_went_back`)."""
         ends: dict[str, Offset] = {}
         went_back = False
         for stream in self.settings.streams:
@@ -223,9 +235,11 @@ class RedisStreamBus(ReportsHealth):
                 went_back = went_back or stream in consumed
                 continue
             last = info["last-generated-id"]  # type: ignore[index]
-            ends[stream] = parse_entry_id(last.decode() if isinstance(last, bytes) else last)
+            end = parse_entry_id(last.decode() if isinstance(last, bytes) else last)
             mine = consumed.get(stream)
-            went_back = went_back or (mine is not None and ends[stream] < mine)
+            if mine is not None:
+                went_back = went_back or end < mine
+                ends[stream] = min(end, mine)
         return ends if went_back else None
 
     async def _new_history(self, lost: str) -> str:

@@ -8,7 +8,8 @@ evicted: a resume from before that is truncated history, never a silent gap.
 When Redis cannot be reached, live delivery goes on: appends wait in memory (at most
 ``max_events`` of them) and are written when Redis answers again, by one writer at a time;
 events that did not fit are recorded as evicted, so a resume across them is answered as
-truncated. A replay that cannot read Redis is answered as truncated with what is held in memory.
+truncated. A replay that cannot read Redis is answered as truncated with what is held in memory,
+and marked ``unavailable``: the hub then asks the bus, or asks the client to come back.
 
 A Redis that comes back without its data (restarted empty, or replaced) has lost the history
 the resumes stand on. The keys carry a generation, a token made when they were started; each
@@ -228,7 +229,7 @@ class RedisReplayCache(ReportsHealth):
                 format_offset(entry.identity.offset),
                 message.id or "",
                 message.event,
-                json.dumps(message.data, ensure_ascii=False, separators=(",", ":")),
+                _data_json(message.data),
                 json.dumps(message.scope.to_json(), separators=(",", ":")),
             ]
         return args
@@ -282,7 +283,8 @@ class RedisReplayCache(ReportsHealth):
         except (RedisError, OSError, TimeoutError) as error:
             self._failed(error)
             held = [e for e in self._pending if up_to.covers(e.identity)]
-            return Replay([e for e in held if not after.covers(e.identity)], truncated=True)
+            held = [e for e in held if not after.covers(e.identity)]
+            return Replay(held, truncated=True, unavailable=True)
 
     async def _replay_from_redis(self, after: Cursor, up_to: Cursor) -> Replay:
         stored_epoch = await self._call("get", self.keys[3])
@@ -359,6 +361,20 @@ class RedisReplayCache(ReportsHealth):
             self._failed(error)
             return Window(len(self._pending), None)
         return Window(int(length) + len(self._pending), None)
+
+
+def _data_json(data: object) -> str:
+    """An event's data as JSON for the stream, in UTF-8 as it is, unless it holds text with no
+    UTF-8 form (a lone surrogate, which a producer writing to the bus itself can send as
+    ``"\\ud800"``): that is escaped, as the stream to the browser escapes it, since Redis takes
+    only what encodes and a write that raised would hold every event behind it."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(data, separators=(",", ":"))
+    return text
 
 
 def _latest(first: dict[str, Offset], second: dict[str, Offset]) -> dict[str, Offset]:

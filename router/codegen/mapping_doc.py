@@ -56,6 +56,11 @@ ERROR_CODES = {
         "a new stream refused: this instance is stopping; the browser reconnects after the "
         "`retry:` that comes with it, to another instance"
     ),
+    ErrorCode.REPLAY_UNAVAILABLE: (
+        "a resume refused for now: the replay cache cannot be read and the bus does not hold "
+        "what the client missed; the browser reconnects after the `retry:` that comes with it, "
+        "and resumes exactly once the cache answers"
+    ),
 }
 
 # The worked example: an envelope read at partition 2, offset 105 of a Kafka source, by a client

@@ -228,7 +228,9 @@ class Cursor:
         """This cursor with ``partition`` (already named) at ``offset``, spelled again by
         changing only what that position touches; ``None`` when that does not apply."""
         layout = self._layout
-        if layout is None or (layout.kind and len(offset) != layout.kind):
+        # Mixed offsets (kind 0) may stop being mixed with this move, and the one spelling is
+        # then of another kind: built anew (only a client's hostile or odd cursor is mixed).
+        if layout is None or not layout.kind or len(offset) != layout.kind:
             return None
         i = self._index[partition]
         moved = object.__new__(Cursor)

@@ -138,6 +138,7 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "rate-limited"
     TOO_MANY_STREAMS = "too-many-streams"
     SHUTTING_DOWN = "shutting-down"
+    REPLAY_UNAVAILABLE = "replay-unavailable"
 
 
 class SSEErrorEvent(DomainEvent):

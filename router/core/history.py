@@ -28,10 +28,15 @@ class Entry:
 @dataclass(frozen=True, slots=True)
 class Replay:
     """What a resume gets: ``truncated`` when events the client did not see were evicted, or the
-    cursor belongs to another history; ``entries`` then holds everything retained."""
+    cursor belongs to another history; ``entries`` then holds everything retained.
+
+    ``unavailable``: the cache could not be read, so it cannot say whether anything is missing
+    (``truncated`` is then true, and ``entries`` is what it still holds in memory).
+    """
 
     entries: list[Entry]
     truncated: bool
+    unavailable: bool = False
 
 
 @dataclass(slots=True)

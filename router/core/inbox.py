@@ -20,7 +20,6 @@ the writer sends is that cursor, so no id names a position past an event still t
 
 from __future__ import annotations
 
-import enum
 import functools
 from collections import Counter
 from collections.abc import Sequence
@@ -28,12 +27,14 @@ from dataclasses import dataclass
 from typing import TypeGuard
 
 from router.core.cursor import Cursor, EventIdentity, advance
+from router.core.observer import Offer
 from router.core.sse import Priority, SSEMessage
 
 __all__ = [
     "MAX_WRITE_BATCH",
     "TICKS_PER_HEARTBEAT",
     "Delivery",
+    "Heartbeat",
     "Inbox",
     "Offer",
     "SharedBatch",
@@ -45,16 +46,6 @@ output may take the bytes without one (the HTTP body's direct writer does while 
 takes them), and a 10,000-event replay would otherwise hold the loop for tens of ms."""
 TICKS_PER_HEARTBEAT = 4
 """A heartbeat is due after this many ticks of the heartbeat clock with no write."""
-
-
-class Offer(enum.StrEnum):
-    """What became of an event offered to a session (a ``StrEnum``: counted on the hot path, and
-    a string hashes faster than an ``Enum``)."""
-
-    QUEUED = "queued"
-    COALESCED = "coalesced"
-    DISCONNECTED = "disconnected"
-    CLOSED = "closed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +83,22 @@ class SharedBatch(tuple[Delivery, ...]):
     @functools.cached_property
     def oldest_occurred_at(self) -> float | None:
         return min((d.occurred_at for d in self if d.occurred_at is not None), default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """The heartbeat that is due (:meth:`Inbox.heartbeat`)."""
+
+    moved_to: Cursor | None = None
+    """The client's cursor moved up to the router's progress, to send as an id-only block (as
+    good a keep-alive), or ``None`` for a comment."""
+    history_replaced: bool = False
+    """The progress is of another history than the client's cursor: the bus's history was lost
+    or replaced under this quiet stream, and before its cursor moves into the new one it is to
+    be told so, as a stream with events of its own is (:meth:`Inbox.history_replaced`)."""
+
+
+_COMMENT = Heartbeat()
 
 
 class Inbox:
@@ -159,7 +166,9 @@ class Inbox:
         coalesced with the newest of its kind, held aside (at most ``capacity`` of them), and a
         high-priority one is the lag verdict: :attr:`lagged` and :attr:`closed` are set, and
         neither it nor the rest of the offer is queued (the client is to resume from the replay
-        cache). An offer taken whole, with nothing held aside, is kept as it is.
+        cache). An offer taken whole, with nothing held aside, is kept as it is. An offer that
+        queues nothing (all of it coalesced aside) does not fill the inbox, however much waits:
+        that client is not reading, and a driver that paused for it would wait on every offer.
         """
         if self.closed:
             outcomes[Offer.CLOSED] += len(deliveries)
@@ -207,7 +216,7 @@ class Inbox:
             if lagged_at + 1 < len(deliveries):
                 outcomes[Offer.CLOSED] += len(deliveries) - lagged_at - 1
             return False
-        return self.waiting >= capacity
+        return bool(queued) and self.waiting >= capacity
 
     def tick(self, progress: Cursor | None = None) -> bool:
         """One tick of the heartbeat clock; return whether a heartbeat just became due.
@@ -289,13 +298,22 @@ class Inbox:
     def history_replaced(self, taken: Sequence[Delivery]) -> bool:
         """Whether ``taken`` (not empty) comes from another history than the client's cursor:
         the bus's history was lost or replaced under this stream, and events may be missing.
-        A cursor of no epoch is a stream that opened before the bus answered: it missed nothing.
-        """
-        newest, cursor = taken[-1].cursor, self.cursor
+        If so, the router's progress recorded in the history before is forgotten: a heartbeat
+        must never move the client back into it."""
+        if self._replaced_by(taken[-1].cursor):
+            self._progress = None
+            return True
+        return False
+
+    def _replaced_by(self, newer: Cursor) -> bool:
+        """Whether the router's cursor ``newer`` is of another history than the client's. A
+        cursor of no epoch is a stream that opened before the bus answered: it missed nothing,
+        and every event since reached it live."""
+        cursor = self.cursor
         return (
             cursor is not None
             and cursor.epoch is not None
-            and (newest.source, newest.epoch) != (cursor.source, cursor.epoch)
+            and (newer.source, newer.epoch) != (cursor.source, cursor.epoch)
         )
 
     def serve_shared(self, taken: Sequence[Delivery]) -> TypeGuard[SharedBatch]:
@@ -344,18 +362,19 @@ class Inbox:
         self._quiet_ticks = 0
         self.heartbeat_due = False
 
-    def heartbeat(self) -> Cursor | None:
-        """Take the heartbeat that is due: the client's cursor moved up to the router's progress
-        (an id-only block is as good a keep-alive), or ``None`` for a comment when the router has
-        not moved past the client with nothing for it."""
+    def heartbeat(self) -> Heartbeat:
+        """Take the heartbeat that is due: the client's cursor moved up to the router's progress,
+        or a comment when the router has not moved past the client with nothing for it; and
+        whether that progress is of a new history, which the client is to hear of first."""
         self.heartbeat_due = False
         progress, self._progress = self._progress, None
         if progress is None:
-            return None
+            return _COMMENT
         served = progress if self.cursor is None else self.cursor.merge(progress)
-        if served == self.cursor:
-            return None
+        if served == self.cursor:  # never so for a new history: it replaces the cursor whole
+            return _COMMENT
+        replaced = self._replaced_by(progress)
         # In step with the router before, still in step: ``progress`` is a cursor the router
         # had, and every later delivery's cursor is at or past it.
         self.cursor = served
-        return served
+        return Heartbeat(served, replaced)

@@ -25,6 +25,7 @@ RETRYABLE: Mapping[ErrorCode, int] = {
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.TOO_MANY_STREAMS: 429,
     ErrorCode.SHUTTING_DOWN: 503,
+    ErrorCode.REPLAY_UNAVAILABLE: 503,
 }
 """The refusals a client should retry by itself, with the HTTP status of their plain form.
 An overload refusal (``503``) joins them here."""

@@ -15,23 +15,20 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from actors.hub import Hub
-from actors.session import Session, SessionSettings
+from actors.hub import Hub, ReplayUnavailableError
 from router import __version__
-from router.auth import AuthError, TokenVerifier, Verified
+from router.admission import Admission, Ask
+from router.auth import Verified
 from router.bus.base import BusUnavailableError
 from router.config import Settings
+from router.core.admission import Admitted, Credentials, Refused
 from router.core.cursor import EventIdentity
 from router.core.envelope import Envelope, EnvelopeError, parse_envelope, parse_publish_body
+from router.core.events import ErrorCode
 from router.core.mapping import MappingError, to_sse
 from router.core.refusal import Refusal
-from router.core.stream_request import (
-    FILTERABLE_EVENTS,
-    RequestError,
-    check_filter_granted,
-    parse_stream_request,
-)
-from router.http.admission import STREAM_HEADERS, StreamAdmission, refusal_response
+from router.core.stream_request import FILTERABLE_EVENTS
+from router.http.admission import STREAM_HEADERS, http_error, refusal_response
 from router.http.asgi import ResponseBodyWriter, remember_session
 from router.http.cors import apply_cors
 from router.http.errors import HTTPError
@@ -41,44 +38,35 @@ from router.metrics import Metrics
 PUBLISHER_ROLE = "publisher"
 log = logging.getLogger(__name__)
 _VALIDATION_IDENTITY = EventIdentity("check", "0", (0,), "check")
+_ENDPOINTS = {
+    "stream": "GET /api/v1/events/stream",
+    "publish": "POST /api/v1/events",
+    "health": "GET /healthz",
+    "ready": "GET /readyz",
+}
 
 
-def create_app(
-    hub: Hub, settings: Settings, verifier: TokenVerifier, metrics: Metrics
-) -> QuartTrio:
+def create_app(hub: Hub, admission: Admission, settings: Settings, metrics: Metrics) -> QuartTrio:
+    """The app: it translates requests for :class:`~router.admission.Admission` and the hub,
+    and their answers back; the rules are theirs."""
     app = QuartTrio("sse-router")
     app.config["MAX_CONTENT_LENGTH"] = settings.publish_max_bytes
-    session_settings = SessionSettings(
-        inbox_capacity=settings.session_buffer,
-        retry_ms=settings.retry_ms,
-        shutdown_retry_spread_ms=settings.shutdown_retry_spread_ms,
-        log_sample_rate=settings.log_sample_rate,
-    )
-    admission = StreamAdmission(hub, settings, metrics)
 
     def client_address() -> str:
-        """The client's address: the peer's, or, when the peer is a trusted proxy, the last
-        address it added to X-Forwarded-For (earlier ones came from the client, and can lie)."""
-        peer = request.remote_addr or "unknown"
-        if peer in settings.trusted_proxies:
-            hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
-            if hops[-1]:
-                return hops[-1]
-        return peer
+        return admission.address(request.remote_addr, request.headers.get("X-Forwarded-For"))
 
-    def authenticate() -> Verified:
-        try:
-            token = _token_from_request()
-        except HTTPError as error:
-            metrics.auth_failures.labels(error.code).inc()
-            raise
-        try:
-            return verifier.verify(token)
-        except AuthError as error:
-            metrics.auth_failures.labels(error.problem.value).inc()
-            raise HTTPError(
-                401, error.problem.value, error.message, headers={"WWW-Authenticate": "Bearer"}
-            ) from None
+    def refused(refusal: Refused) -> Response:
+        """In-band or with its status when to be retried; else raised, for the error handler."""
+        retry = refusal.to_retry()
+        if retry is None:
+            raise http_error(refusal)
+        return refused_for_now(retry)
+
+    def refused_for_now(refusal: Refusal) -> Response:
+        accept, method, path = request.headers.get("Accept"), request.method, request.path
+        return refusal_response(
+            refusal, accept=accept, method=method, path=path, remote=client_address()
+        )
 
     @app.errorhandler(HTTPError)
     async def answer_http_error(error: HTTPError) -> Response:
@@ -118,12 +106,7 @@ def create_app(
             {
                 "service": "sse-router",
                 "version": __version__,
-                "endpoints": {
-                    "stream": "GET /api/v1/events/stream",
-                    "publish": "POST /api/v1/events",
-                    "health": "GET /healthz",
-                    "ready": "GET /readyz",
-                },
+                "endpoints": _ENDPOINTS,
                 "events": sorted(FILTERABLE_EVENTS),
             }
         )
@@ -147,63 +130,30 @@ def create_app(
         response.status_code = 200 if checks["bus"] else 503
         return response
 
-    def refused(refusal: Refusal) -> Response:
-        return refusal_response(
-            refusal,
-            accept=request.headers.get("Accept"),
-            method=request.method,
-            path=request.path,
-            remote=client_address(),
-        )
-
     @app.get("/api/v1/events/stream")
     async def stream() -> Response:
-        refusal = admission.closing()
-        if refusal is not None:
-            return refused(refusal)
-        verified = authenticate()
-        principal = verified.principal
-        try:
-            asked = parse_stream_request(
-                request.args.items(multi=True), request.headers.get("Last-Event-ID")
-            )
-        except RequestError as error:
-            raise HTTPError(400, "bad-request", error.message, parameter=error.parameter) from None
-        try:
-            check_filter_granted(asked.stream_filter, principal)
-        except RequestError as error:
-            raise HTTPError(403, "forbidden", error.message, parameter=error.parameter) from None
         head = request.method == "HEAD"  # the answer's headers, and no session: it has no body
-        refusal = admission.limits(principal.user_id, client_address(), take=not head)
-        if refusal is not None:
-            return refused(refusal)
+        admitted = admission.admit(_stream_ask(), take=not head)
+        if isinstance(admitted, Refused):
+            return refused(admitted)
         if head:
             return Response(b"", status=200, headers=STREAM_HEADERS)
-
-        session = Session(
-            principal,
-            asked.stream_filter,
-            expires_at=verified.expires_at,
-            settings=session_settings,
-            connection_id=secrets.token_hex(8),
-        )
-        remember_session(request.scope, session)  # stopped when the request ends, however it ends
-        log.info(
-            "stream opened",
-            extra={
-                "connection_id": session.connection_id,
-                "user_id": principal.user_id,
-                "novel_ids": sorted(asked.stream_filter.novel_ids),
-                "session_id": asked.stream_filter.session_id,
-                "types": sorted(asked.stream_filter.event_types),
-                "resuming": asked.resume_from is not None,
-                "remote": client_address(),
-            },
-        )
+        connection_id = secrets.token_hex(8)
+        _log_stream_opened(connection_id, admitted, client_address())
         writer = ResponseBodyWriter(request.scope)
-        _, resume = await hub.open(session, asked.resume_from, writer)
-
-        truncated = resume is not None and resume.truncated
+        try:
+            opened = await hub.open(
+                admitted.principal,
+                admitted.stream_filter,
+                expires_at=admitted.expires_at,
+                resume_from=admitted.resume_from,
+                output=writer,
+                connection_id=connection_id,
+            )
+        except ReplayUnavailableError as error:
+            return refused_for_now(Refusal(ErrorCode.REPLAY_UNAVAILABLE, str(error), error.wait))
+        remember_session(request.scope, opened.session)  # stopped when the request ends
+        truncated = opened.replay is not None and opened.replay.truncated
         headers = {**STREAM_HEADERS, "SSE-Replay": "truncated" if truncated else "complete"}
         response = Response(writer.body(), status=200, headers=headers)
         response.timeout = None  # a stream lasts as long as the client wants it
@@ -211,59 +161,73 @@ def create_app(
 
     @app.post("/api/v1/events")
     async def publish() -> tuple[Response, int]:
-        verified = authenticate()
-        if PUBLISHER_ROLE not in verified.principal.roles:
-            raise HTTPError(403, "forbidden", f"publishing needs the {PUBLISHER_ROLE!r} role")
-        if request.mimetype != "application/json":
-            raise HTTPError(415, "unsupported-media-type", "send application/json")
-        raw = await request.get_data(as_text=False)
-        try:
-            body: Any = parse_publish_body(raw)
-        except EnvelopeError as error:
-            raise HTTPError(400, "bad-json", f"the body is not JSON: {error.detail}") from None
-        items = body if isinstance(body, list) else [body]
-        if not items:
-            raise HTTPError(400, "empty-batch", "the array holds no envelope")
-        if len(items) > settings.publish_max_batch:
-            raise HTTPError(
-                413, "batch-too-large", f"at most {settings.publish_max_batch} envelopes at once"
-            )
-        # Every envelope is checked, encoding included, before any is published: all or nothing.
-        envelopes = [_checked_envelope(item, index) for index, item in enumerate(items)]
-        try:
-            identities = await hub.publish(envelopes)
-        except BusUnavailableError as error:
-            raise HTTPError(
-                503, "bus-unavailable", str(error), headers={"Retry-After": "5"}
-            ) from None
-        return jsonify({"event_ids": [str(identity) for identity in identities]}), 202
+        verified = admission.authenticate(_credentials())
+        if isinstance(verified, Refused):
+            raise http_error(verified)
+        return await _publish(hub, verified, settings.publish_max_batch)
 
     return app
 
 
-def _token_from_request() -> str:
-    """The bearer token from the header, the ``access_token`` cookie, or ``?token=``, in that
-    order (a browser ``EventSource`` cannot set headers)."""
-    header = request.headers.get("Authorization")
-    if header is not None:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise HTTPError(
-                401,
-                "malformed",
-                "the Authorization header must be 'Bearer <token>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        return token.strip()
-    cookie_or_query = request.cookies.get("access_token") or request.args.get("token")
-    if not cookie_or_query:
-        raise HTTPError(
-            401,
-            "missing",
-            "no token: send 'Authorization: Bearer', the access_token cookie, or ?token=",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    return cookie_or_query
+def _credentials() -> Credentials:
+    """Where the request may carry its token (a browser ``EventSource`` cannot set headers)."""
+    return Credentials(
+        authorization=request.headers.get("Authorization"),
+        cookie=request.cookies.get("access_token"),
+        query=request.args.get("token"),
+    )
+
+
+def _stream_ask() -> Ask:
+    return Ask(
+        _credentials(),
+        list(request.args.items(multi=True)),
+        request.headers.get("Last-Event-ID"),
+        request.remote_addr,
+        request.headers.get("X-Forwarded-For"),
+    )
+
+
+def _log_stream_opened(connection_id: str, admitted: Admitted, remote: str) -> None:
+    asked = admitted.stream_filter
+    log.info(
+        "stream opened",
+        extra={
+            "connection_id": connection_id,
+            "user_id": admitted.principal.user_id,
+            "novel_ids": sorted(asked.novel_ids),
+            "session_id": asked.session_id,
+            "types": sorted(asked.event_types),
+            "resuming": admitted.resume_from is not None,
+            "remote": remote,
+        },
+    )
+
+
+async def _publish(hub: Hub, verified: Verified, max_batch: int) -> tuple[Response, int]:
+    """``POST /api/v1/events`` once its token verified: every envelope checked, then all are
+    published, or none."""
+    if PUBLISHER_ROLE not in verified.principal.roles:
+        raise HTTPError(403, "forbidden", f"publishing needs the {PUBLISHER_ROLE!r} role")
+    if request.mimetype != "application/json":
+        raise HTTPError(415, "unsupported-media-type", "send application/json")
+    raw = await request.get_data(as_text=False)
+    try:
+        body: Any = parse_publish_body(raw)
+    except EnvelopeError as error:
+        raise HTTPError(400, "bad-json", f"the body is not JSON: {error.detail}") from None
+    items = body if isinstance(body, list) else [body]
+    if not items:
+        raise HTTPError(400, "empty-batch", "the array holds no envelope")
+    if len(items) > max_batch:
+        raise HTTPError(413, "batch-too-large", f"at most {max_batch} envelopes at once")
+    # Every envelope is checked, encoding included, before any is published: all or nothing.
+    envelopes = [_checked_envelope(item, index) for index, item in enumerate(items)]
+    try:
+        identities = await hub.publish(envelopes)
+    except BusUnavailableError as error:
+        raise HTTPError(503, "bus-unavailable", str(error), headers={"Retry-After": "5"}) from None
+    return jsonify({"event_ids": [str(identity) for identity in identities]}), 202
 
 
 def _checked_envelope(item: object, index: int) -> Envelope:

@@ -13,8 +13,9 @@ does it wait, the way hypercorn does: under the connection's send lock, shielded
 :func:`direct_writer` finds the socket by following hypercorn's own objects from the ASGI send
 (``HTTPStream.app_send`` -> ``H11Protocol.stream_send`` -> ``TCPServer.protocol_send``). On any
 other shape (TLS, HTTP/2, an HTTP/1.0 client whose body is not chunked, another server) it
-returns ``None`` and the caller keeps the ASGI send; ``tests/test_direct_body.py`` proves that
-the direct path is the one taken on the versions ``pyproject.toml`` admits.
+returns ``None`` and the caller keeps the ASGI send (:func:`fallback_reason` says why, for the
+metric and the log that make such a fallback seen); ``tests/test_direct_body.py`` proves that the
+direct path is the one taken on the versions ``pyproject.toml`` admits.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from h11._writers import ChunkedWriter
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.trio.tcp_server import TCPServer
+
+from router.core.observer import WriteFallback
 
 
 class ChunkedSocketWriter:
@@ -80,17 +83,28 @@ class ChunkedSocketWriter:
 def direct_writer(asgi_send: Any) -> ChunkedSocketWriter | None:
     """The direct writer behind hypercorn's ASGI ``send`` for a response whose headers are out
     and whose body is chunked over plain TCP, else ``None``."""
+    found = _follow(asgi_send)
+    return found if isinstance(found, ChunkedSocketWriter) else None
+
+
+def fallback_reason(asgi_send: Any) -> WriteFallback | None:
+    """Why :func:`direct_writer` finds no writer behind ``asgi_send``; ``None`` if it does."""
+    found = _follow(asgi_send)
+    return found if isinstance(found, WriteFallback) else None
+
+
+def _follow(asgi_send: Any) -> ChunkedSocketWriter | WriteFallback:
     http_stream = getattr(asgi_send, "__self__", None)
     if not isinstance(http_stream, HTTPStream):
-        return None
+        return WriteFallback.NOT_HYPERCORN
     h11_protocol = getattr(http_stream.send, "__self__", None)
     if not isinstance(h11_protocol, H11Protocol):
-        return None
+        return WriteFallback.NOT_HTTP11
     if not isinstance(getattr(h11_protocol.connection, "_writer", None), ChunkedWriter):
-        return None
+        return WriteFallback.NOT_CHUNKED
     tcp_server = getattr(h11_protocol.send, "__self__", None)
     if not isinstance(tcp_server, TCPServer):
-        return None
+        return WriteFallback.NOT_PLAIN_TCP
     if not isinstance(tcp_server.stream, trio.SocketStream):
-        return None
+        return WriteFallback.NOT_PLAIN_TCP
     return ChunkedSocketWriter(tcp_server.stream, tcp_server.send_lock)

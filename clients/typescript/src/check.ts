@@ -39,6 +39,7 @@ function handleError(code: SSEErrorCode): string {
     case "rate-limited":
     case "too-many-streams":
     case "shutting-down":
+    case "replay-unavailable":
       return code;
     default: {
       const unhandled: never = code;

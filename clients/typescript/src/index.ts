@@ -79,8 +79,8 @@ export interface ContentUpdatePayload {
  * The payload of `sse.error`, contract version 1; its data carries no `EventMetadata`.
  */
 export interface SSEErrorPayload {
-  /** one of `token-expired`, `lagged`, `server-shutdown`, `history-truncated`, `internal`, `rate-limited`, `too-many-streams`, `shutting-down` */
-  code: "token-expired" | "lagged" | "server-shutdown" | "history-truncated" | "internal" | "rate-limited" | "too-many-streams" | "shutting-down";
+  /** one of `token-expired`, `lagged`, `server-shutdown`, `history-truncated`, `internal`, `rate-limited`, `too-many-streams`, `shutting-down`, `replay-unavailable` */
+  code: "token-expired" | "lagged" | "server-shutdown" | "history-truncated" | "internal" | "rate-limited" | "too-many-streams" | "shutting-down" | "replay-unavailable";
   /** string, at most 10000 characters */
   message: string;
   /** boolean */
@@ -114,6 +114,7 @@ export const SSE_ERROR_CODES = [
   "rate-limited",
   "too-many-streams",
   "shutting-down",
+  "replay-unavailable",
 ] as const;
 
 export type SSEErrorCode = (typeof SSE_ERROR_CODES)[number];
@@ -123,6 +124,7 @@ export const SSE_REFUSAL_CODES = [
   "rate-limited",
   "too-many-streams",
   "shutting-down",
+  "replay-unavailable",
 ] as const;
 
 export type SSERefusalCode = (typeof SSE_REFUSAL_CODES)[number];

@@ -1,0 +1,217 @@
+"""The rules of the front door: whether a new stream may open, and what it asked for.
+
+Every transport (the event stream now, a WebSocket next) asks the same questions in the same
+order, through :class:`router.admission.Admission`: is this instance shutting down; which token
+came (``Authorization: Bearer``, else the ``access_token`` cookie, else ``?token=``) and does it
+verify; are the query and the cursor well formed; does the token grant the filter; is the user
+under the stream cap; do both connect rates allow it. The answer is :class:`Admitted` or
+:class:`Refused`, whose :class:`Reason` is a bounded set a transport maps to its own form (an HTTP
+status and JSON body, an in-band ``sse.error``, a WebSocket close code).
+
+Pure: time is passed in, and verifying a token (a library's business) happens outside, so this
+module holds every rule except the signature check.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+
+from router.core.cursor import Cursor
+from router.core.events import ErrorCode
+from router.core.permissions import Principal, StreamFilter
+from router.core.ratelimit import RateLimiter, acquire_all
+from router.core.refusal import RETRYABLE, Limit, Refusal
+from router.core.stream_request import (
+    RequestError,
+    StreamRequest,
+    check_filter_granted,
+    parse_stream_request,
+)
+
+RATE_PERIOD_SECONDS = 60.0
+"""``--connects-per-minute`` counts new streams in any window of this length."""
+SHUTDOWN_WAIT_SECONDS = 1.0
+"""A client refused by a stopping instance comes back this soon: to another instance, or to this
+one restarted."""
+TOO_MANY_STREAMS_WAIT_SECONDS = 10.0
+"""A user at the stream cap has a slot only when one of their streams ends (a tab closed), which
+nothing predicts; this is how often a tab refused for it tries again."""
+
+
+class Reason(enum.StrEnum):
+    """Why a request was refused: a bounded set, the ``code`` of the JSON error body.
+
+    The token's problems are :class:`router.auth.AuthProblem`'s, one for one.
+    """
+
+    MISSING = "missing"
+    MALFORMED = "malformed"
+    EXPIRED = "expired"
+    BAD_SIGNATURE = "bad-signature"
+    BAD_CLAIMS = "bad-claims"
+    BAD_REQUEST = "bad-request"
+    FORBIDDEN = "forbidden"
+    TOO_MANY_STREAMS = ErrorCode.TOO_MANY_STREAMS.value
+    RATE_LIMITED = ErrorCode.RATE_LIMITED.value
+    SHUTTING_DOWN = ErrorCode.SHUTTING_DOWN.value
+    REPLAY_UNAVAILABLE = ErrorCode.REPLAY_UNAVAILABLE.value
+
+
+RETRY = frozenset(Reason(code.value) for code in RETRYABLE)
+"""The reasons a client should retry by itself after a wait (see router.core.refusal)."""
+UNAUTHORIZED = frozenset(
+    {Reason.MISSING, Reason.MALFORMED, Reason.EXPIRED, Reason.BAD_SIGNATURE, Reason.BAD_CLAIMS}
+)
+"""The reasons that are the token's: the client must get a new one before it comes back."""
+STATUS: Mapping[Reason, int] = {
+    **dict.fromkeys(UNAUTHORIZED, 401),
+    Reason.BAD_REQUEST: 400,
+    Reason.FORBIDDEN: 403,
+    **{Reason(code.value): status for code, status in RETRYABLE.items()},
+}
+"""The HTTP status of each reason; the retryable ones' are those of ``RETRYABLE``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A request the router will not serve. ``retry_after`` (seconds) is set exactly for the
+    reasons a client should retry by itself; ``parameter`` names the culprit of a bad request;
+    ``limit`` the limit that refused, when one did."""
+
+    reason: Reason
+    message: str
+    parameter: str | None = None
+    retry_after: float | None = None
+    limit: Limit | None = None
+
+    def __post_init__(self) -> None:
+        if (self.retry_after is not None) != (self.reason in RETRY):
+            raise ValueError(f"a {self.reason.value!r} refusal has a retry-after exactly if it is")
+
+    @property
+    def status(self) -> int:
+        return STATUS[self.reason]
+
+    def to_retry(self) -> Refusal | None:
+        """The refusal to come back from (see :mod:`router.core.refusal`), or ``None`` for one
+        not to retry."""
+        if self.retry_after is None:
+            return None
+        return Refusal(ErrorCode(self.reason.value), self.message, self.retry_after, self.limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A stream that may open: who it is for, what it follows, from where, until when."""
+
+    principal: Principal
+    stream_filter: StreamFilter
+    resume_from: Cursor | None
+    expires_at: float
+    """When the token expires, in seconds since the epoch."""
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Where a token may come from, as the request carried them (``None``: absent)."""
+
+    authorization: str | None = None
+    """The ``Authorization`` header."""
+    cookie: str | None = None
+    """The ``access_token`` cookie."""
+    query: str | None = None
+    """The ``token`` query parameter (a browser ``EventSource`` cannot set headers)."""
+
+
+SHUTTING_DOWN = Refused(
+    Reason.SHUTTING_DOWN,
+    "this instance is shutting down; reconnect",
+    retry_after=SHUTDOWN_WAIT_SECONDS,
+)
+
+
+def bearer_token(credentials: Credentials) -> str | Refused:
+    """The token from the header, the cookie, or the query, in that order."""
+    if credentials.authorization is not None:
+        scheme, _, token = credentials.authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return Refused(Reason.MALFORMED, "the Authorization header must be 'Bearer <token>'")
+        return token.strip()
+    cookie_or_query = credentials.cookie or credentials.query
+    if not cookie_or_query:
+        return Refused(
+            Reason.MISSING,
+            "no token: send 'Authorization: Bearer', the access_token cookie, or ?token=",
+        )
+    return cookie_or_query
+
+
+def client_address(
+    peer: str | None, forwarded_for: str | None, trusted_proxies: Collection[str]
+) -> str:
+    """The client's address: the peer's, or, when the peer is a trusted proxy, the last address
+    it added to ``X-Forwarded-For`` (earlier ones came from the client, and can lie)."""
+    peer = peer or "unknown"
+    if peer in trusted_proxies:
+        hops = [hop.strip() for hop in (forwarded_for or "").split(",")]
+        if hops[-1]:
+            return hops[-1]
+    return peer
+
+
+def stream_request(
+    query: Iterable[tuple[str, str]], last_event_id: str | None, principal: Principal
+) -> StreamRequest | Refused:
+    """What the client asked for, refused as a bad request or as beyond the token's grants."""
+    try:
+        asked = parse_stream_request(query, last_event_id)
+    except RequestError as error:
+        return Refused(Reason.BAD_REQUEST, error.message, parameter=error.parameter)
+    try:
+        check_filter_granted(asked.stream_filter, principal)
+    except RequestError as error:
+        return Refused(Reason.FORBIDDEN, error.message, parameter=error.parameter)
+    return asked
+
+
+class StreamLimits:
+    """The per-user stream cap and both connect rates, per user and per address.
+
+    Rates are taken together: from both when both allow, from neither when one refuses, so a user
+    refused for their address keeps their own allowance elsewhere, and one user's retry loop does
+    not spend the address's allowance for everyone behind it.
+    """
+
+    def __init__(self, max_streams_per_user: int, connects_per_minute: int) -> None:
+        self.max_streams_per_user = max_streams_per_user
+        self._per_user = RateLimiter(connects_per_minute, RATE_PERIOD_SECONDS)
+        self._per_address = RateLimiter(connects_per_minute, RATE_PERIOD_SECONDS)
+
+    def check(
+        self, user_id: str, address: str, open_streams: int, now: float, *, take: bool = True
+    ) -> Refused | None:
+        """A refusal when a limit holds back a new stream of ``user_id`` (who holds
+        ``open_streams``) from ``address`` at ``now``; ``None`` when it may open, and then, with
+        ``take``, it is counted against both connect rates (``take=False`` only asks)."""
+        if open_streams >= self.max_streams_per_user:
+            return Refused(
+                Reason.TOO_MANY_STREAMS,
+                f"at most {self.max_streams_per_user} open streams per user",
+                retry_after=TOO_MANY_STREAMS_WAIT_SECONDS,
+                limit=Limit.STREAMS_PER_USER,
+            )
+        claims = {
+            Limit.CONNECTS_PER_USER: (self._per_user, user_id),
+            Limit.CONNECTS_PER_ADDRESS: (self._per_address, address),
+        }
+        refused = acquire_all(claims, now, take=take)
+        if refused is None:
+            return None
+        return Refused(
+            Reason.RATE_LIMITED,
+            "too many new streams; try again later",
+            retry_after=refused.wait,
+            limit=refused.limit,
+        )

@@ -1,0 +1,185 @@
+"""What the router's parts report about their work, and the bounded words they report it in.
+
+The hub, the adapter, the consumer, the sessions, the outbox relay and the HTTP body writer each
+report to one :class:`Observer`; ``router/metrics.py`` implements it for Prometheus, and nothing
+here knows it exists. Tests and embedders that want nothing pass :data:`NO_OBSERVER`. Every value
+a report carries comes from a bounded set below (or a count), so each is fit for a metric label.
+
+The hot path stays cheap: a session's offer outcomes are counted by the adapter in a plain
+``Counter`` and reported once per routing step (:meth:`Observer.offered`), not once per offer.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Protocol
+
+from router.core.mapping import Problem
+
+
+class CloseReason(enum.StrEnum):
+    """Why a stream ended: a bounded set, fit for a metric label."""
+
+    CLIENT = "client"
+    LAGGED = "lagged"
+    TOKEN_EXPIRED = "token-expired"
+    SERVER_SHUTDOWN = "server-shutdown"
+    ERROR = "error"
+
+
+class Offer(enum.StrEnum):
+    """What became of an event offered to a session (a ``StrEnum``: counted on the hot path, and
+    a string hashes faster than an ``Enum``)."""
+
+    QUEUED = "queued"
+    COALESCED = "coalesced"
+    DISCONNECTED = "disconnected"
+    CLOSED = "closed"
+
+
+class Failure(enum.StrEnum):
+    """What failed unexpectedly (a bug, not bad input) and was contained to itself: a bounded
+    set, fit for a metric label."""
+
+    RECORD = "record"
+    """One record could not be converted or placed: skipped, its position still consumed."""
+    OFFER = "offer"
+    """Offering events to one session raised: that stream was ended with ``error``."""
+    BUS_READ = "bus-read"
+    """Reading the bus raised: the consumer backed off and read on from where it was."""
+
+
+DUPLICATE = "duplicate"
+"""The reason a record is rejected when its producer ``event_id`` and content came recently."""
+REJECTION_REASONS: tuple[str, ...] = (*(problem.value for problem in Problem), DUPLICATE)
+"""Every reason :meth:`Observer.rejected` may be given: the mapping's problems, and duplicates."""
+
+
+class ReplayOutcome(enum.StrEnum):
+    COMPLETE = "complete"
+    TRUNCATED = "truncated"
+    REFUSED = "refused"
+    """Not served now (the cache could not be read): the client was told to come back."""
+
+
+class ReplaySource(enum.StrEnum):
+    CACHE = "cache"
+    BUS = "bus"
+
+
+class WriteFallback(enum.StrEnum):
+    """Why a stream's body went through the server's ASGI ``send`` instead of straight onto its
+    socket (``router/http/direct_body.py``), which costs about half the broadcast throughput."""
+
+    NOT_HYPERCORN = "not-hypercorn"
+    """The ASGI send is not hypercorn's HTTP stream's (another server, or hypercorn changed)."""
+    NOT_HTTP11 = "not-http11"
+    """Not hypercorn's HTTP/1.1 protocol: HTTP/2 or HTTP/3."""
+    NOT_CHUNKED = "not-chunked"
+    """The body is not chunked: an HTTP/1.0 client, whose body ends with the connection."""
+    NOT_PLAIN_TCP = "not-plain-tcp"
+    """Not a plain TCP socket: TLS, or a server shape the direct writer does not know."""
+
+
+class StreamObserver(Protocol):
+    """What a session reports about its stream."""
+
+    def opened(self) -> None:
+        """A stream started."""
+
+    def sent(self, events: Mapping[str, int], oldest_age: float | None, queued: int) -> None:
+        """A write to a client: how many events of each name it carried, how old the oldest of
+        them was in seconds (``None`` if unknown, as for a replayed event), and how many events
+        were still waiting in the session's inbox."""
+
+    def closed(self, reason: str, seconds: float) -> None:
+        """A stream ended after ``seconds``, for ``reason`` (a CloseReason value)."""
+
+
+class Observer(StreamObserver, Protocol):
+    """Everything the router counts, as it happens. Every method is called on the trio thread
+    and must return at once (no I/O, no checkpoint): the reporters call it mid-step."""
+
+    def consumed(self, records: int) -> None:
+        """The adapter took ``records`` more records from the bus (rejected ones included)."""
+
+    def rejected(self, reason: str) -> None:
+        """A record was skipped, for ``reason`` (one of :data:`REJECTION_REASONS`)."""
+
+    def id_reused(self) -> None:
+        """An event was delivered though its producer ``event_id`` came with another one."""
+
+    def failed(self, failure: Failure) -> None:
+        """A failure no rule foresaw was contained to one record, one stream or one bus read."""
+
+    def lost_on_bus(self, records: int) -> None:
+        """The bus had deleted ``records`` records before the router read them."""
+
+    def offered(self, outcomes: Mapping[Offer, int]) -> None:
+        """One routing step's offers to the sessions, counted by outcome (once per step)."""
+
+    def replayed(self, outcome: ReplayOutcome, source: ReplaySource) -> None:
+        """A resume was served."""
+
+    def relay_published(self, events: int) -> None:
+        """The outbox relay published ``events`` rows to the bus (and settled them)."""
+
+    def relay_rejected(self, rows: int) -> None:
+        """The outbox relay settled ``rows`` rows without publishing them: not an envelope."""
+
+    def relay_failed(self) -> None:
+        """Opening the outbox, or a relay round, failed: the relay backs off and tries again."""
+
+    def body_fell_back(self, reason: WriteFallback) -> None:
+        """A stream's body is written through the server's ASGI ``send``, for ``reason``."""
+
+
+class NoObserver:
+    """Hears every report and keeps none: the default, and a base for an observer that wants a
+    few of them."""
+
+    def opened(self) -> None:
+        pass
+
+    def sent(self, events: Mapping[str, int], oldest_age: float | None, queued: int) -> None:
+        pass
+
+    def closed(self, reason: str, seconds: float) -> None:
+        pass
+
+    def consumed(self, records: int) -> None:
+        pass
+
+    def rejected(self, reason: str) -> None:
+        pass
+
+    def id_reused(self) -> None:
+        pass
+
+    def failed(self, failure: Failure) -> None:
+        pass
+
+    def lost_on_bus(self, records: int) -> None:
+        pass
+
+    def offered(self, outcomes: Mapping[Offer, int]) -> None:
+        pass
+
+    def replayed(self, outcome: ReplayOutcome, source: ReplaySource) -> None:
+        pass
+
+    def relay_published(self, events: int) -> None:
+        pass
+
+    def relay_rejected(self, rows: int) -> None:
+        pass
+
+    def relay_failed(self) -> None:
+        pass
+
+    def body_fell_back(self, reason: WriteFallback) -> None:
+        pass
+
+
+NO_OBSERVER: Observer = NoObserver()

@@ -1,0 +1,316 @@
+"""The front door, asked directly: every transport's admission rules, tested once.
+
+The HTTP tests (test_e2e_stream, test_server) prove only the wiring: that the stream endpoint
+hands its request to :class:`Admission` and says the answer the HTTP way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+import pytest
+
+from router.admission import Admission, AdmissionSettings, Ask
+from router.auth import AuthProblem, TokenVerifier, mint_token
+from router.core.admission import (
+    RETRY,
+    STATUS,
+    UNAUTHORIZED,
+    Admitted,
+    Credentials,
+    Reason,
+    Refused,
+)
+from router.core.cursor import parse_cursor
+from router.core.events import ErrorCode
+from router.core.permissions import Principal, StreamFilter
+from router.core.refusal import RETRYABLE, Limit, Refusal
+from router.metrics import Metrics
+
+SECRET = "admission-tests-secret-0123456789abcdef"
+PROXY = "10.0.0.254"
+
+
+class Door:
+    """An :class:`Admission` with a clock, open streams and a shutdown flag the test sets."""
+
+    def __init__(self, *, max_streams: int = 10, connects_per_minute: int = 20) -> None:
+        self.now = 1000.0
+        self.open_streams: dict[str, int] = {}
+        self.closing = False
+        self.metrics = Metrics()
+        self.admission = Admission(
+            TokenVerifier.from_key(secret=SECRET),
+            AdmissionSettings(max_streams, connects_per_minute, trusted_proxies=(PROXY,)),
+            self.metrics,
+            streams_open=lambda user: self.open_streams.get(user, 0),
+            closing=lambda: self.closing,
+            clock=lambda: self.now,
+        )
+
+    def admit(
+        self,
+        user: str = "u1",
+        *,
+        novels: Iterable[str] = ("n1",),
+        query: Sequence[tuple[str, str]] = (),
+        last_event_id: str | None = None,
+        credentials: Credentials | None = None,
+        peer: str = "192.0.2.1",
+        forwarded_for: str | None = None,
+        take: bool = True,
+    ) -> Admitted | Refused:
+        if credentials is None:
+            token = mint_token(SECRET, sub=user, novels=novels)
+            credentials = Credentials(authorization=f"Bearer {token}")
+        ask = Ask(credentials, list(query), last_event_id, peer, forwarded_for)
+        return self.admission.admit(ask, take=take)
+
+    def counted(self, metric: str, label: str) -> float:
+        name = {"auth": "sse_auth_failures_total", "limit": "sse_rate_limited_connections_total"}
+        key = {"auth": "reason", "limit": "limit"}[metric]
+        value = self.metrics.registry.get_sample_value(name[metric], {key: label})
+        return 0.0 if value is None else value
+
+
+def refused(answer: Admitted | Refused) -> Refused:
+    assert isinstance(answer, Refused), answer
+    return answer
+
+
+def admitted(answer: Admitted | Refused) -> Admitted:
+    assert isinstance(answer, Admitted), answer
+    return answer
+
+
+# -- what an admitted stream carries ---------------------------------------------------------------
+
+
+def test_an_admitted_stream_carries_its_principal_filter_cursor_and_expiry() -> None:
+    door = Door()
+    cursor = "memory@e1:0:4"
+    before = time.time()
+    answer = admitted(
+        door.admit(
+            novels=["n1", "n2"],
+            query=[("novel_id", "n2"), ("types", "content.updated")],
+            last_event_id=cursor,
+        )
+    )
+    assert answer.principal == Principal("u1", frozenset({"n1", "n2"}))
+    assert answer.stream_filter == StreamFilter(frozenset({"n2"}), None, {"content.updated"})
+    assert answer.resume_from == parse_cursor(cursor)
+    assert before + 3600 - 1 <= answer.expires_at <= before + 3600 + 1
+
+
+def test_the_header_cursor_wins_over_the_query_one() -> None:
+    answer = admitted(
+        Door().admit(query=[("last_event_id", "memory@e1:0:1")], last_event_id="memory@e1:0:2")
+    )
+    assert answer.resume_from == parse_cursor("memory@e1:0:2")
+
+
+# -- credentials -----------------------------------------------------------------------------------
+
+
+def test_the_token_comes_from_the_header_then_the_cookie_then_the_query() -> None:
+    door = Door()
+    good = mint_token(SECRET, sub="u1")
+    for credentials in (
+        Credentials(authorization=f"Bearer {good}", cookie="junk", query="junk"),
+        Credentials(cookie=good, query="junk"),
+        Credentials(cookie="", query=good),
+        Credentials(query=good),
+    ):
+        assert admitted(door.admit(credentials=credentials)).principal.user_id == "u1"
+    # A header is the one read when present, even when a good token comes beside it.
+    answer = refused(door.admit(credentials=Credentials(authorization="Bearer", cookie=good)))
+    assert answer.reason is Reason.MALFORMED
+
+
+@pytest.mark.parametrize(
+    ("credentials", "reason"),
+    [
+        (Credentials(), Reason.MISSING),
+        (Credentials(cookie="", query=""), Reason.MISSING),
+        (Credentials(authorization="Basic dTE6cHc="), Reason.MALFORMED),
+        (Credentials(authorization="Bearer   "), Reason.MALFORMED),
+        (Credentials(authorization="Bearer not-a-token"), Reason.MALFORMED),
+        (Credentials(query=mint_token(SECRET, sub="u1", ttl_seconds=-10)), Reason.EXPIRED),
+        (Credentials(query=mint_token("another-secret-0123456789abcdefgh", sub="u1")), None),
+    ],
+    ids=["none", "empty", "basic", "blank-bearer", "not-a-jwt", "expired", "other-key"],
+)
+def test_a_missing_or_bad_token_is_refused_for_its_reason_and_counted(
+    credentials: Credentials, reason: Reason | None
+) -> None:
+    door = Door()
+    answer = refused(door.admit(credentials=credentials))
+    assert answer.reason is (reason or Reason.BAD_SIGNATURE)
+    assert (answer.status, answer.retry_after, answer.to_retry()) == (401, None, None)
+    assert door.counted("auth", answer.reason.value) == 1
+
+
+def test_authenticating_alone_answers_the_verified_token_or_the_same_refusal() -> None:
+    door = Door()
+    token = mint_token(SECRET, sub="backend", roles=["publisher"])
+    verified = door.admission.authenticate(Credentials(authorization=f"Bearer {token}"))
+    assert not isinstance(verified, Refused)
+    assert verified.principal.roles == {"publisher"}
+    assert refused(door.admission.authenticate(Credentials())).reason is Reason.MISSING
+    assert door.counted("auth", "missing") == 1
+
+
+# -- the request -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "last_event_id", "parameter"),
+    [
+        ([("colour", "red")], None, "colour"),
+        ([("types", "content.nope")], None, "types"),
+        ([("session_id", "a"), ("session_id", "b")], None, "session_id"),
+        ([("last_event_id", "not a cursor")], None, "last_event_id"),
+        ([], "not a cursor", "Last-Event-ID"),
+    ],
+)
+def test_a_bad_request_is_refused_naming_its_parameter(
+    query: list[tuple[str, str]], last_event_id: str | None, parameter: str
+) -> None:
+    answer = refused(Door().admit(query=query, last_event_id=last_event_id))
+    assert (answer.reason, answer.status, answer.parameter) == (Reason.BAD_REQUEST, 400, parameter)
+
+
+def test_a_filter_beyond_the_tokens_grants_is_forbidden() -> None:
+    door = Door()
+    answer = refused(door.admit(novels=["n1"], query=[("novel_id", "n2")]))
+    assert (answer.reason, answer.status, answer.parameter) == (Reason.FORBIDDEN, 403, "novel_id")
+    token = mint_token(SECRET, sub="u1", sid="s1")
+    other_session = door.admit(
+        credentials=Credentials(query=token), query=[("token", token), ("session_id", "s2")]
+    )
+    assert refused(other_session).parameter == "session_id"
+
+
+def test_the_token_is_checked_before_the_request_and_the_request_before_the_limits() -> None:
+    door = Door(max_streams=1)
+    door.open_streams["u1"] = 1
+    bad_query = [("novel_id", "n9")]
+    assert refused(door.admit(credentials=Credentials(), query=bad_query)).status == 401
+    assert refused(door.admit(query=bad_query)).status == 403
+    assert refused(door.admit()).status == 429
+    assert door.counted("limit", "streams-per-user") == 1  # once: only the last reached it
+
+
+# -- shutting down ---------------------------------------------------------------------------------
+
+
+def test_a_stopping_instance_refuses_before_anything_else_and_asks_for_a_retry() -> None:
+    door = Door()
+    door.closing = True
+    answer = refused(door.admit(credentials=Credentials()))
+    assert (answer.reason, answer.status, answer.retry_after) == (Reason.SHUTTING_DOWN, 503, 1.0)
+    assert answer.to_retry() == Refusal(ErrorCode.SHUTTING_DOWN, answer.message, 1.0)
+    assert door.counted("auth", "missing") == 0
+
+
+# -- the limits ------------------------------------------------------------------------------------
+
+
+def test_a_user_at_the_stream_cap_is_refused_and_others_are_not() -> None:
+    door = Door(max_streams=2)
+    door.open_streams["u1"] = 2
+    answer = refused(door.admit("u1"))
+    assert (answer.reason, answer.status, answer.retry_after, answer.limit) == (
+        Reason.TOO_MANY_STREAMS,
+        429,
+        10.0,
+        Limit.STREAMS_PER_USER,
+    )
+    assert answer.message == "at most 2 open streams per user"
+    assert door.counted("limit", "streams-per-user") == 1
+    admitted(door.admit("u2"))
+    door.open_streams["u1"] = 1
+    admitted(door.admit("u1"))
+
+
+def test_new_streams_are_rate_limited_per_user_until_the_window_frees() -> None:
+    door = Door(connects_per_minute=2)
+    admitted(door.admit(peer="192.0.2.1"))
+    door.now += 20
+    admitted(door.admit(peer="192.0.2.2"))
+    answer = refused(door.admit(peer="192.0.2.3"))
+    assert (answer.reason, answer.status, answer.limit) == (
+        Reason.RATE_LIMITED,
+        429,
+        Limit.CONNECTS_PER_USER,
+    )
+    assert answer.retry_after == pytest.approx(40.0)  # until the first leaves the window
+    assert door.counted("limit", "connects-per-user") == 1
+    door.now += 40
+    admitted(door.admit(peer="192.0.2.3"))
+
+
+def test_a_user_refused_for_one_address_keeps_their_allowance_elsewhere() -> None:
+    door = Door(connects_per_minute=2)
+    for user in ("u1", "u1"):
+        admitted(door.admit(user, peer="10.0.0.1"))
+    assert refused(door.admit("u2", peer="10.0.0.1")).limit is Limit.CONNECTS_PER_ADDRESS
+    for _ in range(2):  # u2, from home: the refusal above spent none of u2's allowance
+        admitted(door.admit("u2", peer="10.0.0.2"))
+    assert door.counted("limit", "connects-per-address") == 1
+    assert door.counted("limit", "connects-per-user") == 0
+
+
+def test_one_users_retries_do_not_spend_their_addresss_allowance() -> None:
+    door = Door(connects_per_minute=3)
+    for peer in ("10.0.0.1", "10.0.0.1", "10.0.0.2"):
+        admitted(door.admit("u1", peer=peer))
+    for _ in range(5):  # u1 is out of allowance, and keeps trying behind the office's NAT
+        assert refused(door.admit("u1", peer="10.0.0.1")).limit is Limit.CONNECTS_PER_USER
+    admitted(door.admit("u2", peer="10.0.0.1"))
+
+
+def test_asking_without_taking_is_checked_alike_and_spends_no_allowance() -> None:
+    door = Door(connects_per_minute=1)
+    for _ in range(3):
+        admitted(door.admit(take=False))
+    admitted(door.admit())
+    assert refused(door.admit(take=False)).reason is Reason.RATE_LIMITED
+
+
+def test_behind_a_trusted_proxy_the_client_is_the_last_address_it_added() -> None:
+    door = Door(connects_per_minute=1)
+    admitted(door.admit("u1", peer=PROXY, forwarded_for="10.9.9.9, 192.0.2.1"))
+    admitted(door.admit("u2", peer=PROXY, forwarded_for="10.9.9.9, 192.0.2.2"))
+    same = refused(door.admit("u3", peer=PROXY, forwarded_for="192.0.2.2, 192.0.2.1"))
+    assert same.limit is Limit.CONNECTS_PER_ADDRESS
+    address = door.admission.address
+    assert address(PROXY, " 10.9.9.9 ,192.0.2.7 ") == "192.0.2.7"
+    assert address(PROXY, "192.0.2.7, ") == PROXY  # no address added: the proxy's own
+    assert address(PROXY, None) == PROXY
+    assert address("192.0.2.8", "192.0.2.7") == "192.0.2.8"  # not a proxy: not believed
+    assert address(None) == "unknown"
+
+
+# -- the bounded reasons ---------------------------------------------------------------------------
+
+
+def test_every_reason_has_a_status_and_the_tokens_reasons_are_auths_problems() -> None:
+    assert set(STATUS) == set(Reason)
+    assert {r.value for r in UNAUTHORIZED} == {p.value for p in AuthProblem}
+    assert {r.value for r in RETRY} == {c.value for c in RETRYABLE}
+    assert {STATUS[r] for r in RETRY} == set(RETRYABLE.values())
+
+
+@pytest.mark.parametrize("reason", list(Reason))
+def test_a_refusal_has_a_retry_after_exactly_when_it_is_to_be_retried(reason: Reason) -> None:
+    if reason in RETRY:
+        Refused(reason, "later", retry_after=2.5)
+        with pytest.raises(ValueError, match="retry-after"):
+            Refused(reason, "later")
+    else:
+        assert Refused(reason, "no").to_retry() is None
+        with pytest.raises(ValueError, match="retry-after"):
+            Refused(reason, "no", retry_after=1.0)
