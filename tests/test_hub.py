@@ -510,10 +510,10 @@ async def test_a_session_that_fails_is_removed_and_the_hub_carries_on(
             monkeypatch.setattr(broken, "run", fail)
         else:
 
-            def fail_to_encode(*args: object) -> bytes:
+            async def fail_to_write(*args: object) -> None:
                 raise RuntimeError("boom")
 
-            monkeypatch.setattr(broken, "_encode", fail_to_encode)
+            monkeypatch.setattr(broken, "_write", fail_to_write)
         await hub.publish([content("n1", 1)])
         with trio.fail_after(GUARD_SECONDS):
             await broken_reader.closed.wait()  # its response ends; it does not hang

@@ -20,7 +20,6 @@ from actors.session import (
     MAX_WRITE_BATCH,
     TICKS_PER_HEARTBEAT,
     CloseReason,
-    Delivery,
     Offer,
     Session,
     SessionSettings,
@@ -513,103 +512,8 @@ async def test_sampled_sends_are_logged_with_the_connection_id(
     assert record.sse_event == "content.updated"  # type: ignore[attr-defined]
 
 
-# -- the inbox's promise, over any interleaving of offers and reads ------------------------------
-
-offer_steps = st.lists(
-    st.one_of(
-        st.tuples(
-            st.just("offer"),
-            st.lists(st.sampled_from(["content", "t1", "t2", "t3"]), min_size=1, max_size=6),
-        ),
-        st.tuples(st.just("read"), st.integers(0, 3)),
-    ),
-    max_size=25,
-)
-
-
-@settings(max_examples=200, deadline=None)
-@given(steps=offer_steps, capacity=st.integers(1, 6), write_batch=st.integers(1, 4))
-def test_what_is_offered_arrives_once_in_order_or_the_stream_ends_lagged(
-    steps: list[tuple[str, Any]], capacity: int, write_batch: int
-) -> None:
-    """A content update is written, or the stream ends as lagged; a progress event is written
-    unless a newer one of its task is; nothing is written twice or out of the adapter's order;
-    every event offered is counted once; an offer is queued only while fewer than the inbox's
-    capacity wait, so at most the capacity plus one offer ever waits. Writes
-    are cut small here so that coalesced events wait across writes too."""
-    with unittest.mock.patch("actors.session.MAX_WRITE_BATCH", write_batch):
-        offered, outcomes, written, subject = trio.run(offer_and_read, steps, capacity)
-    assert sum(outcomes.values()) == len(offered)
-    seqs = [offered[int(e.last_event_id.rsplit(":", 1)[1])].seq for e in written]
-    assert seqs == sorted(set(seqs))
-    if subject.close_reason is CloseReason.LAGGED:
-        assert outcomes[Offer.DISCONNECTED] == 1
-        return
-    assert subject.close_reason is CloseReason.CLIENT
-    newest_of_task = {d.message.coalesce_key: d.seq for d in offered if d.message.coalesce_key}
-    expected = [
-        d.seq
-        for d in offered
-        if d.message.coalesce_key is None or newest_of_task[d.message.coalesce_key] == d.seq
-    ]
-    assert set(expected) <= set(seqs)
-    for d in offered:
-        if d.seq not in seqs:  # only a progress event may be left out: a newer one replaced it
-            assert d.message.coalesce_key is not None
-            assert newest_of_task[d.message.coalesce_key] in seqs
-
-
-async def offer_and_read(
-    steps: list[tuple[str, Any]], capacity: int
-) -> tuple[list[Delivery], Counter[Offer], list[Any], Session]:
-    subject = session(inbox_capacity=capacity)
-    feed = Feed()
-    offered: list[Delivery] = []
-    outcomes: Counter[Offer] = Counter()
-    send, receive = trio.open_memory_channel[bytes](0)  # the client reads when a step says so
-    chunks: list[bytes] = []
-
-    async def read(most: int) -> None:
-        for _ in range(most):
-            await trio.testing.wait_all_tasks_blocked()
-            try:
-                chunks.append(receive.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                return
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(subject.run, send, None)
-        await read(1)  # the retry hint
-        for step, argument in steps:
-            if step == "read":
-                await read(argument)
-                continue
-            batch = [
-                feed.next(content(version=len(offered) + n))
-                if kind == "content"
-                else feed.next(progress(kind, len(offered) + n))
-                for n, kind in enumerate(argument)
-            ]
-            offered += batch
-            waiting = subject._queued
-            queued_before = outcomes[Offer.QUEUED]
-            filled = subject.offer(batch, outcomes)
-            # The bound, read where it is kept: nothing else shows it between writes. Fewer
-            # than the capacity waited before an offer taken whole.
-            if subject._queued != waiting:
-                assert waiting < capacity
-                assert subject._queued <= waiting + len(batch)
-            assert len(subject._overflow) <= capacity
-            assert filled is (
-                subject.close_reason is None
-                and subject._queued >= capacity
-                and outcomes[Offer.QUEUED] > queued_before
-            )
-        await read(10_000)  # the client catches up with everything
-        subject.stop(CloseReason.CLIENT)  # the first reason given stays
-    stream = Reader(receive)
-    stream.raw = b"".join(chunks)
-    return offered, outcomes, [e for e in stream.events if e.event != "sse.error"], subject
+# The inbox's promise over any interleaving of offers and takes is tested on the inbox itself
+# (tests/test_inbox.py), with no trio; the position property below runs it through the actor.
 
 
 # -- the client's position: from the first bytes, after a replay, and while others' events pass --

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,6 +54,20 @@ def test_core_imports_only_the_standard_library_and_itself(path: Path) -> None:
 def test_actors_import_no_http_framework_or_broker_client(path: Path) -> None:
     forbidden = {n for n in imported_modules(path) if n.split(".")[0] in HTTP_AND_BROKERS}
     assert not forbidden, f"{path.relative_to(ROOT)} imports {sorted(forbidden)}"
+
+
+def test_the_inbox_reaches_no_event_loop_and_no_actor() -> None:
+    """The session's inbox is driven by the actor and tested without it: importing it, with all
+    that it imports in turn, loads no trio, no actor, no HTTP framework and no broker client."""
+    walled = sorted({"trio", "actors"} | HTTP_AND_BROKERS)
+    probe = (
+        "import sys, router.core.inbox; "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({walled!r})))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"
 
 
 def test_admission_imports_no_http_framework() -> None:
