@@ -15,6 +15,7 @@ import trio
 import trio_asyncio
 
 from router.cache.redis import RedisReplayCache
+from tests.e2e_helpers import RouterUnderTest, content
 from tests.kafka_broker import free_port, wait_until_listening
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -104,3 +105,28 @@ async def wait_for_writes_in_flight(control: redis.Redis, count: int) -> None:
     with trio.fail_after(20):
         while sum(c["cmd"] == "eval" for c in control.client_list()) < count:
             await trio.sleep(0.005)
+
+
+async def resumes_across_a_lost_history(
+    router: RouterUnderTest,
+    headers: dict[str, str],
+    *,
+    from_before: str,
+    from_after: str,
+    novel: str,
+    version: int,
+) -> None:
+    """A resume from ``from_before`` (a cursor of the history Redis lost) is truncated and says
+    so; one from ``from_after`` (of the new history) is exact: it gets the one event published
+    once it is open, ``version`` of ``novel``, and nothing else."""
+    async with router.stream({**headers, "Last-Event-ID": from_before}) as resumed:
+        await router.flush(resumed)
+    assert resumed.response is not None
+    assert resumed.response.headers["sse-replay"] == "truncated"
+    assert resumed.data()[0]["code"] == "history-truncated"
+    async with router.stream({**headers, "Last-Event-ID": from_after}) as recent:
+        await router.publish(content(novel, version))
+        await recent.read_until(lambda s: bool(s.data()))  # past the flush's marker
+    assert recent.response is not None
+    assert recent.response.headers["sse-replay"] == "complete"
+    assert [d["content_version"] for d in recent.data()] == [version]

@@ -11,7 +11,12 @@ import trio
 
 from router.bus.redis import RedisStreamBus
 from tests.e2e_helpers import auth, content, running_router
-from tests.redis_helpers import RedisServer, delete_prefix, new_prefix
+from tests.redis_helpers import (
+    RedisServer,
+    delete_prefix,
+    new_prefix,
+    resumes_across_a_lost_history,
+)
 
 
 async def test_entries_that_are_not_envelopes_are_skipped_and_counted(
@@ -131,19 +136,14 @@ async def test_a_redis_restarted_empty_is_a_new_history_and_every_cursor_from_be
             assert [d["content_version"] for d in before] == list(range(4, 10))
             assert told["code"] == "history-truncated"  # events may have been lost: said
             assert after["content_version"] == 10
-            resume = {**headers, "Last-Event-ID": away.events[-1].last_event_id}
-            async with router.stream(resume) as resumed:
-                await router.flush(resumed)
-            assert resumed.response is not None
-            assert resumed.response.headers["sse-replay"] == "truncated"
-            assert resumed.data()[0]["code"] == "history-truncated"
-            since = {**headers, "Last-Event-ID": live.events[-1].last_event_id}
-            async with router.stream(since) as recent:  # the new history is kept: exact
-                await router.publish(content("n2", 11))
-                await recent.read_until(lambda s: bool(s.data()))  # past the marker sent above
-            assert recent.response is not None
-            assert recent.response.headers["sse-replay"] == "complete"
-            assert [d["content_version"] for d in recent.data()] == [11]
+            await resumes_across_a_lost_history(
+                router,
+                headers,
+                from_before=away.events[-1].last_event_id,
+                from_after=live.events[-1].last_event_id,
+                novel="n2",
+                version=11,
+            )
     finally:
         server.remove()
 

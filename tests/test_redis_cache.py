@@ -21,6 +21,7 @@ from tests.redis_helpers import (
     new_prefix,
     own_redis_server,
     redis_cache,
+    resumes_across_a_lost_history,
     wait_for_writes_in_flight,
 )
 
@@ -314,19 +315,14 @@ async def test_a_cache_restarted_empty_answers_every_cursor_from_before_as_trunc
                 server.start()  # empty: its data is lost
                 await router.publish(*(content(novels[n % 3], n) for n in range(9, 12)))
                 await live.events_count(9)
-            resume = {**headers, "Last-Event-ID": away.events[-1].last_event_id}
-            async with router.stream(resume) as resumed:
-                await router.flush(resumed)
-            assert resumed.response is not None
-            assert resumed.response.headers["sse-replay"] == "truncated"
-            assert resumed.data()[0]["code"] == "history-truncated"
-            since = {**headers, "Last-Event-ID": live.events[-1].last_event_id}
-            async with router.stream(since) as recent:  # kept since the restart: exact
-                await router.publish(content("n1", 12))
-                await recent.read_until(lambda s: bool(s.data()))  # past the marker sent above
-            assert recent.response is not None
-            assert recent.response.headers["sse-replay"] == "complete"
-            assert [d["content_version"] for d in recent.data()] == [12]
+            await resumes_across_a_lost_history(
+                router,
+                headers,
+                from_before=away.events[-1].last_event_id,
+                from_after=live.events[-1].last_event_id,
+                novel="n1",
+                version=12,
+            )
     finally:
         server.remove()
 
