@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import redis
@@ -26,6 +28,28 @@ from tests.redis_helpers import (
 )
 
 EVERYTHING = parse_cursor("kafka@e1:0:1000,1:1000,2:1000")
+
+
+@asynccontextmanager
+async def a_router_on_a_redis_of_its_own() -> AsyncIterator[
+    tuple[RedisServer, RouterUnderTest, RedisReplayCache]
+]:
+    """A router on the embedded bus of three partitions, its replay cache on a Redis of the
+    test's own, which the test may stop and start; that Redis is removed afterwards."""
+    server = RedisServer()
+    server.start()
+    try:
+        async with running_router(
+            cache="redis",
+            redis_url=server.url,
+            redis_key_prefix=new_prefix(),
+            memory_partitions=3,
+        ) as router:
+            cache = router.running.hub.cache
+            assert isinstance(cache, RedisReplayCache)
+            yield server, router, cache
+    finally:
+        server.remove()
 
 
 def entry(partition: str, offset: int, epoch: str = "e1", user: str = "u1") -> Entry:
@@ -138,51 +162,39 @@ async def test_while_redis_is_away_delivery_goes_on_and_resumes_say_truncated() 
 
 
 async def test_the_router_rides_out_a_redis_outage_under_load() -> None:
-    server = RedisServer()
-    server.start()
-    try:
-        async with running_router(
-            cache="redis",
-            redis_url=server.url,
-            redis_key_prefix=new_prefix(),
-            memory_partitions=3,
-        ) as router:
-            cache = router.running.hub.cache
-            assert isinstance(cache, RedisReplayCache)
-            headers = auth("u1", novels=["n1", "n2", "n3"])
-            novels = ["n1", "n2", "n3"]
-            async with router.stream(headers) as first:
-                await router.publish(*(content(novels[n % 3], n) for n in range(10)))
-                await first.events_count(10)
-                server.stop()
-                await router.publish(*(content(novels[n % 3], n) for n in range(10, 20)))
-                await first.events_count(20)  # live delivery goes on without Redis
-                ready = (await router.client.get("/readyz")).json()
-                assert ready["status"] == "degraded"
-            cursor = first.events[9].last_event_id  # as if it had missed the last ten
-            await router.publish(*(content(novels[n % 3], n) for n in range(20, 25)))
-            await router.running.hub.adapter.wait_consumed(25)
-            resume = {**headers, "Last-Event-ID": cursor}
-            as_a_browser = {**resume, "Accept": "text/event-stream"}
-            async with router.stream(as_a_browser) as during:
-                await during.events_count(1)
-            # The history is most likely still there: come back for it, rather than refetch.
-            (refusal,) = during.data()
-            assert refusal["code"] == "replay-unavailable"
-            assert refusal["retryable"] is True
-            assert during.events[0].retry == 2000
-            assert "sse-replay" not in during.response.headers
-            server.start()
-            with trio.fail_after(20):  # a hang guard: the retry backoff is capped at 5 s
-                while not await cache.healthy():
-                    await cache.health_changed.wait()
-            async with router.stream(resume) as after:
-                assert after.response.headers["sse-replay"] == "complete"
-                await after.events_count(15)
-            got = sorted(d["content_version"] for d in after.data())
-            assert got == list(range(10, 25))  # exact again once Redis caught up
-    finally:
-        server.remove()
+    async with a_router_on_a_redis_of_its_own() as (server, router, cache):
+        headers = auth("u1", novels=["n1", "n2", "n3"])
+        novels = ["n1", "n2", "n3"]
+        async with router.stream(headers) as first:
+            await router.publish(*(content(novels[n % 3], n) for n in range(10)))
+            await first.events_count(10)
+            server.stop()
+            await router.publish(*(content(novels[n % 3], n) for n in range(10, 20)))
+            await first.events_count(20)  # live delivery goes on without Redis
+            ready = (await router.client.get("/readyz")).json()
+            assert ready["status"] == "degraded"
+        cursor = first.events[9].last_event_id  # as if it had missed the last ten
+        await router.publish(*(content(novels[n % 3], n) for n in range(20, 25)))
+        await router.running.hub.adapter.wait_consumed(25)
+        resume = {**headers, "Last-Event-ID": cursor}
+        as_a_browser = {**resume, "Accept": "text/event-stream"}
+        async with router.stream(as_a_browser) as during:
+            await during.events_count(1)
+        # The history is most likely still there: come back for it, rather than refetch.
+        (refusal,) = during.data()
+        assert refusal["code"] == "replay-unavailable"
+        assert refusal["retryable"] is True
+        assert during.events[0].retry == 2000
+        assert "sse-replay" not in during.response.headers
+        server.start()
+        with trio.fail_after(20):  # a hang guard: the retry backoff is capped at 5 s
+            while not await cache.healthy():
+                await cache.health_changed.wait()
+        async with router.stream(resume) as after:
+            assert after.response.headers["sse-replay"] == "complete"
+            await after.events_count(15)
+        got = sorted(d["content_version"] for d in after.data())
+        assert got == list(range(10, 25))  # exact again once Redis caught up
 
 
 async def test_two_flushes_at_once_write_each_held_back_event_once() -> None:
@@ -248,47 +260,35 @@ async def test_the_router_survives_repeated_redis_restarts_while_events_flow() -
     on throughout, and every resume afterwards is exact or says it is truncated."""
     restarts, per_round, batch_size = 5, 40, 4
     total = restarts * per_round + per_round
-    server = RedisServer()
-    server.start()
-    try:
-        async with running_router(
-            cache="redis",
-            redis_url=server.url,
-            redis_key_prefix=new_prefix(),
-            memory_partitions=3,
-        ) as router:
-            cache = router.running.hub.cache
-            assert isinstance(cache, RedisReplayCache)
-            novels = ["n1", "n2", "n3"]
-            headers = auth("u1", novels=novels)
+    async with a_router_on_a_redis_of_its_own() as (server, router, cache):
+        novels = ["n1", "n2", "n3"]
+        headers = auth("u1", novels=novels)
 
-            async def publish_all() -> None:
-                for start in range(0, total, batch_size):
-                    await router.publish(
-                        *(content(novels[n % 3], n) for n in range(start, start + batch_size))
-                    )
+        async def publish_all() -> None:
+            for start in range(0, total, batch_size):
+                await router.publish(
+                    *(content(novels[n % 3], n) for n in range(start, start + batch_size))
+                )
 
-            async with router.stream(headers) as live, trio.open_nursery() as nursery:
-                nursery.start_soon(publish_all)
-                for restart in range(restarts):
-                    await live.events_count(restart * per_round + 10)
-                    server.stop()  # while events flow
-                    await live.events_count(restart * per_round + 25)  # delivered without Redis
-                    server.start()
-                await live.events_count(total)
-                with trio.fail_after(20):  # a hang guard: the retry backoff is capped at 5 s
-                    while not await cache.healthy():
-                        await cache.health_changed.wait()
-                got = [d["content_version"] for d in live.data()]
-                assert sorted(got) == list(range(total))  # all of them, each once, live
-                answers = [
-                    await resume_and_check(router, headers, live, index)
-                    for index in range(5, total, 15)
-                ]
-                assert "truncated" in answers  # history was lost: said so
-                assert answers[-1] == "complete"  # and what was kept since is exact
-    finally:
-        server.remove()
+        async with router.stream(headers) as live, trio.open_nursery() as nursery:
+            nursery.start_soon(publish_all)
+            for restart in range(restarts):
+                await live.events_count(restart * per_round + 10)
+                server.stop()  # while events flow
+                await live.events_count(restart * per_round + 25)  # delivered without Redis
+                server.start()
+            await live.events_count(total)
+            with trio.fail_after(20):  # a hang guard: the retry backoff is capped at 5 s
+                while not await cache.healthy():
+                    await cache.health_changed.wait()
+            got = [d["content_version"] for d in live.data()]
+            assert sorted(got) == list(range(total))  # all of them, each once, live
+            answers = [
+                await resume_and_check(router, headers, live, index)
+                for index in range(5, total, 15)
+            ]
+            assert "truncated" in answers  # history was lost: said so
+            assert answers[-1] == "complete"  # and what was kept since is exact
 
 
 async def test_a_cache_restarted_empty_answers_every_cursor_from_before_as_truncated() -> None:
