@@ -126,14 +126,18 @@ class RedisReplayCache(ReportsHealth):
     # -- writing -----------------------------------------------------------------------------------
 
     async def append(self, entries: Sequence[Entry]) -> None:
-        """Append ``entries``; never raises. While Redis is away they wait in memory."""
+        """Append ``entries``; never raises. While Redis is away they wait in memory.
+
+        Known to be away, this returns at once and leaves the retries to :meth:`run`: the
+        adapter awaits this before it routes a step, so a retry here (which may take the whole
+        timeout) would hold every live client behind a dead Redis."""
         self._pending.extend(entries)
         while len(self._pending) > self.max_events:
             dropped = self._pending.popleft().identity
             lost = self._lost.get(dropped.partition)
             if lost is None or lost < dropped.offset:
                 self._lost[dropped.partition] = dropped.offset
-        if not self.health.healthy and trio.current_time() < self._retry_at:
+        if not self.health.healthy:
             self._waiting_writes.set()  # run() writes them when Redis is back
             return
         await self._flush()
