@@ -481,3 +481,31 @@ async def test_live_delivery_never_waits_on_a_redis_known_to_be_down() -> None:
         control.close()
         delete_prefix(server.url, prefix)
         server.remove()
+
+
+async def test_records_lost_in_one_epoch_do_not_truncate_a_resume_in_the_next() -> None:
+    server = RedisServer()
+    server.start()
+    try:
+        async with redis_cache(url=server.url, max_events=10, timeout_seconds=0.2) as cache:
+            await cache.append([entry("0", n, epoch="eA") for n in range(3)])
+            server.stop()
+            # Offsets 3..6 of epoch A were deleted unread while Redis was away: noted in memory.
+            await cache.forget(EventIdentity("kafka", "0", (6,), "eA"))
+            assert not await cache.healthy()
+            server.start()
+            # The topic was recreated: epoch B starts again from offset 0.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cache.run)
+                await cache.append([entry("0", n, epoch="eB") for n in range(4)])
+                with trio.fail_after(20):  # a hang guard: the retry backoff is capped at 5 s
+                    while not await cache.healthy() or (await cache.window()).events != 4:
+                        await cache.health_changed.wait()
+                nursery.cancel_scope.cancel()
+            up_to = Cursor.of(EventIdentity("kafka", "0", (3,), "eB"))
+            after = Cursor.of(EventIdentity("kafka", "0", (1,), "eB"))
+            replay = await cache.replay(after, up_to)
+            assert places(replay.entries) == [("0", 2), ("0", 3)]
+            assert not replay.truncated  # epoch A's lost offsets say nothing of epoch B
+    finally:
+        server.remove()
