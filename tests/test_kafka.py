@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from router.bus.kafka import KafkaBus
+from router.core.cursor import MAX_OFFSET, Cursor, parse_cursor
 from tests.e2e_helpers import (
     PUBLISHER,
     auth,
@@ -261,3 +262,45 @@ async def test_an_event_published_twice_is_replayed_from_kafka_once(kafka_broker
         assert router.running.hub.replays["complete", "bus"] == 1
     assert resumed.response is not None
     assert [d["content_version"] for d in resumed.data() if "content_version" in d] == [1, 2, 3]
+
+
+async def test_concurrent_resumes_from_past_the_end_ask_the_broker_once(
+    kafka_broker: Broker,
+) -> None:
+    """A cursor ahead of the router makes it ask the broker where the partitions end; many such
+    resumes at once (a client can send them at will) share one request."""
+    async with kafka_router(kafka_broker, partitions=1) as router:
+        bus = router.running.hub.bus
+        assert isinstance(bus, KafkaBus)
+        ends = bus._ends
+        asked = 0
+
+        async def counted_ends() -> dict[str, tuple[int, ...]]:
+            nonlocal asked
+            asked += 1
+            return await ends()
+
+        bus._ends = counted_ends  # type: ignore[method-assign]
+        async with router.stream() as first:
+            await router.publish(content("n1", 1))
+            await first.events_count(1)
+        real = parse_cursor(first.events[-1].last_event_id)
+        ahead = str(Cursor(real.source, real.epoch, ((real.positions[0][0], (MAX_OFFSET,)),)))
+        answers: list[list[dict[str, object]]] = []
+
+        async def resume() -> None:
+            headers = {**auth(novels=["n1"]), "Last-Event-ID": ahead}
+            async with router.stream(headers) as resumed:
+                assert resumed.response is not None
+                assert resumed.response.headers["sse-replay"] == "truncated"
+                await resumed.events_count(2)
+            answers.append(resumed.data())
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(resume)
+    assert asked <= 2  # one, or two should the resumes spread over more than the cached second
+    for data in answers:  # each told the truth: its position is past the end, so all of it again
+        assert data[0]["code"] == "history-truncated"
+        assert data[1]["content_version"] == 1
+    assert len(answers) == 10

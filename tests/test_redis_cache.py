@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -214,7 +215,7 @@ async def test_two_flushes_at_once_write_each_held_back_event_once() -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(cache.run)  # writes once its retry delay is over
                 await wait_for_writes_in_flight(control, 1)
-                nursery.start_soon(cache.append, [entry("0", 1)])  # past the delay: writes too
+                nursery.start_soon(cache.append, [entry("0", 1)])  # held: run() writes it next
                 await trio.testing.wait_all_tasks_blocked()
                 control.client_unpause()
                 with trio.fail_after(20):  # a hang guard: both writes end once Redis answers
@@ -398,3 +399,109 @@ async def test_an_event_holding_a_lone_surrogate_is_kept_and_takes_nothing_down(
         (1, "\ud800"),
         (2, None),
     ]
+
+
+class StepsWhileAppending(trio.abc.Instrument):
+    """Counts how often a task that began an append while the cache was down was resumed
+    before that append returned: each is a time live delivery waited on the cache."""
+
+    def __init__(self) -> None:
+        self.appending_while_down: set[trio.lowlevel.Task] = set()
+        self.waits = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task in self.appending_while_down:
+            self.waits += 1
+
+
+async def test_live_delivery_never_waits_on_a_redis_known_to_be_down() -> None:
+    server = RedisServer()
+    server.start()
+    assert server.process is not None
+    control = redis.Redis.from_url(server.url)
+    prefix = new_prefix()
+    instrument = StepsWhileAppending()
+    try:
+        async with running_router(
+            cache="redis", redis_url=server.url, redis_key_prefix=prefix
+        ) as router:
+            cache = router.running.hub.cache
+            assert isinstance(cache, RedisReplayCache)
+            append = cache.append
+            calls_while_down = 0
+
+            async def watched_append(entries: Any) -> None:
+                task = trio.lowlevel.current_task()
+                if not cache.health.healthy:
+                    instrument.appending_while_down.add(task)
+                try:
+                    await append(entries)
+                finally:
+                    instrument.appending_while_down.discard(task)
+
+            call = cache._call
+
+            async def counted_call(method: str, *args: Any) -> Any:
+                nonlocal calls_while_down
+                calls_while_down += not cache.health.healthy
+                return await call(method, *args)
+
+            cache.append = watched_append  # type: ignore[method-assign]
+            cache._call = counted_call  # type: ignore[method-assign]
+            trio.lowlevel.add_instrument(instrument)
+            async with router.stream() as live:
+                await router.publish(content("n1", 0))
+                await live.events_count(1)
+                server.process.send_signal(signal.SIGSTOP)  # calls now time out
+                published = 1
+                # Go on until the cache has retried a few times while down: with Redis still
+                # unanswering, each retry takes the cache's whole timeout.
+                with trio.fail_after(60):  # a hang guard
+                    while calls_while_down < 3:
+                        await router.publish(content("n1", published))
+                        published += 1
+                        await live.events_count(published)
+                assert not cache.health.healthy
+                assert instrument.waits == 0  # no step waited for the dead Redis
+                trio.lowlevel.remove_instrument(instrument)
+                server.process.send_signal(signal.SIGCONT)
+                stream_key = cache.keys[0]
+                with trio.fail_after(20):  # a hang guard: the retry backoff is capped at 5 s
+                    while control.xlen(stream_key) < published or not cache.health.healthy:
+                        await trio.sleep(0.05)
+            stored = [json.loads(f[b"d"])["content_version"] for _, f in control.xrange(stream_key)]
+            assert stored == list(range(published))  # each held event once, in order
+    finally:
+        if server.process is not None:
+            server.process.send_signal(signal.SIGCONT)
+        control.close()
+        delete_prefix(server.url, prefix)
+        server.remove()
+
+
+async def test_records_lost_in_one_epoch_do_not_truncate_a_resume_in_the_next() -> None:
+    server = RedisServer()
+    server.start()
+    try:
+        async with redis_cache(url=server.url, max_events=10, timeout_seconds=0.2) as cache:
+            await cache.append([entry("0", n, epoch="eA") for n in range(3)])
+            server.stop()
+            # Offsets 3..6 of epoch A were deleted unread while Redis was away: noted in memory.
+            await cache.forget(EventIdentity("kafka", "0", (6,), "eA"))
+            assert not await cache.healthy()
+            server.start()
+            # The topic was recreated: epoch B starts again from offset 0.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cache.run)
+                await cache.append([entry("0", n, epoch="eB") for n in range(4)])
+                with trio.fail_after(20):  # a hang guard: the retry backoff is capped at 5 s
+                    while not await cache.healthy() or (await cache.window()).events != 4:
+                        await cache.health_changed.wait()
+                nursery.cancel_scope.cancel()
+            up_to = Cursor.of(EventIdentity("kafka", "0", (3,), "eB"))
+            after = Cursor.of(EventIdentity("kafka", "0", (1,), "eB"))
+            replay = await cache.replay(after, up_to)
+            assert places(replay.entries) == [("0", 2), ("0", 3)]
+            assert not replay.truncated  # epoch A's lost offsets say nothing of epoch B
+    finally:
+        server.remove()

@@ -54,6 +54,9 @@ class KafkaSettings:
     backoff_initial_seconds: float = 0.2
     backoff_max_seconds: float = 10.0
     stop_timeout_seconds: float = 5.0
+    end_offsets_reuse_seconds: float = 1.0
+    """How long an answer of where the partitions end serves every resume that asks: a client
+    can send cursors past the end at will, and each would cost a consumer of its own."""
     """How long stopping a consumer or the producer may take, shielded, when shutting down."""
     epoch_from_topic_name: bool = False
     """For a broker that gives topics no id (Kafka before 2.8, some Kafka-compatible brokers):
@@ -84,6 +87,15 @@ class TopicUnavailableError(Exception):
 
 
 @dataclass(slots=True)
+class _EndsAsked:
+    """One request for where the partitions end, that callers arriving meanwhile wait for."""
+
+    done: trio.Event
+    ends: dict[str, Offset] | None = None
+    error: BusUnavailableError | None = None
+
+
+@dataclass(slots=True)
 class _Progress:
     """The last offset consumed per partition; a partition not named is read from its start."""
 
@@ -103,6 +115,9 @@ class KafkaBus(ReportsHealth):
         self._lag: dict[str, int] = {}
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = trio.Lock()
+        self._ends_known: tuple[float, dict[str, Offset]] | None = None
+        """The last answer of where the partitions end, and until when it is reused."""
+        self._ends_asked: _EndsAsked | None = None
 
     # -- health and epoch --------------------------------------------------------------------------
 
@@ -135,7 +150,37 @@ class KafkaBus(ReportsHealth):
 
     async def end_offsets(self) -> Mapping[str, Offset]:
         """The last offset of every non-empty partition, asked of the broker with a consumer of
-        its own (only a resume from past this router's own cursor needs it)."""
+        its own (only a resume from past this router's own cursor needs it).
+
+        One request at a time: callers arriving while it runs share its answer (or its error),
+        and an answer is reused for ``end_offsets_reuse_seconds``, so resumes from past the end,
+        however many, cost one broker call a second. Cancelled while asking, the request stops
+        and a caller waiting for it asks again itself."""
+        while True:
+            now = trio.current_time()
+            if self._ends_known is not None and now < self._ends_known[0]:
+                return dict(self._ends_known[1])
+            asked = self._ends_asked
+            if asked is None:
+                break
+            await asked.done.wait()
+            if asked.error is not None:
+                raise BusUnavailableError(str(asked.error)) from None
+            if asked.ends is not None:
+                return dict(asked.ends)
+        asked = self._ends_asked = _EndsAsked(trio.Event())
+        try:
+            asked.ends = await self._ask_end_offsets()
+        except BusUnavailableError as error:
+            asked.error = error
+            raise
+        finally:
+            self._ends_asked = None
+            asked.done.set()
+        self._ends_known = (now + self.settings.end_offsets_reuse_seconds, asked.ends)
+        return dict(asked.ends)
+
+    async def _ask_end_offsets(self) -> dict[str, Offset]:
         try:
             with trio.fail_after(self.settings.request_timeout_ms / 1000 * 2):
                 ends: dict[str, Offset] = await trio_asyncio.aio_as_trio(self._ends)()

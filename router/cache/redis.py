@@ -86,7 +86,10 @@ class RedisReplayCache(ReportsHealth):
         self._retry_at = 0.0
         self._backoff = Backoff(0.1, 5.0)
         self._pending: deque[Entry] = deque()
-        self._lost: dict[str, Offset] = {}
+        self._lost: dict[str, dict[str, Offset]] = {}
+        """Per epoch, then per partition, the newest offset lost while Redis was away (dropped
+        from ``_pending``, or deleted by the bus unread), not yet recorded as evicted. Keyed by
+        epoch: a floor of one history says nothing of the next one's offsets."""
         self._waiting_writes = trio.Event()
         self._flushing = trio.Lock()
         """Held by the one task writing ``_pending`` to Redis (the adapter's append, or run)."""
@@ -126,14 +129,15 @@ class RedisReplayCache(ReportsHealth):
     # -- writing -----------------------------------------------------------------------------------
 
     async def append(self, entries: Sequence[Entry]) -> None:
-        """Append ``entries``; never raises. While Redis is away they wait in memory."""
+        """Append ``entries``; never raises. While Redis is away they wait in memory.
+
+        Known to be away, this returns at once and leaves the retries to :meth:`run`: the
+        adapter awaits this before it routes a step, so a retry here (which may take the whole
+        timeout) would hold every live client behind a dead Redis."""
         self._pending.extend(entries)
         while len(self._pending) > self.max_events:
-            dropped = self._pending.popleft().identity
-            lost = self._lost.get(dropped.partition)
-            if lost is None or lost < dropped.offset:
-                self._lost[dropped.partition] = dropped.offset
-        if not self.health.healthy and trio.current_time() < self._retry_at:
+            self._note_lost(self._pending.popleft().identity)
+        if not self.health.healthy:
             self._waiting_writes.set()  # run() writes them when Redis is back
             return
         await self._flush()
@@ -175,7 +179,7 @@ class RedisReplayCache(ReportsHealth):
         known = self._history[1] if self._history and self._history[0] == epoch else ""
         if not known:
             self._written = {}
-        lost = dict(self._lost)
+        lost = dict(self._lost.get(epoch, {}))
         status, generation, _appended = await self._call(
             "eval", APPEND_SCRIPT, len(self.keys), *self.keys, *self._args(batch, known, lost)
         )
@@ -193,9 +197,12 @@ class RedisReplayCache(ReportsHealth):
                 *self._args(batch, known, floor, full_floor=True),
             )
         self._history = (epoch, generation.decode())
+        still_lost = self._lost.get(epoch, {})
         for partition, offset in lost.items():
-            if self._lost.get(partition) == offset:
-                del self._lost[partition]
+            if still_lost.get(partition) == offset:
+                del still_lost[partition]
+        if not still_lost:
+            self._lost.pop(epoch, None)
         self._written = _latest(
             self._written, {e.identity.partition: e.identity.offset for e in batch}
         )
@@ -251,9 +258,12 @@ class RedisReplayCache(ReportsHealth):
             )
         except (RedisError, OSError, TimeoutError) as error:
             self._failed(error)
-            lost = self._lost.get(identity.partition)
-            if lost is None or lost < identity.offset:
-                self._lost[identity.partition] = identity.offset
+            self._note_lost(identity)
+
+    def _note_lost(self, identity: EventIdentity) -> None:
+        lost = self._lost.setdefault(identity.epoch or "", {})
+        if (noted := lost.get(identity.partition)) is None or noted < identity.offset:
+            lost[identity.partition] = identity.offset
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -295,7 +305,8 @@ class RedisReplayCache(ReportsHealth):
         served_raw = await self._call("hgetall", self.keys[1])
         evicted = {k.decode(): parse_offset(v.decode()) for k, v in evicted_raw.items()}
         if same_history:
-            evicted = _latest(evicted, self._lost)  # dropped here, not yet recorded in Redis
+            # Lost here and not yet recorded in Redis: only this epoch's floors count.
+            evicted = _latest(evicted, self._lost.get(epoch or "", {}))
         partitions = {k.decode() for k in served_raw}
         # Redis lost the history this instance wrote to, and it has not written since to
         # record what it knew was there: it cannot tell what is missing, so it says so.
