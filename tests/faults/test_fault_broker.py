@@ -117,11 +117,8 @@ async def test_a_restarted_broker_resumes_exactly_or_says_the_history_is_new(
 
 def epochs_seen(run: Run) -> set[str]:
     """The epochs of every event published so far: the history a broker restarted empty lost."""
-    return {
-        parse_identity(event.identity).epoch
-        for event in run.publisher.published
-        if event.identity is not None
-    }
+    identities = [parse_identity(e.identity) for e in run.publisher.published if e.identity]
+    return {identity.epoch for identity in identities if identity.epoch is not None}
 
 
 def log_went_on(before: list[Published], after: list[Published]) -> bool:
