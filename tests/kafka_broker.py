@@ -55,6 +55,8 @@ class Broker:
     process: subprocess.Popen[bytes]
     port: int
     kind: BrokerKind = BrokerKind.TANSU
+    command: list[str] | None = None
+    """How it was started, for ``restart``."""
 
     @property
     def bootstrap(self) -> str:
@@ -73,6 +75,23 @@ class Broker:
 
     def resume(self) -> None:
         self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        """Stop it as an operator would (SIGTERM), and wait until it exited."""
+        self.process.send_signal(signal.SIGCONT)
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def start_again(self) -> None:
+        """Start it again on the same port: noida-db on the same data directory, with its data;
+        tansu empty (it keeps everything in memory)."""
+        assert self.command is not None
+        self.process = _start(self.command)
+        wait_until_listening(self.port)
 
 
 def _tansu_command(port: int) -> list[str]:
@@ -118,17 +137,20 @@ def running_broker(
             command = _noida_command(port, data_dir)
         else:
             command = _tansu_command(port)
-        process = stack.enter_context(
-            subprocess.Popen(
-                command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ)
-            )
-        )
+        broker = Broker(_start(command), port, kind, command)
         try:
             wait_until_listening(port)
-            yield Broker(process, port, kind)
+            yield broker
         finally:
-            process.send_signal(signal.SIGCONT)
-            process.kill()
+            broker.process.send_signal(signal.SIGCONT)
+            broker.process.kill()
+            broker.process.wait()
+
+
+def _start(command: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ)
+    )
 
 
 def wait_until_listening(port: int) -> None:

@@ -330,6 +330,9 @@ class Behaviour:
     """A slow reader: this long between reads."""
     stall_seconds: float = 0.0
     """A client that reads nothing for this long after each stream opens."""
+    reads_again: trio.Event | None = None
+    """A client that never reads: after its first stream's first bytes it reads nothing more
+    until this is set (the test's end), its socket buffers filling meanwhile."""
     drop_modes: tuple[DropMode, ...] = ()
     """The drops to draw from; all of them when empty."""
 
@@ -432,6 +435,8 @@ class Tab:
                         return
                     if self.behaviour.stall_seconds:
                         await trio.sleep(self.behaviour.stall_seconds)
+                    if self.behaviour.reads_again is not None:
+                        await self.behaviour.reads_again.wait()
                 enough = len(connection.delivered) >= after_events
                 if mode is DropMode.AFTER_EVENTS and not self.calm and enough:
                     return

@@ -17,7 +17,7 @@ from tests.faults.harness import (
     Run,
     TabSpec,
 )
-from tests.faults.oracle import Published, WindowOfLast
+from tests.faults.oracle import Published, WindowOfLast, judge
 
 
 async def test_clients_dropping_at_random_moments_lose_and_repeat_nothing(
@@ -158,3 +158,41 @@ async def test_a_slow_reader_and_one_that_reads_nothing_hold_back_no_one() -> No
     run.report()
     cut = [t for t in run.tabs if t.spec in (slow, stalled) and len(t.record.connections) > 1]
     print(f"slow or stalled tabs cut and resumed: {len(cut)}")
+
+
+async def test_a_tab_that_never_reads_is_cut_and_holds_back_no_one() -> None:
+    """Among fast tabs, one opens its stream and never reads another byte: its socket buffers
+    fill, and the router must cut it (``lagged``, or the kernel's ``TCP_USER_TIMEOUT``) rather
+    than hold anyone back. Every other tab gets everything while it still reads nothing; when it
+    reads again at the end, it finds its stream ended and resumes exactly from its cursor."""
+    run = Run("a tab that never reads", seed=1406, population_options={"padding": 4000})
+    silent = run.population.add_tab("never reads")
+    reads_again = trio.Event()
+
+    def behaviour(spec: TabSpec) -> Behaviour:
+        return Behaviour(reads_again=reads_again) if spec is silent else Behaviour()
+
+    async with running_router(
+        **{**ROUTER_SETTINGS, "session_buffer": 16}, memory_partitions=3
+    ) as router:
+        run.publish_through(lambda: router.url)
+        tabs = run.make_tabs(behaviour)
+        (never_reads,) = [tab for tab in tabs if tab.spec is silent]
+        others = [tab for tab in tabs if tab is not never_reads]
+        async with trio.open_nursery() as nursery:
+            run.start(nursery, Frontend(run.rng, router.url))
+            await run.all_connected()
+            await run.publisher.publish(600, batch=20, pause=0.005)
+            await run.settle(tabs=others)
+            fast = [judge(tab.record, run.publisher.published, run.retention) for tab in others]
+            held_back = [v.client for v in fast if v.lost]
+            run.mark("the others settled; the silent tab reads again")
+            reads_again.set()
+            await run.settle()
+            nursery.cancel_scope.cancel()
+    run.report()
+    streams = len(never_reads.record.connections)
+    errors = [code for c in never_reads.record.connections for code in c.errors]
+    print(f"the silent tab: {streams} streams, errors {errors}")
+    assert not held_back, f"tabs still missing events while one tab read nothing: {held_back}"
+    assert streams > 1, "the tab that never read was not cut: nothing was tested"
