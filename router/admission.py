@@ -2,10 +2,10 @@
 
 A transport translates its request into an :class:`Ask` (credentials, query, cursor, peer) and
 calls :meth:`Admission.admit`; the answer is :class:`~router.core.admission.Admitted` or
-:class:`~router.core.admission.Refused` (rules in :mod:`router.core.admission`). What is
-stateful lives here: the token verifier, the connect-rate limiters, the clock, and the counts of
-refusals in the metrics. The transport only turns the answer into its own form and, when
-admitted, asks the hub to open the session (:meth:`actors.hub.Hub.open`).
+:class:`~router.core.admission.Refused` (rules in :mod:`router.core.admission`). What is stateful
+lives here: the token verifier, the connect-rate limiters and the clock; refusals are reported to
+the :class:`~router.core.observer.Observer`. The transport only turns the answer into its own form
+and, when admitted, asks the hub to open the session (:meth:`actors.hub.Hub.open`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from router.core.admission import (
     client_address,
     stream_request,
 )
-from router.metrics import Metrics
+from router.core.observer import Observer
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +63,7 @@ class Admission:
         self,
         verifier: TokenVerifier,
         settings: AdmissionSettings,
-        metrics: Metrics,
+        observer: Observer,
         *,
         streams_open: Callable[[str], int],
         closing: Callable[[], bool],
@@ -72,7 +72,7 @@ class Admission:
         self._verifier = verifier
         self._trusted_proxies = frozenset(settings.trusted_proxies)
         self._limits = StreamLimits(settings.max_streams_per_user, settings.connects_per_minute)
-        self._metrics = metrics
+        self._observer = observer
         self._streams_open = streams_open
         self._closing = closing
         self._clock = clock
@@ -85,20 +85,21 @@ class Admission:
         """The verified token of ``credentials``, or why not (counted by reason)."""
         token = bearer_token(credentials)
         if isinstance(token, Refused):
-            self._metrics.auth_failures.labels(token.reason.value).inc()
+            self._observer.refused_token(token.reason)
             return token
         try:
             return self._verifier.verify(token)
         except AuthError as error:
-            self._metrics.auth_failures.labels(error.problem.value).inc()
-            return Refused(Reason(error.problem.value), error.message)
+            reason = Reason(error.problem.value)
+            self._observer.refused_token(reason)
+            return Refused(reason, error.message)
 
     def admit(self, ask: Ask, *, take: bool = True) -> Admitted | Refused:
         """Whether the stream ``ask`` asks for may open now. In order: the instance is not
         shutting down, the token verifies, the query and cursor are well formed, the token
         grants the filter, the user is under the stream cap, both connect rates allow it. An
         admitted stream is counted against both rates, unless ``take`` is false (a ``HEAD``
-        only asks). A refusal by a limit is counted in the metrics by that limit."""
+        only asks). A refusal by a limit is reported to the observer by that limit."""
         if self._closing():
             return SHUTTING_DOWN
         verified = self.authenticate(ask.credentials)
@@ -117,6 +118,6 @@ class Admission:
         )
         if refused is not None:
             if refused.limit is not None:
-                self._metrics.rate_limited.labels(refused.limit.value).inc()
+                self._observer.refused_by_limit(refused.limit)
             return refused
         return Admitted(principal, asked.stream_filter, asked.resume_from, verified.expires_at)

@@ -1,12 +1,12 @@
 """Prometheus metrics: what an operator needs to see the router work.
 
-:class:`Metrics` is the router's :class:`~router.core.observer.Observer`: the hub, the adapter,
-the consumer, the sessions, the outbox relay and the HTTP body writer report to it what they
-count, as it happens, and it imports none of them. Counts land in plain integers and tallies
-(``router/tally.py``), turned into metric families when Prometheus scrapes; what is a level, not
-a count (the bus's consumer lag, the records waiting for the adapter, the backends' errors), is
-read at scrape time from what :meth:`Metrics.watch` was given. Every label value comes from a
-bounded set: never a user id or a token.
+:class:`Metrics` is the router's :class:`~router.core.observer.Observer`: the hub, the adapter, the
+consumer, the sessions, the outbox relay, the front door and the HTTP body writer report to it what
+they count, as it happens, and it imports none of them. Counts land in plain integers and tallies
+(``router/tally.py``), turned into metric families when Prometheus scrapes; what is a level, not a
+count (the bus's consumer lag, the records waiting for the adapter, the backends' errors), is read
+at scrape time from what :meth:`Metrics.watch` was given. Every label value comes from a bounded
+set: never a user id or a token.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from router.auth import AuthProblem
 from router.bus.base import EventBus
 from router.cache.base import ReplayCache
+from router.core.admission import Reason
 from router.core.events import EVENT_CLASSES
 from router.core.observer import (
     REJECTION_REASONS,
@@ -113,13 +114,13 @@ class Metrics:
             )
         )
         r.register(_CountsCollector(self))
-        self.auth_failures = Counter(
+        self._auth_failures = Counter(
             "sse_auth_failures",
             "Requests refused for their token, by reason.",
             ["reason"],
             registry=r,
         )
-        self.rate_limited = Counter(
+        self._rate_limited = Counter(
             "sse_rate_limited_connections",
             "New streams refused by a limit: streams-per-user, connects-per-user or "
             "connects-per-address.",
@@ -128,9 +129,9 @@ class Metrics:
         )
         # Every label value exists from the start, at zero: rates and alerts see a series at once.
         for limit in Limit:
-            self.rate_limited.labels(limit.value)
+            self._rate_limited.labels(limit.value)
         for problem in AuthProblem:
-            self.auth_failures.labels(problem.value)
+            self._auth_failures.labels(problem.value)
 
     # -- StreamObserver --------------------------------------------------------------------------
 
@@ -187,6 +188,12 @@ class Metrics:
 
     def body_fell_back(self, reason: WriteFallback) -> None:
         self.write_fallbacks.counts[reason.value] += 1
+
+    def refused_token(self, reason: Reason) -> None:
+        self._auth_failures.labels(reason.value).inc()
+
+    def refused_by_limit(self, limit: Limit) -> None:
+        self._rate_limited.labels(limit.value).inc()
 
     # -- exposition ------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ hands its request to :class:`Admission` and says the answer the HTTP way.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import pytest
@@ -24,12 +25,26 @@ from router.core.admission import (
 )
 from router.core.cursor import parse_cursor
 from router.core.events import ErrorCode
+from router.core.observer import NoObserver
 from router.core.permissions import Principal, StreamFilter
 from router.core.refusal import RETRYABLE, Limit, Refusal
-from router.metrics import Metrics
 
 SECRET = "admission-tests-secret-0123456789abcdef"
 PROXY = "10.0.0.254"
+
+
+class RefusalCounter(NoObserver):
+    """Counts what the front door reports: token refusals by reason, refusals by limit."""
+
+    def __init__(self) -> None:
+        self.tokens: Counter[Reason] = Counter()
+        self.limits: Counter[Limit] = Counter()
+
+    def refused_token(self, reason: Reason) -> None:
+        self.tokens[reason] += 1
+
+    def refused_by_limit(self, limit: Limit) -> None:
+        self.limits[limit] += 1
 
 
 class Door:
@@ -39,11 +54,11 @@ class Door:
         self.now = 1000.0
         self.open_streams: dict[str, int] = {}
         self.closing = False
-        self.metrics = Metrics()
+        self.observer = RefusalCounter()
         self.admission = Admission(
             TokenVerifier.from_key(secret=SECRET),
             AdmissionSettings(max_streams, connects_per_minute, trusted_proxies=(PROXY,)),
-            self.metrics,
+            self.observer,
             streams_open=lambda user: self.open_streams.get(user, 0),
             closing=lambda: self.closing,
             clock=lambda: self.now,
@@ -67,11 +82,10 @@ class Door:
         ask = Ask(credentials, list(query), last_event_id, peer, forwarded_for)
         return self.admission.admit(ask, take=take)
 
-    def counted(self, metric: str, label: str) -> float:
-        name = {"auth": "sse_auth_failures_total", "limit": "sse_rate_limited_connections_total"}
-        key = {"auth": "reason", "limit": "limit"}[metric]
-        value = self.metrics.registry.get_sample_value(name[metric], {key: label})
-        return 0.0 if value is None else value
+    def counted(self, metric: str, label: str) -> int:
+        if metric == "auth":
+            return self.observer.tokens[Reason(label)]
+        return self.observer.limits[Limit(label)]
 
 
 def refused(answer: Admitted | Refused) -> Refused:

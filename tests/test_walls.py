@@ -82,3 +82,25 @@ def test_the_metrics_import_no_actor() -> None:
     imported = imported_modules(ROOT / "router" / "metrics.py")
     actors = {name for name in imported if name.split(".")[0] == "actors"}
     assert not actors, f"router/metrics.py imports {sorted(actors)}"
+
+
+def test_the_front_door_reports_to_the_observer_not_to_prometheus() -> None:
+    """Admission's refusals reach ``/metrics`` the one way every count does: through the
+    Observer, so the front door knows neither the metrics nor their client library."""
+    imported = imported_modules(ROOT / "router" / "admission.py")
+    reached = {n for n in imported if n == "router.metrics" or n.startswith("prometheus_client")}
+    assert not reached, f"router/admission.py imports {sorted(reached)}"
+
+
+def test_only_the_metrics_modules_import_prometheus() -> None:
+    """No part of the router counts into a Prometheus object itself: the metrics modules
+    (``router/metrics.py`` and its tallies, ``router/tally.py``) are the only ones that may."""
+    allowed = {ROOT / "router" / "metrics.py", ROOT / "router" / "tally.py"}
+    sources = sorted((ROOT / "router").rglob("*.py")) + ACTORS
+    importers = [
+        str(path.relative_to(ROOT))
+        for path in sources
+        if path not in allowed
+        and any(n.split(".")[0] == "prometheus_client" for n in imported_modules(path))
+    ]
+    assert not importers, f"{importers} import prometheus_client"

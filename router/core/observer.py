@@ -1,9 +1,10 @@
 """What the router's parts report about their work, and the bounded words they report it in.
 
-The hub, the adapter, the consumer, the sessions, the outbox relay and the HTTP body writer each
-report to one :class:`Observer`; ``router/metrics.py`` implements it for Prometheus, and nothing
-here knows it exists. Tests and embedders that want nothing pass :data:`NO_OBSERVER`. Every value
-a report carries comes from a bounded set below (or a count), so each is fit for a metric label.
+The hub, the adapter, the consumer, the sessions, the outbox relay, the front door
+(``router/admission.py``) and the HTTP body writer each report to one :class:`Observer`;
+``router/metrics.py`` implements it for Prometheus, and nothing here knows it exists. Tests and
+embedders that want nothing pass :data:`NO_OBSERVER`. Every value a report carries comes from a
+bounded set below (or a count), so each is fit for a metric label.
 
 The hot path stays cheap: a session's offer outcomes are counted by the adapter in a plain
 ``Counter`` and reported once per routing step (:meth:`Observer.offered`), not once per offer.
@@ -15,7 +16,9 @@ import enum
 from collections.abc import Mapping
 from typing import Protocol
 
+from router.core.admission import Reason
 from router.core.mapping import Problem
+from router.core.refusal import Limit
 
 
 class CloseReason(enum.StrEnum):
@@ -134,6 +137,14 @@ class Observer(StreamObserver, Protocol):
     def body_fell_back(self, reason: WriteFallback) -> None:
         """A stream's body is written through the server's ASGI ``send``, for ``reason``."""
 
+    def refused_token(self, reason: Reason) -> None:
+        """The front door refused a request for its token, for ``reason`` (one of
+        :data:`router.core.admission.UNAUTHORIZED`)."""
+
+    def refused_by_limit(self, limit: Limit) -> None:
+        """The front door refused a new stream by ``limit`` (once, by the limit with the longest
+        wait)."""
+
 
 class NoObserver:
     """Hears every report and keeps none: the default, and a base for an observer that wants a
@@ -179,6 +190,12 @@ class NoObserver:
         pass
 
     def body_fell_back(self, reason: WriteFallback) -> None:
+        pass
+
+    def refused_token(self, reason: Reason) -> None:
+        pass
+
+    def refused_by_limit(self, limit: Limit) -> None:
         pass
 
 
