@@ -122,9 +122,9 @@ class Hub:
         )
         self._started_epoch = ""
         self._read_from: Cursor | None = None
+        """Where the consumer started reading: what :meth:`position` is until the first event."""
         self._cache_unreadable_since: float | None = None
         """When a replay first found the cache unreadable, since it last could read it."""
-        """Where the consumer started reading: what :meth:`position` is until the first event."""
         self.closing = False
         """Set by :meth:`close_sessions`: the router is shutting down and takes no new streams."""
         self.replays: Counter[tuple[ReplayOutcome, ReplaySource]] = Counter()
@@ -156,11 +156,13 @@ class Hub:
         a resume from a cursor without an epoch is answered as truncated, so a client that keeps
         it is told plainly rather than shown a guess that could hide events.
         """
-        here = self._hand_over()
+        here = self.progress()
         return Cursor.empty(self.bus.source, None) if here is None else here
 
-    def _hand_over(self) -> Cursor | None:
-        """:meth:`position`, or ``None`` until the bus has answered."""
+    def progress(self) -> Cursor | None:
+        """:meth:`position`, or ``None`` until the bus has answered: the hand-over point of a
+        resume, and what a quiet session may follow (:meth:`Session.tick`; before the bus
+        answered there is no position worth moving a client to)."""
         routed = self.adapter.cursor
         return self._read_from if routed is None else routed
 
@@ -267,7 +269,7 @@ class Hub:
             cursor=cursor,
         )
         self.registry.add(session)
-        up_to = self._hand_over()
+        up_to = self.progress()
         position = self.position()
         try:
             resume = (
@@ -284,11 +286,6 @@ class Hub:
         self._sessions_nursery.start_soon(self._run_session, session, output, resume, position)
         return Opened(session, resume, receive)
 
-    def progress(self) -> Cursor | None:
-        """What a quiet session may follow (:meth:`Session.tick`): :meth:`position` once the bus
-        answered, ``None`` before, when there is no position worth moving a client to."""
-        return self._hand_over()
-
     async def _vouched(self, cursor: Cursor) -> Cursor:
         """``cursor`` without the positions the bus cannot vouch for: of a partition it does
         not have, or past the last offset it has written (itself when it has none such).
@@ -303,7 +300,7 @@ class Hub:
         if not cursor.is_from(self.bus.source, self.epoch):
             return cursor
         known = set(await self.bus.partitions())
-        here = self._hand_over()
+        here = self.progress()
         ahead = {
             partition
             for partition, offset in cursor.positions
