@@ -295,37 +295,27 @@ async def test_the_router_survives_repeated_redis_restarts_while_events_flow() -
 async def test_a_cache_restarted_empty_answers_every_cursor_from_before_as_truncated() -> None:
     """The bus keeps nothing to read again here (memory), so a cursor whose missed events went
     with Redis's data can only be told its history is truncated, never served as complete."""
-    server = RedisServer()
-    server.start()
-    try:
-        async with running_router(
-            cache="redis",
-            redis_url=server.url,
-            redis_key_prefix=new_prefix(),
-            memory_partitions=3,
-        ) as router:
-            novels = ["n1", "n2", "n3"]
-            headers = auth("u1", novels=novels)
-            async with router.stream(headers) as away:
-                await router.publish(*(content(novels[n % 3], n) for n in range(3)))
-                await away.events_count(3)
-            async with router.stream(headers) as live:
-                await router.publish(*(content(novels[n % 3], n) for n in range(3, 9)))
-                await live.events_count(6)  # in the cache; the client away misses them
-                server.stop()
-                server.start()  # empty: its data is lost
-                await router.publish(*(content(novels[n % 3], n) for n in range(9, 12)))
-                await live.events_count(9)
-            await resumes_across_a_lost_history(
-                router,
-                headers,
-                from_before=away.events[-1].last_event_id,
-                from_after=live.events[-1].last_event_id,
-                novel="n1",
-                version=12,
-            )
-    finally:
-        server.remove()
+    async with a_router_on_a_redis_of_its_own() as (server, router, _cache):
+        novels = ["n1", "n2", "n3"]
+        headers = auth("u1", novels=novels)
+        async with router.stream(headers) as away:
+            await router.publish(*(content(novels[n % 3], n) for n in range(3)))
+            await away.events_count(3)
+        async with router.stream(headers) as live:
+            await router.publish(*(content(novels[n % 3], n) for n in range(3, 9)))
+            await live.events_count(6)  # in the cache; the client away misses them
+            server.stop()
+            server.start()  # empty: its data is lost
+            await router.publish(*(content(novels[n % 3], n) for n in range(9, 12)))
+            await live.events_count(9)
+        await resumes_across_a_lost_history(
+            router,
+            headers,
+            from_before=away.events[-1].last_event_id,
+            from_after=live.events[-1].last_event_id,
+            novel="n1",
+            version=12,
+        )
 
 
 async def test_a_history_lost_in_redis_truncates_cursors_from_before_on_every_instance() -> None:
