@@ -225,9 +225,10 @@ class Metrics:
         consumer lag, and how many record batches wait for the adapter."""
         self.registry.register(_LevelsCollector(bus, cache, records_waiting))
 
-    def watch_controls(self, held: Callable[[], int]) -> None:
-        """Also export, read at scrape time, how many controls this instance holds in force."""
-        self.registry.register(_ControlsCollector(held))
+    def watch_controls(self, held: Callable[[], int], store_errors: Callable[[], int]) -> None:
+        """Also export, read at scrape time, how many controls this instance holds in force, and
+        the control store's failed calls."""
+        self.registry.register(_ControlsCollector(held, store_errors))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -304,8 +305,8 @@ class _CountsCollector(Collector):
 
 
 class _ControlsCollector(Collector):
-    def __init__(self, held: Callable[[], int]) -> None:
-        self.held = held
+    def __init__(self, held: Callable[[], int], store_errors: Callable[[], int]) -> None:
+        self.held, self.store_errors = held, store_errors
 
     def collect(self) -> Iterator[Metric]:
         held = GaugeMetricFamily(
@@ -315,6 +316,11 @@ class _ControlsCollector(Collector):
         )
         held.add_metric([], self.held())
         yield held
+        yield _count(
+            "sse_control_store_errors",
+            "Failed reads and writes of the control store (Redis with --cache redis).",
+            self.store_errors(),
+        )
 
 
 def _count(name: str, documentation: str, value: int) -> CounterMetricFamily:

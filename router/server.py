@@ -278,7 +278,7 @@ async def _serve(
         controls=controls,
     )
     metrics.watch(bus, cache, hub.records_waiting)
-    metrics.watch_controls(lambda: hub.access.held(hub.wall_clock()))
+    metrics.watch_controls(lambda: hub.access.held(hub.wall_clock()), lambda: controls.errors)
     admission = Admission(
         verifier,
         AdmissionSettings(
