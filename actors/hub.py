@@ -494,8 +494,9 @@ class Hub:
 
     async def keep(self, controls: Sequence[Control]) -> None:
         """Keep ``controls`` in the store until they run out (never raises)."""
+        now = self.wall_clock()
         await self.controls.keep(
-            [(control, self.access.until(control)) for control in controls], self.wall_clock()
+            [(control, self.access.until(control, now)) for control in controls], now
         )
 
     async def _load_controls(self) -> None:

@@ -271,6 +271,7 @@ async def test_the_control_api_wants_its_own_role_and_well_formed_controls() -> 
             ({"control": "revoke", "user_id": "u1"}, "missing-field"),
             ([revoke, {"control": "revoke", "novels": ["n1"]}], "bad-field"),
             ({"event_type": "Content.Updated"}, "bad-field"),
+            ({**revoke, "issued_at": "2099-01-01T00:00:00Z"}, "bad-field"),  # held too long
         ]:
             answer = await router.client.post("/api/v1/control", json=bad, headers=CONTROLLER)
             assert (answer.status_code, answer.json()["error"]["code"]) == (400, code), answer.text

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from router.bus.base import partition_key
 from router.core.control import (
+    CLOCK_SKEW_SECONDS,
     AccessRules,
     Control,
     ControlAction,
@@ -197,8 +198,8 @@ def test_a_later_control_of_the_same_grant_holds_it_longer() -> None:
     rules = AccessRules(HOUR)
     later = parse_control({**revoke().to_json(), "issued_at": "2026-12-01T12:30:00Z"})
     rules.apply(revoke(), now=T_SECONDS)
-    rules.apply(later, now=T_SECONDS)
-    rules.apply(revoke(), now=T_SECONDS)  # an older copy changes nothing
+    rules.apply(later, now=T_SECONDS + 1800)
+    rules.apply(revoke(), now=T_SECONDS + 1800)  # an older copy changes nothing
     assert rules.held(T_SECONDS + HOUR) == 1
     assert rules.narrow(PRINCIPAL, T_SECONDS + 60, T_SECONDS + HOUR).novels == {"n2"}
     assert rules.held(T_SECONDS + 1800 + HOUR) == 0
@@ -261,3 +262,11 @@ def test_no_control_ever_widens_a_principal(
     assert narrowed.roles == principal.roles
     assert narrowed.novels <= principal.novels
     assert narrowed.session_id in (None, principal.session_id)
+
+
+def test_a_control_dated_ahead_of_the_clock_is_held_no_longer_than_hold_and_skew() -> None:
+    rules = AccessRules(HOUR)
+    ahead = parse_control({**revoke().to_json(), "issued_at": "2099-01-01T00:00:00Z"})
+    rules.apply(ahead, now=T_SECONDS)
+    assert rules.until(ahead, T_SECONDS) == T_SECONDS + CLOCK_SKEW_SECONDS + HOUR
+    assert rules.held(T_SECONDS + CLOCK_SKEW_SECONDS + HOUR) == 0

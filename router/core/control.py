@@ -51,6 +51,9 @@ CONTROL_KEY = "control"
 DEFAULT_HOLD_SECONDS = 24 * 3600.0
 """How long a control is held when ``--max-token-age`` is not set and token lifetimes are
 therefore unbounded: a guess, said in docs/access-control.md; set the flag for an exact bound."""
+CLOCK_SKEW_SECONDS = 60.0
+"""How far ahead of this router's clock a control's ``issued_at`` is believed: a later one is held
+as if issued this far ahead, so no control outlives ``--max-token-age`` by more than this."""
 _FIELDS = frozenset({CONTROL_KEY, "user_id", "novel_id", "session_id", "issued_at"})
 
 
@@ -192,6 +195,11 @@ def parse_control(raw: bytes | str | Mapping[str, object], *, now: str | None = 
     return Control(action, issued_at, **ids)  # type: ignore[arg-type]
 
 
+def _believed(control: Control, now: float) -> float:
+    """``control``'s time, but no later than :data:`CLOCK_SKEW_SECONDS` ahead of ``now``."""
+    return min(control.issued_seconds, now + CLOCK_SKEW_SECONDS)
+
+
 def _before(issued_at: float | None, moment: float) -> bool:
     """Whether a token issued at ``issued_at`` (``None``: unknown, so possibly any time) was
     issued before ``moment``."""
@@ -226,19 +234,19 @@ class AccessRules:
         self.expire(now)
         return len(self._in_force)
 
-    def until(self, control: Control) -> float:
+    def until(self, control: Control, now: float) -> float:
         """When ``control`` is forgotten: every token issued before it has expired by then."""
-        return control.issued_seconds + self.hold_seconds
+        return _believed(control, now) + self.hold_seconds
 
     def apply(self, control: Control, now: float) -> bool:
         """Hold ``control``; ``False`` when it has already run out (every token it could concern
         has expired: it changes nothing, and is not kept)."""
         self.expire(now)
-        until = self.until(control)
+        until = self.until(control, now)
         if until <= now:
             return False
         key: _Key = (control.action.value, control.user_id, control.novel_id, control.session_id)
-        issued = control.issued_seconds
+        issued = _believed(control, now)
         if self._in_force.get(key, -1.0) >= issued:
             return True  # already held, as late or later: another copy, or an older change
         self._in_force[key] = issued

@@ -24,8 +24,8 @@ from router.admission import Admission
 from router.auth import Verified
 from router.bus.base import BusUnavailableError
 from router.core.admission import Credentials, Refused
-from router.core.control import Control, parse_control
-from router.core.envelope import EnvelopeError, parse_publish_body
+from router.core.control import CLOCK_SKEW_SECONDS, Control, parse_control
+from router.core.envelope import EnvelopeError, EnvelopeProblem, parse_publish_body
 from router.http.admission import http_error
 from router.http.errors import HTTPError
 
@@ -49,7 +49,7 @@ def register_control_api(app: QuartTrio, hub: Hub, admission: Admission, max_bat
             raise HTTPError(400, "empty-batch", "the array holds no control envelope")
         if len(items) > max_batch:
             raise HTTPError(413, "batch-too-large", f"at most {max_batch} control envelopes")
-        now = _rfc3339(hub.wall_clock())
+        now = hub.wall_clock()
         controls = [_checked(item, index, now) for index, item in enumerate(items)]
         # Kept first: an instance that starts reading the bus after this publish loads them.
         await hub.keep(controls)
@@ -86,11 +86,21 @@ def _controller(admission: Admission) -> Verified:
     return verified
 
 
-def _checked(item: object, index: int, now: str) -> Control:
+def _checked(item: object, index: int, now: float) -> Control:
+    """A control to publish, dated now if it says no time; one dated ahead of this router's
+    clock by more than the skew it believes is refused: it would be held that much longer."""
     try:
-        return parse_control(item, now=now)  # type: ignore[arg-type]
+        control = parse_control(item, now=_rfc3339(now))  # type: ignore[arg-type]
     except EnvelopeError as error:
         raise HTTPError(400, error.problem.value, error.detail, parameter=f"[{index}]") from None
+    if control.issued_seconds > now + CLOCK_SKEW_SECONDS:
+        raise HTTPError(
+            400,
+            EnvelopeProblem.BAD_FIELD.value,
+            f"'issued_at' is more than {CLOCK_SKEW_SECONDS:g} s ahead of the router's clock",
+            parameter=f"[{index}]",
+        )
+    return control
 
 
 def _rfc3339(seconds: float) -> str:
