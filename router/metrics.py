@@ -97,7 +97,7 @@ class Metrics:
         self.outbox_failures = 0
         self.controls_applied = LabelledCount(
             "sse_controls_applied",
-            "Control envelopes read from the bus and applied, by action (revoke, disconnect).",
+            "Control envelopes applied (read from the bus, or loaded at start), by action.",
             "action",
             (action.value for action in ControlAction),
         )

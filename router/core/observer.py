@@ -151,8 +151,8 @@ class Observer(StreamObserver, Protocol):
         wait)."""
 
     def control_applied(self, action: ControlAction, streams_ended: int) -> None:
-        """The adapter applied a control envelope read from the bus, which ended
-        ``streams_ended`` open streams of this instance."""
+        """A control envelope was applied (read from the bus, or loaded from the control store
+        at start), which ended ``streams_ended`` open streams of this instance."""
 
     def control_rejected(self) -> None:
         """A control envelope read from the bus was malformed: skipped (and logged)."""
