@@ -290,7 +290,7 @@ async def _serve(
         streams_open=hub.registry.count_for_user,
         closing=lambda: hub.closing,
         access=hub.access,
-        wall_clock=hub.wall_clock,
+        wall_clock=lambda: hub.wall_clock(),  # read each time: the hub's is the one clock
     )
     app = create_app(hub, admission, settings, metrics)
     if shutdown_requested is None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import trio
 
 from router.core.cursor import EventIdentity, parse_identity
@@ -40,7 +41,8 @@ def issued(seconds_ago: float, sub: str = "u1", **claims: Any) -> dict[str, str]
 async def send_control(router: RouterUnderTest, *bodies: dict[str, Any]) -> list[EventIdentity]:
     """POST the control envelopes; where each copy landed on the bus."""
     body: Any = list(bodies) if len(bodies) != 1 else bodies[0]
-    answer = await router.client.post("/api/v1/control", json=body, headers=CONTROLLER)
+    controller = auth("backend", roles=["controller"], ttl_seconds=600)
+    answer = await router.client.post("/api/v1/control", json=body, headers=controller)
     assert answer.status_code == 202, answer.text
     return [parse_identity(text) for text in answer.json()["positions"]]
 
@@ -206,6 +208,35 @@ async def test_controls_survive_a_restart_on_redis_and_reach_a_new_instance(
             async with second.stream(issued(60, novels=["n1"], sid="s9")) as refused:
                 assert refused.response is not None
                 assert refused.response.status_code == 401
+    finally:
+        delete_prefix(REDIS_URL, prefix)
+
+
+async def test_a_control_is_forgotten_after_max_token_age_here_and_in_redis() -> None:
+    """The router's wall clock moved past the hold (a token issued before the control, if any
+    were still valid, would have lived longer than --max-token-age): the grant is back."""
+    prefix = new_prefix()
+    settings = {"cache": "redis", "redis_url": REDIS_URL, "redis_key_prefix": prefix}
+    old = issued(60, novels=["n1", "n2"], ttl_seconds=600)
+    try:
+        async with running_router(max_token_age=600, **settings, **ROOMY) as router:
+            hub = router.running.hub
+            await send_control(router, {"control": "revoke", "user_id": "u1", "novel_id": "n1"})
+            async with router.stream(old, params={"novel_id": "n1"}) as refused:
+                assert refused.response is not None
+                assert refused.response.status_code == 403
+            kept = redis.Redis.from_url(REDIS_URL)
+            ((_, until),) = kept.zrange(f"{prefix}:controls", 0, -1, withscores=True)
+            assert time.time() + 590 < until <= time.time() + 600  # issued now, held 600 s
+            later = time.time() + 601
+            hub.wall_clock = lambda: later
+            assert hub.access.held(later) == 0
+            async with router.stream(old, params={"novel_id": "n1"}) as admitted:
+                assert admitted.response is not None
+                assert admitted.response.status_code == 200
+            assert until <= later  # Redis forgets it by then: its score, and the key's expiry
+            assert kept.expiretime(f"{prefix}:controls") <= later + 1
+            kept.close()
     finally:
         delete_prefix(REDIS_URL, prefix)
 
