@@ -5,15 +5,24 @@ for the wall); and the Redis store that keeps them beyond a process."""
 from __future__ import annotations
 
 import time
+from collections import Counter
+from collections.abc import Sequence
 
 import redis
 import trio
 import trio_asyncio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from actors.session import CloseReason, Offer
+from actors.hub import Hub
+from actors.session import CloseReason, Delivery, Offer, Session
+from router.bus.base import Record
+from router.bus.memory import MemoryBus
+from router.cache.memory import MemoryReplayCache
 from router.cache.redis_controls import RedisControls
 from router.core.control import Control, parse_control
-from router.core.permissions import Principal
+from router.core.cursor import EventIdentity
+from router.core.permissions import Principal, StreamFilter
 from tests.redis_helpers import REDIS_URL, delete_prefix, new_prefix
 from tests.test_hub import attach, client, content, running_hub, settle
 
@@ -144,3 +153,78 @@ async def test_an_unreachable_store_is_counted_and_raises_nothing() -> None:
             assert store.errors == 2
         finally:
             await store.aclose()
+
+
+KINDS = st.sampled_from(["n1", "n2", "u1-n1", "revoke"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    records=st.lists(st.tuples(st.sampled_from(["0", "1"]), KINDS), max_size=30),
+    cuts=st.sets(st.integers(0, 30)),
+)
+def test_no_event_after_a_revocation_in_its_partition_is_offered_to_an_old_token(
+    records: list[tuple[str, str]], cuts: set[int]
+) -> None:
+    """Over any interleaving of two partitions, cut into any steps: an event of n1 (named alone,
+    or with u1) is offered to u1's old stream only if no copy of the revocation came before it
+    in its partition; n2 is offered until the stream ends."""
+    offered, identities = trio.run(route_records, records, cuts)
+    revoked_at: dict[str, int] = {}
+    for partition, offset, kind in identities:
+        if kind == "revoke":
+            revoked_at.setdefault(partition, offset)
+    for partition, offset, kind in offered:
+        if kind != "n2":
+            assert offset < revoked_at.get(partition, offset + 1), (partition, offset, kind)
+    if not revoked_at:
+        assert [o[2] for o in offered] == [i[2] for i in identities]  # nothing stopped, all came
+
+
+async def route_records(
+    records: list[tuple[str, str]], cuts: set[int]
+) -> tuple[list[tuple[str, int, str]], list[tuple[str, int, str]]]:
+    hub = Hub(MemoryBus(), MemoryReplayCache(max_events=100, source="memory", epoch="e1"))
+    watching = Session(
+        Principal("u1", frozenset({"n1", "n2"})), StreamFilter(), time.time() + 60, issued_at=ISSUED
+    )
+    hub.registry.add(watching)
+    offered: list[tuple[str, int, str]] = []
+    kinds: dict[tuple[str, int], str] = {}
+    real_offer = watching.offer
+
+    def offer(deliveries: Sequence[Delivery], outcomes: Counter[Offer]) -> bool:
+        if watching.close_reason is None:
+            offered.extend(
+                (
+                    d.identity.partition,
+                    d.identity.offset[0],
+                    kinds[d.identity.partition, d.identity.offset[0]],
+                )
+                for d in deliveries
+            )
+        return real_offer(deliveries, outcomes)
+
+    watching.offer = offer  # type: ignore[method-assign]
+    revocation = revoke().to_bytes()
+    read: list[Record] = []
+    identities: list[tuple[str, int, str]] = []
+    next_offset = {"0": 0, "1": 0}
+    for partition, kind in records:
+        offset = next_offset[partition]
+        next_offset[partition] += 1
+        kinds[partition, offset] = kind
+        identities.append((partition, offset, kind))
+        if kind == "revoke":
+            raw = revocation
+        else:
+            novel = kind.removeprefix("u1-")
+            scope = {"user_id": "u1"} if kind.startswith("u1-") else {}
+            raw = content(novel, offset, **scope).to_bytes()
+        read.append(Record(EventIdentity("memory", partition, (offset,), "e1"), raw))
+    start = 0
+    for cut in [*sorted(c for c in cuts if c < len(read)), len(read)]:
+        if cut > start:
+            await hub.adapter.process(read[start:cut])
+            start = cut
+    return offered, identities
