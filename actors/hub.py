@@ -30,7 +30,7 @@ from actors.adapter import Adapter
 from actors.consumer import run_consumer
 from actors.heartbeats import run_heartbeat_clock
 from actors.registry import SessionRegistry
-from actors.session import CloseReason, Output, Session, SessionSettings
+from actors.session import CloseReason, Output, Session, SessionSettings, Transport
 from router.bus.base import BusUnavailableError, EventBus, Record
 from router.cache.base import ReplayCache
 from router.cache.controls import ControlStore, ProcessControls
@@ -251,7 +251,7 @@ class Hub:
         connection_id: str = "",
         settings: SessionSettings | None = None,
         issued_at: float | None = None,
-        transport: str = "sse",
+        transport: Transport = "sse",
     ) -> Opened:
         """Make the session of an admitted stream, register it for live events, fetch its
         replay, start its actor.

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import trio
 
@@ -38,9 +38,14 @@ __all__ = [  # the inbox's and the observer's names stay importable from here, a
     "Session",
     "SessionSettings",
     "SharedBatch",
+    "Transport",
 ]
 
 log = logging.getLogger(__name__)
+
+
+Transport = Literal["sse", "websocket"]
+"""What carries a session's stream to its client."""
 
 
 class Output(Protocol):
@@ -117,7 +122,7 @@ class Session:
         observer: StreamObserver = NO_OBSERVER,
         cursor: Cursor | None = None,
         issued_at: float | None = None,
-        transport: str = "sse",
+        transport: Transport = "sse",
     ) -> None:
         self.principal = principal
         self.stream_filter = stream_filter
@@ -126,7 +131,7 @@ class Session:
         self.issued_at = issued_at
         """When the token was issued (its ``iat``), if it said: what a control is compared with."""
         self.transport = transport
-        """What carries the stream (``sse``), for the connections listing."""
+        """What carries the stream, for the connections listing."""
         self.opened_at = time.time()
         self.settings = settings
         self.connection_id = connection_id
