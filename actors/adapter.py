@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 import trio
 
@@ -14,10 +15,11 @@ from actors.registry import SessionRegistry
 from actors.session import CloseReason, Delivery, Offer, Session, SharedBatch
 from router.bus.base import Record
 from router.cache.base import ReplayCache
+from router.core.control import Control
 from router.core.cursor import Cursor, EventIdentity, advance
 from router.core.dedup import RecentIds, Sighting, event_digest
 from router.core.history import Entry
-from router.core.mapping import Converted, convert_batch
+from router.core.mapping import ControlRead, Converted, convert_batch
 from router.core.observer import DUPLICATE, NO_OBSERVER, Observer
 from router.core.observer import Failure as Failure
 from router.core.permissions import admits
@@ -38,6 +40,19 @@ class AdapterStats:
     failures: Counter[Failure] = field(default_factory=Counter)
     lost_on_bus: int = 0
     """Times the bus had deleted records before they were read (``lost`` records)."""
+
+
+class ControlSink(Protocol):
+    """Who applies the control envelopes the adapter reads (the hub)."""
+
+    def apply(self, control: Control) -> None:
+        """Put ``control`` in force, at once (no checkpoint): the events after it in bus order
+        are routed under it."""
+        ...
+
+    async def keep(self, controls: Sequence[Control]) -> None:
+        """Keep ``controls`` beyond this process (never raises)."""
+        ...
 
 
 class Adapter:
@@ -72,6 +87,8 @@ class Adapter:
         self._recent_ids = RecentIds(dedup_window)
         self._inbox_filled = False
         """Whether an offer of the current step filled a session's inbox (see :meth:`run`)."""
+        self.controls: ControlSink | None = None
+        """Who applies the control envelopes read; without one they are skipped (and logged)."""
 
     async def run(self, records_in: trio.MemoryReceiveChannel[Sequence[Record]]) -> None:
         """Process batches until ``records_in`` is closed or this is cancelled.
@@ -135,8 +152,18 @@ class Adapter:
             )
         for failed in batch.failed:
             self._record_failed(failed.identity, failed.error)
-        fresh: list[tuple[Converted, float]] = []
-        for converted in batch.events:
+        for bad in batch.bad_controls:
+            self.observer.control_rejected()
+            log.warning(
+                "control envelope rejected",
+                extra={
+                    "position": str(bad.identity),
+                    "reason": bad.problem.value,
+                    "detail": bad.detail,
+                },
+            )
+        fresh: list[tuple[Converted, float, int]] = []
+        for index, converted in enumerate(batch.events):
             try:
                 if self._duplicate(converted):
                     continue
@@ -144,24 +171,54 @@ class Adapter:
             except Exception as error:  # a bug this record met: this record only is skipped
                 self._record_failed(converted.identity, error)
                 continue
-            fresh.append((converted, occurred_at))
+            fresh.append((converted, occurred_at, index))
         now = self._clock()
-        entries = [Entry(c.identity, c.message, now) for c, _ in fresh]
+        entries = [Entry(c.identity, c.message, now) for c, _, _ in fresh]
         if entries:
             await self.cache.append(entries)
         # From here to the end: no checkpoint, so no session registers half-way through.
         self.cursor = batch.cursor
         deliveries = []
-        for converted, occurred_at in fresh:
+        for converted, occurred_at, _ in fresh:
             self._seq += 1
             deliveries.append(
                 Delivery(
                     self._seq, converted.identity, converted.cursor, converted.message, occurred_at
                 )
             )
-        self.route(deliveries)
+        if batch.controls:
+            self._route_under_controls(deliveries, [index for _, _, index in fresh], batch.controls)
+        else:
+            self.route(deliveries)
         self._processed.set()
         self._processed = trio.Event()
+        if batch.controls and self.controls is not None:
+            await self.controls.keep([read.control for read in batch.controls])
+
+    def _route_under_controls(
+        self,
+        deliveries: Sequence[Delivery],
+        indexes: Sequence[int],
+        controls: Sequence[ControlRead],
+    ) -> None:
+        """Route ``deliveries`` (``indexes``: each one's place among the batch's events) with
+        each control applied where it stood in the bus: the events before it are routed under
+        the rights before it, the events after it under the rights after it. No checkpoint."""
+        start = 0
+        for read in controls:
+            end = start
+            while end < len(deliveries) and indexes[end] < read.events_before:
+                end += 1
+            self.route(deliveries[start:end])
+            start = end
+            if self.controls is None:
+                log.warning("control envelope skipped: nothing applies controls here")
+                continue
+            try:
+                self.controls.apply(read.control)
+            except Exception as error:  # a bug: this control only is lost, loudly
+                self._record_failed(read.identity, error)
+        self.route(deliveries[start:])
 
     async def _pass_over_lost(self, lost: Sequence[Record]) -> None:
         """Records the bus deleted before they were read: the cache learns it first, so a resume

@@ -19,8 +19,9 @@ that: every session says goodbye (``server-shutdown``) and ends its response.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -29,9 +30,11 @@ from actors.adapter import Adapter
 from actors.consumer import run_consumer
 from actors.heartbeats import run_heartbeat_clock
 from actors.registry import SessionRegistry
-from actors.session import CloseReason, Output, Session, SessionSettings
+from actors.session import CloseReason, Output, Session, SessionSettings, Transport
 from router.bus.base import BusUnavailableError, EventBus, Record
 from router.cache.base import ReplayCache
+from router.cache.controls import ControlStore, ProcessControls
+from router.core.control import AccessRules, Control, effect_on
 from router.core.cursor import (
     MAX_CURSOR_LENGTH,
     Cursor,
@@ -40,11 +43,12 @@ from router.core.cursor import (
     longest_cursor,
 )
 from router.core.dedup import RecentIds, Sighting, event_digest
-from router.core.envelope import Envelope
+from router.core.envelope import Publishable
 from router.core.history import Entry, Replay
 from router.core.mapping import Converted, convert_batch
 from router.core.observer import NO_OBSERVER, Observer, ReplayOutcome, ReplaySource
 from router.core.permissions import Principal, StreamFilter
+from router.core.scope import Scope
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,10 @@ class Hub:
         cache: ReplayCache,
         settings: HubSettings = HubSettings(),
         observer: Observer = NO_OBSERVER,
+        *,
+        access: AccessRules | None = None,
+        controls: ControlStore | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.bus = bus
         self.cache = cache
@@ -120,6 +128,13 @@ class Hub:
             fanout_pause_seconds=settings.fanout_pause_seconds,
             observer=observer,
         )
+        self.adapter.controls = self
+        self.access = AccessRules() if access is None else access
+        """The controls in force here (see :meth:`apply`); the front door reads them too."""
+        self.controls: ControlStore = ProcessControls() if controls is None else controls
+        """Where controls are kept beyond this process (the replay cache's store)."""
+        self.wall_clock = wall_clock
+        """What token times and controls are compared with (seconds since the epoch)."""
         self._started_epoch = ""
         self._read_from: Cursor | None = None
         """Where the consumer started reading: what :meth:`position` is until the first event."""
@@ -178,6 +193,7 @@ class Hub:
             self.settings.records_capacity
         )
         self._records = records_receive
+        await self._load_controls()
         async with trio.open_nursery() as nursery:
             self._sessions_nursery = await nursery.start(_open_sessions_nursery)
             nursery.start_soon(self.cache.run)
@@ -234,6 +250,8 @@ class Hub:
         output: Output | None = None,
         connection_id: str = "",
         settings: SessionSettings | None = None,
+        issued_at: float | None = None,
+        transport: Transport = "sse",
     ) -> Opened:
         """Make the session of an admitted stream, register it for live events, fetch its
         replay, start its actor.
@@ -250,6 +268,12 @@ class Hub:
         before it returns, the session is unregistered and never runs; once it returns, the
         session runs in the hub's sessions nursery, and the caller stops it with
         :meth:`Session.stop` when its client leaves.
+
+        ``principal`` is narrowed by the controls in force (its token issued at ``issued_at``)
+        in the same step as the registration: a control the adapter applies before it narrows
+        this session, one applied after finds it registered (:meth:`apply`), so none passes in
+        between however long the front door took. A token disconnected meanwhile gets a stream
+        that says only ``disconnected``.
         """
         assert self._sessions_nursery is not None, "the hub is not running"
         doubtful = False
@@ -259,15 +283,20 @@ class Hub:
             doubtful, resume_from = vouched is not resume_from, vouched
             if resume_from.is_from(self.bus.source, self.epoch):
                 cursor = resume_from
+        now = self.wall_clock()
         session = Session(
-            principal,
+            self.access.narrow(principal, issued_at, now),
             stream_filter,
             expires_at=expires_at,
             settings=self.settings.session if settings is None else settings,
             connection_id=connection_id,
             observer=self.observer,
             cursor=cursor,
+            issued_at=issued_at,
+            transport=transport,
         )
+        if self.access.refuses(principal, issued_at, now):
+            session.stop(CloseReason.DISCONNECTED)
         self.registry.add(session)
         up_to = self.progress()
         position = self.position()
@@ -430,8 +459,71 @@ class Hub:
         for session in self.registry:
             session.stop(reason)
 
-    async def publish(self, envelopes: Sequence[Envelope]) -> list[EventIdentity]:
+    async def publish(self, envelopes: Sequence[Publishable]) -> list[EventIdentity]:
         return await self.bus.publish(envelopes)
+
+    # -- access control ----------------------------------------------------------------------------
+
+    def apply(self, control: Control) -> None:
+        """Put ``control`` in force on this instance: the one place that decides what a control
+        does to the sessions. Held in :attr:`access` (so the front door and :meth:`open`
+        narrow or refuse tokens issued before it), and every open stream it concerns is told at
+        once (no checkpoint: the adapter routes the events after it only once this returns).
+
+        An event stream cannot change what it follows, so it ends, with ``access-changed``
+        (its client reconnects and is admitted without the grant) or ``disconnected``. A
+        transport that can narrow a session in place would do so here instead of ending it.
+        """
+        now = self.wall_clock()
+        if not self.access.apply(control, now):
+            log.info("control ignored: every token it concerns has expired", extra=_said(control))
+            return
+        concerned: set[Session] = set()
+        if control.user_id is not None:
+            concerned.update(self.registry.candidates(Scope(user_id=control.user_id)))
+        if control.session_id is not None:
+            concerned.update(self.registry.candidates(Scope(session_id=control.session_id)))
+        ended = 0
+        for session in concerned:
+            effect = effect_on(control, session.principal, session.stream_filter, session.issued_at)
+            if effect is not None and session.close_reason is None:
+                session.stop(CloseReason(effect.value))
+                ended += 1
+        self.observer.control_applied(control.action, ended)
+        log.info("control applied", extra={**_said(control), "streams_ended": ended})
+
+    async def keep(self, controls: Sequence[Control]) -> None:
+        """Keep ``controls`` in the store until they run out (never raises)."""
+        now = self.wall_clock()
+        await self.controls.keep(
+            [(control, self.access.until(control, now)) for control in controls], now
+        )
+
+    async def _load_controls(self) -> None:
+        """Put in force the controls kept before this instance started: what it will not read
+        from the bus, which it reads from its resume point or its end."""
+        loaded = await self.controls.in_force(self.wall_clock())
+        for control in loaded:
+            self.apply(control)
+        if loaded:
+            log.info("controls loaded", extra={"controls": len(loaded)})
+
+    def streams(self, user_id: str | None = None) -> list[Session]:
+        """The open streams of this instance (of ``user_id`` only, when given)."""
+        if user_id is None:
+            return list(self.registry)
+        return list(self.registry.candidates(Scope(user_id=user_id)))
+
+
+def _said(control: Control) -> dict[str, object]:
+    """What the log says of a control (ids, never a token)."""
+    return {
+        "control": control.action.value,
+        "user_id": control.user_id,
+        "novel_id": control.novel_id,
+        "session_id": control.session_id,
+        "issued_at": control.issued_at,
+    }
 
 
 async def _open_sessions_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:

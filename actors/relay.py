@@ -17,7 +17,8 @@ import trio
 
 from router.bus.base import BusUnavailableError, EventBus
 from router.core.backoff import Backoff
-from router.core.envelope import Envelope, EnvelopeError, parse_envelope
+from router.core.control import is_control, parse_control
+from router.core.envelope import EnvelopeError, Publishable, parse_envelope
 from router.core.observer import NO_OBSERVER, Observer
 from router.outbox.base import Claim, OutboxStore
 
@@ -123,7 +124,7 @@ class Relay:
         claim = await trio.to_thread.run_sync(store.claim, part, self.settings.batch)
         if claim is None or not claim.rows:
             return 0
-        envelopes = self._envelopes(store.table, claim)
+        envelopes, rejected = self._envelopes(store.table, claim)
         try:
             if envelopes:
                 timeout = self.settings.publish_timeout_seconds
@@ -135,19 +136,26 @@ class Relay:
             await trio.to_thread.run_sync(store.abandon, claim)
             raise
         await trio.to_thread.run_sync(store.settle, claim)
-        self.stats.published += len(envelopes)
-        self.observer.relay_published(len(envelopes))
-        rejected = len(claim.rows) - len(envelopes)
+        published = len(claim.rows) - rejected
+        self.stats.published += published
+        self.observer.relay_published(published)
         if rejected:
             self.stats.rejected += rejected
             self.observer.relay_rejected(rejected)
         return len(claim.rows)
 
-    def _envelopes(self, table: str, claim: Claim) -> list[Envelope]:
-        envelopes = []
+    def _envelopes(self, table: str, claim: Claim) -> tuple[list[Publishable], int]:
+        """What the rows of ``claim`` publish: each event once, each control envelope once per
+        partition it must reach (a back end writes a change of rights in the transaction that
+        made it, and the relay carries it in the rows' order), and how many rows were rejected."""
+        envelopes: list[Publishable] = []
+        rejected = 0
         for row_id, text in claim.rows:
             try:
                 body = json.loads(text)
+                if is_control(body):
+                    envelopes += parse_control(body).placements()
+                    continue
                 if isinstance(body, dict) and body.get("event_id") is None:
                     body["event_id"] = f"outbox:{table}:{row_id}"
                 envelope = parse_envelope(body)
@@ -156,8 +164,9 @@ class Relay:
             except (ValueError, EnvelopeError) as error:
                 # Published, it would only be rejected downstream; settled with the rest (and
                 # counted once they are), logged.
+                rejected += 1
                 log.warning(
                     "outbox row rejected",
                     extra={"table": table, "id": row_id, "reason": str(error)},
                 )
-        return envelopes
+        return envelopes, rejected

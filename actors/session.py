@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import trio
 
@@ -38,9 +38,14 @@ __all__ = [  # the inbox's and the observer's names stay importable from here, a
     "Session",
     "SessionSettings",
     "SharedBatch",
+    "Transport",
 ]
 
 log = logging.getLogger(__name__)
+
+
+Transport = Literal["sse", "websocket"]
+"""What carries a session's stream to its client."""
 
 
 class Output(Protocol):
@@ -74,7 +79,17 @@ _CLOSING_ERRORS: dict[CloseReason, tuple[ErrorCode, str]] = {
         ErrorCode.SERVER_SHUTDOWN,
         "the server is restarting; reconnect to resume from your last event",
     ),
+    CloseReason.ACCESS_CHANGED: (
+        ErrorCode.ACCESS_CHANGED,
+        "your access changed; reconnect (with a fresh token) to resume what you may still see",
+    ),
+    CloseReason.DISCONNECTED: (
+        ErrorCode.DISCONNECTED,
+        "you were signed out; do not reconnect with this token",
+    ),
 }
+_NOT_RETRYABLE = frozenset({CloseReason.TOKEN_EXPIRED, CloseReason.DISCONNECTED})
+"""Goodbyes after which the same token will not do: the client must get a new one first."""
 
 
 _HISTORY_TRUNCATED = SSEErrorEvent(
@@ -106,11 +121,18 @@ class Session:
         connection_id: str = "",
         observer: StreamObserver = NO_OBSERVER,
         cursor: Cursor | None = None,
+        issued_at: float | None = None,
+        transport: Transport = "sse",
     ) -> None:
         self.principal = principal
         self.stream_filter = stream_filter
         self.expires_at = expires_at
         """When the token expires, in seconds since the epoch."""
+        self.issued_at = issued_at
+        """When the token was issued (its ``iat``), if it said: what a control is compared with."""
+        self.transport = transport
+        """What carries the stream, for the connections listing."""
+        self.opened_at = time.time()
         self.settings = settings
         self.connection_id = connection_id
         self.observer = observer
@@ -360,7 +382,7 @@ class Session:
         goodbye = SSEErrorEvent(
             code=code,
             message=text,
-            retryable=self.close_reason is not CloseReason.TOKEN_EXPIRED,
+            retryable=self.close_reason not in _NOT_RETRYABLE,
             retry=retry,
         )
         with trio.move_on_after(self.settings.goodbye_timeout_seconds) as scope:

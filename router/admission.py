@@ -10,12 +10,13 @@ and, when admitted, asks the hub to open the session (:meth:`actors.hub.Hub.open
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
-from router.auth import AuthError, TokenVerifier, Verified
+from router.auth import AuthError, AuthProblem, TokenVerifier, Verified
 from router.core.admission import (
     SHUTTING_DOWN,
     Admitted,
@@ -27,6 +28,7 @@ from router.core.admission import (
     client_address,
     stream_request,
 )
+from router.core.control import AccessRules
 from router.core.observer import Observer
 
 
@@ -68,8 +70,14 @@ class Admission:
         streams_open: Callable[[str], int],
         closing: Callable[[], bool],
         clock: Callable[[], float] = trio.current_time,
+        access: AccessRules | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """``access``: the controls in force (the hub's), which refuse disconnected tokens and
+        narrow revoked grants; ``wall_clock`` is what they and token times are read against."""
         self._verifier = verifier
+        self._access = access
+        self._wall_clock = wall_clock
         self._trusted_proxies = frozenset(settings.trusted_proxies)
         self._limits = StreamLimits(settings.max_streams_per_user, settings.connects_per_minute)
         self._observer = observer
@@ -88,15 +96,31 @@ class Admission:
             self._observer.refused_token(token.reason)
             return token
         try:
-            return self._verifier.verify(token)
+            verified = self._verifier.verify(token)
+            return verified if self._access is None else self._in_force(verified)
         except AuthError as error:
             reason = Reason(error.problem.value)
             self._observer.refused_token(reason)
             return Refused(reason, error.message)
 
+    def _in_force(self, verified: Verified) -> Verified:
+        """``verified`` less what controls took from it since it was issued; raises
+        :class:`AuthError` (``revoked``) for a token of a disconnected user or session."""
+        assert self._access is not None
+        now = self._wall_clock()
+        principal = verified.principal
+        if self._access.refuses(principal, verified.issued_at, now):
+            raise AuthError(
+                AuthProblem.REVOKED,
+                "this token's user or session was signed out after it was issued; get a new one",
+            )
+        narrowed = self._access.narrow(principal, verified.issued_at, now)
+        return verified if narrowed is principal else replace(verified, principal=narrowed)
+
     def admit(self, ask: Ask, *, take: bool = True) -> Admitted | Refused:
         """Whether the stream ``ask`` asks for may open now. In order: the instance is not
-        shutting down, the token verifies, the query and cursor are well formed, the token
+        shutting down, the token verifies (and was not disconnected since: its grants are those
+        no control revoked since it was issued), the query and cursor are well formed, the token
         grants the filter, the user is under the stream cap, both connect rates allow it. An
         admitted stream is counted against both rates, unless ``take`` is false (a ``HEAD``
         only asks). A refusal by a limit is reported to the observer by that limit."""
@@ -120,4 +144,10 @@ class Admission:
             if refused.limit is not None:
                 self._observer.refused_by_limit(refused.limit)
             return refused
-        return Admitted(principal, asked.stream_filter, asked.resume_from, verified.expires_at)
+        return Admitted(
+            principal,
+            asked.stream_filter,
+            asked.resume_from,
+            verified.expires_at,
+            verified.issued_at,
+        )

@@ -31,6 +31,8 @@ class AuthProblem(enum.StrEnum):
     EXPIRED = "expired"
     BAD_SIGNATURE = "bad-signature"
     BAD_CLAIMS = "bad-claims"
+    REVOKED = "revoked"
+    """Its user or session was disconnected after it was issued (see router.core.control)."""
 
 
 class AuthError(Exception):
@@ -45,6 +47,8 @@ class Verified:
     principal: Principal
     expires_at: float
     """The token's ``exp``, in seconds since the epoch."""
+    issued_at: float | None = None
+    """The token's ``iat``, in seconds since the epoch, if it has one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,9 @@ class TokenVerifier:
     audience: str | None = None
     issuer: str | None = None
     leeway_seconds: float = 0.0
+    max_age_seconds: float | None = None
+    """``--max-token-age``: a token must say when it was issued (``iat``), and live no longer
+    than this (``exp - iat``); ``None``: any lifetime, ``iat`` optional."""
 
     @classmethod
     def from_key(
@@ -64,6 +71,7 @@ class TokenVerifier:
         audience: str | None = None,
         issuer: str | None = None,
         leeway_seconds: float = 0.0,
+        max_age_seconds: float | None = None,
     ) -> TokenVerifier:
         """A verifier for exactly one of an HMAC ``secret`` or a PEM public key.
 
@@ -87,7 +95,7 @@ class TokenVerifier:
                 key, algorithm = public_key, "ES256"
             else:
                 raise ValueError("the JWT public key must be an RSA key or an EC key on P-256")
-        return cls(key, algorithm, audience, issuer, leeway_seconds)
+        return cls(key, algorithm, audience, issuer, leeway_seconds, max_age_seconds)
 
     def verify(self, token: str) -> Verified:
         """Raises :class:`AuthError`; its message is safe to return to the client."""
@@ -123,7 +131,34 @@ class TokenVerifier:
             raise AuthError(
                 AuthProblem.BAD_CLAIMS, f"the token's time claims are unusable: {exc}"
             ) from None
-        return Verified(principal_from_claims(claims), _expiry(claims["exp"]))
+        expires_at = _expiry(claims["exp"])
+        issued_at = self._issued_at(claims.get("iat"), expires_at)
+        return Verified(principal_from_claims(claims), expires_at, issued_at)
+
+    def _issued_at(self, iat: object, expires_at: float) -> float | None:
+        """The ``iat`` claim (pyjwt has checked it is a number not in the future), held to
+        ``max_age_seconds``: what bounds how long a revocation must be remembered."""
+        if iat is None:
+            if self.max_age_seconds is not None:
+                raise AuthError(
+                    AuthProblem.BAD_CLAIMS, "the token must say when it was issued ('iat')"
+                )
+            return None
+        if isinstance(iat, bool) or not isinstance(iat, int | float):
+            raise AuthError(AuthProblem.BAD_CLAIMS, "the 'iat' claim must be a number of seconds")
+        try:
+            issued_at = float(iat)
+        except OverflowError:
+            issued_at = math.inf
+        if not math.isfinite(issued_at):
+            raise AuthError(AuthProblem.BAD_CLAIMS, "the 'iat' claim is too large to be a time")
+        if self.max_age_seconds is not None and expires_at - issued_at > self.max_age_seconds:
+            raise AuthError(
+                AuthProblem.BAD_CLAIMS,
+                f"the token lives longer than the {self.max_age_seconds:g} s this router accepts"
+                " (exp - iat)",
+            )
+        return issued_at
 
 
 def _expiry(exp: object) -> float:

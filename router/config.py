@@ -32,6 +32,7 @@ class Settings:
     jwt_public_key_file: Path | None = None
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
+    max_token_age: float | None = None
     cors_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
     max_streams_per_user: int = 10
@@ -226,6 +227,13 @@ def add_serve_arguments(
     flag("--jwt-public-key-file", "PEM public key (RSA: RS256, P-256: ES256)", type=readable_file)
     flag("--jwt-audience", "required 'aud' claim, if set")
     flag("--jwt-issuer", "required 'iss' claim, if set")
+    flag(
+        "--max-token-age",
+        "longest token lifetime accepted, in seconds (exp - iat; a token without iat is refused);"
+        " revocations and disconnects are remembered exactly this long (unset: any lifetime, and"
+        " they are remembered a day)",
+        type=positive_seconds,
+    )
     flag(
         "--cors-origins", "comma-separated origins allowed to connect from a browser", type=origins
     )

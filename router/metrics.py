@@ -22,6 +22,7 @@ from router.auth import AuthProblem
 from router.bus.base import EventBus
 from router.cache.base import ReplayCache
 from router.core.admission import Reason
+from router.core.control import ControlAction
 from router.core.events import EVENT_CLASSES
 from router.core.observer import (
     REJECTION_REASONS,
@@ -94,6 +95,19 @@ class Metrics:
         self.outbox_published = 0
         self.outbox_rejected = 0
         self.outbox_failures = 0
+        self.controls_applied = LabelledCount(
+            "sse_controls_applied",
+            "Control envelopes applied (read from the bus, or loaded at start), by action.",
+            "action",
+            (action.value for action in ControlAction),
+        )
+        self.control_streams_ended = LabelledCount(
+            "sse_control_streams_ended",
+            "Open streams ended by a control envelope, by the control's action.",
+            "action",
+            (action.value for action in ControlAction),
+        )
+        self.controls_rejected = 0
         self.write_fallbacks = LabelledCount(
             "sse_direct_write_fallbacks",
             "Streams whose body went through the server's ASGI send instead of straight onto the"
@@ -110,6 +124,8 @@ class Metrics:
                     self.records_rejected,
                     self.failures,
                     self.write_fallbacks,
+                    self.controls_applied,
+                    self.control_streams_ended,
                 )
             )
         )
@@ -195,12 +211,24 @@ class Metrics:
     def refused_by_limit(self, limit: Limit) -> None:
         self._rate_limited.labels(limit.value).inc()
 
+    def control_applied(self, action: ControlAction, streams_ended: int) -> None:
+        self.controls_applied.counts[action.value] += 1
+        self.control_streams_ended.counts[action.value] += streams_ended
+
+    def control_rejected(self) -> None:
+        self.controls_rejected += 1
+
     # -- exposition ------------------------------------------------------------------------------
 
     def watch(self, bus: EventBus, cache: ReplayCache, records_waiting: Callable[[], int]) -> None:
         """Also export, read at scrape time, the errors of ``bus`` and ``cache``, the bus's
         consumer lag, and how many record batches wait for the adapter."""
         self.registry.register(_LevelsCollector(bus, cache, records_waiting))
+
+    def watch_controls(self, held: Callable[[], int], store_errors: Callable[[], int]) -> None:
+        """Also export, read at scrape time, how many controls this instance holds in force, and
+        the control store's failed calls."""
+        self.registry.register(_ControlsCollector(held, store_errors))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -268,6 +296,30 @@ class _CountsCollector(Collector):
             "sse_outbox_failures",
             "Times opening the outbox or a relay round failed: the relay backed off and retried.",
             metrics.outbox_failures,
+        )
+        yield _count(
+            "sse_controls_rejected",
+            "Control envelopes read from the bus that were malformed: skipped and logged.",
+            metrics.controls_rejected,
+        )
+
+
+class _ControlsCollector(Collector):
+    def __init__(self, held: Callable[[], int], store_errors: Callable[[], int]) -> None:
+        self.held, self.store_errors = held, store_errors
+
+    def collect(self) -> Iterator[Metric]:
+        held = GaugeMetricFamily(
+            "sse_controls_held",
+            "Controls (revocations and disconnects) this instance holds in force: each until"
+            " every token it concerns has expired.",
+        )
+        held.add_metric([], self.held())
+        yield held
+        yield _count(
+            "sse_control_store_errors",
+            "Failed reads and writes of the control store (Redis with --cache redis).",
+            self.store_errors(),
         )
 
 

@@ -40,9 +40,12 @@ from router.bus.kafka import KafkaBus, KafkaSettings
 from router.bus.memory import MemoryBus
 from router.bus.redis import RedisBusSettings, RedisStreamBus
 from router.cache.base import ReplayCache
+from router.cache.controls import ControlStore, ProcessControls
 from router.cache.memory import MemoryReplayCache
 from router.cache.redis import RedisReplayCache
+from router.cache.redis_controls import RedisControls
 from router.config import Settings
+from router.core.control import DEFAULT_HOLD_SECONDS, AccessRules
 from router.core.cursor import MAX_CURSOR_LENGTH
 from router.http.app import create_app
 from router.http.asgi import RequestLifecycle
@@ -132,6 +135,7 @@ def token_verifier(settings: Settings) -> TokenVerifier:
             ),
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
+            max_age_seconds=settings.max_token_age,
         )
     except ValueError as error:
         raise ConfigurationError(
@@ -171,8 +175,10 @@ async def serve(
         resources.push_async_callback(bus.aclose)
         cache = replay_cache(settings, bus.source)
         resources.push_async_callback(cache.aclose)
+        controls = control_store(settings)
+        resources.push_async_callback(controls.aclose)
         try:
-            await _serve(settings, verifier, bus, cache, shutdown_requested, task_status)
+            await _serve(settings, verifier, bus, cache, controls, shutdown_requested, task_status)
         except BaseExceptionGroup as group:
             too_wide, _ = group.split(CursorBoundError)
             if too_wide is None:
@@ -235,11 +241,19 @@ def replay_cache(settings: Settings, source: str) -> ReplayCache:
     )
 
 
+def control_store(settings: Settings) -> ControlStore:
+    """Where controls are kept beyond the process: beside the replay cache."""
+    if settings.cache == "redis":
+        return RedisControls(settings.redis_url, key_prefix=settings.redis_key_prefix)
+    return ProcessControls()
+
+
 async def _serve(
     settings: Settings,
     verifier: TokenVerifier,
     bus: EventBus,
     cache: ReplayCache,
+    controls: ControlStore,
     shutdown_requested: trio.Event | None,
     task_status: trio.TaskStatus[Running],
 ) -> None:
@@ -260,8 +274,11 @@ async def _serve(
             ),
         ),
         observer=metrics,
+        access=AccessRules(settings.max_token_age or DEFAULT_HOLD_SECONDS),
+        controls=controls,
     )
     metrics.watch(bus, cache, hub.records_waiting)
+    metrics.watch_controls(lambda: hub.access.held(hub.wall_clock()), lambda: controls.errors)
     admission = Admission(
         verifier,
         AdmissionSettings(
@@ -272,6 +289,8 @@ async def _serve(
         metrics,
         streams_open=hub.registry.count_for_user,
         closing=lambda: hub.closing,
+        access=hub.access,
+        wall_clock=lambda: hub.wall_clock(),  # read each time: the hub's is the one clock
     )
     app = create_app(hub, admission, settings, metrics)
     if shutdown_requested is None:

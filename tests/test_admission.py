@@ -23,6 +23,7 @@ from router.core.admission import (
     Reason,
     Refused,
 )
+from router.core.control import AccessRules, parse_control
 from router.core.cursor import parse_cursor
 from router.core.events import ErrorCode
 from router.core.observer import NoObserver
@@ -55,6 +56,7 @@ class Door:
         self.open_streams: dict[str, int] = {}
         self.closing = False
         self.observer = RefusalCounter()
+        self.access = AccessRules(3600)
         self.admission = Admission(
             TokenVerifier.from_key(secret=SECRET),
             AdmissionSettings(max_streams, connects_per_minute, trusted_proxies=(PROXY,)),
@@ -62,6 +64,7 @@ class Door:
             streams_open=lambda user: self.open_streams.get(user, 0),
             closing=lambda: self.closing,
             clock=lambda: self.now,
+            access=self.access,
         )
 
     def admit(
@@ -328,3 +331,51 @@ def test_a_refusal_has_a_retry_after_exactly_when_it_is_to_be_retried(reason: Re
         assert Refused(reason, "no").to_retry() is None
         with pytest.raises(ValueError, match="retry-after"):
             Refused(reason, "no", retry_after=1.0)
+
+
+def _a_second_from_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 1))
+
+
+# -- controls in force -----------------------------------------------------------------------------
+
+
+def test_a_revoked_grant_is_left_out_and_a_filter_asking_for_it_is_forbidden() -> None:
+    door = Door()
+    an_hour_ago = time.time() - 3600
+    door.access.apply(
+        parse_control(
+            {
+                "control": "revoke",
+                "user_id": "u1",
+                "novel_id": "n1",
+                "issued_at": _a_second_from_now(),
+            }
+        ),
+        now=time.time(),
+    )
+    old = Credentials(
+        authorization="Bearer "
+        + mint_token(SECRET, sub="u1", novels=["n1", "n2"], now=an_hour_ago, ttl_seconds=7200)
+    )
+    answer = admitted(door.admit(credentials=old))
+    assert answer.principal.novels == {"n2"}
+    assert answer.issued_at == int(an_hour_ago)
+    asking = refused(door.admit(credentials=old, query=[("novel_id", "n1")]))
+    assert (asking.reason, asking.status) == (Reason.FORBIDDEN, 403)
+
+
+def test_a_disconnected_token_is_refused_as_revoked_and_counted() -> None:
+    door = Door()
+    door.access.apply(
+        parse_control(
+            {"control": "disconnect", "session_id": "s1", "issued_at": _a_second_from_now()}
+        ),
+        now=time.time(),
+    )
+    token = mint_token(SECRET, sub="u1", sid="s1")
+    answer = refused(door.admit(credentials=Credentials(authorization=f"Bearer {token}")))
+    assert (answer.reason, answer.status) == (Reason.REVOKED, 401)
+    assert door.counted("auth", "revoked") == 1
+    other = mint_token(SECRET, sub="u1", sid="s2")
+    admitted(door.admit(credentials=Credentials(authorization=f"Bearer {other}")))

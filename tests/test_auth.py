@@ -196,3 +196,20 @@ def test_a_public_key_of_another_kind_is_refused() -> None:
     )
     with pytest.raises(ValueError, match="RSA key or an EC key"):
         TokenVerifier.from_key(public_key_pem=ed_pem)
+
+
+def test_max_token_age_bounds_the_lifetime_and_asks_for_iat() -> None:
+    verifier = TokenVerifier.from_key(secret=SECRET, max_age_seconds=600)
+    now = time.time()
+    verified = verifier.verify(mint_token(SECRET, sub="u1", ttl_seconds=600, now=now))
+    assert verified.issued_at == int(now)
+    for token in (
+        mint_token(SECRET, sub="u1", ttl_seconds=601, now=now),
+        signed(f'{{"sub": "u1", "exp": {SOON}}}'),  # no iat: its lifetime is unknown
+        signed(f'{{"sub": "u1", "exp": {SOON}, "iat": true}}'),
+    ):
+        with pytest.raises(AuthError) as error:
+            verifier.verify(token)
+        assert error.value.problem is AuthProblem.BAD_CLAIMS
+    # Unset, any lifetime will do, and iat is optional.
+    assert hs256().verify(signed(f'{{"sub": "u1", "exp": {SOON}}}')).issued_at is None

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from router.core.cursor import Cursor, EventIdentity, Offset
-from router.core.envelope import Envelope
+from router.core.envelope import Publishable
 from router.core.scope import Scope
 
 
@@ -81,7 +81,7 @@ class EventBus(Protocol):
         """
         ...
 
-    async def publish(self, envelopes: Sequence[Envelope]) -> list[EventIdentity]:
+    async def publish(self, envelopes: Sequence[Publishable]) -> list[EventIdentity]:
         """Append envelopes, each to the partition its scope hashes to, so one user's or one
         novel's events keep their order; returns where each landed.
 

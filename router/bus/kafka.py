@@ -34,7 +34,7 @@ from router.bus.base import BusUnavailableError, Record, partition_key
 from router.bus.kafka_metadata import NO_TOPIC_ID, TopicMetadataRequest, topic_ids
 from router.core.backoff import Backoff
 from router.core.cursor import Cursor, EventIdentity, Offset
-from router.core.envelope import Envelope
+from router.core.envelope import Publishable
 from router.health import Health, ReportsHealth
 
 log = logging.getLogger(__name__)
@@ -464,7 +464,7 @@ class KafkaBus(ReportsHealth):
 
     # -- publishing --------------------------------------------------------------------------------
 
-    async def publish(self, envelopes: Sequence[Envelope]) -> list[EventIdentity]:
+    async def publish(self, envelopes: Sequence[Publishable]) -> list[EventIdentity]:
         """Send every envelope keyed by its scope, ``acks=all``; raises
         :class:`BusUnavailableError` if the broker does not take them."""
         epoch = await self.epoch()

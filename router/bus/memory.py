@@ -17,7 +17,7 @@ import trio
 
 from router.bus.base import Record, partition_key
 from router.core.cursor import Cursor, EventIdentity, Offset
-from router.core.envelope import Envelope
+from router.core.envelope import Publishable
 from router.core.scope import Scope
 
 MAX_BATCH = 256
@@ -71,7 +71,7 @@ class MemoryBus:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def publish(self, envelopes: Sequence[Envelope]) -> list[EventIdentity]:
+    async def publish(self, envelopes: Sequence[Publishable]) -> list[EventIdentity]:
         identities = []
         try:
             for envelope in envelopes:

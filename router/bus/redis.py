@@ -30,7 +30,7 @@ from router.bus.base import BusUnavailableError, Record, partition_key
 from router.core.backoff import Backoff
 from router.core.cursor import Cursor, EventIdentity, Offset, check_partition, format_offset
 from router.core.cursor import parse_offset as parse_entry_id
-from router.core.envelope import Envelope
+from router.core.envelope import Publishable
 from router.health import Health, ReportsHealth
 from router.redis_client import RedisConnection
 
@@ -290,7 +290,7 @@ class RedisStreamBus(ReportsHealth):
 
     # -- publishing ------------------------------------------------------------------------------
 
-    async def publish(self, envelopes: Sequence[Envelope]) -> list[EventIdentity]:
+    async def publish(self, envelopes: Sequence[Publishable]) -> list[EventIdentity]:
         """XADD each envelope to the stream its scope hashes to; raises
         :class:`BusUnavailableError` if Redis does not take them."""
         epoch = await self.epoch()

@@ -61,6 +61,14 @@ ERROR_CODES = {
         "what the client missed; the browser reconnects after the `retry:` that comes with it, "
         "and resumes exactly once the cache answers"
     ),
+    ErrorCode.ACCESS_CHANGED: (
+        "a back end revoked a grant this stream used (a novel, or its session); the stream ends, "
+        "and the client reconnects, with a fresh token, to resume what it may still see"
+    ),
+    ErrorCode.DISCONNECTED: (
+        "a back end disconnected this user or session (a logout, a ban); the stream ends, and "
+        "the token that opened it is refused from now on: do not reconnect with it"
+    ),
 }
 
 # The worked example: an envelope read at partition 2, offset 105 of a Kafka source, by a client

@@ -51,6 +51,8 @@ class Reason(enum.StrEnum):
     EXPIRED = "expired"
     BAD_SIGNATURE = "bad-signature"
     BAD_CLAIMS = "bad-claims"
+    REVOKED = "revoked"
+    """The token's user or session was disconnected after it was issued (router.core.control)."""
     BAD_REQUEST = "bad-request"
     FORBIDDEN = "forbidden"
     TOO_MANY_STREAMS = ErrorCode.TOO_MANY_STREAMS.value
@@ -62,7 +64,14 @@ class Reason(enum.StrEnum):
 RETRY = frozenset(Reason(code.value) for code in RETRYABLE)
 """The reasons a client should retry by itself after a wait (see router.core.refusal)."""
 UNAUTHORIZED = frozenset(
-    {Reason.MISSING, Reason.MALFORMED, Reason.EXPIRED, Reason.BAD_SIGNATURE, Reason.BAD_CLAIMS}
+    {
+        Reason.MISSING,
+        Reason.MALFORMED,
+        Reason.EXPIRED,
+        Reason.BAD_SIGNATURE,
+        Reason.BAD_CLAIMS,
+        Reason.REVOKED,
+    }
 )
 """The reasons that are the token's: the client must get a new one before it comes back."""
 STATUS: Mapping[Reason, int] = {
@@ -111,6 +120,8 @@ class Admitted:
     resume_from: Cursor | None
     expires_at: float
     """When the token expires, in seconds since the epoch."""
+    issued_at: float | None = None
+    """When the token was issued (its ``iat``), if it says: what a control is compared with."""
 
 
 @dataclass(frozen=True, slots=True)

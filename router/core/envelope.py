@@ -26,6 +26,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Protocol
 
 from router.core.scope import Scope, ScopeError
 from router.core.sse import JSONObject
@@ -67,6 +68,16 @@ class EnvelopeError(RejectionError):
     """An envelope that cannot be routed."""
 
     problem: EnvelopeProblem
+
+
+class Publishable(Protocol):
+    """What a bus publishes: bytes, and the scope whose partition they go to (an
+    :class:`Envelope`, or a control envelope placed on one partition, see router.core.control)."""
+
+    @property
+    def scope(self) -> Scope: ...
+
+    def to_bytes(self) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,14 +230,20 @@ def parse_timestamp(value: object) -> str:
     )
 
 
+def decode_record(raw: bytes | str | Mapping[str, object]) -> object:
+    """A record read from a bus, as JSON: an event's envelope, or a control envelope."""
+    if not isinstance(raw, bytes | str):
+        return raw
+    try:
+        return json.loads(raw)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an int over 4300 digits
+        raise EnvelopeError(EnvelopeProblem.NOT_JSON, str(exc)) from None
+    except RecursionError:
+        raise EnvelopeError(EnvelopeProblem.NOT_JSON, "nested too deeply") from None
+
+
 def parse_envelope(raw: bytes | str | Mapping[str, object]) -> Envelope:
-    if isinstance(raw, bytes | str):
-        try:
-            raw = json.loads(raw)
-        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an int over 4300 digits
-            raise EnvelopeError(EnvelopeProblem.NOT_JSON, str(exc)) from None
-        except RecursionError:
-            raise EnvelopeError(EnvelopeProblem.NOT_JSON, "nested too deeply") from None
+    raw = decode_record(raw)  # type: ignore[assignment]
     if not isinstance(raw, Mapping):
         raise EnvelopeError(
             EnvelopeProblem.NOT_AN_OBJECT, f"expected a JSON object, got {type(raw).__name__}"

@@ -139,6 +139,9 @@ class ErrorCode(enum.StrEnum):
     TOO_MANY_STREAMS = "too-many-streams"
     SHUTTING_DOWN = "shutting-down"
     REPLAY_UNAVAILABLE = "replay-unavailable"
+    # Ended by a back end's control envelope (see router.core.control).
+    ACCESS_CHANGED = "access-changed"
+    DISCONNECTED = "disconnected"
 
 
 class SSEErrorEvent(DomainEvent):

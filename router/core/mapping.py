@@ -12,12 +12,14 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from router.core.control import Control, is_control, parse_control
 from router.core.cursor import Cursor, CursorError, EventIdentity, advance
 from router.core.envelope import (
     Envelope,
     EnvelopeError,
     EnvelopeProblem,
     RejectionError,
+    decode_record,
     parse_envelope,
 )
 from router.core.events import (
@@ -128,16 +130,30 @@ class Failed:
     error: Exception
 
 
+@dataclass(frozen=True, slots=True)
+class ControlRead:
+    """A control envelope read from a bus: to apply after the first ``events_before`` events of
+    its batch and before the rest (bus order), never to deliver."""
+
+    identity: EventIdentity
+    control: Control
+    events_before: int
+
+
 @dataclass(slots=True)
 class Batch:
-    """The outcome of :func:`convert_batch`: events, rejections and failures in bus order, and
-    the cursor after the last record (rejected and failed records advance it too: they are
-    consumed, not retried; only a record whose position the cursor cannot take leaves it)."""
+    """The outcome of :func:`convert_batch`: events, control envelopes, rejections and failures
+    in bus order, and the cursor after the last record (control envelopes, rejected and failed
+    records advance it too: they are consumed, not retried; only a record whose position the
+    cursor cannot take leaves it). A malformed control envelope is ``bad_controls``, not
+    ``rejected``: no event was lost, but a change of rights was."""
 
     events: list[Converted] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     failed: list[Failed] = field(default_factory=list)
     cursor: Cursor | None = None
+    controls: list[ControlRead] = field(default_factory=list)
+    bad_controls: list[Rejected] = field(default_factory=list)
 
 
 _ENVELOPE_PROBLEMS = {
@@ -176,7 +192,13 @@ def convert_batch(
             batch.failed.append(Failed(identity, exc))
             continue
         try:
-            envelope = parse_envelope(raw)
+            decoded = decode_record(raw)
+            if is_control(decoded):
+                control = _read_control(decoded, identity, batch)  # type: ignore[arg-type]
+                if control is not None:
+                    batch.controls.append(ControlRead(identity, control, len(batch.events)))
+                continue
+            envelope = parse_envelope(decoded)  # type: ignore[arg-type]
             message = to_sse(envelope, identity, id=str(batch.cursor))
         except EnvelopeError as exc:
             batch.rejected.append(Rejected(identity, _ENVELOPE_PROBLEMS[exc.problem], exc.detail))
@@ -187,3 +209,13 @@ def convert_batch(
         else:
             batch.events.append(Converted(identity, batch.cursor, envelope, message))
     return batch
+
+
+def _read_control(
+    decoded: Mapping[str, object], identity: EventIdentity, batch: Batch
+) -> Control | None:
+    try:
+        return parse_control(decoded)
+    except EnvelopeError as exc:
+        batch.bad_controls.append(Rejected(identity, _ENVELOPE_PROBLEMS[exc.problem], exc.detail))
+        return None

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from router.core.admission import Reason
+from router.core.control import ControlAction
 from router.core.mapping import Problem
 from router.core.refusal import Limit
 
@@ -29,6 +30,10 @@ class CloseReason(enum.StrEnum):
     TOKEN_EXPIRED = "token-expired"
     SERVER_SHUTDOWN = "server-shutdown"
     ERROR = "error"
+    ACCESS_CHANGED = "access-changed"
+    """A grant the stream could use was revoked (see router.core.control)."""
+    DISCONNECTED = "disconnected"
+    """Its user or session was disconnected by a back end."""
 
 
 class Offer(enum.StrEnum):
@@ -145,6 +150,13 @@ class Observer(StreamObserver, Protocol):
         """The front door refused a new stream by ``limit`` (once, by the limit with the longest
         wait)."""
 
+    def control_applied(self, action: ControlAction, streams_ended: int) -> None:
+        """A control envelope was applied (read from the bus, or loaded from the control store
+        at start), which ended ``streams_ended`` open streams of this instance."""
+
+    def control_rejected(self) -> None:
+        """A control envelope read from the bus was malformed: skipped (and logged)."""
+
 
 class NoObserver:
     """Hears every report and keeps none: the default, and a base for an observer that wants a
@@ -196,6 +208,12 @@ class NoObserver:
         pass
 
     def refused_by_limit(self, limit: Limit) -> None:
+        pass
+
+    def control_applied(self, action: ControlAction, streams_ended: int) -> None:
+        pass
+
+    def control_rejected(self) -> None:
         pass
 
 

@@ -30,6 +30,7 @@ from router.core.refusal import Refusal
 from router.core.stream_request import FILTERABLE_EVENTS
 from router.http.admission import STREAM_HEADERS, http_error, refusal_response
 from router.http.asgi import ResponseBodyWriter, remember_session
+from router.http.control import register_control_api
 from router.http.cors import apply_cors
 from router.http.errors import HTTPError
 from router.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -41,6 +42,8 @@ _VALIDATION_IDENTITY = EventIdentity("check", "0", (0,), "check")
 _ENDPOINTS = {
     "stream": "GET /api/v1/events/stream",
     "publish": "POST /api/v1/events",
+    "control": "POST /api/v1/control",
+    "connections": "GET /api/v1/connections",
     "health": "GET /healthz",
     "ready": "GET /readyz",
 }
@@ -149,6 +152,7 @@ def create_app(hub: Hub, admission: Admission, settings: Settings, metrics: Metr
                 resume_from=admitted.resume_from,
                 output=writer,
                 connection_id=connection_id,
+                issued_at=admitted.issued_at,
             )
         except ReplayUnavailableError as error:
             return refused_for_now(Refusal(ErrorCode.REPLAY_UNAVAILABLE, str(error), error.wait))
@@ -166,6 +170,7 @@ def create_app(hub: Hub, admission: Admission, settings: Settings, metrics: Metr
             raise http_error(verified)
         return await _publish(hub, verified, settings.publish_max_batch)
 
+    register_control_api(app, hub, admission, settings.publish_max_batch)
     return app
 
 

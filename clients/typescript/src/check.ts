@@ -40,6 +40,8 @@ function handleError(code: SSEErrorCode): string {
     case "too-many-streams":
     case "shutting-down":
     case "replay-unavailable":
+    case "access-changed":
+    case "disconnected":
       return code;
     default: {
       const unhandled: never = code;

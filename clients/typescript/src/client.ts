@@ -208,8 +208,15 @@ export class SSEClient {
     // fired, but no stream is open: say so. The browser reconnects after the router's `retry:`.
     if (error.refused) this.setState("reconnecting");
     for (const handler of this.errorHandlers) handler(error);
-    if (error.code === "token-expired" && this.options.getToken) {
-      // The browser would retry with the expired token: take over, with a fresh one.
+    if (error.code === "disconnected") {
+      // Signed out by the back end: the token is refused from now on, so no retry with it.
+      this.stop();
+      return;
+    }
+    const stale = error.code === "token-expired" || error.code === "access-changed";
+    if (stale && this.options.getToken) {
+      // The browser would retry with the old token (expired, or holding a revoked grant): take
+      // over, with a fresh one.
       this.source?.close();
       void this.connect("reconnecting");
     }

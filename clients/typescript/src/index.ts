@@ -79,8 +79,8 @@ export interface ContentUpdatePayload {
  * The payload of `sse.error`, contract version 1; its data carries no `EventMetadata`.
  */
 export interface SSEErrorPayload {
-  /** one of `token-expired`, `lagged`, `server-shutdown`, `history-truncated`, `internal`, `rate-limited`, `too-many-streams`, `shutting-down`, `replay-unavailable` */
-  code: "token-expired" | "lagged" | "server-shutdown" | "history-truncated" | "internal" | "rate-limited" | "too-many-streams" | "shutting-down" | "replay-unavailable";
+  /** one of `token-expired`, `lagged`, `server-shutdown`, `history-truncated`, `internal`, `rate-limited`, `too-many-streams`, `shutting-down`, `replay-unavailable`, `access-changed`, `disconnected` */
+  code: "token-expired" | "lagged" | "server-shutdown" | "history-truncated" | "internal" | "rate-limited" | "too-many-streams" | "shutting-down" | "replay-unavailable" | "access-changed" | "disconnected";
   /** string, at most 10000 characters */
   message: string;
   /** boolean */
@@ -115,6 +115,8 @@ export const SSE_ERROR_CODES = [
   "too-many-streams",
   "shutting-down",
   "replay-unavailable",
+  "access-changed",
+  "disconnected",
 ] as const;
 
 export type SSEErrorCode = (typeof SSE_ERROR_CODES)[number];

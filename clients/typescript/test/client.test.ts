@@ -158,6 +158,30 @@ describe("SSEClient", () => {
     expect(FakeEventSource.made).toHaveLength(2);
   });
 
+  it("takes a fresh token when the router says access-changed", async () => {
+    let issued = 0;
+    const sse = client({ getToken: () => `token-${++issued}` });
+    sse.start();
+    await settle();
+    const narrowed = last();
+    narrowed.emit("sse.error", { code: "access-changed", message: "changed", retryable: true });
+    await settle();
+    expect(narrowed.closed).toBe(true);
+    expect(new URL(last().url).searchParams.get("token")).toBe("token-2");
+  });
+
+  it("stops, without retrying, when the router says disconnected", async () => {
+    const sse = client({ getToken: () => "token" });
+    sse.start();
+    await settle();
+    last().emit("sse.error", { code: "disconnected", message: "signed out", retryable: false });
+    await settle();
+    expect(last().closed).toBe(true);
+    expect(sse.state).toBe("closed");
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(FakeEventSource.made).toHaveLength(1);
+  });
+
   it("leaves ordinary drops to the browser's own retry", async () => {
     const sse = client();
     sse.start();
