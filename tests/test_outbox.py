@@ -202,6 +202,44 @@ async def test_two_relays_on_one_postgres_table_deliver_every_row_once() -> None
         assert all(versions == sorted(versions) for versions in got.values())
 
 
+def test_a_control_row_holds_back_the_later_rows_of_every_other_part_until_it_is_published() -> (
+    None
+):
+    """Parts are relayed each on its own, so without a barrier an event of n1 written after a
+    revocation of n1 could reach the bus, and a user, before the revocation does."""
+    revoke = {"control": "revoke", "user_id": "u1", "novel_id": "n1", "issued_at": _NOW}
+    with postgres_outbox() as (dsn, table):
+        rows = [content("n1", 1), revoke, content("n1", 2), content("n2", 3)]
+        postgres_business_transaction(dsn, table, rows)
+        store = PostgresOutbox(dsn, table, parts=16)
+        try:
+            claimable = _claimable_by_part(store)
+            control_part = next(p for p, ids in claimable.items() if 2 in ids)
+            assert all(control_part != part for part, ids in claimable.items() if 3 in ids)
+            assert sorted(i for ids in claimable.values() for i in ids) == [1, 2]
+            claim = store.claim(control_part, 100)
+            assert claim is not None
+            store.settle(claim)  # the control is on the bus: what follows it may go
+            claimable = _claimable_by_part(store)
+            assert sorted(i for ids in claimable.values() for i in ids) == [1, 3, 4]
+        finally:
+            store.close()
+
+
+_NOW = "2026-12-01T12:00:00Z"
+
+
+def _claimable_by_part(store: PostgresOutbox) -> dict[int, list[int]]:
+    """The ids each part would give a relay now (given back at once)."""
+    claimable = {}
+    for part in range(store.parts):
+        claim = store.claim(part, 100)
+        assert claim is not None
+        claimable[part] = [row_id for row_id, _ in claim.rows]
+        store.abandon(claim)
+    return claimable
+
+
 class WatchedBus(MemoryBus):
     """The memory bus, saying when a publish has begun (and may be waiting for room)."""
 

@@ -3,8 +3,10 @@
 Several relays may run at once: rows are split into parts by their scope key, and a relay takes a
 part only under a transaction-level advisory lock, so no two relays publish the same rows, and
 one key's rows are always published by one relay, in id order (what PostgreSQL's row locks with
-SKIP LOCKED could not promise across a key's rows). New rows wake the relays through
-LISTEN/NOTIFY; a poll interval covers a missed notification.
+SKIP LOCKED could not promise across a key's rows). A control row (a change of rights, which has
+no scope key) is a barrier across the parts: no row written after it is claimed in any part until
+it is published, so every event it must stop reaches the bus after it (docs/access-control.md).
+New rows wake the relays through LISTEN/NOTIFY; a poll interval covers a missed notification.
 """
 
 from __future__ import annotations
@@ -59,10 +61,15 @@ class PostgresOutbox:
         self._work = psycopg.connect(dsn)
         self._listen = psycopg.connect(dsn, autocommit=True)
         self._listen.execute(sql.SQL("LISTEN {}").format(sql.Identifier(table)))
-        unpublished = "published_at IS NULL AND " + _PART_OF.format(parts=parts) + " = %s"
+        part_of = _PART_OF.format(parts=parts)
+        # Rows of this part, up to the first control row still waiting in another part.
         self._select = sql.SQL(
-            "SELECT id, envelope::text FROM {} WHERE " + unpublished + " ORDER BY id LIMIT %s"
-        ).format(sql.Identifier(table))
+            "SELECT id, envelope::text FROM {table} WHERE published_at IS NULL"
+            f" AND {part_of} = %(part)s"
+            " AND id < coalesce((SELECT min(id) FROM {table} WHERE published_at IS NULL"
+            f" AND envelope ? 'control' AND {part_of} <> %(part)s), 9223372036854775807)"
+            " ORDER BY id LIMIT %(limit)s"
+        ).format(table=sql.Identifier(table))
         self._finish = sql.SQL(
             "UPDATE {} SET published_at = now() WHERE id = ANY(%s)"
             if mark
@@ -77,7 +84,7 @@ class PostgresOutbox:
         if not locked or not locked[0]:
             connection.rollback()
             return None
-        rows = connection.execute(self._select, (part, limit)).fetchall()
+        rows = connection.execute(self._select, {"part": part, "limit": limit}).fetchall()
         if not rows:
             connection.rollback()
             return Claim([])
