@@ -368,8 +368,9 @@ class RedisReplayCache(ReportsHealth):
         version. One such entry must not fail every resume that reads across it."""
         try:
             return self._entry(fields, epoch)
-        except (KeyError, ValueError, RecursionError) as error:  # ValueError: UnicodeDecodeError,
-            # JSONDecodeError, CursorError, ScopeError, and what SSEMessage refuses
+        # ValueError: text that is not UTF-8 or not JSON, a bad offset or scope, a field the SSE
+        # encoder refuses; RecursionError: JSON nested too deeply; KeyError: a field missing.
+        except (KeyError, ValueError, RecursionError) as error:
             self.unreadable += 1
             log.warning(
                 "replay cache entry unreadable",
