@@ -188,3 +188,22 @@ async def test_tabs_behind_one_nat_refused_for_now_are_told_in_band_through_ngin
         ("connects-per-address", "in-band", "127.0.0.1"),
         ("connects-per-address", "status", "127.0.0.1"),
     ]
+
+
+@pytest.mark.skipif(not Path(NGINX).exists(), reason="nginx is installed by .ci/run")
+async def test_nginx_serves_the_api_but_not_the_metrics(tmp_path: Path) -> None:
+    """/metrics is scraped from inside; the public listener does not pass it on."""
+    import httpx
+
+    port, front = free_port(), free_port()
+    with (
+        router_process(port, tmp_path / "router.log"),
+        nginx(front, (port, port), read_timeout="5s"),
+    ):
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{front}") as client:
+            health = await client.get("/healthz")
+            metrics = await client.get("/metrics")
+            direct = await client.get(f"http://127.0.0.1:{port}/metrics")
+    assert health.status_code == 200
+    assert metrics.status_code == 404
+    assert direct.status_code == 200  # the router itself still answers its scraper

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import redis
 import trio
 import trio.testing
@@ -495,3 +496,53 @@ async def test_records_lost_in_one_epoch_do_not_truncate_a_resume_in_the_next() 
             assert not replay.truncated  # epoch A's lost offsets say nothing of epoch B
     finally:
         server.remove()
+
+
+UNREADABLE_ENTRIES: list[dict[str, str]] = [
+    {"p": "0"},  # fields missing
+    {"p": "0", "o": "x", "e": "content.updated", "d": "{}", "c": "", "s": '{"user_id": "u1"}'},
+    {"p": "0", "o": "2", "e": "content.updated", "d": "{nope", "c": "", "s": '{"user_id": "u1"}'},
+    {"p": "0", "o": "2", "e": "a\nid: forged", "d": "{}", "c": "", "s": '{"user_id": "u1"}'},
+    {"p": "0", "o": "2", "e": "content.updated", "d": "[1]", "c": "", "s": '{"user_id": "u1"}'},
+    {"p": "0", "o": "2", "e": "content.updated", "d": "{}", "c": "", "s": '{"tenant": "t"}'},
+    {"p": "0", "o": "2", "e": "content.updated", "d": "[" * 100_000, "c": "", "s": "{}"},
+]
+"""Entries no router writes, as another writer (or another version) might leave them."""
+
+
+async def test_an_entry_the_cache_cannot_read_back_is_skipped_and_the_replay_says_truncated(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One unreadable entry must not fail every resume that reads across it (a 500, which an
+    EventSource never retries): the rest is replayed, and the client is told it is incomplete."""
+    async with redis_cache(max_events=100) as cache:
+        await cache.append([entry("0", 0), entry("0", 1)])
+        client = redis.Redis.from_url(cache.url)
+        for fields in UNREADABLE_ENTRIES:
+            client.xadd(cache.keys[0], fields)  # type: ignore[arg-type]
+        client.close()
+        await cache.append([entry("0", 3)])
+        replay = await cache.replay(parse_cursor("kafka@e1:0:0"), EVERYTHING)
+        assert places(replay.entries) == [("0", 1), ("0", 3)]
+        assert replay.truncated
+        assert cache.unreadable == len(UNREADABLE_ENTRIES)
+        clean = await cache.replay(parse_cursor("kafka@e1:0:3"), EVERYTHING)
+        assert not clean.truncated  # a resume past them reads none of them
+    skipped = [r for r in caplog.records if r.getMessage() == "replay cache entry unreadable"]
+    assert len(skipped) == len(UNREADABLE_ENTRIES)
+
+
+async def test_entries_the_cache_cannot_read_back_are_trimmed_like_any_and_appends_go_on() -> None:
+    async with redis_cache(max_events=3) as cache:
+        await cache.append([entry("0", 0)])
+        client = redis.Redis.from_url(cache.url)
+        for fields in UNREADABLE_ENTRIES:
+            client.xadd(cache.keys[0], fields)  # type: ignore[arg-type]
+        client.close()
+        await cache.append([entry("0", n) for n in range(1, 6)])  # trims past all of them
+        assert cache.health.healthy
+        assert (await cache.window()).events == 3
+        replay = await cache.replay(parse_cursor("kafka@e1:0:0"), EVERYTHING)
+        assert places(replay.entries) == [("0", 3), ("0", 4), ("0", 5)]
+        assert replay.truncated  # 1 and 2 were trimmed: said, as for any eviction
+        assert cache.unreadable == 0  # trimmed before any replay read them

@@ -98,6 +98,8 @@ class RedisReplayCache(ReportsHealth):
         self._written: dict[str, Offset] = {}
         """Per partition, the newest offset this instance knows the history of ``_history`` holds:
         all of it is recorded as evicted if that history turns out lost."""
+        self.unreadable = 0
+        """Entries skipped by replays because they could not be read back (see ``_readable``)."""
 
     # -- connection --------------------------------------------------------------------------------
 
@@ -332,11 +334,17 @@ class RedisReplayCache(ReportsHealth):
         newest = "+"
         while True:
             page = await self._call("xrevrange", self.keys[0], newest, "-", PAGE)
-            for _stream_id, fields in page:
-                entry = self._entry(fields, epoch or "")
+            for stream_id, fields in page:
+                entry = self._readable(stream_id, fields, epoch or "")
+                if entry is None:
+                    # What it held cannot be told, nor whether the client had it: said.
+                    truncated = True
+                    continue
                 if same_history and after.covers(entry.identity):
                     if unresolved is not None:
                         unresolved.discard(entry.identity.partition)
+                        if not unresolved:
+                            break  # all older than this the client had
                     continue
                 if up_to.covers(entry.identity):
                     found.append(entry)
@@ -353,6 +361,22 @@ class RedisReplayCache(ReportsHealth):
             and not (same_history and after.covers(e.identity))
         ]
         return Replay(found, truncated)
+
+    def _readable(self, stream_id: bytes, fields: dict[bytes, bytes], epoch: str) -> Entry | None:
+        """The entry at ``stream_id``, or ``None`` (logged and counted in :attr:`unreadable`)
+        when it is not one this router can read back: left by another writer, or by another
+        version. One such entry must not fail every resume that reads across it."""
+        try:
+            return self._entry(fields, epoch)
+        # ValueError: text that is not UTF-8 or not JSON, a bad offset or scope, a field the SSE
+        # encoder refuses; RecursionError: JSON nested too deeply; KeyError: a field missing.
+        except (KeyError, ValueError, RecursionError) as error:
+            self.unreadable += 1
+            log.warning(
+                "replay cache entry unreadable",
+                extra={"stream_id": stream_id.decode("ascii", "replace"), "error": repr(error)},
+            )
+            return None
 
     def _entry(self, fields: dict[bytes, bytes], epoch: str) -> Entry:
         text = {k.decode(): v.decode() for k, v in fields.items()}

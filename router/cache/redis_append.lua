@@ -36,7 +36,11 @@ local function note_evicted(entry)
     if fields[i] == "p" then partition = fields[i + 1] end
     if fields[i] == "o" then offset = fields[i + 1] end
   end
-  note_floor(partition, offset)
+  -- An entry no router wrote (no partition, or an offset of no known form) has no place to
+  -- remember; it is trimmed all the same, so that it cannot fail every append after it.
+  if partition and offset and string.match(offset, "^%d+-?%d*$") then
+    note_floor(partition, offset)
+  end
   redis.call("XDEL", KEYS[1], entry[1])
 end
 

@@ -76,12 +76,21 @@ async function stopRouter(): Promise<void> {
 }
 
 async function publish(...versions: number[]): Promise<void> {
-  const body = versions.map((version) => ({
-    event_type: "Content.Updated",
-    occurred_at: new Date().toISOString(),
-    scope: { novel_id: "n1" },
-    payload: { novel_id: "n1", content_version: version },
-  }));
+  await publishEnvelopes(versions.map((version) => ({ novel_id: "n1", content_version: version })));
+}
+
+/** Publish `Content.Updated` events of these payloads, or any envelopes given whole. */
+async function publishEnvelopes(items: Record<string, unknown>[]): Promise<void> {
+  const body = items.map((item) =>
+    "event_type" in item
+      ? item
+      : {
+          event_type: "Content.Updated",
+          occurred_at: new Date().toISOString(),
+          scope: { novel_id: "n1" },
+          payload: item,
+        },
+  );
   const response = await fetch(`http://127.0.0.1:${routerPort}/api/v1/events`, {
     method: "POST",
     headers: {
@@ -125,17 +134,36 @@ async function received(page: Page, count: number): Promise<number[]> {
   return page.evaluate(() => window.received);
 }
 
-beforeAll(async () => {
-  const bundle = await build({
-    entryPoints: [new URL("./page.ts", import.meta.url).pathname],
+async function bundle(entry: string): Promise<string> {
+  const built = await build({
+    entryPoints: [new URL(entry, import.meta.url).pathname],
     bundle: true,
     format: "esm",
     write: false,
+    define: { "process.env.NODE_ENV": '"production"' }, // React reads it; a browser has none
   });
-  const script = bundle.outputFiles[0]?.text ?? "";
+  return built.outputFiles[0]?.text ?? "";
+}
+
+/** Paths under /probe/ the page server was asked for: only markup that ran asks for one. */
+const probes: string[] = [];
+
+beforeAll(async () => {
+  const script = await bundle("./page.ts");
+  const reactScript = await bundle("./react-page.tsx");
   pageServer = createServer((request, response) => {
     const url = new URL(request.url ?? "/", "http://localhost");
-    if (url.pathname === "/token") {
+    if (url.pathname.startsWith("/probe/")) {
+      probes.push(url.pathname);
+      response.statusCode = 404; // not an image: an <img> that asked fires its onerror
+      response.end();
+    } else if (url.pathname === "/react") {
+      response.setHeader("Content-Type", "text/html");
+      response.end('<!doctype html><body><div id="root"></div><script type="module" src="/react.js"></script></body>');
+    } else if (url.pathname === "/react.js") {
+      response.setHeader("Content-Type", "text/javascript");
+      response.end(reactScript);
+    } else if (url.pathname === "/token") {
       const ttl = Number(url.searchParams.get("ttl") ?? "3600");
       response.end(token({ sub: url.searchParams.get("sub") ?? "reader", novels: ["n1"] }, ttl));
     } else if (url.pathname === "/page.js") {
@@ -217,6 +245,48 @@ describe("the client in a browser, against the router", () => {
     expect(await received(page, 2)).toEqual([11, 12]); // from its cursor: nothing lost or twice
     expect(await page.evaluate(() => window.states)).toEqual(["connecting", "open", "reconnecting", "open"]);
     for (const stream of held.slice(1)) stream.close();
+    await page.close();
+  }, 60_000);
+
+  it("renders markup in event data as text with React, and runs none of it", async () => {
+    // Each payload, were it parsed as HTML, would push its name to window.xss or ask the page
+    // server for /probe/event...; rendered as text it does neither.
+    const markup = [
+      "<script>window.xss.push('event-script')</script>",
+      `<img src="/probe/event-img" onerror="window.xss.push('event-img')">`,
+      `"><img src="/probe/event-attribute" onerror="window.xss.push('event-attribute')">`,
+      `<svg onload="window.xss.push('event-svg')"></svg>`,
+    ];
+    const page = await browser.newPage();
+    await page.goto(`${pageUrl}/react?router=http://127.0.0.1:${routerPort}`);
+    await page.waitForFunction(() => window.state === "open");
+    await publishEnvelopes([
+      ...markup.map((summary, version) => ({ novel_id: "n1", content_version: version, summary })),
+      {
+        event_type: "System.NotificationSent",
+        occurred_at: new Date().toISOString(),
+        scope: { broadcast: true },
+        payload: { level: "warning", title: markup[0], message: markup[1] },
+      },
+    ]);
+    await page.waitForSelector("[data-testid=notice]");
+    await page.waitForFunction((n) => document.querySelectorAll("li").length >= n, markup.length);
+    const shown = await page.$$eval("li", (items) => items.map((li) => [li.textContent, li.title]));
+    expect(shown).toEqual(markup.map((text) => [text, text]));
+    expect(await page.textContent("[data-testid=notice] h2")).toBe(markup[0]);
+    expect(await page.textContent("[data-testid=notice] p")).toBe(markup[1]);
+    expect(await page.$$eval("main img, main script, main svg", (found) => found.length)).toBe(0);
+
+    // The control: the same markup put into the page as HTML does run in this browser, so the
+    // probes above would have seen it.
+    await page.evaluate((html) => {
+      const unsafe = document.createElement("div");
+      unsafe.innerHTML = html;
+      document.body.append(unsafe);
+    }, (markup[1] ?? "").replaceAll("event", "control"));
+    await page.waitForFunction(() => window.xss.includes("control-img"));
+    expect(await page.evaluate(() => window.xss)).toEqual(["control-img"]);
+    expect(probes).toEqual(["/probe/control-img"]);
     await page.close();
   }, 60_000);
 
