@@ -22,6 +22,7 @@ import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -45,6 +46,7 @@ from router.core.history import Entry, Replay
 from router.core.mapping import Converted, convert_batch
 from router.core.observer import NO_OBSERVER, Observer, ReplayOutcome, ReplaySource
 from router.core.permissions import Principal, StreamFilter
+from router.core.wire import SSE, WireFormat
 
 log = logging.getLogger(__name__)
 
@@ -231,16 +233,18 @@ class Hub:
         *,
         expires_at: float,
         resume_from: Cursor | None = None,
-        output: Output | None = None,
+        output: Output[Any] | None = None,
         connection_id: str = "",
         settings: SessionSettings | None = None,
+        wire: WireFormat[Any] = SSE,
     ) -> Opened:
         """Make the session of an admitted stream, register it for live events, fetch its
         replay, start its actor.
 
         The session is built with the hub's :attr:`HubSettings.session` (or ``settings``, for a
-        transport or a test that needs others), the hub's observer, and its cursor: ``resume_from``
-        as far as the bus vouches for it, when it is of this history. It writes to ``output``, or,
+        transport or a test that needs others), the hub's observer, ``wire`` (the format
+        ``output`` takes), and its cursor: ``resume_from`` as far as the bus vouches for it,
+        when it is of this history. It writes to ``output``, or,
         without one, to a new memory channel whose receiving end is returned. Registration and
         reading the adapter's cursor happen with no checkpoint between them: every event after
         that cursor is offered to the session live, every event up to it comes from the replay
@@ -267,6 +271,7 @@ class Hub:
             connection_id=connection_id,
             observer=self.observer,
             cursor=cursor,
+            wire=wire,
         )
         self.registry.add(session)
         up_to = self.progress()
@@ -391,7 +396,7 @@ class Hub:
         self.observer.replayed(outcome, source)
 
     async def _run_session(
-        self, session: Session, output: Output, resume: Replay | None, position: Cursor
+        self, session: Session, output: Output[Any], resume: Replay | None, position: Cursor
     ) -> None:
         started = trio.current_time()
         self.observer.opened()
