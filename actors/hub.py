@@ -291,6 +291,50 @@ class Hub:
         self._sessions_nursery.start_soon(self._run_session, session, output, resume, position)
         return Opened(session, resume, receive)
 
+    async def rescope(
+        self,
+        session: Session,
+        principal: Principal,
+        stream_filter: StreamFilter,
+        *,
+        expires_at: float,
+        then: object = None,
+    ) -> Replay | None:
+        """Make an open ``session`` one for ``principal`` and ``stream_filter`` until
+        ``expires_at`` (a refreshed token, a new filter; issue 16 narrows sessions with it), as
+        if it resumed from its own cursor, and have it write ``then`` (its transport's answer,
+        in its wire format) once the change took effect; return the replay it was given.
+
+        Narrowing never leaks: from this call on the session writes nothing that is not
+        checked against the new scope, whatever it had queued (shared batches included).
+        Widening has no gap and no duplicate: the session is registered anew and the router's
+        progress read with no checkpoint between, and until the replay from the session's
+        cursor up to that progress is fetched and written, it writes nothing live; its cursor
+        skips what it was already served. The replay refused for now
+        (:class:`ReplayUnavailableError`) ends the session as lagged, so its client resumes.
+        A session already ended is left as it is.
+        """
+        if session.close_reason is not None:
+            return None
+        self.registry.remove(session)
+        session.begin_rescope(principal, stream_filter, expires_at)
+        self.registry.add(session)
+        up_to = self.progress()
+        position = self.position()
+        after = session.cursor
+        replay = None
+        if after is not None and after.epoch is not None and up_to is not None:
+            try:
+                replay = await self._replay(after, up_to, doubtful=False)
+            except ReplayUnavailableError:
+                session.stop(CloseReason.LAGGED)
+                return None
+            except BaseException:
+                session.stop(CloseReason.ERROR)
+                raise
+        session.finish_rescope(replay, position, then)
+        return replay
+
     async def _vouched(self, cursor: Cursor) -> Cursor:
         """``cursor`` without the positions the bus cannot vouch for: of a partition it does
         not have, or past the last offset it has written (itself when it has none such).
