@@ -375,7 +375,7 @@ async def test_a_refresh_with_a_bad_or_foreign_token_closes_the_socket() -> None
         async with connect(router) as client:
             await hello(client)
             await client.send(type="refresh", token="not-a-token", ref=1)
-            assert await client.closed() == (4001, "unauthorized")
+            assert await client.closed() == (4001, "malformed")
         async with connect(router) as client:
             await hello(client)
             await client.send(type="refresh", token=token("someone-else"), ref=2)
@@ -399,6 +399,7 @@ async def test_shutdown_says_server_shutdown_then_closes_going_away() -> None:
     (goodbye,) = client.events("sse.error")
     assert goodbye["data"]["code"] == "server-shutdown"
     assert goodbye["data"]["retryable"]
+    assert 1000 <= goodbye["retry"] <= 1000 + 5000  # --shutdown-retry-spread-ms
 
 
 async def test_a_reader_that_stalls_is_cut_as_lagged_while_others_keep_receiving() -> None:

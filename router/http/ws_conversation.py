@@ -73,7 +73,7 @@ class Conversation:
         verified = self._admission.authenticate(Credentials(f"Bearer {message.token}"))
         if isinstance(verified, Refused):
             await websocket.send(error(verified.reason.value, verified.message, ref=message.ref))
-            return CloseCode.UNAUTHORIZED, "unauthorized"
+            return CloseCode.UNAUTHORIZED, verified.reason.value
         problem = refresh_problem(session.principal, verified.principal)
         if problem is not None:
             await websocket.send(error("forbidden", problem, ref=message.ref))
