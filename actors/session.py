@@ -232,14 +232,14 @@ class Session:
         if resume.truncated:
             await self._send_error(output, HISTORY_TRUNCATED)
         told = self._inbox.cursor  # the last cursor the client was sent
-        for messages in replay_slices(resume, self._inbox, self._admitted):
-            if messages:
+        for messages, served in replay_slices(resume, self._inbox, self._admitted):
+            if served is not None:
                 await self._send(output, self.wire.events(messages))
                 self.events_sent += len(messages)
                 # Their age says how long the client was away, not the router's lag: none given.
                 counts = Counter(message.event for message in messages)
                 self.observer.sent(counts, oldest_age=None, queued=0)
-                told = self._inbox.cursor
+                told = served
             await trio.lowlevel.checkpoint()
         if position is not None and (caught_up := self._inbox.caught_up(position)) != told:
             await self._send(output, self.wire.cursor(caught_up))

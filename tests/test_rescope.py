@@ -134,3 +134,22 @@ async def test_two_rescopes_before_the_writer_takes_the_first_answer_both_in_ord
         drain = _Drain(receive)
         await drain.run()
     assert drain.raw.index(b": first") < drain.raw.index(b": second")
+
+
+async def test_a_replay_ending_with_events_for_others_still_moves_the_client_s_id() -> None:
+    """The last id the client was sent is that of the last event written, not the cursor that
+    passed over the events after it it may not see: so the id-only block after the replay says
+    where it really stands."""
+    subject = Session(Principal("u1", frozenset({"n1"})), StreamFilter(), expires_at=in_an_hour())
+    feed = Feed()
+    deliveries = [feed.next(content("n1", 0)), feed.next(content("n2", 1))]
+    replay = Replay([Entry(d.identity, d.message, 0.0) for d in deliveries], truncated=False)
+    send, receive = trio.open_memory_channel[bytes](100)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(subject.run, send, replay, feed.cursor)
+        await trio.testing.wait_all_tasks_blocked()
+        subject.stop(CloseReason.CLIENT)
+        drain = _Drain(receive)
+        await drain.run()
+    assert _novels(drain.raw) == [("n1", 0)]
+    assert drain.raw.endswith(f"id: {feed.cursor}\n\n".encode())

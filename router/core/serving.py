@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
+from router.core.cursor import Cursor
 from router.core.history import Replay
 from router.core.inbox import MAX_WRITE_BATCH, Delivery, Inbox
 from router.core.sse import SSEMessage
@@ -19,21 +20,24 @@ Admitted = Callable[[SSEMessage], bool]
 
 def replay_slices(
     resume: Replay, inbox: Inbox, admitted: Admitted, most: int = MAX_WRITE_BATCH
-) -> Iterator[list[SSEMessage]]:
+) -> Iterator[tuple[list[SSEMessage], Cursor | None]]:
     """The replay's events to write, each with the client's cursor once it is served as its id,
-    in slices of at most ``most`` entries examined (a slice may hold nothing to write: the driver
-    checkpoints after each all the same). Entries the client's cursor covers are skipped, and
-    every entry, written or not, moves that cursor by its own place only."""
+    in slices of at most ``most`` entries examined, each with the cursor its last event carries
+    (``None`` when it has none to write: the driver checkpoints after each slice all the same).
+    Entries the client's cursor covers are skipped, and every entry, written or not, moves that
+    cursor by its own place only."""
     messages: list[SSEMessage] = []
+    told: Cursor | None = None
     for examined, entry in enumerate(resume.entries, start=1):
         served = inbox.replayed(entry.identity)
         if served is not None and admitted(entry.message):
             messages.append(entry.message.with_id(str(served)))
+            told = served
         if examined % most == 0:
-            yield messages
-            messages = []
+            yield messages, told
+            messages, told = [], None
     if messages:
-        yield messages
+        yield messages, told
 
 
 def serve_each(
