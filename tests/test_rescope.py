@@ -153,3 +153,28 @@ async def test_a_replay_ending_with_events_for_others_still_moves_the_client_s_i
         await drain.run()
     assert _novels(drain.raw) == [("n1", 0)]
     assert drain.raw.endswith(f"id: {feed.cursor}\n\n".encode())
+
+
+async def test_narrowing_in_the_middle_of_a_replay_stops_the_lost_novel_at_once() -> None:
+    subject = Session(BOTH, StreamFilter(), expires_at=in_an_hour())
+    feed = Feed()
+    deliveries = [feed.next(content(f"n{n % 2 + 1}", n)) for n in range(200)]
+    replay = Replay([Entry(d.identity, d.message, 0.0) for d in deliveries], truncated=False)
+    send, receive = trio.open_memory_channel[bytes](0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(subject.run, send, replay, feed.cursor)
+        before = await receive.receive()  # the hello
+        before += await receive.receive()  # the first slice, for both novels
+        subject.begin_rescope(ONLY_N2, StreamFilter(), in_an_hour())
+        assert feed.cursor is not None
+        subject.finish_rescope(None, feed.cursor)
+        drain = _Drain(receive)
+        nursery.start_soon(drain.run)
+        await trio.testing.wait_all_tasks_blocked()
+        subject.stop(CloseReason.CLIENT)
+    first = _novels(before)
+    assert {novel for novel, _ in first} == {"n1", "n2"}
+    rest = _novels(drain.raw)
+    assert rest[0][1] > first[-1][1]
+    assert {novel for novel, _ in rest} == {"n2"}  # at most the slice in flight was of both
+    assert [v for _, v in first + rest] == sorted(v for _, v in first + rest)
