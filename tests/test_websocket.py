@@ -224,6 +224,22 @@ async def test_a_resume_while_publishing_has_no_gap_and_no_duplicate() -> None:
     assert seen == list(range(total))
 
 
+async def test_a_resume_older_than_the_window_says_truncated_in_hello_and_as_an_event() -> None:
+    async with running_router(cache_max_events=3) as router:
+        async with connect(router) as first:
+            await hello(first)
+            await router.publish(content("n1", 0))
+            cursor = (await first.until(lambda f: f["type"] == "event"))["id"]
+        await router.publish(*(content("n1", n) for n in range(1, 6)))
+        await router.running.hub.adapter.wait_consumed(6)
+        async with connect(router, params={"last_event_id": cursor}) as resumed:
+            assert (await hello(resumed))["replay"] == "truncated"
+            await resumed.until(lambda f: f.get("data", {}).get("content_version") == 5)
+    (truncated,) = resumed.events("sse.error")
+    assert truncated["data"]["code"] == "history-truncated"
+    assert [v for _, v in resumed.contents()] == [3, 4, 5]
+
+
 # -- client messages -----------------------------------------------------------------------------
 
 
