@@ -1,0 +1,150 @@
+"""``GET /api/v1/events/ws``: a client's event stream as WebSocket JSON frames (docs/websocket.md).
+
+It only translates. The handshake's credentials, query and peer become an :class:`Ask` for the
+same front door as the event stream; the admitted stream is the same session actor
+(:meth:`Hub.open`) with the JSON wire format; the client's messages are a
+:class:`~router.http.ws_conversation.Conversation`. The socket is always accepted (a browser
+cannot read a refused handshake's status): a refusal is an ``error`` frame, then a close code.
+
+Who cancels whom: the session runs in the hub's sessions nursery and ends by itself (lagged, token
+expired, server shutdown: its goodbye is its last frame), or is stopped here when the conversation
+ends the connection or the client leaves (Quart cancels this handler on the disconnect). This
+handler waits for the session to finish, cancels the conversation, and closes with the code of
+how it ended (:mod:`router.core.ws_close`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+
+import trio
+from quart import Quart, websocket
+
+from actors.hub import Hub, ReplayUnavailableError
+from actors.session import CloseReason
+from router import __version__
+from router.admission import Admission, Ask
+from router.config import Settings
+from router.core.admission import Credentials, Reason, Refused
+from router.core.ws_client import Auth, parse_client_message
+from router.core.ws_close import ending_close, refusal_close
+from router.core.ws_wire import Frames, JSONFrames, error
+from router.http.ws_conversation import Conversation, Verdict
+
+WS_PATH = "/api/v1/events/ws"
+log = logging.getLogger(__name__)
+
+
+class WebSocketOutput:
+    """A session's output onto the socket: ``send`` returns once hypercorn has written the frames
+    to the socket, so a reader that does not drain holds back its own session only (whose inbox
+    fills, and which is cut as lagged)."""
+
+    def __init__(self) -> None:
+        self._closed = False
+
+    async def send(self, frames: Frames, /) -> None:
+        if self._closed:
+            raise trio.BrokenResourceError("the WebSocket has closed")
+        for frame in frames:
+            await websocket.send(frame)
+
+    def close(self) -> None:
+        self._closed = True
+
+
+def add_websocket_route(app: Quart, hub: Hub, admission: Admission, settings: Settings) -> None:
+    wire = JSONFrames(__version__)
+
+    @app.websocket(WS_PATH)
+    async def events_ws() -> None:
+        await websocket.accept()
+        admitted = admission.admit(await _ask(settings.ws_auth_timeout_seconds))
+        if isinstance(admitted, Refused):
+            return await _refuse(admitted, admission)
+        connection_id = secrets.token_hex(8)
+        try:
+            opened = await hub.open(
+                admitted.principal,
+                admitted.stream_filter,
+                expires_at=admitted.expires_at,
+                resume_from=admitted.resume_from,
+                output=WebSocketOutput(),
+                connection_id=connection_id,
+                wire=wire,
+            )
+        except ReplayUnavailableError as failure:
+            retry = Refused(Reason.REPLAY_UNAVAILABLE, str(failure), retry_after=failure.wait)
+            return await _refuse(retry, admission)
+        log.info("websocket opened", extra={"connection_id": connection_id})
+        session = opened.session
+        conversation = Conversation(hub, admission, session, settings.ws_messages_per_second)
+        verdict: Verdict | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def converse() -> None:
+                    nonlocal verdict
+                    verdict = await conversation.run()
+                    session.stop(CloseReason.CLIENT)
+
+                nursery.start_soon(converse)
+                await session.finished.wait()
+                nursery.cancel_scope.cancel()
+            ended = session.close_reason
+            code, reason = verdict or (ending_close(ended), _reason_text(ended))
+            await websocket.close(int(code), reason)
+        finally:
+            session.stop(CloseReason.CLIENT)  # when the client left, and Quart cancelled this
+
+
+async def _ask(auth_timeout: float) -> Ask:
+    """The handshake as the front door's question. Without a token in it the first message
+    must be ``auth``, within ``auth_timeout``; else the ask carries no credentials."""
+    credentials = Credentials(
+        authorization=websocket.headers.get("Authorization"),
+        cookie=websocket.cookies.get("access_token"),
+        query=websocket.args.get("token"),
+    )
+    if credentials == Credentials():
+        with trio.move_on_after(auth_timeout):
+            first = parse_client_message(await websocket.receive())
+            if isinstance(first, Auth):
+                credentials = Credentials(authorization=f"Bearer {first.token}")
+    query = list(websocket.args.items(multi=True))
+    peer, forwarded = websocket.remote_addr, websocket.headers.get("X-Forwarded-For")
+    return Ask(credentials, query, None, peer, forwarded)
+
+
+async def _refuse(refused: Refused, admission: Admission) -> None:
+    """Say why (the refusal's code and message, and its wait when it is to be retried), then
+    close with the refusal's code; logged as every refusal is."""
+    code = refusal_close(refused.reason)
+    remote = admission.address(websocket.remote_addr, websocket.headers.get("X-Forwarded-For"))
+    log.info(
+        "request refused",
+        extra={
+            "path": WS_PATH,  # never the query string: it may hold a token
+            "code": refused.reason.value,
+            "close_code": int(code),
+            "parameter": refused.parameter,
+            "remote": remote,
+            "limit": None if refused.limit is None else refused.limit.value,
+        },
+    )
+    wait = refused.retry_after
+    retry_ms = None if wait is None else math.ceil(wait * 1000)
+    await websocket.send(error(refused.reason.value, refused.message, retry_ms=retry_ms))
+    await websocket.close(int(code), refused.reason.value)
+
+
+def _reason_text(ended: CloseReason | None) -> str:
+    """The close reason of a session that ended so: its error code, or nothing for a client's
+    own close."""
+    if ended is CloseReason.CLIENT:
+        return ""
+    if ended is CloseReason.ERROR:
+        return "internal"
+    return (ended or CloseReason.SERVER_SHUTDOWN).value
