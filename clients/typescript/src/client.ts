@@ -3,9 +3,9 @@
 // event types it dispatches come from index.ts, which is generated from the router's contracts.
 // The transports (event-source.ts, websocket.ts) only open a connection and report on it.
 
-import { ConnectionClosedError, SSEStreamError } from "./errors.js";
+import { ConnectionClosedError, type RequestRefusedError, SSEStreamError } from "./errors.js";
 import { browserEventSource, type EventSourceFactory, EventSourceTransport } from "./event-source.js";
-import type { SSEErrorCode, SSEErrorPayload, SSEEventMap, SSEEventName } from "./index.js";
+import type { SSEErrorPayload, SSEEventMap, SSEEventName } from "./index.js";
 import type { Reconnect, Transport, TransportListener } from "./transport.js";
 import { browserWebSocket, type WebSocketFactory, WebSocketTransport } from "./websocket.js";
 import { type AppliedFilter, appliedFilter, type StreamFilter } from "./ws-protocol.js";
@@ -93,6 +93,7 @@ export class SSEClient {
   private readonly handlers = new Map<SSEEventName, Set<(data: never) => void>>();
   private readonly errorHandlers = new Set<(error: SSEStreamError) => void>();
   private readonly stateHandlers = new Set<(state: ConnectionState) => void>();
+  private readonly refusalHandlers = new Set<(refusal: RequestRefusedError) => void>();
   private params: Record<string, string | string[]>;
   private transport: Transport | null = null;
   /** Which connection is the current one: callbacks of an older one are ignored. */
@@ -138,6 +139,14 @@ export class SSEClient {
   onState(handler: (state: ConnectionState) => void): () => void {
     this.stateHandlers.add(handler);
     return () => this.stateHandlers.delete(handler);
+  }
+
+  /** Call `handler` when the router refused the stream for good, so the client stopped: a
+   * WebSocket closed as bad-request (4000), unauthorized (4001) or forbidden (4003). The same
+   * request would be refused again; `start()` again once something changed (a new login). */
+  onRefused(handler: (refusal: RequestRefusedError) => void): () => void {
+    this.refusalHandlers.add(handler);
+    return () => this.refusalHandlers.delete(handler);
   }
 
   start(): void {
@@ -221,7 +230,6 @@ export class SSEClient {
   /** What the connection of `generation` reports, ignored once it is no longer the current one. */
   private listener(generation: number): TransportListener {
     const live = (): boolean => generation === this.generation && !this.stopped;
-    let errorSeen = false;
     return {
       opened: () => {
         if (!live()) return;
@@ -238,8 +246,8 @@ export class SSEClient {
       event: (name, data) => {
         if (!live()) return;
         if (name === "sse.error") {
-          errorSeen = true;
-          this.report(new SSEStreamError(data as SSEErrorPayload));
+          const error = new SSEStreamError(data as SSEErrorPayload);
+          for (const handler of this.errorHandlers) handler(error);
           return;
         }
         // The router's contracts (index.ts) say what `data` is for `name`; handlers were typed by it.
@@ -248,19 +256,9 @@ export class SSEClient {
       ended: (next) => {
         if (!live()) return;
         this.transport = null;
-        if (next.after === "never" && !errorSeen) {
-          // The router says why before it closes; an older or a foreign one may not have.
-          const code = next.reason as SSEErrorCode;
-          const message = `closed: ${next.reason}`;
-          this.report(new SSEStreamError({ code, message, retryable: false }));
-        }
         this.reconnect(next);
       },
     };
-  }
-
-  private report(error: SSEStreamError): void {
-    for (const handler of this.errorHandlers) handler(error);
   }
 
   private reconnect(next: Reconnect): void {
@@ -269,6 +267,7 @@ export class SSEClient {
       case "never":
         this.stopped = true;
         this.setState("closed");
+        for (const handler of this.refusalHandlers) handler(next.refusal);
         return;
       case "now":
         void this.connect("reconnecting");

@@ -23,10 +23,10 @@ export class SSEStreamError extends Error {
   }
 }
 
-/** The router answered a `refresh` or `filter` message with an error; the connection stays up
- * (unless the token was refused: then it closes, and the client reports that too). */
+/** The router refused a request: a `refresh` or `filter` message (the promise rejects; the
+ * connection stays up unless the token was refused), or a WebSocket for good (`onRefused`). */
 export class RequestRefusedError extends Error {
-  /** The router's bounded code, e.g. `forbidden`, `bad-request`. */
+  /** The router's bounded code, e.g. `forbidden`, `bad-request`, `expired` (the token's). */
   readonly code: string;
 
   constructor(code: string, message: string) {

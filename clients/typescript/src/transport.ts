@@ -1,6 +1,7 @@
 // What a transport (an EventSource, a WebSocket) tells the client, and what the client asks of it.
 // The client keeps what both share: the handlers, the cursor, the state, the reconnect timers.
 
+import type { RequestRefusedError } from "./errors.js";
 import type { SSEEventName } from "./index.js";
 import type { AppliedFilter } from "./ws-protocol.js";
 
@@ -12,8 +13,8 @@ export type Reconnect =
   /** An exponential backoff; `unreached` when no connection was made at all, which is when
    * `transport: "auto"` gives up on WebSocket and falls back to SSE. */
   | { after: "backoff"; unreached: boolean }
-  /** The same request would be refused again: the client stops. */
-  | { after: "never"; reason: string };
+  /** The same request would be refused again: the client stops, and says why. */
+  | { after: "never"; refusal: RequestRefusedError };
 
 export interface TransportListener {
   /** The router admitted the connection: events flow. */

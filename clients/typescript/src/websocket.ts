@@ -3,6 +3,7 @@
 // socket does not reconnect by itself: its close code tells the client what to do.
 
 import { ConnectionClosedError, RequestRefusedError } from "./errors.js";
+import { SSE_ERROR_CODES, SSE_REFUSAL_CODES } from "./index.js";
 import type { Reconnect, Transport, TransportListener } from "./transport.js";
 import {
   type AppliedFilter,
@@ -30,6 +31,9 @@ export const browserWebSocket: WebSocketFactory = (url) => {
   return new native(url);
 };
 
+const STREAM_ERRORS: ReadonlySet<string> = new Set(SSE_ERROR_CODES);
+const REFUSALS: ReadonlySet<string> = new Set(SSE_REFUSAL_CODES);
+
 /** Refresh the token this long before it expires, at most (a fifth of its life when shorter),
  * so that the reply is in before the router would close the stream as `token-expired`. */
 const REFRESH_LEAD_MS = 30_000;
@@ -53,10 +57,12 @@ export class WebSocketTransport implements Transport {
   private nextRef = 1;
   private admitted = false;
   private reached = false;
-  /** The retry hint of the last `sse.error`, which says how long to wait after its close. */
+  /** The retry hint of the last error, which says how long to wait after the close. */
   private retryMs: number | null = null;
   private helloRetryMs: number | null = null;
-  private lastErrorCode: string | null = null;
+  /** The router's last word on the connection (an `error` frame no request asked for, or an
+   * `sse.error`), which says why a close that stops the client came. */
+  private lastError: RequestRefusedError | null = null;
   private refreshTimer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(
@@ -122,8 +128,9 @@ export class WebSocketTransport implements Transport {
       case "event":
         if (message.id !== null) this.listener.position(message.id);
         if (message.event === "sse.error") {
+          const data = message.data as { code?: string; message?: string };
           this.retryMs = message.retry_ms;
-          this.lastErrorCode = (message.data as { code?: string }).code ?? null;
+          this.lastError = new RequestRefusedError(data.code ?? "unknown", data.message ?? "");
         }
         this.listener.event(message.event, message.data);
         return;
@@ -143,10 +150,23 @@ export class WebSocketTransport implements Transport {
         if (pending) {
           this.pending.delete(message.ref as number);
           pending.reject(error);
+        } else {
+          this.onRefusal(error, message.retry_ms);
         }
         return;
       }
     }
+  }
+
+  /** The router's refusal of the connection, said before it closes it. One the SSE path also
+   * sends (a refusal for now, an error of the stream) is reported as the same `sse.error`. */
+  private onRefusal(error: RequestRefusedError, retryMs: number | null): void {
+    this.lastError = error;
+    this.retryMs = retryMs;
+    if (!STREAM_ERRORS.has(error.code)) return; // reported by the close that follows
+    if (REFUSALS.has(error.code)) this.listener.interrupted();
+    const retryable = retryMs !== null || REFUSALS.has(error.code);
+    this.listener.event("sse.error", { code: error.code, message: error.message, retryable });
   }
 
   private settle(ref: unknown, reply: unknown): void {
@@ -172,7 +192,10 @@ export class WebSocketTransport implements Transport {
         return ms === null ? { after: "backoff", unreached: false } : { after: "retry", ms };
       }
       case "stop":
-        return { after: "never", reason: this.lastErrorCode ?? (reason || String(code)) };
+        return {
+          after: "never",
+          refusal: this.lastError ?? new RequestRefusedError(reason || String(code), `closed: ${code}`),
+        };
       case "backoff":
         return { after: "backoff", unreached: !this.reached };
     }

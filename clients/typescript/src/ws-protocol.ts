@@ -29,7 +29,7 @@ export type ServerMessage =
   | { type: "cursor"; id: string }
   | { type: "refreshed"; ref: unknown; expires_at: number | null }
   | { type: "filtered"; ref: unknown; filter: AppliedFilter }
-  | { type: "error"; ref: unknown; code: string; message: string };
+  | { type: "error"; ref: unknown; code: string; message: string; retry_ms: number | null };
 
 export type ClientMessage =
   | { type: "auth"; token: string }
@@ -109,6 +109,7 @@ export function parseServerMessage(frame: unknown): ServerMessage | null {
         ref: message.ref,
         code: text(message.code) ?? "unknown",
         message: text(message.message) ?? "",
+        retry_ms: number(message.retry_ms),
       };
     default:
       return null;

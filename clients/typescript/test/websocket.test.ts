@@ -149,29 +149,48 @@ describe("SSEClient over a WebSocket", () => {
     expect(query(socket(), "last_event_id")).toBe("memory@e1:0:5");
   });
 
-  it.each([1001, 4029, 4503])(
-    "after a close with %i, waits the retry of the error event before it, then resumes",
-    async (code) => {
-      const store = memoryStore("memory@e1:0:7");
-      const ws = client({ cursorStore: store });
-      const errors: SSEStreamError[] = [];
-      ws.onError((error) => errors.push(error));
-      ws.start();
-      await settle();
-      socket().open();
-      socket().event("sse.error", { code: "rate-limited", message: "not now", retryable: true }, null, {
-        retry_ms: 3000,
-      });
-      socket().closeFromServer(code, "rate-limited");
-      expect(errors.map((error) => error.code)).toEqual(["rate-limited"]);
-      expect(ws.state).toBe("reconnecting");
-      await vi.advanceTimersByTimeAsync(2999);
-      expect(FakeWebSocket.made).toHaveLength(1);
-      await vi.advanceTimersByTimeAsync(1);
-      expect(FakeWebSocket.made).toHaveLength(2);
-      expect(query(socket(), "last_event_id")).toBe("memory@e1:0:7");
-    },
-  );
+  it.each([
+    [4029, "too-many-streams"],
+    [4029, "rate-limited"],
+    [4503, "shutting-down"],
+    [4503, "replay-unavailable"],
+  ])("refused with %i (%s), waits the router's retry, then resumes", async (code, reason) => {
+    const store = memoryStore("memory@e1:0:7");
+    const ws = client({ cursorStore: store });
+    const states: string[] = [];
+    ws.onState((state) => states.push(state));
+    const errors: SSEStreamError[] = [];
+    ws.onError((error) => errors.push(error));
+    ws.start();
+    await settle();
+    socket().open();
+    socket().receive({ type: "error", ref: null, code: reason, message: "not now", retry_ms: 3000 });
+    socket().closeFromServer(code, reason);
+    // Reported as on SSE: the same code, a refusal for now.
+    expect(errors.map((error) => [error.code, error.refused])).toEqual([[reason, true]]);
+    expect(ws.state).toBe("reconnecting");
+    await vi.advanceTimersByTimeAsync(2999);
+    expect(FakeWebSocket.made).toHaveLength(1);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(FakeWebSocket.made).toHaveLength(2);
+    expect(query(socket(), "last_event_id")).toBe("memory@e1:0:7");
+    socket().admit();
+    expect(states).toEqual(["connecting", "reconnecting", "open"]);
+  });
+
+  it("after a shutdown (1001), waits the retry the goodbye carries", async () => {
+    const ws = client();
+    ws.start();
+    await settle();
+    socket().admit({ retry_ms: 500 });
+    const goodbye = { code: "server-shutdown", message: "bye", retryable: true };
+    socket().event("sse.error", goodbye, "memory@e1:0:9", { retry_ms: 1500 });
+    socket().closeFromServer(1001, "server-shutdown");
+    await vi.advanceTimersByTimeAsync(1499);
+    expect(FakeWebSocket.made).toHaveLength(1);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(FakeWebSocket.made).toHaveLength(2);
+  });
 
   it("without a retry hint on the error, waits the hello's", async () => {
     const ws = client();
@@ -228,32 +247,36 @@ describe("SSEClient over a WebSocket", () => {
 
   it.each([
     [4000, "bad-request"],
-    [4001, "unauthorized"],
+    [4001, "expired"],
+    [4001, "missing"],
     [4003, "forbidden"],
-  ])("stops and reports after a close with %i (%s)", async (code, reason) => {
+  ])("stops and says why after a close with %i (%s)", async (code, reason) => {
     const ws = client();
+    const refusals: RequestRefusedError[] = [];
+    ws.onRefused((refusal) => refusals.push(refusal));
     const errors: string[] = [];
     ws.onError((error) => errors.push(error.code));
     ws.start();
     await settle();
     socket().open();
-    socket().event("sse.error", { code: reason, message: "no", retryable: false });
-    socket().closeFromServer(code, reason);
+    socket().receive({ type: "error", ref: null, code: reason, message: "no" });
+    socket().closeFromServer(code, code === 4001 ? "unauthorized" : reason);
     expect(ws.state).toBe("closed");
-    expect(errors).toEqual([reason]); // once: the close adds nothing to the error before it
+    expect(refusals).toEqual([new RequestRefusedError(reason, "no")]);
+    expect(errors).toEqual([]); // not an sse.error: SSE answers these with an HTTP status
     await vi.advanceTimersByTimeAsync(120_000);
     expect(FakeWebSocket.made).toHaveLength(1);
   });
 
-  it("reports a stop even when no error event came before the close", async () => {
+  it("says why it stopped even when the router did not before the close", async () => {
     const ws = client();
-    const errors: string[] = [];
-    ws.onError((error) => errors.push(error.code));
+    const refusals: string[] = [];
+    ws.onRefused((refusal) => refusals.push(refusal.code));
     ws.start();
     await settle();
     socket().open();
     socket().closeFromServer(4001, "unauthorized");
-    expect(errors).toEqual(["unauthorized"]);
+    expect(refusals).toEqual(["unauthorized"]);
     expect(ws.state).toBe("closed");
   });
 });
