@@ -22,6 +22,7 @@ import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -45,6 +46,7 @@ from router.core.history import Entry, Replay
 from router.core.mapping import Converted, convert_batch
 from router.core.observer import NO_OBSERVER, Observer, ReplayOutcome, ReplaySource
 from router.core.permissions import Principal, StreamFilter
+from router.core.wire import SSE, WireFormat
 
 log = logging.getLogger(__name__)
 
@@ -231,16 +233,18 @@ class Hub:
         *,
         expires_at: float,
         resume_from: Cursor | None = None,
-        output: Output | None = None,
+        output: Output[Any] | None = None,
         connection_id: str = "",
         settings: SessionSettings | None = None,
+        wire: WireFormat[Any] = SSE,
     ) -> Opened:
         """Make the session of an admitted stream, register it for live events, fetch its
         replay, start its actor.
 
         The session is built with the hub's :attr:`HubSettings.session` (or ``settings``, for a
-        transport or a test that needs others), the hub's observer, and its cursor: ``resume_from``
-        as far as the bus vouches for it, when it is of this history. It writes to ``output``, or,
+        transport or a test that needs others), the hub's observer, ``wire`` (the format
+        ``output`` takes), and its cursor: ``resume_from`` as far as the bus vouches for it,
+        when it is of this history. It writes to ``output``, or,
         without one, to a new memory channel whose receiving end is returned. Registration and
         reading the adapter's cursor happen with no checkpoint between them: every event after
         that cursor is offered to the session live, every event up to it comes from the replay
@@ -267,6 +271,7 @@ class Hub:
             connection_id=connection_id,
             observer=self.observer,
             cursor=cursor,
+            wire=wire,
         )
         self.registry.add(session)
         up_to = self.progress()
@@ -285,6 +290,50 @@ class Hub:
             output, receive = trio.open_memory_channel[bytes](self.settings.output_capacity)
         self._sessions_nursery.start_soon(self._run_session, session, output, resume, position)
         return Opened(session, resume, receive)
+
+    async def rescope(
+        self,
+        session: Session,
+        principal: Principal,
+        stream_filter: StreamFilter,
+        *,
+        expires_at: float,
+        then: object = None,
+    ) -> Replay | None:
+        """Make an open ``session`` one for ``principal`` and ``stream_filter`` until
+        ``expires_at`` (a refreshed token, a new filter; issue 16 narrows sessions with it), as
+        if it resumed from its own cursor, and have it write ``then`` (its transport's answer,
+        in its wire format) once the change took effect; return the replay it was given.
+
+        Narrowing never leaks: from this call on the session writes nothing that is not
+        checked against the new scope, whatever it had queued (shared batches included).
+        Widening has no gap and no duplicate: the session is registered anew and the router's
+        progress read with no checkpoint between, and until the replay from the session's
+        cursor up to that progress is fetched and written, it writes nothing live; its cursor
+        skips what it was already served. The replay refused for now
+        (:class:`ReplayUnavailableError`) ends the session as lagged, so its client resumes.
+        A session already ended is left as it is.
+        """
+        if session.close_reason is not None:
+            return None
+        self.registry.remove(session)
+        session.begin_rescope(principal, stream_filter, expires_at)
+        self.registry.add(session)
+        up_to = self.progress()
+        position = self.position()
+        after = session.cursor
+        replay = None
+        if after is not None and after.epoch is not None and up_to is not None:
+            try:
+                replay = await self._replay(after, up_to, doubtful=False)
+            except ReplayUnavailableError:
+                session.stop(CloseReason.LAGGED)
+                return None
+            except BaseException:
+                session.stop(CloseReason.ERROR)
+                raise
+        session.finish_rescope(replay, position, then)
+        return replay
 
     async def _vouched(self, cursor: Cursor) -> Cursor:
         """``cursor`` without the positions the bus cannot vouch for: of a partition it does
@@ -391,7 +440,7 @@ class Hub:
         self.observer.replayed(outcome, source)
 
     async def _run_session(
-        self, session: Session, output: Output, resume: Replay | None, position: Cursor
+        self, session: Session, output: Output[Any], resume: Replay | None, position: Cursor
     ) -> None:
         started = trio.current_time()
         self.observer.opened()

@@ -1,11 +1,12 @@
 """The session actor: one per connected client, from its resume to its last byte.
 
 A session owns a bounded :class:`~router.core.inbox.Inbox` the adapter fills (never blocking on
-it), the client's principal and filter. The inbox holds the policy and the client's cursor; the
-actor only waits for it to have something, writes the stream's bytes to an :class:`Output` (the
-HTTP response's body, or a memory channel in tests), heartbeats and says goodbye. When the client
-reads slowly those writes wait, the session stops taking from its inbox, the inbox fills, and the
-adapter's offers meet the inbox's policy.
+it), the client's principal and filter. The inbox holds the policy and the client's cursor, the
+:class:`~router.core.wire.WireFormat` the framing, :mod:`router.core.serving` what to write of a
+replay or a batch, :mod:`router.core.goodbye` the router's own words; the actor only waits, writes
+to its :class:`Output` (an HTTP body, a WebSocket, a memory channel in tests), heartbeats and says
+goodbye. When the client reads slowly the writes wait, the inbox fills, and the adapter's offers
+meet the inbox's policy.
 """
 
 from __future__ import annotations
@@ -16,17 +17,19 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import trio
 
 from router.core.cursor import Cursor
-from router.core.events import ErrorCode, SSEErrorEvent
+from router.core.goodbye import HISTORY_REPLACED, HISTORY_TRUNCATED, goodbye, says_goodbye
 from router.core.history import Replay
 from router.core.inbox import MAX_WRITE_BATCH, TICKS_PER_HEARTBEAT, Delivery, Inbox, SharedBatch
 from router.core.observer import NO_OBSERVER, CloseReason, Offer, StreamObserver
 from router.core.permissions import Principal, StreamFilter, admits
-from router.core.sse import encode_comment, encode_id, encode_retry
+from router.core.serving import replay_slices, serve_each
+from router.core.sse import SSEMessage
+from router.core.wire import SSE, Hello, ReplayState, WireFormat
 
 __all__ = [  # the inbox's and the observer's names stay importable from here, as before
     "MAX_WRITE_BATCH",
@@ -41,13 +44,14 @@ __all__ = [  # the inbox's and the observer's names stay importable from here, a
 ]
 
 log = logging.getLogger(__name__)
+_Chunk = TypeVar("_Chunk", contravariant=True)
 
 
-class Output(Protocol):
+class Output(Protocol[_Chunk]):
     """Where a session writes its stream: ``send`` waits while the client is not reading;
     ``close`` ends the stream. A ``trio.MemorySendChannel[bytes]`` is one."""
 
-    async def send(self, value: bytes, /) -> None: ...
+    async def send(self, value: _Chunk, /) -> None: ...
 
     def close(self) -> None: ...
 
@@ -64,32 +68,14 @@ class SessionSettings:
     log_sample_rate: float = 0.0
 
 
-_CLOSING_ERRORS: dict[CloseReason, tuple[ErrorCode, str]] = {
-    CloseReason.LAGGED: (
-        ErrorCode.LAGGED,
-        "the stream fell too far behind; reconnect to resume from your last event",
-    ),
-    CloseReason.TOKEN_EXPIRED: (ErrorCode.TOKEN_EXPIRED, "the access token has expired"),
-    CloseReason.SERVER_SHUTDOWN: (
-        ErrorCode.SERVER_SHUTDOWN,
-        "the server is restarting; reconnect to resume from your last event",
-    ),
-}
+@dataclass(frozen=True, slots=True)
+class _Rescope:
+    """A change of principal or filter, to write before anything else: the replay of what the
+    new scope admits since the client's cursor, then ``then`` (the transport's answer)."""
 
-
-_HISTORY_TRUNCATED = SSEErrorEvent(
-    code=ErrorCode.HISTORY_TRUNCATED,
-    message="some events you missed are no longer kept; refetch your state",
-    retryable=True,
-).to_sse_format()
-_HISTORY_REPLACED = SSEErrorEvent(
-    code=ErrorCode.HISTORY_TRUNCATED,
-    message="the event history was lost or replaced; events may be missing: refetch your state",
-    retryable=True,
-).to_sse_format()
-
-
-_DEFAULT_SETTINGS = SessionSettings()
+    replay: Replay | None
+    position: Cursor
+    then: object | None
 
 
 class Session:
@@ -102,10 +88,11 @@ class Session:
         stream_filter: StreamFilter,
         expires_at: float,
         *,
-        settings: SessionSettings = _DEFAULT_SETTINGS,
+        settings: SessionSettings = SessionSettings(),
         connection_id: str = "",
         observer: StreamObserver = NO_OBSERVER,
         cursor: Cursor | None = None,
+        wire: WireFormat[Any] = SSE,
     ) -> None:
         self.principal = principal
         self.stream_filter = stream_filter
@@ -114,6 +101,7 @@ class Session:
         self.settings = settings
         self.connection_id = connection_id
         self.observer = observer
+        self.wire = wire
         self.close_reason: CloseReason | None = None
         self.events_sent = 0
         self._inbox = Inbox(settings.inbox_capacity, cursor)
@@ -121,6 +109,8 @@ class Session:
         # the flag is cleared as it is sent), so it never fills.
         self._wake_send, self._wake = trio.open_memory_channel[None](1)
         self._writer_waiting = False
+        self._rescoping = False
+        self._rescope: _Rescope | None = None
         self._scope = trio.CancelScope()
         self.finished = trio.Event()
         """Set when :meth:`run` has returned, however it ended."""
@@ -133,47 +123,26 @@ class Session:
     def cursor(self, cursor: Cursor | None) -> None:
         self._inbox.cursor = cursor
 
-    # -- the adapter's side: never blocks --------------------------------------------------------
+    # -- the adapter's and the hub's side: never blocks ------------------------------------------
 
     def offer(self, deliveries: Sequence[Delivery], outcomes: Counter[Offer]) -> bool:
-        """Queue ``deliveries`` (in the adapter's order) without waiting, and count what became
-        of each in ``outcomes``; return whether the inbox is now at or past its bound.
-
-        The policy is the inbox's (:meth:`router.core.inbox.Inbox.offer`). The adapter makes one
-        offer per session per step, and a step is bounded (at most ``--records-buffer`` bus
-        batches), so at most ``inbox_capacity`` plus one step's events wait; and a burst larger
-        than the inbox reaches a client that keeps up, because after a step that filled an inbox
-        (this returns ``True``) the adapter lets the sessions write before it routes more. The
-        lag verdict stops the stream as lagged: the client resumes from the replay cache,
-        nothing is lost, and no one waits for this client. One wake-up however many offers come
-        before the session runs.
-        """
+        """Queue ``deliveries`` without waiting, count what became of each in ``outcomes``, and
+        return whether the inbox is now at or past its bound (the policy:
+        :meth:`router.core.inbox.Inbox.offer`). The lag verdict stops the stream as lagged: the
+        client resumes from the replay cache, and no one waits for it."""
         inbox = self._inbox
         filled = inbox.offer(deliveries, outcomes)
         if inbox.lagged:
-            if self.close_reason is None:
-                self.stop(CloseReason.LAGGED)
-        elif self._writer_waiting:
-            self._writer_waiting = False
-            self._wake_send.send_nowait(None)
+            self.stop(CloseReason.LAGGED)
+        else:
+            self._wake_writer()
         return filled
 
     def tick(self, progress: Cursor | None = None) -> None:
-        """One tick of the heartbeat clock (:func:`actors.heartbeats.run_heartbeat_clock`).
-
-        After :data:`TICKS_PER_HEARTBEAT` ticks without a write, the session is woken to write a
-        heartbeat: a quiet stream hears from the router at least once per heartbeat period, however
-        many events a busy one writes, and no stream needs a timer of its own.
-
-        ``progress`` is the router's cursor now, read with no checkpoint since the adapter last
-        routed: every event up to it that is for this session has been offered. If none of them
-        is still waiting here, the heartbeat carries the client's cursor moved up to it (an
-        id-only block), so a client that sees nothing while others' events pass still resumes
-        from where the router is, not from its last event (:meth:`Inbox.tick`).
-        """
-        if self._inbox.tick(progress) and self._writer_waiting:
-            self._writer_waiting = False
-            self._wake_send.send_nowait(None)
+        """One tick of the heartbeat clock (``progress``: the router's cursor, every event up
+        to it that is for this session offered); see :meth:`Inbox.tick`."""
+        if self._inbox.tick(progress):
+            self._wake_writer()
 
     def stop(self, reason: CloseReason) -> None:
         """End the stream for ``reason``; the first reason given is the one reported."""
@@ -182,145 +151,149 @@ class Session:
         self._inbox.close()
         self._scope.cancel()
 
+    def begin_rescope(
+        self, principal: Principal, stream_filter: StreamFilter, expires_at: float
+    ) -> None:
+        """From now on the session is for ``principal`` and ``stream_filter`` (until
+        ``expires_at``); it writes nothing more until :meth:`finish_rescope` gives it the replay
+        of what the new scope admits since its cursor. Everything it writes from then on,
+        queued before or after, is checked against the new scope (:meth:`actors.hub.Hub.rescope`
+        makes the hand-over)."""
+        self.principal, self.stream_filter, self.expires_at = principal, stream_filter, expires_at
+        self._scope.deadline = trio.current_time() + max(0.0, expires_at - time.time())
+        self._inbox.rescoped()
+        self._rescoping = True
+
+    def finish_rescope(self, replay: Replay | None, position: Cursor, then: object = None) -> None:
+        self._rescope = _Rescope(replay, position, then)
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        if self._writer_waiting:
+            self._writer_waiting = False
+            self._wake_send.send_nowait(None)
+
     # -- the session's side ----------------------------------------------------------------------
 
     async def run(
-        self,
-        output: Output,
-        resume: Replay | None = None,
-        position: Cursor | None = None,
+        self, output: Output[Any], resume: Replay | None = None, position: Cursor | None = None
     ) -> None:
         """Write the stream into ``output`` until the session is stopped or its token expires.
 
         ``position`` is the router's cursor when the session registered for live events
         (:meth:`actors.hub.Hub.position`): every event up to it is the replay's business (or, for
         a stream that does not resume, none of the client's), every later one arrives live.
-
-        Sends the retry hint at once, with the client's position as an id-only block (its own
-        cursor when it resumes, else ``position``), so a client cut before its first event
-        reconnects from there; then ``history-truncated`` if the resume was truncated, the
-        replay, the client's cursor moved up to ``position`` if the replay did not already say
-        it, and live events. When stopped for a reason the client should hear (lagged, token
-        expired, shutdown), sends that ``sse.error`` last, waiting at most
-        ``goodbye_timeout_seconds`` for a slow client. Closes ``output`` on the way out. If the
-        surrounding nursery is cancelled, it stops at once without a goodbye; the replay
-        checkpoints after each write, so that may be half-way through it.
+        First the hello (the retry hint and the client's position: its own cursor when it
+        resumes, else ``position``), then ``history-truncated`` if the resume was, the replay,
+        the client's cursor moved up to ``position`` if the replay did not say it, and live
+        events. Stopped for a reason the client should hear, it says so last, waiting at most
+        ``goodbye_timeout_seconds``. Closes ``output`` on the way out. Cancelled from outside,
+        it stops at once without a goodbye.
         """
         try:
-            await self._run(output, resume, position)
-        finally:
-            self.finished.set()
-
-    async def _run(self, output: Output, resume: Replay | None, position: Cursor | None) -> None:
-        try:
             self._scope.deadline = trio.current_time() + max(0.0, self.expires_at - time.time())
-            try:
-                with self._scope:
-                    first = encode_retry(self.settings.retry_ms) + encode_comment("ok")
-                    if resume is None and position is not None:
-                        self._inbox.cursor = position
-                    if self._inbox.cursor is not None:
-                        first += encode_id(str(self._inbox.cursor))
-                    await self._send(output, first)
-                    if resume is not None:
-                        await self._replay(output, resume, position)
-                    await self._stream_live(output)
-                if self.close_reason is None:  # only the deadline ends the scope without a reason
-                    self.close_reason = CloseReason.TOKEN_EXPIRED
-                await self._say_goodbye(output)
-            except trio.BrokenResourceError:  # the HTTP side went away: the client left
-                self.stop(CloseReason.CLIENT)
+            with self._scope:
+                if resume is None and position is not None:
+                    self._inbox.cursor = position
+                state: ReplayState = (
+                    "none" if resume is None else "truncated" if resume.truncated else "complete"
+                )
+                hello = Hello(
+                    self.settings.retry_ms,
+                    self._inbox.cursor,
+                    state,
+                    self.connection_id,
+                    self.expires_at,
+                )
+                await self._send(output, self.wire.hello(hello))
+                if resume is not None:
+                    await self._replay(output, resume, position)
+                await self._stream_live(output)
+            if self.close_reason is None:  # only the deadline ends the scope without a reason
+                self.close_reason = CloseReason.TOKEN_EXPIRED
+            await self._say_goodbye(output)
+        except trio.BrokenResourceError:  # the transport went away: the client left
+            self.stop(CloseReason.CLIENT)
         finally:
             output.close()
+            self.finished.set()
 
-    async def _replay(self, output: Output, resume: Replay, position: Cursor | None) -> None:
-        """Write what the client missed, at most :data:`MAX_WRITE_BATCH` events a write, with a
-        checkpoint after each batch of entries (written or skipped); then, if the client's cursor
-        moved past the last id it was sent (events it may not see, and all of ``position``, were
-        served too), that cursor as an id-only block."""
+    def _admitted(self, message: SSEMessage) -> bool:
+        return admits(message, self.principal, self.stream_filter)
+
+    async def _replay(self, output: Output[Any], resume: Replay, position: Cursor | None) -> None:
+        """What the client missed (checkpointing after each slice), then, if its cursor moved
+        past the last id it was sent, that cursor."""
         if resume.truncated:
-            await self._send_error(output, _HISTORY_TRUNCATED)
-        inbox = self._inbox
-        told = inbox.cursor  # the last cursor the client was sent
-        chunks: list[bytes] = []
-        counts: Counter[str] = Counter()
-        for examined, entry in enumerate(resume.entries, start=1):
-            served = inbox.replayed(entry.identity)
-            if served is not None and admits(entry.message, self.principal, self.stream_filter):
-                chunks.append(entry.message.with_id(str(served)).to_sse_format())
-                counts[entry.message.event] += 1
-                told = served
-            if examined % MAX_WRITE_BATCH == 0:
-                await self._write_replayed(output, chunks, counts)
-                await trio.lowlevel.checkpoint()
-        await self._write_replayed(output, chunks, counts)
-        if position is not None and inbox.caught_up(position) != told:
-            await self._send(output, encode_id(str(inbox.cursor)))
+            await self._send_error(output, HISTORY_TRUNCATED)
+        told = self._inbox.cursor  # the last cursor the client was sent
+        for messages in replay_slices(resume, self._inbox, self._admitted):
+            if messages:
+                await self._send(output, self.wire.events(messages))
+                self.events_sent += len(messages)
+                # Their age says how long the client was away, not the router's lag: none given.
+                counts = Counter(message.event for message in messages)
+                self.observer.sent(counts, oldest_age=None, queued=0)
+                told = self._inbox.cursor
+            await trio.lowlevel.checkpoint()
+        if position is not None and (caught_up := self._inbox.caught_up(position)) != told:
+            await self._send(output, self.wire.cursor(caught_up))
 
-    async def _write_replayed(
-        self, output: Output, chunks: list[bytes], counts: Counter[str]
-    ) -> None:
-        """Write and count the replayed events in ``chunks``, and empty it and ``counts``."""
-        if not chunks:
-            return
-        await self._send(output, b"".join(chunks))
-        self.events_sent += len(chunks)
-        # Counted as sent; their age says how long the client was away, not the router's
-        # delivery lag, so no lag is reported for them.
-        self.observer.sent(dict(counts), oldest_age=None, queued=0)
-        chunks.clear()
-        counts.clear()
-
-    async def _stream_live(self, output: Output) -> None:
-        """Wait for the inbox to have something, write it, and a heartbeat when one is due and
-        nothing was written since (:meth:`Inbox.heartbeat`: a comment, or the client's cursor
-        moved up to the router's as an id-only block)."""
+    async def _stream_live(self, output: Output[Any]) -> None:
+        """Wait for the inbox (or a rescope) to have something, write it, and a heartbeat when
+        one is due and nothing was written since (:meth:`Inbox.heartbeat`)."""
         inbox = self._inbox
         while True:
+            if self._rescoping:
+                if self._rescope is None:  # the hub is fetching its replay: nothing goes out
+                    self._writer_waiting = True
+                    await self._wake.receive()
+                    continue
+                rescope, self._rescope, self._rescoping = self._rescope, None, False
+                if rescope.replay is not None:
+                    await self._replay(output, rescope.replay, rescope.position)
+                if rescope.then is not None:
+                    await self._send(output, rescope.then)
             batch = inbox.take(MAX_WRITE_BATCH)
             if batch:
                 await self._write(output, batch)
-            elif not inbox.heartbeat_due:  # nothing waits: until an offer or a tick wakes it
-                self._writer_waiting = True
+            elif not inbox.heartbeat_due and not self._rescoping:
+                self._writer_waiting = True  # until an offer, a tick or a rescope wakes it
                 await self._wake.receive()
                 continue
             if inbox.heartbeat_due:
                 heartbeat = inbox.heartbeat()
-                if heartbeat.history_replaced:
-                    # Moved into a new history by others' events: told as if by its own.
-                    await self._send_error(output, _HISTORY_REPLACED)
+                if heartbeat.history_replaced:  # a new history under a quiet stream: said first
+                    await self._send_error(output, HISTORY_REPLACED)
                 moved = heartbeat.moved_to
-                await self._send(
-                    output, encode_comment() if moved is None else encode_id(str(moved))
-                )
+                chunk = self.wire.heartbeat() if moved is None else self.wire.cursor(moved)
+                if chunk is None:
+                    inbox.written()  # the transport keeps the connection alive by itself
+                else:
+                    await self._send(output, chunk)
 
-    async def _send(self, output: Output, chunk: bytes) -> None:
+    async def _send(self, output: Output[Any], chunk: object) -> None:
         await output.send(chunk)
         self._inbox.written()
 
-    async def _send_error(self, output: Output, error: bytes) -> None:
+    async def _send_error(self, output: Output[Any], error: SSEMessage) -> None:
         """Write one of the router's own ``sse.error`` events, counted like any event sent."""
-        await self._send(output, error)
-        self.observer.sent({SSEErrorEvent.EVENT: 1}, oldest_age=None, queued=self._inbox.waiting)
+        await self._send(output, self.wire.events((error,)))
+        self.observer.sent({error.event: 1}, oldest_age=None, queued=self._inbox.waiting)
 
-    async def _write(self, output: Output, batch: Sequence[Delivery]) -> None:
+    async def _write(self, output: Output[Any], batch: Sequence[Delivery]) -> None:
         inbox = self._inbox
         if inbox.history_replaced(batch):
-            await self._send_error(output, _HISTORY_REPLACED)
+            await self._send_error(output, HISTORY_REPLACED)
         if inbox.serve_shared(batch):
-            # The same bytes as every other session in step writing this batch, joined once.
-            await self._send(output, batch.wire)
+            # The same encoding as every other session of this format writing this batch.
+            await self._send(output, batch.encoded(self.wire))
             self._count_sent(batch, batch.event_counts, batch.oldest_occurred_at)
             return
-        chunks, sent = [], []
-        for delivery in batch:
-            message = inbox.serve(delivery)
-            if message is not None and admits(message, self.principal, self.stream_filter):
-                chunks.append(message.to_sse_format())
-                sent.append(delivery)
-        if not chunks:
+        messages, sent = serve_each(inbox, batch, self._admitted)
+        if not messages:
             return
-        await self._send(output, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        await self._send(output, self.wire.events(messages))
         occurred = [d.occurred_at for d in sent if d.occurred_at is not None]
         self._count_sent(sent, Counter(d.message.event for d in sent), min(occurred, default=None))
 
@@ -328,14 +301,6 @@ class Session:
         self, sent: Sequence[Delivery], event_counts: Mapping[str, int], oldest: float | None
     ) -> None:
         self.events_sent += len(sent)
-        self._maybe_log_send(sent)
-        self.observer.sent(
-            event_counts,
-            oldest_age=None if oldest is None else time.time() - oldest,
-            queued=self._inbox.waiting,
-        )
-
-    def _maybe_log_send(self, sent: Sequence[Delivery]) -> None:
         rate = self.settings.log_sample_rate
         if rate and random.random() < rate:
             last = sent[-1].message
@@ -348,25 +313,22 @@ class Session:
                     "in_write": len(sent),
                 },
             )
-
-    async def _say_goodbye(self, output: Output) -> None:
-        if self.close_reason not in _CLOSING_ERRORS:
-            return
-        code, text = _CLOSING_ERRORS[self.close_reason]
-        retry = None
-        if self.close_reason is CloseReason.SERVER_SHUTDOWN:
-            spread = self.settings.shutdown_retry_spread_ms
-            retry = self.settings.shutdown_retry_ms + (random.randint(0, spread) if spread else 0)
-        goodbye = SSEErrorEvent(
-            code=code,
-            message=text,
-            retryable=self.close_reason is not CloseReason.TOKEN_EXPIRED,
-            retry=retry,
+        self.observer.sent(
+            event_counts,
+            oldest_age=None if oldest is None else time.time() - oldest,
+            queued=self._inbox.waiting,
         )
+
+    async def _say_goodbye(self, output: Output[Any]) -> None:
+        reason = self.close_reason
+        if reason is None or not says_goodbye(reason):
+            return
+        retry = self.settings.shutdown_retry_ms
+        if reason is CloseReason.SERVER_SHUTDOWN and self.settings.shutdown_retry_spread_ms:
+            retry += random.randint(0, self.settings.shutdown_retry_spread_ms)
+        event = goodbye(reason, retry)
         with trio.move_on_after(self.settings.goodbye_timeout_seconds) as scope:
             scope.shield = True
-            await output.send(goodbye.to_sse_format())
+            await output.send(self.wire.events((event,)))
         if not scope.cancelled_caught:
-            self.observer.sent(
-                {SSEErrorEvent.EVENT: 1}, oldest_age=None, queued=self._inbox.waiting
-            )
+            self.observer.sent({event.event: 1}, oldest_age=None, queued=self._inbox.waiting)

@@ -37,6 +37,8 @@ class Settings:
     max_streams_per_user: int = 10
     connects_per_minute: int = 20
     heartbeat_seconds: float = 15.0
+    ws_auth_timeout_seconds: float = 5.0
+    ws_messages_per_second: float = 2.0
     retry_ms: int = 2000
     shutdown_retry_spread_ms: int = 5000
     session_buffer: int = 256
@@ -239,6 +241,16 @@ def add_serve_arguments(
     flag(
         "--heartbeat-seconds",
         "a comment is sent after at most this much silence (at least 3/4 of it)",
+        type=positive_seconds,
+    )
+    flag(
+        "--ws-auth-timeout-seconds",
+        "a WebSocket without a token in its handshake must send its auth message within this",
+        type=positive_seconds,
+    )
+    flag(
+        "--ws-messages-per-second",
+        "client messages a WebSocket may send a second, in bursts of 10; a flood closes it (4029)",
         type=positive_seconds,
     )
     flag("--retry-ms", "reconnection delay suggested to clients", type=count(0))

@@ -114,6 +114,8 @@ def hypercorn_config(settings: Settings) -> Config:
     config.bind = [f"fd://{fd}" for fd in (descriptor, *duplicates)]
     config.graceful_timeout = settings.shutdown_grace_seconds
     config.keep_alive_timeout = settings.keep_alive_seconds
+    # A WebSocket's heartbeat is a ping from hypercorn; hypercorn answers the client's pings too.
+    config.websocket_ping_interval = settings.heartbeat_seconds
     config.h11_max_incomplete_size = REQUEST_HEAD_LIMIT
     config.backlog = 65535  # thousands of browsers reconnect at once (capped by net.core.somaxconn)
     config.accesslog = None  # the query string may hold a token: never log it raw

@@ -30,6 +30,7 @@ from router.core.events import TaskProgressEvent
 from router.core.history import Entry, Replay
 from router.core.permissions import Principal, StreamFilter
 from router.core.scope import Scope
+from router.core.wire import SSE
 from tests.actor_helpers import (
     Feed,
     Reader,
@@ -327,7 +328,7 @@ async def test_a_shared_batch_is_written_as_is_in_step_and_re_encoded_for_a_clie
     assert [e.last_event_id for e in in_step_reader.events] == [
         f"memory@e1:0:{n}" for n in range(3)
     ]
-    assert second.wire in in_step_reader.raw
+    assert second.encoded(SSE) in in_step_reader.raw
     assert [e.last_event_id for e in ahead_reader.events] == [
         f"memory@e1:0:{n},1:5" for n in range(3)
     ]

@@ -24,11 +24,14 @@ import functools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeGuard
+from typing import TypeGuard, TypeVar
 
 from router.core.cursor import Cursor, EventIdentity, advance
 from router.core.observer import Offer
 from router.core.sse import Priority, SSEMessage
+from router.core.wire import WireFormat
+
+_Chunk = TypeVar("_Chunk")
 
 __all__ = [
     "MAX_WRITE_BATCH",
@@ -72,9 +75,19 @@ class SharedBatch(tuple[Delivery, ...]):
     the first session that writes them.
     """
 
+    def encoded(self, wire: WireFormat[_Chunk]) -> _Chunk:
+        """These events in ``wire``'s format, encoded by the first session of that format that
+        writes them and kept for every other (one encoding per format, however many streams)."""
+        encodings = self._encodings
+        try:
+            return encodings[wire.name]  # type: ignore[return-value]
+        except KeyError:
+            chunk = encodings[wire.name] = wire.events([d.message for d in self])
+            return chunk
+
     @functools.cached_property
-    def wire(self) -> bytes:
-        return b"".join(delivery.message.to_sse_format() for delivery in self)
+    def _encodings(self) -> dict[str, object]:
+        return {}
 
     @functools.cached_property
     def event_counts(self) -> Counter[str]:
@@ -317,7 +330,7 @@ class Inbox:
         )
 
     def serve_shared(self, taken: Sequence[Delivery]) -> TypeGuard[SharedBatch]:
-        """Whether ``taken`` is written as the adapter encoded it (``SharedBatch.wire``): it is
+        """Whether ``taken`` is written as the adapter encoded it (``SharedBatch.encoded``): it is
         a shared batch and the client is in step with the router's cursor. If so, the client
         has been served up to its end."""
         if self._in_sync and isinstance(taken, SharedBatch):
@@ -356,6 +369,15 @@ class Inbox:
         passed for others counts as served)."""
         self.cursor = position if self.cursor is None else self.cursor.merge(position)
         return self.cursor
+
+    def rescoped(self) -> None:
+        """The client's principal or filter changed: what waits was chosen for the old one, and
+        a replay from the client's cursor is to come before it (:meth:`replayed`). Until the
+        client's cursor and the router's agree again, every delivery is served one by one,
+        skipped when that cursor covers it (no shared batch is written whole), and the router's
+        progress seen before is forgotten."""
+        self._in_sync = False
+        self._progress = None
 
     def written(self) -> None:
         """The writer wrote to the client: the silence a heartbeat fills starts again."""

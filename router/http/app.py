@@ -1,6 +1,7 @@
 """The Quart-Trio application: the HTTP face of the :class:`~actors.hub.Hub`.
 
 - ``GET /api/v1/events/stream``: a client's event stream (one session actor each)
+- ``GET /api/v1/events/ws``: the same as WebSocket JSON frames (router/http/websocket.py)
 - ``POST /api/v1/events``: publish one envelope or a JSON array of them (role ``publisher``)
 - ``GET /healthz``: the process is alive; ``GET /readyz``: the bus and the replay cache answer
 """
@@ -32,6 +33,7 @@ from router.http.admission import STREAM_HEADERS, http_error, refusal_response
 from router.http.asgi import ResponseBodyWriter, remember_session
 from router.http.cors import apply_cors
 from router.http.errors import HTTPError
+from router.http.websocket import WS_PATH, add_websocket_route
 from router.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from router.metrics import Metrics
 
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 _VALIDATION_IDENTITY = EventIdentity("check", "0", (0,), "check")
 _ENDPOINTS = {
     "stream": "GET /api/v1/events/stream",
+    "websocket": f"GET {WS_PATH}",
     "publish": "POST /api/v1/events",
     "health": "GET /healthz",
     "ready": "GET /readyz",
@@ -158,6 +161,8 @@ def create_app(hub: Hub, admission: Admission, settings: Settings, metrics: Metr
         response = Response(writer.body(), status=200, headers=headers)
         response.timeout = None  # a stream lasts as long as the client wants it
         return response
+
+    add_websocket_route(app, hub, admission, settings)
 
     @app.post("/api/v1/events")
     async def publish() -> tuple[Response, int]:

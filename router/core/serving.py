@@ -1,0 +1,51 @@
+"""What a session writes of a replay and of a live batch, decided without I/O.
+
+The session actor (``actors/session.py``) drives these: it writes what they return and
+checkpoints between a replay's slices. The client's cursor is the inbox's; ``admitted`` is the
+session's check of an event against its principal and filter at the moment of writing, so a
+narrowed session never writes what it no longer may see, whenever that event was queued.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+from router.core.history import Replay
+from router.core.inbox import MAX_WRITE_BATCH, Delivery, Inbox
+from router.core.sse import SSEMessage
+
+Admitted = Callable[[SSEMessage], bool]
+
+
+def replay_slices(
+    resume: Replay, inbox: Inbox, admitted: Admitted, most: int = MAX_WRITE_BATCH
+) -> Iterator[list[SSEMessage]]:
+    """The replay's events to write, each with the client's cursor once it is served as its id,
+    in slices of at most ``most`` entries examined (a slice may hold nothing to write: the driver
+    checkpoints after each all the same). Entries the client's cursor covers are skipped, and
+    every entry, written or not, moves that cursor by its own place only."""
+    messages: list[SSEMessage] = []
+    for examined, entry in enumerate(resume.entries, start=1):
+        served = inbox.replayed(entry.identity)
+        if served is not None and admitted(entry.message):
+            messages.append(entry.message.with_id(str(served)))
+        if examined % most == 0:
+            yield messages
+            messages = []
+    if messages:
+        yield messages
+
+
+def serve_each(
+    inbox: Inbox, batch: Sequence[Delivery], admitted: Admitted
+) -> tuple[list[SSEMessage], list[Delivery]]:
+    """The messages to write for ``batch`` one by one (ids from the client's cursor; what it had
+    already, or may not see, left out), and the deliveries they came from."""
+    messages: list[SSEMessage] = []
+    sent: list[Delivery] = []
+    for delivery in batch:
+        message = inbox.serve(delivery)
+        if message is not None and admitted(message):
+            messages.append(message)
+            sent.append(delivery)
+    return messages, sent
