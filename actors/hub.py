@@ -323,7 +323,10 @@ class Hub:
         position = self.position()
         after = session.cursor
         replay = None
-        if after is not None and after.epoch is not None and up_to is not None:
+        # Nothing to replay when the client has been served up to the router (a cache that
+        # has held nothing yet would answer even that as truncated).
+        behind = up_to is not None and after is not None and after.merge(up_to) != after
+        if behind and after is not None and after.epoch is not None and up_to is not None:
             try:
                 replay = await self._replay(after, up_to, doubtful=False)
             except ReplayUnavailableError:
