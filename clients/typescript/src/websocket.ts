@@ -12,13 +12,17 @@ import {
   parseServerMessage,
 } from "./ws-protocol.js";
 
+/** A handler whose event may be a richer type than the one named (a method's parameter is
+ * compared both ways), so that the browser's own WebSocket is a `WebSocketLike`. */
+type Handler<E> = { handle(event: E): void }["handle"];
+
 /** The part of the browser's WebSocket the client uses; inject another for tests or Node. */
 export interface WebSocketLike {
   readonly readyState: number;
-  onopen: ((event: unknown) => void) | null;
-  onmessage: ((event: { readonly data: unknown }) => void) | null;
-  onclose: ((event: { readonly code: number; readonly reason: string }) => void) | null;
-  onerror: ((event: unknown) => void) | null;
+  onopen: Handler<unknown> | null;
+  onmessage: Handler<{ readonly data: unknown }> | null;
+  onclose: Handler<{ readonly code: number; readonly reason: string }> | null;
+  onerror: Handler<unknown> | null;
   send(data: string): void;
   close(code?: number, reason?: string): void;
 }
