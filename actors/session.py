@@ -71,11 +71,11 @@ class SessionSettings:
 @dataclass(frozen=True, slots=True)
 class _Rescope:
     """A change of principal or filter, to write before anything else: the replay of what the
-    new scope admits since the client's cursor, then ``then`` (the transport's answer)."""
+    new scope admits since the client's cursor, then ``then`` (the transport's answers)."""
 
     replay: Replay | None
     position: Cursor
-    then: object | None
+    then: tuple[object, ...]
 
 
 class Session:
@@ -165,7 +165,11 @@ class Session:
         self._rescoping = True
 
     def finish_rescope(self, replay: Replay | None, position: Cursor, then: object = None) -> None:
-        self._rescope = _Rescope(replay, position, then)
+        """The replay :meth:`begin_rescope` waits for, and what to write after it. A second
+        rescope finished before the writer took the first replaces its replay (fetched from
+        the same cursor or a later one, up to a later position) and answers both."""
+        earlier = () if self._rescope is None else self._rescope.then
+        self._rescope = _Rescope(replay, position, (*earlier, *(() if then is None else (then,))))
         self._wake_writer()
 
     def _wake_writer(self) -> None:
@@ -252,8 +256,8 @@ class Session:
                 rescope, self._rescope, self._rescoping = self._rescope, None, False
                 if rescope.replay is not None:
                     await self._replay(output, rescope.replay, rescope.position)
-                if rescope.then is not None:
-                    await self._send(output, rescope.then)
+                for answer in rescope.then:
+                    await self._send(output, answer)
             batch = inbox.take(MAX_WRITE_BATCH)
             if batch:
                 await self._write(output, batch)

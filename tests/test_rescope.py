@@ -116,3 +116,21 @@ async def test_widening_writes_the_replay_first_then_the_answer_then_live_withou
     assert raw.index(b": filtered") < raw.index(b'"content_version":4')
     ids = [e.last_event_id for e in parse_stream(raw).events]
     assert ids == [f"memory@e1:0:{n}" for n in range(4)]
+
+
+async def test_two_rescopes_before_the_writer_takes_the_first_answer_both_in_order() -> None:
+    subject = Session(BOTH, StreamFilter(novel_ids=frozenset({"n1"})), expires_at=in_an_hour())
+    feed = Feed()
+    send, receive = trio.open_memory_channel[bytes](100)
+    async with trio.open_nursery() as nursery:
+        offer_batch(subject, [feed.next(content("n1", 1))])
+        assert feed.cursor is not None
+        for answer in (b": first\n\n", b": second\n\n"):
+            subject.begin_rescope(BOTH, StreamFilter(), in_an_hour())
+            subject.finish_rescope(Replay([], truncated=False), feed.cursor, then=answer)
+        nursery.start_soon(subject.run, send)
+        await trio.testing.wait_all_tasks_blocked()
+        subject.stop(CloseReason.CLIENT)
+        drain = _Drain(receive)
+        await drain.run()
+    assert drain.raw.index(b": first") < drain.raw.index(b": second")

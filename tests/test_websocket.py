@@ -20,6 +20,8 @@ from trio_websocket import (
     WebSocketConnection,
     wrap_client_stream,
 )
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import Ping, Request
 from wsproto.utilities import LocalProtocolError
 
 from actors.session import CloseReason
@@ -314,6 +316,32 @@ async def test_a_filter_beyond_the_grants_or_malformed_is_answered_and_the_strea
     assert client.contents() == [("n1", 5)]
 
 
+# -- heartbeats ----------------------------------------------------------------------------------
+
+
+async def test_heartbeats_are_pings_and_the_client_s_own_pings_are_answered() -> None:
+    """hypercorn pings every --heartbeat-seconds (read here with wsproto itself: trio-websocket
+    answers pings without showing them) and answers a client's ping."""
+    async with running_router(heartbeat_seconds=0.05) as router:
+        host, port = router.url.removeprefix("http://").rsplit(":", 1)
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            protocol = WSConnection(ConnectionType.CLIENT)
+            target = f"{WS_PATH}?token={token(novels=['n1'])}"
+            await stream.send_all(protocol.send(Request(host=host, target=target)))
+            pings = 0
+            with trio.fail_after(HANG_GUARD_SECONDS):
+                while pings < 3:
+                    protocol.receive_data(await stream.receive_some())
+                    for event in protocol.events():
+                        if isinstance(event, Ping):
+                            pings += 1
+                            await stream.send_all(protocol.send(event.response()))
+        async with connect(router) as client:
+            await hello(client)
+            with trio.fail_after(HANG_GUARD_SECONDS):
+                await client.ws.ping(b"are you there")  # returns when the pong came
+
+
 # -- close codes ---------------------------------------------------------------------------------
 
 
@@ -375,7 +403,7 @@ async def test_a_refresh_with_a_bad_or_foreign_token_closes_the_socket() -> None
         async with connect(router) as client:
             await hello(client)
             await client.send(type="refresh", token="not-a-token", ref=1)
-            assert await client.closed() == (4001, "unauthorized")
+            assert await client.closed() == (4001, "malformed")
         async with connect(router) as client:
             await hello(client)
             await client.send(type="refresh", token=token("someone-else"), ref=2)
@@ -399,6 +427,7 @@ async def test_shutdown_says_server_shutdown_then_closes_going_away() -> None:
     (goodbye,) = client.events("sse.error")
     assert goodbye["data"]["code"] == "server-shutdown"
     assert goodbye["data"]["retryable"]
+    assert 1000 <= goodbye["retry"] <= 1000 + 5000  # --shutdown-retry-spread-ms
 
 
 async def test_a_reader_that_stalls_is_cut_as_lagged_while_others_keep_receiving() -> None:

@@ -13,10 +13,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from router.core.permissions import Principal
 from router.core.sse import JSONValue
 
 MAX_MESSAGE_CHARS = 16_384
 """A client message is small; a longer one is refused before it is parsed."""
+MESSAGE_BURST = 10
+"""Client messages a WebSocket may send at once, before ``--ws-messages-per-second`` applies."""
 
 
 class Problem(enum.StrEnum):
@@ -101,3 +104,13 @@ def _filter(body: dict[str, Any], ref: JSONValue) -> Filter | BadMessage:
 
 def _strings(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def refresh_problem(old: Principal, new: Principal) -> str | None:
+    """Why ``new`` (a refreshed token's grants) may not replace ``old`` on an open stream, or
+    ``None``: a refresh renews the same user's token for the same session."""
+    if new.user_id != old.user_id:
+        return "the new token is another user's"
+    if new.session_id != old.session_id:
+        return "the new token is for another session"
+    return None

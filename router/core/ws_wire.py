@@ -1,9 +1,10 @@
 """The WebSocket wire format: one JSON text frame per thing said (see ``docs/websocket.md``).
 
 An event frame carries exactly what the event-stream carries: its name, its id, its data object
-(``{"type": "event", "event": ..., "id": ..., "data": {...}}``); the router's own ``sse.error``
-events come the same way. A chunk is a tuple of frames, written in order. Heartbeats are the
-transport's (WebSocket pings), so :meth:`JSONFrames.heartbeat` says nothing.
+(``{"type": "event", "event": ..., "id": ..., "data": {...}}``, and ``retry`` when the event has
+one); the router's own ``sse.error`` events come the same way. A chunk is a tuple of frames,
+written in order. Heartbeats are the transport's (WebSocket pings), so
+:meth:`JSONFrames.heartbeat` says nothing.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ def _frame(fields: Mapping[str, JSONValue]) -> str:
 
 
 def event_frame(message: SSEMessage) -> str:
-    """``message`` as an event frame. Its data is encoded as the event-stream encodes it (a lone
-    surrogate escaped, so the frame is valid UTF-8); the name and id are fields SSE already
-    checked, so plain JSON strings."""
+    """``message`` as an event frame, with ``retry`` (milliseconds) when the event sets the
+    client's reconnection delay, as an event stream's ``retry:`` field does. Its data is encoded
+    as the event stream encodes it (a lone surrogate escaped, so the frame is valid UTF-8); the
+    name and id are fields SSE already checked, so plain JSON strings."""
+    retry = "" if message.retry is None else f',"retry":{int(message.retry)}'
     return (
         f'{{"type":"event","event":{json.dumps(message.event)},"id":{json.dumps(message.id)},'
-        f'"data":{encode_json(message.data)}}}'
+        f'"data":{encode_json(message.data)}{retry}}}'
     )
 
 

@@ -1,0 +1,102 @@
+"""What a WebSocket client says once its stream is open: ``refresh`` and ``filter``, answered.
+
+Each message is parsed by :mod:`router.core.ws_client` and taken from a token bucket; a token is
+verified by the same front door as the handshake's, a filter checked by the same rules as the
+query's; the change itself is :meth:`actors.hub.Hub.rescope`, and its answer is written by the
+session once the change took effect, so nothing before it is of the new scope and nothing after
+it of the old. A bad message is answered and the stream goes on; what must end the connection
+(a flood, a bad refresh) is returned as a :data:`Verdict`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import trio
+from quart import websocket
+
+from actors.hub import Hub
+from actors.session import Session
+from router.admission import Admission
+from router.core.admission import Credentials, Refused, stream_request
+from router.core.token_bucket import TokenBucket
+from router.core.ws_client import (
+    MESSAGE_BURST,
+    Auth,
+    BadMessage,
+    Filter,
+    Refresh,
+    parse_client_message,
+    refresh_problem,
+)
+from router.core.ws_close import CloseCode
+from router.core.ws_wire import error, filtered, refreshed
+
+Verdict = tuple[CloseCode, str]
+"""How the connection is to end: its close code and reason."""
+
+
+class Conversation:
+    def __init__(
+        self, hub: Hub, admission: Admission, session: Session, messages_per_second: float
+    ) -> None:
+        self._hub = hub
+        self._admission = admission
+        self._session = session
+        self._bucket = TokenBucket(MESSAGE_BURST, messages_per_second)
+
+    async def run(self) -> Verdict:
+        """Answer the client's messages, one at a time, until one must end the connection."""
+        while True:
+            message = parse_client_message(await websocket.receive())
+            now = trio.current_time()
+            if not self._bucket.take(now):
+                wait_ms = math.ceil(self._bucket.wait(now) * 1000)
+                await websocket.send(error("rate-limited", "too many messages", retry_ms=wait_ms))
+                return CloseCode.RATE_LIMITED, "rate-limited"
+            if isinstance(message, BadMessage):
+                await websocket.send(error(message.problem.value, message.message, ref=message.ref))
+            elif isinstance(message, Auth):
+                text = "'auth' comes first, and only when the handshake carried no token"
+                await websocket.send(error("bad-message", text, ref=message.ref))
+            elif isinstance(message, Refresh):
+                verdict = await self._refresh(message)
+                if verdict is not None:
+                    return verdict
+            else:
+                await self._filter(message)
+
+    async def _refresh(self, message: Refresh) -> Verdict | None:
+        """The new token replaces the old one: its grants (narrowed ones stop at once), its
+        expiry. A token that does not verify, or is another user's or session's, ends it."""
+        session = self._session
+        verified = self._admission.authenticate(Credentials(f"Bearer {message.token}"))
+        if isinstance(verified, Refused):
+            await websocket.send(error(verified.reason.value, verified.message, ref=message.ref))
+            return CloseCode.UNAUTHORIZED, verified.reason.value
+        problem = refresh_problem(session.principal, verified.principal)
+        if problem is not None:
+            await websocket.send(error("forbidden", problem, ref=message.ref))
+            return CloseCode.FORBIDDEN, "forbidden"
+        await self._hub.rescope(
+            session,
+            verified.principal,
+            session.stream_filter,
+            expires_at=verified.expires_at,
+            then=refreshed(message.ref, verified.expires_at),
+        )
+        return None
+
+    async def _filter(self, message: Filter) -> None:
+        session = self._session
+        asked = stream_request(message.query, None, session.principal)
+        if isinstance(asked, Refused):
+            await websocket.send(error(asked.reason.value, asked.message, ref=message.ref))
+            return
+        await self._hub.rescope(
+            session,
+            session.principal,
+            asked.stream_filter,
+            expires_at=session.expires_at,
+            then=filtered(message.ref, asked.stream_filter),
+        )
