@@ -44,12 +44,6 @@ const text = (value: unknown): string | null => (typeof value === "string" ? val
 const number = (value: unknown): number | null =>
   typeof value === "number" && Number.isFinite(value) ? value : null;
 
-/** The retry hint of a refusal, wherever the router put it: on the message or in its data. */
-function retryOf(message: Json): number | null {
-  const data = (typeof message.data === "object" && message.data !== null ? message.data : {}) as Json;
-  return number(message.retry_ms) ?? number(data.retry_ms) ?? number(data.retry);
-}
-
 /** A frame from the router, or `null` for one this client does not understand (ignored, as a
  * browser ignores an unknown SSE field, so a newer router can add messages). */
 export function parseServerMessage(frame: unknown): ServerMessage | null {
@@ -82,7 +76,8 @@ export function parseServerMessage(frame: unknown): ServerMessage | null {
         event: event as SSEEventName,
         id: text(message.id),
         data: message.data,
-        retry_ms: retryOf(message),
+        // An event's reconnection delay (a shutdown's wait), as the event stream's `retry:`.
+        retry_ms: number(message.retry),
       };
     }
     case "cursor": {

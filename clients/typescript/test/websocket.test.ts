@@ -184,7 +184,7 @@ describe("SSEClient over a WebSocket", () => {
     await settle();
     socket().admit({ retry_ms: 500 });
     const goodbye = { code: "server-shutdown", message: "bye", retryable: true };
-    socket().event("sse.error", goodbye, "memory@e1:0:9", { retry_ms: 1500 });
+    socket().event("sse.error", goodbye, null, { retry: 1500 });
     socket().closeFromServer(1001, "server-shutdown");
     await vi.advanceTimersByTimeAsync(1499);
     expect(FakeWebSocket.made).toHaveLength(1);

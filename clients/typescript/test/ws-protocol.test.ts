@@ -30,8 +30,10 @@ describe("the WebSocket protocol", () => {
     expect(parseServerMessage(hello)).toEqual({
       type: "hello", replay: "truncated", id: "m@e:0:1", retry_ms: 2000, expires_at: 9,
     });
-    const error = { type: "event", event: "sse.error", id: null, data: { code: "lagged", retry_ms: 5 } };
-    expect(parseServerMessage(JSON.stringify(error))).toMatchObject({ retry_ms: 5 });
+    const goodbye = { type: "event", event: "sse.error", id: null, data: { code: "server-shutdown" }, retry: 5 };
+    expect(parseServerMessage(JSON.stringify(goodbye))).toMatchObject({ retry_ms: 5 });
+    const refusal = { type: "error", ref: null, code: "rate-limited", message: "m", retry_ms: 7 };
+    expect(parseServerMessage(JSON.stringify(refusal))).toMatchObject({ retry_ms: 7 });
     expect(parseServerMessage('{"type":"filtered","ref":2,"filter":{"novel_id":["n1"]}}')).toEqual({
       type: "filtered", ref: 2, filter: { novel_id: ["n1"], session_id: null, types: [] },
     });
