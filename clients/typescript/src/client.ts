@@ -202,7 +202,16 @@ export class SSEClient {
   private async connect(state: ConnectionState): Promise<void> {
     this.setState(state);
     const generation = ++this.generation;
-    const token = this.options.getToken ? await this.options.getToken() : null;
+    let token: string | null = null;
+    try {
+      token = this.options.getToken ? await this.options.getToken() : null;
+    } catch {
+      // No token now (the app's endpoint is down, the user is offline): try again later.
+      if (!this.stopped && generation === this.generation) {
+        this.reconnect({ after: "backoff", unreached: false });
+      }
+      return;
+    }
     if (this.stopped || generation !== this.generation) return;
     const listener = this.listener(generation);
     const cursor = this.store.load();

@@ -282,6 +282,25 @@ describe("SSEClient over a WebSocket", () => {
 });
 
 describe("the token, refreshed in-band", () => {
+  it("is fetched again after a backoff when getToken fails", async () => {
+    let calls = 0;
+    const ws = client({
+      backoff: { initialMs: 1000, maxMs: 1000, factor: 2 },
+      getToken: () => {
+        calls += 1;
+        if (calls === 1) throw new Error("the token endpoint is down");
+        return "token";
+      },
+    });
+    ws.start();
+    await settle();
+    expect(ws.state).toBe("reconnecting");
+    expect(FakeWebSocket.made).toHaveLength(0);
+    await vi.advanceTimersByTimeAsync(1000);
+    socket().open();
+    expect(socket().sent).toEqual([{ type: "auth", token: "token" }]);
+  });
+
   const now = (): number => Math.floor(Date.now() / 1000);
 
   it("is refreshed before it expires, and again after each refresh", async () => {
