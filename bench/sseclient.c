@@ -11,8 +11,8 @@
  *
  * usage: sseclient [--websocket] HOST PORT REQUEST_PATH CONNECTIONS EXPECTED_EVENTS TIMEOUT_S
  *                  [AUTH_HEADER]
- *   waits until every connection got EXPECTED_EVENTS, at most TIMEOUT_S; with 0, opens them all
- *   (giving up after OPEN_TIMEOUT_S) and holds them for TIMEOUT_S from then on.
+ *   opens every connection (giving up after OPEN_TIMEOUT_S), then waits until each got
+ *   EXPECTED_EVENTS, at most TIMEOUT_S from then on; with 0, holds them for TIMEOUT_S.
  *   REQUEST_PATH "@file": one "path<TAB>header" line per connection (a different user each).
  *   A WebSocket counts as open once its first text frame, the server's hello, came: before it,
  *   the router has accepted the socket but not yet admitted the stream.
@@ -326,7 +326,8 @@ int main(int argc, char **argv) {
     char buf[BUF];
     while (done < n) {
         double elapsed = now_s() - start;
-        if (expected > 0 ? elapsed > timeout : all_open_at == 0 && elapsed > OPEN_TIMEOUT_S) break;
+        if (all_open_at == 0 ? elapsed > OPEN_TIMEOUT_S : expected > 0 && elapsed > all_open_at + timeout)
+            break;
         if (all_open_at == 0 && opened + failed == n) { /* every connection answered or failed */
             all_open_at = now_s() - start;
             fprintf(stderr, "open\n"); /* the harness starts publishing now */
