@@ -420,7 +420,8 @@ DEFAULT_CONNECTIONS = {
     "throughput": (1000,),
     "targeted": (1000, 10000),
 }
-"""What ``just bench`` runs without arguments: the matrix of issue 7 (about 10 minutes here)."""
+"""What ``just bench`` runs without arguments: the matrix of issue 7 and the WebSocket broadcast
+of issue 15 (about 15 minutes here)."""
 
 
 SERVERS: dict[str, Callable[[], Server]] = {
