@@ -276,6 +276,8 @@ class Hub:
         self.registry.add(session)
         up_to = self.progress()
         position = self.position()
+        if resume_from is None:
+            session.cursor = position  # from now on, not when it first runs: a rescope reads it
         try:
             resume = (
                 None

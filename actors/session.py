@@ -134,8 +134,9 @@ class Session:
         filled = inbox.offer(deliveries, outcomes)
         if inbox.lagged:
             self.stop(CloseReason.LAGGED)
-        else:
-            self._wake_writer()
+        elif self._writer_waiting:  # inline: once per session and step, at 10,000 sessions
+            self._writer_waiting = False
+            self._wake_send.send_nowait(None)
         return filled
 
     def tick(self, progress: Cursor | None = None) -> None:
@@ -197,7 +198,7 @@ class Session:
         try:
             self._scope.deadline = trio.current_time() + max(0.0, self.expires_at - time.time())
             with self._scope:
-                if resume is None and position is not None:
+                if resume is None and position is not None and self._inbox.cursor is None:
                     self._inbox.cursor = position
                 state: ReplayState = (
                     "none" if resume is None else "truncated" if resume.truncated else "complete"

@@ -98,6 +98,10 @@ ACCEPTORS = 8
 """Tasks accepting connections, each on its own descriptor of the one listening socket."""
 
 
+WS_MAX_MESSAGE_BYTES = 64 * 1024
+"""The largest WebSocket message hypercorn takes from a client."""
+
+
 def hypercorn_config(settings: Settings) -> Config:
     """hypercorn's configuration, bound to :func:`listening_socket`.
 
@@ -116,6 +120,9 @@ def hypercorn_config(settings: Settings) -> Config:
     config.keep_alive_timeout = settings.keep_alive_seconds
     # A WebSocket's heartbeat is a ping from hypercorn; hypercorn answers the client's pings too.
     config.websocket_ping_interval = settings.heartbeat_seconds
+    # A client message is small (router/core/ws_client.py): hypercorn closes the socket (1009)
+    # before it buffers more, where its default would hold 16 MiB per socket.
+    config.websocket_max_message_size = WS_MAX_MESSAGE_BYTES
     config.h11_max_incomplete_size = REQUEST_HEAD_LIMIT
     config.backlog = 65535  # thousands of browsers reconnect at once (capped by net.core.somaxconn)
     config.accesslog = None  # the query string may hold a token: never log it raw

@@ -388,6 +388,13 @@ async def test_too_many_streams_and_shutting_down_close_with_a_retry() -> None:
         assert third.frames[0]["retry_ms"] > 0
 
 
+async def test_a_message_too_large_closes_the_socket_before_it_is_read() -> None:
+    async with running_router() as router, connect(router) as client:
+        await hello(client)
+        await client.ws.send_message("x" * (64 * 1024 + 1))
+        assert (await client.closed())[0] == 1009
+
+
 async def test_a_flood_of_client_messages_closes_as_rate_limited() -> None:
     async with running_router(ws_messages_per_second=0.1) as router, connect(router) as client:
         await hello(client)
