@@ -2,7 +2,8 @@
 
 Benchmarks are measurements, not tests: this prints a table and asserts nothing. The load client
 is C (bench/sseclient.c, built here with the system compiler) so that it is not the bottleneck;
-its own CPU time is reported next to the servers'.
+its own CPU time is reported next to the servers'. It speaks SSE, or WebSocket for the
+``ws-broadcast`` workload (the broadcast, each stream a WebSocket of JSON frames).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "bench" / ".build"
@@ -78,6 +80,7 @@ class Server:
     stream_path: str
     auth_header: str
     publish_path: str
+    ws_path: str
     publisher_token: str = ""
     resources: ExitStack = field(default_factory=ExitStack)
     """What the server needs besides its process (a broker, Redis keys), released on stop."""
@@ -130,7 +133,7 @@ def start_router(name: str = "router", options: Sequence[str] = ()) -> Server:
     publisher = mint_token(SECRET, sub="bench-publisher", roles=["publisher"], ttl_seconds=3600)
     return Server(
         name, process, port, "/api/v1/events/stream", f"Authorization: Bearer {reader}",
-        "/api/v1/events", publisher,
+        "/api/v1/events", "/api/v1/events/ws", publisher,
     )  # fmt: skip
 
 
@@ -202,7 +205,7 @@ def start_peer() -> Server:
     ]  # fmt: skip
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
     wait_listening(port)
-    return Server("peer", process, port, "/stream", "", "/publish")
+    return Server("peer", process, port, "/stream", "", "/publish", "/ws")
 
 
 _publisher_connections = threading.local()
@@ -240,13 +243,17 @@ def publish(server: Server, seq: int, count: int = 1, users: list[str] | None = 
         raise OSError(f"publish answered {response.status}")
 
 
+Transport = Literal["sse", "websocket"]
+
+
 def run_client(
     client: Path, server: Server, connections: int, expected: int, timeout: float,
-    on_open: Callable[[], None] | None = None,
+    on_open: Callable[[], None] | None = None, transport: Transport = "sse",
 ) -> dict[str, float]:  # fmt: skip
+    path = server.ws_path if transport == "websocket" else server.stream_path
     command = [
-        str(client), "127.0.0.1", str(server.port), server.stream_path, str(connections),
-        str(expected), str(timeout), server.auth_header,
+        str(client), *(["--websocket"] if transport == "websocket" else []), "127.0.0.1",
+        str(server.port), path, str(connections), str(expected), str(timeout), server.auth_header,
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
@@ -286,6 +293,7 @@ def with_publisher(
     expected: int,
     timeout: float,
     publish_all: Callable[[], int],
+    transport: Transport = "sse",
 ) -> dict[str, float]:
     """Open the streams, publish from a thread once all are open, and report delivery: what
     the broadcast and throughput workloads share. ``publish_all`` returns how many of its
@@ -293,7 +301,9 @@ def with_publisher(
     cpu_before = server.cpu_seconds()
     failed: list[int] = []
     publisher = threading.Thread(target=lambda: failed.append(publish_all()))
-    result = run_client(client, server, connections, expected, timeout, on_open=publisher.start)
+    result = run_client(
+        client, server, connections, expected, timeout, on_open=publisher.start, transport=transport
+    )
     publisher.join()
     elapsed = max(result["elapsed_seconds"] - result["open_seconds"], 1e-9)
     return {
@@ -315,7 +325,12 @@ def with_publisher(
 
 
 def broadcast(
-    client: Path, server: Server, connections: int, events: int, rate: float
+    client: Path,
+    server: Server,
+    connections: int,
+    events: int,
+    rate: float,
+    transport: Transport = "sse",
 ) -> dict[str, float]:
     """``events`` to every stream, one per request, sent on a fixed schedule of ``rate`` per second.
 
@@ -333,7 +348,7 @@ def broadcast(
                 requests.append(publishers.submit(publish, server, seq))
         return sum(1 for request in requests if request.exception() is not None)
 
-    return with_publisher(client, server, connections, events, 120.0, publish_all)
+    return with_publisher(client, server, connections, events, 120.0, publish_all, transport)
 
 
 def throughput(client: Path, server: Server, connections: int, events: int) -> dict[str, float]:
@@ -401,10 +416,12 @@ def targeted(client: Path, server: Server, connections: int, rate: float) -> dic
 DEFAULT_CONNECTIONS = {
     "idle": (1000, 5000, 10000),
     "broadcast": (1000, 5000, 10000),
+    "ws-broadcast": (1000, 10000),
     "throughput": (1000,),
     "targeted": (1000, 10000),
 }
-"""What ``just bench`` runs without arguments: the matrix of issue 7 (about 10 minutes here)."""
+"""What ``just bench`` runs without arguments: the matrix of issue 7 and the WebSocket broadcast
+of issue 15 (about 15 minutes here)."""
 
 
 SERVERS: dict[str, Callable[[], Server]] = {
@@ -423,7 +440,7 @@ def main() -> None:
         type=int,
         nargs="+",
         help="stream counts for every chosen workload (default: idle and broadcast at 1,000, 5,000"
-        " and 10,000; throughput at 1,000; targeted at 1,000 and 10,000)",
+        " and 10,000; ws-broadcast and targeted at 1,000 and 10,000; throughput at 1,000)",
     )
     parser.add_argument("--events", type=int, default=200)
     parser.add_argument("--rate", type=float, default=20.0)
@@ -459,6 +476,10 @@ def main() -> None:
                     results[name] = targeted(client, server, connections, 2000.0)
                 elif workload == "throughput":
                     results[name] = throughput(client, server, connections, 2000)
+                elif workload == "ws-broadcast":
+                    results[name] = broadcast(
+                        client, server, connections, args.events, args.rate, "websocket"
+                    )
                 else:
                     results[name] = broadcast(client, server, connections, args.events, args.rate)
             finally:
@@ -470,12 +491,12 @@ def main() -> None:
 
 def print_table(servers: list[str], rows: list[tuple[str, int, str, dict[str, float]]]) -> None:
     compared = [name for name in servers if name != "peer"] if "peer" in servers else []
-    header = f"{'workload':<10} {'streams':>7} {'metric':<22}"
+    header = f"{'workload':<12} {'streams':>7} {'metric':<22}"
     header += "".join(f" {name:>12}" for name in servers)
     header += "".join(f" {name + '/peer':>16}" for name in compared)
     print(header)
     for workload, connections, metric, values in rows:
-        line = f"{workload:<10} {connections:>7} {metric:<22}"
+        line = f"{workload:<12} {connections:>7} {metric:<22}"
         line += "".join(f" {values[name]:>12.2f}" for name in servers)
         for name in compared:
             line += f" {values[name] / values['peer']:>16.2f}" if values["peer"] else f" {'-':>16}"

@@ -1,16 +1,21 @@
 /*
  * A load client for event streams: many connections on one epoll loop, each reading an
- * HTTP/1.1 chunked text/event-stream and checking what it receives.
+ * HTTP/1.1 chunked text/event-stream, or with --websocket a WebSocket of JSON text frames (a
+ * minimal RFC 6455 client: the upgrade, unmasked server frames, fragmented or not, masked
+ * pong and close replies; it does not check Sec-WebSocket-Accept), and checking what it receives.
  *
  * Each event's data must carry "title":"<seq>:<unix-ns>", the publish sequence number and time.
  * The client reports, as one JSON object: connections opened and failed, time to open them all,
  * events received, missing and duplicated sequence numbers, delivery latency percentiles, and its
  * own CPU time, so the harness can tell whether the client was the bottleneck.
  *
- * usage: sseclient HOST PORT REQUEST_PATH CONNECTIONS EXPECTED_EVENTS TIMEOUT_S [AUTH_HEADER]
- *   waits until every connection got EXPECTED_EVENTS, at most TIMEOUT_S; with 0, opens them all
- *   (giving up after OPEN_TIMEOUT_S) and holds them for TIMEOUT_S from then on.
+ * usage: sseclient [--websocket] HOST PORT REQUEST_PATH CONNECTIONS EXPECTED_EVENTS TIMEOUT_S
+ *                  [AUTH_HEADER]
+ *   opens every connection (giving up after OPEN_TIMEOUT_S), then waits until each got
+ *   EXPECTED_EVENTS, at most TIMEOUT_S from then on; with 0, holds them for TIMEOUT_S.
  *   REQUEST_PATH "@file": one "path<TAB>header" line per connection (a different user each).
+ *   A WebSocket counts as open once its first text frame, the server's hello, came: before it,
+ *   the router has accepted the socket but not yet admitted the stream.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -32,10 +37,25 @@
 #define OPEN_TIMEOUT_S 180.0
 #define BUF 65536
 
+enum {
+    CONNECTING, HEADERS,
+    CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF,  /* an event stream's chunked body */
+    FRAME_HEAD, FRAME_PAYLOAD,           /* a WebSocket's frames */
+};
+
 typedef struct {
     int fd;
-    int state;          /* 0 connecting, 1 headers, 2 chunk size, 3 chunk data, 4 chunk crlf */
+    int state;
+    int opened;         /* the stream is admitted: its response headers, or the WebSocket hello */
     long chunk_left;
+    unsigned char frame_head[14];
+    int frame_head_len;
+    long payload_left;
+    int opcode;         /* of the frame being read */
+    int message_opcode; /* of the message being read (its first fragment's) */
+    int message_too_long;
+    unsigned char control[125];
+    int control_len;
     char head[8192];
     int head_len;
     char line[16384];   /* the current event-stream line */
@@ -50,6 +70,7 @@ static long latency_count, latency_cap;
 static double first_event_at, last_event_at; /* seconds, when the first and the last new event came */
 static long total_events, duplicates;
 static int max_seq_seen = -1;
+static int websocket;
 
 static double now_s(void) {
     struct timespec ts;
@@ -63,8 +84,8 @@ static int64_t wall_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static void on_line(conn_t *c, const char *line, int len) {
-    if (len < 5 || strncmp(line, "data:", 5) != 0) return;
+/* An event's data (an SSE data: line, or a WebSocket event frame), checked by its title. */
+static void on_event_data(conn_t *c, const char *line, int len) {
     const char *t = memmem(line, len, "\"title\":", 8);
     if (!t) return;
     t += 8;
@@ -90,6 +111,10 @@ static void on_line(conn_t *c, const char *line, int len) {
     latencies[latency_count++] = (wall_ns() - sent) / 1e6; /* ms */
 }
 
+static void on_line(conn_t *c, const char *line, int len) {
+    if (len >= 5 && strncmp(line, "data:", 5) == 0) on_event_data(c, line, len);
+}
+
 static void on_stream_bytes(conn_t *c, const char *p, long n) {
     for (long i = 0; i < n; i++) {
         char ch = p[i];
@@ -102,41 +127,130 @@ static void on_stream_bytes(conn_t *c, const char *p, long n) {
     }
 }
 
-/* Feed raw socket bytes through the HTTP response framing (headers, then chunked body). */
+/* A client frame: FIN, masked (as RFC 6455 requires of a client) with a fixed key. */
+static void send_frame(conn_t *c, int opcode, const unsigned char *payload, int len) {
+    static const unsigned char key[4] = {0x37, 0xfa, 0x21, 0x3d};
+    unsigned char frame[2 + 4 + 125];
+    frame[0] = 0x80 | opcode;
+    frame[1] = 0x80 | len;
+    memcpy(frame + 2, key, 4);
+    for (int k = 0; k < len; k++) frame[6 + k] = payload[k] ^ key[k % 4];
+    /* Small and rare: a full socket buffer loses a pong, which the next ping makes good. */
+    if (write(c->fd, frame, 6 + len) < 0) { /* counted by the read that fails */ }
+}
+
+/* A whole message or control frame has arrived; -1 ends the connection (the server closed). */
+static int on_frame_done(conn_t *c) {
+    if (c->opcode == 0x9) { /* ping: pong with its payload */
+        send_frame(c, 0xA, c->control, c->control_len);
+    } else if (c->opcode == 0x8) { /* close: echo its status code, then it is over */
+        send_frame(c, 0x8, c->control, c->control_len >= 2 ? 2 : 0);
+        return -1;
+    } else if (c->opcode < 0x8 && (c->frame_head[0] & 0x80)) { /* a message's last fragment */
+        if (c->message_opcode == 0x1 && !c->message_too_long) {
+            if (!c->opened) {
+                static const char hello[] = "\"type\":\"hello\"";
+                if (memmem(c->line, c->line_len, hello, sizeof(hello) - 1)) c->opened = 1;
+            } else {
+                on_event_data(c, c->line, c->line_len);
+            }
+        }
+        c->line_len = 0;
+        c->message_too_long = 0;
+    }
+    return 0;
+}
+
+/* Feed a WebSocket's bytes through its framing. */
+static int on_frame_bytes(conn_t *c, const char *p, long n, long i) {
+    while (i < n) {
+        if (c->state == FRAME_HEAD) {
+            c->frame_head[c->frame_head_len++] = (unsigned char)p[i++];
+            if (c->frame_head_len < 2) continue;
+            int length7 = c->frame_head[1] & 0x7f;
+            int needed = 2 + (length7 == 126 ? 2 : length7 == 127 ? 8 : 0) +
+                         (c->frame_head[1] & 0x80 ? 4 : 0);
+            if (c->frame_head_len < needed) continue;
+            long length = length7;
+            if (length7 == 126) length = (c->frame_head[2] << 8) | c->frame_head[3];
+            if (length7 == 127) {
+                length = 0;
+                for (int k = 2; k < 10; k++) length = (length << 8) | c->frame_head[k];
+            }
+            if (c->frame_head[1] & 0x80) return -1; /* a server never masks */
+            c->opcode = c->frame_head[0] & 0x0f;
+            if (c->opcode >= 0x8 && length > 125) return -1;
+            if (c->opcode == 0x1 || c->opcode == 0x2) c->message_opcode = c->opcode;
+            c->control_len = 0;
+            c->payload_left = length;
+            c->frame_head_len = 0;
+            c->state = FRAME_PAYLOAD;
+            if (length == 0) {
+                c->state = FRAME_HEAD;
+                if (on_frame_done(c) < 0) return -1;
+            }
+        } else { /* FRAME_PAYLOAD */
+            long take = n - i < c->payload_left ? n - i : c->payload_left;
+            if (c->opcode >= 0x8) {
+                memcpy(c->control + c->control_len, p + i, take);
+                c->control_len += (int)take;
+            } else if (c->line_len + take < (long)sizeof(c->line)) {
+                memcpy(c->line + c->line_len, p + i, take);
+                c->line_len += (int)take;
+            } else {
+                c->message_too_long = 1; /* not one of ours: the benchmark's events are small */
+            }
+            i += take;
+            c->payload_left -= take;
+            if (c->payload_left == 0) {
+                c->state = FRAME_HEAD;
+                if (on_frame_done(c) < 0) return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Feed raw socket bytes through the HTTP response framing (headers, then the chunked body or
+ * the WebSocket's frames). */
 static int on_bytes(conn_t *c, const char *p, long n) {
     long i = 0;
     while (i < n) {
-        if (c->state == 1) {
+        if (c->state == HEADERS) {
             while (i < n && c->head_len < (int)sizeof(c->head) - 1) {
                 c->head[c->head_len++] = p[i++];
                 if (c->head_len >= 4 && memcmp(c->head + c->head_len - 4, "\r\n\r\n", 4) == 0) {
                     c->head[c->head_len] = 0;
-                    if (strncmp(c->head, "HTTP/1.1 200", 12) != 0) return -1;
-                    c->state = 2;
+                    const char *expected = websocket ? "HTTP/1.1 101" : "HTTP/1.1 200";
+                    if (strncmp(c->head, expected, 12) != 0) return -1;
+                    c->state = websocket ? FRAME_HEAD : CHUNK_SIZE;
+                    c->opened = !websocket;
                     c->head_len = 0;
                     break;
                 }
             }
             if (c->head_len >= (int)sizeof(c->head) - 1) return -1;
-        } else if (c->state == 2) { /* chunk size line */
+        } else if (c->state >= FRAME_HEAD) {
+            return on_frame_bytes(c, p, n, i);
+        } else if (c->state == CHUNK_SIZE) {
             char ch = p[i++];
             if (ch == '\n') {
                 c->head[c->head_len] = 0;
                 c->chunk_left = strtol(c->head, NULL, 16);
                 c->head_len = 0;
                 if (c->chunk_left == 0) return -1; /* the response ended */
-                c->state = 3;
+                c->state = CHUNK_DATA;
             } else if (ch != '\r' && c->head_len < 32) {
                 c->head[c->head_len++] = ch;
             }
-        } else if (c->state == 3) {
+        } else if (c->state == CHUNK_DATA) {
             long take = n - i < c->chunk_left ? n - i : c->chunk_left;
             on_stream_bytes(c, p + i, take);
             i += take;
             c->chunk_left -= take;
-            if (c->chunk_left == 0) c->state = 4;
-        } else if (c->state == 4) { /* CRLF after a chunk */
-            if (p[i++] == '\n') c->state = 2;
+            if (c->chunk_left == 0) c->state = CHUNK_CRLF;
+        } else if (c->state == CHUNK_CRLF) {
+            if (p[i++] == '\n') c->state = CHUNK_SIZE;
         }
     }
     return 0;
@@ -148,8 +262,14 @@ static int percentile_cmp(const void *a, const void *b) {
 }
 
 int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "--websocket") == 0) {
+        websocket = 1;
+        argv++;
+        argc--;
+    }
     if (argc < 7) {
-        fprintf(stderr, "usage: %s HOST PORT PATH CONNECTIONS EXPECTED TIMEOUT [AUTH]\n", argv[0]);
+        fprintf(stderr, "usage: %s [--websocket] HOST PORT PATH CONNECTIONS EXPECTED TIMEOUT [AUTH]\n",
+                argv[0]);
         return 2;
     }
     const char *host = argv[1];
@@ -175,9 +295,12 @@ int main(int argc, char **argv) {
             a = own_auth;
         }
         requests[k] = malloc(16384);
-        request_lens[k] = snprintf(requests[k], 16384,
-                                   "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n%s%s\r\n",
-                                   p, host, a, a[0] ? "\r\n" : "");
+        /* Any 16 bytes in base64 make a key; the server's accept is not checked. */
+        const char *upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+        request_lens[k] = snprintf(requests[k], 16384, "GET %s HTTP/1.1\r\nHost: %s\r\n%s%s%s\r\n",
+                                   p, host, websocket ? upgrade : "Accept: text/event-stream\r\n",
+                                   a, a[0] ? "\r\n" : "");
     }
     if (per_connection) fclose(per_connection);
 
@@ -203,7 +326,8 @@ int main(int argc, char **argv) {
     char buf[BUF];
     while (done < n) {
         double elapsed = now_s() - start;
-        if (expected > 0 ? elapsed > timeout : all_open_at == 0 && elapsed > OPEN_TIMEOUT_S) break;
+        if (all_open_at == 0 ? elapsed > OPEN_TIMEOUT_S : expected > 0 && elapsed > all_open_at + timeout)
+            break;
         if (all_open_at == 0 && opened + failed == n) { /* every connection answered or failed */
             all_open_at = now_s() - start;
             fprintf(stderr, "open\n"); /* the harness starts publishing now */
@@ -213,7 +337,7 @@ int main(int argc, char **argv) {
         for (int e = 0; e < ready; e++) {
             conn_t *c = &conns[events[e].data.u32];
             if (c->done) continue;
-            if (c->state == 0 && (events[e].events & EPOLLOUT)) {
+            if (c->state == CONNECTING && (events[e].events & EPOLLOUT)) {
                 int error = 0;
                 socklen_t len = sizeof(error);
                 getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &error, &len);
@@ -221,7 +345,7 @@ int main(int argc, char **argv) {
                 if (error || write(c->fd, requests[k], request_lens[k]) != request_lens[k]) {
                     failed++; c->done = 1; done++; close(c->fd); continue;
                 }
-                c->state = 1;
+                c->state = HEADERS;
                 struct epoll_event ev = {.events = EPOLLIN, .data.u32 = events[e].data.u32};
                 epoll_ctl(epoll, EPOLL_CTL_MOD, c->fd, &ev);
                 continue;
@@ -230,15 +354,15 @@ int main(int argc, char **argv) {
                 long got = read(c->fd, buf, sizeof(buf));
                 if (got <= 0) {
                     if (got < 0 && errno == EAGAIN) continue;
-                    if (c->state < 2) failed++;
+                    if (!c->opened) failed++;
                     c->done = 1; done++; close(c->fd); continue;
                 }
-                int was_open = c->state >= 2;
+                int was_open = c->opened;
                 if (on_bytes(c, buf, got) < 0) {
-                    if (c->state < 2) failed++;
+                    if (!c->opened) failed++;
                     c->done = 1; done++; close(c->fd); continue;
                 }
-                if (!was_open && c->state >= 2) opened++;
+                if (!was_open && c->opened) opened++;
                 if (expected > 0 && c->received >= expected) {
                     c->done = 1; done++;
                 }
@@ -250,7 +374,7 @@ int main(int argc, char **argv) {
     long missing = 0;
     if (expected > 0) {
         for (int k = 0; k < n; k++)
-            if (conns[k].state >= 2) missing += expected - conns[k].received;
+            if (conns[k].opened) missing += expected - conns[k].received;
     }
     qsort(latencies, latency_count, sizeof(double), percentile_cmp);
 #define PCT(p) (latency_count ? latencies[(long)((latency_count - 1) * (p))] : 0.0)

@@ -233,6 +233,9 @@ def test_a_shared_batch_is_encoded_once_per_wire_format() -> None:
 
 def test_every_refusal_and_every_ending_has_a_close_code() -> None:
     assert {refusal_close(reason) for reason in Reason} <= set(CloseCode)
+    assert {ending_close(reason) for reason in CloseReason} <= set(CloseCode)
+    assert ending_close(CloseReason.ACCESS_CHANGED) is CloseCode.ACCESS_CHANGED
+    assert ending_close(CloseReason.DISCONNECTED) is CloseCode.DISCONNECTED
     assert ending_close(CloseReason.LAGGED) is CloseCode.LAGGED
     assert ending_close(CloseReason.TOKEN_EXPIRED) is CloseCode.TOKEN_EXPIRED
     assert ending_close(CloseReason.SERVER_SHUTDOWN) is CloseCode.GOING_AWAY

@@ -23,6 +23,10 @@ class CloseCode(enum.IntEnum):
     TOKEN_EXPIRED = 4002
     FORBIDDEN = 4003
     LAGGED = 4004
+    ACCESS_CHANGED = 4005
+    """A grant the stream used was revoked: reconnect with a fresh token, resuming."""
+    DISCONNECTED = 4006
+    """The user or session was signed out: do not reconnect with this token."""
     NO_PONG = 4008
     """Reserved: hypercorn answers pings but reports no pongs (see docs/websocket.md)."""
     RATE_LIMITED = 4029
@@ -45,6 +49,8 @@ _ENDINGS: dict[CloseReason, CloseCode] = {
     CloseReason.TOKEN_EXPIRED: CloseCode.TOKEN_EXPIRED,
     CloseReason.SERVER_SHUTDOWN: CloseCode.GOING_AWAY,
     CloseReason.ERROR: CloseCode.INTERNAL,
+    CloseReason.ACCESS_CHANGED: CloseCode.ACCESS_CHANGED,
+    CloseReason.DISCONNECTED: CloseCode.DISCONNECTED,
 }
 
 

@@ -72,6 +72,7 @@ def add_websocket_route(app: Quart, hub: Hub, admission: Admission, settings: Se
                 expires_at=admitted.expires_at,
                 resume_from=admitted.resume_from,
                 output=WebSocketOutput(),
+                issued_at=admitted.issued_at,
                 connection_id=connection_id,
                 wire=wire,
             )

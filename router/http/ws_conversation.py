@@ -78,6 +78,7 @@ class Conversation:
         if problem is not None:
             await websocket.send(error("forbidden", problem, ref=message.ref))
             return CloseCode.FORBIDDEN, "forbidden"
+        session.issued_at = verified.issued_at  # what a later control is compared with
         await self._hub.rescope(
             session,
             verified.principal,

@@ -76,10 +76,21 @@ async function stopRouter(): Promise<void> {
 }
 
 async function publish(...versions: number[]): Promise<void> {
-  await publishEnvelopes(versions.map((version) => ({ novel_id: "n1", content_version: version })));
+  await publishTo("n1", ...versions);
 }
 
-/** Publish `Content.Updated` events of these payloads, or any envelopes given whole. */
+async function publishTo(novel: string, ...versions: number[]): Promise<void> {
+  await publishEnvelopes(
+    versions.map((version) => ({
+      event_type: "Content.Updated",
+      occurred_at: new Date().toISOString(),
+      scope: { novel_id: novel },
+      payload: { novel_id: novel, content_version: version },
+    })),
+  );
+}
+
+/** Publish `Content.Updated` events of these payloads (of n1), or any envelopes given whole. */
 async function publishEnvelopes(items: Record<string, unknown>[]): Promise<void> {
   const body = items.map((item) =>
     "event_type" in item
@@ -165,7 +176,8 @@ beforeAll(async () => {
       response.end(reactScript);
     } else if (url.pathname === "/token") {
       const ttl = Number(url.searchParams.get("ttl") ?? "3600");
-      response.end(token({ sub: url.searchParams.get("sub") ?? "reader", novels: ["n1"] }, ttl));
+      const novels = (url.searchParams.get("novels") ?? "n1").split(",");
+      response.end(token({ sub: url.searchParams.get("sub") ?? "reader", novels }, ttl));
     } else if (url.pathname === "/page.js") {
       response.setHeader("Content-Type", "text/javascript");
       response.end(script);
@@ -299,6 +311,91 @@ describe("the client in a browser, against the router", () => {
     await page.waitForFunction(() => window.tokensFetched >= 2 && window.state === "open");
     await publish(7);
     expect((await received(page, 1)).at(-1)).toBe(7);
+    await page.close();
+  }, 60_000);
+});
+
+describe("the client over a WebSocket, against the router", () => {
+  const open = async (params: Record<string, string> = {}): Promise<Page> => {
+    const page = await browser.newPage();
+    const query = new URLSearchParams({
+      router: `http://127.0.0.1:${routerPort}`, transport: "websocket", ...params,
+    });
+    await page.goto(`${pageUrl}/?${query}`);
+    await page.waitForFunction(() => window.state === "open");
+    return page;
+  };
+
+  it("receives, and resumes exactly after the router closed it and after a reload", async () => {
+    const page = await open();
+    await publish(1, 2, 3);
+    expect(await received(page, 3)).toEqual([1, 2, 3]);
+
+    // A restart: the router says server-shutdown and closes with 1001; the client waits the
+    // router's retry, then opens sockets (backing off while the router is away) from its cursor
+    // until one is admitted.
+    await stopRouter();
+    await startRouter();
+    await page.waitForFunction(() => window.state === "open" && window.sockets >= 2, undefined, {
+      timeout: 20_000,
+    });
+    await publish(4, 5);
+    expect(await received(page, 5)).toEqual([1, 2, 3, 4, 5]);
+    expect(await page.evaluate(() => window.errors)).toEqual(["server-shutdown"]);
+
+    await page.reload();
+    await page.waitForFunction(() => window.state === "open");
+    await publish(6);
+    expect(await received(page, 1)).toEqual([6]);
+    await page.close();
+  }, 90_000);
+
+  it("refreshes its token in-band, on the same socket, before it expires", async () => {
+    const page = await open({ ttl: "6" });
+    // Refreshed a fifth of its life before the end (about 4.8 s in), well before the router
+    // would close the stream as token-expired.
+    await page.waitForFunction(() => window.tokensFetched >= 2, undefined, { timeout: 20_000 });
+    await new Promise((resolve) => setTimeout(resolve, 3000)); // past the first token's expiry
+    await publish(7);
+    expect(await received(page, 1)).toEqual([7]);
+    expect(await page.evaluate(() => [window.sockets, window.errors])).toEqual([1, []]);
+    await page.close();
+  }, 60_000);
+
+  it("changes its filter in place, and is told when the token does not grant it", async () => {
+    const page = await open({ novels: "n1,n2" });
+    const applied = await page.evaluate(() => window.client.setFilter({ novel_id: ["n2"] }));
+    expect(applied).toEqual({ novel_id: ["n2"], session_id: null, types: [] });
+    await publishTo("n1", 8);
+    await publishTo("n2", 9);
+    expect(await received(page, 1)).toEqual([9]);
+    const refused = await page.evaluate(() =>
+      window.client.setFilter({ novel_id: ["n3"] }).then(
+        () => "applied",
+        (error: { code: string }) => error.code,
+      ),
+    );
+    expect(refused).toBe("forbidden");
+    await publishTo("n2", 10);
+    expect(await received(page, 2)).toEqual([9, 10]); // still on the filter that was applied
+    expect(await page.evaluate(() => window.sockets)).toBe(1);
+    await page.close();
+  }, 60_000);
+});
+
+describe('transport: "auto"', () => {
+  it("falls back to SSE when the WebSocket cannot connect", async () => {
+    const page = await browser.newPage();
+    // Nothing upgrades at the page server's /api/v1/events/ws; its stream endpoint is the
+    // router's, given as `url` by the page.
+    const query = new URLSearchParams({
+      router: `http://127.0.0.1:${routerPort}`, transport: "auto", wsRouter: pageUrl,
+    });
+    await page.goto(`${pageUrl}/?${query}`);
+    await page.waitForFunction(() => window.state === "open", undefined, { timeout: 20_000 });
+    expect(await page.evaluate(() => window.client.transportInUse)).toBe("sse");
+    await publish(11);
+    expect(await received(page, 1)).toEqual([11]);
     await page.close();
   }, 60_000);
 });

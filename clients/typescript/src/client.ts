@@ -1,31 +1,19 @@
-// SSEClient: an EventSource that resumes where it was, refreshes its token, backs off, and can
-// fall back to polling. Written by hand; the event types it dispatches come from index.ts, which
-// is generated from the router's own contracts.
+// SSEClient: the router's events over an EventSource or a WebSocket, resumed where they were,
+// with a token kept fresh, backing off, and able to fall back to polling. Written by hand; the
+// event types it dispatches come from index.ts, which is generated from the router's contracts.
+// The transports (event-source.ts, websocket.ts) only open a connection and report on it.
 
-import {
-  SSE_EVENT_NAMES,
-  SSE_REFUSAL_CODES,
-  type SSEErrorCode,
-  type SSEErrorPayload,
-  type SSEEventMap,
-  type SSEEventName,
-} from "./index.js";
+import { ConnectionClosedError, type RequestRefusedError, SSEStreamError } from "./errors.js";
+import { browserEventSource, type EventSourceFactory, EventSourceTransport } from "./event-source.js";
+import type { SSEErrorPayload, SSEEventMap, SSEEventName } from "./index.js";
+import type { Reconnect, Transport, TransportListener } from "./transport.js";
+import { browserWebSocket, type WebSocketFactory, WebSocketTransport } from "./websocket.js";
+import { type AppliedFilter, appliedFilter, type StreamFilter } from "./ws-protocol.js";
 
-/** The part of the browser's EventSource the client uses; inject another for tests or Node. */
-export interface EventSourceLike {
-  readonly readyState: number;
-  onopen: ((event: unknown) => void) | null;
-  onerror: ((event: unknown) => void) | null;
-  addEventListener(type: string, listener: (event: MessageEventLike) => void): void;
-  close(): void;
-}
-
-export interface MessageEventLike {
-  readonly data: string;
-  readonly lastEventId: string;
-}
-
-export type EventSourceFactory = (url: string, init: { withCredentials: boolean }) => EventSourceLike;
+export { ConnectionClosedError, REFUSAL_CODES, RequestRefusedError, SSEStreamError } from "./errors.js";
+export type { EventSourceFactory, EventSourceLike, MessageEventLike } from "./event-source.js";
+export type { WebSocketFactory, WebSocketLike } from "./websocket.js";
+export { type AppliedFilter, CLOSE_CODES, type StreamFilter } from "./ws-protocol.js";
 
 /** Where the last cursor is kept, so a reload resumes where the tab was. */
 export interface CursorStore {
@@ -49,53 +37,36 @@ export interface PollingOptions {
   afterFailures: number;
 }
 
+/** `sse`: an EventSource; `websocket`: a WebSocket (in-band token refresh and filter change);
+ * `auto`: a WebSocket, or an EventSource when no WebSocket could be opened (none in this
+ * runtime, or a proxy or an older router that refuses the upgrade) before one ever was. */
+export type TransportChoice = "sse" | "websocket" | "auto";
+
 export interface SSEClientOptions {
   /** The stream endpoint, e.g. `https://events.example/api/v1/events/stream`. */
   url: string;
+  /** Default `sse`. */
+  transport?: TransportChoice;
+  /** The WebSocket endpoint; by default `url` with its `/stream` replaced by `/ws`. */
+  webSocketUrl?: string;
   /** Query parameters that narrow the stream (`novel_id`, `types`, ...). */
   params?: Record<string, string | string[]>;
-  /** A token for the `token` query parameter; called again before reconnecting after
-   * `token-expired`. Leave it out to authenticate with the `access_token` cookie. */
+  /** A token, fetched anew for each connection: the `token` query parameter on SSE, the first
+   * message on a WebSocket (never in its URL), which is also refreshed in-band before it expires.
+   * Leave it out to authenticate with the `access_token` cookie. */
   getToken?: () => string | Promise<string>;
+  /** SSE only: send cookies cross-origin (a WebSocket always sends the origin's cookies). */
   withCredentials?: boolean;
   eventSource?: EventSourceFactory;
+  webSocket?: WebSocketFactory;
   cursorStore?: CursorStore;
   backoff?: Partial<BackoffOptions>;
   polling?: PollingOptions;
-  /** `false` polls only (SSE disabled by configuration). */
+  /** `false` polls only (streaming disabled by configuration). */
   enabled?: boolean;
   random?: () => number;
 }
 
-/** The codes of an `sse.error` that refuses a new stream for now. Such a stream is that one
- * event and its end; the browser reconnects by itself after the `retry:` that came with it (the
- * wait the router asked for), sending the `Last-Event-ID` it had. */
-export const REFUSAL_CODES: ReadonlySet<SSEErrorCode> = new Set<SSEErrorCode>(SSE_REFUSAL_CODES);
-
-/** An `sse.error` from the router, typed by its code. */
-export class SSEStreamError extends Error {
-  readonly code: SSEErrorCode;
-  readonly retryable: boolean;
-  /** The router refused this connection for now (see `REFUSAL_CODES`); no stream was opened. */
-  readonly refused: boolean;
-
-  constructor(payload: SSEErrorPayload) {
-    super(payload.message);
-    this.name = "SSEStreamError";
-    this.code = payload.code;
-    this.retryable = payload.retryable;
-    this.refused = payload.retryable && REFUSAL_CODES.has(payload.code);
-  }
-}
-
-const CLOSED = 2;
-
-const browserEventSource: EventSourceFactory = (url, init) => {
-  const native = (globalThis as { EventSource?: new (u: string, i: object) => EventSourceLike })
-    .EventSource;
-  if (!native) throw new Error("no EventSource here: pass `eventSource` in the options");
-  return new native(url, init);
-};
 const DEFAULT_BACKOFF: BackoffOptions = { initialMs: 1000, maxMs: 30000, factor: 2 };
 
 /** The default store: `sessionStorage` (one cursor per tab) when there is one. */
@@ -111,16 +82,24 @@ export function sessionCursorStore(key = "sse-router:cursor"): CursorStore {
   };
 }
 
+
 type Handler<N extends SSEEventName> = (data: SSEEventMap[N]) => void;
 
 export class SSEClient {
   private readonly options: SSEClientOptions;
   private readonly backoff: BackoffOptions;
   private readonly store: CursorStore;
+  private readonly webSocketUrl: string;
   private readonly handlers = new Map<SSEEventName, Set<(data: never) => void>>();
   private readonly errorHandlers = new Set<(error: SSEStreamError) => void>();
   private readonly stateHandlers = new Set<(state: ConnectionState) => void>();
-  private source: EventSourceLike | null = null;
+  private readonly refusalHandlers = new Set<(refusal: RequestRefusedError) => void>();
+  private params: Record<string, string | string[]>;
+  private transport: Transport | null = null;
+  /** Which connection is the current one: callbacks of an older one are ignored. */
+  private generation = 0;
+  private onWebSocket: boolean;
+  private webSocketWorked = false;
   private timer: ReturnType<typeof setTimeout> | null = null;
   private failures = 0;
   private current: ConnectionState = "closed";
@@ -130,10 +109,18 @@ export class SSEClient {
     this.options = options;
     this.backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
     this.store = options.cursorStore ?? sessionCursorStore();
+    this.params = { ...options.params };
+    this.onWebSocket = (options.transport ?? "sse") !== "sse";
+    this.webSocketUrl = options.webSocketUrl ?? webSocketEndpoint(options.url, this.onWebSocket);
   }
 
   get state(): ConnectionState {
     return this.current;
+  }
+
+  /** The transport in use now (`auto` becomes one of the two). */
+  get transportInUse(): "sse" | "websocket" {
+    return this.onWebSocket ? "websocket" : "sse";
   }
 
   /** Call `handler` with each event named `name`; returns the function that unsubscribes. */
@@ -154,6 +141,14 @@ export class SSEClient {
     return () => this.stateHandlers.delete(handler);
   }
 
+  /** Call `handler` when the router refused the stream for good, so the client stopped: a
+   * WebSocket closed as bad-request (4000), unauthorized (4001) or forbidden (4003). The same
+   * request would be refused again; `start()` again once something changed (a new login). */
+  onRefused(handler: (refusal: RequestRefusedError) => void): () => void {
+    this.refusalHandlers.add(handler);
+    return () => this.refusalHandlers.delete(handler);
+  }
+
   start(): void {
     this.stopped = false;
     if (this.options.enabled === false) this.startPolling();
@@ -162,89 +157,172 @@ export class SSEClient {
 
   stop(): void {
     this.stopped = true;
-    this.clearTimer();
-    this.source?.close();
-    this.source = null;
+    this.closeTransport();
     this.setState("closed");
+  }
+
+  /**
+   * Follow something else from now on: resolves with the filter the router applies. On a
+   * WebSocket the router changes it in place, with no gap and no duplicate; on SSE (or while no
+   * socket is open) the stream is reopened with it, from the cursor. Rejects with a
+   * `RequestRefusedError` (e.g. `forbidden`: the token does not grant a novel) and then follows
+   * what it did before.
+   */
+  async setFilter(filter: StreamFilter): Promise<AppliedFilter> {
+    const wanted = appliedFilter(filter);
+    const transport = this.transport;
+    if (transport?.filter && this.current === "open") {
+      try {
+        const applied = await transport.filter(wanted);
+        this.params = withFilter(this.params, applied); // for the next connection
+        return applied;
+      } catch (error) {
+        if (!(error instanceof ConnectionClosedError)) throw error;
+        // Cut before the router answered: the next connection asks for it in its query.
+      }
+    }
+    this.params = withFilter(this.params, wanted);
+    if (!this.stopped && this.current !== "polling") this.reopen();
+    return wanted;
+  }
+
+  /** Fetch a new token (`getToken`) and use it now: in-band on a WebSocket; on SSE by reopening
+   * the stream from the cursor. A WebSocket also does this by itself before the token expires. */
+  async refreshToken(): Promise<void> {
+    const getToken = this.options.getToken;
+    if (!getToken) throw new Error("refreshToken needs `getToken` in the options");
+    const transport = this.transport;
+    if (transport?.refresh && this.current === "open") {
+      await transport.refresh(await getToken());
+      return;
+    }
+    if (!this.stopped && this.current !== "polling") this.reopen();
   }
 
   private async connect(state: ConnectionState): Promise<void> {
     this.setState(state);
-    const url = new URL(this.options.url);
-    for (const [name, value] of Object.entries(this.options.params ?? {})) {
-      for (const item of Array.isArray(value) ? value : [value]) url.searchParams.append(name, item);
+    const generation = ++this.generation;
+    let token: string | null = null;
+    try {
+      token = this.options.getToken ? await this.options.getToken() : null;
+    } catch {
+      // No token now (the app's endpoint is down, the user is offline): try again later.
+      if (!this.stopped && generation === this.generation) {
+        this.reconnect({ after: "backoff", unreached: false });
+      }
+      return;
     }
+    if (this.stopped || generation !== this.generation) return;
+    const listener = this.listener(generation);
     const cursor = this.store.load();
-    if (cursor) url.searchParams.set("last_event_id", cursor);
-    if (this.options.getToken) url.searchParams.set("token", await this.options.getToken());
-    if (this.stopped) return;
-    const factory = this.options.eventSource ?? browserEventSource;
-    const source = factory(url.toString(), { withCredentials: this.options.withCredentials ?? true });
-    this.source = source;
-    source.onopen = () => {
-      this.failures = 0;
-      this.setState("open");
+    if (this.onWebSocket) {
+      const url = streamUrl(this.webSocketUrl, this.params, cursor, null);
+      const factory = this.options.webSocket ?? browserWebSocket;
+      try {
+        const settings = { factory, token, getToken: this.options.getToken ?? null };
+        this.transport = new WebSocketTransport(url, settings, listener);
+        return;
+      } catch (error) {
+        if (this.options.transport !== "auto") throw error;
+        this.onWebSocket = false; // no WebSocket in this runtime
+      }
+    }
+    const url = streamUrl(this.options.url, this.params, cursor, token);
+    const settings = {
+      factory: this.options.eventSource ?? browserEventSource,
+      withCredentials: this.options.withCredentials ?? true,
+      refreshesToken: this.options.getToken !== undefined,
     };
-    source.onerror = () => this.onConnectionError(source);
-    for (const name of SSE_EVENT_NAMES) {
-      source.addEventListener(name, (event) => this.onMessage(name, event));
+    this.transport = new EventSourceTransport(url, settings, listener);
+  }
+
+  /** What the connection of `generation` reports, ignored once it is no longer the current one. */
+  private listener(generation: number): TransportListener {
+    const live = (): boolean => generation === this.generation && !this.stopped;
+    return {
+      opened: () => {
+        if (!live()) return;
+        this.failures = 0;
+        if (this.onWebSocket) this.webSocketWorked = true;
+        this.setState("open");
+      },
+      interrupted: () => {
+        if (live()) this.setState("reconnecting");
+      },
+      position: (cursor) => {
+        if (live()) this.store.save(cursor);
+      },
+      event: (name, data) => {
+        if (!live()) return;
+        if (name === "sse.error") {
+          const error = new SSEStreamError(data as SSEErrorPayload);
+          for (const handler of this.errorHandlers) handler(error);
+          return;
+        }
+        // The router's contracts (index.ts) say what `data` is for `name`; handlers were typed by it.
+        for (const handler of this.handlers.get(name) ?? []) (handler as (data: unknown) => void)(data);
+      },
+      ended: (next) => {
+        if (!live()) return;
+        this.transport = null;
+        this.reconnect(next);
+      },
+    };
+  }
+
+  private reconnect(next: Reconnect): void {
+    this.clearTimer();
+    switch (next.after) {
+      case "never":
+        this.stopped = true;
+        this.setState("closed");
+        for (const handler of this.refusalHandlers) handler(next.refusal);
+        return;
+      case "now":
+        void this.connect("reconnecting");
+        return;
+      case "retry":
+        this.later(next.ms);
+        return;
+      case "backoff":
+        if (next.unreached && this.options.transport === "auto" && !this.webSocketWorked) {
+          this.onWebSocket = false; // a proxy or an older router that does not upgrade
+          void this.connect("reconnecting");
+          return;
+        }
+        this.failures += 1;
+        if (this.options.polling && this.failures >= this.options.polling.afterFailures) {
+          this.startPolling();
+          return;
+        }
+        this.later(this.backoffDelay());
     }
   }
 
-  private onMessage(name: SSEEventName, event: MessageEventLike): void {
-    // The router's ids are resume cursors: keeping the last one is all a reload needs.
-    if (event.lastEventId) this.store.save(event.lastEventId);
-    const data: unknown = JSON.parse(event.data);
-    if (name === "sse.error") {
-      this.onStreamError(new SSEStreamError(data as SSEErrorPayload));
-      return;
-    }
-    // The router's contracts (index.ts) say what `data` is for `name`; handlers were typed by it.
-    for (const handler of this.handlers.get(name) ?? []) (handler as (data: unknown) => void)(data);
-  }
-
-  private onStreamError(error: SSEStreamError): void {
-    // A refusal arrives on a 200 (an EventSource gives up on any other status), so `onopen` has
-    // fired, but no stream is open: say so. The browser reconnects after the router's `retry:`.
-    if (error.refused) this.setState("reconnecting");
-    for (const handler of this.errorHandlers) handler(error);
-    if (error.code === "disconnected") {
-      // Signed out by the back end: the token is refused from now on, so no retry with it.
-      this.stop();
-      return;
-    }
-    const stale = error.code === "token-expired" || error.code === "access-changed";
-    if (stale && this.options.getToken) {
-      // The browser would retry with the old token (expired, or holding a revoked grant): take
-      // over, with a fresh one.
-      this.source?.close();
-      void this.connect("reconnecting");
-    }
-  }
-
-  private onConnectionError(source: EventSourceLike): void {
-    if (source !== this.source || this.stopped) return;
-    if (source.readyState !== CLOSED) {
-      this.setState("reconnecting"); // the browser retries by itself, honouring `retry:`
-      return;
-    }
-    // The browser gave up (a refused request answered with its HTTP status, e.g. a 429 from a
-    // proxy or an older router, or a stream it will not reopen): back off.
-    source.close();
-    this.failures += 1;
-    const polling = this.options.polling;
-    if (polling && this.failures >= polling.afterFailures) {
-      this.startPolling();
-      return;
-    }
+  private backoffDelay(): number {
     const ceiling = Math.min(
       this.backoff.maxMs,
       this.backoff.initialMs * this.backoff.factor ** (this.failures - 1),
     );
-    const delay = ceiling * (0.5 + (this.options.random ?? Math.random)() / 2);
+    return ceiling * (0.5 + (this.options.random ?? Math.random)() / 2);
+  }
+
+  private later(delayMs: number): void {
     this.setState("reconnecting");
+    this.timer = setTimeout(() => void this.connect("reconnecting"), delayMs);
+  }
+
+  /** Close the current connection and open the next at once, from the cursor. */
+  private reopen(): void {
+    this.closeTransport();
+    void this.connect("reconnecting");
+  }
+
+  private closeTransport(): void {
     this.clearTimer();
-    this.timer = setTimeout(() => void this.connect("reconnecting"), delay);
+    this.generation += 1;
+    this.transport?.close();
+    this.transport = null;
   }
 
   private startPolling(): void {
@@ -272,4 +350,42 @@ export class SSEClient {
     this.current = state;
     for (const handler of this.stateHandlers) handler(state);
   }
+}
+
+function streamUrl(
+  base: string,
+  params: Record<string, string | string[]>,
+  cursor: string | null,
+  token: string | null,
+): string {
+  const url = new URL(base);
+  for (const [name, value] of Object.entries(params)) {
+    for (const item of Array.isArray(value) ? value : [value]) url.searchParams.append(name, item);
+  }
+  if (cursor) url.searchParams.set("last_event_id", cursor);
+  if (token !== null) url.searchParams.set("token", token);
+  return url.toString();
+}
+
+/** The query parameters with the filter's in place of any earlier ones. */
+function withFilter(
+  params: Record<string, string | string[]>,
+  filter: AppliedFilter,
+): Record<string, string | string[]> {
+  const { novel_id: _novels, session_id: _session, types: _types, ...others } = params;
+  const next: Record<string, string | string[]> = { ...others };
+  if (filter.novel_id.length > 0) next.novel_id = filter.novel_id;
+  if (filter.session_id !== null) next.session_id = filter.session_id;
+  if (filter.types.length > 0) next.types = filter.types.join(",");
+  return next;
+}
+
+function webSocketEndpoint(streamUrl: string, needed: boolean): string {
+  const url = new URL(streamUrl);
+  const replaced = url.pathname.replace(/\/stream\/?$/, "/ws");
+  if (replaced === url.pathname && needed) {
+    throw new Error("cannot tell the WebSocket endpoint from `url`: pass `webSocketUrl`");
+  }
+  url.pathname = replaced;
+  return url.toString();
 }

@@ -7,6 +7,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { SSEClient } from "../src/client.js";
 import { SSEProvider, useSSE, useSSEQuerySync, useSSEStatus } from "../src/react.js";
 import { FakeEventSource } from "./fake-event-source.js";
+import { FakeWebSocket } from "./fake-web-socket.js";
 
 const options = {
   url: "https://events.example/api/v1/events/stream",
@@ -40,6 +41,7 @@ function Status(): ReactNode {
 
 beforeEach(() => {
   FakeEventSource.made = [];
+  FakeWebSocket.made = [];
 });
 
 afterEach(() => {
@@ -65,6 +67,27 @@ describe("SSEProvider", () => {
     expect(screen.getByTestId("t2").textContent).toBe("40");
     view.unmount();
     expect(last().closed).toBe(true);
+  });
+
+  it("shares one WebSocket the same way", async () => {
+    const webSocket = (url: string): FakeWebSocket => new FakeWebSocket(url);
+    const overSocket = { ...options, transport: "websocket" as const, webSocket };
+    const view = render(
+      <SSEProvider options={overSocket}>
+        <Progress task="t1" />
+        <Status />
+      </SSEProvider>,
+    );
+    await settle();
+    expect(FakeWebSocket.made).toHaveLength(1);
+    const socket = FakeWebSocket.made[0] as FakeWebSocket;
+    act(() => socket.admit());
+    expect(screen.getByTestId("status").textContent).toBe("open");
+    act(() => socket.event("task.progress-updated", { task_id: "t1", progress: 60 }));
+    expect(screen.getByTestId("t1").textContent).toBe("60");
+    view.unmount();
+    expect(socket.closedWith).toBe(1000);
+    expect(FakeEventSource.made).toHaveLength(0);
   });
 
   it("leaves a client it was given to its owner", async () => {
