@@ -233,6 +233,7 @@ class Hub:
         resume_from: Cursor | None = None,
         output: Output | None = None,
         connection_id: str = "",
+        address: str = "",
         settings: SessionSettings | None = None,
     ) -> Opened:
         """Make the session of an admitted stream, register it for live events, fetch its
@@ -265,6 +266,7 @@ class Hub:
             expires_at=expires_at,
             settings=self.settings.session if settings is None else settings,
             connection_id=connection_id,
+            address=address,
             observer=self.observer,
             cursor=cursor,
         )

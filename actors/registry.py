@@ -9,10 +9,11 @@ superset of the truth, never exact.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Collection, Iterator
 
 from actors.session import Session
+from router.core.admission import OpenStreams
 from router.core.scope import Scope
 
 
@@ -25,6 +26,8 @@ class SessionRegistry:
         self._by_user: defaultdict[str, set[Session]] = defaultdict(set)
         self._by_novel: defaultdict[str, set[Session]] = defaultdict(set)
         self._by_session: defaultdict[str, set[Session]] = defaultdict(set)
+        # Counted, not indexed: no event is routed by its client's address.
+        self._from_address: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._all)
@@ -34,6 +37,15 @@ class SessionRegistry:
 
     def count_for_user(self, user_id: str) -> int:
         return len(self._by_user.get(user_id, ()))
+
+    def count_from_address(self, address: str) -> int:
+        return self._from_address[address]
+
+    def open_streams(self, user_id: str, address: str) -> OpenStreams:
+        """What the front door's stream caps count: the streams open here, from ``address``, and
+        of ``user_id``."""
+        by_address, by_user = self.count_from_address(address), self.count_for_user(user_id)
+        return OpenStreams(len(self), by_address, by_user)
 
     def _keys(self, session: Session) -> list[tuple[defaultdict[str, set[Session]], str]]:
         principal, stream_filter = session.principal, session.stream_filter
@@ -45,12 +57,20 @@ class SessionRegistry:
         return keys
 
     def add(self, session: Session) -> None:
+        if session in self._all:
+            return
         self._all[session] = None
+        self._from_address[session.address] += 1
         for index, key in self._keys(session):
             index[key].add(session)
 
     def remove(self, session: Session) -> None:
-        self._all.pop(session, None)
+        if session not in self._all:
+            return
+        del self._all[session]
+        self._from_address[session.address] -= 1
+        if not self._from_address[session.address]:
+            del self._from_address[session.address]
         for index, key in self._keys(session):
             members = index.get(key)
             if members is not None:

@@ -104,6 +104,7 @@ class Session:
         *,
         settings: SessionSettings = _DEFAULT_SETTINGS,
         connection_id: str = "",
+        address: str = "",
         observer: StreamObserver = NO_OBSERVER,
         cursor: Cursor | None = None,
     ) -> None:
@@ -113,6 +114,8 @@ class Session:
         """When the token expires, in seconds since the epoch."""
         self.settings = settings
         self.connection_id = connection_id
+        self.address = address
+        """The client's address, as the front door saw it (counted by the registry)."""
         self.observer = observer
         self.close_reason: CloseReason | None = None
         self.events_sent = 0

@@ -4,6 +4,7 @@
 
     root nursery
     ├── signal watcher          SIGINT / SIGTERM -> shutdown requested
+    ├── reload watcher          SIGHUP -> the --address-rules file read again
     ├── hub                      (see actors/hub.py: consumer, adapter, sessions nursery)
     ├── outbox relay             with --outbox-dsn: outbox rows -> the bus
     └── HTTP server              hypercorn's trio worker serving the Quart-Trio app
@@ -33,6 +34,7 @@ from quart_trio import QuartTrio
 from actors.hub import CursorBoundError, Hub, HubSettings
 from actors.relay import Relay, RelaySettings
 from actors.session import CloseReason, SessionSettings
+from router.address_gate import AddressGate
 from router.admission import Admission, AdmissionSettings
 from router.auth import TokenVerifier
 from router.bus.base import EventBus
@@ -43,6 +45,8 @@ from router.cache.base import ReplayCache
 from router.cache.memory import MemoryReplayCache
 from router.cache.redis import RedisReplayCache
 from router.config import Settings
+from router.core.address_rules import AddressRulesError
+from router.core.admission import StreamCaps
 from router.core.cursor import MAX_CURSOR_LENGTH
 from router.http.app import create_app
 from router.http.asgi import RequestLifecycle
@@ -140,6 +144,13 @@ def token_verifier(settings: Settings) -> TokenVerifier:
         ) from None
 
 
+def address_gate(settings: Settings) -> AddressGate:
+    try:
+        return AddressGate(settings.address_rules)
+    except AddressRulesError as error:
+        raise ConfigurationError(f"{error} (--address-rules / SSE_ROUTER_ADDRESS_RULES)") from None
+
+
 @dataclass(frozen=True, slots=True)
 class Running:
     """What :func:`serve` reports once it accepts connections."""
@@ -162,6 +173,7 @@ async def serve(
     bus answers if its partitions cannot be held by a cursor.
     """
     verifier = token_verifier(settings)
+    gate = address_gate(settings)
     log.info("router starting", extra={"settings": settings.redacted()})
     async with AsyncExitStack() as resources:
         if settings.bus != "memory" or settings.cache != "memory":
@@ -172,7 +184,7 @@ async def serve(
         cache = replay_cache(settings, bus.source)
         resources.push_async_callback(cache.aclose)
         try:
-            await _serve(settings, verifier, bus, cache, shutdown_requested, task_status)
+            await _serve(settings, verifier, gate, bus, cache, shutdown_requested, task_status)
         except BaseExceptionGroup as group:
             too_wide, _ = group.split(CursorBoundError)
             if too_wide is None:
@@ -238,12 +250,14 @@ def replay_cache(settings: Settings, source: str) -> ReplayCache:
 async def _serve(
     settings: Settings,
     verifier: TokenVerifier,
+    gate: AddressGate,
     bus: EventBus,
     cache: ReplayCache,
     shutdown_requested: trio.Event | None,
     task_status: trio.TaskStatus[Running],
 ) -> None:
     metrics = Metrics()
+    gate.observer = metrics
     hub = Hub(
         bus,
         cache,
@@ -265,13 +279,19 @@ async def _serve(
     admission = Admission(
         verifier,
         AdmissionSettings(
-            max_streams_per_user=settings.max_streams_per_user,
+            caps=StreamCaps(
+                per_instance=settings.max_streams,
+                per_address=settings.max_streams_per_address,
+                per_user=settings.max_streams_per_user,
+            ),
             connects_per_minute=settings.connects_per_minute,
+            bad_tokens_per_minute=settings.bad_tokens_per_minute,
             trusted_proxies=settings.trusted_proxies,
         ),
         metrics,
-        streams_open=hub.registry.count_for_user,
+        streams_open=hub.registry.open_streams,
         closing=lambda: hub.closing,
+        address_rules=lambda: gate.rules,
     )
     app = create_app(hub, admission, settings, metrics)
     if shutdown_requested is None:
@@ -292,6 +312,7 @@ async def _serve(
 
     async with trio.open_nursery() as root:
         root.start_soon(_watch_signals, shutdown_requested)
+        root.start_soon(_reload_on_hangup, gate)
         await root.start(hub.run)
         open_outbox = outbox_opener(settings)
         if open_outbox is not None:
@@ -311,6 +332,13 @@ async def _serve(
         with trio.move_on_after(settings.shutdown_grace_seconds + 1):
             await http_stopped.wait()
         root.cancel_scope.cancel()
+
+
+async def _reload_on_hangup(gate: AddressGate) -> None:
+    """SIGHUP: read the address rules again; open streams are not touched."""
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            gate.reload()
 
 
 async def _watch_signals(shutdown_requested: trio.Event) -> None:

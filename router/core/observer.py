@@ -145,6 +145,13 @@ class Observer(StreamObserver, Protocol):
         """The front door refused a new stream by ``limit`` (once, by the limit with the longest
         wait)."""
 
+    def address_blocked(self) -> None:
+        """The front door refused a request for its address (``--address-rules``)."""
+
+    def address_rules_loaded(self, ok: bool) -> None:
+        """The address rules file was read again (on SIGHUP): ``ok``, or it could not be used,
+        and the rules before it stay."""
+
 
 class NoObserver:
     """Hears every report and keeps none: the default, and a base for an observer that wants a
@@ -196,6 +203,12 @@ class NoObserver:
         pass
 
     def refused_by_limit(self, limit: Limit) -> None:
+        pass
+
+    def address_blocked(self) -> None:
+        pass
+
+    def address_rules_loaded(self, ok: bool) -> None:
         pass
 
 
