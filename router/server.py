@@ -242,6 +242,7 @@ def replay_cache(settings: Settings, source: str) -> ReplayCache:
         )
     return MemoryReplayCache(
         max_events=settings.cache_max_events,
+        max_bytes=settings.cache_max_bytes,
         max_age=settings.cache_max_age_seconds,
         source=source,
     )
