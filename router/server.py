@@ -47,7 +47,7 @@ from router.cache.redis import RedisReplayCache
 from router.config import Settings
 from router.core.address_rules import AddressRulesError
 from router.core.admission import StreamCaps
-from router.core.cursor import MAX_CURSOR_LENGTH
+from router.core.request_bounds import HARD_HEAD_LIMIT
 from router.http.app import create_app
 from router.http.asgi import RequestLifecycle
 from router.metrics import Metrics
@@ -90,14 +90,6 @@ def listening_socket(settings: Settings) -> int:
     return sock.detach()
 
 
-ORDINARY_HEAD_BYTES = 16 * 1024
-"""What a request head holds besides a resume cursor: request line, headers, cookies, a token
-(hypercorn's own default for the whole head)."""
-REQUEST_HEAD_LIMIT = 2 * MAX_CURSOR_LENGTH + ORDINARY_HEAD_BYTES
-"""The longest request head read: a maximal cursor in ``Last-Event-ID`` and again in
-``last_event_id`` (a client may send both), and the ordinary rest; a longer one is refused by
-hypercorn before the app sees it."""
-
 ACCEPTORS = 8
 """Tasks accepting connections, each on its own descriptor of the one listening socket."""
 
@@ -118,7 +110,11 @@ def hypercorn_config(settings: Settings) -> Config:
     config.bind = [f"fd://{fd}" for fd in (descriptor, *duplicates)]
     config.graceful_timeout = settings.shutdown_grace_seconds
     config.keep_alive_timeout = settings.keep_alive_seconds
-    config.h11_max_incomplete_size = REQUEST_HEAD_LIMIT
+    # Past this hypercorn answers a bare 431; below it, the app's 431 says why (request_bounds).
+    config.h11_max_incomplete_size = HARD_HEAD_LIMIT
+    # No read_timeout: it would end an event stream whose client, rightly, sends nothing. A
+    # connection that never completes a request head (slowloris) is closed by keep_alive_timeout,
+    # which runs from the connection's start until its first request head is read whole.
     config.backlog = 65535  # thousands of browsers reconnect at once (capped by net.core.somaxconn)
     config.accesslog = None  # the query string may hold a token: never log it raw
     config.errorlog = None
