@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from collections.abc import Collection, Iterator
 
 from actors.session import Session
-from router.core.admission import OpenStreams
+from router.core.admission import OpenStreams, address_group
 from router.core.scope import Scope
 
 
@@ -39,7 +39,9 @@ class SessionRegistry:
         return len(self._by_user.get(user_id, ()))
 
     def count_from_address(self, address: str) -> int:
-        return self._from_address[address]
+        """Streams open from ``address``'s group (an IPv6 address's /64; see
+        :func:`router.core.admission.address_group`)."""
+        return self._from_address[address_group(address)]
 
     def open_streams(self, user_id: str, address: str) -> OpenStreams:
         """What the front door's stream caps count: the streams open here, from ``address``, and
@@ -60,7 +62,7 @@ class SessionRegistry:
         if session in self._all:
             return
         self._all[session] = None
-        self._from_address[session.address] += 1
+        self._from_address[address_group(session.address)] += 1
         for index, key in self._keys(session):
             index[key].add(session)
 
@@ -68,9 +70,10 @@ class SessionRegistry:
         if session not in self._all:
             return
         del self._all[session]
-        self._from_address[session.address] -= 1
-        if not self._from_address[session.address]:
-            del self._from_address[session.address]
+        group = address_group(session.address)
+        self._from_address[group] -= 1
+        if not self._from_address[group]:
+            del self._from_address[group]
         for index, key in self._keys(session):
             members = index.get(key)
             if members is not None:

@@ -18,6 +18,7 @@ from router.core.admission import (
     Reason,
     StreamCaps,
     StreamLimits,
+    address_group,
 )
 from router.core.refusal import Limit
 from tests.test_admission import PROXY, SECRET, Door, admitted, refused
@@ -167,3 +168,31 @@ def test_behind_a_trusted_proxy_the_forwarded_address_is_the_one_screened() -> N
     assert door.admission.screen(PROXY, "198.51.100.1, 203.0.113.9") is not None
     assert door.admission.screen(PROXY, "203.0.113.9, 198.51.100.1") is None  # the client's lie
     assert door.admission.screen("198.51.100.2", "203.0.113.9") is None  # not a proxy: unread
+
+
+# -- what counts as one address --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "group"),
+    [
+        ("192.0.2.1", "192.0.2.1"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("::ffff:192.0.2.1", "192.0.2.1"),
+        ("unknown", "unknown"),
+    ],
+)
+def test_an_ipv6_address_counts_by_its_64(address: str, group: str) -> None:
+    assert address_group(address) == group
+
+
+def test_a_host_hopping_addresses_in_its_64_shares_one_allowance() -> None:
+    door = Door(connects_per_minute=2, bad_tokens_per_minute=2)
+    admitted(door.admit("u1", peer="2001:db8:1:2::1"))
+    admitted(door.admit("u2", peer="2001:db8:1:2::2"))
+    assert refused(door.admit("u3", peer="2001:db8:1:2::3")).limit is Limit.CONNECTS_PER_ADDRESS
+    admitted(door.admit("u3", peer="2001:db8:1:3::3"))  # the next /64 is someone else
+    for peer in ("2001:db8:9:9::1", "2001:db8:9:9::2"):
+        refused(door.admit(credentials=Credentials(), peer=peer))
+    assert refused(door.admit(peer="2001:db8:9:9::3")).limit is Limit.BAD_TOKENS_PER_ADDRESS

@@ -17,6 +17,7 @@ module holds every rule except the signature check.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -172,6 +173,25 @@ def client_address(
     return peer
 
 
+IPV6_GROUP_PREFIX = 64
+
+
+def address_group(address: str) -> str:
+    """What the per-address limits count as one address: an IPv4 address itself, an IPv6 address
+    by the /64 it lies in. A host given a /64 (the usual subscriber's, and a cloud machine's) may
+    send from any address in it at will, so counting each address alone would give it 2**64
+    allowances, and the limiters a key for each. Anything else (``unknown``) is itself."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, IPV6_GROUP_PREFIX), strict=False))
+    return address
+
+
 def stream_request(
     query: Iterable[tuple[str, str]], last_event_id: str | None, principal: Principal
 ) -> StreamRequest | Refused:
@@ -206,6 +226,7 @@ class OpenStreams:
 
     instance: int = 0
     address: int = 0
+    """From the asking address's group (see :func:`address_group`)."""
     user: int = 0
 
 
@@ -245,7 +266,7 @@ class StreamLimits:
             return full
         claims = {
             Limit.CONNECTS_PER_USER: (self._per_user, user_id),
-            Limit.CONNECTS_PER_ADDRESS: (self._per_address, address),
+            Limit.CONNECTS_PER_ADDRESS: (self._per_address, address_group(address)),
         }
         refused = acquire_all(claims, now, take=take)
         if refused is None:
@@ -298,7 +319,7 @@ class TokenFailures:
 
     def check(self, address: str, now: float) -> Refused | None:
         """A refusal when ``address`` has used up its failures at ``now``, else ``None``."""
-        wait = self._failures.wait(address, now)
+        wait = self._failures.wait(address_group(address), now)
         if wait == 0.0:
             return None
         return Refused(
@@ -310,4 +331,4 @@ class TokenFailures:
 
     def failed(self, address: str, now: float) -> None:
         """A request from ``address`` had a bad token at ``now``."""
-        self._failures.acquire(address, now)
+        self._failures.acquire(address_group(address), now)
