@@ -64,6 +64,7 @@ class Settings:
     outbox_parts: int = 16
     memory_partitions: int = 1
     memory_bus_capacity: int = 10_000
+    memory_bus_max_bytes: int = 64 * 1024 * 1024
     cache_max_events: int = 10_000
     cache_max_bytes: int = 64 * 1024 * 1024
     cache_max_age_seconds: float = 3600.0
@@ -326,6 +327,11 @@ def add_serve_arguments(
     flag("--outbox-parts", "parts of a PostgreSQL outbox, each relayed by one relay", type=count(1))
     flag("--memory-partitions", "partitions of the in-memory bus", type=count(1))
     flag("--memory-bus-capacity", "unread records per in-memory partition", type=count(1))
+    flag(
+        "--memory-bus-max-bytes",
+        "bytes of unread records per in-memory partition (publishers wait past it)",
+        type=count(1),
+    )
     flag("--cache-max-events", "events kept for resume", type=count(1))
     flag(
         "--cache-max-bytes",

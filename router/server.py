@@ -213,7 +213,11 @@ def event_bus(settings: Settings) -> EventBus:
                 epoch_from_topic_name=settings.kafka_epoch == "topic-name",
             )
         )
-    return MemoryBus(partitions=settings.memory_partitions, capacity=settings.memory_bus_capacity)
+    return MemoryBus(
+        partitions=settings.memory_partitions,
+        capacity=settings.memory_bus_capacity,
+        max_bytes=settings.memory_bus_max_bytes,
+    )
 
 
 def outbox_opener(settings: Settings) -> Callable[[], OutboxStore] | None:
