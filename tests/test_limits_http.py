@@ -5,6 +5,7 @@ test_admission_limits, test_address_rules and test_history_bytes."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -150,7 +151,10 @@ async def test_a_blocked_address_gets_403_before_any_token_work(tmp_path: Path) 
     assert scraped_value(scraped, 'sse_auth_failures_total{reason="missing"}') == 0
 
 
-async def test_sighup_rereads_the_rules_without_dropping_open_streams(tmp_path: Path) -> None:
+async def test_sighup_rereads_the_rules_without_dropping_open_streams(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="router.address_gate")
     path = rules_file(tmp_path, "block 192.0.2.0/24\n")
     async with running_router(address_rules=path, trusted_proxies=("127.0.0.1",)) as router:
         client = from_address(BLOCKED, auth(novels=["n1"]))
@@ -171,6 +175,12 @@ async def test_sighup_rereads_the_rules_without_dropping_open_streams(tmp_path: 
             await router.publish(content("n1", 8))
             assert len(await stream.events_count(2)) == 2
             assert not stream.ended
+    logged = {record.getMessage(): record.__dict__ for record in caplog.records}
+    assert logged["address rules reloaded"]["rules"] == 2
+    assert (
+        "line 1: not an address range"
+        in logged["address rules not reloaded: the rules before stay"]["error"]
+    )
 
 
 async def until_reloaded(router: RouterUnderTest, outcome: str) -> None:
