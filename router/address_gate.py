@@ -47,6 +47,7 @@ class AddressGate:
         """Read the file again: the new rules, or, if it cannot be used, the old ones (logged and
         counted). Without a file there is nothing to read."""
         if self.path is None:
+            log.info("SIGHUP: no --address-rules file to read again")
             return True
         try:
             rules = read_address_rules(self.path)
