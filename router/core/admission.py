@@ -311,8 +311,9 @@ class TokenFailures:
     """Failed tokens per address: past ``per_minute`` of them in any minute, an address's
     requests are refused before their token is looked at, so a flood of bad tokens costs no
     signature checks. Every failure counts (missing, malformed, expired, a bad signature or
-    claims), and a refusal by this limit is not itself a failure, so a flood stops being refused
-    one minute after its last counted failure."""
+    claims); a refusal by this limit does not, so the address is let through again as its counted
+    failures leave the one-minute window, and a flood costs at most ``per_minute`` signature
+    checks a minute."""
 
     def __init__(self, per_minute: int) -> None:
         self._failures = RateLimiter(per_minute, RATE_PERIOD_SECONDS)
