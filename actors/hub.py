@@ -256,7 +256,10 @@ class Hub:
         doubtful = False
         cursor = None
         if resume_from is not None:
-            vouched = await self._vouched(resume_from)
+            # Vouching may wait on the bus: meanwhile the stream counts as open, so a storm of
+            # resumes admitted together cannot overshoot the front door's stream caps.
+            with self.registry.opening(principal.user_id, address):
+                vouched = await self._vouched(resume_from)
             doubtful, resume_from = vouched is not resume_from, vouched
             if resume_from.is_from(self.bus.source, self.epoch):
                 cursor = resume_from

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 
 from actors.session import Session
 from router.core.admission import OpenStreams, address_group
@@ -28,6 +29,10 @@ class SessionRegistry:
         self._by_session: defaultdict[str, set[Session]] = defaultdict(set)
         # Counted, not indexed: no event is routed by its client's address.
         self._from_address: Counter[str] = Counter()
+        # Admitted streams the hub is still making (see opening()), counted as open.
+        self._opening = 0
+        self._opening_by_user: Counter[str] = Counter()
+        self._opening_by_address: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._all)
@@ -45,9 +50,31 @@ class SessionRegistry:
 
     def open_streams(self, user_id: str, address: str) -> OpenStreams:
         """What the front door's stream caps count: the streams open here, from ``address``, and
-        of ``user_id``."""
-        by_address, by_user = self.count_from_address(address), self.count_for_user(user_id)
-        return OpenStreams(len(self), by_address, by_user)
+        of ``user_id``, those still being opened included."""
+        group = address_group(address)
+        return OpenStreams(
+            len(self) + self._opening,
+            self.count_from_address(address) + self._opening_by_address[group],
+            self.count_for_user(user_id) + self._opening_by_user[user_id],
+        )
+
+    @contextmanager
+    def opening(self, user_id: str, address: str) -> Iterator[None]:
+        """Count an admitted stream as open while the hub, before registering it, waits (on
+        the bus, to vouch for its cursor)."""
+        group = address_group(address)
+        self._opening += 1
+        self._opening_by_user[user_id] += 1
+        self._opening_by_address[group] += 1
+        try:
+            yield
+        finally:
+            self._opening -= 1
+            held = ((self._opening_by_user, user_id), (self._opening_by_address, group))
+            for counts, key in held:
+                counts[key] -= 1
+                if not counts[key]:
+                    del counts[key]
 
     def _keys(self, session: Session) -> list[tuple[defaultdict[str, set[Session]], str]]:
         principal, stream_filter = session.principal, session.stream_filter
