@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import socket
 from collections.abc import Callable
@@ -140,6 +141,23 @@ def token_verifier(settings: Settings) -> TokenVerifier:
         ) from None
 
 
+SPARE_DESCRIPTORS = 256
+"""Descriptors besides the streams': the listening socket and its duplicates, the bus's and the
+cache's connections, requests that are not streams."""
+
+
+def _warn_of_too_few_descriptors(max_streams: int) -> None:
+    """Every stream is a socket: an open-files limit below ``--max-streams`` makes the kernel,
+    not the front door, refuse the streams past it (accept fails; no client is told why)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < max_streams + SPARE_DESCRIPTORS:
+        log.warning(
+            "the open-files limit is below --max-streams: raise it (ulimit -n, LimitNOFILE=)"
+            " or lower --max-streams",
+            extra={"open_files_limit": soft, "max_streams": max_streams},
+        )
+
+
 def address_gate(settings: Settings) -> AddressGate:
     try:
         return AddressGate(settings.address_rules)
@@ -171,6 +189,7 @@ async def serve(
     verifier = token_verifier(settings)
     gate = address_gate(settings)
     log.info("router starting", extra={"settings": settings.redacted()})
+    _warn_of_too_few_descriptors(settings.max_streams)
     async with AsyncExitStack() as resources:
         if settings.bus != "memory" or settings.cache != "memory":
             # aiokafka and redis-py run on asyncio: in a trio-asyncio loop around the tree.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import resource
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -279,3 +280,18 @@ async def test_a_connection_that_dribbles_its_head_is_closed_unanswered() -> Non
     assert received == b""  # closed, never answered
     assert sent < len(head)  # before the head was complete
     assert alive.status_code == 200
+
+
+async def test_an_open_files_limit_below_the_stream_cap_is_warned_of(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="router.server")
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        pytest.skip("no open-files limit to be below")
+    async with running_router(max_streams=soft):  # no room left for anything but streams
+        pass
+    async with running_router(max_streams=10):
+        pass
+    (warned,) = [r for r in caplog.records if "open-files limit" in r.getMessage()]
+    assert warned.__dict__["max_streams"] == soft
