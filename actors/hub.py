@@ -251,6 +251,7 @@ class Hub:
         resume_from: Cursor | None = None,
         output: Output[Any] | None = None,
         connection_id: str = "",
+        address: str = "",
         settings: SessionSettings | None = None,
         issued_at: float | None = None,
         wire: WireFormat[Any] = SSE,
@@ -282,7 +283,10 @@ class Hub:
         doubtful = False
         cursor = None
         if resume_from is not None:
-            vouched = await self._vouched(resume_from)
+            # Vouching may wait on the bus: meanwhile the stream counts as open, so a storm of
+            # resumes admitted together cannot overshoot the front door's stream caps.
+            with self.registry.opening(principal.user_id, address):
+                vouched = await self._vouched(resume_from)
             doubtful, resume_from = vouched is not resume_from, vouched
             if resume_from.is_from(self.bus.source, self.epoch):
                 cursor = resume_from
@@ -293,6 +297,7 @@ class Hub:
             expires_at=expires_at,
             settings=self.settings.session if settings is None else settings,
             connection_id=connection_id,
+            address=address,
             observer=self.observer,
             cursor=cursor,
             issued_at=issued_at,

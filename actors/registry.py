@@ -9,10 +9,12 @@ superset of the truth, never exact.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 
 from actors.session import Session
+from router.core.admission import OpenStreams, address_group
 from router.core.scope import Scope
 
 
@@ -25,6 +27,12 @@ class SessionRegistry:
         self._by_user: defaultdict[str, set[Session]] = defaultdict(set)
         self._by_novel: defaultdict[str, set[Session]] = defaultdict(set)
         self._by_session: defaultdict[str, set[Session]] = defaultdict(set)
+        # Counted, not indexed: no event is routed by its client's address.
+        self._from_address: Counter[str] = Counter()
+        # Admitted streams the hub is still making (see opening()), counted as open.
+        self._opening = 0
+        self._opening_by_user: Counter[str] = Counter()
+        self._opening_by_address: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._all)
@@ -34,6 +42,39 @@ class SessionRegistry:
 
     def count_for_user(self, user_id: str) -> int:
         return len(self._by_user.get(user_id, ()))
+
+    def count_from_address(self, address: str) -> int:
+        """Streams open from ``address``'s group (an IPv6 address's /64; see
+        :func:`router.core.admission.address_group`)."""
+        return self._from_address[address_group(address)]
+
+    def open_streams(self, user_id: str, address: str) -> OpenStreams:
+        """What the front door's stream caps count: the streams open here, from ``address``, and
+        of ``user_id``, those still being opened included."""
+        group = address_group(address)
+        return OpenStreams(
+            len(self) + self._opening,
+            self.count_from_address(address) + self._opening_by_address[group],
+            self.count_for_user(user_id) + self._opening_by_user[user_id],
+        )
+
+    @contextmanager
+    def opening(self, user_id: str, address: str) -> Iterator[None]:
+        """Count an admitted stream as open while the hub, before registering it, waits (on
+        the bus, to vouch for its cursor)."""
+        group = address_group(address)
+        self._opening += 1
+        self._opening_by_user[user_id] += 1
+        self._opening_by_address[group] += 1
+        try:
+            yield
+        finally:
+            self._opening -= 1
+            held = ((self._opening_by_user, user_id), (self._opening_by_address, group))
+            for counts, key in held:
+                counts[key] -= 1
+                if not counts[key]:
+                    del counts[key]
 
     def _keys(self, session: Session) -> list[tuple[defaultdict[str, set[Session]], str]]:
         principal, stream_filter = session.principal, session.stream_filter
@@ -45,12 +86,21 @@ class SessionRegistry:
         return keys
 
     def add(self, session: Session) -> None:
+        if session in self._all:
+            return
         self._all[session] = None
+        self._from_address[address_group(session.address)] += 1
         for index, key in self._keys(session):
             index[key].add(session)
 
     def remove(self, session: Session) -> None:
-        self._all.pop(session, None)
+        if session not in self._all:
+            return
+        del self._all[session]
+        group = address_group(session.address)
+        self._from_address[group] -= 1
+        if not self._from_address[group]:
+            del self._from_address[group]
         for index, key in self._keys(session):
             members = index.get(key)
             if members is not None:

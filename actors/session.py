@@ -95,6 +95,7 @@ class Session:
         *,
         settings: SessionSettings = SessionSettings(),
         connection_id: str = "",
+        address: str = "",
         observer: StreamObserver = NO_OBSERVER,
         cursor: Cursor | None = None,
         issued_at: float | None = None,
@@ -111,6 +112,8 @@ class Session:
         self.opened_at = time.time()
         self.settings = settings
         self.connection_id = connection_id
+        self.address = address
+        """The client's address, as the front door saw it (counted by the registry)."""
         self.observer = observer
         self.wire = wire
         self.close_reason: CloseReason | None = None

@@ -124,6 +124,7 @@ def start_router(name: str = "router", options: Sequence[str] = ()) -> Server:
     command = [
         *ROUTER_COMMAND, "serve", "--port", str(port),
         "--log-level", "warning", "--max-streams-per-user", "1000000",
+        "--max-streams", "1000000", "--max-streams-per-address", "1000000",
         "--connects-per-minute", "1000000", "--session-buffer", "1024", *options,
     ]  # fmt: skip
     environ = {**os.environ, "SSE_ROUTER_JWT_SECRET": SECRET}

@@ -10,6 +10,7 @@ and, when admitted, asks the hub to open the session (:meth:`actors.hub.Hub.open
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
@@ -17,13 +18,18 @@ from dataclasses import dataclass, replace
 import trio
 
 from router.auth import AuthError, AuthProblem, TokenVerifier, Verified
+from router.core.address_rules import NO_RULES, AddressRules
 from router.core.admission import (
+    ADDRESS_BLOCKED,
     SHUTTING_DOWN,
     Admitted,
     Credentials,
+    OpenStreams,
     Reason,
     Refused,
+    StreamCaps,
     StreamLimits,
+    TokenFailures,
     bearer_token,
     client_address,
     stream_request,
@@ -34,10 +40,12 @@ from router.core.observer import Observer
 
 @dataclass(frozen=True, slots=True)
 class AdmissionSettings:
-    max_streams_per_user: int
-    """``--max-streams-per-user``."""
+    caps: StreamCaps
+    """``--max-streams``, ``--max-streams-per-address``, ``--max-streams-per-user``."""
     connects_per_minute: int
     """``--connects-per-minute``, per user and per address alike."""
+    bad_tokens_per_minute: int
+    """``--bad-tokens-per-minute``, per address."""
     trusted_proxies: Collection[str]
     """``--trusted-proxies``: peers whose ``X-Forwarded-For`` names the client."""
 
@@ -58,8 +66,15 @@ class Ask:
 
 
 class Admission:
-    """Admits or refuses new streams; ``streams_open(user_id)`` counts a user's open streams,
-    ``closing()`` says the instance is shutting down (both the hub's)."""
+    """Admits or refuses new streams; ``streams_open(user_id, address)`` counts the streams open
+    on the instance, from the address and of the user, ``closing()`` says the instance is shutting
+    down (both the hub's). ``spread()`` draws where in a full instance's retry spread a refused
+    client comes back (0 to 1); ``address_rules()`` are the rules in force (they change on
+    reload).
+
+    A transport asks :meth:`screen` first, for every request, before reading anything else of it;
+    then :meth:`admit` for a new stream, or :meth:`authenticate` for any other request.
+    """
 
     def __init__(
         self,
@@ -67,11 +82,13 @@ class Admission:
         settings: AdmissionSettings,
         observer: Observer,
         *,
-        streams_open: Callable[[str], int],
+        streams_open: Callable[[str, str], OpenStreams],
         closing: Callable[[], bool],
         clock: Callable[[], float] = trio.current_time,
         access: AccessRules | None = None,
         wall_clock: Callable[[], float] = time.time,
+        spread: Callable[[], float] = random.random,
+        address_rules: Callable[[], AddressRules] = lambda: NO_RULES,
     ) -> None:
         """``access``: the controls in force (the hub's), which refuse disconnected tokens and
         narrow revoked grants; ``wall_clock`` is what they and token times are read against."""
@@ -79,29 +96,54 @@ class Admission:
         self._access = access
         self._wall_clock = wall_clock
         self._trusted_proxies = frozenset(settings.trusted_proxies)
-        self._limits = StreamLimits(settings.max_streams_per_user, settings.connects_per_minute)
+        self._limits = StreamLimits(settings.caps, settings.connects_per_minute)
+        self._token_failures = TokenFailures(settings.bad_tokens_per_minute)
         self._observer = observer
         self._streams_open = streams_open
         self._closing = closing
         self._clock = clock
+        self._spread = spread
+        self._address_rules = address_rules
 
     def address(self, peer: str | None, forwarded_for: str | None = None) -> str:
         """The client's address (see :func:`router.core.admission.client_address`)."""
         return client_address(peer, forwarded_for, self._trusted_proxies)
 
-    def authenticate(self, credentials: Credentials) -> Verified | Refused:
-        """The verified token of ``credentials``, or why not (counted by reason)."""
+    def screen(self, peer: str | None, forwarded_for: str | None = None) -> Refused | None:
+        """``address-blocked`` (``403``) when the rules keep the client's address out (counted),
+        else ``None``. Behind a trusted proxy, the address judged is the one it forwarded."""
+        if self._address_rules().permits(self.address(peer, forwarded_for)):
+            return None
+        self._observer.address_blocked()
+        return ADDRESS_BLOCKED
+
+    def authenticate(self, credentials: Credentials, address: str) -> Verified | Refused:
+        """The verified token of ``credentials`` sent from ``address``, or why not (counted by
+        reason). An address that sent too many bad tokens lately is refused before its token is
+        looked at (counted by that limit)."""
+        now = self._clock()
+        flooding = self._token_failures.check(address, now)
+        if flooding is not None:
+            self._refused_by_limit(flooding)
+            return flooding
         token = bearer_token(credentials)
         if isinstance(token, Refused):
-            self._observer.refused_token(token.reason)
-            return token
+            return self._bad_token(token, address, now)
         try:
             verified = self._verifier.verify(token)
             return verified if self._access is None else self._in_force(verified)
         except AuthError as error:
-            reason = Reason(error.problem.value)
-            self._observer.refused_token(reason)
-            return Refused(reason, error.message)
+            refused = Refused(Reason(error.problem.value), error.message)
+            return self._bad_token(refused, address, now)
+
+    def _bad_token(self, refused: Refused, address: str, now: float) -> Refused:
+        self._observer.refused_token(refused.reason)
+        self._token_failures.failed(address, now)
+        return refused
+
+    def _refused_by_limit(self, refused: Refused) -> None:
+        if refused.limit is not None:
+            self._observer.refused_by_limit(refused.limit)
 
     def _in_force(self, verified: Verified) -> Verified:
         """``verified`` less what controls took from it since it was issued; raises
@@ -119,14 +161,16 @@ class Admission:
 
     def admit(self, ask: Ask, *, take: bool = True) -> Admitted | Refused:
         """Whether the stream ``ask`` asks for may open now. In order: the instance is not
-        shutting down, the token verifies (and was not disconnected since: its grants are those
-        no control revoked since it was issued), the query and cursor are well formed, the token
-        grants the filter, the user is under the stream cap, both connect rates allow it. An
+        shutting down, the address has not sent too many bad tokens, the token verifies (and was
+        not disconnected since: its grants are those no control revoked since it was issued),
+        the query and cursor are well formed, the token grants the filter, the instance, the
+        address and the user are under their stream caps, both connect rates allow it. An
         admitted stream is counted against both rates, unless ``take`` is false (a ``HEAD``
         only asks). A refusal by a limit is reported to the observer by that limit."""
         if self._closing():
             return SHUTTING_DOWN
-        verified = self.authenticate(ask.credentials)
+        address = self.address(ask.peer, ask.forwarded_for)
+        verified = self.authenticate(ask.credentials, address)
         if isinstance(verified, Refused):
             return verified
         principal = verified.principal
@@ -135,14 +179,14 @@ class Admission:
             return asked
         refused = self._limits.check(
             principal.user_id,
-            self.address(ask.peer, ask.forwarded_for),
-            self._streams_open(principal.user_id),
+            address,
+            self._streams_open(principal.user_id, address),
             self._clock(),
             take=take,
+            spread=self._spread(),
         )
         if refused is not None:
-            if refused.limit is not None:
-                self._observer.refused_by_limit(refused.limit)
+            self._refused_by_limit(refused)
             return refused
         return Admitted(
             principal,

@@ -14,7 +14,7 @@ from router import __version__
 from router.auth import MIN_SECRET_BYTES, mint_token
 from router.config import Settings, add_serve_arguments, count, env_name
 from router.logs import configure_logging
-from router.server import ConfigurationError, serve, token_verifier
+from router.server import ConfigurationError, address_gate, serve, token_verifier
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)  # type: ignore[arg-type]
     try:
         token_verifier(settings)  # refuse to start before anything runs
+        address_gate(settings)
     except ConfigurationError as error:
         print(f"sse-router: {error}", file=sys.stderr)
         return 2

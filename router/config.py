@@ -35,8 +35,12 @@ class Settings:
     max_token_age: float | None = None
     cors_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
+    max_streams: int = 20_000
+    max_streams_per_address: int = 1000
     max_streams_per_user: int = 10
     connects_per_minute: int = 20
+    bad_tokens_per_minute: int = 60
+    address_rules: Path | None = None
     heartbeat_seconds: float = 15.0
     ws_auth_timeout_seconds: float = 5.0
     ws_messages_per_second: float = 2.0
@@ -63,7 +67,9 @@ class Settings:
     outbox_parts: int = 16
     memory_partitions: int = 1
     memory_bus_capacity: int = 10_000
+    memory_bus_max_bytes: int = 64 * 1024 * 1024
     cache_max_events: int = 10_000
+    cache_max_bytes: int = 64 * 1024 * 1024
     cache_max_age_seconds: float = 3600.0
     bus_replay_limit: int = 100_000
     publish_max_bytes: int = 1_048_576
@@ -244,8 +250,24 @@ def add_serve_arguments(
         "comma-separated addresses of reverse proxies whose X-Forwarded-For is believed",
         type=addresses,
     )
+    flag("--max-streams", "open streams this instance holds", type=count(1))
+    flag(
+        "--max-streams-per-address",
+        "open streams one client address may hold (everyone behind one NAT shares it)",
+        type=count(1),
+    )
     flag("--max-streams-per-user", "open streams one user may hold", type=count(1))
     flag("--connects-per-minute", "new streams per user and per address", type=count(1))
+    flag(
+        "--bad-tokens-per-minute",
+        "requests with a bad token one address may send before its requests are refused unread",
+        type=count(1),
+    )
+    flag(
+        "--address-rules",
+        "file of 'allow CIDR' / 'block CIDR' lines (docs/operations.md); reread on SIGHUP",
+        type=readable_file,
+    )
     flag(
         "--heartbeat-seconds",
         "a comment is sent after at most this much silence (at least 3/4 of it)",
@@ -325,7 +347,17 @@ def add_serve_arguments(
     flag("--outbox-parts", "parts of a PostgreSQL outbox, each relayed by one relay", type=count(1))
     flag("--memory-partitions", "partitions of the in-memory bus", type=count(1))
     flag("--memory-bus-capacity", "unread records per in-memory partition", type=count(1))
+    flag(
+        "--memory-bus-max-bytes",
+        "bytes of unread records per in-memory partition (publishers wait past it)",
+        type=count(1),
+    )
     flag("--cache-max-events", "events kept for resume", type=count(1))
+    flag(
+        "--cache-max-bytes",
+        "bytes of events the in-memory replay cache keeps (their encoded size)",
+        type=count(1),
+    )
     flag("--cache-max-age-seconds", "oldest event kept for resume", type=positive_seconds)
     flag(
         "--bus-replay-limit",

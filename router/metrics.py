@@ -138,11 +138,25 @@ class Metrics:
         )
         self._rate_limited = Counter(
             "sse_rate_limited_connections",
-            "New streams refused by a limit: streams-per-user, connects-per-user or "
-            "connects-per-address.",
+            "Requests refused by a limit, by limit: the stream caps (per instance, address,"
+            " user), the connect rates (per user, address), bad tokens per address.",
             ["limit"],
             registry=r,
         )
+        self._addresses_blocked = Counter(
+            "sse_addresses_blocked",
+            "Requests refused for their client address (--address-rules).",
+            registry=r,
+        )
+        self._address_rules_loads = Counter(
+            "sse_address_rules_reloads",
+            "Times the address rules file was read again on SIGHUP, by outcome: ok, or failed"
+            " (the rules before it stay).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("ok", "failed"):
+            self._address_rules_loads.labels(outcome)
         # Every label value exists from the start, at zero: rates and alerts see a series at once.
         for limit in Limit:
             self._rate_limited.labels(limit.value)
@@ -217,6 +231,12 @@ class Metrics:
 
     def control_rejected(self) -> None:
         self.controls_rejected += 1
+
+    def address_blocked(self) -> None:
+        self._addresses_blocked.inc()
+
+    def address_rules_loaded(self, ok: bool) -> None:
+        self._address_rules_loads.labels("ok" if ok else "failed").inc()
 
     # -- exposition ------------------------------------------------------------------------------
 

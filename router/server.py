@@ -4,6 +4,7 @@
 
     root nursery
     ├── signal watcher          SIGINT / SIGTERM -> shutdown requested
+    ├── reload watcher          SIGHUP -> the --address-rules file read again
     ├── hub                      (see actors/hub.py: consumer, adapter, sessions nursery)
     ├── outbox relay             with --outbox-dsn: outbox rows -> the bus
     └── HTTP server              hypercorn's trio worker serving the Quart-Trio app
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import socket
 from collections.abc import Callable
@@ -33,6 +35,7 @@ from quart_trio import QuartTrio
 from actors.hub import CursorBoundError, Hub, HubSettings
 from actors.relay import Relay, RelaySettings
 from actors.session import CloseReason, SessionSettings
+from router.address_gate import AddressGate
 from router.admission import Admission, AdmissionSettings
 from router.auth import TokenVerifier
 from router.bus.base import EventBus
@@ -45,8 +48,10 @@ from router.cache.memory import MemoryReplayCache
 from router.cache.redis import RedisReplayCache
 from router.cache.redis_controls import RedisControls
 from router.config import Settings
+from router.core.address_rules import AddressRulesError
+from router.core.admission import StreamCaps
 from router.core.control import DEFAULT_HOLD_SECONDS, AccessRules
-from router.core.cursor import MAX_CURSOR_LENGTH
+from router.core.request_bounds import HARD_HEAD_LIMIT
 from router.http.app import create_app
 from router.http.asgi import RequestLifecycle
 from router.metrics import Metrics
@@ -89,14 +94,6 @@ def listening_socket(settings: Settings) -> int:
     return sock.detach()
 
 
-ORDINARY_HEAD_BYTES = 16 * 1024
-"""What a request head holds besides a resume cursor: request line, headers, cookies, a token
-(hypercorn's own default for the whole head)."""
-REQUEST_HEAD_LIMIT = 2 * MAX_CURSOR_LENGTH + ORDINARY_HEAD_BYTES
-"""The longest request head read: a maximal cursor in ``Last-Event-ID`` and again in
-``last_event_id`` (a client may send both), and the ordinary rest; a longer one is refused by
-hypercorn before the app sees it."""
-
 ACCEPTORS = 8
 """Tasks accepting connections, each on its own descriptor of the one listening socket."""
 
@@ -126,7 +123,11 @@ def hypercorn_config(settings: Settings) -> Config:
     # A client message is small (router/core/ws_client.py): hypercorn closes the socket (1009)
     # before it buffers more, where its default would hold 16 MiB per socket.
     config.websocket_max_message_size = WS_MAX_MESSAGE_BYTES
-    config.h11_max_incomplete_size = REQUEST_HEAD_LIMIT
+    # Past this hypercorn answers a bare 431; below it, the app's 431 says why (request_bounds).
+    config.h11_max_incomplete_size = HARD_HEAD_LIMIT
+    # No read_timeout: it would end an event stream whose client, rightly, sends nothing. A
+    # connection that never completes a request head (slowloris) is closed by keep_alive_timeout,
+    # which runs from the connection's start until its first request head is read whole.
     config.backlog = 65535  # thousands of browsers reconnect at once (capped by net.core.somaxconn)
     config.accesslog = None  # the query string may hold a token: never log it raw
     config.errorlog = None
@@ -153,6 +154,30 @@ def token_verifier(settings: Settings) -> TokenVerifier:
         ) from None
 
 
+SPARE_DESCRIPTORS = 256
+"""Descriptors besides the streams': the listening socket and its duplicates, the bus's and the
+cache's connections, requests that are not streams."""
+
+
+def _warn_of_too_few_descriptors(max_streams: int) -> None:
+    """Every stream is a socket: an open-files limit below ``--max-streams`` makes the kernel,
+    not the front door, refuse the streams past it (accept fails; no client is told why)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < max_streams + SPARE_DESCRIPTORS:
+        log.warning(
+            "the open-files limit is below --max-streams: raise it (ulimit -n, LimitNOFILE=)"
+            " or lower --max-streams",
+            extra={"open_files_limit": soft, "max_streams": max_streams},
+        )
+
+
+def address_gate(settings: Settings) -> AddressGate:
+    try:
+        return AddressGate(settings.address_rules)
+    except AddressRulesError as error:
+        raise ConfigurationError(f"{error} (--address-rules / SSE_ROUTER_ADDRESS_RULES)") from None
+
+
 @dataclass(frozen=True, slots=True)
 class Running:
     """What :func:`serve` reports once it accepts connections."""
@@ -175,7 +200,9 @@ async def serve(
     bus answers if its partitions cannot be held by a cursor.
     """
     verifier = token_verifier(settings)
+    gate = address_gate(settings)
     log.info("router starting", extra={"settings": settings.redacted()})
+    _warn_of_too_few_descriptors(settings.max_streams)
     async with AsyncExitStack() as resources:
         if settings.bus != "memory" or settings.cache != "memory":
             # aiokafka and redis-py run on asyncio: in a trio-asyncio loop around the tree.
@@ -187,7 +214,9 @@ async def serve(
         controls = control_store(settings)
         resources.push_async_callback(controls.aclose)
         try:
-            await _serve(settings, verifier, bus, cache, controls, shutdown_requested, task_status)
+            await _serve(
+                settings, verifier, gate, bus, cache, controls, shutdown_requested, task_status
+            )
         except BaseExceptionGroup as group:
             too_wide, _ = group.split(CursorBoundError)
             if too_wide is None:
@@ -220,7 +249,11 @@ def event_bus(settings: Settings) -> EventBus:
                 epoch_from_topic_name=settings.kafka_epoch == "topic-name",
             )
         )
-    return MemoryBus(partitions=settings.memory_partitions, capacity=settings.memory_bus_capacity)
+    return MemoryBus(
+        partitions=settings.memory_partitions,
+        capacity=settings.memory_bus_capacity,
+        max_bytes=settings.memory_bus_max_bytes,
+    )
 
 
 def outbox_opener(settings: Settings) -> Callable[[], OutboxStore] | None:
@@ -245,6 +278,7 @@ def replay_cache(settings: Settings, source: str) -> ReplayCache:
         )
     return MemoryReplayCache(
         max_events=settings.cache_max_events,
+        max_bytes=settings.cache_max_bytes,
         max_age=settings.cache_max_age_seconds,
         source=source,
     )
@@ -260,6 +294,7 @@ def control_store(settings: Settings) -> ControlStore:
 async def _serve(
     settings: Settings,
     verifier: TokenVerifier,
+    gate: AddressGate,
     bus: EventBus,
     cache: ReplayCache,
     controls: ControlStore,
@@ -267,6 +302,7 @@ async def _serve(
     task_status: trio.TaskStatus[Running],
 ) -> None:
     metrics = Metrics()
+    gate.observer = metrics
     hub = Hub(
         bus,
         cache,
@@ -291,15 +327,21 @@ async def _serve(
     admission = Admission(
         verifier,
         AdmissionSettings(
-            max_streams_per_user=settings.max_streams_per_user,
+            caps=StreamCaps(
+                per_instance=settings.max_streams,
+                per_address=settings.max_streams_per_address,
+                per_user=settings.max_streams_per_user,
+            ),
             connects_per_minute=settings.connects_per_minute,
+            bad_tokens_per_minute=settings.bad_tokens_per_minute,
             trusted_proxies=settings.trusted_proxies,
         ),
         metrics,
-        streams_open=hub.registry.count_for_user,
+        streams_open=hub.registry.open_streams,
         closing=lambda: hub.closing,
         access=hub.access,
         wall_clock=lambda: hub.wall_clock(),  # read each time: the hub's is the one clock
+        address_rules=lambda: gate.rules,
     )
     app = create_app(hub, admission, settings, metrics)
     if shutdown_requested is None:
@@ -320,6 +362,7 @@ async def _serve(
 
     async with trio.open_nursery() as root:
         root.start_soon(_watch_signals, shutdown_requested)
+        root.start_soon(_reload_on_hangup, gate)
         await root.start(hub.run)
         open_outbox = outbox_opener(settings)
         if open_outbox is not None:
@@ -339,6 +382,13 @@ async def _serve(
         with trio.move_on_after(settings.shutdown_grace_seconds + 1):
             await http_stopped.wait()
         root.cancel_scope.cancel()
+
+
+async def _reload_on_hangup(gate: AddressGate) -> None:
+    """SIGHUP: read the address rules again; open streams are not touched."""
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            gate.reload()
 
 
 async def _watch_signals(shutdown_requested: trio.Event) -> None:

@@ -14,14 +14,17 @@ import pytest
 
 from router.admission import Admission, AdmissionSettings, Ask
 from router.auth import AuthProblem, TokenVerifier, mint_token
+from router.core.address_rules import NO_RULES
 from router.core.admission import (
     RETRY,
     STATUS,
     UNAUTHORIZED,
     Admitted,
     Credentials,
+    OpenStreams,
     Reason,
     Refused,
+    StreamCaps,
 )
 from router.core.control import AccessRules, parse_control
 from router.core.cursor import parse_cursor
@@ -40,6 +43,7 @@ class RefusalCounter(NoObserver):
     def __init__(self) -> None:
         self.tokens: Counter[Reason] = Counter()
         self.limits: Counter[Limit] = Counter()
+        self.blocked = 0
 
     def refused_token(self, reason: Reason) -> None:
         self.tokens[reason] += 1
@@ -47,24 +51,53 @@ class RefusalCounter(NoObserver):
     def refused_by_limit(self, limit: Limit) -> None:
         self.limits[limit] += 1
 
+    def address_blocked(self) -> None:
+        self.blocked += 1
+
 
 class Door:
     """An :class:`Admission` with a clock, open streams and a shutdown flag the test sets."""
 
-    def __init__(self, *, max_streams: int = 10, connects_per_minute: int = 20) -> None:
+    def __init__(
+        self,
+        *,
+        max_streams: int = 10,
+        connects_per_minute: int = 20,
+        per_instance: int = 1000,
+        per_address: int = 100,
+        bad_tokens_per_minute: int = 60,
+    ) -> None:
         self.now = 1000.0
         self.open_streams: dict[str, int] = {}
+        """Open streams by user."""
+        self.open_from: dict[str, int] = {}
+        """Open streams by address."""
+        self.open_elsewhere = 0
+        """Open streams on the instance besides those of ``open_streams``."""
         self.closing = False
+        self.spread = 0.0
+        self.rules = NO_RULES
         self.observer = RefusalCounter()
         self.access = AccessRules(3600)
         self.admission = Admission(
             TokenVerifier.from_key(secret=SECRET),
-            AdmissionSettings(max_streams, connects_per_minute, trusted_proxies=(PROXY,)),
+            AdmissionSettings(
+                StreamCaps(per_instance, per_address, max_streams),
+                connects_per_minute,
+                bad_tokens_per_minute,
+                trusted_proxies=(PROXY,),
+            ),
             self.observer,
-            streams_open=lambda user: self.open_streams.get(user, 0),
+            streams_open=lambda user, address: OpenStreams(
+                self.open_elsewhere + sum(self.open_streams.values()),
+                self.open_from.get(address, 0),
+                self.open_streams.get(user, 0),
+            ),
             closing=lambda: self.closing,
             clock=lambda: self.now,
             access=self.access,
+            spread=lambda: self.spread,
+            address_rules=lambda: self.rules,
         )
 
     def admit(
@@ -172,10 +205,12 @@ def test_a_missing_or_bad_token_is_refused_for_its_reason_and_counted(
 def test_authenticating_alone_answers_the_verified_token_or_the_same_refusal() -> None:
     door = Door()
     token = mint_token(SECRET, sub="backend", roles=["publisher"])
-    verified = door.admission.authenticate(Credentials(authorization=f"Bearer {token}"))
+    verified = door.admission.authenticate(
+        Credentials(authorization=f"Bearer {token}"), "192.0.2.1"
+    )
     assert not isinstance(verified, Refused)
     assert verified.principal.roles == {"publisher"}
-    assert refused(door.admission.authenticate(Credentials())).reason is Reason.MISSING
+    assert refused(door.admission.authenticate(Credentials(), "192.0.2.1")).reason is Reason.MISSING
     assert door.counted("auth", "missing") == 1
 
 

@@ -2,8 +2,9 @@
 
 Its epoch is random per process start, so a cursor from a previous run is never compared with the
 new run's offsets. Each partition keeps at most ``capacity`` records that the consumer has not yet
-read; a publisher waits while its partition is full, which is how backpressure from the consumer
-reaches whoever publishes.
+read, of at most ``max_bytes`` bytes together (a record larger than that alone still goes in when
+its partition is empty); a publisher waits while its partition is full, which is how backpressure
+from the consumer reaches whoever publishes.
 """
 
 from __future__ import annotations
@@ -24,13 +25,19 @@ MAX_BATCH = 256
 
 
 class MemoryBus:
-    def __init__(self, *, partitions: int = 1, capacity: int = 10_000) -> None:
+    def __init__(
+        self, *, partitions: int = 1, capacity: int = 10_000, max_bytes: int | None = None
+    ) -> None:
         if partitions < 1 or capacity < 1:
             raise ValueError("a memory bus needs at least one partition and a capacity of one")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("a memory bus's max_bytes is positive, or None for no size bound")
         self._epoch = secrets.token_hex(4)
         self.errors = 0  # nothing can fail here
         self._capacity = capacity
+        self._max_bytes = max_bytes
         self._unread: list[deque[Record]] = [deque() for _ in range(partitions)]
+        self._unread_bytes = [0] * partitions
         self._next_offset = [0] * partitions
         self._changed = trio.Event()  # set when records are appended or read; then replaced
 
@@ -67,6 +74,14 @@ class MemoryBus:
     def _partition_of(self, scope: Scope) -> int:
         return zlib.crc32(partition_key(scope).encode()) % len(self._unread)
 
+    def _full(self, partition: int, adding: int) -> bool:
+        """Whether ``partition`` has no room for a record of ``adding`` bytes."""
+        unread = self._unread[partition]
+        if len(unread) >= self._capacity:
+            return True
+        held = self._unread_bytes[partition]
+        return self._max_bytes is not None and bool(unread) and held + adding > self._max_bytes
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
@@ -76,13 +91,15 @@ class MemoryBus:
         try:
             for envelope in envelopes:
                 partition = self._partition_of(envelope.scope)
-                while len(self._unread[partition]) >= self._capacity:
+                raw = envelope.to_bytes()
+                while self._full(partition, len(raw)):
                     self._notify()  # the reader may be waiting for what this call appended
                     await self._changed.wait()
                 offset = self._next_offset[partition]
                 self._next_offset[partition] += 1
                 identity = EventIdentity("memory", str(partition), (offset,), self._epoch)
-                self._unread[partition].append(Record(identity, envelope.to_bytes()))
+                self._unread[partition].append(Record(identity, raw))
+                self._unread_bytes[partition] += len(raw)
                 identities.append(identity)
         finally:
             self._notify()  # even if cancelled half-way: what was appended is there to read
@@ -97,9 +114,10 @@ class MemoryBus:
         while True:
             batch: list[Record] = []
             taken = 0
-            for unread in self._unread:
+            for partition, unread in enumerate(self._unread):
                 while unread and len(batch) < MAX_BATCH:
                     record = unread.popleft()
+                    self._unread_bytes[partition] -= len(record.raw)
                     taken += 1
                     served = start.get(record.identity.partition)
                     if served is None or record.identity.offset > served:

@@ -20,6 +20,7 @@ class MemoryReplayCache:
         self,
         *,
         max_events: int,
+        max_bytes: int | None = None,
         max_age: float | None = None,
         source: str | None = None,
         epoch: str | None = None,
@@ -27,7 +28,9 @@ class MemoryReplayCache:
     ) -> None:
         self._clock = clock
         self.errors = 0  # nothing can fail here
-        self._history = History(max_events=max_events, max_age=max_age, source=source, epoch=epoch)
+        self._history = History(
+            max_events=max_events, max_bytes=max_bytes, max_age=max_age, source=source, epoch=epoch
+        )
 
     async def append(self, entries: Sequence[Entry]) -> None:
         for entry in entries:

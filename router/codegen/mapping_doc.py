@@ -45,12 +45,13 @@ ERROR_CODES = {
     ),
     ErrorCode.INTERNAL: "an unexpected failure in the router",
     ErrorCode.RATE_LIMITED: (
-        "a new stream refused: too many new streams for this user or address; the browser "
-        "reconnects after the `retry:` that comes with it"
+        "a new stream refused: too many new streams for this user or address, or too many bad "
+        "tokens from this address; the browser reconnects after the `retry:` that comes with it"
     ),
     ErrorCode.TOO_MANY_STREAMS: (
-        "a new stream refused: this user holds `--max-streams-per-user` streams already; the "
-        "browser reconnects after the `retry:` that comes with it"
+        "a new stream refused: this instance (`--max-streams`), this client address "
+        "(`--max-streams-per-address`) or this user (`--max-streams-per-user`) holds its most "
+        "streams already; the browser reconnects after the `retry:` that comes with it"
     ),
     ErrorCode.SHUTTING_DOWN: (
         "a new stream refused: this instance is stopping; the browser reconnects after the "

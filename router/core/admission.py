@@ -1,12 +1,14 @@
 """The rules of the front door: whether a new stream may open, and what it asked for.
 
 Every transport (the event stream now, a WebSocket next) asks the same questions in the same
-order, through :class:`router.admission.Admission`: is this instance shutting down; which token
-came (``Authorization: Bearer``, else the ``access_token`` cookie, else ``?token=``) and does it
-verify; are the query and the cursor well formed; does the token grant the filter; is the user
-under the stream cap; do both connect rates allow it. The answer is :class:`Admitted` or
-:class:`Refused`, whose :class:`Reason` is a bounded set a transport maps to its own form (an HTTP
-status and JSON body, an in-band ``sse.error``, a WebSocket close code).
+order, through :class:`router.admission.Admission`: is this instance shutting down; has the
+address sent too many bad tokens (:class:`TokenFailures`, asked before any token work); which
+token came (``Authorization: Bearer``, else the ``access_token`` cookie, else ``?token=``) and
+does it verify; are the query and the cursor well formed; does the token grant the filter; are
+the instance, the address and the user under their stream caps; do both connect rates allow it.
+The answer is :class:`Admitted` or :class:`Refused`, whose :class:`Reason` is a bounded set a
+transport maps to its own form (an HTTP status and JSON body, an in-band ``sse.error``, a
+WebSocket close code).
 
 Pure: time is passed in, and verifying a token (a library's business) happens outside, so this
 module holds every rule except the signature check.
@@ -15,6 +17,7 @@ module holds every rule except the signature check.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -36,8 +39,12 @@ SHUTDOWN_WAIT_SECONDS = 1.0
 """A client refused by a stopping instance comes back this soon: to another instance, or to this
 one restarted."""
 TOO_MANY_STREAMS_WAIT_SECONDS = 10.0
-"""A user at the stream cap has a slot only when one of their streams ends (a tab closed), which
-nothing predicts; this is how often a tab refused for it tries again."""
+"""A user (or an address) at its stream cap has a slot only when one of its streams ends (a tab
+closed), which nothing predicts; this is how often a tab refused for it tries again."""
+FULL_INSTANCE_WAIT_SECONDS = 2.0
+FULL_INSTANCE_SPREAD_SECONDS = 8.0
+"""A client refused by a full instance comes back after the wait plus a random share of the
+spread: soon, since its next connection may reach another instance, and not all at once."""
 
 
 class Reason(enum.StrEnum):
@@ -55,6 +62,7 @@ class Reason(enum.StrEnum):
     """The token's user or session was disconnected after it was issued (router.core.control)."""
     BAD_REQUEST = "bad-request"
     FORBIDDEN = "forbidden"
+    ADDRESS_BLOCKED = "address-blocked"
     TOO_MANY_STREAMS = ErrorCode.TOO_MANY_STREAMS.value
     RATE_LIMITED = ErrorCode.RATE_LIMITED.value
     SHUTTING_DOWN = ErrorCode.SHUTTING_DOWN.value
@@ -78,6 +86,7 @@ STATUS: Mapping[Reason, int] = {
     **dict.fromkeys(UNAUTHORIZED, 401),
     Reason.BAD_REQUEST: 400,
     Reason.FORBIDDEN: 403,
+    Reason.ADDRESS_BLOCKED: 403,
     **{Reason(code.value): status for code, status in RETRYABLE.items()},
 }
 """The HTTP status of each reason; the retryable ones' are those of ``RETRYABLE``."""
@@ -141,6 +150,9 @@ SHUTTING_DOWN = Refused(
     "this instance is shutting down; reconnect",
     retry_after=SHUTDOWN_WAIT_SECONDS,
 )
+ADDRESS_BLOCKED = Refused(
+    Reason.ADDRESS_BLOCKED, "requests from this address are not accepted here"
+)
 
 
 def bearer_token(credentials: Credentials) -> str | Refused:
@@ -172,6 +184,25 @@ def client_address(
     return peer
 
 
+IPV6_GROUP_PREFIX = 64
+
+
+def address_group(address: str) -> str:
+    """What the per-address limits count as one address: an IPv4 address itself, an IPv6 address
+    by the /64 it lies in. A host given a /64 (the usual subscriber's, and a cloud machine's) may
+    send from any address in it at will, so counting each address alone would give it 2**64
+    allowances, and the limiters a key for each. Anything else (``unknown``) is itself."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, IPV6_GROUP_PREFIX), strict=False))
+    return address
+
+
 def stream_request(
     query: Iterable[tuple[str, str]], last_event_id: str | None, principal: Principal
 ) -> StreamRequest | Refused:
@@ -187,35 +218,66 @@ def stream_request(
     return asked
 
 
+@dataclass(frozen=True, slots=True)
+class StreamCaps:
+    """How many streams may be open at once: on this instance, from one address, of one user."""
+
+    per_instance: int
+    """``--max-streams``."""
+    per_address: int
+    """``--max-streams-per-address``."""
+    per_user: int
+    """``--max-streams-per-user``."""
+
+
+@dataclass(frozen=True, slots=True)
+class OpenStreams:
+    """How many streams are open now: on this instance, from the asking address, of the asking
+    user."""
+
+    instance: int = 0
+    address: int = 0
+    """From the asking address's group (see :func:`address_group`)."""
+    user: int = 0
+
+
 class StreamLimits:
-    """The per-user stream cap and both connect rates, per user and per address.
+    """The stream caps (per instance, per address, per user) and both connect rates, per user and
+    per address.
 
     Rates are taken together: from both when both allow, from neither when one refuses, so a user
     refused for their address keeps their own allowance elsewhere, and one user's retry loop does
     not spend the address's allowance for everyone behind it.
     """
 
-    def __init__(self, max_streams_per_user: int, connects_per_minute: int) -> None:
-        self.max_streams_per_user = max_streams_per_user
+    def __init__(self, caps: StreamCaps, connects_per_minute: int) -> None:
+        self.caps = caps
         self._per_user = RateLimiter(connects_per_minute, RATE_PERIOD_SECONDS)
         self._per_address = RateLimiter(connects_per_minute, RATE_PERIOD_SECONDS)
 
     def check(
-        self, user_id: str, address: str, open_streams: int, now: float, *, take: bool = True
+        self,
+        user_id: str,
+        address: str,
+        open_streams: OpenStreams,
+        now: float,
+        *,
+        take: bool = True,
+        spread: float = 0.0,
     ) -> Refused | None:
-        """A refusal when a limit holds back a new stream of ``user_id`` (who holds
-        ``open_streams``) from ``address`` at ``now``; ``None`` when it may open, and then, with
-        ``take``, it is counted against both connect rates (``take=False`` only asks)."""
-        if open_streams >= self.max_streams_per_user:
-            return Refused(
-                Reason.TOO_MANY_STREAMS,
-                f"at most {self.max_streams_per_user} open streams per user",
-                retry_after=TOO_MANY_STREAMS_WAIT_SECONDS,
-                limit=Limit.STREAMS_PER_USER,
-            )
+        """A refusal when a limit holds back a new stream of ``user_id`` from ``address`` at
+        ``now``, with ``open_streams`` open; ``None`` when it may open, and then, with ``take``,
+        it is counted against both connect rates (``take=False`` only asks). ``spread``, from 0
+        to 1 (drawn by the caller), sets where in the spread of a full instance's wait this client
+        comes back, so that refused clients do not all return at once."""
+        if not 0 <= spread <= 1:
+            raise ValueError(f"spread is from 0 to 1, got {spread}")
+        full = self._full(open_streams, spread)
+        if full is not None:
+            return full
         claims = {
             Limit.CONNECTS_PER_USER: (self._per_user, user_id),
-            Limit.CONNECTS_PER_ADDRESS: (self._per_address, address),
+            Limit.CONNECTS_PER_ADDRESS: (self._per_address, address_group(address)),
         }
         refused = acquire_all(claims, now, take=take)
         if refused is None:
@@ -226,3 +288,59 @@ class StreamLimits:
             retry_after=refused.wait,
             limit=refused.limit,
         )
+
+    def _full(self, open_streams: OpenStreams, spread: float) -> Refused | None:
+        """The cap a new stream would exceed, widest first: the instance's (a load balancer or
+        the client's next try may find another instance with room), the address's, the
+        user's."""
+        caps = self.caps
+        if open_streams.instance >= caps.per_instance:
+            return Refused(
+                Reason.TOO_MANY_STREAMS,
+                f"this instance holds its most streams ({caps.per_instance}); try another",
+                retry_after=FULL_INSTANCE_WAIT_SECONDS + spread * FULL_INSTANCE_SPREAD_SECONDS,
+                limit=Limit.STREAMS_PER_INSTANCE,
+            )
+        if open_streams.address >= caps.per_address:
+            return Refused(
+                Reason.TOO_MANY_STREAMS,
+                f"at most {caps.per_address} open streams per address",
+                retry_after=TOO_MANY_STREAMS_WAIT_SECONDS,
+                limit=Limit.STREAMS_PER_ADDRESS,
+            )
+        if open_streams.user >= caps.per_user:
+            return Refused(
+                Reason.TOO_MANY_STREAMS,
+                f"at most {caps.per_user} open streams per user",
+                retry_after=TOO_MANY_STREAMS_WAIT_SECONDS,
+                limit=Limit.STREAMS_PER_USER,
+            )
+        return None
+
+
+class TokenFailures:
+    """Failed tokens per address: past ``per_minute`` of them in any minute, an address's
+    requests are refused before their token is looked at, so a flood of bad tokens costs no
+    signature checks. Every failure counts (missing, malformed, expired, a bad signature or
+    claims); a refusal by this limit does not, so the address is let through again as its counted
+    failures leave the one-minute window, and a flood costs at most ``per_minute`` signature
+    checks a minute."""
+
+    def __init__(self, per_minute: int) -> None:
+        self._failures = RateLimiter(per_minute, RATE_PERIOD_SECONDS)
+
+    def check(self, address: str, now: float) -> Refused | None:
+        """A refusal when ``address`` has used up its failures at ``now``, else ``None``."""
+        wait = self._failures.wait(address_group(address), now)
+        if wait == 0.0:
+            return None
+        return Refused(
+            Reason.RATE_LIMITED,
+            "too many requests with a bad token from this address; try again later",
+            retry_after=wait,
+            limit=Limit.BAD_TOKENS_PER_ADDRESS,
+        )
+
+    def failed(self, address: str, now: float) -> None:
+        """A request from ``address`` had a bad token at ``now``."""
+        self._failures.acquire(address_group(address), now)

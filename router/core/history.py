@@ -39,9 +39,17 @@ class Replay:
     unavailable: bool = False
 
 
+def entry_size(entry: Entry) -> int:
+    """What an entry weighs against ``max_bytes``: its event's bytes on the wire (the encoded
+    form the history holds; the rest of an entry is small and of fixed size)."""
+    return len(entry.message.to_sse_format())
+
+
 @dataclass(slots=True)
 class History:
-    """At most ``max_events`` events, none older than ``max_age`` seconds (``None``: no age limit).
+    """At most ``max_events`` events of at most ``max_bytes`` bytes together (``None``: no size
+    limit; see :func:`entry_size`), none older than ``max_age`` seconds (``None``: no age limit).
+    Past any of them the oldest go first, and are recorded as evicted.
 
     Entries are kept in the order the router processed them, which is the order a client gets them.
     Time is passed in, never read.
@@ -51,14 +59,23 @@ class History:
     max_age: float | None = None
     source: str | None = None
     epoch: str | None = None
+    max_bytes: int | None = None
     _entries: deque[Entry] = field(default_factory=deque, repr=False)
     _evicted_up_to: dict[str, Offset] = field(default_factory=dict, repr=False)
+    _bytes: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
         if self.max_events < 1:
             raise ValueError("a history keeps at least one event")
         if self.max_age is not None and not self.max_age > 0:
             raise ValueError("max_age must be positive, or None for no age limit")
+        if self.max_bytes is not None and self.max_bytes < 1:
+            raise ValueError("max_bytes must be positive, or None for no size limit")
+
+    @property
+    def size(self) -> int:
+        """The bytes held, as :func:`entry_size` weighs them."""
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -70,7 +87,10 @@ class History:
         """Keep ``entry``; an entry of a new source or epoch starts a new history."""
         self._join(entry.identity)
         self._entries.append(entry)
-        while len(self._entries) > self.max_events:
+        self._bytes += entry_size(entry)
+        while len(self._entries) > self.max_events or (
+            self.max_bytes is not None and self._bytes > self.max_bytes
+        ):
             self._evict_oldest()
         self.expire(entry.appended_at)
 
@@ -85,6 +105,7 @@ class History:
         """Start a new history if ``identity`` is of another source or epoch."""
         if (identity.source, identity.epoch) != (self.source, self.epoch):
             self._entries.clear()
+            self._bytes = 0
             self._evicted_up_to.clear()
             self.source, self.epoch = identity.source, identity.epoch
 
@@ -97,7 +118,9 @@ class History:
             self._evict_oldest()
 
     def _evict_oldest(self) -> None:
-        self._note_evicted(self._entries.popleft().identity)
+        oldest = self._entries.popleft()
+        self._bytes -= entry_size(oldest)
+        self._note_evicted(oldest.identity)
 
     def _note_evicted(self, identity: EventIdentity) -> None:
         evicted = self._evicted_up_to.get(identity.partition)

@@ -157,6 +157,13 @@ class Observer(StreamObserver, Protocol):
     def control_rejected(self) -> None:
         """A control envelope read from the bus was malformed: skipped (and logged)."""
 
+    def address_blocked(self) -> None:
+        """The front door refused a request for its address (``--address-rules``)."""
+
+    def address_rules_loaded(self, ok: bool) -> None:
+        """The address rules file was read again (on SIGHUP): ``ok``, or it could not be used,
+        and the rules before it stay."""
+
 
 class NoObserver:
     """Hears every report and keeps none: the default, and a base for an observer that wants a
@@ -214,6 +221,12 @@ class NoObserver:
         pass
 
     def control_rejected(self) -> None:
+        pass
+
+    def address_blocked(self) -> None:
+        pass
+
+    def address_rules_loaded(self, ok: bool) -> None:
         pass
 
 

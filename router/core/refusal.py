@@ -37,8 +37,11 @@ class Limit(enum.StrEnum):
     """Which limit refused a new stream; fit for a metric label."""
 
     STREAMS_PER_USER = "streams-per-user"
+    STREAMS_PER_INSTANCE = "streams-per-instance"
+    STREAMS_PER_ADDRESS = "streams-per-address"
     CONNECTS_PER_USER = "connects-per-user"
     CONNECTS_PER_ADDRESS = "connects-per-address"
+    BAD_TOKENS_PER_ADDRESS = "bad-tokens-per-address"
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ _REFUSALS: dict[Reason, CloseCode] = {
     **dict.fromkeys(UNAUTHORIZED, CloseCode.UNAUTHORIZED),
     Reason.BAD_REQUEST: CloseCode.BAD_REQUEST,
     Reason.FORBIDDEN: CloseCode.FORBIDDEN,
+    Reason.ADDRESS_BLOCKED: CloseCode.FORBIDDEN,
     Reason.TOO_MANY_STREAMS: CloseCode.RATE_LIMITED,
     Reason.RATE_LIMITED: CloseCode.RATE_LIMITED,
     Reason.SHUTTING_DOWN: CloseCode.UNAVAILABLE,

@@ -18,7 +18,10 @@
    body, and that request was answered. It gets ``400``, and the connection is closed after it,
    so nothing after it is read (RFC 9112, 6.1); see :func:`refuse_ambiguous_framing` for how.
 
-4. A stream whose body cannot be written straight onto its socket falls back to hypercorn's send,
+4. A request whose query string or head is larger than the router serves is refused here, before
+   the app parses it, with ``414`` or ``431`` and a JSON body (:mod:`router.core.request_bounds`).
+
+5. A stream whose body cannot be written straight onto its socket falls back to hypercorn's send,
    at about half the broadcast throughput: each such stream is reported to the router's observer
    (``sse_direct_write_fallbacks_total``), and each reason is logged once per process.
 """
@@ -42,6 +45,7 @@ from hypercorn.typing import (
 
 from actors.session import CloseReason, Session
 from router.core.observer import NO_OBSERVER, Observer, WriteFallback
+from router.core.request_bounds import Oversized, oversized
 from router.http.direct_body import ChunkedSocketWriter, direct_writer, fallback_reason
 from router.http.errors import error_document
 
@@ -132,6 +136,13 @@ class RequestLifecycle:
         if scope["type"] == "http" and framed_two_ways(scope["headers"]):
             await refuse_ambiguous_framing(scope, send)
             return
+        if scope["type"] == "http":
+            too_large = oversized(
+                scope["method"], scope["raw_path"], scope["query_string"], scope["headers"]
+            )
+            if too_large is not None:
+                await refuse_oversized(scope, send, too_large)
+                return
         cast(dict[str, Any], scope)[SEND_KEY] = send_last_chunk_shielded
         cast(dict[str, Any], scope)[SERVER_SEND_KEY] = send
         cast(dict[str, Any], scope)[OBSERVER_KEY] = self.observer
@@ -149,6 +160,41 @@ def framed_two_ways(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     return b"content-length" in names and b"transfer-encoding" in names
 
 
+async def refuse_oversized(scope: HTTPScope, send: ASGISendCallable, refusal: Oversized) -> None:
+    """Answer ``refusal`` as a JSON error, without reading the request's body."""
+    body = json.dumps(
+        error_document(refusal.status, refusal.code, refusal.message), sort_keys=True
+    ).encode()
+    _log_refused(scope, refusal.status, refusal.code)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": refusal.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+            "trailers": False,
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _log_refused(scope: HTTPScope, status: int, code: str) -> None:
+    client = scope.get("client")
+    log.info(
+        "request refused",
+        extra={
+            "method": scope["method"],
+            "path": scope["path"][:256],  # never the query string: it may hold a token
+            "status": status,
+            "code": code,
+            "parameter": None,
+            "remote": client[0] if client else "unknown",
+        },
+    )
+
+
 async def refuse_ambiguous_framing(scope: HTTPScope, send: ASGISendCallable) -> None:
     """Answer ``400`` and have the server close the connection after it.
 
@@ -161,18 +207,7 @@ async def refuse_ambiguous_framing(scope: HTTPScope, send: ASGISendCallable) -> 
     """
     message = "a request must not have both Content-Length and Transfer-Encoding"
     body = json.dumps(error_document(400, AMBIGUOUS_FRAMING, message), sort_keys=True).encode()
-    client = scope.get("client")
-    log.info(
-        "request refused",
-        extra={
-            "method": scope["method"],
-            "path": scope["path"],  # never the query string: it may hold a token
-            "status": 400,
-            "code": AMBIGUOUS_FRAMING,
-            "parameter": None,
-            "remote": client[0] if client else "unknown",
-        },
-    )
+    _log_refused(scope, 400, AMBIGUOUS_FRAMING)
     await send(
         {
             "type": "http.response.start",

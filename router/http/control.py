@@ -77,7 +77,8 @@ def _controller(admission: Admission) -> Verified:
         Credentials(
             authorization=request.headers.get("Authorization"),
             cookie=request.cookies.get("access_token"),
-        )
+        ),
+        admission.address(request.remote_addr, request.headers.get("X-Forwarded-For")),
     )
     if isinstance(verified, Refused):
         raise http_error(verified)

@@ -61,6 +61,10 @@ def add_websocket_route(app: Quart, hub: Hub, admission: Admission, settings: Se
     @app.websocket(WS_PATH)
     async def events_ws() -> None:
         await websocket.accept()
+        peer, forwarded = websocket.remote_addr, websocket.headers.get("X-Forwarded-For")
+        blocked = admission.screen(peer, forwarded)  # before_request does not run for a websocket
+        if blocked is not None:
+            return await _refuse(blocked, admission)
         admitted = admission.admit(await _ask(settings.ws_auth_timeout_seconds))
         if isinstance(admitted, Refused):
             return await _refuse(admitted, admission)
@@ -73,6 +77,7 @@ def add_websocket_route(app: Quart, hub: Hub, admission: Admission, settings: Se
                 resume_from=admitted.resume_from,
                 output=WebSocketOutput(),
                 issued_at=admitted.issued_at,
+                address=admission.address(peer, forwarded),
                 connection_id=connection_id,
                 wire=wire,
             )

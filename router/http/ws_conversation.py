@@ -70,7 +70,9 @@ class Conversation:
         """The new token replaces the old one: its grants (narrowed ones stop at once), its
         expiry. A token that does not verify, or is another user's or session's, ends it."""
         session = self._session
-        verified = self._admission.authenticate(Credentials(f"Bearer {message.token}"))
+        verified = self._admission.authenticate(
+            Credentials(f"Bearer {message.token}"), session.address
+        )
         if isinstance(verified, Refused):
             await websocket.send(error(verified.reason.value, verified.message, ref=message.ref))
             return CloseCode.UNAUTHORIZED, verified.reason.value
