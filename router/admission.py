@@ -10,6 +10,7 @@ and, when admitted, asks the hub to open the session (:meth:`actors.hub.Hub.open
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ from router.core.admission import (
     stream_request,
 )
 from router.core.observer import Observer
+from router.core.overload import overload_refusal
+from router.core.refusal import Limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +60,8 @@ class Ask:
 
 class Admission:
     """Admits or refuses new streams; ``streams_open(user_id)`` counts a user's open streams,
-    ``closing()`` says the instance is shutting down (both the hub's)."""
+    ``closing()`` says the instance is shutting down (both the hub's), ``overloaded()`` that
+    the overload ladder refuses new streams (the health monitor's)."""
 
     def __init__(
         self,
@@ -67,6 +71,7 @@ class Admission:
         *,
         streams_open: Callable[[str], int],
         closing: Callable[[], bool],
+        overloaded: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
         self._verifier = verifier
@@ -75,6 +80,7 @@ class Admission:
         self._observer = observer
         self._streams_open = streams_open
         self._closing = closing
+        self._overloaded = overloaded
         self._clock = clock
 
     def address(self, peer: str | None, forwarded_for: str | None = None) -> str:
@@ -96,12 +102,16 @@ class Admission:
 
     def admit(self, ask: Ask, *, take: bool = True) -> Admitted | Refused:
         """Whether the stream ``ask`` asks for may open now. In order: the instance is not
-        shutting down, the token verifies, the query and cursor are well formed, the token
-        grants the filter, the user is under the stream cap, both connect rates allow it. An
+        shutting down, nor overloaded (the ladder's ``refuse`` rung), the token verifies, the
+        query and cursor are well formed, the token grants the filter, the user is under the
+        stream cap, both connect rates allow it. An
         admitted stream is counted against both rates, unless ``take`` is false (a ``HEAD``
         only asks). A refusal by a limit is reported to the observer by that limit."""
         if self._closing():
             return SHUTTING_DOWN
+        if self._overloaded():  # before any token work: that is what an overload cannot afford
+            self._observer.refused_by_limit(Limit.OVERLOAD)
+            return overload_refusal(random.random())
         verified = self.authenticate(ask.credentials)
         if isinstance(verified, Refused):
             return verified

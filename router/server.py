@@ -5,7 +5,8 @@
     root nursery
     ├── signal watcher          SIGINT / SIGTERM -> shutdown requested
     ├── hub                      (see actors/hub.py: consumer, adapter, sessions nursery)
-    ├── outbox relay             with --outbox-dsn: outbox rows -> the bus
+    ├── health monitor           measures load, walks the overload ladder (actors/overload.py)
+    ├── outbox relay             with --outbox-dsn: outbox rows -> the bus (through its breaker)
     └── HTTP server              hypercorn's trio worker serving the Quart-Trio app
 
 Shutdown, when a signal arrives: every session sends ``server-shutdown`` (with a ``retry:`` hint)
@@ -31,6 +32,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
 from actors.hub import CursorBoundError, Hub, HubSettings
+from actors.overload import OverloadMonitor, OverloadSettings
 from actors.relay import Relay, RelaySettings
 from actors.session import CloseReason, SessionSettings
 from router.admission import Admission, AdmissionSettings
@@ -50,6 +52,7 @@ from router.metrics import Metrics
 from router.outbox.base import OutboxStore
 from router.outbox.postgres import PostgresOutbox
 from router.outbox.sqlite import SqliteOutbox
+from router.resident import resident_bytes
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +150,7 @@ class Running:
     addresses: list[str]
     hub: Hub
     app: QuartTrio
+    overload: OverloadMonitor
 
 
 async def serve(
@@ -258,8 +262,16 @@ async def _serve(
                 shutdown_retry_spread_ms=settings.shutdown_retry_spread_ms,
                 log_sample_rate=settings.log_sample_rate,
             ),
+            breaker=settings.bus_breaker,
         ),
         observer=metrics,
+    )
+    overload = OverloadMonitor(
+        lambda: hub.registry,
+        lambda: hub.replays_in_flight,
+        OverloadSettings(thresholds=settings.overload_thresholds, ladder=settings.overload_ladder),
+        metrics,
+        resident_bytes=resident_bytes,
     )
     metrics.watch(bus, cache, hub.records_waiting)
     admission = Admission(
@@ -272,8 +284,9 @@ async def _serve(
         metrics,
         streams_open=hub.registry.count_for_user,
         closing=lambda: hub.closing,
+        overloaded=lambda: overload.refusing,
     )
-    app = create_app(hub, admission, settings, metrics)
+    app = create_app(hub, admission, settings, metrics, overload)
     if shutdown_requested is None:
         shutdown_requested = trio.Event()
     stop_http = trio.Event()
@@ -293,15 +306,16 @@ async def _serve(
     async with trio.open_nursery() as root:
         root.start_soon(_watch_signals, shutdown_requested)
         await root.start(hub.run)
+        root.start_soon(overload.run)
         open_outbox = outbox_opener(settings)
         if open_outbox is not None:
             relay_settings = RelaySettings(
                 parts=settings.outbox_parts, poll_seconds=settings.outbox_poll_seconds
             )
-            root.start_soon(Relay(open_outbox, bus, relay_settings, metrics).run)
+            root.start_soon(Relay(open_outbox, hub.publisher, relay_settings, metrics).run)
         bound: list[str] = await root.start(run_http)
         addresses = list(dict.fromkeys(bound))  # one address per acceptor: the same one
-        task_status.started(Running(addresses, hub, app))
+        task_status.started(Running(addresses, hub, app, overload))
         log.info("router listening", extra={"addresses": addresses})
         await shutdown_requested.wait()
         log.info("router stopping", extra={"open_streams": len(hub.registry)})

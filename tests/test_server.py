@@ -127,7 +127,7 @@ async def test_health_readiness_and_unknown_paths_answer_json() -> None:
         assert ready.json() == {
             "ready": True,
             "status": "ok",
-            "checks": {"bus": True, "cache": True},
+            "checks": {"bus": True, "cache": True, "overload": "normal"},
         }
         index = await router.client.get("/")
         assert "task.progress-updated" in index.json()["events"]

@@ -61,6 +61,11 @@ ERROR_CODES = {
         "what the client missed; the browser reconnects after the `retry:` that comes with it, "
         "and resumes exactly once the cache answers"
     ),
+    ErrorCode.OVERLOADED: (
+        "a new stream refused: this instance is overloaded (see the overload ladder in "
+        "docs/operations.md); the browser reconnects after the spread `retry:` that comes with "
+        "it, most likely to another instance"
+    ),
 }
 
 # The worked example: an envelope read at partition 2, offset 105 of a Kafka source, by a client

@@ -139,6 +139,7 @@ class ErrorCode(enum.StrEnum):
     TOO_MANY_STREAMS = "too-many-streams"
     SHUTTING_DOWN = "shutting-down"
     REPLAY_UNAVAILABLE = "replay-unavailable"
+    OVERLOADED = "overloaded"
 
 
 class SSEErrorEvent(DomainEvent):

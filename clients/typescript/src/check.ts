@@ -40,6 +40,7 @@ function handleError(code: SSEErrorCode): string {
     case "too-many-streams":
     case "shutting-down":
     case "replay-unavailable":
+    case "overloaded":
       return code;
     default: {
       const unhandled: never = code;

@@ -79,8 +79,8 @@ export interface ContentUpdatePayload {
  * The payload of `sse.error`, contract version 1; its data carries no `EventMetadata`.
  */
 export interface SSEErrorPayload {
-  /** one of `token-expired`, `lagged`, `server-shutdown`, `history-truncated`, `internal`, `rate-limited`, `too-many-streams`, `shutting-down`, `replay-unavailable` */
-  code: "token-expired" | "lagged" | "server-shutdown" | "history-truncated" | "internal" | "rate-limited" | "too-many-streams" | "shutting-down" | "replay-unavailable";
+  /** one of `token-expired`, `lagged`, `server-shutdown`, `history-truncated`, `internal`, `rate-limited`, `too-many-streams`, `shutting-down`, `replay-unavailable`, `overloaded` */
+  code: "token-expired" | "lagged" | "server-shutdown" | "history-truncated" | "internal" | "rate-limited" | "too-many-streams" | "shutting-down" | "replay-unavailable" | "overloaded";
   /** string, at most 10000 characters */
   message: string;
   /** boolean */
@@ -115,6 +115,7 @@ export const SSE_ERROR_CODES = [
   "too-many-streams",
   "shutting-down",
   "replay-unavailable",
+  "overloaded",
 ] as const;
 
 export type SSEErrorCode = (typeof SSE_ERROR_CODES)[number];
@@ -125,6 +126,7 @@ export const SSE_REFUSAL_CODES = [
   "too-many-streams",
   "shutting-down",
   "replay-unavailable",
+  "overloaded",
 ] as const;
 
 export type SSERefusalCode = (typeof SSE_REFUSAL_CODES)[number];
