@@ -30,11 +30,13 @@ import trio
 from actors.adapter import Adapter
 from actors.consumer import run_consumer
 from actors.heartbeats import run_heartbeat_clock
+from actors.publisher import GuardedPublisher
 from actors.registry import SessionRegistry
 from actors.session import CloseReason, Output, Session, SessionSettings
 from router.bus.base import BusUnavailableError, EventBus, Record
 from router.cache.base import ReplayCache
 from router.cache.controls import ControlStore, ProcessControls
+from router.core.breaker import BreakerSettings
 from router.core.control import AccessRules, Control, effect_on
 from router.core.cursor import (
     MAX_CURSOR_LENGTH,
@@ -85,6 +87,8 @@ class HubSettings:
     cost a client nothing. Past it, the client gets what is held, as truncated, and live events."""
     replay_retry_seconds: float = 2.0
     """How long a client refused for an unreadable cache is told to wait."""
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    """The circuit breaker publishing goes through (:attr:`Hub.publisher`)."""
 
 
 class ReplayUnavailableError(Exception):
@@ -150,6 +154,11 @@ class Hub:
         """Set once the bus answered: every event published from then on will be routed."""
         self._sessions_nursery: trio.Nursery | None = None
         self._records: trio.MemoryReceiveChannel[Sequence[Record]] | None = None
+        self.publisher = GuardedPublisher(bus, settings.breaker, observer)
+        """The bus behind its circuit breaker: what ``POST /api/v1/events`` and the outbox
+        relay publish through."""
+        self.replays_in_flight = 0
+        """Resumes :meth:`open` is reading now, for the health monitor."""
 
     @property
     def epoch(self) -> str:
@@ -310,6 +319,7 @@ class Hub:
         position = self.position()
         if resume_from is None:
             session.cursor = position  # from now on, not when it first runs: a rescope reads it
+        self.replays_in_flight += resume_from is not None
         try:
             resume = (
                 None
@@ -319,6 +329,8 @@ class Hub:
         except BaseException:
             self.registry.remove(session)
             raise
+        finally:
+            self.replays_in_flight -= resume_from is not None
         receive: trio.MemoryReceiveChannel[bytes] | None = None
         if output is None:
             output, receive = trio.open_memory_channel[bytes](self.settings.output_capacity)
@@ -517,7 +529,8 @@ class Hub:
             session.stop(reason)
 
     async def publish(self, envelopes: Sequence[Publishable]) -> list[EventIdentity]:
-        return await self.bus.publish(envelopes)
+        """Publish through the bus's breaker (:class:`actors.publisher.GuardedPublisher`)."""
+        return await self.publisher.publish(envelopes)
 
     # -- access control ----------------------------------------------------------------------------
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from router.bus.base import BusUnavailableError, EventBus
+from actors.publisher import CircuitOpenError, Publisher
+from router.bus.base import BusUnavailableError
 from router.core.backoff import Backoff
 from router.core.control import is_control, parse_control
 from router.core.envelope import EnvelopeError, Publishable, parse_envelope
@@ -53,7 +54,7 @@ class Relay:
     def __init__(
         self,
         open_store: Callable[[], OutboxStore],
-        bus: EventBus,
+        bus: Publisher,
         settings: RelaySettings = RelaySettings(),
         observer: Observer = NO_OBSERVER,
     ) -> None:
@@ -65,6 +66,9 @@ class Relay:
 
     async def run(self) -> None:
         """Relay until cancelled; a failing database or bus is retried with backoff.
+
+        While the bus's breaker is open (``bus`` is a :class:`~actors.publisher.GuardedPublisher`)
+        the relay waits as long as the breaker says, the rows it held given back.
 
         Cancellation waits for the database call in progress (at most a second when waiting for
         new rows), then the store is closed.
@@ -96,8 +100,15 @@ class Relay:
     async def _relay_with(self, store: OutboxStore) -> None:
         while True:
             moved = 0
-            for part in range(self.settings.parts):
-                moved += await self.relay_part(store, part)
+            try:
+                for part in range(self.settings.parts):
+                    moved += await self.relay_part(store, part)
+            except CircuitOpenError as error:
+                # The bus has been failing: the rows went back to the outbox, and the breaker
+                # says when a publish may try again (the store stays open meanwhile).
+                self._failed()
+                await trio.sleep(error.wait)
+                continue
             self.stats.rounds += 1
             self.stats.round_done.set()
             self.stats.round_done = trio.Event()

@@ -137,6 +137,19 @@ class Session:
     def cursor(self, cursor: Cursor | None) -> None:
         self._inbox.cursor = cursor
 
+    @property
+    def backlog(self) -> int:
+        """Events waiting for this client, queued or coalesced aside."""
+        return self._inbox.waiting + self._inbox.set_aside
+
+    @property
+    def inbox_capacity(self) -> int:
+        return self._inbox.capacity
+
+    def coalesce_eagerly(self, eager: bool) -> None:
+        """Coalesce low-priority events early (:meth:`Inbox.coalesce_eagerly`), or not."""
+        self._inbox.coalesce_eagerly(eager)
+
     # -- the adapter's and the hub's side: never blocks ------------------------------------------
 
     def offer(self, deliveries: Sequence[Delivery], outcomes: Counter[Offer]) -> bool:

@@ -448,8 +448,9 @@ def main() -> None:
     parser.add_argument(
         "--workloads",
         nargs="+",
-        choices=tuple(DEFAULT_CONNECTIONS),
-        default=list(DEFAULT_CONNECTIONS),
+        choices=(*DEFAULT_CONNECTIONS, "overload"),
+        default=[*DEFAULT_CONNECTIONS, "overload"],
+        help="overload: the router alone, offered well past capacity (bench/overload.py)",
     )
     parser.add_argument("--servers", nargs="+", choices=tuple(SERVERS), default=list(SERVERS))
     args = parser.parse_args()
@@ -460,6 +461,7 @@ def main() -> None:
         (
             (connections, workload)
             for workload in args.workloads
+            if workload != "overload"
             for connections in (args.connections or DEFAULT_CONNECTIONS[workload])
         ),
         key=lambda step: (step[0], args.workloads.index(step[1])),
@@ -487,7 +489,27 @@ def main() -> None:
                 server.stop()
         for metric in results[servers[0]]:
             rows.append((workload, connections, metric, {n: results[n][metric] for n in servers}))
-    print_table(servers, rows)
+    if rows:
+        print_table(servers, rows)
+    if "overload" in args.workloads:
+        print_overload(overload())
+
+
+def overload() -> dict[str, float]:
+    """The overload run (bench/overload.py): the router alone, past its thresholds."""
+    from bench.overload import ROUTER_OPTIONS, run_overload
+
+    server = start_router("router", ROUTER_OPTIONS)
+    try:
+        return run_overload(server.port)
+    finally:
+        server.stop()
+
+
+def print_overload(figures: dict[str, float]) -> None:
+    print("\noverload run (router only; the machine is shared, so the figures are noisy)")
+    for name, value in figures.items():
+        print(f"  {name:<24} {value:>10.2f}")
 
 
 def print_table(servers: list[str], rows: list[tuple[str, int, str, dict[str, float]]]) -> None:

@@ -36,6 +36,8 @@ from router.core.admission import (
 )
 from router.core.control import AccessRules
 from router.core.observer import Observer
+from router.core.overload import overload_refusal
+from router.core.refusal import Limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +70,8 @@ class Ask:
 class Admission:
     """Admits or refuses new streams; ``streams_open(user_id, address)`` counts the streams open
     on the instance, from the address and of the user, ``closing()`` says the instance is shutting
-    down (both the hub's). ``spread()`` draws where in a full instance's retry spread a refused
+    down (both the hub's), ``overloaded()`` that the overload ladder refuses new streams (the
+    health monitor's). ``spread()`` draws where in a full instance's retry spread a refused
     client comes back (0 to 1); ``address_rules()`` are the rules in force (they change on
     reload).
 
@@ -84,6 +87,7 @@ class Admission:
         *,
         streams_open: Callable[[str, str], OpenStreams],
         closing: Callable[[], bool],
+        overloaded: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = trio.current_time,
         access: AccessRules | None = None,
         wall_clock: Callable[[], float] = time.time,
@@ -101,6 +105,7 @@ class Admission:
         self._observer = observer
         self._streams_open = streams_open
         self._closing = closing
+        self._overloaded = overloaded
         self._clock = clock
         self._spread = spread
         self._address_rules = address_rules
@@ -161,14 +166,18 @@ class Admission:
 
     def admit(self, ask: Ask, *, take: bool = True) -> Admitted | Refused:
         """Whether the stream ``ask`` asks for may open now. In order: the instance is not
-        shutting down, the address has not sent too many bad tokens, the token verifies (and was
-        not disconnected since: its grants are those no control revoked since it was issued),
+        shutting down nor overloaded (the ladder's ``refuse`` rung), the address has not sent too
+        many bad tokens, the token verifies (and was not disconnected since: its grants are those
+        no control revoked since it was issued),
         the query and cursor are well formed, the token grants the filter, the instance, the
         address and the user are under their stream caps, both connect rates allow it. An
         admitted stream is counted against both rates, unless ``take`` is false (a ``HEAD``
         only asks). A refusal by a limit is reported to the observer by that limit."""
         if self._closing():
             return SHUTTING_DOWN
+        if self._overloaded():  # before any token work: that is what an overload cannot afford
+            self._observer.refused_by_limit(Limit.OVERLOAD)
+            return overload_refusal(self._spread())
         address = self.address(ask.peer, ask.forwarded_for)
         verified = self.authenticate(ask.credentials, address)
         if isinstance(verified, Refused):

@@ -15,10 +15,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from router.core.breaker import BreakerSettings
 from router.core.cursor import check_partition
+from router.core.overload import LadderSettings, Thresholds
 
 ENV_PREFIX = "SSE_ROUTER_"
 DEFAULT_REDIS_STREAMS = ("sse-events",)
+_THRESHOLDS, _LADDER, _BREAKER = Thresholds(), LadderSettings(), BreakerSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,37 @@ class Settings:
     log_level: str = "info"
     log_format: str = "json"
     log_sample_rate: float = 0.0
+    max_memory: int = _THRESHOLDS.max_memory_bytes
+    overload_loop_lag_ms: int = round(_THRESHOLDS.loop_lag_seconds * 1000)
+    overload_streams_behind: float = _THRESHOLDS.streams_behind_fraction
+    overload_replays: int = _THRESHOLDS.replays_in_flight
+    overload_rise_seconds: float = _LADDER.rise_seconds
+    overload_calm_seconds: float = _LADDER.calm_seconds
+    bus_breaker_failures: int = _BREAKER.failure_threshold
+    bus_breaker_open_seconds: float = _BREAKER.open_seconds
+
+    @property
+    def overload_thresholds(self) -> Thresholds:
+        return Thresholds(
+            loop_lag_seconds=self.overload_loop_lag_ms / 1000,
+            streams_behind_fraction=self.overload_streams_behind,
+            replays_in_flight=self.overload_replays,
+            max_memory_bytes=self.max_memory,
+        )
+
+    @property
+    def overload_ladder(self) -> LadderSettings:
+        return LadderSettings(
+            rise_seconds=self.overload_rise_seconds, calm_seconds=self.overload_calm_seconds
+        )
+
+    @property
+    def bus_breaker(self) -> BreakerSettings:
+        return BreakerSettings(
+            failure_threshold=self.bus_breaker_failures,
+            open_seconds=self.bus_breaker_open_seconds,
+            max_open_seconds=max(self.bus_breaker_open_seconds, _BREAKER.max_open_seconds),
+        )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -167,6 +201,25 @@ def addresses(text: str) -> tuple[str, ...]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"not an IP address: {address!r}") from None
     return listed
+
+
+_BYTE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def byte_size(text: str) -> int:
+    """Bytes, as a whole number with an optional K, M or G (powers of 1024): ``512M``."""
+    number, unit = text.strip().upper().removesuffix("B"), ""
+    if number[-1:] in _BYTE_UNITS:
+        number, unit = number[:-1], number[-1]
+    try:
+        value = int(number) * _BYTE_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a size is a whole number of bytes, with K, M or G if wanted, got {text!r}"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a size is at least 0, got {text!r}")
+    return value
 
 
 def outbox_dsn(text: str) -> str:
@@ -372,4 +425,47 @@ def add_serve_arguments(
         "--log-sample-rate",
         "fraction of event sends logged, 0 to 1 (each with its connection id)",
         type=fraction,
+    )
+    flag(
+        "--max-memory",
+        "resident memory the router may use (512M, 2G); at 90 %% of it the overload ladder"
+        " climbs; 0 for no limit",
+        type=byte_size,
+    )
+    flag(
+        "--overload-loop-lag-ms",
+        "event-loop lag at which the overload ladder climbs",
+        type=count(1),
+    )
+    flag(
+        "--overload-streams-behind",
+        "share of open streams behind (half their inbox waiting, 10 at least) at which the"
+        " overload ladder climbs",
+        type=fraction,
+    )
+    flag(
+        "--overload-replays",
+        "resumes being read at once at which the overload ladder climbs",
+        type=count(1),
+    )
+    flag(
+        "--overload-rise-seconds",
+        "pressure past a threshold this long climbs the overload ladder one rung",
+        type=positive_seconds,
+    )
+    flag(
+        "--overload-calm-seconds",
+        "pressure below 70 %% of the thresholds this long steps the overload ladder down one rung",
+        type=positive_seconds,
+    )
+    flag(
+        "--bus-breaker-failures",
+        "failed publishes in a row that open the bus's circuit breaker (503 at once)",
+        type=count(1),
+    )
+    flag(
+        "--bus-breaker-open-seconds",
+        "how long the bus's breaker first stays open before a publish probes the bus"
+        " (doubling while probes fail, up to 30 s)",
+        type=positive_seconds,
     )

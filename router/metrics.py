@@ -22,6 +22,7 @@ from router.auth import AuthProblem
 from router.bus.base import EventBus
 from router.cache.base import ReplayCache
 from router.core.admission import Reason
+from router.core.breaker import BreakerState
 from router.core.control import ControlAction
 from router.core.events import EVENT_CLASSES
 from router.core.observer import (
@@ -33,6 +34,7 @@ from router.core.observer import (
     ReplaySource,
     WriteFallback,
 )
+from router.core.overload import Level, Sample
 from router.core.refusal import Limit
 from router.tally import Buckets, LabelledCount
 
@@ -162,6 +164,65 @@ class Metrics:
             self._rate_limited.labels(limit.value)
         for problem in AuthProblem:
             self._auth_failures.labels(problem.value)
+        self._add_overload_metrics()
+
+    def _add_overload_metrics(self) -> None:
+        """The health monitor's measurements, the overload ladder and the bus breaker."""
+        r = self.registry
+        self.loop_lag = Gauge(
+            "sse_loop_lag_seconds",
+            "How late the health probe last woke: the event loop's lag.",
+            registry=r,
+        )
+        self.streams_behind = Gauge(
+            "sse_streams_behind",
+            "Open streams with at least half their inbox waiting (the write backlog).",
+            registry=r,
+        )
+        self.replays_in_flight = Gauge(
+            "sse_replays_in_flight", "Resumes being read from the cache or the bus.", registry=r
+        )
+        self.resident_memory = Gauge(
+            "sse_resident_memory_bytes",
+            "The process's resident set, as the health monitor last read it.",
+            registry=r,
+        )
+        self.overload_pressure = Gauge(
+            "sse_overload_pressure",
+            "The highest measurement over its threshold (1: at a threshold).",
+            registry=r,
+        )
+        self.overload_level = Gauge(
+            "sse_overload_level",
+            "The overload ladder's rung: 0 normal, 1 coalesce, 2 refuse, 3 shed.",
+            registry=r,
+        )
+        self._overload_changes = Counter(
+            "sse_overload_changes",
+            "Times the overload ladder moved, by the rung it moved to.",
+            ["level"],
+            registry=r,
+        )
+        self._streams_shed = Counter(
+            "sse_streams_shed",
+            "Streams the overload ladder ended as lagged (they resume from the cache).",
+            registry=r,
+        )
+        self._breaker_state = Gauge(
+            "sse_bus_breaker_state",
+            "The bus's publishing breaker: 1 for the state it is in.",
+            ["state"],
+            registry=r,
+        )
+        self._breaker_refused = Counter(
+            "sse_bus_breaker_refused",
+            "Publishes refused at once (503) because the bus's breaker was open.",
+            registry=r,
+        )
+        for level in Level:
+            self._overload_changes.labels(level.label)
+        for state in BreakerState:
+            self._breaker_state.labels(state.value).set(state is BreakerState.CLOSED)
 
     # -- StreamObserver --------------------------------------------------------------------------
 
@@ -237,6 +298,30 @@ class Metrics:
 
     def address_rules_loaded(self, ok: bool) -> None:
         self._address_rules_loads.labels("ok" if ok else "failed").inc()
+
+    # -- Observer: overload and the bus breaker ---------------------------------------------------
+
+    def breaker_changed(self, state: BreakerState) -> None:
+        for each in BreakerState:
+            self._breaker_state.labels(each.value).set(each is state)
+
+    def breaker_refused(self) -> None:
+        self._breaker_refused.inc()
+
+    def health_measured(self, sample: Sample, pressure: float) -> None:
+        self.loop_lag.set(sample.loop_lag)
+        self.streams_behind.set(sample.streams_behind)
+        self.replays_in_flight.set(sample.replays_in_flight)
+        if sample.resident_bytes is not None:
+            self.resident_memory.set(sample.resident_bytes)
+        self.overload_pressure.set(pressure)
+
+    def overload_changed(self, level: Level) -> None:
+        self.overload_level.set(level)
+        self._overload_changes.labels(level.label).inc()
+
+    def shed(self, streams: int) -> None:
+        self._streams_shed.inc(streams)
 
     # -- exposition ------------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@
     ├── signal watcher          SIGINT / SIGTERM -> shutdown requested
     ├── reload watcher          SIGHUP -> the --address-rules file read again
     ├── hub                      (see actors/hub.py: consumer, adapter, sessions nursery)
-    ├── outbox relay             with --outbox-dsn: outbox rows -> the bus
+    ├── health monitor           measures load, walks the overload ladder (actors/overload.py)
+    ├── outbox relay             with --outbox-dsn: outbox rows -> the bus (through its breaker)
     └── HTTP server              hypercorn's trio worker serving the Quart-Trio app
 
 Shutdown, when a signal arrives: every session sends ``server-shutdown`` (with a ``retry:`` hint)
@@ -33,6 +34,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
 from actors.hub import CursorBoundError, Hub, HubSettings
+from actors.overload import OverloadMonitor, OverloadSettings
 from actors.relay import Relay, RelaySettings
 from actors.session import CloseReason, SessionSettings
 from router.address_gate import AddressGate
@@ -58,6 +60,7 @@ from router.metrics import Metrics
 from router.outbox.base import OutboxStore
 from router.outbox.postgres import PostgresOutbox
 from router.outbox.sqlite import SqliteOutbox
+from router.resident import resident_bytes
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +188,7 @@ class Running:
     addresses: list[str]
     hub: Hub
     app: QuartTrio
+    overload: OverloadMonitor
 
 
 async def serve(
@@ -317,10 +321,18 @@ async def _serve(
                 shutdown_retry_spread_ms=settings.shutdown_retry_spread_ms,
                 log_sample_rate=settings.log_sample_rate,
             ),
+            breaker=settings.bus_breaker,
         ),
         observer=metrics,
         access=AccessRules(settings.max_token_age or DEFAULT_HOLD_SECONDS),
         controls=controls,
+    )
+    overload = OverloadMonitor(
+        lambda: hub.registry,
+        lambda: hub.replays_in_flight,
+        OverloadSettings(thresholds=settings.overload_thresholds, ladder=settings.overload_ladder),
+        metrics,
+        resident_bytes=resident_bytes,
     )
     metrics.watch(bus, cache, hub.records_waiting)
     metrics.watch_controls(lambda: hub.access.held(hub.wall_clock()), lambda: controls.errors)
@@ -342,8 +354,9 @@ async def _serve(
         access=hub.access,
         wall_clock=lambda: hub.wall_clock(),  # read each time: the hub's is the one clock
         address_rules=lambda: gate.rules,
+        overloaded=lambda: overload.refusing,
     )
-    app = create_app(hub, admission, settings, metrics)
+    app = create_app(hub, admission, settings, metrics, overload)
     if shutdown_requested is None:
         shutdown_requested = trio.Event()
     stop_http = trio.Event()
@@ -364,15 +377,16 @@ async def _serve(
         root.start_soon(_watch_signals, shutdown_requested)
         root.start_soon(_reload_on_hangup, gate)
         await root.start(hub.run)
+        root.start_soon(overload.run)
         open_outbox = outbox_opener(settings)
         if open_outbox is not None:
             relay_settings = RelaySettings(
                 parts=settings.outbox_parts, poll_seconds=settings.outbox_poll_seconds
             )
-            root.start_soon(Relay(open_outbox, bus, relay_settings, metrics).run)
+            root.start_soon(Relay(open_outbox, hub.publisher, relay_settings, metrics).run)
         bound: list[str] = await root.start(run_http)
         addresses = list(dict.fromkeys(bound))  # one address per acceptor: the same one
-        task_status.started(Running(addresses, hub, app))
+        task_status.started(Running(addresses, hub, app, overload))
         log.info("router listening", extra={"addresses": addresses})
         await shutdown_requested.wait()
         log.info("router stopping", extra={"open_streams": len(hub.registry)})

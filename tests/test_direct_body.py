@@ -111,3 +111,43 @@ def test_anything_but_hypercorns_http11_send_is_left_alone() -> None:
 
     assert direct_writer(plain_send) is None
     assert direct_writer(object()) is None
+
+
+async def test_a_write_cancelled_after_part_of_its_chunk_went_out_still_finishes_it() -> None:
+    """A stream stopped (lagged, shed) while its last write had only part of a chunk on the
+    wire: the rest must follow before anything else, or the goodbye written after it lands inside
+    the chunk, the client's parser takes it as that event's data, and the event is lost (its id
+    was already read, so the resume skips it)."""
+    left, right = trio.socket.socketpair()
+    for end in (left, right):
+        end.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, 4096)
+        end.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+    writer = ChunkedSocketWriter(trio.SocketStream(left), trio.Lock())
+    big = b"x" * 200_000  # far more than the socket takes at once
+    received = bytearray()
+
+    async def read_all() -> None:
+        while data := await right.recv(65536):
+            received.extend(data)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            with trio.CancelScope() as scope:
+                scope.cancel()  # already cancelled: the write meets it at its first checkpoint
+                await writer.send(big)
+            await writer.send(b"goodbye")
+            left.shutdown(trio.socket.SHUT_WR)
+    connection = h11.Connection(h11.CLIENT)
+    connection.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    connection.receive_data(head + bytes(received) + b"0\r\n\r\n")
+    bodies = []
+    while (event := connection.next_event()) not in (h11.NEED_DATA, h11.PAUSED):
+        if isinstance(event, h11.Data):
+            bodies.append(bytes(event.data))
+        if isinstance(event, h11.EndOfMessage):
+            break
+    assert b"".join(bodies) == big + b"goodbye"
+    left.close()
+    right.close()

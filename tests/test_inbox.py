@@ -105,6 +105,25 @@ def test_an_offer_all_coalesced_aside_does_not_fill_the_inbox_however_much_waits
     assert not inbox.closed
 
 
+def test_coalescing_eagerly_starts_at_a_quarter_of_the_capacity_for_low_priority_only() -> None:
+    """The overload ladder's first rung: progress is coalesced once a quarter of the inbox
+    waits, while content updates are still queued up to the capacity, in their place."""
+    inbox = Inbox(capacity=8)
+    feed = Feed()
+    inbox.coalesce_eagerly(True)
+    first = [feed.next(content(version=n)) for n in range(2)]  # a quarter of 8
+    assert offered(inbox, first) == {Offer.QUEUED: 2}
+    burst = [feed.next(progress("t1", n)) for n in range(5)]
+    update = feed.next(content(version=9))
+    last = feed.next(progress("t1", 99))
+    assert offered(inbox, [*burst, update, last]) == {Offer.COALESCED: 6, Offer.QUEUED: 1}
+    assert not inbox.lagged
+    assert drain(inbox) == [*first, update, last]
+    inbox.coalesce_eagerly(False)
+    offered(inbox, first[:1])
+    assert offered(inbox, burst) == {Offer.QUEUED: 5}  # back to the whole capacity
+
+
 def test_a_closed_inbox_counts_offers_as_closed_and_still_gives_what_waits() -> None:
     inbox = Inbox(capacity=4)
     feed = Feed()
@@ -254,6 +273,7 @@ inbox_steps = st.lists(
         ),
         st.tuples(st.just("take"), st.integers(1, 4)),
         st.tuples(st.just("tick"), st.integers(1, 4)),
+        st.tuples(st.just("eager"), st.booleans()),
         st.tuples(st.just("stop"), st.none()),
     ),
     max_size=30,
@@ -268,7 +288,8 @@ def test_what_is_offered_is_taken_once_in_order_coalesced_or_the_inbox_lags(
     """Every event offered is counted once; an offer is queued only while fewer than the
     capacity wait, and at most the capacity is held aside; nothing is taken twice or out of the
     adapter's order, nor more than asked at once; a content update is taken unless the inbox
-    lagged or was stopped first; a progress event is taken unless a newer one of its task is."""
+    lagged or was stopped first; a progress event is taken unless a newer one of its task is.
+    All of it whether or not the inbox coalesces eagerly (the overload ladder's first rung)."""
     inbox = Inbox(capacity)
     feed = Feed()
     offers: list[Delivery] = []
@@ -305,6 +326,8 @@ def test_what_is_offered_is_taken_once_in_order_coalesced_or_the_inbox_lags(
         elif step == "tick":
             for _ in range(argument):
                 inbox.tick(feed.cursor)
+        elif step == "eager":
+            inbox.coalesce_eagerly(argument)
         else:
             inbox.close()
         assert inbox.closed or not inbox.lagged

@@ -72,6 +72,7 @@ def test_the_plain_forms_keep_todays_statuses() -> None:
         ErrorCode.TOO_MANY_STREAMS: 429,
         ErrorCode.SHUTTING_DOWN: 503,
         ErrorCode.REPLAY_UNAVAILABLE: 503,
+        ErrorCode.OVERLOADED: 503,
     }
 
 

@@ -60,6 +60,19 @@ def test_environment_sets_defaults_and_flags_override_them() -> None:
     assert origins.cors_origins == ("https://a.example", "http://b:8080")
 
 
+def test_the_overload_and_breaker_flags_reach_their_rules() -> None:
+    settings = parse_serve(
+        ["--max-memory", "2G", "--overload-loop-lag-ms", "100", "--bus-breaker-open-seconds", "2"],
+        {"SSE_ROUTER_OVERLOAD_CALM_SECONDS": "30"},
+    )
+    assert settings.overload_thresholds.max_memory_bytes == 2 * 1024**3
+    assert settings.overload_thresholds.loop_lag_seconds == 0.1
+    assert settings.overload_ladder.calm_seconds == 30
+    assert settings.bus_breaker.open_seconds == 2
+    assert parse_serve(["--max-memory", "512M"], {}).max_memory == 512 * 1024**2
+    assert parse_serve([], {}).max_memory == 0  # no memory limit unless one is given
+
+
 @pytest.mark.parametrize(
     ("argv", "environ", "message"),
     [
@@ -70,6 +83,9 @@ def test_environment_sets_defaults_and_flags_override_them() -> None:
         (["--session-buffer", "0"], {}, "at least 1"),
         (["--cors-origins", "https://a.example/path"], {}, "scheme://host[:port]"),
         (["--jwt-public-key-file", "/no/such/key.pem"], {}, "no such file"),
+        (["--max-memory", "lots"], {}, "a size is a whole number of bytes"),
+        (["--overload-streams-behind", "1.5"], {}, "a number from 0 to 1"),
+        (["--bus-breaker-failures", "0"], {}, "at least 1"),
     ],
 )
 def test_bad_settings_stop_at_start_with_a_clear_message(
@@ -127,7 +143,7 @@ async def test_health_readiness_and_unknown_paths_answer_json() -> None:
         assert ready.json() == {
             "ready": True,
             "status": "ok",
-            "checks": {"bus": True, "cache": True},
+            "checks": {"bus": True, "cache": True, "overload": "normal"},
         }
         index = await router.client.get("/")
         assert "task.progress-updated" in index.json()["events"]

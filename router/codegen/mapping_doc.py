@@ -70,6 +70,11 @@ ERROR_CODES = {
         "a back end disconnected this user or session (a logout, a ban); the stream ends, and "
         "the token that opened it is refused from now on: do not reconnect with it"
     ),
+    ErrorCode.OVERLOADED: (
+        "a new stream refused: this instance is overloaded (see the overload ladder in "
+        "docs/operations.md); the browser reconnects after the spread `retry:` that comes with "
+        "it, most likely to another instance"
+    ),
 }
 
 # The worked example: an envelope read at partition 2, offset 105 of a Kafka source, by a client

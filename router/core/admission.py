@@ -67,6 +67,7 @@ class Reason(enum.StrEnum):
     RATE_LIMITED = ErrorCode.RATE_LIMITED.value
     SHUTTING_DOWN = ErrorCode.SHUTTING_DOWN.value
     REPLAY_UNAVAILABLE = ErrorCode.REPLAY_UNAVAILABLE.value
+    OVERLOADED = ErrorCode.OVERLOADED.value
 
 
 RETRY = frozenset(Reason(code.value) for code in RETRYABLE)

@@ -142,6 +142,7 @@ class ErrorCode(enum.StrEnum):
     # Ended by a back end's control envelope (see router.core.control).
     ACCESS_CHANGED = "access-changed"
     DISCONNECTED = "disconnected"
+    OVERLOADED = "overloaded"
 
 
 class SSEErrorEvent(DomainEvent):

@@ -49,6 +49,8 @@ output may take the bytes without one (the HTTP body's direct writer does while 
 takes them), and a 10,000-event replay would otherwise hold the loop for tens of ms."""
 TICKS_PER_HEARTBEAT = 4
 """A heartbeat is due after this many ticks of the heartbeat clock with no write."""
+EAGER_COALESCE_DIVISOR = 4
+"""Coalescing eagerly starts once this share (a quarter) of the capacity waits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +135,7 @@ class Inbox:
         "_quiet_ticks",
         "capacity",
         "closed",
+        "coalesce_from",
         "cursor",
         "heartbeat_due",
         "lagged",
@@ -143,6 +146,9 @@ class Inbox:
         if capacity < 1:
             raise ValueError(f"an inbox holds at least one event, not {capacity}")
         self.capacity = capacity
+        self.coalesce_from = capacity
+        """While this many events wait, low-priority ones are coalesced: the capacity, or less
+        when the router is overloaded (:meth:`coalesce_eagerly`)."""
         self.cursor = cursor
         """What the client has been served: every id it is sent is this cursor."""
         self.closed = False
@@ -170,6 +176,13 @@ class Inbox:
 
     # -- the adapter's side ----------------------------------------------------------------------
 
+    def coalesce_eagerly(self, eager: bool) -> None:
+        """Coalesce low-priority events once a quarter of the capacity waits (``eager``, the
+        first rung of the overload ladder: router/core/overload.py), or only once all of it does.
+        High-priority events are queued as before, up to the capacity."""
+        eager_from = max(1, self.capacity // EAGER_COALESCE_DIVISOR)
+        self.coalesce_from = eager_from if eager else self.capacity
+
     def offer(self, deliveries: Sequence[Delivery], outcomes: Counter[Offer]) -> bool:
         """Queue ``deliveries`` (in the adapter's order), count what became of each in
         ``outcomes``, and return whether the inbox is now at or past its bound.
@@ -190,7 +203,8 @@ class Inbox:
             return False
         capacity = self.capacity
         room = len(deliveries) if self.waiting < capacity else 0
-        if room and not self._aside:
+        eager = self.waiting >= self.coalesce_from
+        if room and not self._aside and not eager:
             # With nothing waiting the batch is the next to take: no list to grow and shrink.
             if self.waiting:
                 self._batches.append(deliveries)
@@ -205,7 +219,7 @@ class Inbox:
         for index, delivery in enumerate(deliveries):
             message = delivery.message
             key = message.coalesce_key if message.priority is Priority.LOW else None
-            if key is not None and key in aside:
+            if key is not None and (key in aside or (eager and len(aside) < capacity)):
                 aside[key] = delivery
             elif len(queued) < room:
                 queued.append(delivery)

@@ -17,8 +17,10 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from router.core.admission import Reason
+from router.core.breaker import BreakerState
 from router.core.control import ControlAction
 from router.core.mapping import Problem
+from router.core.overload import Level, Sample
 from router.core.refusal import Limit
 
 
@@ -164,6 +166,21 @@ class Observer(StreamObserver, Protocol):
         """The address rules file was read again (on SIGHUP): ``ok``, or it could not be used,
         and the rules before it stay."""
 
+    def breaker_changed(self, state: BreakerState) -> None:
+        """The bus's publishing breaker moved to ``state``."""
+
+    def breaker_refused(self) -> None:
+        """A publish was refused at once: the bus's breaker is open (or probing)."""
+
+    def health_measured(self, sample: Sample, pressure: float) -> None:
+        """The health monitor measured ``sample``, which is ``pressure`` (1.0: at a threshold)."""
+
+    def overload_changed(self, level: Level) -> None:
+        """The overload ladder moved to ``level``."""
+
+    def shed(self, streams: int) -> None:
+        """The overload ladder ended ``streams`` of the slowest streams as lagged."""
+
 
 class NoObserver:
     """Hears every report and keeps none: the default, and a base for an observer that wants a
@@ -227,6 +244,21 @@ class NoObserver:
         pass
 
     def address_rules_loaded(self, ok: bool) -> None:
+        pass
+
+    def breaker_changed(self, state: BreakerState) -> None:
+        pass
+
+    def breaker_refused(self) -> None:
+        pass
+
+    def health_measured(self, sample: Sample, pressure: float) -> None:
+        pass
+
+    def overload_changed(self, level: Level) -> None:
+        pass
+
+    def shed(self, streams: int) -> None:
         pass
 
 

@@ -26,9 +26,9 @@ RETRYABLE: Mapping[ErrorCode, int] = {
     ErrorCode.TOO_MANY_STREAMS: 429,
     ErrorCode.SHUTTING_DOWN: 503,
     ErrorCode.REPLAY_UNAVAILABLE: 503,
+    ErrorCode.OVERLOADED: 503,
 }
-"""The refusals a client should retry by itself, with the HTTP status of their plain form.
-An overload refusal (``503``) joins them here."""
+"""The refusals a client should retry by itself, with the HTTP status of their plain form."""
 
 EVENT_STREAM = "text/event-stream"
 
@@ -42,6 +42,8 @@ class Limit(enum.StrEnum):
     CONNECTS_PER_USER = "connects-per-user"
     CONNECTS_PER_ADDRESS = "connects-per-address"
     BAD_TOKENS_PER_ADDRESS = "bad-tokens-per-address"
+    OVERLOAD = "overload"
+    """The overload ladder refuses new streams (router/core/overload.py)."""
 
 
 @dataclass(frozen=True, slots=True)

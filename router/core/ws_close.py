@@ -42,6 +42,7 @@ _REFUSALS: dict[Reason, CloseCode] = {
     Reason.RATE_LIMITED: CloseCode.RATE_LIMITED,
     Reason.SHUTTING_DOWN: CloseCode.UNAVAILABLE,
     Reason.REPLAY_UNAVAILABLE: CloseCode.UNAVAILABLE,
+    Reason.OVERLOADED: CloseCode.UNAVAILABLE,
 }
 
 _ENDINGS: dict[CloseReason, CloseCode] = {

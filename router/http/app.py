@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from typing import Any
 
@@ -17,6 +18,8 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from actors.hub import Hub, ReplayUnavailableError
+from actors.overload import OverloadMonitor
+from actors.publisher import CircuitOpenError
 from router import __version__
 from router.admission import Admission, Ask
 from router.auth import Verified
@@ -27,6 +30,7 @@ from router.core.cursor import EventIdentity
 from router.core.envelope import Envelope, EnvelopeError, parse_envelope, parse_publish_body
 from router.core.events import ErrorCode
 from router.core.mapping import MappingError, to_sse
+from router.core.overload import Level
 from router.core.refusal import Refusal
 from router.core.stream_request import FILTERABLE_EVENTS
 from router.http.admission import STREAM_HEADERS, http_error, refusal_response
@@ -53,7 +57,13 @@ _ENDPOINTS = {
 }
 
 
-def create_app(hub: Hub, admission: Admission, settings: Settings, metrics: Metrics) -> QuartTrio:
+def create_app(
+    hub: Hub,
+    admission: Admission,
+    settings: Settings,
+    metrics: Metrics,
+    overload: OverloadMonitor | None = None,
+) -> QuartTrio:
     """The app: it translates requests for :class:`~router.admission.Admission` and the hub,
     and their answers back; the rules are theirs."""
     app = QuartTrio("sse-router")
@@ -140,11 +150,17 @@ def create_app(hub: Hub, admission: Admission, settings: Settings, metrics: Metr
     async def readyz() -> Response:
         """Ready while the bus answers. Without the replay cache the router still delivers live
         events, so that is ``degraded`` (200), not unready: taking every instance out of a load
-        balancer because Redis blinked would cut every stream."""
-        checks = {"bus": await hub.bus.healthy(), "cache": await hub.cache.healthy()}
-        status = "unavailable" if not checks["bus"] else "ok" if checks["cache"] else "degraded"
-        response = jsonify({"ready": checks["bus"], "status": status, "checks": checks})
-        response.status_code = 200 if checks["bus"] else 503
+        balancer because Redis blinked would cut every stream. While the overload ladder refuses
+        new streams it is ``degraded`` with ``503``: a load balancer sends new clients elsewhere
+        (it does not cut the streams open here), and sends them again once the ladder is down."""
+        bus, cache = await hub.bus.healthy(), await hub.cache.healthy()
+        level = Level.NORMAL if overload is None else overload.level
+        refusing = level >= Level.REFUSE
+        checks: dict[str, object] = {"bus": bus, "cache": cache, "overload": level.label}
+        ready = bus and not refusing
+        status = "unavailable" if not bus else "ok" if cache and not refusing else "degraded"
+        response = jsonify({"ready": ready, "status": status, "checks": checks})
+        response.status_code = 200 if ready else 503
         return response
 
     @app.get("/api/v1/events/stream")
@@ -247,6 +263,11 @@ async def _publish(hub: Hub, verified: Verified, max_batch: int) -> tuple[Respon
     envelopes = [_checked_envelope(item, index) for index, item in enumerate(items)]
     try:
         identities = await hub.publish(envelopes)
+    except CircuitOpenError as error:  # the bus has been failing: said at once, not waited for
+        retry_after = str(max(1, math.ceil(error.wait)))
+        raise HTTPError(
+            503, "bus-unavailable", str(error), headers={"Retry-After": retry_after}
+        ) from None
     except BusUnavailableError as error:
         raise HTTPError(503, "bus-unavailable", str(error), headers={"Retry-After": "5"}) from None
     return jsonify({"event_ids": [str(identity) for identity in identities]}), 202

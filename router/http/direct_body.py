@@ -8,7 +8,8 @@ goes to thousands of streams. Once the headers are out, a chunk of a chunked bod
 :class:`ChunkedSocketWriter` frames the chunk itself and writes it with one non-blocking write.
 Only when the socket cannot take it all at once (the client reads slowly), or hypercorn is writing,
 does it wait, the way hypercorn does: under the connection's send lock, shielded, with
-``send_all``, so a chunk is never cut in two on the wire.
+``send_all``, so a chunk is never cut in two on the wire (nor left cut by a cancellation that
+arrives while it waits for the lock with part of the chunk out).
 
 :func:`direct_writer` finds the socket by following hypercorn's own objects from the ASGI send
 (``HTTPStream.app_send`` -> ``H11Protocol.stream_send`` -> ``TCPServer.protocol_send``). On any
@@ -67,17 +68,24 @@ class ChunkedSocketWriter:
                 raise trio.BrokenResourceError(str(error)) from error
             if written == len(framed):
                 return
-            framed = framed[written:]
+            framed, started = framed[written:], written > 0
+        else:
+            started = False
         self.waits += 1
-        async with self._send_lock:
-            try:
-                # No deadline here: one cut mid-chunk would corrupt the stream. The socket's
-                # TCP_USER_TIMEOUT (--stalled-client-seconds, see router/server.py) is the
-                # deadline: the kernel aborts the connection, and this write ends with it.
-                with trio.CancelScope(shield=True):
-                    await self._stream.send_all(framed)
-            except trio.ClosedResourceError as error:
-                raise trio.BrokenResourceError("the connection is closed") from error
+        # Once part of the chunk is on the wire, the rest must follow before anything else, even
+        # when the stream is being cancelled (a lagged or shed stream): taking the lock is a
+        # checkpoint, and cancelled there the chunk would stay cut, and the goodbye written next
+        # would land inside it. No deadline either: the socket's TCP_USER_TIMEOUT
+        # (--stalled-client-seconds, see router/server.py) is the deadline, the kernel aborting
+        # the connection ends this write with it. With nothing written yet, a cancellation
+        # while waiting for the lock loses nothing.
+        with trio.CancelScope(shield=started):
+            async with self._send_lock:
+                try:
+                    with trio.CancelScope(shield=True):
+                        await self._stream.send_all(framed)
+                except trio.ClosedResourceError as error:
+                    raise trio.BrokenResourceError("the connection is closed") from error
 
 
 def direct_writer(asgi_send: Any) -> ChunkedSocketWriter | None:

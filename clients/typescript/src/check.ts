@@ -42,6 +42,7 @@ function handleError(code: SSEErrorCode): string {
     case "replay-unavailable":
     case "access-changed":
     case "disconnected":
+    case "overloaded":
       return code;
     default: {
       const unhandled: never = code;

@@ -79,8 +79,8 @@ export interface ContentUpdatePayload {
  * The payload of `sse.error`, contract version 1; its data carries no `EventMetadata`.
  */
 export interface SSEErrorPayload {
-  /** one of `token-expired`, `lagged`, `server-shutdown`, `history-truncated`, `internal`, `rate-limited`, `too-many-streams`, `shutting-down`, `replay-unavailable`, `access-changed`, `disconnected` */
-  code: "token-expired" | "lagged" | "server-shutdown" | "history-truncated" | "internal" | "rate-limited" | "too-many-streams" | "shutting-down" | "replay-unavailable" | "access-changed" | "disconnected";
+  /** one of `token-expired`, `lagged`, `server-shutdown`, `history-truncated`, `internal`, `rate-limited`, `too-many-streams`, `shutting-down`, `replay-unavailable`, `access-changed`, `disconnected`, `overloaded` */
+  code: "token-expired" | "lagged" | "server-shutdown" | "history-truncated" | "internal" | "rate-limited" | "too-many-streams" | "shutting-down" | "replay-unavailable" | "access-changed" | "disconnected" | "overloaded";
   /** string, at most 10000 characters */
   message: string;
   /** boolean */
@@ -117,6 +117,7 @@ export const SSE_ERROR_CODES = [
   "replay-unavailable",
   "access-changed",
   "disconnected",
+  "overloaded",
 ] as const;
 
 export type SSEErrorCode = (typeof SSE_ERROR_CODES)[number];
@@ -127,6 +128,7 @@ export const SSE_REFUSAL_CODES = [
   "too-many-streams",
   "shutting-down",
   "replay-unavailable",
+  "overloaded",
 ] as const;
 
 export type SSERefusalCode = (typeof SSE_REFUSAL_CODES)[number];
