@@ -16,6 +16,7 @@ and ends its response; the HTTP server stops accepting and lets in-flight reques
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -98,8 +99,9 @@ ACCEPTORS = 8
 """Tasks accepting connections, each on its own descriptor of the one listening socket."""
 
 
-def hypercorn_config(settings: Settings) -> Config:
-    """hypercorn's configuration, bound to :func:`listening_socket`.
+def hypercorn_config(settings: Settings, listening: Listening | None = None) -> Config:
+    """hypercorn's configuration, bound to :func:`listening_socket` (or, in a worker, to the
+    socket its supervisor bound, and to the worker's own port, see :class:`Listening`).
 
     The socket is handed over ``ACCEPTORS`` times, as duplicates of one descriptor: hypercorn runs
     an accept loop for each, and trio's accept loop takes one connection per scheduling round.
@@ -109,9 +111,12 @@ def hypercorn_config(settings: Settings) -> Config:
     (unlike SO_REUSEPORT, a second router cannot bind the port by mistake).
     """
     config = Config()
-    descriptor = listening_socket(settings)
+    descriptor = listening_socket(settings) if listening is None else listening.descriptor
     duplicates = [os.dup(descriptor) for _ in range(ACCEPTORS - 1)]
     config.bind = [f"fd://{fd}" for fd in (descriptor, *duplicates)]
+    if listening is not None and listening.own_port is not None:
+        own = listening_socket(dataclasses.replace(settings, port=listening.own_port))
+        config.bind.append(f"fd://{own}")
     config.graceful_timeout = settings.shutdown_grace_seconds
     config.keep_alive_timeout = settings.keep_alive_seconds
     config.h11_max_incomplete_size = REQUEST_HEAD_LIMIT
@@ -141,6 +146,16 @@ def token_verifier(settings: Settings) -> TokenVerifier:
 
 
 @dataclass(frozen=True, slots=True)
+class Listening:
+    """Where a worker of ``--workers`` listens (see :mod:`router.supervisor`)."""
+
+    descriptor: int
+    """The listening socket its supervisor bound and every worker accepts from."""
+    own_port: int | None = None
+    """``--worker-ports``: a port of this worker alone (0: a free one), for its ``/metrics``."""
+
+
+@dataclass(frozen=True, slots=True)
 class Running:
     """What :func:`serve` reports once it accepts connections."""
 
@@ -153,9 +168,11 @@ async def serve(
     settings: Settings,
     *,
     shutdown_requested: trio.Event | None = None,
+    listening: Listening | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the router until SIGINT/SIGTERM (or until ``shutdown_requested`` is set).
+    """Run the router until SIGINT/SIGTERM (or until ``shutdown_requested`` is set), on
+    ``settings.host:port`` or, in a worker of ``--workers``, where ``listening`` says.
 
     ``task_status`` reports the bound addresses and the running parts. Raises
     :class:`ConfigurationError` before anything starts if the settings cannot work, or once the
@@ -172,7 +189,7 @@ async def serve(
         cache = replay_cache(settings, bus.source)
         resources.push_async_callback(cache.aclose)
         try:
-            await _serve(settings, verifier, bus, cache, shutdown_requested, task_status)
+            await _serve(settings, verifier, bus, cache, shutdown_requested, listening, task_status)
         except BaseExceptionGroup as group:
             too_wide, _ = group.split(CursorBoundError)
             if too_wide is None:
@@ -241,6 +258,7 @@ async def _serve(
     bus: EventBus,
     cache: ReplayCache,
     shutdown_requested: trio.Event | None,
+    listening: Listening | None,
     task_status: trio.TaskStatus[Running],
 ) -> None:
     metrics = Metrics()
@@ -283,7 +301,7 @@ async def _serve(
         try:
             await hypercorn_serve(
                 RequestLifecycle(app, metrics),
-                hypercorn_config(settings),
+                hypercorn_config(settings, listening),
                 shutdown_trigger=stop_http.wait,
                 task_status=task_status,
             )
