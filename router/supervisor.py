@@ -120,6 +120,9 @@ class WorkerSlot:
         self._settings = settings
         self._backoff = Backoff(settings.backoff_initial, settings.backoff_maximum)
         self.starts = 0
+        self.readies = 0
+        self.process: trio.Process | None = None
+        """The worker's latest process."""
 
     async def run(self) -> None:
         """Keep the worker running; raises :class:`WorkerStartError` when it cannot start."""
@@ -135,6 +138,7 @@ class WorkerSlot:
                     )
                     failures_at_start = 0
                     ready_at = trio.current_time()
+                    self.readies += 1
                 code = await process.wait()
             finally:
                 with trio.CancelScope(shield=True):
@@ -176,6 +180,7 @@ class WorkerSlot:
         finally:
             os.close(writing)
         self.starts += 1
+        self.process = process
         try:
             report = await _read_line(reading)
         except BaseException:
