@@ -47,8 +47,9 @@ CONFIGURATION_EXIT_CODE = 2
 STEADY_SECONDS = 30.0
 """A worker up this long has started well: its next death restarts it after the shortest delay."""
 KILL_MARGIN_SECONDS = 5.0
-"""After SIGTERM a worker gets its own shutdown grace (and its last second) plus this, before it
-is killed."""
+"""After SIGTERM a worker gets what a single router may take to stop (its shutdown grace, its last
+second, and ``--stalled-client-seconds`` for a write to a client that stopped reading) plus this,
+before it is killed."""
 ACCEPT_BACKLOG = 65535
 """Of the shared socket (capped by ``net.core.somaxconn``), as a single router's."""
 
@@ -79,17 +80,20 @@ class WorkerStartError(Exception):
         self.code = code
 
 
-WorkerCommand = Callable[[int, int, int], Sequence[str]]
-"""``(index, listening descriptor, ready descriptor)`` -> the worker's command line."""
+WorkerCommand = Callable[[int, int], Sequence[str]]
+"""``(index, ready descriptor)`` -> the worker's command line."""
 
 
-def router_worker_command(settings: Settings, serve_argv: Sequence[str]) -> WorkerCommand:
+def router_worker_command(
+    settings: Settings, serve_argv: Sequence[str], listening: int, lifeline: int
+) -> WorkerCommand:
     """The command of worker ``index``: ``python -m router.worker`` with the ``serve`` flags the
-    supervisor was given (the same environment too), as one worker."""
+    supervisor was given (the same environment too), as one worker, on the ``listening`` socket,
+    watching the ``lifeline`` (see :mod:`router.worker`)."""
 
-    def command(index: int, descriptor: int, ready: int) -> list[str]:
+    def command(index: int, ready: int) -> list[str]:
         own = "-" if settings.worker_ports is None else str(_own_port(settings, index))
-        worker = [str(index), str(descriptor), str(ready), own]
+        worker = [str(index), str(listening), str(ready), str(lifeline), own]
         return [sys.executable, "-m", "router.worker", *worker, *serve_argv, "--workers", "1"]
 
     return command
@@ -112,10 +116,14 @@ class WorkerSlot:
     """Worker ``index``: started, watched, restarted; stopped when the slot is cancelled."""
 
     def __init__(
-        self, index: int, descriptor: int, command: WorkerCommand, settings: SlotSettings
+        self,
+        index: int,
+        command: WorkerCommand,
+        inherited: Sequence[int],
+        settings: SlotSettings,
     ) -> None:
         self.index = index
-        self._descriptor = descriptor
+        self._inherited = tuple(inherited)
         self._command = command
         self._settings = settings
         self._backoff = Backoff(settings.backoff_initial, settings.backoff_maximum)
@@ -168,8 +176,8 @@ class WorkerSlot:
         reading, writing = os.pipe()
         try:
             process = await trio.lowlevel.open_process(
-                list(self._command(self.index, self._descriptor, writing)),
-                pass_fds=(self._descriptor, writing),
+                list(self._command(self.index, writing)),
+                pass_fds=(*self._inherited, writing),
                 # Its own process group: a terminal's Ctrl-C reaches the supervisor alone, which
                 # stops every worker once, with SIGTERM.
                 start_new_session=True,
@@ -233,19 +241,22 @@ def shared_listening_socket(settings: Settings) -> int:
 async def supervise(
     settings: Settings,
     command: WorkerCommand,
-    descriptor: int,
+    inherited: Sequence[int],
     *,
     slot_settings: SlotSettings | None = None,
     task_status: trio.TaskStatus[list[WorkerSlot]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run ``settings.workers`` workers on the listening socket ``descriptor`` until SIGINT or
+    """Run ``settings.workers`` workers (each given the ``inherited`` descriptors) until SIGINT or
     SIGTERM, then stop them all. Raises :class:`WorkerStartError` (after stopping the rest)
     when a worker cannot start."""
     slot_settings = slot_settings or SlotSettings(
-        grace_seconds=settings.shutdown_grace_seconds + 1 + KILL_MARGIN_SECONDS
+        grace_seconds=settings.shutdown_grace_seconds
+        + 1
+        + settings.stalled_client_seconds
+        + KILL_MARGIN_SECONDS
     )
     slots = [
-        WorkerSlot(index, descriptor, command, slot_settings) for index in range(settings.workers)
+        WorkerSlot(index, command, inherited, slot_settings) for index in range(settings.workers)
     ]
     failure: list[WorkerStartError] = []
     async with trio.open_nursery() as nursery:
@@ -287,13 +298,18 @@ def main(settings: Settings, serve_argv: Sequence[str]) -> int:
         print(f"sse-router: {error}", file=sys.stderr)
         return CONFIGURATION_EXIT_CODE
     log.info("supervisor starting", extra={"workers": settings.workers, "port": _port(descriptor)})
+    # Never written to: its other end reads end-of-file when this process is gone, however it
+    # went, and the workers then stop by themselves instead of holding the port as orphans.
+    lifeline, lifeline_held = os.pipe()
+    command = router_worker_command(settings, serve_argv, descriptor, lifeline)
     try:
-        trio.run(supervise, settings, router_worker_command(settings, serve_argv), descriptor)
+        trio.run(supervise, settings, command, (descriptor, lifeline))
     except WorkerStartError as error:
         print(f"sse-router: {error}; stopped every worker", file=sys.stderr)
         return error.code if error.code > 0 else 1
     finally:
-        os.close(descriptor)
+        for fd in (descriptor, lifeline, lifeline_held):
+            os.close(fd)
     return 0
 
 

@@ -90,7 +90,7 @@ FAST = SlotSettings(grace_seconds=10, backoff_initial=0.01, backoff_maximum=0.02
 
 
 def stand_in(program: str) -> Any:
-    def command(index: int, descriptor: int, ready: int) -> list[str]:
+    def command(index: int, ready: int) -> list[str]:
         return [sys.executable, "-c", program, str(ready)]
 
     return command
@@ -99,12 +99,12 @@ def stand_in(program: str) -> Any:
 async def test_a_worker_that_keeps_dying_at_start_stops_the_supervisor(listening: int) -> None:
     programs = {0: READY_AND_WAIT, 1: "import sys; sys.exit(3)"}
 
-    def command(index: int, descriptor: int, ready: int) -> list[str]:
+    def command(index: int, ready: int) -> list[str]:
         return [sys.executable, "-c", programs[index], str(ready)]
 
     with pytest.raises(WorkerStartError) as raised:
         with trio.fail_after(30):  # waiting for: the supervisor to give up on worker 1
-            await supervise(Settings(workers=2), command, listening, slot_settings=FAST)
+            await supervise(Settings(workers=2), command, [listening], slot_settings=FAST)
     assert raised.value.code == 3
     assert "worker 1 exited with code 3 before it was ready, 3 times in a row" in str(raised.value)
 
@@ -112,12 +112,12 @@ async def test_a_worker_that_keeps_dying_at_start_stops_the_supervisor(listening
 async def test_a_worker_refusing_its_settings_stops_the_supervisor_at_once(listening: int) -> None:
     starts: list[int] = []
 
-    def command(index: int, descriptor: int, ready: int) -> list[str]:
+    def command(index: int, ready: int) -> list[str]:
         starts.append(index)
         return [sys.executable, "-c", "import sys; sys.exit(2)", str(ready)]
 
     with pytest.raises(WorkerStartError) as raised, trio.fail_after(30):
-        await supervise(Settings(workers=1), command, listening, slot_settings=FAST)
+        await supervise(Settings(workers=1), command, [listening], slot_settings=FAST)
     assert raised.value.code == 2
     assert starts == [0]
 
@@ -128,7 +128,7 @@ async def test_a_worker_that_dies_once_ready_is_started_again(listening: int) ->
             lambda task_status: supervise(
                 Settings(workers=1),
                 stand_in(READY_THEN_DIE),
-                listening,
+                [listening],
                 slot_settings=FAST,
                 task_status=task_status,
             )
@@ -145,7 +145,7 @@ async def test_cancelling_the_supervisor_stops_its_workers_with_sigterm(listenin
             lambda task_status: supervise(
                 Settings(workers=2),
                 stand_in(READY_AND_WAIT),
-                listening,
+                [listening],
                 slot_settings=FAST,
                 task_status=task_status,
             )
@@ -283,6 +283,7 @@ async def test_a_killed_worker_is_restarted_while_its_streams_resume_on_the_othe
             nursery.cancel_scope.cancel()
         assert not router.crashed(), router.log_tail()
         assert '"worker exited"' in router.log.read_text()
+
     resumed = sum(len(tab.record.connections) > 1 for tab in run.tabs)
     print(f"streams per worker before the kill: {counts}; tabs that reconnected: {resumed}")
     assert resumed >= counts[0]
@@ -317,14 +318,18 @@ async def test_sigterm_drains_every_worker(workers_settings: dict[str, Any]) -> 
 async def test_a_killed_supervisor_takes_its_workers_with_it(
     workers_settings: dict[str, Any],
 ) -> None:
-    """Nobody is left to drain them: the kernel tells each worker (``PR_SET_PDEATHSIG``) and it
-    shuts down by itself instead of holding the port as an orphan."""
+    """Nobody is left to drain them: each sees its lifeline end and shuts down by itself instead
+    of holding the port as an orphan."""
     with router_processes() as routers:
         router = RouterProcess(workers_settings)
         routers.append(router)
         await router.start()
         await all_ready(router, 2)
         pids = [w.pid for w in workers_of(router).values()]
+        # First, the supervisor is alive: its workers run on. (Outliving trio's idle worker
+        # threads, 10 s, which started them: PR_SET_PDEATHSIG, tried first, stopped them then.)
+        await trio.sleep(11)
+        assert '"router stopping"' not in router.log.read_text()
         router.signal(signal.SIGKILL)
         await router.wait()
         with trio.fail_after(20):  # waiting for: both workers to end
