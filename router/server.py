@@ -317,6 +317,11 @@ async def _serve(
                 parts=settings.outbox_parts, poll_seconds=settings.outbox_poll_seconds
             )
             root.start_soon(Relay(open_outbox, bus, relay_settings, metrics).run)
+        if listening is not None:
+            # A worker shares its port with workers that may be serving already: it accepts
+            # once it stands somewhere in the bus, since until then it would answer every resume
+            # as truncated (see Hub.run), where the others could resume it exactly.
+            await _first_of(hub.reading, shutdown_requested)
         bound: list[str] = await root.start(run_http)
         addresses = list(dict.fromkeys(bound))  # one address per acceptor: the same one
         task_status.started(Running(addresses, hub, app))
@@ -329,6 +334,17 @@ async def _serve(
         with trio.move_on_after(settings.shutdown_grace_seconds + 1):
             await http_stopped.wait()
         root.cancel_scope.cancel()
+
+
+async def _first_of(*events: trio.Event) -> None:
+    async with trio.open_nursery() as waiting:
+        for event in events:
+            waiting.start_soon(_set_then_cancel, event, waiting.cancel_scope)
+
+
+async def _set_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 async def _watch_signals(shutdown_requested: trio.Event) -> None:

@@ -344,3 +344,40 @@ def alive(pid: int) -> bool:
             return stat.read().split(") ", 1)[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def test_every_worker_killed_at_once_loses_nothing(workers_settings: dict[str, Any]) -> None:
+    """Both workers SIGKILL'd together while events flow (the host's whole router gone for a
+    moment): the supervisor restarts both, and every tab resumes with all it is owed."""
+    run = Run("every worker SIGKILL'd (redis)", seed=1804)
+    with router_processes() as routers:
+        router = RouterProcess(workers_settings)
+        routers.append(router)
+        await router.start()
+        await all_ready(router, 2)
+        frontend = Frontend(run.rng, router.url)
+        run.publish_through(lambda: router.url)
+        async with trio.open_nursery() as nursery:
+            await spread_over_workers(run, router, nursery, frontend)
+            await run.publisher.publish(60, batch=5, pause=0.01)
+            publishing = trio.Event()
+
+            async def publish_meanwhile() -> None:
+                await run.publisher.publish(200, batch=5, pause=0.01)
+                publishing.set()
+
+            nursery.start_soon(publish_meanwhile)
+            await trio.sleep(0.2)  # a moment into the stream, so the kills land mid-flow
+            victims = {w.pid for w in workers_of(router).values()}
+            run.mark("every worker SIGKILL'd")
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL)
+            await all_ready(router, 2, not_pids=frozenset(victims))
+            run.mark("every worker ready again")
+            with trio.fail_after(30):  # waiting for: the publishing during the kills to finish
+                await publishing.wait()
+            await run.publisher.publish(60, batch=5, pause=0.01)
+            await run.settle()
+            nursery.cancel_scope.cancel()
+        assert not router.crashed(), router.log_tail()
+    run.report()
