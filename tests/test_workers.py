@@ -34,6 +34,8 @@ from tests.faults.harness import (
     Tab,
     router_processes,
 )
+from tests.kafka_broker import Broker, create_topic, new_topic_name
+from tests.redis_helpers import REDIS_URL, delete_prefix, new_prefix
 
 # -- the rules ------------------------------------------------------------------------------------
 
@@ -222,7 +224,31 @@ async def spread_over_workers(
 
 @pytest.fixture
 def workers_settings(redis_bus_settings: dict[str, Any]) -> dict[str, Any]:
+    """Two workers on the Redis bus and cache, each also on a free port of its own."""
     return {**redis_bus_settings, "cache": "redis", "workers": 2, "worker_ports": 0}
+
+
+@pytest.fixture(params=["redis", "kafka"])
+def any_bus_workers_settings(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """Two workers on the Redis bus or on a Kafka topic of three partitions, on the Redis cache."""
+    if request.param == "redis":
+        yield request.getfixturevalue("workers_settings")
+        return
+    broker: Broker = request.getfixturevalue("tansu_broker")
+    topic = new_topic_name()
+    trio.run(create_topic, broker.bootstrap, topic, 3)
+    prefix = new_prefix()
+    yield {
+        "bus": "kafka",
+        "kafka_bootstrap": broker.bootstrap,
+        "kafka_topic": topic,
+        "cache": "redis",
+        "redis_url": REDIS_URL,
+        "redis_key_prefix": prefix,
+        "workers": 2,
+        "worker_ports": 0,
+    }
+    delete_prefix(REDIS_URL, prefix)
 
 
 async def test_streams_spread_over_workers_all_receive_a_broadcast(
@@ -248,11 +274,12 @@ async def test_streams_spread_over_workers_all_receive_a_broadcast(
 
 
 async def test_a_killed_worker_is_restarted_while_its_streams_resume_on_the_others(
-    workers_settings: dict[str, Any],
+    any_bus_workers_settings: dict[str, Any],
 ) -> None:
     """SIGKILL one of two workers while events flow: its tabs reconnect to the port with their
     cursors and land on the other (or on it, restarted); every tab gets exactly what it is owed."""
-    run = Run("a worker SIGKILL'd (redis)", seed=1802)
+    workers_settings = any_bus_workers_settings
+    run = Run(f"a worker SIGKILL'd ({workers_settings['bus']})", seed=1802)
     with router_processes() as routers:
         router = RouterProcess(workers_settings)
         routers.append(router)
