@@ -28,6 +28,8 @@ _THRESHOLDS, _LADDER, _BREAKER = Thresholds(), LadderSettings(), BreakerSettings
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
+    workers: int = 1
+    worker_ports: int | None = None
     shutdown_grace_seconds: float = 5.0
     keep_alive_seconds: float = 20.0
     stalled_client_seconds: float = 20.0
@@ -268,6 +270,18 @@ def add_serve_arguments(
 
     flag("--host", "address to listen on")
     flag("--port", "port to listen on, 0 for any free one", type=port)
+    flag(
+        "--workers",
+        "worker processes serving the one port, each a router of its own on the shared bus"
+        " (more than 1 needs --bus redis or kafka and --cache redis; docs/operations.md)",
+        type=count(1),
+    )
+    flag(
+        "--worker-ports",
+        "with --workers, worker i also listens alone on this port plus i, for its own /metrics"
+        " and /readyz; 0 for free ones (logged)",
+        type=port,
+    )
     flag(
         "--shutdown-grace-seconds",
         "after SIGTERM, how long open streams and requests get to finish",
