@@ -93,10 +93,13 @@ class HubSettings:
 
 class ReplayUnavailableError(Exception):
     """A resume that cannot be served now: the replay cache cannot be read and the bus does not
-    hold what the client missed. The client should come back after ``wait`` seconds."""
+    hold what the client missed, or the bus has not answered yet. The client should come back
+    after ``wait`` seconds."""
 
-    def __init__(self, wait: float) -> None:
-        super().__init__("the replay cache cannot be read now; reconnect to resume")
+    def __init__(
+        self, wait: float, why: str = "the replay cache cannot be read now; reconnect to resume"
+    ) -> None:
+        super().__init__(why)
         self.wait = wait
 
 
@@ -152,6 +155,9 @@ class Hub:
         """Resumes served, by (``complete`` or ``truncated``, ``cache`` or ``bus``)."""
         self.reading = trio.Event()
         """Set once the bus answered: every event published from then on will be routed."""
+        self._started_at: float | None = None
+        """When :meth:`run` started (trio's clock): a resume before the bus answered is
+        refused for a retry for ``replay_outage_grace_seconds`` from then."""
         self._sessions_nursery: trio.Nursery | None = None
         self._records: trio.MemoryReceiveChannel[Sequence[Record]] | None = None
         self.publisher = GuardedPublisher(bus, settings.breaker, observer)
@@ -204,6 +210,7 @@ class Hub:
             self.settings.records_capacity
         )
         self._records = records_receive
+        self._started_at = trio.current_time()
         await self._load_controls()
         async with trio.open_nursery() as nursery:
             self._sessions_nursery = await nursery.start(_open_sessions_nursery)
@@ -213,7 +220,7 @@ class Hub:
             )
             task_status.started()
             # A bus that cannot be reached yet is waited for here, with sessions already served:
-            # until its epoch is known, every resume is answered as truncated, never guessed.
+            # until its epoch is known no resume can be told what it missed (see _bus_answered).
             self._started_epoch = await self.bus.epoch()
             await self._check_cursor_bound()
             start = await self.cache.resume_point(self._started_epoch)
@@ -295,6 +302,7 @@ class Hub:
             # Vouching may wait on the bus: meanwhile the stream counts as open, so a storm of
             # resumes admitted together cannot overshoot the front door's stream caps.
             with self.registry.opening(principal.user_id, address):
+                await self._bus_answered()
                 vouched = await self._vouched(resume_from)
             doubtful, resume_from = vouched is not resume_from, vouched
             if resume_from.is_from(self.bus.source, self.epoch):
@@ -383,6 +391,29 @@ class Hub:
                 raise
         session.finish_rescope(replay, position, then)
         return replay
+
+    async def _bus_answered(self) -> None:
+        """Wait, for a resume, until the bus has answered, at most ``replay_retry_seconds``.
+
+        Before it answers the router knows neither the bus's history nor where it reads from, so
+        a resume could only be answered as truncated: after a restart or a deploy, that would
+        tell every reconnecting tab to refetch its state for nothing. A router usually hears
+        from its bus within moments of starting, so the resume waits that long; if the bus is
+        still silent, it is refused for a retry (:class:`ReplayUnavailableError`) for as long as
+        ``replay_outage_grace_seconds`` since the hub started, and after that let through (and
+        answered as truncated, as a long outage must be, so clients get live events).
+        """
+        if self.reading.is_set():
+            return
+        with trio.move_on_after(self.settings.replay_retry_seconds):
+            await self.reading.wait()
+        started = trio.current_time() if self._started_at is None else self._started_at
+        within_grace = trio.current_time() - started < self.settings.replay_outage_grace_seconds
+        if not self.reading.is_set() and within_grace:
+            raise ReplayUnavailableError(
+                self.settings.replay_retry_seconds,
+                "the router has not heard from its bus yet; reconnect to resume",
+            )
 
     async def _vouched(self, cursor: Cursor) -> Cursor:
         """``cursor`` without the positions the bus cannot vouch for: of a partition it does

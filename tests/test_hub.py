@@ -786,27 +786,78 @@ class UnansweringBus(MemoryBus):
 async def test_before_the_bus_answers_a_stream_starts_at_no_epoch_then_follows_the_router(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    """Before the bus answers no offset can be trusted: the first id has no epoch, so a resume
-    from it is answered as truncated, never as complete past events. Once the bus answers, the
-    next heartbeat gives the stream a real position."""
+    """Before the bus answers no offset can be trusted: the first id has no epoch. A resume then
+    waits a little for the bus, and is refused for a retry while it stays silent; from a cursor
+    of no epoch, once the bus answered, it is answered as truncated, never as complete. Once
+    the bus answers, the next heartbeat gives the early stream a real position."""
     bus = UnansweringBus()
     async with running_hub(bus=bus, heartbeat_seconds=15) as (hub, nursery):
         early, early_reader = await attach(hub, nursery, client("alice", novels={"n1"}))
         await settle()
         assert early_reader.last_event_id == "memory:"
-        opened = await open_session(hub, client("alice", novels={"n1"}), parse_cursor("memory:"))
-        resumed, replay = opened.session, opened.replay
-        assert replay is not None
-        assert replay.truncated
-        resumed.stop(CloseReason.CLIENT)
+        with pytest.raises(ReplayUnavailableError) as refused:
+            await open_session(hub, client("alice", novels={"n1"}), parse_cursor("memory:"))
+        assert refused.value.wait == hub.settings.replay_retry_seconds
+        assert "bus" in str(refused.value)
         bus.answer.set()
         await hub.reading.wait()
+        opened = await open_session(hub, client("alice", novels={"n1"}), parse_cursor("memory:"))
+        assert opened.replay is not None
+        assert opened.replay.truncated
+        opened.session.stop(CloseReason.CLIENT)
         await trio.sleep(15 + 1)  # a whole heartbeat period of ticks after the bus answered
         assert early_reader.last_event_id == str(Cursor.empty("memory", hub.epoch))
         await hub.publish([content("n1", 1)])
         await settle()
         early.stop(CloseReason.CLIENT)
     assert versions(early_reader) == [1]
+
+
+async def test_a_resume_just_after_a_restart_waits_for_the_bus_and_is_complete(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A router restarted while its tabs reconnect: their resumes arrive before it has heard
+    from the bus. Answered at once they could only say truncated (every tab would refetch its
+    state for nothing); they wait for the bus instead, and get exactly what they missed. (The
+    memory bus keeps nothing once read, so here what was missed is still unread, and arrives
+    live; tests/test_workers.py restarts routers on Redis and Kafka.)"""
+    bus = UnansweringBus()
+    await MemoryBus.publish(bus, [content("n1", n) for n in range(4)])
+    epoch = await MemoryBus.epoch(bus)
+    seen_first = Cursor.from_positions("memory", epoch, [("0", (0,))])  # the tab had version 0
+    async with running_hub(bus=bus, partitions=1) as (hub, nursery):
+        answered: list[Opened] = []
+
+        async def reconnect() -> None:
+            answered.append(await open_session(hub, client("alice", novels={"n1"}), seen_first))
+
+        nursery.start_soon(reconnect)
+        await trio.sleep(hub.settings.replay_retry_seconds / 2)
+        assert not answered  # waiting for the bus
+        bus.answer.set()
+        await hub.reading.wait()
+        await settle()
+        (opened,) = answered
+        assert opened.output is not None
+        reader = Reader(opened.output)
+        nursery.start_soon(reader.run)
+        await settle()
+        opened.session.stop(CloseReason.CLIENT)
+    assert versions(reader) == [1, 2, 3]
+
+
+async def test_a_resume_long_after_the_start_of_a_silent_bus_is_let_through_as_truncated(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Past the outage grace a client is not refused for ever: it gets live events, and is told
+    its history may be incomplete."""
+    bus = UnansweringBus()
+    async with running_hub(bus=bus) as (hub, _):
+        await trio.sleep(hub.settings.replay_outage_grace_seconds)
+        opened = await open_session(hub, client("alice", novels={"n1"}), parse_cursor("memory:"))
+        assert opened.replay is not None
+        assert opened.replay.truncated
+        opened.session.stop(CloseReason.CLIENT)
 
 
 async def test_a_quiet_stream_follows_the_router_and_resumes_complete_past_a_small_window(
