@@ -11,6 +11,7 @@ import trio.testing
 
 from actors.session import CloseReason, Session, SharedBatch
 from router.core.history import Entry, Replay
+from router.core.inbox import MAX_WRITE_BATCH
 from router.core.permissions import Principal, StreamFilter
 from router.core.sse import SSEMessage
 from tests.actor_helpers import Feed, content, in_an_hour, offer_batch
@@ -178,3 +179,32 @@ async def test_narrowing_in_the_middle_of_a_replay_stops_the_lost_novel_at_once(
     assert rest[0][1] > first[-1][1]
     assert {novel for novel, _ in rest} == {"n2"}  # at most the slice in flight was of both
     assert [v for _, v in first + rest] == sorted(v for _, v in first + rest)
+
+
+async def test_narrowing_behind_a_long_backlog_never_writes_a_shared_batch_queued_before_it() -> None:
+    """More than one write's worth waits when the scope narrows: the first write is served one by
+    one and puts the client back in step with the router's cursor, and a shared batch queued
+    before the narrowing, admitted for the old scope, must still not be written whole."""
+    subject = Session(BOTH, StreamFilter(), expires_at=in_an_hour())
+    feed = Feed()
+    send, receive = trio.open_memory_channel[bytes](0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(subject.run, send)
+        await receive.receive()  # the hello
+        offer_batch(subject, SharedBatch([feed.next(content("n2", 0))]))
+        await receive.receive()  # in step with the router's cursor
+        offer_batch(subject, SharedBatch([feed.next(content("n2", 1))]))
+        await trio.testing.wait_all_tasks_blocked()  # the writer waits to send n2/1
+        backlog = [feed.next(content("n2", version)) for version in range(2, 2 + MAX_WRITE_BATCH)]
+        offer_batch(subject, SharedBatch(backlog))
+        offer_batch(subject, SharedBatch([feed.next(content("n1", 100))]))  # taken alone, next
+        assert feed.cursor is not None
+        subject.begin_rescope(ONLY_N2, StreamFilter(), in_an_hour())
+        subject.finish_rescope(None, feed.cursor)
+        drain = _Drain(receive)
+        nursery.start_soon(drain.run)
+        await trio.testing.wait_all_tasks_blocked()
+        subject.stop(CloseReason.CLIENT)
+    written = _novels(drain.raw)
+    assert ("n1", 100) not in written, "a shared batch queued for the old scope was written"
+    assert written == [("n2", v) for v in range(1, 2 + MAX_WRITE_BATCH)]
