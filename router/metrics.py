@@ -150,6 +150,12 @@ class Metrics:
             "Requests refused for their client address (--address-rules).",
             registry=r,
         )
+        self._origins_refused = Counter(
+            "sse_ws_origins_refused",
+            "WebSocket handshakes refused for their Origin: a page of an origin neither in"
+            " --cors-origins nor the router's own.",
+            registry=r,
+        )
         self._address_rules_loads = Counter(
             "sse_address_rules_reloads",
             "Times the address rules file was read again on SIGHUP, by outcome: ok, or failed"
@@ -295,6 +301,9 @@ class Metrics:
 
     def address_blocked(self) -> None:
         self._addresses_blocked.inc()
+
+    def origin_refused(self) -> None:
+        self._origins_refused.inc()
 
     def address_rules_loaded(self, ok: bool) -> None:
         self._address_rules_loads.labels("ok" if ok else "failed").inc()

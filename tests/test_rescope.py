@@ -181,7 +181,9 @@ async def test_narrowing_in_the_middle_of_a_replay_stops_the_lost_novel_at_once(
     assert [v for _, v in first + rest] == sorted(v for _, v in first + rest)
 
 
-async def test_narrowing_behind_a_long_backlog_never_writes_a_shared_batch_queued_before_it() -> None:
+async def test_narrowing_behind_a_long_backlog_never_writes_a_shared_batch_queued_before_it() -> (
+    None
+):
     """More than one write's worth waits when the scope narrows: the first write is served one by
     one and puts the client back in step with the router's cursor, and a shared batch queued
     before the narrowing, admitted for the old scope, must still not be written whole."""

@@ -162,6 +162,9 @@ class Observer(StreamObserver, Protocol):
     def address_blocked(self) -> None:
         """The front door refused a request for its address (``--address-rules``)."""
 
+    def origin_refused(self) -> None:
+        """A WebSocket handshake was refused for its ``Origin`` (router.core.origin)."""
+
     def address_rules_loaded(self, ok: bool) -> None:
         """The address rules file was read again (on SIGHUP): ``ok``, or it could not be used,
         and the rules before it stay."""
@@ -241,6 +244,9 @@ class NoObserver:
         pass
 
     def address_blocked(self) -> None:
+        pass
+
+    def origin_refused(self) -> None:
         pass
 
     def address_rules_loaded(self, ok: bool) -> None:

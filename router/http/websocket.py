@@ -65,6 +65,13 @@ def add_websocket_route(app: Quart, hub: Hub, admission: Admission, settings: Se
         blocked = admission.screen(peer, forwarded)  # before_request does not run for a websocket
         if blocked is not None:
             return await _refuse(blocked, admission)
+        origin = websocket.headers.get("Origin")
+        foreign = admission.screen_origin(
+            origin, websocket.headers.get("Host"), settings.cors_origins
+        )
+        if foreign is not None:  # before any credential is read: see router.core.origin
+            log.info("websocket origin refused", extra={"origin": origin[:200] if origin else None})
+            return await _refuse(foreign, admission)
         admitted = admission.admit(await _ask(settings.ws_auth_timeout_seconds))
         if isinstance(admitted, Refused):
             return await _refuse(admitted, admission)
