@@ -570,7 +570,7 @@ class Hub:
             else:
                 session.stop(CloseReason(effect.value))
                 ended += 1
-        self.observer.control_applied(control.action, ended)
+        self.observer.control_applied(control.action, ended, narrowed)
         log.info(
             "control applied",
             extra={**_said(control), "streams_ended": ended, "streams_narrowed": narrowed},

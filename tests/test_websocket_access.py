@@ -173,6 +173,10 @@ def data_of(client: Client) -> list[tuple[str, dict[str, object]]]:
 async def test_a_revocation_narrows_an_open_socket_in_place_on_the_memory_bus() -> None:
     async with running_router(memory_partitions=3, **ROOMY) as router:
         await revoke_while_publishing(router, router)
+        exposition = (await router.client.get("/metrics")).text
+    # Two copies of the control, one per partition: the first narrows, the second finds it so.
+    assert scraped(exposition, 'sse_control_streams_narrowed_total{action="revoke"}') == 1
+    assert scraped(exposition, 'sse_control_streams_ended_total{action="revoke"}') == 0
 
 
 async def test_a_revocation_through_one_instance_narrows_a_socket_on_another(

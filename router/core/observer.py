@@ -152,9 +152,12 @@ class Observer(StreamObserver, Protocol):
         """The front door refused a new stream by ``limit`` (once, by the limit with the longest
         wait)."""
 
-    def control_applied(self, action: ControlAction, streams_ended: int) -> None:
+    def control_applied(
+        self, action: ControlAction, streams_ended: int, streams_narrowed: int = 0
+    ) -> None:
         """A control envelope was applied (read from the bus, or loaded from the control store
-        at start), which ended ``streams_ended`` open streams of this instance."""
+        at start), which ended ``streams_ended`` open streams of this instance and narrowed
+        ``streams_narrowed`` others in place."""
 
     def control_rejected(self) -> None:
         """A control envelope read from the bus was malformed: skipped (and logged)."""
@@ -237,7 +240,9 @@ class NoObserver:
     def refused_by_limit(self, limit: Limit) -> None:
         pass
 
-    def control_applied(self, action: ControlAction, streams_ended: int) -> None:
+    def control_applied(
+        self, action: ControlAction, streams_ended: int, streams_narrowed: int = 0
+    ) -> None:
         pass
 
     def control_rejected(self) -> None:
