@@ -37,7 +37,7 @@ from router.bus.base import BusUnavailableError, EventBus, Record
 from router.cache.base import ReplayCache
 from router.cache.controls import ControlStore, ProcessControls
 from router.core.breaker import BreakerSettings
-from router.core.control import AccessRules, Control, effect_on
+from router.core.control import AccessRules, Control, Effect, effect_on
 from router.core.cursor import (
     MAX_CURSOR_LENGTH,
     Cursor,
@@ -271,6 +271,7 @@ class Hub:
         settings: SessionSettings | None = None,
         issued_at: float | None = None,
         wire: WireFormat[Any] = SSE,
+        narrow_notice: Callable[[Control], object] | None = None,
     ) -> Opened:
         """Make the session of an admitted stream, register it for live events, fetch its
         replay, start its actor.
@@ -294,6 +295,10 @@ class Hub:
         this session, one applied after finds it registered (:meth:`apply`), so none passes in
         between however long the front door took. A token disconnected meanwhile gets a stream
         that says only ``disconnected``.
+
+        ``narrow_notice`` is for a transport that can tell its client of a revocation on the
+        open stream (a chunk in ``wire``'s format): a revocation then narrows the session in
+        place (:meth:`apply`) rather than ending it.
         """
         assert self._sessions_nursery is not None, "the hub is not running"
         doubtful = False
@@ -320,6 +325,7 @@ class Hub:
             issued_at=issued_at,
             wire=wire,
         )
+        session.narrow_notice = narrow_notice
         if self.access.refuses(principal, issued_at, now):
             session.stop(CloseReason.DISCONNECTED)
         self.registry.add(session)
@@ -571,9 +577,10 @@ class Hub:
         narrow or refuse tokens issued before it), and every open stream it concerns is told at
         once (no checkpoint: the adapter routes the events after it only once this returns).
 
-        An event stream cannot change what it follows, so it ends, with ``access-changed``
-        (its client reconnects and is admitted without the grant) or ``disconnected``. A
-        transport that can narrow a session in place would do so here instead of ending it.
+        A disconnect ends the stream (``disconnected``). A revocation narrows a session whose
+        transport can say so (:attr:`Session.narrow_notice`, a WebSocket) in place; an event
+        stream cannot change what it follows, so it ends with ``access-changed`` (its client
+        reconnects and is admitted without the grant).
         """
         now = self.wall_clock()
         if not self.access.apply(control, now):
@@ -584,14 +591,39 @@ class Hub:
             concerned.update(self.registry.candidates(Scope(user_id=control.user_id)))
         if control.session_id is not None:
             concerned.update(self.registry.candidates(Scope(session_id=control.session_id)))
-        ended = 0
+        ended = narrowed = 0
         for session in concerned:
             effect = effect_on(control, session.principal, session.stream_filter, session.issued_at)
-            if effect is not None and session.close_reason is None:
+            if effect is None or session.close_reason is not None:
+                continue
+            if effect is Effect.ACCESS_CHANGED and self._narrow_in_place(session, control, now):
+                narrowed += 1
+            else:
                 session.stop(CloseReason(effect.value))
                 ended += 1
-        self.observer.control_applied(control.action, ended)
-        log.info("control applied", extra={**_said(control), "streams_ended": ended})
+        self.observer.control_applied(control.action, ended, narrowed)
+        log.info(
+            "control applied",
+            extra={**_said(control), "streams_ended": ended, "streams_narrowed": narrowed},
+        )
+
+    def _narrow_in_place(self, session: Session, control: Control, now: float) -> bool:
+        """Narrow ``session`` by the controls in force, ``control`` among them, and have it say
+        so; ``False`` when it cannot (its transport has no word for it, or the grant survived
+        the narrowing: it must then end, never go on with it). Registered anew, so the adapter
+        offers it only what it may still see; no checkpoint."""
+        notice = session.narrow_notice
+        if notice is None:
+            return False
+        principal = self.access.narrow(session.principal, session.issued_at, now)
+        if (control.novel_id is not None and control.novel_id in principal.novels) or (
+            control.session_id is not None and control.session_id == principal.session_id
+        ):
+            return False
+        self.registry.remove(session)
+        session.narrow(principal, notice(control))
+        self.registry.add(session)
+        return True
 
     async def keep(self, controls: Sequence[Control]) -> None:
         """Keep ``controls`` in the store until they run out (never raises)."""

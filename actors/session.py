@@ -15,12 +15,13 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
 import trio
 
+from router.core.control import Control
 from router.core.cursor import Cursor
 from router.core.goodbye import HISTORY_REPLACED, HISTORY_TRUNCATED, goodbye, says_goodbye
 from router.core.history import Replay
@@ -79,7 +80,7 @@ class _Rescope:
     new scope admits since the client's cursor, then ``then`` (the transport's answers)."""
 
     replay: Replay | None
-    position: Cursor
+    position: Cursor | None
     then: tuple[object, ...]
 
 
@@ -125,6 +126,13 @@ class Session:
         self._writer_waiting = False
         self._rescoping = False
         self._rescope: _Rescope | None = None
+        self._notices: tuple[object, ...] = ()
+        """What :meth:`narrow` had to say while the hub fetched a change's replay: written with
+        that change's answer."""
+        self.narrow_notice: Callable[[Control], object] | None = None
+        """How its transport tells the client a revocation narrowed the stream in place (a chunk
+        of its wire format); ``None``: the transport cannot, and such a revocation ends it
+        (:meth:`actors.hub.Hub.apply`)."""
         self._scope = trio.CancelScope()
         self.finished = trio.Event()
         """Set when :meth:`run` has returned, however it ended."""
@@ -197,8 +205,29 @@ class Session:
         rescope finished before the writer took the first replaces its replay (fetched from
         the same cursor or a later one, up to a later position) and answers both."""
         earlier = () if self._rescope is None else self._rescope.then
-        self._rescope = _Rescope(replay, position, (*earlier, *(() if then is None else (then,))))
+        notices, self._notices = self._notices, ()
+        answers = (*earlier, *notices, *(() if then is None else (then,)))
+        self._rescope = _Rescope(replay, position, answers)
         self._wake_writer()
+
+    def narrow(self, principal: Principal, notice: object) -> None:
+        """From now on the session is for ``principal``, which grants less than its own (a
+        revocation, :meth:`actors.hub.Hub.apply`): nothing it does not admit is written from
+        this call on, whatever was queued, and ``notice`` (the transport's word of it) goes
+        before the next event. Nothing to replay: narrowing admits nothing new. Never
+        checkpoints, and keeps a change under way whole (its replay is checked against
+        ``principal`` as it is written; ``notice`` comes with its answer)."""
+        self.principal = principal
+        self._inbox.rescoped()
+        pending = self._rescope
+        if pending is not None:  # a change the writer has not taken yet
+            self._rescope = _Rescope(pending.replay, pending.position, (*pending.then, notice))
+        elif self._rescoping:  # the hub is fetching a change's replay: finish_rescope says it
+            self._notices += (notice,)
+        else:
+            self._rescoping = True
+            self._rescope = _Rescope(None, None, (notice,))
+            self._wake_writer()
 
     def _wake_writer(self) -> None:
         if self._writer_waiting:

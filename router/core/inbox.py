@@ -389,9 +389,17 @@ class Inbox:
         a replay from the client's cursor is to come before it (:meth:`replayed`). Until the
         client's cursor and the router's agree again, every delivery is served one by one,
         skipped when that cursor covers it (no shared batch is written whole), and the router's
-        progress seen before is forgotten."""
+        progress seen before is forgotten.
+
+        What waits loses its shared form too: a shared batch was admitted whole for the old
+        scope, and the client is back in step after its first event served, long before a
+        backlog of more than one write is taken; written whole then, it would carry what the
+        new scope does not admit. At most ``capacity`` events are copied, once per change."""
         self._in_sync = False
         self._progress = None
+        if isinstance(self._held, SharedBatch):
+            self._held = tuple(self._held)
+        self._batches = [tuple(b) if isinstance(b, SharedBatch) else b for b in self._batches]
 
     def written(self) -> None:
         """The writer wrote to the client: the silence a heartbeat fills starts again."""
