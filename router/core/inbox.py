@@ -9,9 +9,9 @@ wake-up and the client's response, a test with plain calls.
 
 The policy: an offer never waits. It is taken whole while fewer than ``capacity`` events, and
 fewer than ``max_bytes`` bytes of them (their encoded size), wait from earlier offers; past either
-bound a low-priority event is coalesced with the newest of its kind,
-held aside (at most ``capacity`` kinds), and a high-priority one is the lag verdict: the inbox
-closes, and the client resumes from the replay cache. The writer takes at most ``most`` events at
+bound a low-priority event is coalesced with the newest of its kind, held aside (at most
+``capacity`` kinds), and a high-priority one is the lag verdict: the inbox closes, and the client
+resumes from the replay cache. The writer takes at most ``most`` events at
 a time, in the adapter's order, coalesced ones in their place.
 
 The bookkeeping: :attr:`Inbox.cursor` is what the client has been served, the router's cursor
