@@ -25,7 +25,14 @@ from router.core.control import Control
 from router.core.cursor import Cursor
 from router.core.goodbye import HISTORY_REPLACED, HISTORY_TRUNCATED, goodbye, says_goodbye
 from router.core.history import Replay
-from router.core.inbox import MAX_WRITE_BATCH, TICKS_PER_HEARTBEAT, Delivery, Inbox, SharedBatch
+from router.core.inbox import (
+    DEFAULT_INBOX_MAX_BYTES,
+    MAX_WRITE_BATCH,
+    TICKS_PER_HEARTBEAT,
+    Delivery,
+    Inbox,
+    SharedBatch,
+)
 from router.core.observer import NO_OBSERVER, CloseReason, Offer, StreamObserver
 from router.core.permissions import Principal, StreamFilter, admits
 from router.core.serving import replay_slices, serve_each
@@ -65,6 +72,8 @@ class Output(Protocol[_Chunk]):
 @dataclass(frozen=True, slots=True)
 class SessionSettings:
     inbox_capacity: int = 256
+    inbox_max_bytes: int | None = DEFAULT_INBOX_MAX_BYTES
+    """The encoded size of the events that may wait in the inbox, or ``None`` for no byte bound."""
     retry_ms: int = 2000
     shutdown_retry_ms: int = 1000
     shutdown_retry_spread_ms: int = 0
@@ -119,7 +128,7 @@ class Session:
         self.wire = wire
         self.close_reason: CloseReason | None = None
         self.events_sent = 0
-        self._inbox = Inbox(settings.inbox_capacity, cursor)
+        self._inbox = Inbox(settings.inbox_capacity, cursor, max_bytes=settings.inbox_max_bytes)
         # The writer's wake-up: at most one item, sent only while the writer waits for it (and
         # the flag is cleared as it is sent), so it never fills.
         self._wake_send, self._wake = trio.open_memory_channel[None](1)

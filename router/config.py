@@ -17,6 +17,7 @@ from pathlib import Path
 
 from router.core.breaker import BreakerSettings
 from router.core.cursor import check_partition
+from router.core.inbox import DEFAULT_INBOX_MAX_BYTES
 from router.core.overload import LadderSettings, Thresholds
 
 ENV_PREFIX = "SSE_ROUTER_"
@@ -52,6 +53,7 @@ class Settings:
     retry_ms: int = 2000
     shutdown_retry_spread_ms: int = 5000
     session_buffer: int = 256
+    session_buffer_bytes: int = DEFAULT_INBOX_MAX_BYTES
     records_buffer: int = 16
     fanout_pause_ms: int = 20
     bus: str = "memory"
@@ -357,6 +359,12 @@ def add_serve_arguments(
         type=count(0),
     )
     flag("--session-buffer", "events queued per stream before backpressure", type=count(1))
+    flag(
+        "--session-buffer-bytes",
+        "bytes of events (their encoded size) queued per stream before backpressure (1M, 256K);"
+        " 0 for no limit but the count",
+        type=byte_size,
+    )
     flag("--records-buffer", "record batches between consumer and adapter", type=count(1))
     flag(
         "--fanout-pause-ms",
