@@ -7,6 +7,8 @@ around the tree; their ``stop()`` is shielded, so a cancelled reader still close
 
 The epoch is derived from the topic id (Metadata v10, see ``kafka_metadata``): a topic deleted and
 recreated under the same name gets a new id, so cursors from before it are never matched by offset.
+The reader asks for the id again after every fetch that returned records, before it stamps them:
+a consumer fetches by name, and reconnects by itself to a broker that came back empty.
 
 Records the broker deleted before they were read (retention, DeleteRecords) are never skipped
 silently: the consumers ask for no automatic offset reset, so a position before the log start is
@@ -50,7 +52,8 @@ class KafkaSettings:
     request_timeout_ms: int = 5000
     max_batch: int = 256
     probe_interval_seconds: float = 2.0
-    """How often the reader checks the broker answers and the topic is still the same one."""
+    """How often the reader checks the broker answers and the topic is still the same one while
+    no records come (records are checked as they come, see ``_check_same_topic``)."""
     backoff_initial_seconds: float = 0.2
     backoff_max_seconds: float = 10.0
     stop_timeout_seconds: float = 5.0
@@ -308,6 +311,7 @@ class KafkaBus(ReportsHealth):
                         max_records=self.settings.max_batch,
                     )
                 except OffsetOutOfRangeError as out_of_range:
+                    await self._check_same_topic(consumer, epoch)
                     lost = await trio_asyncio.aio_as_trio(self._skip_deleted)(
                         consumer, out_of_range.args[0], epoch
                     )
@@ -323,19 +327,31 @@ class KafkaBus(ReportsHealth):
                             "kafka", str(partition.partition), (message.offset,), epoch
                         )
                         records.append(Record(identity, message.value or b""))
+                if records or trio.current_time() >= next_probe:
+                    await self._check_same_topic(consumer, epoch)
+                    self.health.recovered()
+                    next_probe = trio.current_time() + self.settings.probe_interval_seconds
                 for record in records:
                     progress.consumed[record.identity.partition] = record.identity.offset
                 self._note_lag(consumer, progress)
                 if records:
                     yield records
-                if trio.current_time() >= next_probe:
-                    if await trio_asyncio.aio_as_trio(self._probe)(consumer) != epoch:
-                        raise TopicUnavailableError("the topic was recreated")
-                    self.health.recovered()
-                    next_probe = trio.current_time() + self.settings.probe_interval_seconds
         finally:
             with trio.move_on_after(self.settings.stop_timeout_seconds, shield=True):
                 await trio_asyncio.aio_as_trio(_stop)(consumer)
+
+    async def _check_same_topic(self, consumer: AIOKafkaConsumer, epoch: str) -> None:
+        """Raise if the topic is no longer the one of ``epoch``.
+
+        Asked after every fetch that returned records, before they are stamped with ``epoch``:
+        the consumer reconnects by itself after a broker restart and fetches by topic name, so a
+        topic recreated meanwhile (a broker that came back empty) is read from where the old one
+        stood, and nothing in the records says so. The previous check said ``epoch``, this one
+        says it still: whatever was fetched in between is of that topic (ids never come back).
+        Records fetched when it says otherwise are dropped; the next consumer reads the new
+        topic from its beginning."""
+        if await trio_asyncio.aio_as_trio(self._probe)(consumer) != epoch:
+            raise TopicUnavailableError("the topic was recreated")
 
     async def _skip_deleted(
         self, consumer: AIOKafkaConsumer, positions: Mapping[TopicPartition, int], epoch: str
@@ -406,7 +422,13 @@ class KafkaBus(ReportsHealth):
                 records: list[Record] | None = await trio_asyncio.aio_as_trio(self._reread)(
                     wanted, epoch, limit
                 )
-        except (TimeoutError, trio.TooSlowError, KafkaError, OSError) as error:
+        except (
+            TimeoutError,
+            trio.TooSlowError,
+            KafkaError,
+            OSError,
+            TopicUnavailableError,
+        ) as error:
             log.warning("replay from kafka failed: %s", error)
             return None
         return records
@@ -458,6 +480,8 @@ class KafkaBus(ReportsHealth):
                     if messages and messages[-1].offset >= last[tp]:
                         remaining.discard(tp)
                         consumer.pause(tp)
+            if await self._probe(consumer) != epoch:
+                return None  # read from a topic recreated since: not the history asked for
             return records
         finally:
             await _stop(consumer)
