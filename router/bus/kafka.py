@@ -89,6 +89,14 @@ class TopicUnavailableError(Exception):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class _TopicSeen:
+    """What the broker said of the topic: its epoch, and its partitions (numbered from 0)."""
+
+    epoch: str
+    partitions: range
+
+
 @dataclass(slots=True)
 class _EndsAsked:
     """One request for where the partitions end, that callers arriving meanwhile wait for."""
@@ -199,31 +207,36 @@ class KafkaBus(ReportsHealth):
         consumer = self._consumer()
         try:
             await consumer.start()
-            epoch = await self._probe(consumer)
-            ends = await self._ends_with(consumer)
+            topic = await self._probe(consumer)
+            ends = await self._ends_with(consumer, topic)
         finally:
             await _stop(consumer)
-        return epoch, ends
+        return topic.epoch, ends
 
     async def _ends(self) -> dict[str, Offset]:
         consumer = self._consumer()
         try:
             await consumer.start()
-            return await self._ends_with(consumer)
+            return await self._ends_with(consumer, await self._probe(consumer))
         finally:
             await _stop(consumer)
 
-    async def _ends_with(self, consumer: AIOKafkaConsumer) -> dict[str, Offset]:
+    async def _ends_with(self, consumer: AIOKafkaConsumer, topic: _TopicSeen) -> dict[str, Offset]:
         """The last offset of every non-empty partition; notes the partitions (asyncio side)."""
-        partitions = consumer.partitions_for_topic(self.settings.topic) or set()
-        self._partitions = [str(p) for p in sorted(partitions)]
+        partitions = topic.partitions
+        self._partitions = [str(p) for p in partitions]
         ends = await consumer.end_offsets(
             [TopicPartition(self.settings.topic, p) for p in partitions]
         )
         return {str(tp.partition): (end - 1,) for tp, end in ends.items() if end > 0}
 
-    async def _probe(self, consumer: AIOKafkaConsumer) -> str:
-        """The topic's epoch, asked of the broker now (asyncio side)."""
+    async def _probe(self, consumer: AIOKafkaConsumer) -> _TopicSeen:
+        """The topic's epoch and partitions, asked of the broker now (asyncio side).
+
+        The partitions come from this answer, never from the consumer's own metadata: that is
+        fetched when the consumer starts and refreshed every few minutes, so a topic created just
+        after (a broker that came back empty, its topic made again) has no partitions there, and
+        a reader assigned them would read nothing, silently."""
         client = consumer._client
         response = await client.send(
             client.get_random_node(), TopicMetadataRequest([self.settings.topic])
@@ -243,7 +256,7 @@ class KafkaBus(ReportsHealth):
                 )
             cluster = getattr(response, "cluster_id", None) or ""
             topic_id = uuid.uuid5(uuid.NAMESPACE_URL, f"kafka:{cluster}/{self.settings.topic}")
-        return epoch_of(topic_id)
+        return _TopicSeen(epoch_of(topic_id), range(partitions))
 
     def _backoff(self) -> Backoff:
         return Backoff(self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds)
@@ -296,12 +309,13 @@ class KafkaBus(ReportsHealth):
         consumer = await trio_asyncio.aio_as_trio(self._consumer_in_loop)()
         try:
             await trio_asyncio.aio_as_trio(consumer.start)()
-            epoch = await trio_asyncio.aio_as_trio(self._probe)(consumer)
+            topic = await trio_asyncio.aio_as_trio(self._probe)(consumer)
+            epoch = topic.epoch
             if self._epoch is not None and epoch != self._epoch:
                 log.warning("kafka topic %s was recreated: new epoch", self.settings.topic)
                 progress.consumed = {}
             self._epoch = epoch
-            await trio_asyncio.aio_as_trio(self._assign)(consumer, progress.consumed)
+            await trio_asyncio.aio_as_trio(self._assign)(consumer, progress.consumed, topic)
             self.health.recovered()
             next_probe = trio.current_time() + self.settings.probe_interval_seconds
             while True:
@@ -350,7 +364,7 @@ class KafkaBus(ReportsHealth):
         says it still: whatever was fetched in between is of that topic (ids never come back).
         Records fetched when it says otherwise are dropped; the next consumer reads the new
         topic from its beginning."""
-        if await trio_asyncio.aio_as_trio(self._probe)(consumer) != epoch:
+        if (await trio_asyncio.aio_as_trio(self._probe)(consumer)).epoch != epoch:
             raise TopicUnavailableError("the topic was recreated")
 
     async def _skip_deleted(
@@ -391,8 +405,10 @@ class KafkaBus(ReportsHealth):
     def consumer_lag(self) -> Mapping[str, int]:
         return dict(self._lag)
 
-    async def _assign(self, consumer: AIOKafkaConsumer, consumed: dict[str, Offset]) -> None:
-        partitions = sorted(consumer.partitions_for_topic(self.settings.topic) or ())
+    async def _assign(
+        self, consumer: AIOKafkaConsumer, consumed: dict[str, Offset], topic: _TopicSeen
+    ) -> None:
+        partitions = topic.partitions
         self._partitions = [str(p) for p in partitions]
         assigned = [TopicPartition(self.settings.topic, p) for p in partitions]
         consumer.assign(assigned)
@@ -480,7 +496,7 @@ class KafkaBus(ReportsHealth):
                     if messages and messages[-1].offset >= last[tp]:
                         remaining.discard(tp)
                         consumer.pause(tp)
-            if await self._probe(consumer) != epoch:
+            if (await self._probe(consumer)).epoch != epoch:
                 return None  # read from a topic recreated since: not the history asked for
             return records
         finally:
