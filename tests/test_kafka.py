@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from contextlib import aclosing
 
@@ -13,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from router.bus.base import Record
 from router.bus.kafka import KafkaBus, KafkaSettings
+from router.bus.kafka import _stop as kafka_bus_stop
 from router.core.cursor import MAX_OFFSET, Cursor, parse_cursor
 from tests.e2e_helpers import (
     PUBLISHER,
@@ -426,3 +428,24 @@ async def test_a_topic_created_just_after_the_consumer_started_is_read_all_the_s
                 await bus.aclose()
     assert len(read) == 6
     assert all(r.raw == b"new" and r.identity.epoch != old_epoch for r in read)
+
+
+async def test_a_consumer_whose_stop_is_cut_short_still_closes_its_connections(
+    kafka_broker: Broker,
+) -> None:
+    """aiokafka's stop() marks the consumer closed, then closes its parts in turn: a
+    CancelledError in between (its own tasks', or ours) left the client open, its metadata task
+    reconnecting by itself after a broker outage: an ``Unclosed AIOKafkaConnection`` per outage."""
+    bus = KafkaBus(KafkaSettings(kafka_broker.bootstrap, new_topic_name()))
+    async with trio_asyncio.open_loop():
+        consumer = await trio_asyncio.aio_as_trio(bus._consumer_in_loop)()
+        await trio_asyncio.aio_as_trio(consumer.start)()
+
+        async def interrupted() -> None:
+            raise asyncio.CancelledError  # as a coordinator task cancelled under it raises
+
+        consumer._coordinator.close = interrupted
+        await trio_asyncio.aio_as_trio(kafka_bus_stop)(consumer)
+        client = consumer._client
+        assert client._sync_task is None  # the metadata task was stopped
+        assert not any(conn.connected() for conn in client._conns.values())

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import logging
 import uuid
@@ -69,13 +70,32 @@ class KafkaSettings:
 
 async def _stop(consumer: AIOKafkaConsumer) -> None:
     """Stop a consumer (asyncio side). aiokafka can raise CancelledError from its own internal
-    tasks when a consumer stops soon after it started; that is not a cancellation of ours."""
+    tasks when a consumer stops soon after it started; that is not a cancellation of ours.
+
+    Either way ``stop()`` was cut short after marking the consumer closed, so calling it again
+    does nothing: its fetcher and client are closed here, or the client's metadata task lives
+    on, reconnects to the broker by itself, and leaks a connection per outage."""
     try:
         await consumer.stop()
     except asyncio.CancelledError:
+        await _close_what_stop_left(consumer)
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise
+
+
+async def _close_what_stop_left(consumer: AIOKafkaConsumer) -> None:
+    """Close the parts of a consumer whose ``stop()`` was interrupted (private attributes of
+    aiokafka 0.12: guarded, and logged when absent)."""
+    client: Any = getattr(consumer, "_client", None)
+    if not hasattr(client, "close"):
+        log.warning("a kafka consumer's stop was cut short and its client cannot be closed")
+        return
+    fetcher: Any = getattr(consumer, "_fetcher", None)  # None if it never fully started
+    for part in (fetcher, client):
+        if part is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await part.close()
 
 
 def epoch_of(topic_id: Any) -> str:
