@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from contextlib import aclosing
 
 import pytest
 import trio
+import trio_asyncio
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from router.bus.kafka import KafkaBus
+from router.bus.base import Record
+from router.bus.kafka import KafkaBus, KafkaSettings
+from router.bus.kafka import _stop as kafka_bus_stop
 from router.core.cursor import MAX_OFFSET, Cursor, parse_cursor
 from tests.e2e_helpers import (
     PUBLISHER,
@@ -304,3 +311,141 @@ async def test_concurrent_resumes_from_past_the_end_ask_the_broker_once(
         assert data[0]["code"] == "history-truncated"
         assert data[1]["content_version"] == 1
     assert len(answers) == 10
+
+
+async def test_records_of_a_topic_recreated_under_the_reader_never_carry_the_old_epoch() -> None:
+    """tansu restarted empty, its topic created again: the reader's consumer reconnects by itself
+    and fetches the new topic from where it stood in the old one. Those records are of a new
+    history; stamped with the old epoch, the consumer actor took them for records already handed
+    over (lost), or clients for the old history's (truncation never said). The periodic probe is
+    made too rare to notice here: the check must come with the records."""
+    with running_broker() as broker:
+        topic = new_topic_name()
+        await create_topic(broker.bootstrap, topic, partitions=1)
+        async with trio_asyncio.open_loop():
+            settings = KafkaSettings(
+                broker.bootstrap, topic, request_timeout_ms=1000, probe_interval_seconds=3600
+            )
+            bus = KafkaBus(settings)
+            old_epoch = await bus.epoch()
+            read: list[Record] = []
+            arrived = trio.Event()
+
+            async def reader() -> None:
+                async with aclosing(bus.read(None)) as batches:
+                    async for batch in batches:
+                        read.extend(batch)
+                        arrived.set()
+
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(reader)
+                    await produce_raw(broker.bootstrap, topic, [(b"k", b"old")] * 3)
+                    with trio.fail_after(20):  # a hang guard: the reader reads the old topic
+                        while len(read) < 3:
+                            arrived = trio.Event()
+                            await arrived.wait()
+                    broker.stop()
+                    broker.start_again()
+                    await create_topic(broker.bootstrap, topic, partitions=1)
+                    await produce_raw(broker.bootstrap, topic, [(b"k", b"new")] * 8)
+                    with trio.fail_after(30):  # a hang guard: the reader reads the new topic
+                        while not any(r.raw == b"new" and r.identity.offset == (7,) for r in read):
+                            arrived = trio.Event()
+                            await arrived.wait()
+                    nursery.cancel_scope.cancel()
+            finally:
+                await bus.aclose()
+    assert [r.raw for r in read if r.identity.epoch == old_epoch] == [b"old"] * 3
+    new = [r for r in read if r.identity.epoch != old_epoch]
+    assert [(r.raw, r.identity.offset) for r in new] == [(b"new", (n,)) for n in range(8)]
+
+
+class _TopicMadeJustAfterTheConsumerStarts(KafkaBus):
+    """Once armed, the reader's next consumer starts before its topic is created, and the topic
+    is created before the consumer is given its partitions: the order a broker that came back
+    empty gives under load, when the topic is created again a moment after the router reconnects.
+    """
+
+    armed = False
+
+    async def _consumer_in_loop(self) -> AIOKafkaConsumer:
+        consumer = await super()._consumer_in_loop()
+        if self.armed:
+            self.armed = False
+            start = consumer.start
+
+            async def start_then_create_the_topic() -> None:
+                await start()
+                admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap)
+                await admin.start()
+                try:
+                    await admin.create_topics([NewTopic(self.settings.topic, 3, 1)])
+                finally:
+                    await admin.close()
+
+            consumer.start = start_then_create_the_topic  # type: ignore[method-assign]
+        return consumer
+
+
+async def test_a_topic_created_just_after_the_consumer_started_is_read_all_the_same() -> None:
+    """The consumer's own metadata, fetched at its start, does not know a topic created a moment
+    later: assigned the partitions it listed, the reader read nothing of the new history."""
+    with running_broker() as broker:
+        topic = new_topic_name()
+        await create_topic(broker.bootstrap, topic, partitions=3)
+        async with trio_asyncio.open_loop():
+            bus = _TopicMadeJustAfterTheConsumerStarts(
+                KafkaSettings(broker.bootstrap, topic, request_timeout_ms=1000)
+            )
+            old_epoch = await bus.epoch()
+            read: list[Record] = []
+            arrived = trio.Event()
+
+            async def reader() -> None:
+                nonlocal arrived
+                async with aclosing(bus.read(None)) as batches:
+                    async for batch in batches:
+                        read.extend(batch)
+                        arrived.set()
+                        arrived = trio.Event()
+
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(reader)
+                    broker.stop()
+                    broker.start_again()  # empty, without the topic
+                    bus.armed = True
+                    with trio.fail_after(30):  # a hang guard: the reader's consumer started
+                        while bus.armed:
+                            await trio.sleep(0.05)
+                    await produce_raw(broker.bootstrap, topic, [(b"k", b"new")] * 6)
+                    with trio.fail_after(10):  # a hang guard: the reader reads the new topic
+                        while len(read) < 6:
+                            await arrived.wait()
+                    nursery.cancel_scope.cancel()
+            finally:
+                await bus.aclose()
+    assert len(read) == 6
+    assert all(r.raw == b"new" and r.identity.epoch != old_epoch for r in read)
+
+
+async def test_a_consumer_whose_stop_is_cut_short_still_closes_its_connections(
+    kafka_broker: Broker,
+) -> None:
+    """aiokafka's stop() marks the consumer closed, then closes its parts in turn: a
+    CancelledError in between (its own tasks', or ours) left the client open, its metadata task
+    reconnecting by itself after a broker outage: an ``Unclosed AIOKafkaConnection`` per outage."""
+    bus = KafkaBus(KafkaSettings(kafka_broker.bootstrap, new_topic_name()))
+    async with trio_asyncio.open_loop():
+        consumer = await trio_asyncio.aio_as_trio(bus._consumer_in_loop)()
+        await trio_asyncio.aio_as_trio(consumer.start)()
+
+        async def interrupted() -> None:
+            raise asyncio.CancelledError  # as a coordinator task cancelled under it raises
+
+        consumer._coordinator.close = interrupted
+        await trio_asyncio.aio_as_trio(kafka_bus_stop)(consumer)
+        client = consumer._client
+        assert client._sync_task is None  # the metadata task was stopped
+        assert not any(conn.connected() for conn in client._conns.values())

@@ -7,6 +7,8 @@ around the tree; their ``stop()`` is shielded, so a cancelled reader still close
 
 The epoch is derived from the topic id (Metadata v10, see ``kafka_metadata``): a topic deleted and
 recreated under the same name gets a new id, so cursors from before it are never matched by offset.
+The reader asks for the id again after every fetch that returned records, before it stamps them:
+a consumer fetches by name, and reconnects by itself to a broker that came back empty.
 
 Records the broker deleted before they were read (retention, DeleteRecords) are never skipped
 silently: the consumers ask for no automatic offset reset, so a position before the log start is
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import logging
 import uuid
@@ -50,7 +53,8 @@ class KafkaSettings:
     request_timeout_ms: int = 5000
     max_batch: int = 256
     probe_interval_seconds: float = 2.0
-    """How often the reader checks the broker answers and the topic is still the same one."""
+    """How often the reader checks the broker answers and the topic is still the same one while
+    no records come (records are checked as they come, see ``_check_same_topic``)."""
     backoff_initial_seconds: float = 0.2
     backoff_max_seconds: float = 10.0
     stop_timeout_seconds: float = 5.0
@@ -66,13 +70,32 @@ class KafkaSettings:
 
 async def _stop(consumer: AIOKafkaConsumer) -> None:
     """Stop a consumer (asyncio side). aiokafka can raise CancelledError from its own internal
-    tasks when a consumer stops soon after it started; that is not a cancellation of ours."""
+    tasks when a consumer stops soon after it started; that is not a cancellation of ours.
+
+    Either way ``stop()`` was cut short after marking the consumer closed, so calling it again
+    does nothing: its fetcher and client are closed here, or the client's metadata task lives
+    on, reconnects to the broker by itself, and leaks a connection per outage."""
     try:
         await consumer.stop()
     except asyncio.CancelledError:
+        await _close_what_stop_left(consumer)
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise
+
+
+async def _close_what_stop_left(consumer: AIOKafkaConsumer) -> None:
+    """Close the parts of a consumer whose ``stop()`` was interrupted (private attributes of
+    aiokafka 0.12: guarded, and logged when absent)."""
+    client: Any = getattr(consumer, "_client", None)
+    if not hasattr(client, "close"):
+        log.warning("a kafka consumer's stop was cut short and its client cannot be closed")
+        return
+    fetcher: Any = getattr(consumer, "_fetcher", None)  # None if it never fully started
+    for part in (fetcher, client):
+        if part is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await part.close()
 
 
 def epoch_of(topic_id: Any) -> str:
@@ -84,6 +107,14 @@ def epoch_of(topic_id: Any) -> str:
 
 class TopicUnavailableError(Exception):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class _TopicSeen:
+    """What the broker said of the topic: its epoch, and its partitions (numbered from 0)."""
+
+    epoch: str
+    partitions: range
 
 
 @dataclass(slots=True)
@@ -196,31 +227,36 @@ class KafkaBus(ReportsHealth):
         consumer = self._consumer()
         try:
             await consumer.start()
-            epoch = await self._probe(consumer)
-            ends = await self._ends_with(consumer)
+            topic = await self._probe(consumer)
+            ends = await self._ends_with(consumer, topic)
         finally:
             await _stop(consumer)
-        return epoch, ends
+        return topic.epoch, ends
 
     async def _ends(self) -> dict[str, Offset]:
         consumer = self._consumer()
         try:
             await consumer.start()
-            return await self._ends_with(consumer)
+            return await self._ends_with(consumer, await self._probe(consumer))
         finally:
             await _stop(consumer)
 
-    async def _ends_with(self, consumer: AIOKafkaConsumer) -> dict[str, Offset]:
+    async def _ends_with(self, consumer: AIOKafkaConsumer, topic: _TopicSeen) -> dict[str, Offset]:
         """The last offset of every non-empty partition; notes the partitions (asyncio side)."""
-        partitions = consumer.partitions_for_topic(self.settings.topic) or set()
-        self._partitions = [str(p) for p in sorted(partitions)]
+        partitions = topic.partitions
+        self._partitions = [str(p) for p in partitions]
         ends = await consumer.end_offsets(
             [TopicPartition(self.settings.topic, p) for p in partitions]
         )
         return {str(tp.partition): (end - 1,) for tp, end in ends.items() if end > 0}
 
-    async def _probe(self, consumer: AIOKafkaConsumer) -> str:
-        """The topic's epoch, asked of the broker now (asyncio side)."""
+    async def _probe(self, consumer: AIOKafkaConsumer) -> _TopicSeen:
+        """The topic's epoch and partitions, asked of the broker now (asyncio side).
+
+        The partitions come from this answer, never from the consumer's own metadata: that is
+        fetched when the consumer starts and refreshed every few minutes, so a topic created just
+        after (a broker that came back empty, its topic made again) has no partitions there, and
+        a reader assigned them would read nothing, silently."""
         client = consumer._client
         response = await client.send(
             client.get_random_node(), TopicMetadataRequest([self.settings.topic])
@@ -240,7 +276,7 @@ class KafkaBus(ReportsHealth):
                 )
             cluster = getattr(response, "cluster_id", None) or ""
             topic_id = uuid.uuid5(uuid.NAMESPACE_URL, f"kafka:{cluster}/{self.settings.topic}")
-        return epoch_of(topic_id)
+        return _TopicSeen(epoch_of(topic_id), range(partitions))
 
     def _backoff(self) -> Backoff:
         return Backoff(self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds)
@@ -293,12 +329,13 @@ class KafkaBus(ReportsHealth):
         consumer = await trio_asyncio.aio_as_trio(self._consumer_in_loop)()
         try:
             await trio_asyncio.aio_as_trio(consumer.start)()
-            epoch = await trio_asyncio.aio_as_trio(self._probe)(consumer)
+            topic = await trio_asyncio.aio_as_trio(self._probe)(consumer)
+            epoch = topic.epoch
             if self._epoch is not None and epoch != self._epoch:
                 log.warning("kafka topic %s was recreated: new epoch", self.settings.topic)
                 progress.consumed = {}
             self._epoch = epoch
-            await trio_asyncio.aio_as_trio(self._assign)(consumer, progress.consumed)
+            await trio_asyncio.aio_as_trio(self._assign)(consumer, progress.consumed, topic)
             self.health.recovered()
             next_probe = trio.current_time() + self.settings.probe_interval_seconds
             while True:
@@ -308,6 +345,7 @@ class KafkaBus(ReportsHealth):
                         max_records=self.settings.max_batch,
                     )
                 except OffsetOutOfRangeError as out_of_range:
+                    await self._check_same_topic(consumer, epoch)
                     lost = await trio_asyncio.aio_as_trio(self._skip_deleted)(
                         consumer, out_of_range.args[0], epoch
                     )
@@ -323,19 +361,31 @@ class KafkaBus(ReportsHealth):
                             "kafka", str(partition.partition), (message.offset,), epoch
                         )
                         records.append(Record(identity, message.value or b""))
+                if records or trio.current_time() >= next_probe:
+                    await self._check_same_topic(consumer, epoch)
+                    self.health.recovered()
+                    next_probe = trio.current_time() + self.settings.probe_interval_seconds
                 for record in records:
                     progress.consumed[record.identity.partition] = record.identity.offset
                 self._note_lag(consumer, progress)
                 if records:
                     yield records
-                if trio.current_time() >= next_probe:
-                    if await trio_asyncio.aio_as_trio(self._probe)(consumer) != epoch:
-                        raise TopicUnavailableError("the topic was recreated")
-                    self.health.recovered()
-                    next_probe = trio.current_time() + self.settings.probe_interval_seconds
         finally:
             with trio.move_on_after(self.settings.stop_timeout_seconds, shield=True):
                 await trio_asyncio.aio_as_trio(_stop)(consumer)
+
+    async def _check_same_topic(self, consumer: AIOKafkaConsumer, epoch: str) -> None:
+        """Raise if the topic is no longer the one of ``epoch``.
+
+        Asked after every fetch that returned records, before they are stamped with ``epoch``:
+        the consumer reconnects by itself after a broker restart and fetches by topic name, so a
+        topic recreated meanwhile (a broker that came back empty) is read from where the old one
+        stood, and nothing in the records says so. The previous check said ``epoch``, this one
+        says it still: whatever was fetched in between is of that topic (ids never come back).
+        Records fetched when it says otherwise are dropped; the next consumer reads the new
+        topic from its beginning."""
+        if (await trio_asyncio.aio_as_trio(self._probe)(consumer)).epoch != epoch:
+            raise TopicUnavailableError("the topic was recreated")
 
     async def _skip_deleted(
         self, consumer: AIOKafkaConsumer, positions: Mapping[TopicPartition, int], epoch: str
@@ -375,8 +425,10 @@ class KafkaBus(ReportsHealth):
     def consumer_lag(self) -> Mapping[str, int]:
         return dict(self._lag)
 
-    async def _assign(self, consumer: AIOKafkaConsumer, consumed: dict[str, Offset]) -> None:
-        partitions = sorted(consumer.partitions_for_topic(self.settings.topic) or ())
+    async def _assign(
+        self, consumer: AIOKafkaConsumer, consumed: dict[str, Offset], topic: _TopicSeen
+    ) -> None:
+        partitions = topic.partitions
         self._partitions = [str(p) for p in partitions]
         assigned = [TopicPartition(self.settings.topic, p) for p in partitions]
         consumer.assign(assigned)
@@ -406,7 +458,13 @@ class KafkaBus(ReportsHealth):
                 records: list[Record] | None = await trio_asyncio.aio_as_trio(self._reread)(
                     wanted, epoch, limit
                 )
-        except (TimeoutError, trio.TooSlowError, KafkaError, OSError) as error:
+        except (
+            TimeoutError,
+            trio.TooSlowError,
+            KafkaError,
+            OSError,
+            TopicUnavailableError,
+        ) as error:
             log.warning("replay from kafka failed: %s", error)
             return None
         return records
@@ -458,6 +516,8 @@ class KafkaBus(ReportsHealth):
                     if messages and messages[-1].offset >= last[tp]:
                         remaining.discard(tp)
                         consumer.pause(tp)
+            if (await self._probe(consumer)).epoch != epoch:
+                return None  # read from a topic recreated since: not the history asked for
             return records
         finally:
             await _stop(consumer)
