@@ -66,7 +66,7 @@ class Level(enum.IntEnum):
 class Thresholds:
     """Where each measurement starts to count as pressure (``--overload-*`` flags)."""
 
-    loop_lag_seconds: float = 0.25
+    loop_lag_seconds: float = 1.0
     """How late the health probe may wake before the loop counts as overloaded."""
     streams_behind_fraction: float = 0.2
     """The share of open streams that may be behind (half their inbox waiting)..."""
@@ -113,7 +113,7 @@ def pressure(sample: Sample, thresholds: Thresholds) -> float:
 
 @dataclass(frozen=True, slots=True)
 class LadderSettings:
-    rise_seconds: float = 1.0
+    rise_seconds: float = 5.0
     """Pressure at or above 1 for this long climbs one rung."""
     calm_seconds: float = 10.0
     """Pressure below ``recover_below`` for this long steps down one rung."""
