@@ -37,7 +37,7 @@ from router.bus.base import BusUnavailableError, EventBus, Record
 from router.cache.base import ReplayCache
 from router.cache.controls import ControlStore, ProcessControls
 from router.core.breaker import BreakerSettings
-from router.core.control import AccessRules, Control, effect_on
+from router.core.control import AccessRules, Control, Effect, effect_on
 from router.core.cursor import (
     MAX_CURSOR_LENGTH,
     Cursor,
@@ -93,10 +93,13 @@ class HubSettings:
 
 class ReplayUnavailableError(Exception):
     """A resume that cannot be served now: the replay cache cannot be read and the bus does not
-    hold what the client missed. The client should come back after ``wait`` seconds."""
+    hold what the client missed, or the bus has not answered yet. The client should come back
+    after ``wait`` seconds."""
 
-    def __init__(self, wait: float) -> None:
-        super().__init__("the replay cache cannot be read now; reconnect to resume")
+    def __init__(
+        self, wait: float, why: str = "the replay cache cannot be read now; reconnect to resume"
+    ) -> None:
+        super().__init__(why)
         self.wait = wait
 
 
@@ -152,6 +155,9 @@ class Hub:
         """Resumes served, by (``complete`` or ``truncated``, ``cache`` or ``bus``)."""
         self.reading = trio.Event()
         """Set once the bus answered: every event published from then on will be routed."""
+        self._started_at: float | None = None
+        """When :meth:`run` started (trio's clock): a resume before the bus answered is
+        refused for a retry for ``replay_outage_grace_seconds`` from then."""
         self._sessions_nursery: trio.Nursery | None = None
         self._records: trio.MemoryReceiveChannel[Sequence[Record]] | None = None
         self.publisher = GuardedPublisher(bus, settings.breaker, observer)
@@ -204,6 +210,7 @@ class Hub:
             self.settings.records_capacity
         )
         self._records = records_receive
+        self._started_at = trio.current_time()
         await self._load_controls()
         async with trio.open_nursery() as nursery:
             self._sessions_nursery = await nursery.start(_open_sessions_nursery)
@@ -213,7 +220,7 @@ class Hub:
             )
             task_status.started()
             # A bus that cannot be reached yet is waited for here, with sessions already served:
-            # until its epoch is known, every resume is answered as truncated, never guessed.
+            # until its epoch is known no resume can be told what it missed (see _bus_answered).
             self._started_epoch = await self.bus.epoch()
             await self._check_cursor_bound()
             start = await self.cache.resume_point(self._started_epoch)
@@ -264,6 +271,7 @@ class Hub:
         settings: SessionSettings | None = None,
         issued_at: float | None = None,
         wire: WireFormat[Any] = SSE,
+        narrow_notice: Callable[[Control], object] | None = None,
     ) -> Opened:
         """Make the session of an admitted stream, register it for live events, fetch its
         replay, start its actor.
@@ -287,6 +295,10 @@ class Hub:
         this session, one applied after finds it registered (:meth:`apply`), so none passes in
         between however long the front door took. A token disconnected meanwhile gets a stream
         that says only ``disconnected``.
+
+        ``narrow_notice`` is for a transport that can tell its client of a revocation on the
+        open stream (a chunk in ``wire``'s format): a revocation then narrows the session in
+        place (:meth:`apply`) rather than ending it.
         """
         assert self._sessions_nursery is not None, "the hub is not running"
         doubtful = False
@@ -295,6 +307,7 @@ class Hub:
             # Vouching may wait on the bus: meanwhile the stream counts as open, so a storm of
             # resumes admitted together cannot overshoot the front door's stream caps.
             with self.registry.opening(principal.user_id, address):
+                await self._bus_answered()
                 vouched = await self._vouched(resume_from)
             doubtful, resume_from = vouched is not resume_from, vouched
             if resume_from.is_from(self.bus.source, self.epoch):
@@ -312,6 +325,7 @@ class Hub:
             issued_at=issued_at,
             wire=wire,
         )
+        session.narrow_notice = narrow_notice
         if self.access.refuses(principal, issued_at, now):
             session.stop(CloseReason.DISCONNECTED)
         self.registry.add(session)
@@ -383,6 +397,29 @@ class Hub:
                 raise
         session.finish_rescope(replay, position, then)
         return replay
+
+    async def _bus_answered(self) -> None:
+        """Wait, for a resume, until the bus has answered, at most ``replay_retry_seconds``.
+
+        Before it answers the router knows neither the bus's history nor where it reads from, so
+        a resume could only be answered as truncated: after a restart or a deploy, that would
+        tell every reconnecting tab to refetch its state for nothing. A router usually hears
+        from its bus within moments of starting, so the resume waits that long; if the bus is
+        still silent, it is refused for a retry (:class:`ReplayUnavailableError`) for as long as
+        ``replay_outage_grace_seconds`` since the hub started, and after that let through (and
+        answered as truncated, as a long outage must be, so clients get live events).
+        """
+        if self.reading.is_set():
+            return
+        with trio.move_on_after(self.settings.replay_retry_seconds):
+            await self.reading.wait()
+        started = trio.current_time() if self._started_at is None else self._started_at
+        within_grace = trio.current_time() - started < self.settings.replay_outage_grace_seconds
+        if not self.reading.is_set() and within_grace:
+            raise ReplayUnavailableError(
+                self.settings.replay_retry_seconds,
+                "the router has not heard from its bus yet; reconnect to resume",
+            )
 
     async def _vouched(self, cursor: Cursor) -> Cursor:
         """``cursor`` without the positions the bus cannot vouch for: of a partition it does
@@ -540,9 +577,10 @@ class Hub:
         narrow or refuse tokens issued before it), and every open stream it concerns is told at
         once (no checkpoint: the adapter routes the events after it only once this returns).
 
-        An event stream cannot change what it follows, so it ends, with ``access-changed``
-        (its client reconnects and is admitted without the grant) or ``disconnected``. A
-        transport that can narrow a session in place would do so here instead of ending it.
+        A disconnect ends the stream (``disconnected``). A revocation narrows a session whose
+        transport can say so (:attr:`Session.narrow_notice`, a WebSocket) in place; an event
+        stream cannot change what it follows, so it ends with ``access-changed`` (its client
+        reconnects and is admitted without the grant).
         """
         now = self.wall_clock()
         if not self.access.apply(control, now):
@@ -553,14 +591,39 @@ class Hub:
             concerned.update(self.registry.candidates(Scope(user_id=control.user_id)))
         if control.session_id is not None:
             concerned.update(self.registry.candidates(Scope(session_id=control.session_id)))
-        ended = 0
+        ended = narrowed = 0
         for session in concerned:
             effect = effect_on(control, session.principal, session.stream_filter, session.issued_at)
-            if effect is not None and session.close_reason is None:
+            if effect is None or session.close_reason is not None:
+                continue
+            if effect is Effect.ACCESS_CHANGED and self._narrow_in_place(session, control, now):
+                narrowed += 1
+            else:
                 session.stop(CloseReason(effect.value))
                 ended += 1
-        self.observer.control_applied(control.action, ended)
-        log.info("control applied", extra={**_said(control), "streams_ended": ended})
+        self.observer.control_applied(control.action, ended, narrowed)
+        log.info(
+            "control applied",
+            extra={**_said(control), "streams_ended": ended, "streams_narrowed": narrowed},
+        )
+
+    def _narrow_in_place(self, session: Session, control: Control, now: float) -> bool:
+        """Narrow ``session`` by the controls in force, ``control`` among them, and have it say
+        so; ``False`` when it cannot (its transport has no word for it, or the grant survived
+        the narrowing: it must then end, never go on with it). Registered anew, so the adapter
+        offers it only what it may still see; no checkpoint."""
+        notice = session.narrow_notice
+        if notice is None:
+            return False
+        principal = self.access.narrow(session.principal, session.issued_at, now)
+        if (control.novel_id is not None and control.novel_id in principal.novels) or (
+            control.session_id is not None and control.session_id == principal.session_id
+        ):
+            return False
+        self.registry.remove(session)
+        session.narrow(principal, notice(control))
+        self.registry.add(session)
+        return True
 
     async def keep(self, controls: Sequence[Control]) -> None:
         """Keep ``controls`` in the store until they run out (never raises)."""

@@ -15,16 +15,24 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
 import trio
 
+from router.core.control import Control
 from router.core.cursor import Cursor
 from router.core.goodbye import HISTORY_REPLACED, HISTORY_TRUNCATED, goodbye, says_goodbye
 from router.core.history import Replay
-from router.core.inbox import MAX_WRITE_BATCH, TICKS_PER_HEARTBEAT, Delivery, Inbox, SharedBatch
+from router.core.inbox import (
+    DEFAULT_INBOX_MAX_BYTES,
+    MAX_WRITE_BATCH,
+    TICKS_PER_HEARTBEAT,
+    Delivery,
+    Inbox,
+    SharedBatch,
+)
 from router.core.observer import NO_OBSERVER, CloseReason, Offer, StreamObserver
 from router.core.permissions import Principal, StreamFilter, admits
 from router.core.serving import replay_slices, serve_each
@@ -64,6 +72,8 @@ class Output(Protocol[_Chunk]):
 @dataclass(frozen=True, slots=True)
 class SessionSettings:
     inbox_capacity: int = 256
+    inbox_max_bytes: int | None = DEFAULT_INBOX_MAX_BYTES
+    """The encoded size of the events that may wait in the inbox, or ``None`` for no byte bound."""
     retry_ms: int = 2000
     shutdown_retry_ms: int = 1000
     shutdown_retry_spread_ms: int = 0
@@ -79,7 +89,7 @@ class _Rescope:
     new scope admits since the client's cursor, then ``then`` (the transport's answers)."""
 
     replay: Replay | None
-    position: Cursor
+    position: Cursor | None
     then: tuple[object, ...]
 
 
@@ -118,13 +128,20 @@ class Session:
         self.wire = wire
         self.close_reason: CloseReason | None = None
         self.events_sent = 0
-        self._inbox = Inbox(settings.inbox_capacity, cursor)
+        self._inbox = Inbox(settings.inbox_capacity, cursor, max_bytes=settings.inbox_max_bytes)
         # The writer's wake-up: at most one item, sent only while the writer waits for it (and
         # the flag is cleared as it is sent), so it never fills.
         self._wake_send, self._wake = trio.open_memory_channel[None](1)
         self._writer_waiting = False
         self._rescoping = False
         self._rescope: _Rescope | None = None
+        self._notices: tuple[object, ...] = ()
+        """What :meth:`narrow` had to say while the hub fetched a change's replay: written with
+        that change's answer."""
+        self.narrow_notice: Callable[[Control], object] | None = None
+        """How its transport tells the client a revocation narrowed the stream in place (a chunk
+        of its wire format); ``None``: the transport cannot, and such a revocation ends it
+        (:meth:`actors.hub.Hub.apply`)."""
         self._scope = trio.CancelScope()
         self.finished = trio.Event()
         """Set when :meth:`run` has returned, however it ended."""
@@ -197,8 +214,29 @@ class Session:
         rescope finished before the writer took the first replaces its replay (fetched from
         the same cursor or a later one, up to a later position) and answers both."""
         earlier = () if self._rescope is None else self._rescope.then
-        self._rescope = _Rescope(replay, position, (*earlier, *(() if then is None else (then,))))
+        notices, self._notices = self._notices, ()
+        answers = (*earlier, *notices, *(() if then is None else (then,)))
+        self._rescope = _Rescope(replay, position, answers)
         self._wake_writer()
+
+    def narrow(self, principal: Principal, notice: object) -> None:
+        """From now on the session is for ``principal``, which grants less than its own (a
+        revocation, :meth:`actors.hub.Hub.apply`): nothing it does not admit is written from
+        this call on, whatever was queued, and ``notice`` (the transport's word of it) goes
+        before the next event. Nothing to replay: narrowing admits nothing new. Never
+        checkpoints, and keeps a change under way whole (its replay is checked against
+        ``principal`` as it is written; ``notice`` comes with its answer)."""
+        self.principal = principal
+        self._inbox.rescoped()
+        pending = self._rescope
+        if pending is not None:  # a change the writer has not taken yet
+            self._rescope = _Rescope(pending.replay, pending.position, (*pending.then, notice))
+        elif self._rescoping:  # the hub is fetching a change's replay: finish_rescope says it
+            self._notices += (notice,)
+        else:
+            self._rescoping = True
+            self._rescope = _Rescope(None, None, (notice,))
+            self._wake_writer()
 
     def _wake_writer(self) -> None:
         if self._writer_waiting:

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -84,16 +84,39 @@ class Server:
     publisher_token: str = ""
     resources: ExitStack = field(default_factory=ExitStack)
     """What the server needs besides its process (a broker, Redis keys), released on stop."""
+    metrics_ports: list[int] = field(default_factory=list)
+    """Where each of its routers serves ``/metrics`` (each worker of ``--workers`` on its own
+    port); empty: ``port``."""
+
+    def pids(self) -> list[int]:
+        """The server's process and its descendants (the workers of ``--workers``)."""
+        found, waiting = [], [self.process.pid]
+        while waiting:
+            pid = waiting.pop()
+            found.append(pid)
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                continue
+            waiting += [int(child) for child in children]
+        return found
 
     def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        return 0
+        total = 0
+        for pid in self.pids():
+            with suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        return total
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.pids():
+            with suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         with self.resources:
@@ -136,6 +159,46 @@ def start_router(name: str = "router", options: Sequence[str] = ()) -> Server:
         name, process, port, "/api/v1/events/stream", f"Authorization: Bearer {reader}",
         "/api/v1/events", "/api/v1/events/ws", publisher,
     )  # fmt: skip
+
+
+def free_port_pair() -> int:
+    """A port whose next one is free too (for ``--worker-ports`` of two workers)."""
+    import socket
+
+    for _ in range(100):
+        first = free_port()
+        with suppress(OSError), socket.socket() as probe:
+            probe.bind(("127.0.0.1", first + 1))
+            return first
+    raise RuntimeError("no two free ports in a row")
+
+
+def start_router_on_redis(workers: int = 1) -> Server:
+    """The router on the Redis bus (one stream) and the Redis cache (``REDIS_URL``, else the
+    local server, under a new key prefix deleted afterwards), as ``workers`` worker processes.
+    It is returned once every worker routes what is published."""
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    prefix = f"bench-{secrets.token_hex(4)}"
+    options = [
+        "--bus", "redis", "--redis-stream", prefix, "--cache", "redis",
+        "--redis-url", redis_url, "--redis-key-prefix", prefix,
+    ]  # fmt: skip
+    metrics_ports: list[int] = []
+    if workers > 1:
+        first = free_port_pair() if workers == 2 else free_port()
+        options += ["--workers", str(workers), "--worker-ports", str(first)]
+        metrics_ports = [first + index for index in range(workers)]
+    server = start_router("redis" if workers == 1 else f"redis-{workers}w", options)
+    server.metrics_ports = metrics_ports
+    server.resources.callback(delete_keys, redis_url, prefix)
+    try:
+        for port in metrics_ports:
+            wait_listening(port)
+        wait_routing(server)
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 def start_router_on_kafka_and_redis() -> Server:
@@ -183,18 +246,26 @@ def wait_routing(server: Server) -> None:
     """Publish one event nobody reads and wait until the router has consumed it: from then on
     its consumer is reading the bus, so no workload event goes by before it starts."""
     publish(server, MAX_SEQ)  # beyond the client's sequence numbers: never counted
-    for _ in range(600):
-        metrics = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
-        try:
-            metrics.request("GET", "/metrics")
-            text = metrics.getresponse().read().decode()
-        finally:
-            metrics.close()
-        for line in text.splitlines():
-            if line.startswith("sse_events_consumed_total ") and float(line.split()[1]) >= 1:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"{server.name} did not consume the event published to start it")
+    for port in server.metrics_ports or [server.port]:
+        for _ in range(600):
+            if consumed(port) >= 1:
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"{server.name} did not consume the event published to start it")
+
+
+def consumed(port: int) -> float:
+    metrics = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        metrics.request("GET", "/metrics")
+        text = metrics.getresponse().read().decode()
+    finally:
+        metrics.close()
+    for line in text.splitlines():
+        if line.startswith("sse_events_consumed_total "):
+            return float(line.split()[1])
+    return 0.0
 
 
 def start_peer() -> Server:
@@ -428,10 +499,14 @@ of issue 15 (about 15 minutes here)."""
 SERVERS: dict[str, Callable[[], Server]] = {
     "router": start_router,
     "kafka+redis": start_router_on_kafka_and_redis,
+    "redis": start_router_on_redis,
+    "redis-2w": lambda: start_router_on_redis(workers=2),
     "peer": start_peer,
 }
 """Who ``just bench`` measures: the router on its embedded default, the router on Kafka and
-Redis, and the peer; each ratio in the table is that server's figure over the peer's."""
+Redis, on the Redis bus and cache as one worker and as two (``--workers 2``), and the peer; each
+ratio in the table is that server's figure over the peer's. A server's memory and CPU are its
+processes' together (the supervisor's and its workers')."""
 
 
 def main() -> None:

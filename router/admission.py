@@ -21,6 +21,7 @@ from router.auth import AuthError, AuthProblem, TokenVerifier, Verified
 from router.core.address_rules import NO_RULES, AddressRules
 from router.core.admission import (
     ADDRESS_BLOCKED,
+    ORIGIN_NOT_ALLOWED,
     SHUTTING_DOWN,
     Admitted,
     Credentials,
@@ -36,6 +37,7 @@ from router.core.admission import (
 )
 from router.core.control import AccessRules
 from router.core.observer import Observer
+from router.core.origin import origin_allowed
 from router.core.overload import overload_refusal
 from router.core.refusal import Limit
 
@@ -121,6 +123,17 @@ class Admission:
             return None
         self._observer.address_blocked()
         return ADDRESS_BLOCKED
+
+    def screen_origin(
+        self, origin: str | None, host: str | None, allowed: Collection[str]
+    ) -> Refused | None:
+        """``origin-not-allowed`` (``403``) for a WebSocket handshake from a page whose origin is
+        neither one of ``allowed`` nor the router's own (counted), else ``None``; the rule is
+        :func:`router.core.origin.origin_allowed`'s."""
+        if origin_allowed(origin, host, allowed):
+            return None
+        self._observer.origin_refused()
+        return ORIGIN_NOT_ALLOWED
 
     def authenticate(self, credentials: Credentials, address: str) -> Verified | Refused:
         """The verified token of ``credentials`` sent from ``address``, or why not (counted by

@@ -144,14 +144,7 @@ class TokenVerifier:
                     AuthProblem.BAD_CLAIMS, "the token must say when it was issued ('iat')"
                 )
             return None
-        if isinstance(iat, bool) or not isinstance(iat, int | float):
-            raise AuthError(AuthProblem.BAD_CLAIMS, "the 'iat' claim must be a number of seconds")
-        try:
-            issued_at = float(iat)
-        except OverflowError:
-            issued_at = math.inf
-        if not math.isfinite(issued_at):
-            raise AuthError(AuthProblem.BAD_CLAIMS, "the 'iat' claim is too large to be a time")
+        issued_at = _numeric_date("iat", iat)
         if self.max_age_seconds is not None and expires_at - issued_at > self.max_age_seconds:
             raise AuthError(
                 AuthProblem.BAD_CLAIMS,
@@ -162,18 +155,23 @@ class TokenVerifier:
 
 
 def _expiry(exp: object) -> float:
-    """The ``exp`` claim as seconds since the epoch. pyjwt accepts any value ``int()`` takes, so
-    a signed ``10**400`` (a Python int compares with any time) or ``"999..."`` passes it; only a
-    JSON number the router can hold as a finite time is an expiry (RFC 7519's NumericDate)."""
-    if isinstance(exp, bool) or not isinstance(exp, int | float):
-        raise AuthError(AuthProblem.BAD_CLAIMS, "the 'exp' claim must be a number of seconds")
+    """The ``exp`` claim as seconds since the epoch (see :func:`_numeric_date`)."""
+    return _numeric_date("exp", exp)
+
+
+def _numeric_date(claim: str, value: object) -> float:
+    """A time claim as seconds since the epoch. pyjwt accepts any value ``int()`` takes, so a
+    signed ``10**400`` (a Python int compares with any time) or ``"999..."`` passes it; only a
+    JSON number the router can hold as a finite time is one (RFC 7519's NumericDate)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AuthError(AuthProblem.BAD_CLAIMS, f"the {claim!r} claim must be a number of seconds")
     try:
-        expires_at = float(exp)
+        seconds = float(value)
     except OverflowError:
-        expires_at = math.inf
-    if not math.isfinite(expires_at):
-        raise AuthError(AuthProblem.BAD_CLAIMS, "the 'exp' claim is too large to be a time")
-    return expires_at
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise AuthError(AuthProblem.BAD_CLAIMS, f"the {claim!r} claim is too large to be a time")
+    return seconds
 
 
 def _string_list(claims: Mapping[str, object], name: str) -> frozenset[str]:

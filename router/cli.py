@@ -6,11 +6,12 @@ import argparse
 import gc
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 
 import trio
 
-from router import __version__
+from router import __version__, supervisor
 from router.auth import MIN_SECRET_BYTES, mint_token
 from router.config import Settings, add_serve_arguments, count, env_name
 from router.logs import configure_logging
@@ -77,12 +78,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as error:
         print(f"sse-router: {error}", file=sys.stderr)
         return 2
+    if settings.workers > 1:
+        serve_argv = list(sys.argv[1:] if argv is None else argv)
+        return supervisor.main(settings, serve_argv)
+    return run_router(partial(serve, settings))
+
+
+def run_router(router: Callable[[], Awaitable[None]]) -> int:
+    """Run ``router`` (a ``serve``) to its end: the process's exit code."""
     # Everything imported so far lives as long as the process: keep the cyclic collector off it,
     # and let it run less often, since a busy router allocates many short-lived objects per event.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     try:
-        trio.run(serve, settings)
+        trio.run(router)
     except ConfigurationError as error:  # found once the bus answered: the partitions
         print(f"sse-router: {error}", file=sys.stderr)
         return 2

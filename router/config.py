@@ -17,6 +17,7 @@ from pathlib import Path
 
 from router.core.breaker import BreakerSettings
 from router.core.cursor import check_partition
+from router.core.inbox import DEFAULT_INBOX_MAX_BYTES
 from router.core.overload import LadderSettings, Thresholds
 
 ENV_PREFIX = "SSE_ROUTER_"
@@ -28,6 +29,8 @@ _THRESHOLDS, _LADDER, _BREAKER = Thresholds(), LadderSettings(), BreakerSettings
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
+    workers: int = 1
+    worker_ports: int | None = None
     shutdown_grace_seconds: float = 5.0
     keep_alive_seconds: float = 20.0
     stalled_client_seconds: float = 20.0
@@ -50,6 +53,7 @@ class Settings:
     retry_ms: int = 2000
     shutdown_retry_spread_ms: int = 5000
     session_buffer: int = 256
+    session_buffer_bytes: int = DEFAULT_INBOX_MAX_BYTES
     records_buffer: int = 16
     fanout_pause_ms: int = 20
     bus: str = "memory"
@@ -269,6 +273,18 @@ def add_serve_arguments(
     flag("--host", "address to listen on")
     flag("--port", "port to listen on, 0 for any free one", type=port)
     flag(
+        "--workers",
+        "worker processes serving the one port, each a router of its own on the shared bus"
+        " (more than 1 needs --bus redis or kafka and --cache redis; docs/operations.md)",
+        type=count(1),
+    )
+    flag(
+        "--worker-ports",
+        "with --workers, worker i also listens alone on this port plus i, for its own /metrics"
+        " and /readyz; 0 for free ones (logged)",
+        type=port,
+    )
+    flag(
         "--shutdown-grace-seconds",
         "after SIGTERM, how long open streams and requests get to finish",
         type=positive_seconds,
@@ -343,6 +359,12 @@ def add_serve_arguments(
         type=count(0),
     )
     flag("--session-buffer", "events queued per stream before backpressure", type=count(1))
+    flag(
+        "--session-buffer-bytes",
+        "bytes of events (their encoded size) queued per stream before backpressure (1M, 256K);"
+        " 0 for no limit but the count",
+        type=byte_size,
+    )
     flag("--records-buffer", "record batches between consumer and adapter", type=count(1))
     flag(
         "--fanout-pause-ms",

@@ -109,6 +109,13 @@ class Metrics:
             "action",
             (action.value for action in ControlAction),
         )
+        self.control_streams_narrowed = LabelledCount(
+            "sse_control_streams_narrowed",
+            "Open streams a control envelope narrowed in place (a WebSocket), by the control's"
+            " action.",
+            "action",
+            (action.value for action in ControlAction),
+        )
         self.controls_rejected = 0
         self.write_fallbacks = LabelledCount(
             "sse_direct_write_fallbacks",
@@ -128,6 +135,7 @@ class Metrics:
                     self.write_fallbacks,
                     self.controls_applied,
                     self.control_streams_ended,
+                    self.control_streams_narrowed,
                 )
             )
         )
@@ -148,6 +156,12 @@ class Metrics:
         self._addresses_blocked = Counter(
             "sse_addresses_blocked",
             "Requests refused for their client address (--address-rules).",
+            registry=r,
+        )
+        self._origins_refused = Counter(
+            "sse_ws_origins_refused",
+            "WebSocket handshakes refused for their Origin: a page of an origin neither in"
+            " --cors-origins nor the router's own.",
             registry=r,
         )
         self._address_rules_loads = Counter(
@@ -286,15 +300,21 @@ class Metrics:
     def refused_by_limit(self, limit: Limit) -> None:
         self._rate_limited.labels(limit.value).inc()
 
-    def control_applied(self, action: ControlAction, streams_ended: int) -> None:
+    def control_applied(
+        self, action: ControlAction, streams_ended: int, streams_narrowed: int = 0
+    ) -> None:
         self.controls_applied.counts[action.value] += 1
         self.control_streams_ended.counts[action.value] += streams_ended
+        self.control_streams_narrowed.counts[action.value] += streams_narrowed
 
     def control_rejected(self) -> None:
         self.controls_rejected += 1
 
     def address_blocked(self) -> None:
         self._addresses_blocked.inc()
+
+    def origin_refused(self) -> None:
+        self._origins_refused.inc()
 
     def address_rules_loaded(self, ok: bool) -> None:
         self._address_rules_loads.labels("ok" if ok else "failed").inc()

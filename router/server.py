@@ -18,6 +18,7 @@ and ends its response; the HTTP server stops accepting and lets in-flight reques
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import resource
@@ -105,8 +106,9 @@ WS_MAX_MESSAGE_BYTES = 64 * 1024
 """The largest WebSocket message hypercorn takes from a client."""
 
 
-def hypercorn_config(settings: Settings) -> Config:
-    """hypercorn's configuration, bound to :func:`listening_socket`.
+def hypercorn_config(settings: Settings, listening: Listening | None = None) -> Config:
+    """hypercorn's configuration, bound to :func:`listening_socket` (or, in a worker, to the
+    socket its supervisor bound, and to the worker's own port, see :class:`Listening`).
 
     The socket is handed over ``ACCEPTORS`` times, as duplicates of one descriptor: hypercorn runs
     an accept loop for each, and trio's accept loop takes one connection per scheduling round.
@@ -116,9 +118,12 @@ def hypercorn_config(settings: Settings) -> Config:
     (unlike SO_REUSEPORT, a second router cannot bind the port by mistake).
     """
     config = Config()
-    descriptor = listening_socket(settings)
+    descriptor = listening_socket(settings) if listening is None else listening.descriptor
     duplicates = [os.dup(descriptor) for _ in range(ACCEPTORS - 1)]
     config.bind = [f"fd://{fd}" for fd in (descriptor, *duplicates)]
+    if listening is not None and listening.own_port is not None:
+        own = listening_socket(dataclasses.replace(settings, port=listening.own_port))
+        config.bind.append(f"fd://{own}")
     config.graceful_timeout = settings.shutdown_grace_seconds
     config.keep_alive_timeout = settings.keep_alive_seconds
     # A WebSocket's heartbeat is a ping from hypercorn; hypercorn answers the client's pings too.
@@ -182,6 +187,16 @@ def address_gate(settings: Settings) -> AddressGate:
 
 
 @dataclass(frozen=True, slots=True)
+class Listening:
+    """Where a worker of ``--workers`` listens (see :mod:`router.supervisor`)."""
+
+    descriptor: int
+    """The listening socket its supervisor bound and every worker accepts from."""
+    own_port: int | None = None
+    """``--worker-ports``: a port of this worker alone (0: a free one), for its ``/metrics``."""
+
+
+@dataclass(frozen=True, slots=True)
 class Running:
     """What :func:`serve` reports once it accepts connections."""
 
@@ -195,9 +210,11 @@ async def serve(
     settings: Settings,
     *,
     shutdown_requested: trio.Event | None = None,
+    listening: Listening | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the router until SIGINT/SIGTERM (or until ``shutdown_requested`` is set).
+    """Run the router until SIGINT/SIGTERM (or until ``shutdown_requested`` is set), on
+    ``settings.host:port`` or, in a worker of ``--workers``, where ``listening`` says.
 
     ``task_status`` reports the bound addresses and the running parts. Raises
     :class:`ConfigurationError` before anything starts if the settings cannot work, or once the
@@ -219,7 +236,15 @@ async def serve(
         resources.push_async_callback(controls.aclose)
         try:
             await _serve(
-                settings, verifier, gate, bus, cache, controls, shutdown_requested, task_status
+                settings,
+                verifier,
+                gate,
+                bus,
+                cache,
+                controls,
+                shutdown_requested,
+                listening,
+                task_status,
             )
         except BaseExceptionGroup as group:
             too_wide, _ = group.split(CursorBoundError)
@@ -303,6 +328,7 @@ async def _serve(
     cache: ReplayCache,
     controls: ControlStore,
     shutdown_requested: trio.Event | None,
+    listening: Listening | None,
     task_status: trio.TaskStatus[Running],
 ) -> None:
     metrics = Metrics()
@@ -317,6 +343,7 @@ async def _serve(
             fanout_pause_seconds=settings.fanout_pause_ms / 1000,
             session=SessionSettings(
                 inbox_capacity=settings.session_buffer,
+                inbox_max_bytes=settings.session_buffer_bytes or None,
                 retry_ms=settings.retry_ms,
                 shutdown_retry_spread_ms=settings.shutdown_retry_spread_ms,
                 log_sample_rate=settings.log_sample_rate,
@@ -366,7 +393,7 @@ async def _serve(
         try:
             await hypercorn_serve(
                 RequestLifecycle(app, metrics),
-                hypercorn_config(settings),
+                hypercorn_config(settings, listening),
                 shutdown_trigger=stop_http.wait,
                 task_status=task_status,
             )
@@ -384,6 +411,11 @@ async def _serve(
                 parts=settings.outbox_parts, poll_seconds=settings.outbox_poll_seconds
             )
             root.start_soon(Relay(open_outbox, hub.publisher, relay_settings, metrics).run)
+        if listening is not None:
+            # A worker shares its port with workers that may be serving already: it accepts
+            # once it stands somewhere in the bus, since until then it would answer every resume
+            # as truncated (see Hub.run), where the others could resume it exactly.
+            await _first_of(hub.reading, shutdown_requested)
         bound: list[str] = await root.start(run_http)
         addresses = list(dict.fromkeys(bound))  # one address per acceptor: the same one
         task_status.started(Running(addresses, hub, app, overload))
@@ -403,6 +435,17 @@ async def _reload_on_hangup(gate: AddressGate) -> None:
     with trio.open_signal_receiver(signal.SIGHUP) as signals:
         async for _ in signals:
             gate.reload()
+
+
+async def _first_of(*events: trio.Event) -> None:
+    async with trio.open_nursery() as waiting:
+        for event in events:
+            waiting.start_soon(_set_then_cancel, event, waiting.cancel_scope)
+
+
+async def _set_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 async def _watch_signals(shutdown_requested: trio.Event) -> None:

@@ -42,6 +42,7 @@ from router.core.envelope import Envelope, parse_envelope
 from router.core.history import Entry, Replay
 from router.core.observer import NoObserver
 from router.core.permissions import Principal, StreamFilter
+from router.core.schema import MAX_TEXT_LENGTH
 from router.core.sse import SSEMessage
 from tests.actor_helpers import Reader
 from tests.redis_helpers import new_prefix
@@ -486,6 +487,87 @@ async def test_a_stalled_session_is_cut_off_as_lagged_and_nobody_else_waits_for_
         live.stop(CloseReason.CLIENT)
 
 
+class SlowLink(Reader):
+    """A client on a slow link: it takes each chunk, then as long as ``bytes_per_second`` needs
+    for it before it takes the next."""
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[bytes], bytes_per_second: int) -> None:
+        super().__init__(receive)
+        self.bytes_per_second = bytes_per_second
+
+    async def run(self) -> None:
+        async with self.receive:
+            async for chunk in self.receive:
+                self.raw += chunk
+                await trio.sleep(len(chunk) / self.bytes_per_second)
+        self.closed.set()
+
+
+def big_notice(n: int) -> Envelope:
+    """A notice of about 20 kB on the wire: a title and a message as long as they may be."""
+    text = f"{n:05}" + "x" * (MAX_TEXT_LENGTH - 5)
+    return envelope(
+        "System.NotificationSent", {"broadcast": True}, level="info", title=text, message=text
+    )
+
+
+@pytest.mark.parametrize("bounded_by_bytes", [True, False])
+async def test_a_slow_reader_of_big_events_is_cut_by_their_bytes_and_resumes_complete(
+    bounded_by_bytes: bool, autojump_clock: trio.abc.Clock
+) -> None:
+    """Notices of 20 kB, ten a second, to a client that reads 50 kB a second: what waits for it
+    passes --session-buffer-bytes (1 MiB) long before --session-buffer's 256 events, and it is
+    cut as lagged then; it resumes from its last id with every notice after it, none twice,
+    while a client that keeps up gets them all. Without the byte bound the same client is not
+    cut by the count before 150 notices."""
+    count = 150
+    settings = SessionSettings() if bounded_by_bytes else SessionSettings(inbox_max_bytes=None)
+    async with running_hub(session=settings) as (hub, nursery):
+        fast, fast_reader = await attach(hub, nursery, client("u1"))
+        opened = await open_session(hub, client("u2"))
+        assert opened.output is not None
+        slow, slow_reader = opened.session, SlowLink(opened.output, bytes_per_second=50_000)
+        nursery.start_soon(slow_reader.run)
+        cut_after = None
+        with trio.fail_after(GUARD_SECONDS):
+            for n in range(count):
+                await hub.publish([big_notice(n)])
+                await hub.adapter.wait_consumed(n + 1)
+                await settle()
+                if cut_after is None and slow.close_reason is not None:
+                    cut_after = n + 1
+                await trio.sleep(0.1)
+            if not bounded_by_bytes:
+                while len([d for d in slow_reader.data() if "title" in d]) < count:
+                    assert slow.close_reason is None
+                    await trio.sleep(1)  # it reads the rest, slowly
+                slow.stop(CloseReason.CLIENT)
+            await slow_reader.closed.wait()
+        had = [str(d["title"])[:5] for d in slow_reader.data() if "title" in d]
+        assert had == [f"{n:05}" for n in range(len(had))]
+        if bounded_by_bytes:
+            assert slow.close_reason is CloseReason.LAGGED
+            assert cut_after is not None
+            assert settings.inbox_max_bytes is not None
+            at_least = 2 * MAX_TEXT_LENGTH  # a notice's bytes: its title and message alone
+            assert cut_after * at_least > settings.inbox_max_bytes  # not before the bytes passed
+            assert cut_after < settings.inbox_capacity  # before the count would have
+            assert len(had) < cut_after
+            resumed, resumed_reader = await attach(
+                hub, nursery, client("u2"), parse_cursor(slow_reader.events[-1].last_event_id)
+            )
+            await settle()
+            resumed.stop(CloseReason.CLIENT)
+            with trio.fail_after(GUARD_SECONDS):
+                await resumed_reader.closed.wait()
+            had += [str(d["title"])[:5] for d in resumed_reader.data() if "title" in d]
+        fast.stop(CloseReason.CLIENT)
+        with trio.fail_after(GUARD_SECONDS):
+            await fast_reader.closed.wait()
+    assert had == [f"{n:05}" for n in range(count)]
+    assert [str(d["title"])[:5] for d in fast_reader.data()] == [f"{n:05}" for n in range(count)]
+
+
 # -- failures --------------------------------------------------------------------------------------
 
 
@@ -786,27 +868,78 @@ class UnansweringBus(MemoryBus):
 async def test_before_the_bus_answers_a_stream_starts_at_no_epoch_then_follows_the_router(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    """Before the bus answers no offset can be trusted: the first id has no epoch, so a resume
-    from it is answered as truncated, never as complete past events. Once the bus answers, the
-    next heartbeat gives the stream a real position."""
+    """Before the bus answers no offset can be trusted: the first id has no epoch. A resume then
+    waits a little for the bus, and is refused for a retry while it stays silent; from a cursor
+    of no epoch, once the bus answered, it is answered as truncated, never as complete. Once
+    the bus answers, the next heartbeat gives the early stream a real position."""
     bus = UnansweringBus()
     async with running_hub(bus=bus, heartbeat_seconds=15) as (hub, nursery):
         early, early_reader = await attach(hub, nursery, client("alice", novels={"n1"}))
         await settle()
         assert early_reader.last_event_id == "memory:"
-        opened = await open_session(hub, client("alice", novels={"n1"}), parse_cursor("memory:"))
-        resumed, replay = opened.session, opened.replay
-        assert replay is not None
-        assert replay.truncated
-        resumed.stop(CloseReason.CLIENT)
+        with pytest.raises(ReplayUnavailableError) as refused:
+            await open_session(hub, client("alice", novels={"n1"}), parse_cursor("memory:"))
+        assert refused.value.wait == hub.settings.replay_retry_seconds
+        assert "bus" in str(refused.value)
         bus.answer.set()
         await hub.reading.wait()
+        opened = await open_session(hub, client("alice", novels={"n1"}), parse_cursor("memory:"))
+        assert opened.replay is not None
+        assert opened.replay.truncated
+        opened.session.stop(CloseReason.CLIENT)
         await trio.sleep(15 + 1)  # a whole heartbeat period of ticks after the bus answered
         assert early_reader.last_event_id == str(Cursor.empty("memory", hub.epoch))
         await hub.publish([content("n1", 1)])
         await settle()
         early.stop(CloseReason.CLIENT)
     assert versions(early_reader) == [1]
+
+
+async def test_a_resume_just_after_a_restart_waits_for_the_bus_and_is_complete(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A router restarted while its tabs reconnect: their resumes arrive before it has heard
+    from the bus. Answered at once they could only say truncated (every tab would refetch its
+    state for nothing); they wait for the bus instead, and get exactly what they missed. (The
+    memory bus keeps nothing once read, so here what was missed is still unread, and arrives
+    live; tests/test_workers.py restarts routers on Redis and Kafka.)"""
+    bus = UnansweringBus()
+    await MemoryBus.publish(bus, [content("n1", n) for n in range(4)])
+    epoch = await MemoryBus.epoch(bus)
+    seen_first = Cursor.from_positions("memory", epoch, [("0", (0,))])  # the tab had version 0
+    async with running_hub(bus=bus, partitions=1) as (hub, nursery):
+        answered: list[Opened] = []
+
+        async def reconnect() -> None:
+            answered.append(await open_session(hub, client("alice", novels={"n1"}), seen_first))
+
+        nursery.start_soon(reconnect)
+        await trio.sleep(hub.settings.replay_retry_seconds / 2)
+        assert not answered  # waiting for the bus
+        bus.answer.set()
+        await hub.reading.wait()
+        await settle()
+        (opened,) = answered
+        assert opened.output is not None
+        reader = Reader(opened.output)
+        nursery.start_soon(reader.run)
+        await settle()
+        opened.session.stop(CloseReason.CLIENT)
+    assert versions(reader) == [1, 2, 3]
+
+
+async def test_a_resume_long_after_the_start_of_a_silent_bus_is_let_through_as_truncated(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Past the outage grace a client is not refused for ever: it gets live events, and is told
+    its history may be incomplete."""
+    bus = UnansweringBus()
+    async with running_hub(bus=bus) as (hub, _):
+        await trio.sleep(hub.settings.replay_outage_grace_seconds)
+        opened = await open_session(hub, client("alice", novels={"n1"}), parse_cursor("memory:"))
+        assert opened.replay is not None
+        assert opened.replay.truncated
+        opened.session.stop(CloseReason.CLIENT)
 
 
 async def test_a_quiet_stream_follows_the_router_and_resumes_complete_past_a_small_window(

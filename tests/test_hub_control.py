@@ -23,6 +23,7 @@ from router.cache.redis_controls import RedisControls
 from router.core.control import Control, parse_control
 from router.core.cursor import EventIdentity
 from router.core.permissions import Principal, StreamFilter
+from router.core.scope import Scope
 from tests.redis_helpers import REDIS_URL, delete_prefix, new_prefix
 from tests.test_hub import attach, client, content, running_hub, settle
 
@@ -69,6 +70,53 @@ async def test_a_control_in_a_batch_stops_only_what_follows_it(
     assert said in ([1, "access-changed"], ["access-changed"])
     assert hub.adapter.stats.offers[Offer.QUEUED] == 2  # v1 to the first, v3 to the second
     assert [d["content_version"] for d in n2_reader.data()] == [3]
+
+
+def _say_narrowed(control: Control) -> bytes:
+    return f": narrowed {control.novel_id}\n\n".encode()
+
+
+async def test_a_revocation_narrows_a_session_that_can_say_so_in_place_and_ends_the_others(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A session whose transport has a word for it (a WebSocket) is narrowed where it stands, in
+    the adapter's step: nothing of the novel after the revocation, the rest with no gap; an
+    event stream of the same user ends (access-changed); a disconnect ends both."""
+    async with running_hub() as (hub, nursery):
+        narrowing, narrowed_reader = await attach(hub, nursery, client("u1", ["n1", "n2"]))
+        narrowing.narrow_notice = _say_narrowed
+        ending, ending_reader = await attach(hub, nursery, client("u1", ["n1", "n2"], "s1"))
+        for session in (narrowing, ending):
+            session.issued_at = ISSUED
+        placed = revoke().placements()
+        await hub.publish(
+            [content("n1", 1), placed[1], content("n1", 2), placed[0], content("n2", 3)]
+        )
+        await hub.adapter.wait_consumed(5)
+        await settle()
+        assert narrowing.close_reason is None
+        assert narrowing.principal.novels == frozenset({"n2"})
+        assert narrowing not in hub.registry.candidates(Scope(novel_id="n1"))
+        assert ending.close_reason is CloseReason.ACCESS_CHANGED
+        await hub.publish([content("n1", 4), content("n2", 5)])
+        await hub.adapter.wait_consumed(7)
+        await settle()
+        hub.apply(
+            parse_control(
+                {"control": "disconnect", "user_id": "u1", "issued_at": "2099-01-01T00:00:00Z"}
+            )
+        )
+        await settle()
+        assert narrowing.close_reason is CloseReason.DISCONNECTED
+        await narrowed_reader.closed.wait()
+        await ending_reader.closed.wait()
+    raw = narrowed_reader.raw
+    said = [d.get("content_version", d.get("code")) for d in narrowed_reader.data()]
+    # n1/1 came before the revocation, in the same step of the adapter: still queued when the
+    # session narrowed, so checked against its new scope and never written.
+    assert said == [3, 5, "disconnected"]
+    assert raw.index(b": narrowed n1") < raw.index(b'"content_version":3')
+    assert raw.count(b": narrowed") == 1
 
 
 async def test_a_session_opened_after_a_control_is_narrowed_or_refused(

@@ -18,7 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.core.cursor import Cursor, EventIdentity, parse_cursor
+from router.core.events import ContentUpdateEvent
 from router.core.inbox import (
+    DEFAULT_INBOX_MAX_BYTES,
     MAX_WRITE_BATCH,
     TICKS_PER_HEARTBEAT,
     Delivery,
@@ -26,6 +28,8 @@ from router.core.inbox import (
     Offer,
     SharedBatch,
 )
+from router.core.scope import Scope
+from router.core.sse import SSEMessage
 from tests.actor_helpers import Feed, content, progress
 
 CLIENT_AHEAD = parse_cursor("memory@e1:1:1000")
@@ -36,6 +40,17 @@ def offered(inbox: Inbox, deliveries: Sequence[Delivery]) -> Counter[Offer]:
     outcomes: Counter[Offer] = Counter()
     inbox.offer(deliveries, outcomes)
     return outcomes
+
+
+def big(version: int, size: int) -> SSEMessage:
+    """A content update of about ``size`` bytes on the wire (its summary)."""
+    return ContentUpdateEvent(
+        novel_id="n1", content_version=version, summary="x" * size, scope=Scope(novel_id="n1")
+    )
+
+
+def size_of(deliveries: Sequence[Delivery]) -> int:
+    return sum(len(d.message.to_sse_format()) for d in deliveries)
 
 
 def drain(inbox: Inbox, most: int = MAX_WRITE_BATCH) -> list[Delivery]:
@@ -138,6 +153,46 @@ def test_a_closed_inbox_counts_offers_as_closed_and_still_gives_what_waits() -> 
 def test_an_inbox_holds_at_least_one_event() -> None:
     with pytest.raises(ValueError, match="at least one"):
         Inbox(capacity=0)
+    with pytest.raises(ValueError, match="at least one byte"):
+        Inbox(capacity=1, max_bytes=0)
+
+
+def test_past_the_byte_bound_an_offer_is_the_same_verdict_as_past_the_count() -> None:
+    """Big events fill the inbox by their bytes long before their count: the offer that reached
+    the bound is taken whole and says so; after it, progress is coalesced and a content update
+    is the lag verdict, as past the count."""
+    inbox = Inbox(capacity=100, max_bytes=10_000)
+    feed = Feed()
+    outcomes: Counter[Offer] = Counter()
+    assert not inbox.offer([feed.next(big(n, 4000)) for n in range(2)], outcomes)
+    assert inbox.offer([feed.next(big(n, 4000)) for n in range(2, 5)], outcomes)  # 5 x 4 kB
+    assert outcomes == {Offer.QUEUED: 5}
+    assert inbox.waiting == 5
+    assert inbox.waiting_bytes == 5 * len(feed.next(big(9, 4000)).message.to_sse_format())
+    assert offered(inbox, [feed.next(progress("t1", 1))]) == {Offer.COALESCED: 1}
+    assert offered(inbox, [feed.next(content())]) == {Offer.DISCONNECTED: 1}
+    assert inbox.lagged
+
+
+def test_the_bytes_of_a_shared_batch_are_summed_once_and_given_back_as_it_is_taken() -> None:
+    feed = Feed()
+    batch = SharedBatch([feed.next(big(n, 1000)) for n in range(3)])
+    inboxes = [Inbox(capacity=8) for _ in range(3)]
+    for inbox in inboxes:
+        offered(inbox, batch)
+        assert inbox.waiting_bytes == batch.wire_size == size_of(batch)
+    assert inboxes[0].take() is batch
+    assert inboxes[1].take(most=2) == batch[:2]
+    assert [inbox.waiting_bytes for inbox in inboxes] == [0, size_of(batch[2:]), size_of(batch)]
+
+
+def test_the_default_byte_bound_is_a_mebibyte_and_none_is_no_byte_bound() -> None:
+    assert Inbox(capacity=1).byte_bound == DEFAULT_INBOX_MAX_BYTES == 1024 * 1024
+    inbox = Inbox(capacity=1000, max_bytes=None)
+    feed = Feed()
+    for n in range(300):  # 3 MB waiting: only the count bounds it
+        offered(inbox, [feed.next(big(n, 10_000))])
+    assert not inbox.lagged
 
 
 # -- the writer's side: what to take, and with which ids ----------------------------------------
@@ -267,7 +322,9 @@ inbox_steps = st.lists(
         st.tuples(
             st.just("offer"),
             st.tuples(
-                st.lists(st.sampled_from(["content", "t1", "t2", "t3"]), min_size=1, max_size=6),
+                st.lists(
+                    st.sampled_from(["content", "big", "t1", "t2", "t3"]), min_size=1, max_size=6
+                ),
                 st.booleans(),  # offered as a shared batch
             ),
         ),
@@ -280,17 +337,31 @@ inbox_steps = st.lists(
 )
 
 
+def message_of(kind: str, n: int) -> SSEMessage:
+    if kind == "content":
+        return content(version=n)
+    if kind == "big":
+        return big(n, 300)
+    return progress(kind, n)
+
+
 @settings(max_examples=400, deadline=None)
-@given(steps=inbox_steps, capacity=st.integers(1, 6))
+@given(
+    steps=inbox_steps,
+    capacity=st.integers(1, 6),
+    max_bytes=st.none() | st.integers(1, 1500),
+)
 def test_what_is_offered_is_taken_once_in_order_coalesced_or_the_inbox_lags(
-    steps: list[tuple[str, Any]], capacity: int
+    steps: list[tuple[str, Any]], capacity: int, max_bytes: int | None
 ) -> None:
     """Every event offered is counted once; an offer is queued only while fewer than the
-    capacity wait, and at most the capacity is held aside; nothing is taken twice or out of the
-    adapter's order, nor more than asked at once; a content update is taken unless the inbox
-    lagged or was stopped first; a progress event is taken unless a newer one of its task is.
-    All of it whether or not the inbox coalesces eagerly (the overload ladder's first rung)."""
-    inbox = Inbox(capacity)
+    capacity wait, and fewer bytes than the byte bound, and at most the capacity is held aside;
+    the bytes waiting never pass the bound by more than one offer; nothing is taken twice or out
+    of the adapter's order, nor more than asked at once; a content update is taken unless the
+    inbox lagged or was stopped first; a progress event is taken unless a newer one of its task
+    is. All of it whether or not the inbox coalesces eagerly (the overload ladder's first rung),
+    with or without a byte bound."""
+    inbox = Inbox(capacity, max_bytes=max_bytes)
     feed = Feed()
     offers: list[Delivery] = []
     outcomes: Counter[Offer] = Counter()
@@ -299,29 +370,36 @@ def test_what_is_offered_is_taken_once_in_order_coalesced_or_the_inbox_lags(
         if step == "offer":
             kinds, shared = argument
             batch = [
-                feed.next(content(version=n) if kind == "content" else progress(kind, n))
-                for n, kind in enumerate(kinds, start=len(offers))
+                feed.next(message_of(kind, n)) for n, kind in enumerate(kinds, start=len(offers))
             ]
             offers += batch
             before, waiting, was_closed = sum(outcomes.values()), inbox.waiting, inbox.closed
+            waiting_bytes = inbox.waiting_bytes
             queued_before = outcomes[Offer.QUEUED]
             filled = inbox.offer(SharedBatch(batch) if shared else batch, outcomes)
             assert sum(outcomes.values()) == before + len(batch)
-            if inbox.waiting != waiting:  # queued: fewer than the capacity waited before
+            if inbox.waiting != waiting:  # queued: fewer than both bounds waited before
                 assert waiting < capacity
+                assert waiting_bytes < inbox.byte_bound
                 assert inbox.waiting <= waiting + len(batch)
+                assert inbox.waiting_bytes <= waiting_bytes + size_of(batch)
+                assert inbox.waiting_bytes < inbox.byte_bound + size_of(batch)
+            else:
+                assert inbox.waiting_bytes == waiting_bytes
             assert inbox.set_aside <= capacity
             assert filled is (
                 not inbox.closed
-                and inbox.waiting >= capacity
+                and (inbox.waiting >= capacity or inbox.waiting_bytes >= inbox.byte_bound)
                 and outcomes[Offer.QUEUED] > queued_before  # all coalesced aside: not filled
             )
             if was_closed:
                 assert inbox.waiting == waiting
         elif step == "take":
+            waiting_bytes = inbox.waiting_bytes
             batch = inbox.take(argument)
             assert len(batch) <= argument
             assert bool(batch) or not (inbox.waiting or inbox.set_aside)
+            assert waiting_bytes - size_of(batch) <= inbox.waiting_bytes <= waiting_bytes
             taken += batch
         elif step == "tick":
             for _ in range(argument):
@@ -331,8 +409,9 @@ def test_what_is_offered_is_taken_once_in_order_coalesced_or_the_inbox_lags(
         else:
             inbox.close()
         assert inbox.closed or not inbox.lagged
+        assert (inbox.waiting_bytes > 0) is (inbox.waiting > 0)
     taken += drain(inbox, most=3)
-    assert inbox.waiting == inbox.set_aside == 0
+    assert inbox.waiting == inbox.set_aside == inbox.waiting_bytes == 0
     seqs = [d.seq for d in taken]
     assert seqs == sorted(set(seqs))
     assert outcomes[Offer.DISCONNECTED] == (1 if inbox.lagged else 0)
@@ -352,6 +431,74 @@ def test_what_is_offered_is_taken_once_in_order_coalesced_or_the_inbox_lags(
             if d.message.coalesce_key is None or newest[d.message.coalesce_key] == d.seq
         ]
         assert set(expected) <= set(seqs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(st.tuples(st.integers(0, 3000), st.booleans()), min_size=1, max_size=40),
+    max_bytes=st.integers(1, 20_000),
+)
+def test_a_stream_whose_waiting_bytes_pass_the_bound_is_lagged_and_resumes_with_nothing_missing(
+    steps: list[tuple[int, bool]], max_bytes: int
+) -> None:
+    """Events of any size, one per step, to a client that sometimes reads one: far from its
+    count bound, it is lagged exactly when an event finds the bytes waiting at or past the byte
+    bound, never more than one event past it; and from its cursor, once it has what was queued,
+    a replay gives it every other event, none twice (the resume from the cache)."""
+    inbox = Inbox(capacity=1000, max_bytes=max_bytes)
+    feed = Feed()
+    offers: list[Delivery] = []
+    served: list[EventIdentity] = []
+
+    def serve(batch: Sequence[Delivery]) -> None:
+        for delivery in batch:
+            assert inbox.serve(delivery) is not None
+            served.append(delivery.identity)
+
+    for size, reads in steps:
+        delivery = feed.next(big(len(offers), size))
+        offers.append(delivery)
+        waiting_bytes = inbox.waiting_bytes
+        outcome = offered(inbox, [delivery])
+        if waiting_bytes >= max_bytes:
+            assert outcome == {Offer.DISCONNECTED: 1}
+            break
+        assert outcome == {Offer.QUEUED: 1}
+        assert inbox.waiting_bytes < max_bytes + size_of([delivery])
+        if reads:
+            serve(inbox.take(1))
+    assert inbox.lagged is (outcome == {Offer.DISCONNECTED: 1})
+    serve(drain(inbox))
+    resumed = Inbox(capacity=1000, cursor=inbox.cursor)
+    replayed = [d.identity for d in offers if resumed.replayed(d.identity) is not None]
+    assert served + replayed == [d.identity for d in offers]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    bursts=st.lists(
+        st.lists(st.integers(0, 2000), min_size=1, max_size=20), min_size=1, max_size=10
+    ),
+    capacity=st.integers(1, 6),
+    max_bytes=st.integers(1, 5000),
+)
+def test_a_burst_past_both_bounds_reaches_a_client_that_keeps_up(
+    bursts: list[list[int]], capacity: int, max_bytes: int
+) -> None:
+    """One step's offer is taken whole while the client is within both bounds, however many
+    events and bytes it holds: a client that reads everything after each step gets every event,
+    in order, and is never cut."""
+    inbox = Inbox(capacity, max_bytes=max_bytes)
+    feed = Feed()
+    offers: list[Delivery] = []
+    taken: list[Delivery] = []
+    for sizes in bursts:
+        batch = [feed.next(big(len(offers) + n, size)) for n, size in enumerate(sizes)]
+        offers += batch
+        assert offered(inbox, batch) == {Offer.QUEUED: len(batch)}
+        taken += drain(inbox)
+    assert not inbox.lagged
+    assert taken == offers
 
 
 @dataclass

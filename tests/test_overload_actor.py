@@ -25,7 +25,7 @@ from router.admission import Admission, AdmissionSettings, Ask
 from router.auth import TokenVerifier, mint_token
 from router.bus.memory import MemoryBus
 from router.cache.memory import MemoryReplayCache
-from router.core.admission import Admitted, Credentials, Reason, Refused
+from router.core.admission import Admitted, Credentials, Reason, Refused, StreamCaps
 from router.core.observer import NoObserver
 from router.core.overload import (
     REFUSED_SPREAD_SECONDS,
@@ -104,9 +104,14 @@ async def overloadable_router(recorder: Recorder) -> AsyncIterator[Router]:
     )
     door = Admission(
         TokenVerifier.from_key(secret=SECRET),
-        AdmissionSettings(max_streams_per_user=10, connects_per_minute=1000, trusted_proxies=()),
+        AdmissionSettings(
+            StreamCaps(per_instance=10_000, per_address=10_000, per_user=10),
+            connects_per_minute=1000,
+            bad_tokens_per_minute=1000,
+            trusted_proxies=(),
+        ),
         recorder,
-        streams_open=hub.registry.count_for_user,
+        streams_open=hub.registry.open_streams,
         closing=lambda: hub.closing,
         overloaded=lambda: monitor.refusing,
     )

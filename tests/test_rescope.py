@@ -11,6 +11,7 @@ import trio.testing
 
 from actors.session import CloseReason, Session, SharedBatch
 from router.core.history import Entry, Replay
+from router.core.inbox import MAX_WRITE_BATCH
 from router.core.permissions import Principal, StreamFilter
 from router.core.sse import SSEMessage
 from tests.actor_helpers import Feed, content, in_an_hour, offer_batch
@@ -178,3 +179,118 @@ async def test_narrowing_in_the_middle_of_a_replay_stops_the_lost_novel_at_once(
     assert rest[0][1] > first[-1][1]
     assert {novel for novel, _ in rest} == {"n2"}  # at most the slice in flight was of both
     assert [v for _, v in first + rest] == sorted(v for _, v in first + rest)
+
+
+async def test_narrowing_behind_a_long_backlog_never_writes_a_shared_batch_queued_before_it() -> (
+    None
+):
+    """More than one write's worth waits when the scope narrows: the first write is served one by
+    one and puts the client back in step with the router's cursor, and a shared batch queued
+    before the narrowing, admitted for the old scope, must still not be written whole."""
+    subject = Session(BOTH, StreamFilter(), expires_at=in_an_hour())
+    feed = Feed()
+    send, receive = trio.open_memory_channel[bytes](0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(subject.run, send)
+        await receive.receive()  # the hello
+        offer_batch(subject, SharedBatch([feed.next(content("n2", 0))]))
+        await receive.receive()  # in step with the router's cursor
+        offer_batch(subject, SharedBatch([feed.next(content("n2", 1))]))
+        await trio.testing.wait_all_tasks_blocked()  # the writer waits to send n2/1
+        backlog = [feed.next(content("n2", version)) for version in range(2, 2 + MAX_WRITE_BATCH)]
+        offer_batch(subject, SharedBatch(backlog))
+        offer_batch(subject, SharedBatch([feed.next(content("n1", 100))]))  # taken alone, next
+        assert feed.cursor is not None
+        subject.begin_rescope(ONLY_N2, StreamFilter(), in_an_hour())
+        subject.finish_rescope(None, feed.cursor)
+        drain = _Drain(receive)
+        nursery.start_soon(drain.run)
+        await trio.testing.wait_all_tasks_blocked()
+        subject.stop(CloseReason.CLIENT)
+    written = _novels(drain.raw)
+    assert ("n1", 100) not in written, "a shared batch queued for the old scope was written"
+    assert written == [("n2", v) for v in range(1, 2 + MAX_WRITE_BATCH)]
+
+
+# -- narrowing in place (a revocation on a transport that can say so: Session.narrow) ------------
+
+
+async def test_narrowing_in_place_says_so_first_then_writes_nothing_of_what_was_lost() -> None:
+    subject = Session(BOTH, StreamFilter(), expires_at=in_an_hour())
+    feed = Feed()
+    send, receive = trio.open_memory_channel[bytes](0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(subject.run, send)
+        await receive.receive()  # the hello
+        offer_batch(subject, SharedBatch([feed.next(content("n2", 1))]))
+        await receive.receive()  # in step with the router's cursor
+        offer_batch(subject, SharedBatch([feed.next(content("n1", 2))]))
+        await trio.testing.wait_all_tasks_blocked()  # the writer waits to send n1/2: in flight
+        offer_batch(
+            subject, SharedBatch([feed.next(content("n1", 3)), feed.next(content("n2", 4))])
+        )
+        subject.narrow(ONLY_N2, b": narrowed\n\n")  # no checkpoint, no replay
+        drain = _Drain(receive)
+        nursery.start_soon(drain.run)
+        await trio.testing.wait_all_tasks_blocked()
+        offer_batch(subject, SharedBatch([feed.next(content("n2", 5))]))
+        await trio.testing.wait_all_tasks_blocked()
+        assert subject.close_reason is None  # the stream goes on
+        subject.stop(CloseReason.CLIENT)
+    raw = drain.raw
+    assert subject.principal == ONLY_N2
+    assert _novels(raw) == [("n1", 2), ("n2", 4), ("n2", 5)]  # n1/2 was being written already
+    assert raw.index(b'"content_version":2') < raw.index(b": narrowed")
+    assert raw.index(b": narrowed") < raw.index(b'"content_version":4')
+
+
+async def test_narrowing_while_a_change_s_replay_is_fetched_keeps_the_change_and_checks_it() -> (
+    None
+):
+    """A filter change is under way (the hub fetching its replay) when a revocation narrows the
+    session: the replay, when it comes, is written without the lost novel, then both answers."""
+    subject = Session(BOTH, StreamFilter(novel_ids=frozenset({"n2"})), expires_at=in_an_hour())
+    feed = Feed()
+    send, receive = trio.open_memory_channel[bytes](100)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(subject.run, send)
+        offer_batch(subject, [feed.next(content("n2", 1))])
+        await trio.testing.wait_all_tasks_blocked()
+        missed = [feed.next(content("n1", 2)), feed.next(content("n2", 3))]
+        subject.begin_rescope(BOTH, StreamFilter(), in_an_hour())  # widened to n1 too
+        subject.narrow(ONLY_N2, b": narrowed\n\n")  # while the replay is fetched
+        await trio.testing.wait_all_tasks_blocked()
+        replay = Replay([Entry(d.identity, d.message, 0.0) for d in missed], truncated=False)
+        assert feed.cursor is not None
+        subject.finish_rescope(replay, feed.cursor, then=b": filtered\n\n")
+        await trio.testing.wait_all_tasks_blocked()
+        subject.stop(CloseReason.CLIENT)
+        drain = _Drain(receive)
+        await drain.run()
+    raw = drain.raw
+    assert _novels(raw) == [("n2", 1), ("n2", 3)]
+    assert raw.index(b'"content_version":3') < raw.index(b": narrowed") < raw.index(b": filtered")
+
+
+async def test_narrowing_before_the_writer_takes_a_finished_change_keeps_its_replay() -> None:
+    subject = Session(BOTH, StreamFilter(novel_ids=frozenset({"n2"})), expires_at=in_an_hour())
+    feed = Feed()
+    send, receive = trio.open_memory_channel[bytes](0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(subject.run, send)
+        await receive.receive()  # the hello
+        offer_batch(subject, [feed.next(content("n2", 1))])
+        await trio.testing.wait_all_tasks_blocked()  # the writer waits to send n2/1
+        missed = [feed.next(content("n1", 2)), feed.next(content("n2", 3))]
+        replay = Replay([Entry(d.identity, d.message, 0.0) for d in missed], truncated=False)
+        assert feed.cursor is not None
+        subject.begin_rescope(BOTH, StreamFilter(), in_an_hour())
+        subject.finish_rescope(replay, feed.cursor, then=b": filtered\n\n")
+        subject.narrow(ONLY_N2, b": narrowed\n\n")
+        drain = _Drain(receive)
+        nursery.start_soon(drain.run)
+        await trio.testing.wait_all_tasks_blocked()
+        subject.stop(CloseReason.CLIENT)
+    raw = drain.raw
+    assert _novels(raw) == [("n2", 1), ("n2", 3)]  # the replay kept, without n1
+    assert raw.index(b'"content_version":3') < raw.index(b": filtered") < raw.index(b": narrowed")

@@ -19,6 +19,7 @@ import trio
 
 from router.cli import build_parser, main
 from router.config import Settings
+from router.core.inbox import DEFAULT_INBOX_MAX_BYTES
 from router.core.mapping import PUBLISH_PROBLEMS
 from router.server import ConfigurationError, serve
 from tests.e2e_helpers import (
@@ -498,15 +499,31 @@ async def test_head_of_the_stream_is_checked_like_a_get_and_takes_no_allowance()
         assert int(limited.headers["retry-after"]) >= 59
 
 
-async def test_the_session_settings_travel_from_the_config_to_each_session() -> None:
-    """``--session-buffer`` (and the retry hints) reach the hub, which builds every session."""
-    overrides = {"session_buffer": 7, "retry_ms": 4321, "shutdown_retry_spread_ms": 55}
+def test_the_session_buffer_in_bytes_is_a_size_with_a_default() -> None:
+    assert parse_serve(["--session-buffer-bytes", "256K"], {}).session_buffer_bytes == 256 * 1024
+    assert parse_serve([], {}).session_buffer_bytes == DEFAULT_INBOX_MAX_BYTES
+    assert parse_serve(["--session-buffer-bytes", "0"], {}).session_buffer_bytes == 0
+
+
+@pytest.mark.parametrize(("buffer_bytes", "inbox_max_bytes"), [(4096, 4096), (0, None)])
+async def test_the_session_settings_travel_from_the_config_to_each_session(
+    buffer_bytes: int, inbox_max_bytes: int | None
+) -> None:
+    """``--session-buffer``, ``--session-buffer-bytes`` (0: no byte bound) and the retry hints
+    reach the hub, which builds every session."""
+    overrides = {
+        "session_buffer": 7,
+        "session_buffer_bytes": buffer_bytes,
+        "retry_ms": 4321,
+        "shutdown_retry_spread_ms": 55,
+    }
     async with running_router(**overrides) as router, router.stream() as stream:
         assert stream.response is not None
         assert stream.response.status_code == 200
         (session,) = router.running.hub.registry
     assert session.settings == router.running.hub.settings.session
     assert (session.settings.inbox_capacity, session.settings.retry_ms) == (7, 4321)
+    assert session.settings.inbox_max_bytes == inbox_max_bytes
     assert session.settings.shutdown_retry_spread_ms == 55
 
 

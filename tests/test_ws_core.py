@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from actors.session import SharedBatch
 from router.core.admission import Reason, stream_request
+from router.core.control import Control, ControlAction
 from router.core.cursor import parse_cursor
 from router.core.observer import CloseReason
 from router.core.permissions import Principal, StreamFilter
@@ -32,7 +33,14 @@ from router.core.ws_client import (
     refresh_problem,
 )
 from router.core.ws_close import CloseCode, ending_close, refusal_close
-from router.core.ws_wire import JSONFrames, error, event_frame, filtered, refreshed
+from router.core.ws_wire import (
+    JSONFrames,
+    access_changed,
+    error,
+    event_frame,
+    filtered,
+    refreshed,
+)
 from tests.actor_helpers import Feed, content
 
 JSON_LEAVES = (
@@ -195,6 +203,17 @@ def test_replies_echo_the_ref() -> None:
         "message": "no",
     }
     assert json.loads(error("rate-limited", "wait", retry_ms=5))["retry_ms"] == 5
+
+
+def test_access_changed_names_the_grant_revoked() -> None:
+    novel = Control(ControlAction.REVOKE, "2026-12-01T12:00:00.000000Z", "u1", novel_id="n1")
+    session = Control(ControlAction.REVOKE, "2026-12-01T12:00:00.000000Z", "u1", session_id="s1")
+    assert [json.loads(frame) for frame in access_changed(novel)] == [
+        {"type": "access-changed", "novel_id": "n1", "session_id": None}
+    ]
+    assert [json.loads(frame) for frame in access_changed(session)] == [
+        {"type": "access-changed", "novel_id": None, "session_id": "s1"}
+    ]
 
 
 def test_the_sse_hello_is_the_stream_s_first_bytes_as_before() -> None:

@@ -63,6 +63,8 @@ class Reason(enum.StrEnum):
     BAD_REQUEST = "bad-request"
     FORBIDDEN = "forbidden"
     ADDRESS_BLOCKED = "address-blocked"
+    ORIGIN_NOT_ALLOWED = "origin-not-allowed"
+    """A WebSocket handshake from a page of an origin not allowed (router.core.origin)."""
     TOO_MANY_STREAMS = ErrorCode.TOO_MANY_STREAMS.value
     RATE_LIMITED = ErrorCode.RATE_LIMITED.value
     SHUTTING_DOWN = ErrorCode.SHUTTING_DOWN.value
@@ -88,6 +90,7 @@ STATUS: Mapping[Reason, int] = {
     Reason.BAD_REQUEST: 400,
     Reason.FORBIDDEN: 403,
     Reason.ADDRESS_BLOCKED: 403,
+    Reason.ORIGIN_NOT_ALLOWED: 403,
     **{Reason(code.value): status for code, status in RETRYABLE.items()},
 }
 """The HTTP status of each reason; the retryable ones' are those of ``RETRYABLE``."""
@@ -153,6 +156,10 @@ SHUTTING_DOWN = Refused(
 )
 ADDRESS_BLOCKED = Refused(
     Reason.ADDRESS_BLOCKED, "requests from this address are not accepted here"
+)
+ORIGIN_NOT_ALLOWED = Refused(
+    Reason.ORIGIN_NOT_ALLOWED,
+    "a page of this origin may not open a stream here (see --cors-origins)",
 )
 
 

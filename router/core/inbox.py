@@ -7,10 +7,11 @@ write next (:meth:`Inbox.take`, :meth:`Inbox.serve_shared`, :meth:`Inbox.serve`,
 decides how to wait and where the bytes go: the session actor (``actors/session.py``) with a trio
 wake-up and the client's response, a test with plain calls.
 
-The policy: an offer never waits. It is taken whole while fewer than ``capacity`` events wait from
-earlier offers; past that bound a low-priority event is coalesced with the newest of its kind,
-held aside (at most ``capacity`` kinds), and a high-priority one is the lag verdict: the inbox
-closes, and the client resumes from the replay cache. The writer takes at most ``most`` events at
+The policy: an offer never waits. It is taken whole while fewer than ``capacity`` events, and
+fewer than ``max_bytes`` bytes of them (their encoded size), wait from earlier offers; past either
+bound a low-priority event is coalesced with the newest of its kind, held aside (at most
+``capacity`` kinds), and a high-priority one is the lag verdict: the inbox closes, and the client
+resumes from the replay cache. The writer takes at most ``most`` events at
 a time, in the adapter's order, coalesced ones in their place.
 
 The bookkeeping: :attr:`Inbox.cursor` is what the client has been served, the router's cursor
@@ -21,6 +22,7 @@ the writer sends is that cursor, so no id names a position past an event still t
 from __future__ import annotations
 
 import functools
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from router.core.wire import WireFormat
 _Chunk = TypeVar("_Chunk")
 
 __all__ = [
+    "DEFAULT_INBOX_MAX_BYTES",
     "MAX_WRITE_BATCH",
     "TICKS_PER_HEARTBEAT",
     "Delivery",
@@ -51,6 +54,10 @@ TICKS_PER_HEARTBEAT = 4
 """A heartbeat is due after this many ticks of the heartbeat clock with no write."""
 EAGER_COALESCE_DIVISOR = 4
 """Coalescing eagerly starts once this share (a quarter) of the capacity waits."""
+DEFAULT_INBOX_MAX_BYTES = 1024 * 1024
+"""Bytes of events (their encoded size) that may wait for one stream before backpressure: 256
+events of a few KiB fit, and a stream of events of tens of KiB is bounded by its bytes instead of
+its count (``--session-buffer-bytes``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +99,12 @@ class SharedBatch(tuple[Delivery, ...]):
         return {}
 
     @functools.cached_property
+    def wire_size(self) -> int:
+        """The bytes of these events on an event stream, summed once for every inbox they wait
+        in (the inbox's byte bound)."""
+        return sum(len(delivery.message.to_sse_format()) for delivery in self)
+
+    @functools.cached_property
     def event_counts(self) -> Counter[str]:
         return Counter(delivery.message.event for delivery in self)
 
@@ -116,8 +129,16 @@ class Heartbeat:
 _COMMENT = Heartbeat()
 
 
+def _wire_size(deliveries: Sequence[Delivery]) -> int:
+    """The bytes of ``deliveries`` on an event stream: a shared batch's are summed once."""
+    if isinstance(deliveries, SharedBatch):
+        return deliveries.wire_size
+    return sum(len(delivery.message.to_sse_format()) for delivery in deliveries)
+
+
 class Inbox:
-    """What waits for one client, bounded by ``capacity`` events, and the client's cursor.
+    """What waits for one client, bounded by ``capacity`` events and ``max_bytes`` bytes of
+    them, and the client's cursor.
 
     Neither side ever waits on it: every method returns at once. Batches offered are kept as
     they are (a :class:`SharedBatch` is shared with other sessions: never changed in place).
@@ -129,10 +150,12 @@ class Inbox:
     __slots__ = (
         "_aside",
         "_batches",
+        "_coalesce_from_bytes",
         "_held",
         "_in_sync",
         "_progress",
         "_quiet_ticks",
+        "byte_bound",
         "capacity",
         "closed",
         "coalesce_from",
@@ -140,15 +163,29 @@ class Inbox:
         "heartbeat_due",
         "lagged",
         "waiting",
+        "waiting_bytes",
     )
 
-    def __init__(self, capacity: int, cursor: Cursor | None = None) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        cursor: Cursor | None = None,
+        *,
+        max_bytes: int | None = DEFAULT_INBOX_MAX_BYTES,
+    ) -> None:
         if capacity < 1:
             raise ValueError(f"an inbox holds at least one event, not {capacity}")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"an inbox holds at least one byte, not {max_bytes} (None: no bound)")
         self.capacity = capacity
+        self.byte_bound = sys.maxsize if max_bytes is None else max_bytes
+        """``max_bytes``, or a bound never reached when there is none (one comparison per offer
+        either way)."""
         self.coalesce_from = capacity
         """While this many events wait, low-priority ones are coalesced: the capacity, or less
         when the router is overloaded (:meth:`coalesce_eagerly`)."""
+        self._coalesce_from_bytes = self.byte_bound
+        """The same for the bytes waiting: the byte bound, or the same share of it."""
         self.cursor = cursor
         """What the client has been served: every id it is sent is this cursor."""
         self.closed = False
@@ -157,6 +194,8 @@ class Inbox:
         """The lag verdict: an event that had to be queued found no room."""
         self.waiting = 0
         """Events offered and queued, not yet taken (those coalesced aside are not counted)."""
+        self.waiting_bytes = 0
+        """The encoded size of the events counted in :attr:`waiting`."""
         self._held: Sequence[Delivery] = ()
         """The next events to take, in the order offered: the rest of a batch cut at a take, or
         the one batch offered while nothing waited."""
@@ -177,18 +216,21 @@ class Inbox:
     # -- the adapter's side ----------------------------------------------------------------------
 
     def coalesce_eagerly(self, eager: bool) -> None:
-        """Coalesce low-priority events once a quarter of the capacity waits (``eager``, the
-        first rung of the overload ladder: router/core/overload.py), or only once all of it does.
-        High-priority events are queued as before, up to the capacity."""
+        """Coalesce low-priority events once a quarter of the capacity (or of the byte bound)
+        waits (``eager``, the first rung of the overload ladder: router/core/overload.py), or
+        only once all of it does. High-priority events are queued as before, up to the bounds."""
         eager_from = max(1, self.capacity // EAGER_COALESCE_DIVISOR)
         self.coalesce_from = eager_from if eager else self.capacity
+        eager_bytes = max(1, self.byte_bound // EAGER_COALESCE_DIVISOR)
+        self._coalesce_from_bytes = eager_bytes if eager else self.byte_bound
 
     def offer(self, deliveries: Sequence[Delivery], outcomes: Counter[Offer]) -> bool:
         """Queue ``deliveries`` (in the adapter's order), count what became of each in
         ``outcomes``, and return whether the inbox is now at or past its bound.
 
         The bound is on what still waits from earlier offers: while fewer than ``capacity``
-        events do, an offer is taken whole, however large. Past it, a low-priority event is
+        events do, and fewer than ``max_bytes`` bytes of them, an offer is taken whole, however
+        large. Past either bound (the same verdict for both), a low-priority event is
         coalesced with the newest of its kind, held aside (at most ``capacity`` of them), and a
         high-priority one is the lag verdict: :attr:`lagged` and :attr:`closed` are set, and
         neither it nor the rest of the offer is queued (the client is to resume from the replay
@@ -202,8 +244,12 @@ class Inbox:
         if not deliveries:
             return False
         capacity = self.capacity
-        room = len(deliveries) if self.waiting < capacity else 0
-        eager = self.waiting >= self.coalesce_from
+        byte_bound = self.byte_bound
+        has_room = self.waiting < capacity and self.waiting_bytes < byte_bound
+        room = len(deliveries) if has_room else 0
+        eager = (
+            self.waiting >= self.coalesce_from or self.waiting_bytes >= self._coalesce_from_bytes
+        )
         if room and not self._aside and not eager:
             # With nothing waiting the batch is the next to take: no list to grow and shrink.
             if self.waiting:
@@ -211,8 +257,9 @@ class Inbox:
             else:
                 self._held = deliveries
             self.waiting += room
+            self.waiting_bytes += _wire_size(deliveries)
             outcomes[Offer.QUEUED] += room
-            return self.waiting >= capacity
+            return self.waiting >= capacity or self.waiting_bytes >= byte_bound
         queued: list[Delivery] = []
         aside = self._aside
         lagged_at = None
@@ -236,6 +283,7 @@ class Inbox:
             else:
                 self._held = queued
             self.waiting += len(queued)
+            self.waiting_bytes += _wire_size(queued)
             outcomes[Offer.QUEUED] += len(queued)
         if lagged_at is not None:
             self.lagged = self.closed = True
@@ -243,7 +291,7 @@ class Inbox:
             if lagged_at + 1 < len(deliveries):
                 outcomes[Offer.CLOSED] += len(deliveries) - lagged_at - 1
             return False
-        return bool(queued) and self.waiting >= capacity
+        return bool(queued) and (self.waiting >= capacity or self.waiting_bytes >= byte_bound)
 
     def tick(self, progress: Cursor | None = None) -> bool:
         """One tick of the heartbeat clock; return whether a heartbeat just became due.
@@ -300,6 +348,7 @@ class Inbox:
         else:
             taken, self._held = held, ()
         self.waiting -= len(taken)
+        self.waiting_bytes -= _wire_size(taken)
         return taken
 
     def _merge_aside(self, held: Sequence[Delivery], most: int) -> list[Delivery]:
@@ -318,8 +367,9 @@ class Inbox:
                 delivery = held[taken_held]
                 taken_held += 1
             taken.append(delivery)
-        self._held = held[taken_held:]
         self.waiting -= taken_held
+        self.waiting_bytes -= _wire_size(held[:taken_held])
+        self._held = held[taken_held:]
         return taken
 
     def history_replaced(self, taken: Sequence[Delivery]) -> bool:
@@ -389,9 +439,17 @@ class Inbox:
         a replay from the client's cursor is to come before it (:meth:`replayed`). Until the
         client's cursor and the router's agree again, every delivery is served one by one,
         skipped when that cursor covers it (no shared batch is written whole), and the router's
-        progress seen before is forgotten."""
+        progress seen before is forgotten.
+
+        What waits loses its shared form too: a shared batch was admitted whole for the old
+        scope, and the client is back in step after its first event served, long before a
+        backlog of more than one write is taken; written whole then, it would carry what the
+        new scope does not admit. At most ``capacity`` events are copied, once per change."""
         self._in_sync = False
         self._progress = None
+        if isinstance(self._held, SharedBatch):
+            self._held = tuple(self._held)
+        self._batches = [tuple(b) if isinstance(b, SharedBatch) else b for b in self._batches]
 
     def written(self) -> None:
         """The writer wrote to the client: the silence a heartbeat fills starts again."""

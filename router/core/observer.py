@@ -156,15 +156,21 @@ class Observer(StreamObserver, Protocol):
         """The front door refused a new stream by ``limit`` (once, by the limit with the longest
         wait)."""
 
-    def control_applied(self, action: ControlAction, streams_ended: int) -> None:
+    def control_applied(
+        self, action: ControlAction, streams_ended: int, streams_narrowed: int = 0
+    ) -> None:
         """A control envelope was applied (read from the bus, or loaded from the control store
-        at start), which ended ``streams_ended`` open streams of this instance."""
+        at start), which ended ``streams_ended`` open streams of this instance and narrowed
+        ``streams_narrowed`` others in place."""
 
     def control_rejected(self) -> None:
         """A control envelope read from the bus was malformed: skipped (and logged)."""
 
     def address_blocked(self) -> None:
         """The front door refused a request for its address (``--address-rules``)."""
+
+    def origin_refused(self) -> None:
+        """A WebSocket handshake was refused for its ``Origin`` (router.core.origin)."""
 
     def address_rules_loaded(self, ok: bool) -> None:
         """The address rules file was read again (on SIGHUP): ``ok``, or it could not be used,
@@ -238,13 +244,18 @@ class NoObserver:
     def refused_by_limit(self, limit: Limit) -> None:
         pass
 
-    def control_applied(self, action: ControlAction, streams_ended: int) -> None:
+    def control_applied(
+        self, action: ControlAction, streams_ended: int, streams_narrowed: int = 0
+    ) -> None:
         pass
 
     def control_rejected(self) -> None:
         pass
 
     def address_blocked(self) -> None:
+        pass
+
+    def origin_refused(self) -> None:
         pass
 
     def address_rules_loaded(self, ok: bool) -> None:

@@ -38,6 +38,7 @@ _REFUSALS: dict[Reason, CloseCode] = {
     Reason.BAD_REQUEST: CloseCode.BAD_REQUEST,
     Reason.FORBIDDEN: CloseCode.FORBIDDEN,
     Reason.ADDRESS_BLOCKED: CloseCode.FORBIDDEN,
+    Reason.ORIGIN_NOT_ALLOWED: CloseCode.FORBIDDEN,
     Reason.TOO_MANY_STREAMS: CloseCode.RATE_LIMITED,
     Reason.RATE_LIMITED: CloseCode.RATE_LIMITED,
     Reason.SHUTTING_DOWN: CloseCode.UNAVAILABLE,

@@ -14,6 +14,7 @@ import functools
 import json
 from collections.abc import Mapping, Sequence
 
+from router.core.control import Control
 from router.core.cursor import Cursor
 from router.core.permissions import StreamFilter
 from router.core.sse import JSONValue, SSEMessage, encode_json
@@ -94,6 +95,17 @@ def filtered(ref: Ref, stream_filter: StreamFilter) -> Frames:
         "types": sorted(stream_filter.event_types),
     }
     return Frames((_frame({"type": "filtered", "ref": ref, "filter": described}),))
+
+
+def access_changed(control: Control) -> Frames:
+    """The stream was narrowed in place: ``control`` revoked the novel or the session grant it
+    names (the other is ``null``); nothing of it is written after this frame."""
+    fields: dict[str, JSONValue] = {
+        "type": "access-changed",
+        "novel_id": control.novel_id,
+        "session_id": control.session_id,
+    }
+    return Frames((_frame(fields),))
 
 
 def error(code: str, message: str, *, ref: Ref = None, retry_ms: int | None = None) -> str:

@@ -34,7 +34,7 @@ from router.core.observer import NO_OBSERVER, Observer, WriteFallback
 from router.core.ws_client import Auth, parse_client_message
 from router.core.ws_close import ending_close, refusal_close
 from router.core.ws_frame import text_frames
-from router.core.ws_wire import Frames, JSONFrames, error
+from router.core.ws_wire import Frames, JSONFrames, access_changed, error
 from router.http.asgi import OBSERVER_KEY, SERVER_SEND_KEY
 from router.http.direct_websocket import WebSocketSocketWriter, websocket_writer
 from router.http.ws_conversation import Conversation, Verdict
@@ -95,6 +95,13 @@ def add_websocket_route(app: Quart, hub: Hub, admission: Admission, settings: Se
         blocked = admission.screen(peer, forwarded)  # before_request does not run for a websocket
         if blocked is not None:
             return await _refuse(blocked, admission)
+        origin = websocket.headers.get("Origin")
+        foreign = admission.screen_origin(
+            origin, websocket.headers.get("Host"), settings.cors_origins
+        )
+        if foreign is not None:  # before any credential is read: see router.core.origin
+            log.info("websocket origin refused", extra={"origin": origin[:200] if origin else None})
+            return await _refuse(foreign, admission)
         admitted = admission.admit(await _ask(settings.ws_auth_timeout_seconds))
         if isinstance(admitted, Refused):
             return await _refuse(admitted, admission)
@@ -110,6 +117,7 @@ def add_websocket_route(app: Quart, hub: Hub, admission: Admission, settings: Se
                 address=admission.address(peer, forwarded),
                 connection_id=connection_id,
                 wire=wire,
+                narrow_notice=access_changed,  # a revocation narrows the socket in place
             )
         except ReplayUnavailableError as failure:
             retry = Refused(Reason.REPLAY_UNAVAILABLE, str(failure), retry_after=failure.wait)

@@ -8,12 +8,22 @@ import { browserEventSource, type EventSourceFactory, EventSourceTransport } fro
 import type { SSEErrorPayload, SSEEventMap, SSEEventName } from "./index.js";
 import type { Reconnect, Transport, TransportListener } from "./transport.js";
 import { browserWebSocket, type WebSocketFactory, WebSocketTransport } from "./websocket.js";
-import { type AppliedFilter, appliedFilter, type StreamFilter } from "./ws-protocol.js";
+import {
+  type AccessChange,
+  type AppliedFilter,
+  appliedFilter,
+  type StreamFilter,
+} from "./ws-protocol.js";
 
 export { ConnectionClosedError, REFUSAL_CODES, RequestRefusedError, SSEStreamError } from "./errors.js";
 export type { EventSourceFactory, EventSourceLike, MessageEventLike } from "./event-source.js";
 export type { WebSocketFactory, WebSocketLike } from "./websocket.js";
-export { type AppliedFilter, CLOSE_CODES, type StreamFilter } from "./ws-protocol.js";
+export {
+  type AccessChange,
+  type AppliedFilter,
+  CLOSE_CODES,
+  type StreamFilter,
+} from "./ws-protocol.js";
 
 /** Where the last cursor is kept, so a reload resumes where the tab was. */
 export interface CursorStore {
@@ -94,6 +104,7 @@ export class SSEClient {
   private readonly errorHandlers = new Set<(error: SSEStreamError) => void>();
   private readonly stateHandlers = new Set<(state: ConnectionState) => void>();
   private readonly refusalHandlers = new Set<(refusal: RequestRefusedError) => void>();
+  private readonly accessHandlers = new Set<(change: AccessChange) => void>();
   private params: Record<string, string | string[]>;
   private transport: Transport | null = null;
   /** Which connection is the current one: callbacks of an older one are ignored. */
@@ -147,6 +158,15 @@ export class SSEClient {
   onRefused(handler: (refusal: RequestRefusedError) => void): () => void {
     this.refusalHandlers.add(handler);
     return () => this.refusalHandlers.delete(handler);
+  }
+
+  /** Call `handler` when the back end revoked a grant the open stream used and the router
+   * narrowed it in place (a WebSocket): the stream goes on without it, with no reconnection.
+   * Drop what the app shows of that novel. (On SSE the stream ends with `sse.error`
+   * `access-changed` instead, and reconnects without the grant: see `onError`.) */
+  onAccessChanged(handler: (change: AccessChange) => void): () => void {
+    this.accessHandlers.add(handler);
+    return () => this.accessHandlers.delete(handler);
   }
 
   start(): void {
@@ -261,6 +281,13 @@ export class SSEClient {
         }
         // The router's contracts (index.ts) say what `data` is for `name`; handlers were typed by it.
         for (const handler of this.handlers.get(name) ?? []) (handler as (data: unknown) => void)(data);
+      },
+      accessChanged: (change) => {
+        if (!live()) return;
+        // The next connection's query must not ask for what was taken, or it is refused as
+        // forbidden; unless it was all the query asked for (dropped, the query would widen).
+        if (change.novel_id !== null) this.params = withoutNovel(this.params, change.novel_id);
+        for (const handler of this.accessHandlers) handler(change);
       },
       ended: (next) => {
         if (!live()) return;
@@ -378,6 +405,19 @@ function withFilter(
   if (filter.session_id !== null) next.session_id = filter.session_id;
   if (filter.types.length > 0) next.types = filter.types.join(",");
   return next;
+}
+
+/** The query parameters without `novel`, when they name other novels too. */
+function withoutNovel(
+  params: Record<string, string | string[]>,
+  novel: string,
+): Record<string, string | string[]> {
+  const asked = params.novel_id;
+  if (asked === undefined) return params;
+  const novels = Array.isArray(asked) ? asked : [asked];
+  const kept = novels.filter((each) => each !== novel);
+  if (kept.length === novels.length || kept.length === 0) return params;
+  return { ...params, novel_id: kept };
 }
 
 function webSocketEndpoint(streamUrl: string, needed: boolean): string {

@@ -3,7 +3,7 @@
 
 import type { RequestRefusedError } from "./errors.js";
 import type { SSEEventName } from "./index.js";
-import type { AppliedFilter } from "./ws-protocol.js";
+import type { AccessChange, AppliedFilter } from "./ws-protocol.js";
 
 /** When the client should open the next connection, once a transport has ended. */
 export type Reconnect =
@@ -25,6 +25,9 @@ export interface TransportListener {
   position(cursor: string): void;
   /** An event, the router's own `sse.error` included, its data parsed. */
   event(name: SSEEventName, data: unknown): void;
+  /** A revocation narrowed the open stream in place (WebSocket only): events flow on, without
+   * what it took. */
+  accessChanged(change: AccessChange): void;
   /** The transport is closed for good; the client decides about the next one. */
   ended(next: Reconnect): void;
 }

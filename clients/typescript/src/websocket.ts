@@ -148,6 +148,9 @@ export class WebSocketTransport implements Transport {
       case "filtered":
         this.settle(message.ref, message);
         return;
+      case "access-changed":
+        this.listener.accessChanged({ novel_id: message.novel_id, session_id: message.session_id });
+        return;
       case "error": {
         const error = new RequestRefusedError(message.code, message.message);
         const pending = typeof message.ref === "number" ? this.pending.get(message.ref) : undefined;

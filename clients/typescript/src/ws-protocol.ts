@@ -29,7 +29,15 @@ export type ServerMessage =
   | { type: "cursor"; id: string }
   | { type: "refreshed"; ref: unknown; expires_at: number | null }
   | { type: "filtered"; ref: unknown; filter: AppliedFilter }
+  | ({ type: "access-changed" } & AccessChange)
   | { type: "error"; ref: unknown; code: string; message: string; retry_ms: number | null };
+
+/** A revocation narrowed the open stream in place: the grant it took (a novel, or the token's
+ * session; the other is `null`). Nothing of it arrives from then on; the socket stays open. */
+export interface AccessChange {
+  novel_id: string | null;
+  session_id: string | null;
+}
 
 export type ClientMessage =
   | { type: "auth"; token: string }
@@ -98,6 +106,12 @@ export function parseServerMessage(frame: unknown): ServerMessage | null {
         },
       };
     }
+    case "access-changed":
+      return {
+        type: "access-changed",
+        novel_id: text(message.novel_id),
+        session_id: text(message.session_id),
+      };
     case "error":
       return {
         type: "error",

@@ -367,6 +367,56 @@ describe("the token, refreshed in-band", () => {
   });
 });
 
+describe("access changes", () => {
+  it("surfaces a revocation narrowed in place, stays open, and leaves the novel out of the next query", async () => {
+    const ws = client({ params: { novel_id: ["n1", "n2"] } });
+    const changes: unknown[] = [];
+    ws.onAccessChanged((change) => changes.push(change));
+    const versions: number[] = [];
+    ws.on("content.updated", (data) => versions.push(data.content_version));
+    ws.start();
+    await settle();
+    socket().admit();
+    socket().receive({ type: "access-changed", novel_id: "n1", session_id: null });
+    expect(changes).toEqual([{ novel_id: "n1", session_id: null }]);
+    socket().event("content.updated", { ...content(4), novel_id: "n2" }, "memory@e1:0:4");
+    expect(versions).toEqual([4]); // the same socket goes on
+    expect(FakeWebSocket.made).toHaveLength(1);
+    expect(ws.state).toBe("open");
+    expect(socket().closedWith).toBeNull();
+
+    socket().closeFromServer(4004, "lagged");
+    await settle();
+    expect(new URL(socket().url).searchParams.getAll("novel_id")).toEqual(["n2"]);
+  });
+
+  it("keeps a query that asked for the revoked novel alone: dropped, it would ask for more", async () => {
+    const ws = client({ params: { novel_id: "n1" } });
+    ws.start();
+    await settle();
+    socket().admit();
+    socket().receive({ type: "access-changed", novel_id: "n1", session_id: null });
+    socket().closeFromServer(4004, "lagged");
+    await settle();
+    expect(new URL(socket().url).searchParams.getAll("novel_id")).toEqual(["n1"]);
+  });
+
+  it("stops, saying why, when the back end signs the user out (4006)", async () => {
+    const ws = client();
+    const refusals: string[] = [];
+    ws.onRefused((refusal) => refusals.push(refusal.code));
+    ws.start();
+    await settle();
+    socket().admit();
+    socket().event("sse.error", { code: "disconnected", message: "signed out", retryable: false });
+    socket().closeFromServer(4006, "disconnected");
+    await settle();
+    expect(refusals).toEqual(["disconnected"]);
+    expect(ws.state).toBe("closed");
+    expect(FakeWebSocket.made).toHaveLength(1);
+  });
+});
+
 describe("setFilter", () => {
   it("changes the filter in place on a WebSocket, and keeps it for the next connection", async () => {
     const ws = client({ params: { novel_id: "n1" } });

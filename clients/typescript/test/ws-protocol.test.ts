@@ -39,6 +39,9 @@ describe("the WebSocket protocol", () => {
     expect(parseServerMessage('{"type":"filtered","ref":2,"filter":{"novel_id":["n1"]}}')).toEqual({
       type: "filtered", ref: 2, filter: { novel_id: ["n1"], session_id: null, types: [] },
     });
+    expect(parseServerMessage('{"type":"access-changed","novel_id":"n1","session_id":null}')).toEqual({
+      type: "access-changed", novel_id: "n1", session_id: null,
+    });
     for (const frame of ["", "null", "[]", '"hello"', '{"type":"hello","replay":"maybe"}',
       '{"type":"event","event":"x","data":{}}', '{"type":"cursor"}', '{"type":"later"}']) {
       expect(parseServerMessage(frame)).toBeNull();
