@@ -119,8 +119,8 @@ class Metrics:
         self.controls_rejected = 0
         self.write_fallbacks = LabelledCount(
             "sse_direct_write_fallbacks",
-            "Streams whose body went through the server's ASGI send instead of straight onto the"
-            " socket, at about half the throughput, by why.",
+            "Streams whose body (or WebSocket frames) went through the server's ASGI send instead"
+            " of straight onto the socket, at about half the throughput or less, by why.",
             "reason",
             (reason.value for reason in WriteFallback),
         )

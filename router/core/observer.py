@@ -79,8 +79,10 @@ class ReplaySource(enum.StrEnum):
 
 
 class WriteFallback(enum.StrEnum):
-    """Why a stream's body went through the server's ASGI ``send`` instead of straight onto its
-    socket (``router/http/direct_body.py``), which costs about half the broadcast throughput."""
+    """Why a stream's body, or a WebSocket's frames, went through the server's ASGI ``send``
+    instead of straight onto its socket (``router/http/direct_body.py``,
+    ``router/http/direct_websocket.py``), which costs about half the broadcast throughput, or
+    more for a WebSocket."""
 
     NOT_HYPERCORN = "not-hypercorn"
     """The ASGI send is not hypercorn's HTTP stream's (another server, or hypercorn changed)."""
@@ -90,6 +92,8 @@ class WriteFallback(enum.StrEnum):
     """The body is not chunked: an HTTP/1.0 client, whose body ends with the connection."""
     NOT_PLAIN_TCP = "not-plain-tcp"
     """Not a plain TCP socket: TLS, or a server shape the direct writer does not know."""
+    NOT_UPGRADED = "not-upgraded"
+    """A WebSocket not (yet) accepted on an upgraded HTTP/1.1 connection, as hypercorn says."""
 
 
 class StreamObserver(Protocol):

@@ -2,13 +2,15 @@
 
 An event frame carries exactly what the event-stream carries: its name, its id, its data object
 (``{"type": "event", "event": ..., "id": ..., "data": {...}}``, and ``retry`` when the event has
-one); the router's own ``sse.error`` events come the same way. A chunk is a tuple of frames,
-written in order. Heartbeats are the transport's (WebSocket pings), so
-:meth:`JSONFrames.heartbeat` says nothing.
+one); the router's own ``sse.error`` events come the same way. A chunk is :class:`Frames`, a
+tuple of frames written in order, which keeps its RFC 6455 bytes once they are made: a shared
+batch's chunk is made once per broadcast (``SharedBatch.encoded``), and so are its bytes.
+Heartbeats are the transport's (WebSocket pings), so :meth:`JSONFrames.heartbeat` says nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 
@@ -17,8 +19,18 @@ from router.core.cursor import Cursor
 from router.core.permissions import StreamFilter
 from router.core.sse import JSONValue, SSEMessage, encode_json
 from router.core.wire import Hello
+from router.core.ws_frame import text_frames
 
-Frames = tuple[str, ...]
+
+class Frames(tuple[str, ...]):
+    """Text frames to write in order, and (:attr:`on_the_wire`) the bytes that say them."""
+
+    @functools.cached_property
+    def on_the_wire(self) -> bytes:
+        """These frames as RFC 6455 server frames, framed on first use and kept."""
+        return text_frames(self)
+
+
 Ref = JSONValue
 """A client's own tag for a message, echoed in the reply (any JSON value, or absent)."""
 
@@ -46,32 +58,34 @@ class JSONFrames:
         self.version = version
 
     def hello(self, hello: Hello, /) -> Frames:
-        return (
-            _frame(
-                {
-                    "type": "hello",
-                    "replay": hello.replay,
-                    "id": None if hello.position is None else str(hello.position),
-                    "retry_ms": hello.retry_ms,
-                    "version": self.version,
-                    "connection_id": hello.connection_id,
-                    "expires_at": int(hello.expires_at),
-                }
-            ),
+        return Frames(
+            (
+                _frame(
+                    {
+                        "type": "hello",
+                        "replay": hello.replay,
+                        "id": None if hello.position is None else str(hello.position),
+                        "retry_ms": hello.retry_ms,
+                        "version": self.version,
+                        "connection_id": hello.connection_id,
+                        "expires_at": int(hello.expires_at),
+                    }
+                ),
+            )
         )
 
     def events(self, messages: Sequence[SSEMessage], /) -> Frames:
-        return tuple(event_frame(message) for message in messages)
+        return Frames(event_frame(message) for message in messages)
 
     def cursor(self, cursor: Cursor, /) -> Frames:
-        return (_frame({"type": "cursor", "id": str(cursor)}),)
+        return Frames((_frame({"type": "cursor", "id": str(cursor)}),))
 
     def heartbeat(self) -> None:
         return None
 
 
 def refreshed(ref: Ref, expires_at: float) -> Frames:
-    return (_frame({"type": "refreshed", "ref": ref, "expires_at": int(expires_at)}),)
+    return Frames((_frame({"type": "refreshed", "ref": ref, "expires_at": int(expires_at)}),))
 
 
 def filtered(ref: Ref, stream_filter: StreamFilter) -> Frames:
@@ -80,7 +94,7 @@ def filtered(ref: Ref, stream_filter: StreamFilter) -> Frames:
         "session_id": stream_filter.session_id,
         "types": sorted(stream_filter.event_types),
     }
-    return (_frame({"type": "filtered", "ref": ref, "filter": described}),)
+    return Frames((_frame({"type": "filtered", "ref": ref, "filter": described}),))
 
 
 def access_changed(control: Control) -> Frames:
@@ -91,7 +105,7 @@ def access_changed(control: Control) -> Frames:
         "novel_id": control.novel_id,
         "session_id": control.session_id,
     }
-    return (_frame(fields),)
+    return Frames((_frame(fields),))
 
 
 def error(code: str, message: str, *, ref: Ref = None, retry_ms: int | None = None) -> str:

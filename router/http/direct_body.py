@@ -33,12 +33,14 @@ from hypercorn.trio.tcp_server import TCPServer
 from router.core.observer import WriteFallback
 
 
-class ChunkedSocketWriter:
-    """Writes body chunks of one chunked HTTP/1.1 response onto its TCP stream.
+class SocketWriter:
+    """Writes whole, already framed pieces of one connection's output onto its TCP stream.
 
-    :meth:`send` returns without a checkpoint when the socket took the whole chunk, which is the
-    common case; otherwise it waits, shielded like hypercorn's own writes, until the rest is out.
-    A client that has gone away is a :class:`trio.BrokenResourceError`.
+    :meth:`write` returns without a checkpoint when the socket took all of ``framed``, which is
+    the common case; otherwise it waits, shielded like hypercorn's own writes, until the rest is
+    out. A client that has gone away is a :class:`trio.BrokenResourceError`. A subclass says in
+    :meth:`may_write` when the protocol no longer lets it write (checked in the same step as
+    the write).
     """
 
     __slots__ = ("_send_lock", "_socket", "_stream", "waits")
@@ -48,13 +50,15 @@ class ChunkedSocketWriter:
         self._socket = stream.socket
         self._send_lock = send_lock
         self.waits = 0
-        """How many chunks could not be written at once and had to wait for the client."""
+        """How many writes the socket could not take at once and had to wait for the client."""
 
-    async def send(self, chunk: bytes) -> None:
-        if not chunk:
-            return  # an empty chunk would end the body
-        framed = b"%x\r\n%b\r\n" % (len(chunk), chunk)
+    def may_write(self) -> bool:
+        return True
+
+    async def write(self, framed: bytes) -> None:
         if not self._send_lock.locked():
+            if not self.may_write():
+                raise trio.BrokenResourceError("the connection is closing")
             # The descriptor is checked in the same step as the write: once hypercorn has closed
             # the socket its number may already belong to another client's connection.
             descriptor = self._socket.fileno()
@@ -72,20 +76,33 @@ class ChunkedSocketWriter:
         else:
             started = False
         self.waits += 1
-        # Once part of the chunk is on the wire, the rest must follow before anything else, even
+        # Once part of a piece is on the wire, the rest must follow before anything else, even
         # when the stream is being cancelled (a lagged or shed stream): taking the lock is a
-        # checkpoint, and cancelled there the chunk would stay cut, and the goodbye written next
+        # checkpoint, and cancelled there the piece would stay cut, and the goodbye written next
         # would land inside it. No deadline either: the socket's TCP_USER_TIMEOUT
         # (--stalled-client-seconds, see router/server.py) is the deadline, the kernel aborting
         # the connection ends this write with it. With nothing written yet, a cancellation
         # while waiting for the lock loses nothing.
         with trio.CancelScope(shield=started):
             async with self._send_lock:
+                if not started and not self.may_write():
+                    raise trio.BrokenResourceError("the connection is closing")
                 try:
                     with trio.CancelScope(shield=True):
                         await self._stream.send_all(framed)
                 except trio.ClosedResourceError as error:
                     raise trio.BrokenResourceError("the connection is closed") from error
+
+
+class ChunkedSocketWriter(SocketWriter):
+    """Writes body chunks of one chunked HTTP/1.1 response onto its TCP stream."""
+
+    __slots__ = ()
+
+    async def send(self, chunk: bytes) -> None:
+        if not chunk:
+            return  # an empty chunk would end the body
+        await self.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
 
 
 def direct_writer(asgi_send: Any) -> ChunkedSocketWriter | None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+from collections.abc import Mapping
+from typing import Any
 
 import trio
 from quart import Quart, websocket
@@ -28,31 +30,59 @@ from router import __version__
 from router.admission import Admission, Ask
 from router.config import Settings
 from router.core.admission import Credentials, Reason, Refused
+from router.core.observer import NO_OBSERVER, Observer, WriteFallback
 from router.core.ws_client import Auth, parse_client_message
 from router.core.ws_close import ending_close, refusal_close
+from router.core.ws_frame import text_frames
 from router.core.ws_wire import Frames, JSONFrames, access_changed, error
+from router.http.asgi import OBSERVER_KEY, SERVER_SEND_KEY
+from router.http.direct_websocket import WebSocketSocketWriter, websocket_writer
 from router.http.ws_conversation import Conversation, Verdict
 
 WS_PATH = "/api/v1/events/ws"
 log = logging.getLogger(__name__)
+_fallbacks_logged: set[WriteFallback] = set()
+"""The fallback reasons logged so far in this process: each once, however many sockets meet it."""
 
 
 class WebSocketOutput:
-    """A session's output onto the socket: ``send`` returns once hypercorn has written the frames
-    to the socket, so a reader that does not drain holds back its own session only (whose inbox
-    fills, and which is cut as lagged)."""
+    """A session's output onto the socket: ``send`` returns once the frames are on the socket, so
+    a reader that does not drain holds back its own session only (whose inbox fills, and which
+    is cut as lagged).
 
-    def __init__(self) -> None:
+    On hypercorn's HTTP/1.1 the frames go straight onto the socket as one write
+    (:mod:`router.http.direct_websocket`); on any other shape through ``websocket.send``, frame
+    by frame, counted and logged once per reason like the event stream's fallback."""
+
+    def __init__(self, scope: Mapping[str, Any]) -> None:
         self._closed = False
+        found = websocket_writer(scope.get(SERVER_SEND_KEY))
+        self._direct = found if isinstance(found, WebSocketSocketWriter) else None
+        if isinstance(found, WriteFallback):
+            _fell_back(found, scope.get(OBSERVER_KEY, NO_OBSERVER))
 
-    async def send(self, frames: Frames, /) -> None:
+    async def send(self, frames: Frames | tuple[str, ...], /) -> None:
         if self._closed:
             raise trio.BrokenResourceError("the WebSocket has closed")
+        if self._direct is not None:
+            wire = frames.on_the_wire if isinstance(frames, Frames) else text_frames(frames)
+            await self._direct.write(wire)
+            return
         for frame in frames:
             await websocket.send(frame)
 
     def close(self) -> None:
         self._closed = True
+
+
+def _fell_back(reason: WriteFallback, observer: Observer) -> None:
+    observer.body_fell_back(reason)
+    if reason not in _fallbacks_logged:
+        _fallbacks_logged.add(reason)
+        log.warning(
+            "websocket frames written through the server's send, not straight to its socket",
+            extra={"reason": reason.value},
+        )
 
 
 def add_websocket_route(app: Quart, hub: Hub, admission: Admission, settings: Settings) -> None:
@@ -82,7 +112,7 @@ def add_websocket_route(app: Quart, hub: Hub, admission: Admission, settings: Se
                 admitted.stream_filter,
                 expires_at=admitted.expires_at,
                 resume_from=admitted.resume_from,
-                output=WebSocketOutput(),
+                output=WebSocketOutput(websocket.scope),
                 issued_at=admitted.issued_at,
                 address=admission.address(peer, forwarded),
                 connection_id=connection_id,
