@@ -8,8 +8,12 @@ from typing import Any
 
 import redis
 import trio
+import trio_asyncio
 
-from router.bus.redis import RedisStreamBus
+from router.bus.redis import RedisBusSettings, RedisStreamBus
+from router.core.cursor import Cursor
+from router.core.envelope import Envelope
+from router.core.scope import Scope
 from tests.e2e_helpers import auth, content, running_router
 from tests.redis_helpers import (
     RedisServer,
@@ -330,3 +334,30 @@ async def test_a_long_resume_read_again_from_the_bus_lets_the_loop_run_while_it_
     assert max(events for events, _ in slices) <= 500
     # Other tasks ran all along (trio may run the two in either order within one round).
     assert len({at for _, at in slices}) >= len(slices) // 2
+
+
+async def test_a_replay_from_a_history_redis_lost_is_refused_before_the_reader_notices() -> None:
+    """Redis restarted empty and the reader has not read since (its epoch is stale): a replay of
+    the lost history must not be answered from the new one's streams, where its range is empty
+    (the new ids are later), as if the client had missed nothing. Seen in the fault suite as a
+    resume from before the loss answered complete, and the events it missed lost, untold."""
+    server = RedisServer()
+    server.start()
+    prefix = new_prefix()
+    bus = RedisStreamBus(RedisBusSettings(server.url, ("events-a",), key_prefix=prefix))
+    event = Envelope("Task.ProgressUpdated", "2026-01-01T00:00:00Z", Scope(user_id="u1"), {})
+    try:
+        async with trio_asyncio.open_loop():
+            first, second = await bus.publish([event, event])
+            after, up_to = Cursor.of(first), Cursor.of(second)
+            replayed = await bus.replay(after, up_to, 10)
+            assert replayed is not None
+            assert [r.identity for r in replayed] == [second]
+            server.stop()
+            # Empty, the stream and its epoch marker gone, and nothing published since (while
+            # the publishing breaker is open): no entry later than the cursor to betray the loss.
+            server.start()
+            assert await bus.replay(after, up_to, 10) is None
+            await bus.aclose()
+    finally:
+        server.remove()

@@ -32,7 +32,7 @@ from router.core.cursor import Cursor, EventIdentity, Offset, check_partition, f
 from router.core.cursor import parse_offset as parse_entry_id
 from router.core.envelope import Publishable
 from router.health import Health, ReportsHealth
-from router.redis_client import RedisConnection
+from router.redis_client import Command, RedisConnection
 
 log = logging.getLogger(__name__)
 FIELD = b"envelope"
@@ -256,36 +256,40 @@ class RedisStreamBus(ReportsHealth):
         return self._epoch
 
     async def replay(self, after: Cursor, up_to: Cursor, limit: int) -> list[Record] | None:
-        """Entries after ``after`` up to ``up_to``, read again with XRANGE; ``None`` if a stream
-        was trimmed past ``after`` or there are more than ``limit``."""
+        """Entries after ``after`` up to ``up_to``, read again with XRANGE; ``None`` if their
+        history is gone (the marker no longer names it), a stream was trimmed past ``after``,
+        or there are more than ``limit``.
+
+        The marker is read in the same pipeline as the entries: a Redis that restarted empty
+        before the reader noticed would otherwise answer the old history's ranges from the new
+        one's streams (empty, its ids later) and a resume from before the loss be told it
+        missed nothing."""
         epoch = await self.epoch()
         if not (after.is_from(self.source, epoch) and up_to.is_from(self.source, epoch)):
             return None
-        records: list[Record] = []
+        commands: list[Command] = [("get", (self._marker,), {})]
+        for stream, end in up_to.positions:
+            served = after.position(stream)
+            low = "-" if served is None else "(" + format_offset(served)
+            commands.append(("xrange", (stream, "-", "+", 1), {}))
+            commands.append(("xrange", (stream, low, format_offset(end), limit + 1), {}))
         try:
-            for stream, end in up_to.positions:
-                served = after.position(stream)
-                first = await self._call("xrange", stream, "-", "+", 1)
-                if first and served is not None:
-                    oldest = parse_entry_id(first[0][0].decode())  # type: ignore[index]
-                    if oldest > served:
-                        return None  # trimmed past the client: what followed it may be gone
-                low = "-" if served is None else "(" + format_offset(served)
-                entries = await self._call(
-                    "xrange", stream, low, format_offset(end), limit + 1 - len(records)
-                )
-                for entry_id, fields in entries:  # type: ignore[attr-defined]
-                    offset = parse_entry_id(entry_id.decode())
-                    records.append(
-                        Record(
-                            EventIdentity("redis", stream, offset, epoch), fields.get(FIELD, b"")
-                        )
-                    )
-                if len(records) > limit:
-                    return None
+            marker, *answers = await self._redis.call_in_order(*commands)
         except (RedisError, OSError, TimeoutError) as error:
             self.health.failed(error)
             return None
+        if marker is None or marker.decode() != epoch:
+            return None  # the reader will find it too, and move to the new history
+        records: list[Record] = []
+        for (stream, _), first, entries in zip(
+            up_to.positions, answers[::2], answers[1::2], strict=True
+        ):
+            served = after.position(stream)
+            if first and served is not None and parse_entry_id(first[0][0].decode()) > served:
+                return None  # trimmed past the client: what followed it may be gone
+            records += (_record(stream, entry_id, fields, epoch) for entry_id, fields in entries)
+            if len(records) > limit:
+                return None
         return records
 
     # -- publishing ------------------------------------------------------------------------------
