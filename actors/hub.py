@@ -632,6 +632,14 @@ class Hub:
             [(control, self.access.until(control, now)) for control in controls], now
         )
 
+    def hold(self, controls: Sequence[Control]) -> None:
+        """Put ``controls`` in force at this instance's front door now (the tokens they concern
+        are refused or narrowed from here on), ahead of their coming round the bus: open
+        streams are told only then, in bus order (:meth:`apply`). Holding one twice is harmless."""
+        now = self.wall_clock()
+        for control in controls:
+            self.access.apply(control, now)
+
     async def _load_controls(self) -> None:
         """Put in force the controls kept before this instance started: what it will not read
         from the bus, which it reads from its resume point or its end."""

@@ -59,11 +59,7 @@ def register_control_api(app: QuartTrio, hub: Hub, admission: Admission, max_bat
             raise HTTPError(
                 503, "bus-unavailable", str(error), headers={"Retry-After": "5"}
             ) from None
-        # In force at this instance's front door before the answer: a client of the old token
-        # that reconnects here at once is refused or narrowed. Open streams are told when the
-        # control comes round the bus, in bus order (Hub.apply); holding it twice is harmless.
-        for control in controls:
-            hub.access.apply(control, now)
+        hub.hold(controls)  # a reconnect here with an old token is refused before the answer
         answer = {
             "controls": [control.to_json() for control in controls],
             "positions": [str(identity) for identity in placed],
