@@ -294,3 +294,34 @@ async def test_narrowing_before_the_writer_takes_a_finished_change_keeps_its_rep
     raw = drain.raw
     assert _novels(raw) == [("n2", 1), ("n2", 3)]  # the replay kept, without n1
     assert raw.index(b'"content_version":3') < raw.index(b": filtered") < raw.index(b": narrowed")
+
+
+async def test_a_rescope_begun_before_the_writer_took_the_last_holds_the_inbox_back() -> None:
+    """A change finished, and the next began before the writer took the first: the writer
+    holds the inbox back for the second's replay, and writes both answers. (It wrote the first
+    change, then live events ahead of the second's replay, which it never wrote, nor its
+    answer.)"""
+    subject = Session(BOTH, StreamFilter(novel_ids=frozenset({"n1"})), expires_at=in_an_hour())
+    feed = Feed()
+    send, receive = trio.open_memory_channel[bytes](100)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(subject.run, send)
+        await trio.testing.wait_all_tasks_blocked()
+        missed = feed.next(content("n2", 0))  # not for the n1 filter: never offered
+        assert feed.cursor is not None
+        replay = Replay([Entry(missed.identity, missed.message, 0.0)], truncated=False)
+        subject.begin_rescope(BOTH, StreamFilter(novel_ids=frozenset({"n2"})), in_an_hour())
+        subject.finish_rescope(replay, feed.cursor, then=b": first\n\n")
+        subject.begin_rescope(BOTH, StreamFilter(), in_an_hour())  # widened to n1 and n2
+        position = feed.cursor  # the router's, as the second change began
+        await trio.testing.wait_all_tasks_blocked()  # the second change's replay is fetched
+        offer_batch(subject, [feed.next(content("n1", 1))])  # live, after the second began
+        await trio.testing.wait_all_tasks_blocked()
+        subject.finish_rescope(replay, position, then=b": second\n\n")
+        await trio.testing.wait_all_tasks_blocked()
+        subject.stop(CloseReason.CLIENT)
+        drain = _Drain(receive)
+        await drain.run()
+    raw = drain.raw
+    assert _novels(raw) == [("n2", 0), ("n1", 1)]
+    assert raw.index(b": first") < raw.index(b": second") < raw.index(b'"content_version":1')

@@ -6,6 +6,9 @@ frame before its close). Pure: the caller draws the random share of a shutdown's
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
+
 from router.core.events import ErrorCode, SSEErrorEvent
 from router.core.observer import CloseReason
 
@@ -60,3 +63,20 @@ def goodbye(reason: CloseReason, shutdown_retry_ms: int) -> SSEErrorEvent:
         retryable=reason not in _NOT_RETRYABLE,
         retry=shutdown_retry_ms if reason is CloseReason.SERVER_SHUTDOWN else None,
     )
+
+
+def last_words(
+    reason: CloseReason | None,
+    shutdown_retry_ms: int,
+    shutdown_retry_spread_ms: int = 0,
+    draw: Callable[[int, int], int] = random.randint,
+) -> SSEErrorEvent | None:
+    """What a stream ended for ``reason`` says last, or ``None`` when it says nothing. Told of a
+    shutdown, each client waits ``shutdown_retry_ms`` plus a share of the spread drawn from
+    ``draw`` (inclusive bounds), so thousands of clients do not all reconnect in one instant."""
+    if reason is None or not says_goodbye(reason):
+        return None
+    retry = shutdown_retry_ms
+    if reason is CloseReason.SERVER_SHUTDOWN and shutdown_retry_spread_ms:
+        retry += draw(0, shutdown_retry_spread_ms)
+    return goodbye(reason, retry)

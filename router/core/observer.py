@@ -38,6 +38,13 @@ class CloseReason(enum.StrEnum):
     """Its user or session was disconnected by a back end."""
 
 
+class Transport(enum.StrEnum):
+    """What carries a stream to its client: a bounded set, fit for a metric label."""
+
+    SSE = "sse"
+    WEBSOCKET = "websocket"
+
+
 class Offer(enum.StrEnum):
     """What became of an event offered to a session (a ``StrEnum``: counted on the hot path, and
     a string hashes faster than an ``Enum``)."""

@@ -14,6 +14,7 @@ from router.core.cursor import Cursor
 from router.core.history import Replay
 from router.core.inbox import MAX_WRITE_BATCH, Delivery, Inbox
 from router.core.sse import SSEMessage
+from router.core.wire import Hello, ReplayState
 
 Admitted = Callable[[SSEMessage], bool]
 
@@ -53,3 +54,18 @@ def serve_each(
             messages.append(message)
             sent.append(delivery)
     return messages, sent
+
+
+def hello(
+    retry_ms: int,
+    position: Cursor | None,
+    resume: Replay | None,
+    connection_id: str,
+    expires_at: float,
+) -> Hello:
+    """What a stream says first: the retry hint, where the client stands (``position``), and
+    what its resume gave (``none`` when it did not ask for one)."""
+    replay: ReplayState = "none"
+    if resume is not None:
+        replay = "truncated" if resume.truncated else "complete"
+    return Hello(retry_ms, position, replay, connection_id, expires_at)
