@@ -529,7 +529,7 @@ class Hub:
         self, session: Session, output: Output[Any], resume: Replay | None, position: Cursor
     ) -> None:
         started = trio.current_time()
-        self.observer.opened()
+        self.observer.opened(session.transport)
         try:
             await session.run(output, resume, position)
         except Exception:
@@ -543,7 +543,7 @@ class Hub:
             self.registry.remove(session)
             reason = session.close_reason or CloseReason.SERVER_SHUTDOWN  # cut by cancellation
             duration = trio.current_time() - started
-            self.observer.closed(reason.value, duration)
+            self.observer.closed(reason.value, duration, session.transport)
             log.info(
                 "stream closed",
                 extra={

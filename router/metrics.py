@@ -32,11 +32,12 @@ from router.core.observer import (
     Offer,
     ReplayOutcome,
     ReplaySource,
+    Transport,
     WriteFallback,
 )
 from router.core.overload import Level, Sample
 from router.core.refusal import Limit
-from router.tally import Buckets, LabelledCount
+from router.tally import Buckets, LabelledCount, SplitCount
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OVERFLOW_POLICIES = {Offer.COALESCED: "coalesced", Offer.DISCONNECTED: "disconnected"}
@@ -49,23 +50,33 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.current_connections = Gauge(
-            "sse_current_connections", "Open event streams.", registry=r
+            "sse_current_connections",
+            "Open event streams, by transport.",
+            ["transport"],
+            registry=r,
+        )
+        self.streams_opened = Counter(
+            "sse_streams_opened", "Event streams opened, by transport.", ["transport"], registry=r
         )
         self.connection_duration = Histogram(
             "sse_connection_duration_seconds",
-            "How long streams lasted, observed when they close, by why they closed.",
-            ["reason"],
+            "How long streams lasted, observed when they close, by why they closed and transport.",
+            ["reason", "transport"],
             buckets=(1, 10, 60, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600),
             registry=r,
         )
-        for reason in CloseReason:
-            self.connection_duration.labels(reason.value)
+        for transport in Transport:
+            self.current_connections.labels(transport.value)
+            self.streams_opened.labels(transport.value)
+            for reason in CloseReason:
+                self.connection_duration.labels(reason.value, transport.value)
         # Observed on every write to every stream: lock-free tallies, read at scrape time.
-        self.events_sent = LabelledCount(
+        self.events_sent = SplitCount(
             "sse_events_sent",
-            "Events written to clients, by SSE event name.",
-            "event",
+            "Events written to clients, by SSE event name and transport.",
+            ("event", "transport"),
             (event_class.EVENT for event_class in EVENT_CLASSES),
+            (transport.value for transport in Transport),
         )
         self.delivery_lag = Buckets(
             "sse_event_delivery_lag_seconds",
@@ -240,12 +251,19 @@ class Metrics:
 
     # -- StreamObserver --------------------------------------------------------------------------
 
-    def opened(self) -> None:
-        self.current_connections.inc()
+    def opened(self, transport: Transport) -> None:
+        self.current_connections.labels(transport.value).inc()
+        self.streams_opened.labels(transport.value).inc()
 
-    def sent(self, events: Mapping[str, int], oldest_age: float | None, queued: int) -> None:
+    def sent(
+        self,
+        events: Mapping[str, int],
+        oldest_age: float | None,
+        queued: int,
+        transport: Transport,
+    ) -> None:
         self.queue_size.observe(queued)
-        counts = self.events_sent.counts
+        counts = self.events_sent.counts[transport]
         written = 0
         for name, count in events.items():
             counts[name] += count
@@ -255,9 +273,9 @@ class Metrics:
             # observation per write instead of one per event.
             self.delivery_lag.observe(max(0.0, oldest_age), count=written)
 
-    def closed(self, reason: str, seconds: float) -> None:
-        self.current_connections.dec()
-        self.connection_duration.labels(reason).observe(seconds)
+    def closed(self, reason: str, seconds: float, transport: Transport) -> None:
+        self.current_connections.labels(transport.value).dec()
+        self.connection_duration.labels(reason, transport.value).observe(seconds)
 
     # -- Observer: counts ------------------------------------------------------------------------
 
@@ -360,7 +378,7 @@ class Metrics:
 
 
 class _TallyCollector(Collector):
-    def __init__(self, tallies: Sequence[LabelledCount | Buckets]) -> None:
+    def __init__(self, tallies: Sequence[LabelledCount | SplitCount | Buckets]) -> None:
         self.tallies = tallies
 
     def collect(self) -> Iterator[Metric]:

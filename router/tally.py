@@ -29,6 +29,33 @@ class LabelledCount:
         return family
 
 
+class SplitCount:
+    """A counter with two labels, the second of a small set known at the start (a transport):
+    ``counts[second][first]``, so the per-write path adds to a plain ``Counter`` it looks up
+    once."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labels: tuple[str, str],
+        values: Iterable[str],
+        split: Iterable[str],
+    ) -> None:
+        self.name, self.documentation, self.labels = name, documentation, labels
+        known = tuple(values)
+        self.counts: dict[str, Counter[str]] = {
+            second: Counter(dict.fromkeys(known, 0)) for second in split
+        }
+
+    def family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(self.name, self.documentation, labels=list(self.labels))
+        for second, counts in sorted(self.counts.items()):
+            for value, count in sorted(counts.items()):
+                family.add_metric([value, second], count)
+        return family
+
+
 class Buckets:
     """A histogram with fixed upper bounds (``+Inf`` is added)."""
 

@@ -378,7 +378,8 @@ async def test_metrics_count_controls_and_what_they_ended() -> None:
     assert 'sse_controls_applied_total{action="revoke"} 2.0' in exposition  # two copies
     assert 'sse_control_streams_ended_total{action="revoke"} 1.0' in exposition
     assert "sse_controls_held 1.0" in exposition
-    assert 'sse_connection_duration_seconds_count{reason="access-changed"} 1.0' in exposition
+    closed = 'sse_connection_duration_seconds_count{reason="access-changed",transport="sse"} 1.0'
+    assert closed in exposition
 
 
 @pytest.mark.parametrize("raw", [b'{"control": "revoke", "user_id": "u1"}', b'{"control": 1}'])

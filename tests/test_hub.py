@@ -40,7 +40,7 @@ from router.core.cursor import (
 )
 from router.core.envelope import Envelope, parse_envelope
 from router.core.history import Entry, Replay
-from router.core.observer import NoObserver
+from router.core.observer import NoObserver, Transport
 from router.core.permissions import Principal, StreamFilter
 from router.core.schema import MAX_TEXT_LENGTH
 from router.core.sse import SSEMessage
@@ -278,7 +278,7 @@ class CountingObserver(NoObserver):
     def __init__(self) -> None:
         self.opened_streams = 0
 
-    def opened(self) -> None:
+    def opened(self, transport: Transport) -> None:
         self.opened_streams += 1
 
 

@@ -25,7 +25,10 @@ from tests.e2e_helpers import (
     token,
 )
 from tests.outbox_helpers import sqlite_business_transaction, sqlite_outbox
+from tests.test_websocket import connect
 
+WS = {"transport": "websocket"}
+SSE = {"transport": "sse"}
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -49,11 +52,11 @@ def value(
 async def test_metrics_follow_the_traffic() -> None:
     async with running_router(max_streams_per_user=1, session_buffer=1) as router:
         before = await scrape(router)
-        assert value(before, "sse_current_connections") == 0
+        assert value(before, "sse_current_connections", transport="sse") == 0
 
         assert (await router.client.get(STREAM_PATH)).status_code == 401
         async with router.stream(auth("u1", novels=["n1"])) as stream:
-            assert value(await scrape(router), "sse_current_connections") == 1
+            assert value(await scrape(router), "sse_current_connections", transport="sse") == 1
             refused = await router.client.get(STREAM_PATH, headers=auth("u1", novels=["n1"]))
             assert refused.status_code == 429
             await router.publish(content("n1", 1))
@@ -91,15 +94,17 @@ async def test_metrics_follow_the_traffic() -> None:
         after = await scrape(router)
     assert value(after, "sse_auth_failures_total", reason="missing") == 1
     assert value(after, "sse_rate_limited_connections_total", limit="streams-per-user") == 1
-    assert value(after, "sse_events_sent_total", event="content.updated") >= 3
+    sse = {"transport": "sse"}
+    assert value(after, "sse_events_sent_total", event="content.updated", **sse) >= 3
     # The lagged goodbye never left (that client reads nothing), so it is not counted as sent;
     # tests/test_session_actor.py counts the router's own errors that do leave.
-    assert value(after, "sse_events_sent_total", event="sse.error") == 0
+    assert value(after, "sse_events_sent_total", event="sse.error", **sse) == 0
     assert value(after, "sse_event_delivery_lag_seconds_count") >= 2  # replays carry none
     assert value(after, "sse_queue_size_count") >= 2
-    assert value(after, "sse_connection_duration_seconds_count", reason="client") == 2
-    assert value(after, "sse_connection_duration_seconds_count", reason="lagged") == 1
-    assert value(after, "sse_current_connections") == 0
+    assert value(after, "sse_connection_duration_seconds_count", reason="client", **sse) == 2
+    assert value(after, "sse_connection_duration_seconds_count", reason="lagged", **sse) == 1
+    assert value(after, "sse_current_connections", **sse) == 0
+    assert value(after, "sse_streams_opened_total", **sse) == 3
     assert value(after, "sse_events_consumed_total") == 14 + 1
     assert value(after, "sse_events_rejected_total", reason="malformed") == 1
     assert value(after, "sse_replays_total", outcome="complete", source="cache") == 1
@@ -107,6 +112,30 @@ async def test_metrics_follow_the_traffic() -> None:
     assert value(after, "sse_queue_overflow_total", policy="dropped") == 0
     assert value(after, "sse_backend_errors_total", backend="bus") == 0
     assert ("sse_consumer_queue_size", ()) in after
+
+
+async def test_a_websocket_stream_is_counted_under_its_own_transport() -> None:
+    """Opened, events sent and closed (by reason), each under ``transport="websocket"``, and
+    none of it under ``sse``."""
+    async with running_router() as router:
+        async with connect(router) as client:
+            first = await client.next()
+            assert first["type"] == "hello"
+            await router.publish(content("n1", 1), content("n1", 2))
+            await client.until(lambda frame: frame.get("data", {}).get("content_version") == 2)
+            during = await scrape(router)
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            while value(after := await scrape(router), "sse_current_connections", **WS) != 0:
+                await trio.sleep(0.01)
+    assert value(during, "sse_current_connections", **WS) == 1
+    assert value(during, "sse_current_connections", transport="sse") == 0
+    assert value(after, "sse_streams_opened_total", **WS) == 1
+    assert value(after, "sse_streams_opened_total", transport="sse") == 0
+    assert value(after, "sse_events_sent_total", event="content.updated", **WS) == 2
+    assert value(after, "sse_events_sent_total", event="content.updated", transport="sse") == 0
+    assert value(after, "sse_connection_duration_seconds_count", reason="client", **WS) == 1
+    closed_sse = value(after, "sse_connection_duration_seconds_count", reason="client", **SSE)
+    assert closed_sse == 0
 
 
 async def test_no_label_carries_a_user_id_or_a_token() -> None:

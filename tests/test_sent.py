@@ -14,7 +14,7 @@ from router.core.events import ContentUpdateEvent
 from router.core.goodbye import last_words
 from router.core.history import Replay
 from router.core.inbox import Delivery, SharedBatch
-from router.core.observer import CloseReason, NoObserver
+from router.core.observer import CloseReason, NoObserver, Transport
 from router.core.scope import Scope
 from router.core.sent import Sent
 from router.core.serving import hello
@@ -23,9 +23,17 @@ from router.core.serving import hello
 class Writes(NoObserver):
     def __init__(self) -> None:
         self.writes: list[tuple[dict[str, int], float | None, int]] = []
+        self.transports: set[Transport] = set()
 
-    def sent(self, events: Mapping[str, int], oldest_age: float | None, queued: int) -> None:
+    def sent(
+        self,
+        events: Mapping[str, int],
+        oldest_age: float | None,
+        queued: int,
+        transport: Transport,
+    ) -> None:
         self.writes.append((dict(events), oldest_age, queued))
+        self.transports.add(transport)
 
 
 def delivery(offset: int, occurred_at: float | None) -> Delivery:
@@ -95,3 +103,14 @@ def test_only_the_reasons_a_client_should_hear_have_last_words() -> None:
     lagged = last_words(CloseReason.LAGGED, 1000, 500, lambda low, high: high)
     assert lagged is not None
     assert lagged.retry is None  # the spread is a shutdown's only
+
+
+def test_every_report_says_the_stream_s_transport() -> None:
+    observer = Writes()
+    sent = Sent(observer, Transport.WEBSOCKET)
+    sent.count_each([delivery(0, None)], queued=0)
+    sent.count_replayed([delivery(1, None).message])
+    error = last_words(CloseReason.LAGGED, 1000)
+    assert error is not None
+    sent.count_own(error, queued=0)
+    assert observer.transports == {Transport.WEBSOCKET}

@@ -24,6 +24,7 @@ from actors.session import (
     Session,
     SessionSettings,
     SharedBatch,
+    Transport,
 )
 from router.core.cursor import Cursor, EventIdentity, parse_cursor
 from router.core.events import TaskProgressEvent
@@ -271,13 +272,19 @@ class CountingWrites:
     def __init__(self) -> None:
         self.writes: list[int] = []
 
-    def opened(self) -> None:
+    def opened(self, transport: Transport) -> None:
         pass
 
-    def sent(self, events: Mapping[str, int], oldest_age: float | None, queued: int) -> None:
+    def sent(
+        self,
+        events: Mapping[str, int],
+        oldest_age: float | None,
+        queued: int,
+        transport: Transport,
+    ) -> None:
         self.writes.append(sum(events.values()))
 
-    def closed(self, reason: str, seconds: float) -> None:
+    def closed(self, reason: str, seconds: float, transport: Transport) -> None:
         pass
 
 
@@ -815,8 +822,14 @@ class CountingEvents(CountingWrites):
         super().__init__()
         self.events: Counter[str] = Counter()
 
-    def sent(self, events: Mapping[str, int], oldest_age: float | None, queued: int) -> None:
-        super().sent(events, oldest_age, queued)
+    def sent(
+        self,
+        events: Mapping[str, int],
+        oldest_age: float | None,
+        queued: int,
+        transport: Transport,
+    ) -> None:
+        super().sent(events, oldest_age, queued, transport)
         self.events.update(events)
 
 

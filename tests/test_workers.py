@@ -198,9 +198,9 @@ async def all_ready(
 async def open_streams(worker: Worker) -> int:
     async with httpx.AsyncClient(timeout=5) as client:
         page = (await client.get(f"{worker.url}/metrics")).text
-    match = re.search(r"^sse_current_connections ([0-9.e+]+)$", page, re.MULTILINE)
-    assert match is not None, page[:500]
-    return int(float(match.group(1)))
+    found = re.findall(r"^sse_current_connections\{[^}]*\} ([0-9.e+]+)$", page, re.MULTILINE)
+    assert found, page[:500]
+    return int(sum(float(count) for count in found))
 
 
 async def spread_over_workers(

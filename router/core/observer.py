@@ -106,16 +106,23 @@ class WriteFallback(enum.StrEnum):
 class StreamObserver(Protocol):
     """What a session reports about its stream."""
 
-    def opened(self) -> None:
-        """A stream started."""
+    def opened(self, transport: Transport) -> None:
+        """A stream started, carried by ``transport``."""
 
-    def sent(self, events: Mapping[str, int], oldest_age: float | None, queued: int) -> None:
+    def sent(
+        self,
+        events: Mapping[str, int],
+        oldest_age: float | None,
+        queued: int,
+        transport: Transport,
+    ) -> None:
         """A write to a client: how many events of each name it carried, how old the oldest of
-        them was in seconds (``None`` if unknown, as for a replayed event), and how many events
-        were still waiting in the session's inbox."""
+        them was in seconds (``None`` if unknown, as for a replayed event), how many events
+        were still waiting in the session's inbox, and the stream's transport."""
 
-    def closed(self, reason: str, seconds: float) -> None:
-        """A stream ended after ``seconds``, for ``reason`` (a CloseReason value)."""
+    def closed(self, reason: str, seconds: float, transport: Transport) -> None:
+        """A stream carried by ``transport`` ended after ``seconds``, for ``reason`` (a
+        CloseReason value)."""
 
 
 class Observer(StreamObserver, Protocol):
@@ -203,13 +210,19 @@ class NoObserver:
     """Hears every report and keeps none: the default, and a base for an observer that wants a
     few of them."""
 
-    def opened(self) -> None:
+    def opened(self, transport: Transport) -> None:
         pass
 
-    def sent(self, events: Mapping[str, int], oldest_age: float | None, queued: int) -> None:
+    def sent(
+        self,
+        events: Mapping[str, int],
+        oldest_age: float | None,
+        queued: int,
+        transport: Transport,
+    ) -> None:
         pass
 
-    def closed(self, reason: str, seconds: float) -> None:
+    def closed(self, reason: str, seconds: float, transport: Transport) -> None:
         pass
 
     def consumed(self, records: int) -> None:

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
 from router.core.inbox import Delivery, SharedBatch
-from router.core.observer import StreamObserver
+from router.core.observer import StreamObserver, Transport
 from router.core.sse import SSEMessage
 
 __all__ = ["Sent"]
@@ -22,17 +22,19 @@ __all__ = ["Sent"]
 
 class Sent:
     """A stream's count of events written (:attr:`events_sent`), and its reports of each write
-    to ``observer``. ``sample_rate`` is the share of live writes that come back with fields to
-    log (0: none; a debugging aid at a few streams, not a per-event log).
+    to ``observer``, as a stream carried by ``transport``. ``sample_rate`` is the share of live
+    writes that come back with fields to log (0: none; a debugging aid at a few streams, not a
+    per-event log).
 
     A base of every session's writer rather than an object of its own: its state is a few slots
     in the session, not one more object per stream (at 10,000 streams)."""
 
-    __slots__ = ("_draw", "_sample_rate", "_wall_clock", "events_sent", "observer")
+    __slots__ = ("_draw", "_sample_rate", "_wall_clock", "events_sent", "observer", "transport")
 
     def __init__(
         self,
         observer: StreamObserver,
+        transport: Transport = Transport.SSE,
         *,
         sample_rate: float = 0.0,
         draw: Callable[[], float] = random.random,
@@ -40,6 +42,8 @@ class Sent:
     ) -> None:
         self.events_sent = 0
         self.observer = observer
+        self.transport = transport
+        """What carries the stream: every report says it (a metric label)."""
         self._sample_rate = sample_rate
         self._draw = draw
         self._wall_clock = wall_clock
@@ -48,11 +52,12 @@ class Sent:
         """A slice of a replay went out. Their age says how long the client was away, not the
         router's lag: none is reported, and nothing waits behind a replay."""
         self.events_sent += len(messages)
-        self.observer.sent(Counter(message.event for message in messages), None, 0)
+        counts = Counter(message.event for message in messages)
+        self.observer.sent(counts, None, 0, self.transport)
 
     def count_own(self, event: SSEMessage, queued: int) -> None:
         """One of the router's own ``sse.error`` events went out, ``queued`` events behind it."""
-        self.observer.sent({event.event: 1}, None, queued)
+        self.observer.sent({event.event: 1}, None, queued, self.transport)
 
     def count_shared(self, batch: SharedBatch, queued: int) -> dict[str, object] | None:
         """A shared batch went out as the adapter encoded it (its counts worked out once, for
@@ -74,7 +79,7 @@ class Sent:
     ) -> dict[str, object] | None:
         self.events_sent += len(sent)
         age = None if oldest is None else self._wall_clock() - oldest
-        self.observer.sent(event_counts, age, queued)
+        self.observer.sent(event_counts, age, queued, self.transport)
         rate = self._sample_rate
         if not rate or self._draw() >= rate:
             return None

@@ -47,13 +47,19 @@ class Stream(Writer):
         wire: WireFormat[Any] = SSE,
     ) -> None:
         inbox = Inbox(settings.inbox_capacity, cursor, max_bytes=settings.inbox_max_bytes)
-        rate = settings.log_sample_rate
-        super().__init__(inbox, wire, principal, stream_filter, observer, sample_rate=rate)
+        super().__init__(
+            inbox,
+            wire,
+            principal,
+            stream_filter,
+            observer,
+            transport=Transport.SSE if wire.name == SSE.name else Transport.WEBSOCKET,
+            sample_rate=settings.log_sample_rate,
+        )
         self.expires_at = expires_at
         """When the token expires, in seconds since the epoch."""
         self.issued_at = issued_at
         """When the token was issued (its ``iat``), if it said: what a control is compared with."""
-        self.transport = Transport.SSE if wire.name == SSE.name else Transport.WEBSOCKET
         self.opened_at = time.time()
         self.settings, self.connection_id = settings, connection_id
         self.address = address

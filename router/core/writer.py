@@ -30,7 +30,7 @@ from router.core.goodbye import HISTORY_REPLACED, HISTORY_TRUNCATED
 from router.core.handover import Change, Handover
 from router.core.history import Replay
 from router.core.inbox import MAX_WRITE_BATCH, Delivery, Inbox, SharedBatch
-from router.core.observer import StreamObserver
+from router.core.observer import StreamObserver, Transport
 from router.core.permissions import Principal, StreamFilter, admits
 from router.core.sent import Sent
 from router.core.serving import hello, replay_slices, serve_each
@@ -82,9 +82,10 @@ class Writer(Sent):
         stream_filter: StreamFilter,
         observer: StreamObserver,
         *,
+        transport: Transport = Transport.SSE,
         sample_rate: float = 0.0,
     ) -> None:
-        super().__init__(observer, sample_rate=sample_rate)
+        super().__init__(observer, transport, sample_rate=sample_rate)
         self.inbox, self.wire = inbox, wire
         self.principal, self.stream_filter = principal, stream_filter
         self.handover = _UNCHANGED
