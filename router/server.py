@@ -57,6 +57,7 @@ from router.core.control import DEFAULT_HOLD_SECONDS, AccessRules
 from router.core.request_bounds import HARD_HEAD_LIMIT
 from router.http.app import create_app
 from router.http.asgi import RequestLifecycle
+from router.http.settings import HTTPSettings
 from router.metrics import Metrics
 from router.outbox.base import OutboxStore
 from router.outbox.postgres import PostgresOutbox
@@ -383,7 +384,14 @@ async def _serve(
         address_rules=lambda: gate.rules,
         overloaded=lambda: overload.refusing,
     )
-    app = create_app(hub, admission, settings, metrics, overload)
+    http = HTTPSettings(
+        cors_origins=settings.cors_origins,
+        publish_max_bytes=settings.publish_max_bytes,
+        publish_max_batch=settings.publish_max_batch,
+        ws_auth_timeout_seconds=settings.ws_auth_timeout_seconds,
+        ws_messages_per_second=settings.ws_messages_per_second,
+    )
+    app = create_app(hub, admission, http, metrics, overload)
     if shutdown_requested is None:
         shutdown_requested = trio.Event()
     stop_http = trio.Event()

@@ -3,53 +3,44 @@
 - ``GET /api/v1/events/stream``: a client's event stream (one session actor each)
 - ``GET /api/v1/events/ws``: the same as WebSocket JSON frames (router/http/websocket.py)
 - ``POST /api/v1/events``: publish one envelope or a JSON array of them (role ``publisher``)
-- ``GET /healthz``: the process is alive; ``GET /readyz``: the bus and the replay cache answer
+- ``POST /api/v1/control``, ``GET /api/v1/connections``: controls (router/http/control.py)
+- ``GET /healthz``, ``GET /readyz``, ``GET /metrics``, ``GET /`` (router/http/probes.py)
+
+Built from :class:`~router.http.settings.HTTPSettings` (only what the routes use), made in
+``serve()``; errors are answered by router/http/error_handlers.py, publishing by
+router/http/publish.py. The stream route is here: it is the app's reason to be.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import secrets
-from typing import Any
 
-from quart import Response, jsonify, request
+from quart import Response, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
 
 from actors.hub import Hub, ReplayUnavailableError
 from actors.overload import OverloadMonitor
-from actors.publisher import CircuitOpenError
-from router import __version__
 from router.admission import Admission, Ask
-from router.auth import Verified
-from router.bus.base import BusUnavailableError
-from router.config import Settings
 from router.core.admission import Admitted, Credentials, Refused
-from router.core.cursor import EventIdentity
-from router.core.envelope import Envelope, EnvelopeError, parse_envelope, parse_publish_body
 from router.core.events import ErrorCode
-from router.core.mapping import MappingError, to_sse
-from router.core.overload import Level
 from router.core.refusal import Refusal
-from router.core.stream_request import FILTERABLE_EVENTS
 from router.http.admission import STREAM_HEADERS, http_error, refusal_response
 from router.http.asgi import ResponseBodyWriter, remember_session
 from router.http.control import register_control_api
 from router.http.cors import apply_cors
-from router.http.errors import HTTPError
+from router.http.error_handlers import register_error_handlers
+from router.http.probes import PROBES, register_probes
+from router.http.publish import PUBLISH_PATH, register_publish_route
+from router.http.settings import HTTPSettings
 from router.http.websocket import WS_PATH, add_websocket_route
-from router.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from router.metrics import Metrics
 
-PUBLISHER_ROLE = "publisher"
 log = logging.getLogger(__name__)
-_VALIDATION_IDENTITY = EventIdentity("check", "0", (0,), "check")
-_PROBES = frozenset({"/healthz", "/readyz"})
 _ENDPOINTS = {
     "stream": "GET /api/v1/events/stream",
     "websocket": f"GET {WS_PATH}",
-    "publish": "POST /api/v1/events",
+    "publish": f"POST {PUBLISH_PATH}",
     "control": "POST /api/v1/control",
     "connections": "GET /api/v1/connections",
     "health": "GET /healthz",
@@ -60,7 +51,7 @@ _ENDPOINTS = {
 def create_app(
     hub: Hub,
     admission: Admission,
-    settings: Settings,
+    settings: HTTPSettings,
     metrics: Metrics,
     overload: OverloadMonitor | None = None,
 ) -> QuartTrio:
@@ -85,37 +76,13 @@ def create_app(
             refusal, accept=accept, method=method, path=path, remote=client_address()
         )
 
-    @app.errorhandler(HTTPError)
-    async def answer_http_error(error: HTTPError) -> Response:
-        log.info(
-            "request refused",
-            extra={
-                "method": request.method,
-                "path": request.path,  # never the query string: it may hold a token
-                "status": error.status,
-                "code": error.code,
-                "parameter": error.parameter,
-                "remote": client_address(),
-            },
-        )
-        return error.to_response()
-
-    @app.errorhandler(HTTPException)
-    async def answer_werkzeug_error(error: HTTPException) -> Response:
-        code = (error.name or "error").lower().replace(" ", "-")
-        status = error.code or 500
-        return HTTPError(status, code, error.description or code).to_response()
-
-    @app.errorhandler(Exception)
-    async def answer_unexpected_error(error: Exception) -> Response:
-        log.exception("unexpected error in %s %s", request.method, request.path)
-        return HTTPError(500, "internal", "the router failed to answer; see its log").to_response()
+    register_error_handlers(app, client_address)
 
     @app.before_request
     async def screen_address() -> None:
         """Every request but the probes is judged by its address before anything else is read:
         a load balancer's health checks come from wherever it runs."""
-        if request.path in _PROBES:
+        if request.path in PROBES:
             return
         blocked = admission.screen(request.remote_addr, request.headers.get("X-Forwarded-For"))
         if blocked is not None:
@@ -127,41 +94,7 @@ def create_app(
         preflight = request.method == "OPTIONS"
         return apply_cors(response, origin, settings.cors_origins, preflight=preflight)
 
-    @app.get("/")
-    async def index() -> Response:
-        return jsonify(
-            {
-                "service": "sse-router",
-                "version": __version__,
-                "endpoints": _ENDPOINTS,
-                "events": sorted(FILTERABLE_EVENTS),
-            }
-        )
-
-    @app.get("/metrics")
-    async def metrics_page() -> Response:
-        return Response(metrics.exposition(), content_type=METRICS_CONTENT_TYPE)
-
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        return jsonify({"status": "ok", "version": __version__})
-
-    @app.get("/readyz")
-    async def readyz() -> Response:
-        """Ready while the bus answers. Without the replay cache the router still delivers live
-        events, so that is ``degraded`` (200), not unready: taking every instance out of a load
-        balancer because Redis blinked would cut every stream. While the overload ladder refuses
-        new streams it is ``degraded`` with ``503``: a load balancer sends new clients elsewhere
-        (it does not cut the streams open here), and sends them again once the ladder is down."""
-        bus, cache = await hub.bus.healthy(), await hub.cache.healthy()
-        level = Level.NORMAL if overload is None else overload.level
-        refusing = level >= Level.REFUSE
-        checks: dict[str, object] = {"bus": bus, "cache": cache, "overload": level.label}
-        ready = bus and not refusing
-        status = "unavailable" if not bus else "ok" if cache and not refusing else "degraded"
-        response = jsonify({"ready": ready, "status": status, "checks": checks})
-        response.status_code = 200 if ready else 503
-        return response
+    register_probes(app, hub, metrics, overload, _ENDPOINTS)
 
     @app.get("/api/v1/events/stream")
     async def stream() -> Response:
@@ -194,16 +127,17 @@ def create_app(
         response.timeout = None  # a stream lasts as long as the client wants it
         return response
 
-    add_websocket_route(app, hub, admission, settings)
-
-    @app.post("/api/v1/events")
-    async def publish() -> tuple[Response, int]:
-        verified = admission.authenticate(_credentials(), client_address())
-        if isinstance(verified, Refused):
-            raise http_error(verified)
-        return await _publish(hub, verified, settings.publish_max_batch)
-
-    register_control_api(app, hub, admission, settings.publish_max_batch)
+    add_websocket_route(
+        app,
+        hub,
+        admission,
+        cors_origins=settings.cors_origins,
+        auth_timeout_seconds=settings.ws_auth_timeout_seconds,
+        messages_per_second=settings.ws_messages_per_second,
+    )
+    max_batch = settings.publish_max_batch
+    register_publish_route(app, hub, admission, max_batch, _credentials, client_address)
+    register_control_api(app, hub, admission, max_batch)
     return app
 
 
@@ -240,46 +174,3 @@ def _log_stream_opened(connection_id: str, admitted: Admitted, remote: str) -> N
             "remote": remote,
         },
     )
-
-
-async def _publish(hub: Hub, verified: Verified, max_batch: int) -> tuple[Response, int]:
-    """``POST /api/v1/events`` once its token verified: every envelope checked, then all are
-    published, or none."""
-    if PUBLISHER_ROLE not in verified.principal.roles:
-        raise HTTPError(403, "forbidden", f"publishing needs the {PUBLISHER_ROLE!r} role")
-    if request.mimetype != "application/json":
-        raise HTTPError(415, "unsupported-media-type", "send application/json")
-    raw = await request.get_data(as_text=False)
-    try:
-        body: Any = parse_publish_body(raw)
-    except EnvelopeError as error:
-        raise HTTPError(400, "bad-json", f"the body is not JSON: {error.detail}") from None
-    items = body if isinstance(body, list) else [body]
-    if not items:
-        raise HTTPError(400, "empty-batch", "the array holds no envelope")
-    if len(items) > max_batch:
-        raise HTTPError(413, "batch-too-large", f"at most {max_batch} envelopes at once")
-    # Every envelope is checked, encoding included, before any is published: all or nothing.
-    envelopes = [_checked_envelope(item, index) for index, item in enumerate(items)]
-    try:
-        identities = await hub.publish(envelopes)
-    except CircuitOpenError as error:  # the bus has been failing: said at once, not waited for
-        retry_after = str(max(1, math.ceil(error.wait)))
-        raise HTTPError(
-            503, "bus-unavailable", str(error), headers={"Retry-After": retry_after}
-        ) from None
-    except BusUnavailableError as error:
-        raise HTTPError(503, "bus-unavailable", str(error), headers={"Retry-After": "5"}) from None
-    return jsonify({"event_ids": [str(identity) for identity in identities]}), 202
-
-
-def _checked_envelope(item: object, index: int) -> Envelope:
-    """An envelope the router will be able to route and the bus to carry, or a 400 naming which
-    one is wrong (its ``code`` one of :data:`~router.core.mapping.PUBLISH_PROBLEMS`)."""
-    try:
-        envelope = parse_envelope(item)  # type: ignore[arg-type]
-        to_sse(envelope, _VALIDATION_IDENTITY)
-        envelope.to_bytes()  # proves the bus can carry it (the bus encodes it again)
-    except (EnvelopeError, MappingError) as error:
-        raise HTTPError(400, error.problem.value, error.detail, parameter=f"[{index}]") from None
-    return envelope

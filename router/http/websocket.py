@@ -28,7 +28,6 @@ from actors.hub import Hub, ReplayUnavailableError
 from actors.session import CloseReason
 from router import __version__
 from router.admission import Admission, Ask
-from router.config import Settings
 from router.core.admission import Credentials, Reason, Refused
 from router.core.observer import NO_OBSERVER, Observer, WriteFallback
 from router.core.ws_client import Auth, parse_client_message
@@ -85,7 +84,18 @@ def _fell_back(reason: WriteFallback, observer: Observer) -> None:
         )
 
 
-def add_websocket_route(app: Quart, hub: Hub, admission: Admission, settings: Settings) -> None:
+def add_websocket_route(
+    app: Quart,
+    hub: Hub,
+    admission: Admission,
+    *,
+    cors_origins: tuple[str, ...],
+    auth_timeout_seconds: float,
+    messages_per_second: float,
+) -> None:
+    """``cors_origins`` (besides the router's own) may open a socket; a handshake without a
+    token has ``auth_timeout_seconds`` for its ``auth`` message; a client sends at most
+    ``messages_per_second`` (a token bucket) before it is closed as rate limited."""
     wire = JSONFrames(__version__)
 
     @app.websocket(WS_PATH)
@@ -96,13 +106,11 @@ def add_websocket_route(app: Quart, hub: Hub, admission: Admission, settings: Se
         if blocked is not None:
             return await _refuse(blocked, admission)
         origin = websocket.headers.get("Origin")
-        foreign = admission.screen_origin(
-            origin, websocket.headers.get("Host"), settings.cors_origins
-        )
+        foreign = admission.screen_origin(origin, websocket.headers.get("Host"), cors_origins)
         if foreign is not None:  # before any credential is read: see router.core.origin
             log.info("websocket origin refused", extra={"origin": origin[:200] if origin else None})
             return await _refuse(foreign, admission)
-        admitted = admission.admit(await _ask(settings.ws_auth_timeout_seconds))
+        admitted = admission.admit(await _ask(auth_timeout_seconds))
         if isinstance(admitted, Refused):
             return await _refuse(admitted, admission)
         connection_id = secrets.token_hex(8)
@@ -124,7 +132,7 @@ def add_websocket_route(app: Quart, hub: Hub, admission: Admission, settings: Se
             return await _refuse(retry, admission)
         log.info("websocket opened", extra={"connection_id": connection_id})
         session = opened.session
-        conversation = Conversation(hub, admission, session, settings.ws_messages_per_second)
+        conversation = Conversation(hub, admission, session, messages_per_second)
         verdict: Verdict | None = None
         try:
             async with trio.open_nursery() as nursery:

@@ -1,0 +1,86 @@
+"""``POST /api/v1/events``: publish one envelope or a JSON array of them (role ``publisher``).
+
+Every envelope is checked, its encoding included, before any is published: all or nothing. The
+bus's breaker open is said at once (``503`` with the breaker's wait), not waited for."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from quart import Quart, Response, jsonify, request
+
+from actors.hub import Hub
+from actors.publisher import CircuitOpenError
+from router.admission import Admission
+from router.bus.base import BusUnavailableError
+from router.core.admission import Credentials, Refused
+from router.core.cursor import EventIdentity
+from router.core.envelope import Envelope, EnvelopeError, parse_envelope, parse_publish_body
+from router.core.mapping import MappingError, to_sse
+from router.http.admission import http_error
+from router.http.errors import HTTPError
+
+PUBLISH_PATH = "/api/v1/events"
+PUBLISHER_ROLE = "publisher"
+_VALIDATION_IDENTITY = EventIdentity("check", "0", (0,), "check")
+
+
+def register_publish_route(
+    app: Quart,
+    hub: Hub,
+    admission: Admission,
+    max_batch: int,
+    credentials: Callable[[], Credentials],
+    client_address: Callable[[], str],
+) -> None:
+    """``credentials`` and ``client_address`` read the request's token and client as every
+    route does; at most ``max_batch`` envelopes at once."""
+
+    @app.post(PUBLISH_PATH)
+    async def publish() -> tuple[Response, int]:
+        verified = admission.authenticate(credentials(), client_address())
+        if isinstance(verified, Refused):
+            raise http_error(verified)
+        if PUBLISHER_ROLE not in verified.principal.roles:
+            raise HTTPError(403, "forbidden", f"publishing needs the {PUBLISHER_ROLE!r} role")
+        return await _publish(hub, max_batch)
+
+
+async def _publish(hub: Hub, max_batch: int) -> tuple[Response, int]:
+    if request.mimetype != "application/json":
+        raise HTTPError(415, "unsupported-media-type", "send application/json")
+    raw = await request.get_data(as_text=False)
+    try:
+        body: Any = parse_publish_body(raw)
+    except EnvelopeError as error:
+        raise HTTPError(400, "bad-json", f"the body is not JSON: {error.detail}") from None
+    items = body if isinstance(body, list) else [body]
+    if not items:
+        raise HTTPError(400, "empty-batch", "the array holds no envelope")
+    if len(items) > max_batch:
+        raise HTTPError(413, "batch-too-large", f"at most {max_batch} envelopes at once")
+    envelopes = [_checked_envelope(item, index) for index, item in enumerate(items)]
+    try:
+        identities = await hub.publish(envelopes)
+    except CircuitOpenError as error:  # the bus has been failing: said at once, not waited for
+        retry_after = str(max(1, math.ceil(error.wait)))
+        raise HTTPError(
+            503, "bus-unavailable", str(error), headers={"Retry-After": retry_after}
+        ) from None
+    except BusUnavailableError as error:
+        raise HTTPError(503, "bus-unavailable", str(error), headers={"Retry-After": "5"}) from None
+    return jsonify({"event_ids": [str(identity) for identity in identities]}), 202
+
+
+def _checked_envelope(item: object, index: int) -> Envelope:
+    """An envelope the router will be able to route and the bus to carry, or a 400 naming which
+    one is wrong (its ``code`` one of :data:`~router.core.mapping.PUBLISH_PROBLEMS`)."""
+    try:
+        envelope = parse_envelope(item)  # type: ignore[arg-type]
+        to_sse(envelope, _VALIDATION_IDENTITY)
+        envelope.to_bytes()  # proves the bus can carry it (the bus encodes it again)
+    except (EnvelopeError, MappingError) as error:
+        raise HTTPError(400, error.problem.value, error.detail, parameter=f"[{index}]") from None
+    return envelope
