@@ -55,9 +55,9 @@ class Pause(enum.Enum):
 class Writer(Sent):
     """A stream's writer side over its ``inbox`` (shared with the adapter's side, which offers
     to it), for ``principal`` and ``stream_filter`` (checked as each event is chosen), framing
-    in ``wire``, counting what went out (:class:`~router.core.sent.Sent`). ``handover`` is its
-    change of scope under way (:meth:`changing`): the hub's side calls it, and the writer takes
-    what it says first.
+    in ``wire``, counting what went out (:class:`~router.core.sent.Sent`). :meth:`changing` is its
+    change of scope under way: the hub's side calls it, and the writer takes what it says
+    first.
 
     A base of every session rather than an object of its own, and the live path allocates
     nothing of its own per write (the steps of a replay or a change are a generator, made once
@@ -65,9 +65,9 @@ class Writer(Sent):
 
     __slots__ = (
         "_each",
+        "_handover",
         "_shared",
         "_steps",
-        "handover",
         "inbox",
         "principal",
         "stream_filter",
@@ -88,7 +88,7 @@ class Writer(Sent):
         super().__init__(observer, transport, sample_rate=sample_rate)
         self.inbox, self.wire = inbox, wire
         self.principal, self.stream_filter = principal, stream_filter
-        self.handover = _UNCHANGED
+        self._handover = _UNCHANGED
         self._steps: Iterator[object] | None = None
         """The rest of a replay or a change, chunks and checkpoints, before anything else."""
         self._shared: SharedBatch | None = None
@@ -99,9 +99,9 @@ class Writer(Sent):
     def changing(self) -> Handover:
         """The stream's own hand-over, made at its first change of scope: most streams never
         change, and 10,000 of them need not carry one each."""
-        handover = self.handover
+        handover = self._handover
         if handover is _UNCHANGED:
-            handover = self.handover = Handover()
+            handover = self._handover = Handover()
         return handover
 
     def admitted(self, message: SSEMessage) -> bool:
@@ -128,7 +128,7 @@ class Writer(Sent):
     def next(self) -> object:
         """The next chunk to write, or a :class:`Pause`. Never blocks; loops only over batches
         that had nothing left to write (at most the inbox's capacity of them)."""
-        inbox, handover = self.inbox, self.handover
+        inbox, handover = self.inbox, self._handover
         while True:
             if self._steps is not None:
                 step = next(self._steps, _END)
