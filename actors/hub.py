@@ -10,7 +10,7 @@ A transport opens an admitted stream with :meth:`Hub.open`, which makes its sess
     ├── adapter    records channel -> replay cache, and each session's inbox (send_nowait)
     ├── heartbeat clock   ticks every session; a quiet one gets a heartbeat in its inbox
     └── sessions nursery
-        └── session, one per client: inbox (capacity: session.inbox_capacity) -> its output
+        └── session, one per client: inbox (capacity: session.session_buffer) -> its output
 
 Cancelling the hub's scope stops all of it. :meth:`Hub.close_sessions` is the graceful step before
 that: every session says goodbye (``server-shutdown``) and ends its response.

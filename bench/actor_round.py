@@ -58,7 +58,7 @@ async def measure(sessions: int, events_per_round: int, rounds: int) -> tuple[fl
                 Principal("reader"),
                 StreamFilter(),
                 expires_at=time.time() + 3600,
-                settings=SessionSettings(inbox_capacity=1024),
+                settings=SessionSettings(session_buffer=1024),
                 observer=metrics,
             )
             registry.add(session)

@@ -343,8 +343,8 @@ async def _serve(
             heartbeat_seconds=settings.heartbeat_seconds,
             fanout_pause_seconds=settings.fanout_pause_ms / 1000,
             session=SessionSettings(
-                inbox_capacity=settings.session_buffer,
-                inbox_max_bytes=settings.session_buffer_bytes or None,
+                session_buffer=settings.session_buffer,
+                session_buffer_bytes=settings.session_buffer_bytes or None,
                 retry_ms=settings.retry_ms,
                 shutdown_retry_spread_ms=settings.shutdown_retry_spread_ms,
                 log_sample_rate=settings.log_sample_rate,

@@ -516,7 +516,7 @@ async def test_a_client_that_reads_nothing_and_is_only_coalesced_holds_no_one_ba
         Principal("u1"),
         StreamFilter(),
         expires_at=in_an_hour(),
-        settings=SessionSettings(inbox_capacity=2),
+        settings=SessionSettings(session_buffer=2),
     )
     registry.add(stuck)
     output, _never_read = trio.open_memory_channel[bytes](0)

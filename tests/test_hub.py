@@ -289,7 +289,7 @@ async def test_the_hub_makes_each_session_with_its_settings_observer_and_cursor(
     among them), the hub's observer, and the cursor it resumes from, at construction."""
     bus = MemoryBus()
     cache = MemoryReplayCache(max_events=100, source="memory", epoch=await bus.epoch())
-    own = SessionSettings(inbox_capacity=3, retry_ms=1234)
+    own = SessionSettings(session_buffer=3, retry_ms=1234)
     observer = CountingObserver()
     hub = Hub(bus, cache, HubSettings(session=own), observer=observer)
     async with trio.open_nursery() as nursery:
@@ -304,8 +304,8 @@ async def test_the_hub_makes_each_session_with_its_settings_observer_and_cursor(
         assert list(hub.registry) == [opened.session]
         elsewhere = await open_session(hub, client("u2"), parse_cursor("memory@other:0:0"))
         assert elsewhere.session.cursor is None  # another history: replayed as truncated
-        asked = SessionSettings(inbox_capacity=9)
-        assert (await open_session(hub, client("u3", inbox_capacity=9))).session.settings == asked
+        asked = SessionSettings(session_buffer=9)
+        assert (await open_session(hub, client("u3", session_buffer=9))).session.settings == asked
         await settle()
         assert observer.opened_streams == 3
         assert opened.output is not None
@@ -457,7 +457,7 @@ async def test_a_stalled_session_is_cut_off_as_lagged_and_nobody_else_waits_for_
     autojump_clock: trio.abc.Clock,
 ) -> None:
     async with running_hub(partitions=2, bus_capacity=4, records_capacity=1) as (hub, nursery):
-        opened = await open_session(hub, client("u1", {"n1", "n2"}, inbox_capacity=4))
+        opened = await open_session(hub, client("u1", {"n1", "n2"}, session_buffer=4))
         stalled, stalled_output = opened.session, opened.output  # its reader stopped reading
         assert stalled_output is not None
         live, live_reader = await attach(hub, nursery, client("u2", {"n1", "n2"}))
@@ -521,7 +521,7 @@ async def test_a_slow_reader_of_big_events_is_cut_by_their_bytes_and_resumes_com
     while a client that keeps up gets them all. Without the byte bound the same client is not
     cut by the count before 150 notices."""
     count = 150
-    settings = SessionSettings() if bounded_by_bytes else SessionSettings(inbox_max_bytes=None)
+    settings = SessionSettings() if bounded_by_bytes else SessionSettings(session_buffer_bytes=None)
     async with running_hub(session=settings) as (hub, nursery):
         fast, fast_reader = await attach(hub, nursery, client("u1"))
         opened = await open_session(hub, client("u2"))
@@ -548,10 +548,11 @@ async def test_a_slow_reader_of_big_events_is_cut_by_their_bytes_and_resumes_com
         if bounded_by_bytes:
             assert slow.close_reason is CloseReason.LAGGED
             assert cut_after is not None
-            assert settings.inbox_max_bytes is not None
+            assert settings.session_buffer_bytes is not None
             at_least = 2 * MAX_TEXT_LENGTH  # a notice's bytes: its title and message alone
-            assert cut_after * at_least > settings.inbox_max_bytes  # not before the bytes passed
-            assert cut_after < settings.inbox_capacity  # before the count would have
+            bound = settings.session_buffer_bytes
+            assert cut_after * at_least > bound  # not before the bytes passed
+            assert cut_after < settings.session_buffer  # before the count would have
             assert len(had) < cut_after
             resumed, resumed_reader = await attach(
                 hub, nursery, client("u2"), parse_cursor(slow_reader.events[-1].last_event_id)
@@ -769,7 +770,7 @@ async def test_a_full_publish_batch_reaches_a_reader_that_keeps_up_and_cuts_one_
     an inbox holds (--session-buffer): a client that keeps up takes them all; one that reads
     nothing is cut as lagged, once the step after the burst finds its inbox still full."""
     burst = Settings().publish_max_batch
-    assert burst > SessionSettings().inbox_capacity
+    assert burst > SessionSettings().session_buffer
     async with running_hub() as (hub, nursery):
         fast, fast_reader = await attach(hub, nursery, client("u1"))
         stalled = (await open_session(hub, client("u1"))).session  # its reader never reads

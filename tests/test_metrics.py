@@ -79,7 +79,7 @@ async def test_metrics_follow_the_traffic() -> None:
             Principal("u2", frozenset({"n1"})),
             StreamFilter(),
             expires_at=time.time() + 3600,
-            settings=SessionSettings(inbox_capacity=1, goodbye_timeout_seconds=0),
+            settings=SessionSettings(session_buffer=1, goodbye_timeout_seconds=0),
         )
         stalled = opened.session
         await router.publish(*(content("n1", n) for n in range(10)))  # taken out to be written

@@ -91,7 +91,7 @@ class Router:
 async def overloadable_router(recorder: Recorder) -> AsyncIterator[Router]:
     bus = MemoryBus(partitions=2, capacity=10_000)
     cache = MemoryReplayCache(max_events=100_000, source="memory", epoch=await bus.epoch())
-    hub = Hub(bus, cache, HubSettings(session=SessionSettings(inbox_capacity=INBOX)))
+    hub = Hub(bus, cache, HubSettings(session=SessionSettings(session_buffer=INBOX)))
     monitor = OverloadMonitor(
         lambda: hub.registry,
         lambda: hub.replays_in_flight,

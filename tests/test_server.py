@@ -505,9 +505,9 @@ def test_the_session_buffer_in_bytes_is_a_size_with_a_default() -> None:
     assert parse_serve(["--session-buffer-bytes", "0"], {}).session_buffer_bytes == 0
 
 
-@pytest.mark.parametrize(("buffer_bytes", "inbox_max_bytes"), [(4096, 4096), (0, None)])
+@pytest.mark.parametrize(("buffer_bytes", "session_buffer_bytes"), [(4096, 4096), (0, None)])
 async def test_the_session_settings_travel_from_the_config_to_each_session(
-    buffer_bytes: int, inbox_max_bytes: int | None
+    buffer_bytes: int, session_buffer_bytes: int | None
 ) -> None:
     """``--session-buffer``, ``--session-buffer-bytes`` (0: no byte bound) and the retry hints
     reach the hub, which builds every session."""
@@ -522,8 +522,8 @@ async def test_the_session_settings_travel_from_the_config_to_each_session(
         assert stream.response.status_code == 200
         (session,) = router.running.hub.registry
     assert session.settings == router.running.hub.settings.session
-    assert (session.settings.inbox_capacity, session.settings.retry_ms) == (7, 4321)
-    assert session.settings.inbox_max_bytes == inbox_max_bytes
+    assert (session.settings.session_buffer, session.settings.retry_ms) == (7, 4321)
+    assert session.settings.session_buffer_bytes == session_buffer_bytes
     assert session.settings.shutdown_retry_spread_ms == 55
 
 

@@ -154,7 +154,7 @@ async def test_events_stream_in_order_with_their_cursor_as_id() -> None:
 
 
 async def test_a_full_inbox_coalesces_progress_keeping_the_newest_and_the_order() -> None:
-    subject = session(inbox_capacity=2)
+    subject = session(session_buffer=2)
     feed = Feed()
     stuck = [feed.next(content(version=1)), feed.next(content(version=2))]
     assert [offer(subject, d) for d in stuck] == [Offer.QUEUED, Offer.QUEUED]
@@ -177,7 +177,7 @@ async def test_a_full_inbox_coalesces_progress_keeping_the_newest_and_the_order(
 
 
 async def test_coalesced_progress_keeps_its_place_before_later_events() -> None:
-    subject = session(inbox_capacity=1)
+    subject = session(session_buffer=1)
     feed = Feed()
     offer(subject, feed.next(content(version=1)))
     offer(subject, feed.next(progress("t1", 50)))  # inbox full: held aside
@@ -191,7 +191,7 @@ async def test_coalesced_progress_keeps_its_place_before_later_events() -> None:
 
 
 async def test_a_high_priority_event_that_cannot_be_queued_ends_the_stream_as_lagged() -> None:
-    subject = session(inbox_capacity=1)
+    subject = session(session_buffer=1)
     feed = Feed()
     assert offer(subject, feed.next(content(version=1))) is Offer.QUEUED
     assert offer(subject, feed.next(content(version=2))) is Offer.DISCONNECTED
@@ -205,7 +205,7 @@ async def test_a_high_priority_event_that_cannot_be_queued_ends_the_stream_as_la
 
 
 async def test_too_many_coalesced_tasks_end_the_stream_as_lagged() -> None:
-    subject = session(inbox_capacity=1)
+    subject = session(session_buffer=1)
     feed = Feed()
     offer(subject, feed.next(content()))
     assert offer(subject, feed.next(progress("t1", 1))) is Offer.COALESCED
@@ -214,7 +214,7 @@ async def test_too_many_coalesced_tasks_end_the_stream_as_lagged() -> None:
 
 async def test_a_slow_reader_does_not_block_the_offer() -> None:
     """The adapter's side never waits: a session nobody reads fills up and is cut off."""
-    subject = session(inbox_capacity=4)
+    subject = session(session_buffer=4)
     feed = Feed()
     outcomes = [offer(subject, feed.next(content(version=n))) for n in range(10)]
     assert outcomes[:4] == [Offer.QUEUED] * 4
@@ -222,7 +222,7 @@ async def test_a_slow_reader_does_not_block_the_offer() -> None:
 
 
 async def test_an_offer_to_a_full_inbox_coalesces_what_it_can() -> None:
-    subject = session(inbox_capacity=2)
+    subject = session(session_buffer=2)
     feed = Feed()
     assert offer_batch(subject, [feed.next(content(version=n)) for n in (1, 2)]) == Counter(
         {Offer.QUEUED: 2}
@@ -245,7 +245,7 @@ async def test_an_offer_to_a_full_inbox_coalesces_what_it_can() -> None:
 
 
 async def test_a_high_priority_event_offered_to_a_full_inbox_ends_the_stream() -> None:
-    subject = session(inbox_capacity=2)
+    subject = session(session_buffer=2)
     feed = Feed()
     offer_batch(subject, [feed.next(content(version=n)) for n in range(2)])
     batch = [feed.next(content(version=n)) for n in range(2, 4)]
@@ -257,7 +257,7 @@ async def test_a_high_priority_event_offered_to_a_full_inbox_ends_the_stream() -
 async def test_the_inbox_bound_counts_the_events_waiting_from_earlier_offers() -> None:
     """Not batches, and not the offer at hand: one offer (one step of the adapter, which may be
     a burst larger than the inbox) is taken whole while fewer than the capacity wait."""
-    subject = session(inbox_capacity=4)
+    subject = session(session_buffer=4)
     feed = Feed()
     outcomes: Counter[Offer] = Counter()
     assert not subject.offer([feed.next(content()) for _ in range(3)], outcomes)
@@ -302,7 +302,7 @@ async def test_batches_waiting_together_go_out_in_one_write() -> None:
 
 
 async def test_a_write_carries_at_most_max_write_batch_events_in_order() -> None:
-    subject = session(inbox_capacity=1000)
+    subject = session(session_buffer=1000)
     subject.observer = observer = CountingWrites()
     feed = Feed()
     offer_batch(subject, [feed.next(content(version=n)) for n in range(MAX_WRITE_BATCH * 2 + 1)])
@@ -400,7 +400,7 @@ def replay_of(feed: Feed, count: int) -> Replay:
 
 
 async def test_a_session_cancelled_mid_replay_stops_there(autojump_clock: trio.abc.Clock) -> None:
-    subject = session(inbox_capacity=1)
+    subject = session(session_buffer=1)
     feed = Feed()
     replay = replay_of(feed, 1000)
     send, receive = trio.open_memory_channel[bytes](0)
@@ -613,7 +613,7 @@ async def test_a_heartbeat_never_moves_the_cursor_past_an_event_still_waiting() 
     cursor covers them all, so the heartbeat must not carry it: a client cut just after would
     resume past events it was never sent."""
     feed = Feed()
-    subject = session(inbox_capacity=3)
+    subject = session(session_buffer=3)
     subject.cursor = CLIENT_AHEAD
     with unittest.mock.patch("actors.session.MAX_WRITE_BATCH", 2):
         async with trio.open_nursery() as nursery:
@@ -691,7 +691,7 @@ def test_no_id_the_client_is_sent_covers_an_event_sent_after_it(
 async def offer_tick_and_read(
     steps: list[tuple[str, Any]], capacity: int
 ) -> tuple[bytes, dict[int, EventIdentity], list[EventIdentity], Session, Cursor | None]:
-    subject = session(inbox_capacity=capacity)
+    subject = session(session_buffer=capacity)
     feed = Feed()
     identities: dict[int, EventIdentity] = {}  # by content version: what each event is
     wanted: list[EventIdentity] = []  # the content updates the client did not have

@@ -13,8 +13,8 @@ __all__ = ["DEFAULT_SESSION_SETTINGS", "SessionSettings"]
 
 @dataclass(frozen=True, slots=True)
 class SessionSettings:
-    inbox_capacity: int = 256
-    inbox_max_bytes: int | None = DEFAULT_INBOX_MAX_BYTES
+    session_buffer: int = 256
+    session_buffer_bytes: int | None = DEFAULT_INBOX_MAX_BYTES
     """The encoded size of the events that may wait in the inbox, or ``None`` for no byte bound."""
     retry_ms: int = 2000
     shutdown_retry_ms: int = 1000

@@ -46,7 +46,7 @@ class Stream(Writer):
         issued_at: float | None = None,
         wire: WireFormat[Any] = SSE,
     ) -> None:
-        inbox = Inbox(settings.inbox_capacity, cursor, max_bytes=settings.inbox_max_bytes)
+        inbox = Inbox(settings.session_buffer, cursor, max_bytes=settings.session_buffer_bytes)
         super().__init__(
             inbox,
             wire,
