@@ -38,7 +38,7 @@ class Writes(NoObserver):
 
 def delivery(offset: int, occurred_at: float | None) -> Delivery:
     where = EventIdentity("memory", "0", (offset,), "e1")
-    message = ContentUpdateEvent(novel_id="n1", content_version=offset, scope=Scope("n1"))
+    message = ContentUpdateEvent(novel_id="n1", content_version=offset, scope=Scope(novel_id="n1"))
     return Delivery(offset, where, Cursor.of(where), message, occurred_at)
 
 

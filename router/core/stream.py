@@ -3,7 +3,7 @@
 The session actor (``actors/session.py``) is a :class:`Stream` and the waiting: a trio wake-up,
 the cancel scope its token's expiry sets, the loop that writes what its
 :class:`~router.core.writer.Writer` says. Everything here returns at once and touches no event
-loop, so the hub's and the adapter's calls are tested here without one.
+loop, so the hub's and the adapter's calls are tested without one (``tests/test_stream.py``).
 """
 
 from __future__ import annotations
