@@ -129,8 +129,8 @@ class Session(Stream):
         try:
             self._set_deadline()
             with self._scope:
-                first = (self.settings.retry_ms, self.connection_id, self.expires_at)
-                self.start(resume, position, *first)
+                retry_ms = self.settings.retry_ms
+                self.start(resume, position, retry_ms, self.connection_id, self.expires_at)
                 await self._write(output)
             if self.close_reason is None:  # only the deadline ends the scope without a reason
                 self.close_reason = CloseReason.TOKEN_EXPIRED
