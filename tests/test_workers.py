@@ -268,6 +268,30 @@ async def supervised(settings: dict[str, Any]) -> AsyncIterator[RouterProcess]:
         yield router
 
 
+@dataclass(frozen=True)
+class Spread:
+    router: RouterProcess
+    nursery: trio.Nursery
+    """Where the tabs run."""
+    counts: dict[int, int]
+    """How many streams each worker held once the tabs were spread."""
+
+
+@asynccontextmanager
+async def tabs_over_workers(run: Run, settings: dict[str, Any]) -> AsyncIterator[Spread]:
+    """:func:`supervised` with the run's tabs spread over both workers, the run publishing
+    through the same port; when the block ends the tabs stop, and the router must not have
+    crashed."""
+    async with supervised(settings) as router:
+        frontend = Frontend(run.rng, router.url)
+        run.publish_through(lambda: router.url)
+        async with trio.open_nursery() as nursery:
+            counts = await spread_over_workers(run, router, nursery, frontend)
+            yield Spread(router, nursery, counts)
+            nursery.cancel_scope.cancel()
+        assert not router.crashed(), router.log_tail()
+
+
 async def kill_mid_flow(
     run: Run,
     router: RouterProcess,
@@ -303,16 +327,10 @@ async def test_streams_spread_over_workers_all_receive_a_broadcast(
 ) -> None:
     run = Run("broadcast over 2 workers (redis)", seed=1801)
     run.population.weights = {Kind.BROADCAST: 1}
-    async with supervised(workers_settings) as router:
-        frontend = Frontend(run.rng, router.url)
-        run.publish_through(lambda: router.url)
-        async with trio.open_nursery() as nursery:
-            counts = await spread_over_workers(run, router, nursery, frontend)
-            await run.publisher.publish(20, batch=2, pause=0.01)
-            await run.settle()
-            nursery.cancel_scope.cancel()
-        assert not router.crashed(), router.log_tail()
-    print(f"streams per worker: {counts}")
+    async with tabs_over_workers(run, workers_settings) as spread:
+        await run.publisher.publish(20, batch=2, pause=0.01)
+        await run.settle()
+    print(f"streams per worker: {spread.counts}")
     run.report()
 
 
@@ -323,17 +341,11 @@ async def test_a_killed_worker_is_restarted_while_its_streams_resume_on_the_othe
     cursors and land on the other (or on it, restarted); every tab gets exactly what it is owed."""
     workers_settings = any_bus_workers_settings
     run = Run(f"a worker SIGKILL'd ({workers_settings['bus']})", seed=1802)
-    async with supervised(workers_settings) as router:
-        frontend = Frontend(run.rng, router.url)
-        run.publish_through(lambda: router.url)
-        async with trio.open_nursery() as nursery:
-            counts = await spread_over_workers(run, router, nursery, frontend)
-            await run.publisher.publish(100, batch=5, pause=0.01)
-            await kill_mid_flow(run, router, nursery, lambda w: [w[0]], "worker 0")
-            nursery.cancel_scope.cancel()
-        assert not router.crashed(), router.log_tail()
-        assert '"worker exited"' in router.log.read_text()
-
+    async with tabs_over_workers(run, workers_settings) as spread:
+        await run.publisher.publish(100, batch=5, pause=0.01)
+        await kill_mid_flow(run, spread.router, spread.nursery, lambda w: [w[0]], "worker 0")
+        assert '"worker exited"' in spread.router.log.read_text()
+    counts = spread.counts
     resumed = sum(len(tab.record.connections) > 1 for tab in run.tabs)
     print(f"streams per worker before the kill: {counts}; tabs that reconnected: {resumed}")
     assert resumed >= counts[0]
@@ -344,16 +356,12 @@ async def test_sigterm_drains_every_worker(workers_settings: dict[str, Any]) -> 
     """SIGTERM to the supervisor: every stream on every worker is told ``server-shutdown`` and
     ended, the workers exit, and so does the supervisor, with 0."""
     run = Run("SIGTERM over 2 workers (redis)", seed=1803)
-    async with supervised(workers_settings) as router:
-        pids = [w.pid for w in workers_of(router).values()]
-        frontend = Frontend(run.rng, router.url)
-        async with trio.open_nursery() as nursery:
-            await spread_over_workers(run, router, nursery, frontend)
-            for tab in run.tabs:
-                tab.calm = True
-            router.signal(signal.SIGTERM)
-            assert await router.wait() == 0, router.log_tail()
-            nursery.cancel_scope.cancel()
+    async with tabs_over_workers(run, workers_settings) as spread:
+        pids = [w.pid for w in workers_of(spread.router).values()]
+        for tab in run.tabs:
+            tab.calm = True
+        spread.router.signal(signal.SIGTERM)
+        assert await spread.router.wait() == 0, spread.router.log_tail()
         for pid in pids:
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
@@ -392,13 +400,9 @@ async def test_every_worker_killed_at_once_loses_nothing(workers_settings: dict[
     """Both workers SIGKILL'd together while events flow (the host's whole router gone for a
     moment): the supervisor restarts both, and every tab resumes with all it is owed."""
     run = Run("every worker SIGKILL'd (redis)", seed=1804)
-    async with supervised(workers_settings) as router:
-        frontend = Frontend(run.rng, router.url)
-        run.publish_through(lambda: router.url)
-        async with trio.open_nursery() as nursery:
-            await spread_over_workers(run, router, nursery, frontend)
-            await run.publisher.publish(60, batch=5, pause=0.01)
-            await kill_mid_flow(run, router, nursery, lambda w: list(w.values()), "every worker")
-            nursery.cancel_scope.cancel()
-        assert not router.crashed(), router.log_tail()
+    async with tabs_over_workers(run, workers_settings) as spread:
+        await run.publisher.publish(60, batch=5, pause=0.01)
+        await kill_mid_flow(
+            run, spread.router, spread.nursery, lambda w: list(w.values()), "every worker"
+        )
     run.report()
