@@ -20,9 +20,10 @@ from hypercorn.protocol.events import Data
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, Handshake, WSStream
 from hypercorn.trio.worker_context import WorkerContext
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import Connection
+from wsproto.connection import Connection, ConnectionState
 from wsproto.events import CloseConnection, Ping, Request, TextMessage
 
+import router.http.pong_watch
 import router.http.websocket
 from router.core.observer import PongWatchFallback
 from router.http.pong_watch import PongWatch, watch_pongs
@@ -159,6 +160,26 @@ def test_anything_but_an_accepted_hypercorn_stream_is_left_unwatched() -> None:
     assert watch_pongs(ws_stream.app_send, TIMEOUT, nothing) is PongWatchFallback.NOT_WSPROTO
     first.remove()
     assert not vars(ws_stream.connection).keys() & {"events", "send"}
+
+
+def test_a_wsproto_connection_without_an_instance_dict_is_left_unwatched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Should wsproto's connection take ``__slots__``, its methods could not be shadowed: the
+    socket is served unwatched rather than failing."""
+
+    class Slotted:
+        __slots__ = ("state",)
+
+        def __init__(self) -> None:
+            self.state = ConnectionState.OPEN
+
+    monkeypatch.setattr(router.http.pong_watch, "Connection", Slotted)
+    outgoing, _ = trio.open_memory_channel[bytes](1)
+    ws_stream = accepted_stream(outgoing)
+    ws_stream.connection = Slotted()  # type: ignore[assignment]
+    found = watch_pongs(ws_stream.app_send, TIMEOUT, lambda: None)
+    assert found is PongWatchFallback.NOT_WSPROTO
 
 
 # -- a served router -----------------------------------------------------------------------------

@@ -88,11 +88,15 @@ def watch_pongs(
     if not isinstance(ws_stream, WSStream):
         return PongWatchFallback.NOT_HYPERCORN
     connection = getattr(ws_stream, "connection", None)
+    # Shadowing needs an instance dict (a wsproto with __slots__ would have none), and one that
+    # shadows nothing yet (a second watch would count every pong twice, or hide the first).
+    shadows = getattr(connection, "__dict__", None)
     if (
         type(connection) is not Connection
+        or not isinstance(shadows, dict)
+        or any(name in shadows for name in _SHADOWED)
         or ws_stream.state is not ASGIWebsocketState.CONNECTED
         or connection.state is not ConnectionState.OPEN
-        or any(name in vars(connection) for name in _SHADOWED)
     ):
         return PongWatchFallback.NOT_WSPROTO
     return PongWatch(connection, timeout, on_silent)
