@@ -143,9 +143,9 @@ def add_websocket_route(app: Quart, hub: Hub, admission: Admission, settings: Se
             return await _refuse(retry, admission)
         log.info("websocket opened", extra={"connection_id": connection_id})
         session = opened.session
-        pongs = _watch_pongs(websocket.scope, settings.ws_pong_timeout_seconds, session)
         conversation = Conversation(hub, admission, session, settings.ws_messages_per_second)
         verdict: Verdict | None = None
+        pongs = _watch_pongs(websocket.scope, settings.ws_pong_timeout_seconds, session)
         try:
             async with trio.open_nursery() as nursery:
 
