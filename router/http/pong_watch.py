@@ -17,8 +17,8 @@ stops the session, whose handler then closes the socket ``4008``).
 :class:`~router.core.observer.PongWatchFallback` reason: the caller counts and logs it, and the
 connection is served as before, pinged by hypercorn and never closed for silence.
 ``tests/test_pong_watch.py`` runs hypercorn's own ping loop and event handling against the watch,
-which proves the hook on the hypercorn version installed; the versions ``pyproject.toml`` admits
-(0.17 and 0.18) have the same ``ws_stream.py`` here.
+which proves the hook on the versions installed; ``just private-reaches`` runs it on the older
+hypercorn and wsproto versions ``pyproject.toml`` admits.
 """
 
 from __future__ import annotations
