@@ -16,12 +16,19 @@ run *ARGS:
 token *ARGS:
     @sse-router token {{ARGS}}
 
-# Everything CI checks: lint, generated files up to date, the TypeScript types, the test suite.
-test: lint ts-deps system-deps
+# Everything CI checks: lint, generated files up to date, the TypeScript types, the reaches into
+# libraries' objects on the older versions pyproject.toml admits, the test suite.
+test: lint ts-deps system-deps private-reaches
     python -m router.codegen --check
     npm test --prefix clients/typescript --silent
     npm run test:e2e --prefix clients/typescript --silent
     python -m pytest
+
+# tests/private_reaches.py: installs each set once under .cache/private-reaches/; extra arguments
+# go to pytest (`just private-reaches -x`). The suite itself runs on the newest versions.
+# The tests of the reaches into hypercorn's, h11's, wsproto's, aiokafka's objects, on older versions.
+private-reaches *ARGS:
+    python -m tests.private_reaches {{ARGS}}
 
 # ruff on the code and tests, mypy --strict on the router and its actors.
 lint:

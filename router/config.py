@@ -49,6 +49,7 @@ class Settings:
     address_rules: Path | None = None
     heartbeat_seconds: float = 15.0
     ws_auth_timeout_seconds: float = 5.0
+    ws_pong_timeout_seconds: float = 30.0
     ws_messages_per_second: float = 2.0
     retry_ms: int = 2000
     shutdown_retry_spread_ms: int = 5000
@@ -345,6 +346,12 @@ def add_serve_arguments(
     flag(
         "--ws-auth-timeout-seconds",
         "a WebSocket without a token in its handshake must send its auth message within this",
+        type=positive_seconds,
+    )
+    flag(
+        "--ws-pong-timeout-seconds",
+        "a WebSocket that leaves a ping unanswered this long is closed 4008 (judged as the next"
+        " ping goes out, every --heartbeat-seconds)",
         type=positive_seconds,
     )
     flag(

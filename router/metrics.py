@@ -30,6 +30,7 @@ from router.core.observer import (
     CloseReason,
     Failure,
     Offer,
+    PongWatchFallback,
     ReplayOutcome,
     ReplaySource,
     Transport,
@@ -135,6 +136,13 @@ class Metrics:
             "reason",
             (reason.value for reason in WriteFallback),
         )
+        self.pong_watch_fallbacks = LabelledCount(
+            "sse_ws_pong_watch_fallbacks",
+            "WebSockets whose pongs the router cannot watch, so a peer that stops answering pings"
+            " is never closed 4008 (left to the kernel's timeout), by why.",
+            "reason",
+            (reason.value for reason in PongWatchFallback),
+        )
         r.register(
             _TallyCollector(
                 (
@@ -144,6 +152,7 @@ class Metrics:
                     self.records_rejected,
                     self.failures,
                     self.write_fallbacks,
+                    self.pong_watch_fallbacks,
                     self.controls_applied,
                     self.control_streams_ended,
                     self.control_streams_narrowed,
@@ -311,6 +320,9 @@ class Metrics:
 
     def body_fell_back(self, reason: WriteFallback) -> None:
         self.write_fallbacks.counts[reason.value] += 1
+
+    def pong_watch_fell_back(self, reason: PongWatchFallback) -> None:
+        self.pong_watch_fallbacks.counts[reason.value] += 1
 
     def refused_token(self, reason: Reason) -> None:
         self._auth_failures.labels(reason.value).inc()

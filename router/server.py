@@ -390,6 +390,7 @@ async def _serve(
         publish_max_batch=settings.publish_max_batch,
         ws_auth_timeout_seconds=settings.ws_auth_timeout_seconds,
         ws_messages_per_second=settings.ws_messages_per_second,
+        ws_pong_timeout_seconds=settings.ws_pong_timeout_seconds,
     )
     app = create_app(hub, admission, http, metrics, overload)
     if shutdown_requested is None:

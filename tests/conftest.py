@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -10,9 +11,21 @@ import trio
 
 from tests.e2e_helpers import RouterUnderTest, running_router
 from tests.kafka_broker import Broker, BrokerKind, create_topic, new_topic_name, running_broker
+from tests.private_reaches import EXPECTED_ENV, EXPECTED_FROM_ENV, misimported
 from tests.redis_helpers import REDIS_URL, delete_prefix, new_prefix
 
 RouterFactory = Callable[..., AbstractAsyncContextManager[RouterUnderTest]]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run of tests/private_reaches.py on a set of older versions stops here, before any test,
+    if what it imports is not that set (a wrong PYTHONPATH would otherwise pass on the
+    environment's own versions)."""
+    expected = os.environ.get(EXPECTED_ENV)
+    if expected:
+        wrong = misimported(expected, os.environ.get(EXPECTED_FROM_ENV, ""))
+        if wrong:
+            raise pytest.UsageError("not the versions this run is for: " + "; ".join(wrong))
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from functools import partial
@@ -62,50 +63,91 @@ def versions(data: list[dict[str, Any]], novel: str) -> list[int]:
     return [d["content_version"] for d in data if d.get("novel_id") == novel]
 
 
+def revocation(novel_id: str, user_id: str = "u1") -> dict[str, Any]:
+    """A control revoking ``user_id``'s grant of ``novel_id``, for tokens issued before now."""
+    return {
+        "control": "revoke",
+        "user_id": user_id,
+        "novel_id": novel_id,
+        "issued_at": rfc3339(time.time() - 30),
+    }
+
+
+class Publishing:
+    """Publishes ``n1/k`` and ``n2/k`` through a router, for k = 0, 1, ..., until :meth:`stop`."""
+
+    def __init__(self, router: RouterUnderTest) -> None:
+        self.router = router
+        self.published = 0
+        """How many pairs went out."""
+        self._stop, self._stopped = trio.Event(), trio.Event()
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            await self.router.publish(content("n1", self.published), content("n2", self.published))
+            self.published += 1
+            await trio.sleep(0.005)
+        self._stopped.set()
+
+    async def stop(self, *routers: RouterUnderTest) -> None:
+        """Stop, and wait until each of ``routers`` has routed every pair and both copies of
+        one control."""
+        self._stop.set()
+        await self._stopped.wait()
+        for router in routers:
+            await router.running.hub.adapter.wait_consumed(2 * self.published + 2)
+
+
+def assert_nothing_of_n1_after(seen_n1: list[dict[str, Any]], revoked: EventIdentity) -> None:
+    """``seen_n1`` (the data of n1's events a client got) holds some, all before ``revoked``
+    (where the revocation landed in n1's partition)."""
+    assert seen_n1  # the revocation came mid-stream
+    for data in seen_n1:
+        where = parse_identity(data["event_id"])
+        assert where.partition == revoked.partition
+        assert where.offset < revoked.offset, "an event of n1 after the revocation reached u1"
+
+
+Scenario = Callable[[RouterUnderTest, RouterUnderTest], Awaitable[None]]
+"""Controls sent through the first router, their effect watched on the second."""
+
+
+async def on_one_instance(scenario: Scenario) -> None:
+    """``scenario`` on one router of the memory bus (three partitions), as both."""
+    async with running_router(memory_partitions=3, **ROOMY) as router:
+        await scenario(router, router)
+
+
+async def across_instances(shared_bus: RouterFactory, scenario: Scenario) -> None:
+    """``scenario`` from one instance to another on a shared bus."""
+    async with shared_bus(**ROOMY) as a, shared_bus(**ROOMY) as b:
+        await scenario(a, b)
+
+
 async def revoke_while_publishing(a: RouterUnderTest, b: RouterUnderTest) -> None:
     """u1 follows n1 and n2 on ``b`` while a publisher writes both through ``a``; n1 is revoked
     through ``a`` mid-stream. Not one event of n1 after the revocation's place in n1's partition
     reaches u1, live, replayed or after a reconnect with the old token; n2 flows with no gap."""
     old = issued(60, novels=["n1", "n2"])
-    published = 0
-    stop, stopped = trio.Event(), trio.Event()
-
-    async def keep_publishing() -> None:
-        nonlocal published
-        while not stop.is_set():
-            await a.publish(content("n1", published), content("n2", published))
-            published += 1
-            await trio.sleep(0.005)
-        stopped.set()
-
+    publishing = Publishing(a)
     async with (
         b.stream(old) as watching,
         a.stream(old, params={"novel_id": "n2"}) as only_n2,
         trio.open_nursery() as nursery,
     ):
-        nursery.start_soon(keep_publishing)
+        nursery.start_soon(publishing.run)
         await watching.read_until(lambda s: len(s.data()) >= 10)
-        *_, on_n1 = await send_control(
-            a,
-            {
-                "control": "revoke",
-                "user_id": "u1",
-                "novel_id": "n1",
-                "issued_at": rfc3339(time.time() - 30),
-            },
-        )
+        *_, on_n1 = await send_control(a, revocation("n1"))
         await watching.to_the_end()  # the stream ends, saying why
         resume = {**old, "Last-Event-ID": watching.last_event_id}
         async with b.stream(resume) as resumed:
             await resumed.read_until(lambda s: len(s.data()) >= 10)
-            stop.set()
-            await stopped.wait()
-            for router in (a, b):  # every event and both copies of the control routed
-                await router.running.hub.adapter.wait_consumed(2 * published + 2)
+            await publishing.stop(a, b)  # every event and both copies of the control routed
             await b.flush(resumed)
             await a.flush(only_n2)
             assert not only_n2.ended
 
+    published = publishing.published
     assert errors(watching)[-1] == {
         "code": "access-changed",
         "message": errors(watching)[-1]["message"],
@@ -113,11 +155,7 @@ async def revoke_while_publishing(a: RouterUnderTest, b: RouterUnderTest) -> Non
     }
     assert errors(resumed) == []
     seen_n1 = [d for d in watching.data() + resumed.data() if d.get("novel_id") == "n1"]
-    assert seen_n1  # the revocation came mid-stream
-    for data in seen_n1:
-        where = parse_identity(data["event_id"])
-        assert where.partition == on_n1.partition
-        assert where.offset < on_n1.offset, "an event of n1 after the revocation reached u1"
+    assert_nothing_of_n1_after(seen_n1, on_n1)
     assert versions(resumed.data(), "n1") == []
     assert sorted(versions(watching.data(), "n2") + versions(resumed.data(), "n2")) == list(
         range(published)
@@ -135,15 +173,13 @@ async def revoke_while_publishing(a: RouterUnderTest, b: RouterUnderTest) -> Non
 
 
 async def test_a_revocation_stops_a_novel_mid_stream_on_the_memory_bus() -> None:
-    async with running_router(memory_partitions=3, **ROOMY) as router:
-        await revoke_while_publishing(router, router)
+    await on_one_instance(revoke_while_publishing)
 
 
 async def test_a_revocation_through_one_instance_stops_a_novel_on_another(
     shared_bus: RouterFactory,
 ) -> None:
-    async with shared_bus(**ROOMY) as a, shared_bus(**ROOMY) as b:
-        await revoke_while_publishing(a, b)
+    await across_instances(shared_bus, revoke_while_publishing)
 
 
 async def disconnect_and_come_back(a: RouterUnderTest, b: RouterUnderTest) -> None:
@@ -186,15 +222,13 @@ async def disconnect_and_come_back(a: RouterUnderTest, b: RouterUnderTest) -> No
 
 
 async def test_disconnect_by_session_then_by_user_on_the_memory_bus() -> None:
-    async with running_router(memory_partitions=3, **ROOMY) as router:
-        await disconnect_and_come_back(router, router)
+    await on_one_instance(disconnect_and_come_back)
 
 
 async def test_disconnect_by_session_then_by_user_across_instances(
     shared_bus: RouterFactory,
 ) -> None:
-    async with shared_bus(**ROOMY) as a, shared_bus(**ROOMY) as b:
-        await disconnect_and_come_back(a, b)
+    await across_instances(shared_bus, disconnect_and_come_back)
 
 
 async def test_controls_survive_a_restart_on_redis_and_reach_a_new_instance(
@@ -291,12 +325,7 @@ async def test_control_envelopes_from_the_outbox_are_applied(database: str, tmp_
             async with router.stream(old) as watching:
                 rows = [
                     content("n1", 1),
-                    {
-                        "control": "revoke",
-                        "user_id": "u1",
-                        "novel_id": "n1",
-                        "issued_at": rfc3339(time.time() - 30),
-                    },
+                    revocation("n1"),
                     content("n1", 2),
                     content("n2", 3),
                 ]
@@ -363,15 +392,7 @@ async def test_the_connections_listing_shows_streams_never_tokens() -> None:
 async def test_metrics_count_controls_and_what_they_ended() -> None:
     async with running_router(**ROOMY) as router:
         async with router.stream(issued(60, novels=["n1"])) as watching:
-            await send_control(
-                router,
-                {
-                    "control": "revoke",
-                    "user_id": "u1",
-                    "novel_id": "n1",
-                    "issued_at": rfc3339(time.time() - 30),
-                },
-            )
+            await send_control(router, revocation("n1"))
             await watching.to_the_end()
         await router.running.hub.adapter.wait_consumed(2)
         exposition = (await router.client.get("/metrics")).text

@@ -10,14 +10,17 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, aclosing, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import CloseConnection, Event, Ping, RejectConnection, Request, TextMessage
 
-from tests.e2e_helpers import PUBLISHER, SECRET, auth, content
+from tests.e2e_helpers import PUBLISHER, SECRET, auth, content, token
 from tests.kafka_broker import Broker, create_topic, free_port, new_topic_name, wait_until_listening
 from tests.redis_helpers import REDIS_URL, delete_prefix, new_prefix
 from tests.sse_http_client import open_stream
@@ -26,6 +29,7 @@ from tests.sse_spec_parser import ReceivedStream
 CONFIG = Path(__file__).resolve().parent.parent / "docs" / "deploy" / "nginx.conf"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 STREAM = "/api/v1/events/stream"
+WS_PATH = "/api/v1/events/ws"
 
 
 @contextmanager
@@ -207,3 +211,64 @@ async def test_nginx_serves_the_api_but_not_the_metrics(tmp_path: Path) -> None:
     assert health.status_code == 200
     assert metrics.status_code == 404
     assert direct.status_code == 200  # the router itself still answers its scraper
+
+
+@pytest.mark.skipif(not Path(NGINX).exists(), reason="nginx is installed by .ci/run")
+async def test_a_websocket_through_nginx_gets_its_hello_then_events_past_the_read_timeout(
+    tmp_path: Path,
+) -> None:
+    """The example's WebSocket location passes the upgrade, and the browser's Host with its
+    port: a page the router serves through nginx passes the Origin check. The socket stays quiet
+    longer than nginx's read timeout (1 s here), kept open by the router's pings."""
+    import httpx
+
+    port, front = free_port(), free_port()
+    flags = ("--heartbeat-seconds", "0.2", "--trusted-proxies", "127.0.0.1")
+    host = f"127.0.0.1:{front}"
+    with (
+        router_process(port, tmp_path / "router.log", *flags),
+        nginx(front, (port, port), read_timeout="1s"),
+    ):
+        client = RawWebSocket(await trio.open_tcp_stream("127.0.0.1", front))
+        async with client.stream:
+            target = f"{WS_PATH}?token={token(novels=['n1'])}"
+            origin = [(b"origin", f"http://{host}".encode())]  # the router's own page
+            await client.send(Request(host=host, target=target, extra_headers=origin))
+            with trio.fail_after(20):  # hang guards: nginx must pass frames at once
+                await client.until(lambda: bool(client.frames))
+                await client.until(lambda: client.pings >= 8)  # 1.6 s of heartbeats
+                async with httpx.AsyncClient(base_url=f"http://{host}") as http:
+                    response = await http.post(
+                        "/api/v1/events", json=[content("n1", 1)], headers=PUBLISHER
+                    )
+                    assert response.status_code == 202, response.text
+                await client.until(lambda: any(f["type"] == "event" for f in client.frames))
+    assert client.frames[0]["type"] == "hello"
+    (event,) = [f for f in client.frames if f["type"] == "event"]
+    assert (event["data"]["novel_id"], event["data"]["content_version"]) == ("n1", 1)
+
+
+class RawWebSocket:
+    """A wsproto client on a TCP stream: answers pings (and counts them), keeps the JSON frames,
+    fails on a close."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.protocol = WSConnection(ConnectionType.CLIENT)
+        self.frames: list[dict[str, Any]] = []
+        self.pings = 0
+
+    async def send(self, event: Event) -> None:
+        await self.stream.send_all(self.protocol.send(event))
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        while not done():
+            self.protocol.receive_data(await self.stream.receive_some())
+            for event in self.protocol.events():
+                if isinstance(event, Ping):
+                    self.pings += 1
+                    await self.send(event.response())
+                elif isinstance(event, TextMessage):
+                    self.frames.append(json.loads(event.data))
+                elif isinstance(event, CloseConnection | RejectConnection):
+                    raise AssertionError(f"the socket was closed: {event}, after {self.frames}")

@@ -456,6 +456,23 @@ async def test_a_request_framed_two_ways_is_400_and_the_connection_closes(
     assert split == response.replace(date_of(response), date_of(split))
 
 
+async def test_a_chunk_not_closed_by_crlf_is_refused_and_what_follows_is_not_answered() -> None:
+    """h11 before 0.16 took any two bytes for a chunk's closing CRLF (CVE-2025-43859): a proxy
+    that reads on to the next CRLF forwards ``XX`` and what follows as this body, and the router
+    answered it as the next request. pyproject.toml's h11 floor is what holds this."""
+    smuggled = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    async with running_router() as router:
+        host, port = router.url.removeprefix("http://").rsplit(":", 1)
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            await stream.send_all(
+                b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"5\r\nhelloXX0\r\n\r\n" + smuggled
+            )
+            response = await read_to_eof(stream)
+    assert response.startswith(b"HTTP/1.1 400")  # hypercorn's, before the app reads a byte
+    assert response.count(b"HTTP/1.1 ") == 1  # the smuggled request got no answer
+
+
 async def test_head_of_the_stream_answers_the_headers_and_opens_no_session() -> None:
     async with running_router(max_streams_per_user=1) as router:
         host, port = router.url.removeprefix("http://").rsplit(":", 1)

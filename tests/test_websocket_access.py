@@ -10,18 +10,25 @@ from pathlib import Path
 
 import trio
 
-from router.core.cursor import parse_identity
 from router.core.overload import Level
 from tests.conftest import RouterFactory
 from tests.e2e_helpers import (
     HANG_GUARD_SECONDS,
     RouterUnderTest,
     auth,
-    content,
     running_router,
     token,
 )
-from tests.test_access_control import ROOMY, issued, rfc3339, send_control
+from tests.test_access_control import (
+    ROOMY,
+    Publishing,
+    across_instances,
+    assert_nothing_of_n1_after,
+    issued,
+    revocation,
+    rfc3339,
+    send_control,
+)
 from tests.test_websocket import Client, connect, flush, hello
 
 ALLOWED = "https://app.example"
@@ -115,54 +122,28 @@ async def revoke_while_publishing(a: RouterUnderTest, b: RouterUnderTest) -> Non
     """u1's socket on ``b`` follows n1 and n2 while a publisher writes both through ``a``; n1 is
     revoked through ``a`` mid-stream. The socket stays open and is told; not one event of n1
     after the revocation's place in n1's partition reaches it; n2 flows with no gap."""
-    published = 0
-    stop, stopped = trio.Event(), trio.Event()
-
-    async def keep_publishing() -> None:
-        nonlocal published
-        while not stop.is_set():
-            await a.publish(content("n1", published), content("n2", published))
-            published += 1
-            await trio.sleep(0.005)
-        stopped.set()
-
+    publishing = Publishing(a)
     old = issued(60, novels=["n1", "n2"])
     following = {"novel_id": ["n1", "n2"]}
     async with connect(b, old, following) as client, trio.open_nursery() as nursery:
         await hello(client)
-        nursery.start_soon(keep_publishing)
+        nursery.start_soon(publishing.run)
         await client.until(lambda _: len(client.events()) >= 10)
-        *_, on_n1 = await send_control(
-            a,
-            {
-                "control": "revoke",
-                "user_id": "u1",
-                "novel_id": "n1",
-                "issued_at": rfc3339(time.time() - 30),
-            },
-        )
+        *_, on_n1 = await send_control(a, revocation("n1"))
         told = await client.until(lambda f: f["type"] == "access-changed")
         told_at = len(client.frames)
         await client.until(lambda _: len(client.frames) >= told_at + 10)  # n2 flows on
-        stop.set()
-        await stopped.wait()
-        for router in (a, b):  # every event and both copies of the control routed
-            await router.running.hub.adapter.wait_consumed(2 * published + 2)
+        await publishing.stop(a, b)  # every event and both copies of the control routed
         await flush(b, client)
         assert client.close is None
         (stream,) = b.running.hub.streams("u1")  # the same session, narrowed
         assert stream.principal.novels == frozenset({"n2"})
     assert told == {"type": "access-changed", "novel_id": "n1", "session_id": None}
-    seen_n1 = [d for novel, d in data_of(client) if novel == "n1"]
-    assert seen_n1  # the revocation came mid-stream
-    for data in seen_n1:
-        where = parse_identity(data["event_id"])
-        assert where.partition == on_n1.partition
-        assert where.offset < on_n1.offset, "an event of n1 after the revocation reached u1"
+    assert_nothing_of_n1_after([d for novel, d in data_of(client) if novel == "n1"], on_n1)
     after = [f for f in client.frames[told_at:] if f.get("event") == "content.updated"]
     assert {f["data"]["novel_id"] for f in after} == {"n2"}
     assert [d["content_version"] for novel, d in data_of(client) if novel == "n2"] == list(
-        range(published)
+        range(publishing.published)
     )  # no gap, no duplicate
 
 
@@ -182,8 +163,7 @@ async def test_a_revocation_narrows_an_open_socket_in_place_on_the_memory_bus() 
 async def test_a_revocation_through_one_instance_narrows_a_socket_on_another(
     shared_bus: RouterFactory,
 ) -> None:
-    async with shared_bus(**ROOMY) as a, shared_bus(**ROOMY) as b:
-        await revoke_while_publishing(a, b)
+    await across_instances(shared_bus, revoke_while_publishing)
 
 
 async def test_a_sign_out_closes_the_socket_4006_and_its_token_is_refused_after() -> None:

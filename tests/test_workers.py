@@ -13,7 +13,8 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,13 @@ import trio
 
 from router.cli import main
 from router.config import Settings
-from router.supervisor import SlotSettings, WorkerStartError, supervise, workers_refusal
+from router.supervisor import (
+    SlotSettings,
+    WorkerSlot,
+    WorkerStartError,
+    supervise,
+    workers_refusal,
+)
 from tests.e2e_helpers import SECRET
 from tests.faults.harness import (
     Behaviour,
@@ -124,38 +131,37 @@ async def test_a_worker_refusing_its_settings_stops_the_supervisor_at_once(liste
     assert starts == [0]
 
 
-async def test_a_worker_that_dies_once_ready_is_started_again(listening: int) -> None:
+@asynccontextmanager
+async def supervising(
+    workers: int, program: str, listening: int
+) -> AsyncIterator[list[WorkerSlot]]:
+    """The supervisor running ``workers`` stand-ins of ``program``; cancelled at the end."""
     async with trio.open_nursery() as nursery:
-        slots = await nursery.start(
+        slots: list[WorkerSlot] = await nursery.start(
             lambda task_status: supervise(
-                Settings(workers=1),
-                stand_in(READY_THEN_DIE),
+                Settings(workers=workers),
+                stand_in(program),
                 [listening],
                 slot_settings=FAST,
                 task_status=task_status,
             )
         )
+        yield slots
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_worker_that_dies_once_ready_is_started_again(listening: int) -> None:
+    async with supervising(1, READY_THEN_DIE, listening) as slots:
         with trio.fail_after(30):  # waiting for: the third start of the dying worker
             while slots[0].starts < 3:
                 await trio.sleep(0.02)
-        nursery.cancel_scope.cancel()
 
 
 async def test_cancelling_the_supervisor_stops_its_workers_with_sigterm(listening: int) -> None:
-    async with trio.open_nursery() as nursery:
-        slots = await nursery.start(
-            lambda task_status: supervise(
-                Settings(workers=2),
-                stand_in(READY_AND_WAIT),
-                [listening],
-                slot_settings=FAST,
-                task_status=task_status,
-            )
-        )
+    async with supervising(2, READY_AND_WAIT, listening) as slots:
         with trio.fail_after(30):  # waiting for: both stand-ins to be ready
             while not all(slot.readies for slot in slots):
                 await trio.sleep(0.02)
-        nursery.cancel_scope.cancel()
     assert [slot.process and slot.process.returncode for slot in slots] == [0, 0]
 
 
@@ -251,25 +257,80 @@ def any_bus_workers_settings(request: pytest.FixtureRequest) -> Iterator[dict[st
     delete_prefix(REDIS_URL, prefix)
 
 
+@asynccontextmanager
+async def supervised(settings: dict[str, Any]) -> AsyncIterator[RouterProcess]:
+    """``serve --workers 2`` with ``settings``, both workers ready; killed at the end."""
+    with router_processes() as routers:
+        router = RouterProcess(settings)
+        routers.append(router)
+        await router.start()
+        await all_ready(router, 2)
+        yield router
+
+
+@dataclass(frozen=True)
+class Spread:
+    router: RouterProcess
+    nursery: trio.Nursery
+    """Where the tabs run."""
+    counts: dict[int, int]
+    """How many streams each worker held once the tabs were spread."""
+
+
+@asynccontextmanager
+async def tabs_over_workers(run: Run, settings: dict[str, Any]) -> AsyncIterator[Spread]:
+    """:func:`supervised` with the run's tabs spread over both workers, the run publishing
+    through the same port; when the block ends the tabs stop, and the router must not have
+    crashed."""
+    async with supervised(settings) as router:
+        frontend = Frontend(run.rng, router.url)
+        run.publish_through(lambda: router.url)
+        async with trio.open_nursery() as nursery:
+            counts = await spread_over_workers(run, router, nursery, frontend)
+            yield Spread(router, nursery, counts)
+            nursery.cancel_scope.cancel()
+        assert not router.crashed(), router.log_tail()
+
+
+async def kill_mid_flow(
+    run: Run,
+    router: RouterProcess,
+    nursery: trio.Nursery,
+    victims: Callable[[dict[int, Worker]], list[Worker]],
+    what: str,
+) -> None:
+    """A moment into a publisher's flow of 200 events, SIGKILL the workers ``victims`` picks;
+    once the supervisor has every worker ready again, that flow finished and 60 more published,
+    wait until the tabs have settled (the run's oracle then judges what each was owed)."""
+    publishing = trio.Event()
+
+    async def publish_meanwhile() -> None:
+        await run.publisher.publish(200, batch=5, pause=0.01)
+        publishing.set()
+
+    nursery.start_soon(publish_meanwhile)
+    await trio.sleep(0.2)  # a moment into the stream, so the kill lands mid-flow
+    killed = frozenset(worker.pid for worker in victims(workers_of(router)))
+    run.mark(f"{what} (pid {', '.join(map(str, sorted(killed)))}) SIGKILL'd")
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    await all_ready(router, 2, not_pids=killed)
+    run.mark(f"{what} ready again")
+    with trio.fail_after(30):  # waiting for: the publishing during the kill to finish
+        await publishing.wait()
+    await run.publisher.publish(60, batch=5, pause=0.01)
+    await run.settle()
+
+
 async def test_streams_spread_over_workers_all_receive_a_broadcast(
     workers_settings: dict[str, Any],
 ) -> None:
     run = Run("broadcast over 2 workers (redis)", seed=1801)
     run.population.weights = {Kind.BROADCAST: 1}
-    with router_processes() as routers:
-        router = RouterProcess(workers_settings)
-        routers.append(router)
-        await router.start()
-        await all_ready(router, 2)
-        frontend = Frontend(run.rng, router.url)
-        run.publish_through(lambda: router.url)
-        async with trio.open_nursery() as nursery:
-            counts = await spread_over_workers(run, router, nursery, frontend)
-            await run.publisher.publish(20, batch=2, pause=0.01)
-            await run.settle()
-            nursery.cancel_scope.cancel()
-        assert not router.crashed(), router.log_tail()
-    print(f"streams per worker: {counts}")
+    async with tabs_over_workers(run, workers_settings) as spread:
+        await run.publisher.publish(20, batch=2, pause=0.01)
+        await run.settle()
+    print(f"streams per worker: {spread.counts}")
     run.report()
 
 
@@ -280,37 +341,11 @@ async def test_a_killed_worker_is_restarted_while_its_streams_resume_on_the_othe
     cursors and land on the other (or on it, restarted); every tab gets exactly what it is owed."""
     workers_settings = any_bus_workers_settings
     run = Run(f"a worker SIGKILL'd ({workers_settings['bus']})", seed=1802)
-    with router_processes() as routers:
-        router = RouterProcess(workers_settings)
-        routers.append(router)
-        await router.start()
-        await all_ready(router, 2)
-        frontend = Frontend(run.rng, router.url)
-        run.publish_through(lambda: router.url)
-        async with trio.open_nursery() as nursery:
-            counts = await spread_over_workers(run, router, nursery, frontend)
-            await run.publisher.publish(100, batch=5, pause=0.01)
-            publishing = trio.Event()
-
-            async def publish_meanwhile() -> None:
-                await run.publisher.publish(200, batch=5, pause=0.01)
-                publishing.set()
-
-            nursery.start_soon(publish_meanwhile)
-            await trio.sleep(0.2)  # a moment into the stream, so the kill lands mid-flow
-            victim = workers_of(router)[0]
-            run.mark(f"worker 0 (pid {victim.pid}) SIGKILL'd")
-            os.kill(victim.pid, signal.SIGKILL)
-            await all_ready(router, 2, not_pids=frozenset({victim.pid}))
-            run.mark("worker 0 ready again")
-            with trio.fail_after(30):  # waiting for: the publishing during the kill to finish
-                await publishing.wait()
-            await run.publisher.publish(60, batch=5, pause=0.01)
-            await run.settle()
-            nursery.cancel_scope.cancel()
-        assert not router.crashed(), router.log_tail()
-        assert '"worker exited"' in router.log.read_text()
-
+    async with tabs_over_workers(run, workers_settings) as spread:
+        await run.publisher.publish(100, batch=5, pause=0.01)
+        await kill_mid_flow(run, spread.router, spread.nursery, lambda w: [w[0]], "worker 0")
+        assert '"worker exited"' in spread.router.log.read_text()
+    counts = spread.counts
     resumed = sum(len(tab.record.connections) > 1 for tab in run.tabs)
     print(f"streams per worker before the kill: {counts}; tabs that reconnected: {resumed}")
     assert resumed >= counts[0]
@@ -321,20 +356,12 @@ async def test_sigterm_drains_every_worker(workers_settings: dict[str, Any]) -> 
     """SIGTERM to the supervisor: every stream on every worker is told ``server-shutdown`` and
     ended, the workers exit, and so does the supervisor, with 0."""
     run = Run("SIGTERM over 2 workers (redis)", seed=1803)
-    with router_processes() as routers:
-        router = RouterProcess(workers_settings)
-        routers.append(router)
-        await router.start()
-        await all_ready(router, 2)
-        pids = [w.pid for w in workers_of(router).values()]
-        frontend = Frontend(run.rng, router.url)
-        async with trio.open_nursery() as nursery:
-            await spread_over_workers(run, router, nursery, frontend)
-            for tab in run.tabs:
-                tab.calm = True
-            router.signal(signal.SIGTERM)
-            assert await router.wait() == 0, router.log_tail()
-            nursery.cancel_scope.cancel()
+    async with tabs_over_workers(run, workers_settings) as spread:
+        pids = [w.pid for w in workers_of(spread.router).values()]
+        for tab in run.tabs:
+            tab.calm = True
+        spread.router.signal(signal.SIGTERM)
+        assert await spread.router.wait() == 0, spread.router.log_tail()
         for pid in pids:
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
@@ -347,11 +374,7 @@ async def test_a_killed_supervisor_takes_its_workers_with_it(
 ) -> None:
     """Nobody is left to drain them: each sees its lifeline end and shuts down by itself instead
     of holding the port as an orphan."""
-    with router_processes() as routers:
-        router = RouterProcess(workers_settings)
-        routers.append(router)
-        await router.start()
-        await all_ready(router, 2)
+    async with supervised(workers_settings) as router:
         pids = [w.pid for w in workers_of(router).values()]
         # First, the supervisor is alive: its workers run on. (Outliving trio's idle worker
         # threads, 10 s, which started them: PR_SET_PDEATHSIG, tried first, stopped them then.)
@@ -377,34 +400,9 @@ async def test_every_worker_killed_at_once_loses_nothing(workers_settings: dict[
     """Both workers SIGKILL'd together while events flow (the host's whole router gone for a
     moment): the supervisor restarts both, and every tab resumes with all it is owed."""
     run = Run("every worker SIGKILL'd (redis)", seed=1804)
-    with router_processes() as routers:
-        router = RouterProcess(workers_settings)
-        routers.append(router)
-        await router.start()
-        await all_ready(router, 2)
-        frontend = Frontend(run.rng, router.url)
-        run.publish_through(lambda: router.url)
-        async with trio.open_nursery() as nursery:
-            await spread_over_workers(run, router, nursery, frontend)
-            await run.publisher.publish(60, batch=5, pause=0.01)
-            publishing = trio.Event()
-
-            async def publish_meanwhile() -> None:
-                await run.publisher.publish(200, batch=5, pause=0.01)
-                publishing.set()
-
-            nursery.start_soon(publish_meanwhile)
-            await trio.sleep(0.2)  # a moment into the stream, so the kills land mid-flow
-            victims = {w.pid for w in workers_of(router).values()}
-            run.mark("every worker SIGKILL'd")
-            for pid in victims:
-                os.kill(pid, signal.SIGKILL)
-            await all_ready(router, 2, not_pids=frozenset(victims))
-            run.mark("every worker ready again")
-            with trio.fail_after(30):  # waiting for: the publishing during the kills to finish
-                await publishing.wait()
-            await run.publisher.publish(60, batch=5, pause=0.01)
-            await run.settle()
-            nursery.cancel_scope.cancel()
-        assert not router.crashed(), router.log_tail()
+    async with tabs_over_workers(run, workers_settings) as spread:
+        await run.publisher.publish(60, batch=5, pause=0.01)
+        await kill_mid_flow(
+            run, spread.router, spread.nursery, lambda w: list(w.values()), "every worker"
+        )
     run.report()

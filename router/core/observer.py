@@ -36,6 +36,8 @@ class CloseReason(enum.StrEnum):
     """A grant the stream could use was revoked (see router.core.control)."""
     DISCONNECTED = "disconnected"
     """Its user or session was disconnected by a back end."""
+    NO_PONG = "no-pong"
+    """A WebSocket left a ping unanswered for ``--ws-pong-timeout-seconds`` (router.core.pong)."""
 
 
 class Transport(enum.StrEnum):
@@ -103,6 +105,17 @@ class WriteFallback(enum.StrEnum):
     """A WebSocket not (yet) accepted on an upgraded HTTP/1.1 connection, as hypercorn says."""
 
 
+class PongWatchFallback(enum.StrEnum):
+    """Why a WebSocket's pongs are not watched (``router/http/pong_watch.py``), so that a peer
+    that stops answering pings is not closed ``4008`` but left to the kernel's timeout."""
+
+    NOT_HYPERCORN = "not-hypercorn"
+    """The ASGI send is not hypercorn's WebSocket stream's (another server, or hypercorn
+    changed)."""
+    NOT_WSPROTO = "not-wsproto"
+    """hypercorn's stream holds no open wsproto connection of the shape the watch knows."""
+
+
 class StreamObserver(Protocol):
     """What a session reports about its stream."""
 
@@ -161,6 +174,9 @@ class Observer(StreamObserver, Protocol):
 
     def body_fell_back(self, reason: WriteFallback) -> None:
         """A stream's body is written through the server's ASGI ``send``, for ``reason``."""
+
+    def pong_watch_fell_back(self, reason: PongWatchFallback) -> None:
+        """A WebSocket's pongs cannot be watched, for ``reason``: it is never closed ``4008``."""
 
     def refused_token(self, reason: Reason) -> None:
         """The front door refused a request for its token, for ``reason`` (one of
@@ -256,6 +272,9 @@ class NoObserver:
         pass
 
     def body_fell_back(self, reason: WriteFallback) -> None:
+        pass
+
+    def pong_watch_fell_back(self, reason: PongWatchFallback) -> None:
         pass
 
     def refused_token(self, reason: Reason) -> None:

@@ -28,7 +28,8 @@ class CloseCode(enum.IntEnum):
     DISCONNECTED = 4006
     """The user or session was signed out: do not reconnect with this token."""
     NO_PONG = 4008
-    """Reserved: hypercorn answers pings but reports no pongs (see docs/websocket.md)."""
+    """A ping stayed unanswered for ``--ws-pong-timeout-seconds`` (router.core.pong): the peer
+    is gone or hung; a client that sees it reconnects, resuming."""
     RATE_LIMITED = 4029
     UNAVAILABLE = 4503
 
@@ -54,6 +55,7 @@ _ENDINGS: dict[CloseReason, CloseCode] = {
     CloseReason.ERROR: CloseCode.INTERNAL,
     CloseReason.ACCESS_CHANGED: CloseCode.ACCESS_CHANGED,
     CloseReason.DISCONNECTED: CloseCode.DISCONNECTED,
+    CloseReason.NO_PONG: CloseCode.NO_PONG,
 }
 
 

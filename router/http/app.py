@@ -134,6 +134,7 @@ def create_app(
         cors_origins=settings.cors_origins,
         auth_timeout_seconds=settings.ws_auth_timeout_seconds,
         messages_per_second=settings.ws_messages_per_second,
+        pong_timeout_seconds=settings.ws_pong_timeout_seconds,
     )
     max_batch = settings.publish_max_batch
     register_publish_route(app, hub, admission, max_batch, _credentials, client_address)

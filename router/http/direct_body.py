@@ -16,7 +16,8 @@ arrives while it waits for the lock with part of the chunk out).
 other shape (TLS, HTTP/2, an HTTP/1.0 client whose body is not chunked, another server) it
 returns ``None`` and the caller keeps the ASGI send (:func:`fallback_reason` says why, for the
 metric and the log that make such a fallback seen); ``tests/test_direct_body.py`` proves that the
-direct path is the one taken on the versions ``pyproject.toml`` admits.
+direct path is the one taken, and ``just private-reaches`` runs it on the older versions
+``pyproject.toml`` admits.
 """
 
 from __future__ import annotations

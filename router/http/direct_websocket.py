@@ -16,8 +16,8 @@ has started closing (:meth:`WebSocketSocketWriter.may_write`).
 (``WSStream.app_send`` -> ``H11Protocol.stream_send`` -> ``TCPServer.protocol_send``). On any
 other shape (HTTP/2's WebSocket, TLS, another server) it answers the
 :class:`~router.core.observer.WriteFallback` reason and the caller keeps ``websocket.send``;
-``tests/test_direct_websocket.py`` proves the direct path is taken on the versions
-``pyproject.toml`` admits.
+``tests/test_direct_websocket.py`` proves the direct path is taken, and ``just private-reaches``
+runs it on the older versions ``pyproject.toml`` admits.
 """
 
 from __future__ import annotations

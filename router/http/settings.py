@@ -22,3 +22,5 @@ class HTTPSettings:
     """How long a WebSocket without a token in its handshake has to send its ``auth`` message."""
     ws_messages_per_second: float
     """A WebSocket client's message rate (a token bucket) before it is closed as rate limited."""
+    ws_pong_timeout_seconds: float
+    """How long a WebSocket may leave a ping unanswered before it is closed ``4008``."""

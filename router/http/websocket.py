@@ -25,22 +25,23 @@ import trio
 from quart import Quart, websocket
 
 from actors.hub import Hub, ReplayUnavailableError
-from actors.session import CloseReason
+from actors.session import CloseReason, Session
 from router import __version__
 from router.admission import Admission, Ask
 from router.core.admission import Credentials, Reason, Refused
-from router.core.observer import NO_OBSERVER, Observer, WriteFallback
+from router.core.observer import NO_OBSERVER, Observer, PongWatchFallback, WriteFallback
 from router.core.ws_client import Auth, parse_client_message
 from router.core.ws_close import ending_close, refusal_close
 from router.core.ws_frame import text_frames
 from router.core.ws_wire import Frames, JSONFrames, access_changed, error
 from router.http.asgi import OBSERVER_KEY, SERVER_SEND_KEY
 from router.http.direct_websocket import WebSocketSocketWriter, websocket_writer
+from router.http.pong_watch import PongWatch, watch_pongs
 from router.http.ws_conversation import Conversation, Verdict
 
 WS_PATH = "/api/v1/events/ws"
 log = logging.getLogger(__name__)
-_fallbacks_logged: set[WriteFallback] = set()
+_fallbacks_logged: set[WriteFallback | PongWatchFallback] = set()
 """The fallback reasons logged so far in this process: each once, however many sockets meet it."""
 
 
@@ -84,6 +85,24 @@ def _fell_back(reason: WriteFallback, observer: Observer) -> None:
         )
 
 
+def _watch_pongs(scope: Mapping[str, Any], timeout: float, session: Session) -> PongWatch | None:
+    """Watch the socket's pongs, so that a silent peer's session ends ``no-pong``; where they
+    cannot be watched, say so (counted, and logged once per reason) and serve it unwatched."""
+    found = watch_pongs(
+        scope.get(SERVER_SEND_KEY), timeout, lambda: session.stop(CloseReason.NO_PONG)
+    )
+    if isinstance(found, PongWatch):
+        return found
+    scope.get(OBSERVER_KEY, NO_OBSERVER).pong_watch_fell_back(found)
+    if found not in _fallbacks_logged:
+        _fallbacks_logged.add(found)
+        log.warning(
+            "websocket pongs not watched: a peer that stops answering pings is not closed 4008",
+            extra={"reason": found.value},
+        )
+    return None
+
+
 def add_websocket_route(
     app: Quart,
     hub: Hub,
@@ -92,10 +111,12 @@ def add_websocket_route(
     cors_origins: tuple[str, ...],
     auth_timeout_seconds: float,
     messages_per_second: float,
+    pong_timeout_seconds: float,
 ) -> None:
     """``cors_origins`` (besides the router's own) may open a socket; a handshake without a
     token has ``auth_timeout_seconds`` for its ``auth`` message; a client sends at most
-    ``messages_per_second`` (a token bucket) before it is closed as rate limited."""
+    ``messages_per_second`` (a token bucket) before it is closed as rate limited; one that
+    leaves a ping unanswered for ``pong_timeout_seconds`` is closed ``4008``."""
     wire = JSONFrames(__version__)
 
     @app.websocket(WS_PATH)
@@ -134,6 +155,7 @@ def add_websocket_route(
         session = opened.session
         conversation = Conversation(hub, admission, session, messages_per_second)
         verdict: Verdict | None = None
+        pongs = _watch_pongs(websocket.scope, pong_timeout_seconds, session)
         try:
             async with trio.open_nursery() as nursery:
 
@@ -150,6 +172,8 @@ def add_websocket_route(
             await websocket.close(int(code), reason)
         finally:
             session.stop(CloseReason.CLIENT)  # when the client left, and Quart cancelled this
+            if pongs is not None:
+                pongs.remove()
 
 
 async def _ask(auth_timeout: float) -> Ask:

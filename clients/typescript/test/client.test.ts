@@ -1,44 +1,14 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 
-import { type CursorStore, SSEClient, type SSEClientOptions, SSEStreamError } from "../src/client.js";
+import { SSEStreamError } from "../src/client.js";
 import { FakeEventSource } from "./fake-event-source.js";
+import { fakeClient, freshFakes, memoryStore, newest, settle } from "./helpers.js";
 
-function memoryStore(initial: string | null = null): CursorStore & { value: string | null } {
-  return {
-    value: initial,
-    load() {
-      return this.value;
-    },
-    save(cursor: string) {
-      this.value = cursor;
-    },
-  };
-}
+const client = fakeClient();
 
-function client(options: Partial<SSEClientOptions> = {}): SSEClient {
-  return new SSEClient({
-    url: "https://events.example/api/v1/events/stream",
-    eventSource: (url, init) => new FakeEventSource(url, init),
-    cursorStore: memoryStore(),
-    random: () => 1,
-    ...options,
-  });
-}
+const last = (): FakeEventSource => newest(FakeEventSource.made, "EventSource");
 
-const last = (): FakeEventSource => {
-  const source = FakeEventSource.made.at(-1);
-  if (!source) throw new Error("no EventSource was made");
-  return source;
-};
-
-const settle = async (): Promise<void> => {
-  await vi.advanceTimersByTimeAsync(0);
-};
-
-beforeEach(() => {
-  FakeEventSource.made = [];
-  vi.useFakeTimers();
-});
+beforeEach(freshFakes);
 
 afterEach(() => {
   vi.useRealTimers();

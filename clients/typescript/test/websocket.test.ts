@@ -1,60 +1,39 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 
-import {
-  type CursorStore,
-  RequestRefusedError,
-  SSEClient,
-  type SSEClientOptions,
-  type SSEStreamError,
-} from "../src/client.js";
+import { RequestRefusedError, type SSEClient, type SSEStreamError } from "../src/client.js";
 import { FakeEventSource } from "./fake-event-source.js";
 import { FakeWebSocket } from "./fake-web-socket.js";
+import { fakeClient, freshFakes, memoryStore, newest, settle } from "./helpers.js";
 
-function memoryStore(initial: string | null = null): CursorStore & { value: string | null } {
-  return {
-    value: initial,
-    load() {
-      return this.value;
-    },
-    save(cursor: string) {
-      this.value = cursor;
-    },
-  };
-}
+const client = fakeClient({ transport: "websocket" });
 
-function client(options: Partial<SSEClientOptions> = {}): SSEClient {
-  return new SSEClient({
-    url: "https://events.example/api/v1/events/stream",
-    transport: "websocket",
-    webSocket: (url) => new FakeWebSocket(url),
-    eventSource: (url, init) => new FakeEventSource(url, init),
-    cursorStore: memoryStore(),
-    random: () => 1,
-    ...options,
-  });
-}
-
-const socket = (): FakeWebSocket => {
-  const made = FakeWebSocket.made.at(-1);
-  if (!made) throw new Error("no WebSocket was made");
-  return made;
-};
-
-const settle = async (): Promise<void> => {
-  await vi.advanceTimersByTimeAsync(0);
-};
+const socket = (): FakeWebSocket => newest(FakeWebSocket.made, "WebSocket");
 
 const query = (made: { url: string }, name: string): string | null =>
   new URL(made.url).searchParams.get(name);
+
+/** Start `sse` (on the SSE transport) and open its stream. */
+const openOnSSE = async (sse: SSEClient): Promise<void> => {
+  sse.start();
+  await settle();
+  FakeEventSource.made[0]?.open();
+};
+
+/** The stream the client opened in place of its first, once it has closed that. */
+const reopenedStream = async (): Promise<FakeEventSource> => {
+  await settle();
+  expect(FakeEventSource.made[0]?.closed).toBe(true);
+  const reopened = FakeEventSource.made[1];
+  if (!reopened) throw new Error("the stream was not reopened");
+  return reopened;
+};
 
 const content = (version: number): object => ({
   novel_id: "n1", content_version: version, event_id: `e${version}`, occurred_at: "t",
 });
 
 beforeEach(() => {
-  FakeWebSocket.made = [];
-  FakeEventSource.made = [];
-  vi.useFakeTimers();
+  freshFakes();
   vi.setSystemTime(new Date("2026-12-01T12:00:00Z"));
 });
 
@@ -355,15 +334,11 @@ describe("the token, refreshed in-band", () => {
       getToken: () => `token-${++issued}`,
       cursorStore: memoryStore("memory@e1:0:3"),
     });
-    sse.start();
-    await settle();
-    FakeEventSource.made[0]?.open();
+    await openOnSSE(sse);
     await sse.refreshToken();
-    await settle();
-    expect(FakeEventSource.made[0]?.closed).toBe(true);
-    const reopened = FakeEventSource.made[1];
-    expect(reopened && query(reopened, "token")).toBe("token-2");
-    expect(reopened && query(reopened, "last_event_id")).toBe("memory@e1:0:3");
+    const reopened = await reopenedStream();
+    expect(query(reopened, "token")).toBe("token-2");
+    expect(query(reopened, "last_event_id")).toBe("memory@e1:0:3");
   });
 });
 
@@ -469,15 +444,11 @@ describe("setFilter", () => {
 
   it("on SSE, reopens the stream with the new filter, from the cursor", async () => {
     const sse = client({ transport: "sse", cursorStore: memoryStore("memory@e1:0:8") });
-    sse.start();
-    await settle();
-    FakeEventSource.made[0]?.open();
+    await openOnSSE(sse);
     await expect(sse.setFilter({ session_id: "s1" })).resolves.toMatchObject({ session_id: "s1" });
-    await settle();
-    expect(FakeEventSource.made[0]?.closed).toBe(true);
-    const reopened = FakeEventSource.made[1];
-    expect(reopened && query(reopened, "session_id")).toBe("s1");
-    expect(reopened && query(reopened, "last_event_id")).toBe("memory@e1:0:8");
+    const reopened = await reopenedStream();
+    expect(query(reopened, "session_id")).toBe("s1");
+    expect(query(reopened, "last_event_id")).toBe("memory@e1:0:8");
   });
 });
 
