@@ -38,6 +38,7 @@ from actors.hub import CursorBoundError, Hub, HubSettings
 from actors.overload import OverloadMonitor, OverloadSettings
 from actors.relay import Relay, RelaySettings
 from actors.session import CloseReason, SessionSettings
+from router import heap_probe
 from router.address_gate import AddressGate
 from router.admission import Admission, AdmissionSettings
 from router.auth import TokenVerifier
@@ -222,6 +223,8 @@ async def serve(
     """
     verifier = token_verifier(settings)
     gate = address_gate(settings)
+    if heap_probe.requested_path() is not None:  # debug only: see router/heap_probe.py
+        heap_probe.start()
     log.info("router starting", extra={"settings": settings.redacted()})
     _warn_of_too_few_descriptors(settings.max_streams)
     async with AsyncExitStack() as resources:
@@ -403,6 +406,9 @@ async def _serve(
     async with trio.open_nursery() as root:
         root.start_soon(_watch_signals, shutdown_requested)
         root.start_soon(_reload_on_hangup, gate)
+        probe = heap_probe.requested_path()
+        if probe is not None:
+            root.start_soon(heap_probe.dump_on_signal, probe)
         await root.start(hub.run)
         root.start_soon(overload.run)
         open_outbox = outbox_opener(settings)
