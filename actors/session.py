@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import trio
 
+from actors.wakeup import Wakeup
 from router.core.control import Control
 from router.core.cursor import Cursor
 from router.core.goodbye import HISTORY_REPLACED, HISTORY_TRUNCATED, goodbye, says_goodbye
@@ -129,9 +130,9 @@ class Session:
         self.close_reason: CloseReason | None = None
         self.events_sent = 0
         self._inbox = Inbox(settings.inbox_capacity, cursor, max_bytes=settings.inbox_max_bytes)
-        # The writer's wake-up: at most one item, sent only while the writer waits for it (and
-        # the flag is cleared as it is sent), so it never fills.
-        self._wake_send, self._wake = trio.open_memory_channel[None](1)
+        # The writer's wake-up, called only while the writer waits for it (and the flag is
+        # cleared as it is called), so none is lost.
+        self._wakeup = Wakeup()
         self._writer_waiting = False
         self._rescoping = False
         self._rescope: _Rescope | None = None
@@ -180,7 +181,7 @@ class Session:
             self.stop(CloseReason.LAGGED)
         elif self._writer_waiting:  # inline: once per session and step, at 10,000 sessions
             self._writer_waiting = False
-            self._wake_send.send_nowait(None)
+            self._wakeup.wake()
         return filled
 
     def tick(self, progress: Cursor | None = None) -> None:
@@ -241,7 +242,7 @@ class Session:
     def _wake_writer(self) -> None:
         if self._writer_waiting:
             self._writer_waiting = False
-            self._wake_send.send_nowait(None)
+            self._wakeup.wake()
 
     # -- the session's side ----------------------------------------------------------------------
 
@@ -317,7 +318,7 @@ class Session:
             if self._rescoping:
                 if self._rescope is None:  # the hub is fetching its replay: nothing goes out
                     self._writer_waiting = True
-                    await self._wake.receive()
+                    await self._wakeup.wait()
                     continue
                 rescope, self._rescope, self._rescoping = self._rescope, None, False
                 if rescope.replay is not None:
@@ -329,7 +330,7 @@ class Session:
                 await self._write(output, batch)
             elif not inbox.heartbeat_due and not self._rescoping:
                 self._writer_waiting = True  # until an offer, a tick or a rescope wakes it
-                await self._wake.receive()
+                await self._wakeup.wait()
                 continue
             if inbox.heartbeat_due:
                 heartbeat = inbox.heartbeat()
