@@ -19,10 +19,11 @@ import logging
 import math
 import secrets
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import trio
 from quart import Quart, websocket
+from quart.wrappers import Websocket
 
 from actors.hub import Hub, ReplayUnavailableError
 from actors.session import CloseReason
@@ -56,6 +57,9 @@ class WebSocketOutput:
 
     def __init__(self, scope: Mapping[str, Any]) -> None:
         self._closed = False
+        # The socket itself, not Quart's context-local proxy: the session writes from its own
+        # task, which runs with the hub's context variables, not this request's.
+        self._websocket: Websocket = cast(Any, websocket)._get_current_object()
         found = websocket_writer(scope.get(SERVER_SEND_KEY))
         self._direct = found if isinstance(found, WebSocketSocketWriter) else None
         if isinstance(found, WriteFallback):
@@ -69,7 +73,7 @@ class WebSocketOutput:
             await self._direct.write(wire)
             return
         for frame in frames:
-            await websocket.send(frame)
+            await self._websocket.send(frame)
 
     def close(self) -> None:
         self._closed = True
