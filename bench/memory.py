@@ -85,7 +85,7 @@ def measure(streams: int, transport: str, probe: bool) -> None:
             assert isinstance(after, list)
             heap = (traced_total(after) - traced_total(before)) / count
             print(f"Python heap (tracemalloc): {heap:,.0f} bytes per stream")
-            for kind, title in (("line", "sites"), ("file", "files")):
+            for kind, title in (("line", "sites"), ("file", "files"), ("owner", "owners")):
                 print(f"top {title} with the streams open (bytes, objects per stream, where):")
                 for line in after[1:]:
                     if line.startswith(kind + " "):

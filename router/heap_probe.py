@@ -46,9 +46,30 @@ def report(top: int = TOP_SITES) -> str:
     for stat in by_line[:top]:
         frame = stat.traceback[0]
         lines.append(f"line {stat.size} {stat.count} {frame.filename}:{frame.lineno}")
-    for stat in snapshot.statistics("filename")[:top]:
+    by_file = snapshot.statistics("filename")
+    for stat in by_file[:top]:
         lines.append(f"file {stat.size} {stat.count} {stat.traceback[0].filename}")
+    owners: dict[str, list[int]] = {}
+    for stat in by_file:
+        owned = owners.setdefault(owner(stat.traceback[0].filename), [0, 0])
+        owned[0] += stat.size
+        owned[1] += stat.count
+    for name, (size, count) in sorted(owners.items(), key=lambda item: -item[1][0]):
+        lines.append(f"owner {size} {count} {name}")
     return "\n".join(lines) + "\n"
+
+
+def owner(filename: str) -> str:
+    """Who a source file belongs to: an installed package, the router, or the standard library
+    (attrs' generated methods are charged to the package of the class they were made for)."""
+    if filename.startswith("<attrs generated"):
+        return filename.split()[-1].split(".")[0].strip("<>")
+    if "site-packages/" in filename:
+        return filename.split("site-packages/", 1)[1].split("/", 1)[0].removesuffix(".py")
+    for ours in ("/router/", "/actors/"):
+        if ours in filename:
+            return "router"
+    return "standard library"
 
 
 async def dump_on_signal(path: Path) -> None:
