@@ -1,7 +1,7 @@
 """One task's wake-up call: what a session's writer sleeps on until there is something to write.
 
-A memory channel of capacity 1 did the job, at about 1.9 KB per session (its state, both ends,
-and what a waiting ``receive`` allocates), at 10,000 sessions 19 MB for a flag. A :class:`Wakeup`
+A memory channel of capacity 1 did the job, at about 2 KB per session (its state, both ends,
+and what a waiting ``receive`` allocates), at 10,000 sessions 20 MB for a flag. A :class:`Wakeup`
 is one slot: the sleeping task, or ``None``.
 """
 

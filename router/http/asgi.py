@@ -229,7 +229,7 @@ async def _hold_stream(
     session).
 
     Quart's two tasks for the request, its request and context objects and the response are gone
-    by then: about 14 KB less per open stream (docs/performance.md, "Memory"), and one task, this
+    by then: about 12 KB less per open stream (docs/performance.md, "Memory"), and one task, this
     one, hypercorn's own for the request, waits for the end. Cancelled (the server's root), it
     returns at once through the cancellation, without ending the body.
     """
