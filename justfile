@@ -81,3 +81,7 @@ faults *ARGS:
 bench *ARGS:
     pip install --quiet -e '.[dev,bench]'
     python -m bench.run {{ARGS}}
+
+# What an idle stream costs the router in memory (RSS and tracemalloc): `just bench-memory --streams 10000`.
+bench-memory *ARGS:
+    python -m bench.memory {{ARGS}}

@@ -18,6 +18,7 @@ that: every session says goodbye (``server-shutdown``) and ends its response.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections import Counter
@@ -159,6 +160,9 @@ class Hub:
         """When :meth:`run` started (trio's clock): a resume before the bus answered is
         refused for a retry for ``replay_outage_grace_seconds`` from then."""
         self._sessions_nursery: trio.Nursery | None = None
+        self._sessions_context = contextvars.Context()
+        """The context variables sessions start with: the hub's (taken in :meth:`run`), never
+        those of the request that opened them (see :meth:`open`)."""
         self._records: trio.MemoryReceiveChannel[Sequence[Record]] | None = None
         self.publisher = GuardedPublisher(bus, settings.breaker, observer)
         """The bus behind its circuit breaker: what ``POST /api/v1/events`` and the outbox
@@ -211,6 +215,7 @@ class Hub:
         )
         self._records = records_receive
         self._started_at = trio.current_time()
+        self._sessions_context = contextvars.copy_context()
         await self._load_controls()
         async with trio.open_nursery() as nursery:
             self._sessions_nursery = await nursery.start(_open_sessions_nursery)
@@ -348,7 +353,12 @@ class Hub:
         receive: trio.MemoryReceiveChannel[bytes] | None = None
         if output is None:
             output, receive = trio.open_memory_channel[bytes](self.settings.output_capacity)
-        self._sessions_nursery.start_soon(self._run_session, session, output, resume, position)
+        # A task starts with a copy of its spawner's context variables: started from here, a
+        # session would hold the opening request's (Quart's request context, the request and
+        # its headers) for as long as its stream lasts, after the HTTP layer let them go.
+        self._sessions_context.run(
+            self._sessions_nursery.start_soon, self._run_session, session, output, resume, position
+        )
         return Opened(session, resume, receive)
 
     async def rescope(

@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
+from actors.wakeup import Wakeup
 from router.core.cursor import Cursor
 from router.core.goodbye import last_words
 from router.core.history import Replay
@@ -61,9 +62,9 @@ class Session(Stream):
     def _made(self) -> None:
         self.finished = trio.Event()
         """Set when :meth:`run` has returned, however it ended."""
-        # The writer's wake-up: at most one item, sent only while the writer waits for it (and
-        # the flag is cleared as it is sent), so it never fills.
-        self._wake_send, self._wake = trio.open_memory_channel[None](1)
+        # The writer's wake-up, called only while the writer waits for it (and the flag is
+        # cleared as it is called), so none is lost.
+        self._wakeup = Wakeup()
         self._writer_waiting = False
         self._scope = trio.CancelScope()
 
@@ -79,7 +80,7 @@ class Session(Stream):
             self.stop(CloseReason.LAGGED)
         elif self._writer_waiting:  # inline: once per session and step, at 10,000 sessions
             self._writer_waiting = False
-            self._wake_send.send_nowait(None)
+            self._wakeup.wake()
         return filled
 
     def tick(self, progress: Cursor | None = None) -> None:
@@ -109,7 +110,7 @@ class Session(Stream):
     def _wake_writer(self) -> None:
         if self._writer_waiting:
             self._writer_waiting = False
-            self._wake_send.send_nowait(None)
+            self._wakeup.wake()
 
     def _set_deadline(self) -> None:
         self._scope.deadline = trio.current_time() + max(0.0, self.expires_at - time.time())
@@ -146,7 +147,7 @@ class Session(Stream):
             step = self.next()
             if step is Pause.WAIT:
                 self._writer_waiting = True  # until an offer, a tick or a rescope wakes it
-                await self._wake.receive()
+                await self._wakeup.wait()
             elif step is Pause.CHECKPOINT:
                 await trio.lowlevel.checkpoint()
             else:

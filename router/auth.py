@@ -17,7 +17,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from router.core.permissions import Principal
+from router.core.permissions import Principal, id_set
 from router.core.scope import Scope, ScopeError
 
 MIN_SECRET_BYTES = 32
@@ -178,7 +178,7 @@ def _string_list(claims: Mapping[str, object], name: str) -> frozenset[str]:
     value = claims.get(name, [])
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise AuthError(AuthProblem.BAD_CLAIMS, f"the {name!r} claim must be a list of strings")
-    return frozenset(value)
+    return id_set(value)
 
 
 def principal_from_claims(claims: Mapping[str, object]) -> Principal:

@@ -12,10 +12,12 @@ from functools import partial
 import trio
 
 from router import __version__, supervisor
-from router.auth import MIN_SECRET_BYTES, mint_token
-from router.config import Settings, add_serve_arguments, count, env_name
+from router.config import ConfigurationError, Settings, add_serve_arguments, count, env_name
 from router.logs import configure_logging
-from router.server import ConfigurationError, address_gate, serve, token_verifier
+
+# Imported where they are used, not here: the supervisor of ``serve --workers N`` runs this module
+# and needs none of them, and the HTTP stack, the brokers' clients and the token library are about
+# 45 MiB of a process that only starts, watches and stops its workers (docs/performance.md).
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "token":
+        from router.auth import MIN_SECRET_BYTES, mint_token
+
         if args.jwt_secret is None or len(args.jwt_secret.encode()) < MIN_SECRET_BYTES:
             parser.error(f"token needs --jwt-secret of at least {MIN_SECRET_BYTES} bytes")
         print(
@@ -72,15 +76,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     settings = Settings.from_args(args)
     configure_logging(settings.log_level, settings.log_format)  # type: ignore[arg-type]
+    if settings.workers > 1:
+        # The workers check the token key and the address rules as a single router does: one
+        # that refuses them exits 2 before it is ready, which stops the supervisor at once with
+        # that code (router/supervisor.py), its message on the shared stderr.
+        serve_argv = list(sys.argv[1:] if argv is None else argv)
+        return supervisor.main(settings, serve_argv)
+    from router.server import address_gate, serve, token_verifier
+
     try:
         token_verifier(settings)  # refuse to start before anything runs
         address_gate(settings)
     except ConfigurationError as error:
         print(f"sse-router: {error}", file=sys.stderr)
         return 2
-    if settings.workers > 1:
-        serve_argv = list(sys.argv[1:] if argv is None else argv)
-        return supervisor.main(settings, serve_argv)
     return run_router(partial(serve, settings))
 
 
@@ -95,7 +104,20 @@ def run_router(router: Callable[[], Awaitable[None]]) -> int:
     except ConfigurationError as error:  # found once the bus answered: the partitions
         print(f"sse-router: {error}", file=sys.stderr)
         return 2
+    except BaseExceptionGroup as group:
+        # Raised from inside a nursery (a worker's serve() is started in one), the refusal comes
+        # wrapped: still a refusal of the settings, which the supervisor must see as code 2.
+        refused, other = group.split(ConfigurationError)
+        if refused is None or other is not None:
+            raise
+        print(f"sse-router: {_first_leaf(refused)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 if __name__ == "__main__":

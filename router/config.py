@@ -498,3 +498,7 @@ def add_serve_arguments(
         " (doubling while probes fail, up to 30 s)",
         type=positive_seconds,
     )
+
+
+class ConfigurationError(Exception):
+    """A setting that cannot work; the message is for the operator."""

@@ -23,7 +23,6 @@ import logging
 import os
 import resource
 import signal
-import socket
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from actors.hub import CursorBoundError, Hub, HubSettings
 from actors.overload import OverloadMonitor, OverloadSettings
 from actors.relay import Relay, RelaySettings
 from actors.session import CloseReason, SessionSettings
+from router import heap_probe
 from router.address_gate import AddressGate
 from router.admission import Admission, AdmissionSettings
 from router.auth import TokenVerifier
@@ -50,7 +50,7 @@ from router.cache.controls import ControlStore, ProcessControls
 from router.cache.memory import MemoryReplayCache
 from router.cache.redis import RedisReplayCache
 from router.cache.redis_controls import RedisControls
-from router.config import Settings
+from router.config import ConfigurationError, Settings
 from router.core.address_rules import AddressRulesError
 from router.core.admission import StreamCaps
 from router.core.control import DEFAULT_HOLD_SECONDS, AccessRules
@@ -58,6 +58,7 @@ from router.core.request_bounds import HARD_HEAD_LIMIT
 from router.http.app import create_app
 from router.http.asgi import RequestLifecycle
 from router.http.settings import HTTPSettings
+from router.listener import listening_socket
 from router.metrics import Metrics
 from router.outbox.base import OutboxStore
 from router.outbox.postgres import PostgresOutbox
@@ -65,38 +66,6 @@ from router.outbox.sqlite import SqliteOutbox
 from router.resident import resident_bytes
 
 log = logging.getLogger(__name__)
-
-
-class ConfigurationError(Exception):
-    """A setting that cannot work; the message is for the operator."""
-
-
-def listening_socket(settings: Settings) -> int:
-    """A bound TCP socket for hypercorn (``fd://``), returned as a file descriptor it will own.
-
-    Accepted connections inherit ``TCP_USER_TIMEOUT``: the kernel aborts a connection whose data
-    has gone unacknowledged, or unsent behind a zero window, for ``stalled_client_seconds``. That
-    is the only thing that can end hypercorn's socket writes to a client that stopped reading
-    (they are shielded from cancellation), so it is what bounds shutdown with such a client.
-    """
-    family, kind, proto, _, address = socket.getaddrinfo(
-        settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(
-            socket.IPPROTO_TCP,
-            socket.TCP_USER_TIMEOUT,
-            round(settings.stalled_client_seconds * 1000),
-        )
-        sock.bind(address)
-    except OSError as error:
-        sock.close()
-        raise ConfigurationError(
-            f"cannot listen on {settings.host}:{settings.port}: {error}"
-        ) from None
-    return sock.detach()
 
 
 ACCEPTORS = 8
@@ -223,6 +192,8 @@ async def serve(
     """
     verifier = token_verifier(settings)
     gate = address_gate(settings)
+    if heap_probe.requested_path() is not None:  # debug only: see router/heap_probe.py
+        heap_probe.start()
     log.info("router starting", extra={"settings": settings.redacted()})
     _warn_of_too_few_descriptors(settings.max_streams)
     async with AsyncExitStack() as resources:
@@ -412,6 +383,9 @@ async def _serve(
     async with trio.open_nursery() as root:
         root.start_soon(_watch_signals, shutdown_requested)
         root.start_soon(_reload_on_hangup, gate)
+        probe = heap_probe.requested_path()
+        if probe is not None:
+            root.start_soon(heap_probe.dump_on_signal, probe)
         await root.start(hub.run)
         root.start_soon(overload.run)
         open_outbox = outbox_opener(settings)

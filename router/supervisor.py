@@ -35,8 +35,9 @@ from dataclasses import dataclass
 
 import trio
 
-from router.config import Settings
+from router.config import ConfigurationError, Settings
 from router.core.backoff import Backoff
+from router.listener import listening_socket
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +231,6 @@ async def _read_line(descriptor: int) -> bytes:
 
 def shared_listening_socket(settings: Settings) -> int:
     """The port every worker accepts from, listening before any worker runs."""
-    from router.server import listening_socket  # the HTTP stack, only once it is needed
-
     descriptor = listening_socket(settings)
     listener = socket.socket(fileno=descriptor)
     listener.listen(ACCEPT_BACKLOG)
@@ -290,8 +289,6 @@ def main(settings: Settings, serve_argv: Sequence[str]) -> int:
     if refusal is not None:
         print(f"sse-router: {refusal}", file=sys.stderr)
         return CONFIGURATION_EXIT_CODE
-    from router.server import ConfigurationError
-
     try:
         descriptor = shared_listening_socket(settings)
     except ConfigurationError as error:

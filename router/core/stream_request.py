@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from router.core.cursor import Cursor, CursorError, parse_cursor
 from router.core.events import EVENT_CLASSES, SSEErrorEvent
-from router.core.permissions import Principal, StreamFilter
+from router.core.permissions import Principal, StreamFilter, id_set
 from router.core.scope import MAX_SCOPE_ID_LENGTH, Scope, ScopeError
 
 # sse.error is the stream's own control channel: a client cannot filter it away, so naming it in
@@ -92,7 +92,7 @@ def parse_stream_request(
         except CursorError as exc:
             raise RequestError(parameter, str(exc)) from None
     return StreamRequest(
-        StreamFilter(frozenset(novel_ids), session_id, frozenset(event_types)), resume_from
+        StreamFilter(id_set(novel_ids), session_id, id_set(event_types)), resume_from
     )
 
 

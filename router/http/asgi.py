@@ -24,6 +24,12 @@
 5. A stream whose body cannot be written straight onto its socket falls back to hypercorn's send,
    at about half the broadcast throughput: each such stream is reported to the router's observer
    (``sse_direct_write_fallbacks_total``), and each reason is logged once per process.
+
+6. An event stream outlives Quart's part of its request: once its headers are out, Quart's body
+   ends and its last body message is held back, Quart's tasks, request and context objects are
+   let go, and the response is held open here, in hypercorn's task, until the session ends it
+   (:func:`_hold_stream`). That is plain ASGI, no reach into Quart: the app has sent a start and
+   no end, and the end comes later from this wrapper.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import trio
 from hypercorn.typing import (
     ASGIFramework,
     ASGIReceiveCallable,
+    ASGIReceiveEvent,
     ASGISendCallable,
     ASGISendEvent,
     HTTPScope,
@@ -50,6 +57,7 @@ from router.http.direct_body import ChunkedSocketWriter, direct_writer, fallback
 from router.http.errors import error_document
 
 SESSION_KEY = "sse_router.session"
+WRITER_KEY = "sse_router.writer"
 SEND_KEY = "sse_router.send"
 SERVER_SEND_KEY = "sse_router.server_send"
 OBSERVER_KEY = "sse_router.observer"
@@ -69,20 +77,41 @@ class ResponseBodyWriter:
     Quart sends the status and headers, then iterates :meth:`body`; from that moment the session's
     chunks go to hypercorn with no channel, generator or framework loop in between (each of those
     cost a task switch per event and stream), and, on plain HTTP/1.1, straight onto the socket
-    (:mod:`router.http.direct_body`). When the session closes its output, :meth:`body` ends and
-    Quart ends the response.
+    (:mod:`router.http.direct_body`). :meth:`body` ends at once: Quart's part of the request is
+    over once the headers are out, and :class:`RequestLifecycle` holds the response open, in
+    hypercorn's task for it, until the session closes its output (:attr:`ended`) or the client
+    leaves.
     """
 
+    __slots__ = (
+        "_closed",
+        "_direct",
+        "_headers_sent",
+        "_observer",
+        "_send",
+        "_server_send",
+        "ended",
+    )
+
     def __init__(self, scope: object) -> None:
-        self._send: ASGISendCallable = cast(dict[str, Any], scope)[SEND_KEY]
-        self._server_send: object = cast(dict[str, Any], scope).get(SERVER_SEND_KEY)
-        self._observer: Observer = cast(dict[str, Any], scope).get(OBSERVER_KEY, NO_OBSERVER)
+        values = cast(dict[str, Any], scope)
+        self._send: ASGISendCallable = values[SEND_KEY]
+        self._server_send: object = values.get(SERVER_SEND_KEY)
+        self._observer: Observer = values.get(OBSERVER_KEY, NO_OBSERVER)
         self._direct: ChunkedSocketWriter | None = None
         self._headers_sent = trio.Event()
-        self._closed = trio.Event()
+        self._closed = False
+        self.ended = trio.CancelScope()
+        """Cancelled when the session closes its output: :class:`RequestLifecycle` then ends the
+        response."""
+        values[WRITER_KEY] = self
+
+    @property
+    def headers_sent(self) -> bool:
+        return self._headers_sent.is_set()
 
     async def send(self, chunk: bytes, /) -> None:
-        if self._closed.is_set():
+        if self._closed:
             raise trio.BrokenResourceError("the response has ended")
         if self._direct is None and not self._headers_sent.is_set():
             await self._headers_sent.wait()
@@ -107,17 +136,22 @@ class ResponseBodyWriter:
             )
 
     def close(self) -> None:
-        self._closed.set()
+        self._closed = True
+        self.ended.cancel()
 
     async def body(self) -> AsyncIterator[bytes]:
-        """The response body as Quart sees it: nothing, until the session closes its output."""
+        """The response body as Quart sees it: nothing. Its end is not the response's: the last
+        body message Quart sends after it is held back (:class:`RequestLifecycle`)."""
         self._headers_sent.set()
-        await self._closed.wait()
         return
         yield b""  # an async generator that yields nothing
 
 
 class RequestLifecycle:
+    """The ASGI app hypercorn serves: the checks above (see the module's docstring), then the
+    Quart app, then, for an event stream whose headers are out, the response held open without
+    Quart (:meth:`_hold_stream`)."""
+
     def __init__(self, app: ASGIFramework, observer: Observer = NO_OBSERVER) -> None:
         self.app = app
         self.observer = observer
@@ -125,14 +159,6 @@ class RequestLifecycle:
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
-        async def send_last_chunk_shielded(message: ASGISendEvent) -> None:
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                # Bounded by the socket's TCP_USER_TIMEOUT, like hypercorn's own shielded writes.
-                with trio.CancelScope(shield=True):
-                    await send(message)
-            else:
-                await send(message)
-
         if scope["type"] == "http" and framed_two_ways(scope["headers"]):
             await refuse_ambiguous_framing(scope, send)
             return
@@ -143,15 +169,77 @@ class RequestLifecycle:
             if too_large is not None:
                 await refuse_oversized(scope, send, too_large)
                 return
-        cast(dict[str, Any], scope)[SEND_KEY] = send_last_chunk_shielded
-        cast(dict[str, Any], scope)[SERVER_SEND_KEY] = send
-        cast(dict[str, Any], scope)[OBSERVER_KEY] = self.observer
+        values = cast(dict[str, Any], scope)
+        disconnected = False
+
+        async def receive_watched() -> ASGIReceiveEvent:
+            nonlocal disconnected
+            message = await receive()
+            disconnected = disconnected or message["type"] == "http.disconnect"
+            return message
+
+        async def send_to_client(message: ASGISendEvent) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                writer = values.get(WRITER_KEY)
+                if isinstance(writer, ResponseBodyWriter) and writer.headers_sent:
+                    return  # an event stream's: sent by _hold_stream when the session ends
+                # Bounded by the socket's TCP_USER_TIMEOUT, like hypercorn's own shielded writes.
+                with trio.CancelScope(shield=True):
+                    await send(message)
+            elif message["type"] == "http.response.start" and WRITER_KEY in values:
+                await _send_start_and_forget_its_headers(message, send)
+            else:
+                await send(message)
+
+        values[SEND_KEY] = send_to_client
+        values[SERVER_SEND_KEY] = send
+        values[OBSERVER_KEY] = self.observer
         try:
-            await self.app(scope, receive, send_last_chunk_shielded)
+            await self.app(scope, receive_watched, send_to_client)
+            writer = values.pop(WRITER_KEY, None)
+            if isinstance(writer, ResponseBodyWriter) and writer.headers_sent and not disconnected:
+                await _hold_stream(writer, receive, send)
         finally:
-            session = cast(dict[str, Any], scope).get(SESSION_KEY)
+            session = values.pop(SESSION_KEY, None)
             if isinstance(session, Session):
                 session.stop(CloseReason.CLIENT)
+
+
+async def _send_start_and_forget_its_headers(
+    message: ASGISendEvent, send: ASGISendCallable
+) -> None:
+    """Send an event stream's ``http.response.start``, then empty its header list.
+
+    hypercorn keeps the start message as long as the response lasts, and reads only its status
+    and trailers flag once the headers are written (the header list is for its access log, which
+    the router turns off): about 1 KB per open stream. The message sent is a copy of our own,
+    so if a server read it again, it would find no headers and the response would be unchanged
+    on the wire (they went out already).
+    """
+    start = cast(dict[str, Any], dict(message))
+    await send(cast(ASGISendEvent, start))
+    start["headers"] = ()
+
+
+async def _hold_stream(
+    writer: ResponseBodyWriter, receive: ASGIReceiveCallable, send: ASGISendCallable
+) -> None:
+    """Keep an event stream's response open once Quart is done with it, until its session closes
+    its output (then end the body) or the client leaves (then return: the caller stops the
+    session).
+
+    Quart's two tasks for the request, its request and context objects and the response are gone
+    by then: about 12 KB less per open stream (docs/performance.md, "Memory"), and one task, this
+    one, hypercorn's own for the request, waits for the end. Cancelled (the server's root), it
+    returns at once through the cancellation, without ending the body.
+    """
+    with writer.ended:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        return  # the client left
+    # Bounded by the socket's TCP_USER_TIMEOUT, like hypercorn's own shielded writes.
+    with trio.CancelScope(shield=True):
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def framed_two_ways(headers: Iterable[tuple[bytes, bytes]]) -> bool:

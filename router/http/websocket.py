@@ -9,8 +9,9 @@ cannot read a refused handshake's status): a refusal is an ``error`` frame, then
 Who cancels whom: the session runs in the hub's sessions nursery and ends by itself (lagged, token
 expired, server shutdown: its goodbye is its last frame), or is stopped here when the conversation
 ends the connection or the client leaves (Quart cancels this handler on the disconnect). This
-handler waits for the session to finish, cancels the conversation, and closes with the code of
-how it ended (:mod:`router.core.ws_close`).
+handler reads the conversation until the session closes its output (which cancels that read:
+no task of its own watches for it), waits for the session to finish, and closes with the code
+of how it ended (:mod:`router.core.ws_close`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import logging
 import math
 import secrets
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import trio
 from quart import Quart, websocket
+from quart.wrappers import Websocket
 
 from actors.hub import Hub, ReplayUnavailableError
 from actors.session import CloseReason, Session
@@ -56,6 +58,12 @@ class WebSocketOutput:
 
     def __init__(self, scope: Mapping[str, Any]) -> None:
         self._closed = False
+        # The socket itself, not Quart's context-local proxy: the session writes from its own
+        # task, which runs with the hub's context variables, not this request's.
+        self._websocket: Websocket = cast(Any, websocket)._get_current_object()
+        self.ended = trio.CancelScope()
+        """Cancelled when the session closes its output: what the client's messages are read in,
+        so the handler needs no task of its own to watch for the end."""
         found = websocket_writer(scope.get(SERVER_SEND_KEY))
         self._direct = found if isinstance(found, WebSocketSocketWriter) else None
         if isinstance(found, WriteFallback):
@@ -69,10 +77,11 @@ class WebSocketOutput:
             await self._direct.write(wire)
             return
         for frame in frames:
-            await websocket.send(frame)
+            await self._websocket.send(frame)
 
     def close(self) -> None:
         self._closed = True
+        self.ended.cancel()
 
 
 def _fell_back(reason: WriteFallback, observer: Observer) -> None:
@@ -135,13 +144,14 @@ def add_websocket_route(
         if isinstance(admitted, Refused):
             return await _refuse(admitted, admission)
         connection_id = secrets.token_hex(8)
+        output = WebSocketOutput(websocket.scope)
         try:
             opened = await hub.open(
                 admitted.principal,
                 admitted.stream_filter,
                 expires_at=admitted.expires_at,
                 resume_from=admitted.resume_from,
-                output=WebSocketOutput(websocket.scope),
+                output=output,
                 issued_at=admitted.issued_at,
                 address=admission.address(peer, forwarded),
                 connection_id=connection_id,
@@ -157,16 +167,10 @@ def add_websocket_route(
         verdict: Verdict | None = None
         pongs = _watch_pongs(websocket.scope, pong_timeout_seconds, session)
         try:
-            async with trio.open_nursery() as nursery:
-
-                async def converse() -> None:
-                    nonlocal verdict
-                    verdict = await conversation.run()
-                    session.stop(CloseReason.CLIENT)
-
-                nursery.start_soon(converse)
-                await session.finished.wait()
-                nursery.cancel_scope.cancel()
+            with output.ended:  # the session ended: the conversation with it
+                verdict = await conversation.run()
+                session.stop(CloseReason.CLIENT)
+            await session.finished.wait()
             ended = session.close_reason
             code, reason = verdict or (ending_close(ended), _reason_text(ended))
             await websocket.close(int(code), reason)
