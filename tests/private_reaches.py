@@ -4,7 +4,9 @@ versions ``pyproject.toml`` admits: ``python -m tests.private_reaches`` (``just 
 The reaches: ``router/http/direct_body.py`` (hypercorn's stream, protocol and server, h11's
 private ``ChunkedWriter``), ``direct_websocket.py`` and ``pong_watch.py`` (hypercorn's
 ``WSStream`` and its wsproto connection), ``router/bus/kafka.py`` (an aiokafka consumer's
-``_client``, ``_fetcher``) and ``kafka_metadata.py`` (aiokafka's protocol types). The suite
+``_client``, ``_fetcher``, closed when its stop is cut short; the topic probe goes through no
+reach, on a public ``AIOKafkaClient`` of the bus's own) and ``kafka_metadata.py`` (aiokafka's
+protocol types, which that client sends). The suite
 itself runs on what the environment resolved, the newest versions admitted; this runs the tests
 of each library (:data:`REACH_TESTS`) once per :data:`EDGES` entry, with that entry's exact
 versions installed (``pip install --no-deps --target``, kept under ``.cache/private-reaches/``)
@@ -51,10 +53,12 @@ HTTP_REACH_TESTS = (
     "tests/test_websocket.py::test_shutdown_says_server_shutdown_then_closes_going_away",
 )
 KAFKA_REACH_TESTS = (
-    # The topic probe through consumer._client and the Metadata v10 types, and the cleanup of a
-    # stop cut short through _client and _fetcher.
+    # The topic probe's Metadata v10 types, sent on the bus's own client; the cleanup of a stop
+    # cut short through the consumer's _client and _fetcher, and the probe client closed beside
+    # it within the same deadline.
     "tests/test_kafka.py::test_every_event_type_goes_from_kafka_to_the_browser",
     "tests/test_kafka.py::test_a_consumer_whose_stop_is_cut_short_still_closes_its_connections",
+    "tests/test_kafka.py::test_the_probe_client_is_closed_with_the_bus_even_when_its_stop_is_cut_short",
 )
 REACH_TESTS = {
     "hypercorn": HTTP_REACH_TESTS,

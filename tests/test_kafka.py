@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 from contextlib import aclosing
+from typing import Literal
 
 import pytest
 import trio
 import trio_asyncio
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from router.bus.base import Record
 from router.bus.kafka import KafkaBus, KafkaSettings
+from router.bus.kafka import _start as kafka_bus_start
 from router.bus.kafka import _stop as kafka_bus_stop
 from router.core.cursor import MAX_OFFSET, Cursor, parse_cursor
 from tests.e2e_helpers import (
@@ -430,6 +432,11 @@ async def test_a_topic_created_just_after_the_consumer_started_is_read_all_the_s
     assert all(r.raw == b"new" and r.identity.epoch != old_epoch for r in read)
 
 
+def _closed(client: AIOKafkaClient) -> bool:
+    """The client's metadata task is stopped and none of its connections is open."""
+    return client._sync_task is None and not any(c.connected() for c in client._conns.values())
+
+
 async def test_a_consumer_whose_stop_is_cut_short_still_closes_its_connections(
     kafka_broker: Broker,
 ) -> None:
@@ -439,13 +446,105 @@ async def test_a_consumer_whose_stop_is_cut_short_still_closes_its_connections(
     bus = KafkaBus(KafkaSettings(kafka_broker.bootstrap, new_topic_name()))
     async with trio_asyncio.open_loop():
         consumer = await trio_asyncio.aio_as_trio(bus._consumer_in_loop)()
-        await trio_asyncio.aio_as_trio(consumer.start)()
+        probe_client = await trio_asyncio.aio_as_trio(bus._probe_client_in_loop)()
+        await trio_asyncio.aio_as_trio(kafka_bus_start)(consumer, probe_client)
 
         async def interrupted() -> None:
             raise asyncio.CancelledError  # as a coordinator task cancelled under it raises
 
         consumer._coordinator.close = interrupted
-        await trio_asyncio.aio_as_trio(kafka_bus_stop)(consumer)
-        client = consumer._client
-        assert client._sync_task is None  # the metadata task was stopped
-        assert not any(conn.connected() for conn in client._conns.values())
+        await trio_asyncio.aio_as_trio(kafka_bus_stop)(consumer, probe_client)
+        assert _closed(consumer._client)
+        assert _closed(probe_client)
+
+
+class _StopsThatHang(KafkaBus):
+    """Records every consumer and probe client it makes; once ``hanging`` names one of the two,
+    the next ones made hang in their stop until the stop's deadline cancels them: the probe
+    client once it has closed, the consumer once it has closed its coordinator (before its
+    fetcher and client, as a stop hangs on a broker that no longer answers)."""
+
+    hanging: Literal["consumer", "probe client"] | None = None
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        super().__init__(settings)
+        self.consumers: list[AIOKafkaConsumer] = []
+        self.probe_clients: list[AIOKafkaClient] = []
+
+    def _consumer(self) -> AIOKafkaConsumer:
+        consumer = super()._consumer()
+        self.consumers.append(consumer)
+        if self.hanging == "consumer":
+            stop = consumer.stop
+
+            async def stop_that_hangs() -> None:
+                close = consumer._coordinator.close  # made by start()
+
+                async def close_then_hang() -> None:
+                    await close()
+                    await _hang()
+
+                consumer._coordinator.close = close_then_hang
+                await stop()
+
+            consumer.stop = stop_that_hangs  # type: ignore[method-assign]
+        return consumer
+
+    def _probe_client(self) -> AIOKafkaClient:
+        probe_client = super()._probe_client()
+        self.probe_clients.append(probe_client)
+        if self.hanging == "probe client":
+            close = probe_client.close
+
+            async def close_then_hang() -> None:
+                await close()
+                await _hang()
+
+            probe_client.close = close_then_hang
+        return probe_client
+
+
+async def _hang() -> None:
+    await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("hanging", ["consumer", "probe client"])
+async def test_the_probe_client_is_closed_with_the_bus_even_when_its_stop_is_cut_short(
+    kafka_broker: Broker, hanging: Literal["consumer", "probe client"]
+) -> None:
+    """The reader's consumer and the client its topic is probed on stop together, within one
+    deadline: when the bus stops reading and one of them overruns it, the other is closed all
+    the same (an unclosed client warns, and its metadata task reconnects by itself)."""
+    topic = new_topic_name()
+    await create_topic(kafka_broker.bootstrap, topic, partitions=1)
+    settings = KafkaSettings(
+        kafka_broker.bootstrap,
+        topic,
+        request_timeout_ms=1000,
+        stop_timeout_seconds=0.2,
+        epoch_from_topic_name=True,  # noida-db gives topics no id
+    )
+    async with trio_asyncio.open_loop():
+        bus = _StopsThatHang(settings)
+        await bus.epoch()
+        bus.hanging = hanging
+        read: list[Record] = []
+
+        async def reader() -> None:
+            async with aclosing(bus.read(None)) as batches:
+                async for batch in batches:
+                    read.extend(batch)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                await produce_raw(kafka_broker.bootstrap, topic, [(b"k", b"v")])
+                with trio.fail_after(20):  # a hang guard: the reader's consumer is reading
+                    while not read:
+                        await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()  # as a router that shuts down
+        finally:
+            await bus.aclose()
+    assert len(bus.consumers) == len(bus.probe_clients) == 2  # the first look's, the reader's
+    assert all(_closed(consumer._client) for consumer in bus.consumers)
+    assert all(_closed(probe_client) for probe_client in bus.probe_clients)

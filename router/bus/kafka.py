@@ -8,7 +8,9 @@ around the tree; their ``stop()`` is shielded, so a cancelled reader still close
 The epoch is derived from the topic id (Metadata v10, see ``kafka_metadata``): a topic deleted and
 recreated under the same name gets a new id, so cursors from before it are never matched by offset.
 The reader asks for the id again after every fetch that returned records, before it stamps them:
-a consumer fetches by name, and reconnects by itself to a broker that came back empty.
+a consumer fetches by name, and reconnects by itself to a broker that came back empty. The id is
+asked on a client of the bus's own (aiokafka's public ``AIOKafkaClient``, which its admin client
+is built on), made with the consumer's connection settings, started and stopped with it.
 
 Records the broker deleted before they were read (retention, DeleteRecords) are never skipped
 silently: the consumers ask for no automatic offset reset, so a position before the log start is
@@ -30,7 +32,7 @@ from typing import Any
 
 import trio
 import trio_asyncio
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from router.bus.base import BusUnavailableError, Record, partition_key
@@ -68,7 +70,27 @@ class KafkaSettings:
     unnoticed, so its replay cache must be deleted with it. Off, such a broker is unavailable."""
 
 
-async def _stop(consumer: AIOKafkaConsumer) -> None:
+async def _start(consumer: AIOKafkaConsumer, probe_client: AIOKafkaClient) -> None:
+    """Start a consumer and the client its topic is probed on (asyncio side); whatever this
+    leaves started, :func:`_stop` closes."""
+    await probe_client.bootstrap()
+    await consumer.start()
+
+
+async def _stop(consumer: AIOKafkaConsumer, probe_client: AIOKafkaClient) -> None:
+    """Close the client the topic is probed on, then stop the consumer (asyncio side).
+
+    The client first: its close sends nothing and waits for no answer (it closes its sockets),
+    so a consumer stop that overruns its deadline or is cut short cannot leave it open.
+    Cancelled while closing the client, the consumer is stopped all the same, then the
+    cancellation goes on."""
+    try:
+        await probe_client.close()
+    finally:
+        await _stop_consumer(consumer)
+
+
+async def _stop_consumer(consumer: AIOKafkaConsumer) -> None:
     """Stop a consumer (asyncio side). aiokafka can raise CancelledError from its own internal
     tasks when a consumer stops soon after it started; that is not a cancellation of ours.
 
@@ -224,22 +246,22 @@ class KafkaBus(ReportsHealth):
 
     async def _first_look(self) -> tuple[str, dict[str, Offset]]:
         """The epoch, and the last offset of every non-empty partition (asyncio side)."""
-        consumer = self._consumer()
+        consumer, probe_client = self._consumer(), self._probe_client()
         try:
-            await consumer.start()
-            topic = await self._probe(consumer)
+            await _start(consumer, probe_client)
+            topic = await self._probe(probe_client)
             ends = await self._ends_with(consumer, topic)
         finally:
-            await _stop(consumer)
+            await _stop(consumer, probe_client)
         return topic.epoch, ends
 
     async def _ends(self) -> dict[str, Offset]:
-        consumer = self._consumer()
+        consumer, probe_client = self._consumer(), self._probe_client()
         try:
-            await consumer.start()
-            return await self._ends_with(consumer, await self._probe(consumer))
+            await _start(consumer, probe_client)
+            return await self._ends_with(consumer, await self._probe(probe_client))
         finally:
-            await _stop(consumer)
+            await _stop(consumer, probe_client)
 
     async def _ends_with(self, consumer: AIOKafkaConsumer, topic: _TopicSeen) -> dict[str, Offset]:
         """The last offset of every non-empty partition; notes the partitions (asyncio side)."""
@@ -250,16 +272,15 @@ class KafkaBus(ReportsHealth):
         )
         return {str(tp.partition): (end - 1,) for tp, end in ends.items() if end > 0}
 
-    async def _probe(self, consumer: AIOKafkaConsumer) -> _TopicSeen:
+    async def _probe(self, probe_client: AIOKafkaClient) -> _TopicSeen:
         """The topic's epoch and partitions, asked of the broker now (asyncio side).
 
         The partitions come from this answer, never from the consumer's own metadata: that is
         fetched when the consumer starts and refreshed every few minutes, so a topic created just
         after (a broker that came back empty, its topic made again) has no partitions there, and
         a reader assigned them would read nothing, silently."""
-        client = consumer._client
-        response = await client.send(
-            client.get_random_node(), TopicMetadataRequest([self.settings.topic])
+        response = await probe_client.send(
+            probe_client.get_random_node(), TopicMetadataRequest([self.settings.topic])
         )
         error_code, topic_id, partitions = topic_ids(response).get(
             self.settings.topic, (3, NO_TOPIC_ID, 0)
@@ -285,16 +306,33 @@ class KafkaBus(ReportsHealth):
         """A consumer constructed on the asyncio side, where aiokafka expects to be made."""
         return self._consumer()
 
+    async def _probe_client_in_loop(self) -> AIOKafkaClient:
+        """A probe client constructed on the asyncio side (it takes the running loop)."""
+        return self._probe_client()
+
+    def _probe_client(self) -> AIOKafkaClient:
+        """The client the topic's id is asked on, bootstrapped on the consumer's servers with its
+        settings. Its own rather than the consumer's: that one is a private attribute
+        (``_client``), and its only safe fallback would be this client anyway."""
+        return AIOKafkaClient(**self._connection())
+
+    def _connection(self) -> dict[str, Any]:
+        """How every client of the bus reaches the broker: a setting added here (security,
+        say) reaches the consumers, their probe clients and the producer alike."""
+        return {
+            "bootstrap_servers": self.settings.bootstrap,
+            "client_id": self.settings.client_id,
+            "request_timeout_ms": self.settings.request_timeout_ms,
+        }
+
     def _consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap,
-            client_id=self.settings.client_id,
+            **self._connection(),
             enable_auto_commit=False,
             # No silent jump to the log start: a position retention deleted raises, and the
             # reader says what was lost (see _skip_deleted).
             auto_offset_reset="none",
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
-            request_timeout_ms=self.settings.request_timeout_ms,
         )
 
     # -- reading -----------------------------------------------------------------------------------
@@ -327,9 +365,10 @@ class KafkaBus(ReportsHealth):
         """Read with one consumer until it fails; ``progress`` keeps what was consumed, so the
         next consumer carries on from there."""
         consumer = await trio_asyncio.aio_as_trio(self._consumer_in_loop)()
+        probe_client = await trio_asyncio.aio_as_trio(self._probe_client_in_loop)()
         try:
-            await trio_asyncio.aio_as_trio(consumer.start)()
-            topic = await trio_asyncio.aio_as_trio(self._probe)(consumer)
+            await trio_asyncio.aio_as_trio(_start)(consumer, probe_client)
+            topic = await trio_asyncio.aio_as_trio(self._probe)(probe_client)
             epoch = topic.epoch
             if self._epoch is not None and epoch != self._epoch:
                 log.warning("kafka topic %s was recreated: new epoch", self.settings.topic)
@@ -345,7 +384,7 @@ class KafkaBus(ReportsHealth):
                         max_records=self.settings.max_batch,
                     )
                 except OffsetOutOfRangeError as out_of_range:
-                    await self._check_same_topic(consumer, epoch)
+                    await self._check_same_topic(probe_client, epoch)
                     lost = await trio_asyncio.aio_as_trio(self._skip_deleted)(
                         consumer, out_of_range.args[0], epoch
                     )
@@ -362,7 +401,7 @@ class KafkaBus(ReportsHealth):
                         )
                         records.append(Record(identity, message.value or b""))
                 if records or trio.current_time() >= next_probe:
-                    await self._check_same_topic(consumer, epoch)
+                    await self._check_same_topic(probe_client, epoch)
                     self.health.recovered()
                     next_probe = trio.current_time() + self.settings.probe_interval_seconds
                 for record in records:
@@ -372,9 +411,9 @@ class KafkaBus(ReportsHealth):
                     yield records
         finally:
             with trio.move_on_after(self.settings.stop_timeout_seconds, shield=True):
-                await trio_asyncio.aio_as_trio(_stop)(consumer)
+                await trio_asyncio.aio_as_trio(_stop)(consumer, probe_client)
 
-    async def _check_same_topic(self, consumer: AIOKafkaConsumer, epoch: str) -> None:
+    async def _check_same_topic(self, probe_client: AIOKafkaClient, epoch: str) -> None:
         """Raise if the topic is no longer the one of ``epoch``.
 
         Asked after every fetch that returned records, before they are stamped with ``epoch``:
@@ -384,7 +423,7 @@ class KafkaBus(ReportsHealth):
         says it still: whatever was fetched in between is of that topic (ids never come back).
         Records fetched when it says otherwise are dropped; the next consumer reads the new
         topic from its beginning."""
-        if (await trio_asyncio.aio_as_trio(self._probe)(consumer)).epoch != epoch:
+        if (await trio_asyncio.aio_as_trio(self._probe)(probe_client)).epoch != epoch:
             raise TopicUnavailableError("the topic was recreated")
 
     async def _skip_deleted(
@@ -483,9 +522,9 @@ class KafkaBus(ReportsHealth):
             return None
         if not first:
             return []
-        consumer = self._consumer()
+        consumer, probe_client = self._consumer(), self._probe_client()
         try:
-            await consumer.start()
+            await _start(consumer, probe_client)
             beginnings = await consumer.beginning_offsets(list(first))
             records: list[Record] = []
             for tp in sorted(first, key=lambda tp: tp.partition):
@@ -516,11 +555,11 @@ class KafkaBus(ReportsHealth):
                     if messages and messages[-1].offset >= last[tp]:
                         remaining.discard(tp)
                         consumer.pause(tp)
-            if (await self._probe(consumer)).epoch != epoch:
+            if (await self._probe(probe_client)).epoch != epoch:
                 return None  # read from a topic recreated since: not the history asked for
             return records
         finally:
-            await _stop(consumer)
+            await _stop(consumer, probe_client)
 
     # -- publishing --------------------------------------------------------------------------------
 
@@ -556,12 +595,7 @@ class KafkaBus(ReportsHealth):
             return self._producer
 
     async def _new_producer(self) -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap,
-            client_id=self.settings.client_id,
-            acks="all",
-            request_timeout_ms=self.settings.request_timeout_ms,
-        )
+        producer = AIOKafkaProducer(**self._connection(), acks="all")
         try:
             await producer.start()
         except BaseException:
