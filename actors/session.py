@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import trio
 
@@ -46,6 +46,7 @@ __all__ = [  # the inbox's and the observer's names stay importable from here, a
     "Delivery",
     "Offer",
     "Output",
+    "SendQueue",
     "Session",
     "SessionSettings",
     "SharedBatch",
@@ -67,6 +68,14 @@ class Output(Protocol[_Chunk]):
     async def send(self, value: _Chunk, /) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class SendQueue(Protocol):
+    """An :class:`Output` that can tell the bytes it gave its socket that the kernel has not
+    sent yet, or ``None`` when it cannot (router/http/socket_backlog.py): never checkpoints."""
+
+    def unsent_bytes(self) -> int | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +151,8 @@ class Session:
         """How its transport tells the client a revocation narrowed the stream in place (a chunk
         of its wire format); ``None``: the transport cannot, and such a revocation ends it
         (:meth:`actors.hub.Hub.apply`)."""
+        self._send_queue: SendQueue | None = None
+        """Its output, when that can tell what waits on its socket (set as the stream starts)."""
         self._scope = trio.CancelScope()
         self.finished = trio.Event()
         """Set when :meth:`run` has returned, however it ended."""
@@ -162,6 +173,22 @@ class Session:
     @property
     def inbox_capacity(self) -> int:
         return self._inbox.capacity
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of events waiting for this client, or in its writer's hand (being written)."""
+        return self._inbox.held_bytes
+
+    @property
+    def inbox_byte_bound(self) -> int:
+        """The inbox's byte bound (``--session-buffer-bytes``; ``sys.maxsize`` for none)."""
+        return self._inbox.byte_bound
+
+    def unsent_bytes(self) -> int | None:
+        """The bytes written to the client that its socket has not sent yet (0 before the
+        stream starts), or ``None`` when its output cannot tell. A system call: for the health
+        monitor's round, not for every write."""
+        return 0 if self._send_queue is None else self._send_queue.unsent_bytes()
 
     def coalesce_eagerly(self, eager: bool) -> None:
         """Coalesce low-priority events early (:meth:`Inbox.coalesce_eagerly`), or not."""
@@ -260,6 +287,8 @@ class Session:
         ``goodbye_timeout_seconds``. Closes ``output`` on the way out. Cancelled from outside,
         it stops at once without a goodbye.
         """
+        if isinstance(output, SendQueue):
+            self._send_queue = output
         try:
             self._scope.deadline = trio.current_time() + max(0.0, self.expires_at - time.time())
             with self._scope:

@@ -96,6 +96,18 @@ class WriteFallback(enum.StrEnum):
     """A WebSocket not (yet) accepted on an upgraded HTTP/1.1 connection, as hypercorn says."""
 
 
+class BacklogUnknown(enum.StrEnum):
+    """Why the bytes a stream's socket has not sent yet cannot be read
+    (``router/http/socket_backlog.py``): the health monitor then counts what the router holds."""
+
+    NO_SOCKET = "no-socket"
+    """The stream is not written straight to its socket (a ``WriteFallback``): none to ask."""
+    UNSUPPORTED = "unsupported"
+    """The platform has no ``SIOCOUTQ`` ioctl (not Linux)."""
+    REFUSED = "refused"
+    """The socket refused the ioctl."""
+
+
 class StreamObserver(Protocol):
     """What a session reports about its stream."""
 
@@ -147,6 +159,10 @@ class Observer(StreamObserver, Protocol):
 
     def body_fell_back(self, reason: WriteFallback) -> None:
         """A stream's body is written through the server's ASGI ``send``, for ``reason``."""
+
+    def socket_backlog_unknown(self, reason: BacklogUnknown) -> None:
+        """The bytes a stream's socket has not sent cannot be read, for ``reason`` (once per
+        stream, the first time the health monitor asks)."""
 
     def refused_token(self, reason: Reason) -> None:
         """The front door refused a request for its token, for ``reason`` (one of
@@ -236,6 +252,9 @@ class NoObserver:
         pass
 
     def body_fell_back(self, reason: WriteFallback) -> None:
+        pass
+
+    def socket_backlog_unknown(self, reason: BacklogUnknown) -> None:
         pass
 
     def refused_token(self, reason: Reason) -> None:

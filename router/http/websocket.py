@@ -37,6 +37,7 @@ from router.core.ws_frame import text_frames
 from router.core.ws_wire import Frames, JSONFrames, access_changed, error
 from router.http.asgi import OBSERVER_KEY, SERVER_SEND_KEY
 from router.http.direct_websocket import WebSocketSocketWriter, websocket_writer
+from router.http.socket_backlog import SocketBacklog
 from router.http.ws_conversation import Conversation, Verdict
 
 WS_PATH = "/api/v1/events/ws"
@@ -56,10 +57,17 @@ class WebSocketOutput:
 
     def __init__(self, scope: Mapping[str, Any]) -> None:
         self._closed = False
+        observer: Observer = scope.get(OBSERVER_KEY, NO_OBSERVER)
         found = websocket_writer(scope.get(SERVER_SEND_KEY))
         self._direct = found if isinstance(found, WebSocketSocketWriter) else None
         if isinstance(found, WriteFallback):
-            _fell_back(found, scope.get(OBSERVER_KEY, NO_OBSERVER))
+            _fell_back(found, observer)
+        self._backlog = SocketBacklog(observer)
+
+    def unsent_bytes(self) -> int | None:
+        """The bytes written that the socket has not sent yet, or ``None`` when that cannot be
+        told (:class:`~router.http.socket_backlog.SocketBacklog`)."""
+        return self._backlog.read(self._direct)
 
     async def send(self, frames: Frames | tuple[str, ...], /) -> None:
         if self._closed:
