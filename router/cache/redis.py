@@ -2,8 +2,10 @@
 
 Events are appended by a Lua script (``redis_append.lua``) that keeps, per partition, the last
 offset appended, so two routers reading the same partition append each event once, in partition
-order. The script also trims to retention itself, so it knows, per partition, the newest offset it
-evicted: a resume from before that is truncated history, never a silent gap.
+order. The script also trims to retention itself (``max_events``, ``max_age`` and ``max_bytes``:
+the last against a running total of the entries' bytes the script keeps beside the stream, so
+every instance sharing the cache trims by the same total), so it knows, per partition, the newest
+offset it evicted: a resume from before that is truncated history, never a silent gap.
 
 When Redis cannot be reached, live delivery goes on: appends wait in memory (at most
 ``max_events`` of them) and are written when Redis answers again, by one writer at a time;
@@ -64,11 +66,17 @@ class RedisReplayCache(ReportsHealth):
         source: str,
         max_events: int,
         max_age: float | None = None,
+        max_bytes: int | None = None,
         timeout_seconds: float = 1.0,
     ) -> None:
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be positive, or None for no size limit")
         self.url = url
         self.source = source
         self.max_events = max_events
+        self.max_bytes = max_bytes
+        """The entries' bytes (their stored fields: data and scope JSON, name, cursor, place)
+        the stream may hold together (``--cache-max-bytes``); ``None``: no size bound."""
         self.max_age = max_age
         self.timeout_seconds = timeout_seconds
         base = f"{key_prefix}:{source}"
@@ -78,6 +86,7 @@ class RedisReplayCache(ReportsHealth):
             f"{base}:evicted",
             f"{base}:epoch",
             f"{base}:generation",
+            f"{base}:bytes",
         ]
         self._redis = RedisConnection(
             url, timeout_seconds=timeout_seconds, read_timeout_seconds=timeout_seconds
@@ -227,6 +236,7 @@ class RedisReplayCache(ReportsHealth):
             secrets.token_urlsafe(9),
             "1" if full_floor else "0",
             len(floor),
+            self.max_bytes or 0,
         ]
         for partition, offset in floor.items():
             args += [partition, format_offset(offset)]
