@@ -217,6 +217,10 @@ class Metrics:
             (reason.value for reason in BacklogUnknown),
         )
         r.register(_TallyCollector((self.backlog_unknown,)))
+        for where in ("router", "socket"):  # exported at 0 before the monitor's first round
+            self.bytes_waiting.labels(where)
+        for where in ("stream", "socket"):
+            self.bytes_waiting_max.labels(where)
         self.replays_in_flight = Gauge(
             "sse_replays_in_flight", "Resumes being read from the cache or the bus.", registry=r
         )

@@ -144,16 +144,27 @@ async def test_a_client_that_reads_nothing_shows_its_socket_bytes_in_the_metrics
             await router.running.hub.adapter.wait_consumed(100)
             with trio.fail_after(20):
                 while True:
-                    gauges = _gauges((await router.client.get("/metrics")).text)
+                    exposition = (await router.client.get("/metrics")).text
+                    gauges = _gauges(exposition)
                     if gauges.get('sse_stream_bytes_waiting{where="socket"}', 0) > 0:
                         break
                     await trio.sleep(0.05)
+    assert _unknown(exposition) == 0
     assert gauges['sse_stream_bytes_waiting_max{where="socket"}'] > 0
     assert (
         gauges['sse_stream_bytes_waiting_max{where="stream"}']
         >= (gauges['sse_stream_bytes_waiting_max{where="socket"}'])
     )
     assert gauges['sse_stream_bytes_waiting{where="router"}'] > 0  # the writer's batch in hand
+
+
+def _unknown(exposition: str) -> float:
+    """How many streams' socket bytes could not be read, whatever the reason."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in exposition.splitlines()
+        if line.startswith("sse_socket_backlog_unknown_total{")
+    )
 
 
 def _gauges(exposition: str) -> dict[str, float]:
@@ -163,3 +174,31 @@ def _gauges(exposition: str) -> dict[str, float]:
             name, value = line.rsplit(" ", 1)
             found[name] = float(value)
     return found
+
+
+async def test_a_websocket_that_reads_nothing_shows_its_socket_bytes_in_the_metrics() -> None:
+    """The same for a WebSocket written straight to its socket (router/http/direct_websocket.py):
+    the bytes its client has not taken are read from the kernel, and counted."""
+    async with running_router(session_buffer=512, session_buffer_bytes=0) as router:
+        host, port = router.url.removeprefix("http://").rsplit(":", 1)
+        with trio.socket.socket() as client:
+            client.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+            await client.connect((host, int(port)))
+            await client.send(
+                f"GET /api/v1/events/ws?token={token(novels=['n1'])} HTTP/1.1\r\nHost: x\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
+            )
+            received = b""
+            with trio.fail_after(20):
+                while b'"hello"' not in received:  # the upgrade, then the router's hello frame
+                    received += await client.recv(65536)
+            await router.publish(*(content("n1", n, summary="x" * 8000) for n in range(100)))
+            await router.running.hub.adapter.wait_consumed(100)
+            with trio.fail_after(20):
+                while True:
+                    exposition = (await router.client.get("/metrics")).text
+                    if _gauges(exposition).get('sse_stream_bytes_waiting{where="socket"}', 0) > 0:
+                        break
+                    await trio.sleep(0.05)
+    assert _unknown(exposition) == 0  # read from the kernel, not given up on
