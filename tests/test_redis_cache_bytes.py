@@ -9,13 +9,14 @@ silently short. Each test has its own key prefix, deleted afterwards.
 from __future__ import annotations
 
 import redis
+import trio
 
 from router.cache.redis import RedisReplayCache
 from router.core.cursor import Cursor, EventIdentity, parse_cursor
 from router.core.history import Entry
 from router.core.scope import Scope
 from router.core.sse import SSEMessage
-from tests.redis_helpers import REDIS_URL, new_prefix, redis_cache
+from tests.redis_helpers import REDIS_URL, new_prefix, own_redis_server, redis_cache
 
 EVERYTHING = parse_cursor("kafka@e1:0:1000,1:1000,2:1000")
 PAD = 1000
@@ -157,3 +158,31 @@ async def test_a_new_epoch_starts_the_total_again() -> None:
         assert total == weights < 2 * PAD
         await cache.forget(EventIdentity("kafka", "0", (3,), "e3"))  # a newer epoch again
         assert stored(cache) == (0, 0)
+
+
+async def test_while_redis_is_away_what_waits_in_memory_is_bounded_by_bytes_too() -> None:
+    """The appends held while Redis is away keep to the byte bound as well: the oldest are
+    dropped and noted as lost, so once Redis is back a resume from before them is truncated."""
+    with own_redis_server() as url:
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+    bound = 5 * PAD + 500
+    async with redis_cache(url=url, max_events=100, max_bytes=bound, timeout_seconds=0.2) as cache:
+        await cache.append([entry("0", n) for n in range(10)])  # Redis is down: held
+        assert not await cache.healthy()
+        held = await cache.replay(parse_cursor("kafka@e1:0:0"), EVERYTHING)
+        assert held.truncated
+        kept = places(held.entries)
+        assert 1 <= len(kept) < 9
+        assert kept == [("0", n) for n in range(10 - len(kept), 10)]
+        with own_redis_server(port):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cache.run)
+                with trio.fail_after(20):  # a hang guard: the retry backoff is capped at 5 s
+                    await cache.health_changed.wait()
+                nursery.cancel_scope.cancel()
+            behind = await cache.replay(parse_cursor("kafka@e1:0:0"), EVERYTHING)
+            assert behind.truncated
+            assert places(behind.entries) == kept
+            oldest = kept[0][1]
+            in_time = await cache.replay(parse_cursor(f"kafka@e1:0:{oldest - 1}"), EVERYTHING)
+            assert not in_time.truncated
