@@ -115,16 +115,18 @@ class OverloadMonitor:
             session.coalesce_eagerly(eager)
             backlog = session.backlog
             waiting = session.held_bytes
-            if waiting or backlog:  # holding nothing, it keeps up: its socket is not asked
+            # Holding nothing, it keeps up: not behind, and its socket is not asked (most of
+            # 10,000 streams, each round: this path is kept to two reads).
+            if waiting or backlog:
                 unsent = session.unsent_bytes() or 0
                 waiting += unsent
                 on_sockets += unsent
                 most_on_socket = max(most_on_socket, unsent)
-            total += waiting
-            most = max(most, waiting)
-            if is_behind(backlog, session.inbox_capacity, waiting, session.inbox_byte_bound):
-                behind += 1
-                bytes_behind[session] = waiting
+                total += waiting
+                most = max(most, waiting)
+                if is_behind(backlog, session.inbox_capacity, waiting, session.inbox_byte_bound):
+                    behind += 1
+                    bytes_behind[session] = waiting
             if examined % SESSIONS_PER_CHECKPOINT == 0:
                 await trio.lowlevel.checkpoint()
         sample = Sample(

@@ -177,7 +177,8 @@ class Session:
     @property
     def held_bytes(self) -> int:
         """Bytes of events waiting for this client, or in its writer's hand (being written)."""
-        return self._inbox.held_bytes
+        inbox = self._inbox  # read for every stream in each health round: no nested property
+        return inbox.waiting_bytes + inbox.in_hand_bytes
 
     @property
     def inbox_byte_bound(self) -> int:
