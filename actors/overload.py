@@ -1,15 +1,23 @@
 """The health monitor: measures the router's pressure continuously and walks the overload ladder.
 
 One task in the root nursery. Every ``interval_seconds`` it wakes, and how late it woke is the
-event loop's lag (a loop busy with other tasks runs it late); then it counts the streams that are
-behind (half their inbox waiting), the resumes being read, and the process's resident set, feeds
+event loop's lag (a loop busy with other tasks runs it late); then it counts the bytes waiting
+for each stream and the streams that are behind (half their inbox waiting, by events or by bytes:
+:func:`~router.core.overload.is_behind`), the resumes being read, and the process's resident set,
+feeds
 the pressure to the :class:`~router.core.overload.Ladder` (rules in router/core/overload.py) and
 applies the rung it stands on:
 
 - ``coalesce`` and above: every stream coalesces low-priority events early;
 - ``refuse`` and above: :attr:`OverloadMonitor.refusing` (the front door refuses new streams,
   ``/readyz`` says degraded);
-- ``shed``: the slowest streams behind are ended as lagged, a share of them per round.
+- ``shed``: the slowest streams behind, by the bytes waiting for them, are ended as lagged, a
+  share of them per round.
+
+The bytes waiting for a stream are those in its inbox and its writer's hand
+(:attr:`Session.held_bytes`) and, for a stream that holds any, those its socket has not sent
+(:meth:`Session.unsent_bytes`, one system call): a stream holding nothing is keeping up, and at
+10,000 of them the round asks no socket of theirs.
 
 Everything is reported to the observer; nothing here waits on anything but the clock.
 """
@@ -24,7 +32,15 @@ import trio
 
 from actors.session import CloseReason, Session
 from router.core.observer import NO_OBSERVER, Observer
-from router.core.overload import Ladder, LadderSettings, Level, Sample, Thresholds, pressure
+from router.core.overload import (
+    Ladder,
+    LadderSettings,
+    Level,
+    Sample,
+    Thresholds,
+    is_behind,
+    pressure,
+)
 from router.core.overload import slowest as slowest_streams
 
 log = logging.getLogger(__name__)
@@ -92,14 +108,25 @@ class OverloadMonitor:
         """One round: measure, move the ladder, apply its rung; returns the rung."""
         eager = self.ladder.level >= Level.COALESCE
         streams = behind = 0
-        backlogs: dict[Session, int] = {}
+        total = most = on_sockets = most_on_socket = 0
+        bytes_behind: dict[Session, int] = {}
         for examined, session in enumerate(self._sessions(), start=1):
             streams += 1
             session.coalesce_eagerly(eager)
             backlog = session.backlog
-            if backlog * 2 >= session.inbox_capacity:
-                behind += 1
-                backlogs[session] = backlog
+            waiting = session.held_bytes
+            # Holding nothing, it keeps up: not behind, and its socket is not asked (most of
+            # 10,000 streams, each round: this path is kept to two reads).
+            if waiting or backlog:
+                unsent = session.unsent_bytes() or 0
+                waiting += unsent
+                on_sockets += unsent
+                most_on_socket = max(most_on_socket, unsent)
+                total += waiting
+                most = max(most, waiting)
+                if is_behind(backlog, session.inbox_capacity, waiting, session.inbox_byte_bound):
+                    behind += 1
+                    bytes_behind[session] = waiting
             if examined % SESSIONS_PER_CHECKPOINT == 0:
                 await trio.lowlevel.checkpoint()
         sample = Sample(
@@ -108,6 +135,10 @@ class OverloadMonitor:
             streams_behind=behind,
             replays_in_flight=self._replays_in_flight(),
             resident_bytes=self._resident_bytes(),
+            bytes_waiting=total,
+            bytes_waiting_max=most,
+            socket_bytes=on_sockets,
+            socket_bytes_max=most_on_socket,
         )
         measured = pressure(sample, self.settings.thresholds)
         self.last = sample
@@ -117,7 +148,7 @@ class OverloadMonitor:
         if level is not before:
             self._changed(before, level, sample, measured)
         if level is Level.SHED:
-            self._shed(backlogs)
+            self._shed(bytes_behind)
         return level
 
     def _changed(self, before: Level, level: Level, sample: Sample, measured: float) -> None:
@@ -130,6 +161,7 @@ class OverloadMonitor:
                 "loop_lag_seconds": round(sample.loop_lag, 4),
                 "streams": sample.streams,
                 "streams_behind": sample.streams_behind,
+                "bytes_waiting": sample.bytes_waiting,
                 "replays_in_flight": sample.replays_in_flight,
                 "resident_bytes": sample.resident_bytes,
             },
@@ -142,10 +174,11 @@ class OverloadMonitor:
         self.changed.set()
         self.changed = trio.Event()
 
-    def _shed(self, backlogs: dict[Session, int]) -> None:
-        """End the slowest of the streams behind as lagged: they resume from the cache."""
+    def _shed(self, bytes_behind: dict[Session, int]) -> None:
+        """End the slowest of the streams behind (the most bytes waiting) as lagged: they resume
+        from the cache."""
         shed = 0
-        for session in slowest_streams(backlogs, 0, self.settings.shed_share):
+        for session in slowest_streams(bytes_behind, 0, self.settings.shed_share):
             if session.close_reason is None:
                 session.stop(CloseReason.LAGGED)
                 shed += 1

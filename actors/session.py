@@ -13,7 +13,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import trio
 
@@ -35,6 +35,7 @@ __all__ = [  # the inbox's and the observer's names stay importable from here, a
     "Delivery",
     "Offer",
     "Output",
+    "SendQueue",
     "Session",
     "SessionSettings",
     "SharedBatch",
@@ -54,12 +55,22 @@ class Output(Protocol[_Chunk]):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class SendQueue(Protocol):
+    """An :class:`Output` that can tell the bytes it gave its socket that the kernel has not
+    sent yet, or ``None`` when it cannot (router/http/socket_backlog.py): never checkpoints."""
+
+    def unsent_bytes(self) -> int | None: ...
+
+
 class Session(Stream):
     """A client's stream (:class:`~router.core.stream.Stream`), from the first bytes to the
     goodbye, with the waiting: every call from the hub's and the adapter's side returns at once
     and never checkpoints, and wakes the writer when it has something to do."""
 
     def _made(self) -> None:
+        self._send_queue: SendQueue | None = None
+        """Its output, when that can tell what waits on its socket (set as the stream starts)."""
         self.finished = trio.Event()
         """Set when :meth:`run` has returned, however it ended."""
         # The writer's wake-up, called only while the writer waits for it (and the flag is
@@ -67,6 +78,12 @@ class Session(Stream):
         self._wakeup = Wakeup()
         self._writer_waiting = False
         self._scope = trio.CancelScope()
+
+    def unsent_bytes(self) -> int | None:
+        """The bytes written to the client that its socket has not sent yet (0 before the
+        stream starts), or ``None`` when its output cannot tell. A system call: for the health
+        monitor's round, not for every write."""
+        return 0 if self._send_queue is None else self._send_queue.unsent_bytes()
 
     # -- the adapter's and the hub's side: never blocks, never checkpoints ------------------------
 
@@ -127,6 +144,8 @@ class Session(Stream):
         ``goodbye_timeout_seconds``. Closes ``output`` on the way out. Cancelled from outside,
         it stops at once, without a goodbye.
         """
+        if isinstance(output, SendQueue):
+            self._send_queue = output
         try:
             self._set_deadline()
             with self._scope:

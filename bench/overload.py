@@ -1,39 +1,45 @@
 """`just bench --workloads overload`: one router offered well past what it can serve, and how it
 degrades and recovers: admitted, refused, shed, lost.
 
-The load: ``keepers`` streams that read everything; ``laggards`` that read nothing for the first
-``stall`` seconds (their sockets fill, their inboxes back up: the write backlog); a connect storm
-of ``storm`` new streams arriving during the burst; and a publisher sending high-priority
-broadcasts (``System.NotificationSent``, padded to ``payload`` bytes) at ``rate`` a second for
-``seconds``. Every client behaves as a browser's ``EventSource``: when its stream ends (refused as
-``overloaded``, shed or cut as ``lagged``) it waits the ``retry:`` it was given and reconnects with
-its ``Last-Event-ID``. At the end every client must have every event published after its first
-one: what it misses is *lost*, and for high-priority events that must be 0.
+The load, every stream a browser tab played by the C load client (``bench/sseclient.c
+--browser``, on one epoll loop per role, so the clients take little of the cores the router
+runs on): ``keepers`` streams that read everything; ``laggards`` that read nothing for the first
+``stall`` seconds through a small receive window (their sockets fill, then their inboxes: the
+write backlog, by bytes); a connect storm of ``storm`` new streams arriving during the burst; and
+a publisher sending high-priority broadcasts (``System.NotificationSent``, padded to ``payload``
+bytes) at ``rate`` a second for ``seconds``. Every tab behaves as a browser's ``EventSource``:
+when its stream ends (refused as ``overloaded``, shed or cut as ``lagged``) it waits the
+``retry:`` it was given and reconnects with its ``Last-Event-ID``. At the end every tab must have
+every event published after its first one: what it misses is *lost*, and for high-priority
+events that must be 0.
 
-A measurement, not a test: it prints figures and asserts nothing. The clients are Python (trio
-and httpx) on the same machine as the router, so the offered load is modest in absolute terms; the
-router runs with a small ``--session-buffer`` and short ladder periods so that it is past its
-thresholds all the same.
+A measurement, not a test: it prints figures and asserts nothing. The router runs with a small
+``--session-buffer`` and short ladder periods so that it climbs within the run; the publisher
+and the rung watcher are Python (a few requests a second).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import socket
+import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import trio
 
 from router.auth import mint_token
 
+if TYPE_CHECKING:
+    from bench.run import Server
+
 SECRET = "benchmark-only-secret-0123456789abcdef"
-STREAM_PATH = "/api/v1/events/stream"
 ROUTER_OPTIONS = (
     "--session-buffer", "64", "--overload-rise-seconds", "0.5", "--overload-calm-seconds", "3",
     "--overload-loop-lag-ms", "100",
@@ -50,34 +56,18 @@ counted in ``not_caught_up``, not as lost."""
 
 @dataclass
 class OverloadLoad:
-    keepers: int = 50
-    laggards: int = 50
-    storm: int = 100
+    keepers: int = 1000
+    laggards: int = 500
+    storm: int = 2000
     rate: float = 50.0
-    seconds: float = 10.0
-    stall: float = 5.0
+    seconds: float = 20.0
+    stall: float = 8.0
     payload: int = 4096
 
-
-@dataclass
-class Client:
-    name: str
-    seen: set[int] = field(default_factory=set)
-    last_id: str | None = None
-    admitted: bool = False
-    attempts: int = 0
-    refusals: int = 0
-    ended: Counter[str] = field(default_factory=Counter)
-    """Why each of its streams ended: the sse.error code, or ``closed``."""
-
-    def behind(self, final: int | None) -> bool:
-        """Still short of the last event, having had some (one that had none joined after it)."""
-        return bool(self.seen) and final not in self.seen
-
-    def missing(self, last: int) -> int:
-        if not self.seen:
-            return 0
-        return sum(1 for seq in range(min(self.seen), last + 1) if seq not in self.seen)
+    @property
+    def events(self) -> int:
+        """Events published: ``rate`` a second for ``seconds``, and a last one."""
+        return int(self.rate * self.seconds) + 1
 
 
 @dataclass
@@ -87,76 +77,55 @@ class Run:
     published: int = -1
     """The highest sequence number published."""
     final: int | None = None
-    """Set when the last event is published: clients stop once they have it."""
+    """Set when the last event is published."""
     levels: list[tuple[float, int]] = field(default_factory=list)
+    load_ended: float = math.nan
+    """When the publisher's burst ended (``time.monotonic``); the last event comes later."""
+    socket_bytes_max: float = 0.0
+    """The most bytes seen waiting on one stream's socket (``sse_stream_bytes_waiting_max``)."""
+    router_bytes_max: float = 0.0
+    """The most bytes seen waiting in the router for all streams together."""
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
 
-async def follow(run: Run, http: httpx.AsyncClient, client: Client, *, stall: float = 0.0) -> None:
-    """One browser tab: stream, and reconnect after each end, until it has the final event."""
-    headers = {
-        "Authorization": f"Bearer {mint_token(SECRET, sub=client.name)}",
-        "Accept": "text/event-stream",
-    }
-    while run.final is None or run.final not in client.seen:
-        client.attempts += 1
-        asked = dict(headers)
-        if client.last_id is not None:
-            asked["Last-Event-ID"] = client.last_id
-        retry_ms = 1000
-        try:
-            async with http.stream("GET", STREAM_PATH, headers=asked) as response:
-                if stall:
-                    await trio.sleep(stall)  # reads nothing: its socket and its inbox fill
-                    stall = 0.0
-                retry_ms, why = await read_events(run, response, client)
-        except httpx.HTTPError:
-            why = "transport-error"
-        client.ended[why] += 1
-        if why == "overloaded":
-            client.refusals += 1
-        if run.final is not None and run.final in client.seen:
-            return
-        await trio.sleep(retry_ms / 1000)
+class Tabs:
+    """One role's tabs: a C load client process in ``--browser`` mode."""
+
+    def __init__(
+        self, client: Path, server: Server, count: int, load: OverloadLoad, options: Sequence[str]
+    ) -> None:
+        command = [
+            str(client), "--browser", *options, "127.0.0.1", str(server.port),
+            server.stream_path, str(count), str(load.events),
+            str(load.seconds + CATCH_UP_SECONDS), server.auth_header,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    async def opened(self) -> None:
+        """Once every tab had its first answer (admitted or refused)."""
+        assert self.process.stderr is not None
+        line = await trio.to_thread.run_sync(self.process.stderr.readline)
+        if line.strip() != "open":
+            self.process.kill()
+            raise RuntimeError(f"the load client did not open its streams: {line!r}")
+
+    async def report(self) -> dict[str, float]:
+        """What its tabs lived through, once each has the last event or the time is up."""
+        out, _ = await trio.to_thread.run_sync(self.process.communicate)
+        figures: dict[str, float] = json.loads(out)
+        return figures
 
 
-async def read_events(run: Run, response: httpx.Response, client: Client) -> tuple[int, str]:
-    """Read one stream, as an ``EventSource`` parses it (lines end with a newline)."""
-    retry_ms, event, data, why = 1000, "message", "", "closed"
-    pending = b""
-    async for chunk in response.aiter_bytes():
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for raw in lines:
-            line = raw.decode()
-            if line == ": ok":
-                client.admitted = True
-            elif line.startswith("retry:"):
-                retry_ms = int(line[6:])
-            elif line.startswith("id:"):
-                client.last_id = line[3:].strip()
-            elif line.startswith("event:"):
-                event = line[6:].strip()
-            elif line.startswith("data:"):
-                data = line[5:].strip()
-            elif not line and data:
-                body = json.loads(data)
-                if event == "sse.error":
-                    why = body["code"]
-                elif event == "system.notification-sent":
-                    client.seen.add(int(body["title"].split(":")[0]))
-                event, data = "message", ""
-        if run.final is not None and run.final in client.seen:
-            break
-    return retry_ms, why
-
-
-async def publish(run: Run, http: httpx.AsyncClient) -> Counter[int]:
+async def publish(run: Run, http: httpx.AsyncClient, tabs: int) -> Counter[int]:
     """Broadcast at ``rate`` for ``seconds`` (a batch every 50 ms, as a busy back end would),
-    then a last event; a refused publish is sent again after its ``Retry-After``."""
+    then, once all ``tabs`` have a stream open (a tab keeps one open until it has the last
+    event), a last event, so that every tab's run ends with it; a refused publish is sent again
+    after its ``Retry-After``."""
     token = mint_token(SECRET, sub="bench-publisher", roles=["publisher"])
     headers = {"Authorization": f"Bearer {token}"}
     padding = "x" * run.load.payload
@@ -186,40 +155,55 @@ async def publish(run: Run, http: httpx.AsyncClient) -> Counter[int]:
 
     start = trio.current_time()
     seq = tick = 0
-    while (elapsed := trio.current_time() - start) < run.load.seconds:
-        due = int(elapsed * run.load.rate) + 1  # events that should be out by now
+    last = run.load.events - 1
+    while seq < last:
+        elapsed = trio.current_time() - start
+        due = min(last, int(elapsed * run.load.rate) + 1)  # events that should be out by now
         if due > seq:
             await send(range(seq, due))
             seq = due
         tick += 1
         await trio.sleep_until(start + tick * PUBLISH_TICK_SECONDS)
-    await send(range(seq, seq + 1))
-    run.final = seq
+    run.load_ended = time.monotonic()
+    with trio.move_on_after(CATCH_UP_SECONDS / 2):
+        while scraped((await http.get("/metrics")).text, "sse_current_connections") < tabs:
+            await trio.sleep(0.25)
+    await send(range(last, last + 1))
+    run.final = last
     return statuses
 
 
-async def watch_levels(
-    run: Run, http: httpx.AsyncClient, started: float, clients: list[Client]
-) -> None:
-    """Poll the ladder's rung, and say how the run goes on stderr every few seconds."""
+async def watch_levels(run: Run, http: httpx.AsyncClient, started: float) -> None:
+    """Poll the ladder's rung and the bytes waiting, and say how the run goes on stderr every
+    few seconds."""
     polls = 0
     while True:
         text = (await http.get("/metrics")).text
         level = int(scraped(text, "sse_overload_level"))
         run.levels.append((time.monotonic() - started, level))
+        run.socket_bytes_max = max(
+            run.socket_bytes_max, scraped(text, 'sse_stream_bytes_waiting_max{where="socket"}')
+        )
+        run.router_bytes_max = max(
+            run.router_bytes_max, scraped(text, 'sse_stream_bytes_waiting{where="router"}')
+        )
         polls += 1
         if polls % 12 == 0:
             print(
                 f"overload: {time.monotonic() - started:5.1f} s, rung {level},"
-                f" published {run.published}, admitted {sum(c.admitted for c in clients)}"
-                f" of {len(clients)}, caught up"
-                f" {sum(run.final in c.seen for c in clients) if run.final is not None else 0}",
+                f" published {run.published},"
+                f" streams {scraped(text, 'sse_current_connections'):.0f},"
+                f" behind {scraped(text, 'sse_streams_behind'):.0f}",
                 file=sys.stderr,
             )
         await trio.sleep(0.25)
 
 
 def scraped(text: str, name: str) -> float:
+    """The sum of the samples of ``name`` (with any labels), or of the one sample ``name``
+    names with its labels."""
+    if "{" in name:
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
     return sum(
         float(line.split()[-1])
         for line in text.splitlines()
@@ -227,55 +211,40 @@ def scraped(text: str, name: str) -> float:
     )
 
 
-async def overload_run(port: int, load: OverloadLoad) -> dict[str, float]:
-    run = Run(port, load)
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    timeout = httpx.Timeout(60.0, read=None)
-    keepers = [Client(f"keeper-{n}") for n in range(load.keepers)]
-    laggards = [Client(f"laggard-{n}") for n in range(load.laggards)]
-    storm = [Client(f"storm-{n}") for n in range(load.storm)]
+async def overload_run(client: Path, server: Server, load: OverloadLoad) -> dict[str, float]:
+    run = Run(server.port, load)
     started = time.monotonic()
-    # The laggards' sockets take little before they stop the router's writes, as a phone's
-    # on a bad network would; the others' are the system's.
-    small_window = httpx.AsyncHTTPTransport(
-        limits=limits, socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, LAGGARD_WINDOW)]
-    )
+    cpu_before = server.cpu_seconds()
     async with (
-        httpx.AsyncClient(base_url=run.base, limits=limits, timeout=timeout) as http,
-        httpx.AsyncClient(base_url=run.base, transport=small_window, timeout=timeout) as slow,
         httpx.AsyncClient(base_url=run.base, timeout=30) as control,
         trio.open_nursery() as nursery,
     ):
-        nursery.start_soon(watch_levels, run, control, started, keepers + laggards + storm)
-        async with trio.open_nursery() as clients:
-            for client in keepers:
-                clients.start_soon(follow, run, http, client)
-            for client in laggards:
-                clients.start_soon(partial(follow, run, slow, client, stall=load.stall))
-            while sum(c.admitted for c in keepers) < load.keepers:
-                await trio.sleep(0.1)
-            await trio.sleep(1.0)  # the laggards' streams open meanwhile (they read nothing)
-            publishing = trio.Event()
-            statuses: Counter[int] = Counter()
+        nursery.start_soon(watch_levels, run, control, started)
+        keepers = Tabs(client, server, load.keepers, load, ())
+        await keepers.opened()
+        # The laggards' sockets take little before they stop the router's writes, as a phone's
+        # on a bad network would; the others' are the system's.
+        laggards = Tabs(
+            client, server, load.laggards, load,
+            ("--stall", str(load.stall), "--window", str(LAGGARD_WINDOW)),
+        )  # fmt: skip
+        await laggards.opened()
+        publishing = trio.Event()
+        statuses: Counter[int] = Counter()
 
-            async def publish_all() -> None:
-                statuses.update(await publish(run, control))
-                publishing.set()
+        async def publish_all() -> None:
+            tabs = load.keepers + load.laggards + load.storm
+            statuses.update(await publish(run, control, tabs))
+            publishing.set()
 
-            clients.start_soon(publish_all)
-            await trio.sleep(load.stall / 2)  # the storm comes while the laggards back up
-            for client in storm:
-                clients.start_soon(follow, run, http, client)
-                await trio.sleep(load.stall / 2 / max(1, load.storm))
-            with trio.move_on_after(load.seconds + 300):
-                await publishing.wait()
-            load_ended = time.monotonic() - started
-            # Every client gets a while to catch up with the last event; one that cannot is
-            # counted with what it has (its misses are lost).
-            with trio.move_on_after(CATCH_UP_SECONDS):
-                while any(c.behind(run.final) for c in keepers + laggards + storm):
-                    await trio.sleep(0.25)
-            clients.cancel_scope.cancel()
+        nursery.start_soon(publish_all)
+        await trio.sleep(load.stall / 2)  # the storm comes while the laggards back up
+        storm = Tabs(client, server, load.storm, load, ("--spread", str(load.stall / 2)))
+        with trio.move_on_after(load.seconds + CATCH_UP_SECONDS):
+            await publishing.wait()
+        reports = [await tabs.report() for tabs in (keepers, laggards, storm)]
+        for role, report in zip(("keepers", "laggards", "storm"), reports, strict=True):
+            print(f"overload: {role}: {json.dumps(report)}", file=sys.stderr)
         # Recovery: the ladder back at its first rung.
         with trio.move_on_after(120):
             while not run.levels or run.levels[-1][1] != 0:
@@ -283,30 +252,40 @@ async def overload_run(port: int, load: OverloadLoad) -> dict[str, float]:
         await trio.sleep(0.5)  # one more poll at rung 0
         metrics = (await control.get("/metrics")).text
         nursery.cancel_scope.cancel()
-    last = run.final if run.final is not None else run.published
-    everyone = keepers + laggards + storm
     # Back down to normal after the load ended: the first poll at rung 0 after the last above it.
     above = [t for t, level in run.levels if level > 0]
     recovered_at = next(
         (t for t, level in run.levels if above and t > above[-1] and level == 0), math.nan
     )
+
+    def total(name: str) -> float:
+        return sum(report[name] for report in reports)
+
     return {
-        "offered_streams": len(everyone),
-        "admitted_streams": sum(c.admitted for c in everyone),
-        "refused_overloaded": sum(c.refusals for c in everyone),
-        "clients_refused": sum(1 for c in everyone if c.refusals),
+        "offered_streams": total("clients"),
+        "admitted_streams": total("admitted"),
+        "refused_overloaded": total("refused_overloaded"),
+        "clients_refused": total("clients_refused"),
         "shed_by_ladder": scraped(metrics, "sse_streams_shed_total"),
         "lagged_by_inbox": scraped(metrics, 'sse_queue_overflow_total{policy="disconnected"}'),
-        "reconnects": sum(c.attempts - 1 for c in everyone),
-        "events_published": last + 1,
-        "lost_high_priority": sum(c.missing(last) for c in everyone if last in c.seen),
-        "not_caught_up": sum(c.behind(last) for c in everyone),
+        "ended_lagged": total("ended_lagged"),
+        "reconnects": total("attempts") - total("clients"),
+        "events_published": load.events if run.final is not None else run.published + 1,
+        "lost_high_priority": total("lost"),
+        "duplicates": total("duplicates"),
+        "not_caught_up": total("not_caught_up"),
         "highest_rung": max((level for _, level in run.levels), default=0),
-        "recovered_after_s": max(0.0, recovered_at - load_ended),
+        "recovered_after_s": max(0.0, recovered_at - (run.load_ended - started)),
         "publishes_refused": sum(n for status, n in statuses.items() if status != 202),
+        "socket_bytes_max_kib": run.socket_bytes_max / 1024,
+        "router_bytes_max_kib": run.router_bytes_max / 1024,
+        "router_cpu_seconds": server.cpu_seconds() - cpu_before,
+        "clients_cpu_seconds": total("client_cpu_seconds"),
     }
 
 
-def run_overload(port: int, load: OverloadLoad | None = None) -> dict[str, float]:
-    """The overload run against a router already listening on ``port``."""
-    return trio.run(overload_run, port, load or OverloadLoad())
+def run_overload(
+    client: Path, server: Server, load: OverloadLoad | None = None
+) -> dict[str, float]:
+    """The overload run against a router already listening (bench/run.py ``start_router``)."""
+    return trio.run(overload_run, client, server, load or OverloadLoad())

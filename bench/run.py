@@ -528,6 +528,11 @@ def main() -> None:
         help="overload: the router alone, offered well past capacity (bench/overload.py)",
     )
     parser.add_argument("--servers", nargs="+", choices=tuple(SERVERS), default=list(SERVERS))
+    parser.add_argument(
+        "--overload-load",
+        metavar="KEEPERS,LAGGARDS,STORM,RATE,SECONDS",
+        help="the overload run's tabs, events a second and seconds (default: 1000,500,2000,50,20)",
+    )
     args = parser.parse_args()
     raise_open_files_limit()
     raise_listen_backlog()
@@ -567,22 +572,28 @@ def main() -> None:
     if rows:
         print_table(servers, rows)
     if "overload" in args.workloads:
-        print_overload(overload())
+        print_overload(overload(client, args.overload_load))
 
 
-def overload() -> dict[str, float]:
-    """The overload run (bench/overload.py): the router alone, past its thresholds."""
-    from bench.overload import ROUTER_OPTIONS, run_overload
+def overload(client: Path, sizes: str | None = None) -> dict[str, float]:
+    """The overload run (bench/overload.py): the router alone, past its thresholds, its tabs
+    played by the C client; ``sizes`` as ``--overload-load`` takes them."""
+    from bench.overload import ROUTER_OPTIONS, OverloadLoad, run_overload
 
+    load = OverloadLoad()
+    if sizes:
+        keepers, laggards, storm, rate, seconds = sizes.split(",")
+        load = OverloadLoad(int(keepers), int(laggards), int(storm), float(rate), float(seconds))
     server = start_router("router", ROUTER_OPTIONS)
     try:
-        return run_overload(server.port)
+        return run_overload(client, server, load)
     finally:
         server.stop()
 
 
 def print_overload(figures: dict[str, float]) -> None:
-    print("\noverload run (router only; the machine is shared, so the figures are noisy)")
+    load = os.getloadavg()[0]
+    print(f"\noverload run (router only, C clients; load average {load:.1f} at the end)")
     for name, value in figures.items():
         print(f"  {name:<24} {value:>10.2f}")
 

@@ -16,6 +16,16 @@
  *   REQUEST_PATH "@file": one "path<TAB>header" line per connection (a different user each).
  *   A WebSocket counts as open once its first text frame, the server's hello, came: before it,
  *   the router has accepted the socket but not yet admitted the stream.
+ *
+ * With --browser (event streams only) each connection behaves as a browser's EventSource: when
+ * its stream ends (refused in-band as "overloaded", cut as "lagged", shed, or closed) it waits
+ * the retry: it was given and reconnects with the Last-Event-ID it last read, until it has the
+ * last event (EXPECTED_EVENTS - 1) or TIMEOUT_S passed after all first answers. Its report adds
+ * what a tab lived through: admitted, refused, lagged, and lost (events between its first one
+ * and the last it missed) and duplicated across every reconnect. Options before HOST:
+ *   --stall S     read nothing for S seconds after the first stream opens (a laggard)
+ *   --window B    a receive buffer of B bytes (the kernel doubles it), as a phone on a bad line
+ *   --spread S    start the connections spread over S seconds (a connect storm)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -38,8 +48,10 @@
 #define BUF 65536
 
 enum {
+    WAITING,                             /* --browser: to (re)connect at wake_at */
     CONNECTING, HEADERS,
     CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF,  /* an event stream's chunked body */
+    SIZED_BODY,                          /* a body of Content-Length (a refusal in-band) */
     FRAME_HEAD, FRAME_PAYLOAD,           /* a WebSocket's frames */
 };
 
@@ -63,6 +75,14 @@ typedef struct {
     long received;
     unsigned char *seen; /* one bit per sequence number */
     int done;
+    /* --browser */
+    char last_id[1024];
+    int retry_ms;
+    char event_name[64];
+    char end_code[64];   /* the sse.error code that ended the stream, if one did */
+    double wake_at;      /* when to reconnect (WAITING), or to read again (paused) */
+    int paused, stalled_once, admitted, refused, final_seen;
+    int min_seq;
 } conn_t;
 
 static double *latencies;
@@ -71,6 +91,11 @@ static double first_event_at, last_event_at; /* seconds, when the first and the 
 static long total_events, duplicates;
 static int max_seq_seen = -1;
 static int websocket;
+static int browser;
+static double stall_s, spread_s;
+static int window_bytes;
+static long expected_events;
+static long attempts, refusals, ended_lagged, ended_error, ended_closed, connect_errors;
 
 static double now_s(void) {
     struct timespec ts;
@@ -100,6 +125,8 @@ static void on_event_data(conn_t *c, const char *line, int len) {
     }
     c->seen[seq / 8] |= 1 << (seq % 8);
     if (seq > max_seq_seen) max_seq_seen = (int)seq;
+    if (c->min_seq < 0 || seq < c->min_seq) c->min_seq = (int)seq;
+    if (browser && seq == expected_events - 1) c->final_seen = 1;
     c->received++;
     total_events++;
     last_event_at = now_s();
@@ -111,8 +138,45 @@ static void on_event_data(conn_t *c, const char *line, int len) {
     latencies[latency_count++] = (wall_ns() - sent) / 1e6; /* ms */
 }
 
+/* A field's value: after its name and colon, one leading space dropped, NUL-terminated. */
+static void field_value(char *into, int size, const char *line, int len, int name_len) {
+    const char *v = line + name_len;
+    if (v < line + len && *v == ' ') v++;
+    int m = 0;
+    while (v < line + len && m < size - 1) into[m++] = *v++;
+    into[m] = 0;
+}
+
 static void on_line(conn_t *c, const char *line, int len) {
-    if (len >= 5 && strncmp(line, "data:", 5) == 0) on_event_data(c, line, len);
+    if (len >= 5 && strncmp(line, "data:", 5) == 0) {
+        if (browser && strcmp(c->event_name, "sse.error") == 0) {
+            const char *k = memmem(line, len, "\"code\":", 7);
+            if (!k) return;
+            k += 7;
+            while (k < line + len && (*k == ' ' || *k == '"')) k++;
+            int m = 0;
+            while (k < line + len && *k != '"' && m < (int)sizeof(c->end_code) - 1)
+                c->end_code[m++] = *k++;
+            c->end_code[m] = 0;
+        } else {
+            on_event_data(c, line, len);
+        }
+        return;
+    }
+    if (!browser) return;
+    char value[64];
+    if (len >= 3 && strncmp(line, "id:", 3) == 0) {
+        field_value(c->last_id, sizeof(c->last_id), line, len, 3);
+    } else if (len >= 6 && strncmp(line, "retry:", 6) == 0) {
+        field_value(value, sizeof(value), line, len, 6);
+        c->retry_ms = atoi(value);
+    } else if (len >= 6 && strncmp(line, "event:", 6) == 0) {
+        field_value(c->event_name, sizeof(c->event_name), line, len, 6);
+    } else if (len == 0) {
+        c->event_name[0] = 0;
+    } else if (len == 4 && strncmp(line, ": ok", 4) == 0) {
+        c->admitted = 1; /* the router's hello: admitted, not refused */
+    }
 }
 
 static void on_stream_bytes(conn_t *c, const char *p, long n) {
@@ -225,6 +289,12 @@ static int on_bytes(conn_t *c, const char *p, long n) {
                     if (strncmp(c->head, expected, 12) != 0) return -1;
                     c->state = websocket ? FRAME_HEAD : CHUNK_SIZE;
                     c->opened = !websocket;
+                    const char *sized = strcasestr(c->head, "\r\ncontent-length:");
+                    if (!websocket && sized) {
+                        c->state = SIZED_BODY;
+                        c->chunk_left = strtol(sized + 17, NULL, 10);
+                        if (c->chunk_left == 0) return -1;
+                    }
                     c->head_len = 0;
                     break;
                 }
@@ -249,6 +319,15 @@ static int on_bytes(conn_t *c, const char *p, long n) {
             i += take;
             c->chunk_left -= take;
             if (c->chunk_left == 0) c->state = CHUNK_CRLF;
+        } else if (c->state == SIZED_BODY) {
+            long take = n - i < c->chunk_left ? n - i : c->chunk_left;
+            on_stream_bytes(c, p + i, take);
+            i += take;
+            c->chunk_left -= take;
+            if (c->chunk_left == 0) {
+                on_stream_bytes(c, "\n", 1); /* the last line, if it had no newline */
+                return -1; /* the response ended */
+            }
         } else if (c->state == CHUNK_CRLF) {
             if (p[i++] == '\n') c->state = CHUNK_SIZE;
         }
@@ -261,52 +340,113 @@ static int percentile_cmp(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-int main(int argc, char **argv) {
-    if (argc > 1 && strcmp(argv[1], "--websocket") == 0) {
-        websocket = 1;
-        argv++;
-        argc--;
+static char **paths, **auths;
+static const char *host_name;
+static struct sockaddr_in address;
+static int epoll_fd;
+
+/* Open connection k (again): its request carries its Last-Event-ID once it has read one. */
+static int start_connect(conn_t *c, int k) {
+    attempts++;
+    c->state = CONNECTING;
+    c->head_len = c->line_len = 0;
+    c->chunk_left = 0;
+    c->event_name[0] = c->end_code[0] = 0;
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (c->fd < 0) return -1;
+    if (window_bytes > 0)
+        setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &window_bytes, sizeof(window_bytes));
+    connect(c->fd, (struct sockaddr *)&address, sizeof(address));
+    struct epoll_event ev = {.events = EPOLLOUT | EPOLLIN, .data.u32 = (uint32_t)k};
+    epoll_ctl(epoll_fd, EPOLL_CTL_ADD, c->fd, &ev);
+    return 0;
+}
+
+static int request_of(conn_t *c, int k, char *into, int size) {
+    /* Any 16 bytes in base64 make a key; the server's accept is not checked. */
+    const char *upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    char resume[1100] = "";
+    if (browser && c->last_id[0]) snprintf(resume, sizeof(resume), "Last-Event-ID: %s\r\n", c->last_id);
+    const char *a = auths[k];
+    return snprintf(into, size, "GET %s HTTP/1.1\r\nHost: %s\r\n%s%s%s%s\r\n", paths[k], host_name,
+                    websocket ? upgrade : "Accept: text/event-stream\r\n", resume, a,
+                    a[0] ? "\r\n" : "");
+}
+
+/* --browser: the stream ended; reconnect after its retry, unless it has the last event. */
+static void stream_ended(conn_t *c, int *done) {
+    epoll_ctl(epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    c->fd = -1;
+    c->paused = 0;
+    if (strcmp(c->end_code, "overloaded") == 0) {
+        refusals++;
+        c->refused = 1;
+    } else if (strcmp(c->end_code, "lagged") == 0) {
+        ended_lagged++;
+    } else if (c->end_code[0]) {
+        ended_error++;
+    } else {
+        ended_closed++;
     }
-    if (argc < 7) {
-        fprintf(stderr, "usage: %s [--websocket] HOST PORT PATH CONNECTIONS EXPECTED TIMEOUT [AUTH]\n",
-                argv[0]);
+    if (c->final_seen) {
+        c->done = 1;
+        (*done)++;
+        return;
+    }
+    c->state = WAITING;
+    c->wake_at = now_s() + (c->retry_ms > 0 ? c->retry_ms : 1000) / 1000.0;
+}
+
+int main(int argc, char **argv) {
+    while (argc > 1 && strncmp(argv[1], "--", 2) == 0) {
+        const char *option = argv[1];
+        int takes_value = strcmp(option, "--stall") == 0 || strcmp(option, "--window") == 0 ||
+                          strcmp(option, "--spread") == 0;
+        if (takes_value && argc < 3) return 2;
+        if (strcmp(option, "--websocket") == 0) websocket = 1;
+        else if (strcmp(option, "--browser") == 0) browser = 1;
+        else if (strcmp(option, "--stall") == 0) stall_s = atof(argv[2]);
+        else if (strcmp(option, "--window") == 0) window_bytes = atoi(argv[2]);
+        else if (strcmp(option, "--spread") == 0) spread_s = atof(argv[2]);
+        else { fprintf(stderr, "unknown option %s\n", option); return 2; }
+        argv += takes_value ? 2 : 1;
+        argc -= takes_value ? 2 : 1;
+    }
+    if (argc < 7 || (browser && websocket)) {
+        fprintf(stderr, "usage: %s [--websocket | --browser [--stall S] [--window B] [--spread S]]"
+                " HOST PORT PATH CONNECTIONS EXPECTED TIMEOUT [AUTH]\n", argv[0]);
         return 2;
     }
-    const char *host = argv[1];
+    host_name = argv[1];
     int port = atoi(argv[2]);
     const char *path = argv[3];
     int n = atoi(argv[4]);
     long expected = atol(argv[5]);
+    expected_events = expected;
     double timeout = atof(argv[6]);
     const char *auth = argc > 7 ? argv[7] : "";
 
-    char **requests = calloc(n, sizeof(char *));
-    int *request_lens = calloc(n, sizeof(int));
+    paths = calloc(n, sizeof(char *));
+    auths = calloc(n, sizeof(char *));
     FILE *per_connection = path[0] == '@' ? fopen(path + 1, "r") : NULL;
     for (int k = 0; k < n; k++) {
-        char line[8192], own_path[8192] = "", own_auth[8192] = "";
-        const char *p = path, *a = auth;
+        char line[8192];
+        paths[k] = (char *)path;
+        auths[k] = (char *)auth;
         if (per_connection && fgets(line, sizeof(line), per_connection)) {
             line[strcspn(line, "\n")] = 0;
             char *tab = strchr(line, '\t');
-            if (tab) { *tab = 0; snprintf(own_auth, sizeof(own_auth), "%s", tab + 1); }
-            snprintf(own_path, sizeof(own_path), "%s", line);
-            p = own_path;
-            a = own_auth;
+            if (tab) { *tab = 0; auths[k] = strdup(tab + 1); } else auths[k] = "";
+            paths[k] = strdup(line);
         }
-        requests[k] = malloc(16384);
-        /* Any 16 bytes in base64 make a key; the server's accept is not checked. */
-        const char *upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
-        request_lens[k] = snprintf(requests[k], 16384, "GET %s HTTP/1.1\r\nHost: %s\r\n%s%s%s\r\n",
-                                   p, host, websocket ? upgrade : "Accept: text/event-stream\r\n",
-                                   a, a[0] ? "\r\n" : "");
     }
     if (per_connection) fclose(per_connection);
 
-    struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons(port)};
-    inet_pton(AF_INET, host, &address.sin_addr);
-    int epoll = epoll_create1(0);
+    address = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons(port)};
+    inet_pton(AF_INET, host_name, &address.sin_addr);
+    epoll_fd = epoll_create1(0);
     conn_t *conns = calloc(n, sizeof(conn_t));
     int opened = 0, failed = 0, done = 0;
     double start = now_s();
@@ -315,55 +455,82 @@ int main(int argc, char **argv) {
     for (int k = 0; k < n; k++) {
         conn_t *c = &conns[k];
         c->seen = calloc(MAX_SEQ / 8, 1);
-        c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-        if (c->fd < 0) { failed++; c->done = 1; done++; continue; }
-        connect(c->fd, (struct sockaddr *)&address, sizeof(address));
-        struct epoll_event ev = {.events = EPOLLOUT | EPOLLIN, .data.u32 = (uint32_t)k};
-        epoll_ctl(epoll, EPOLL_CTL_ADD, c->fd, &ev);
+        c->min_seq = -1;
+        c->fd = -1;
+        if (browser) { /* started by the timer scan below, spread if asked */
+            c->state = WAITING;
+            c->wake_at = start + (n > 1 ? spread_s * k / (n - 1) : 0);
+            continue;
+        }
+        if (start_connect(c, k) < 0) { failed++; c->done = 1; done++; }
     }
 
     struct epoll_event events[1024];
     char buf[BUF];
+    char request[16384];
     while (done < n) {
         double elapsed = now_s() - start;
-        if (all_open_at == 0 ? elapsed > OPEN_TIMEOUT_S : expected > 0 && elapsed > all_open_at + timeout)
+        if (all_open_at == 0 ? elapsed > OPEN_TIMEOUT_S + spread_s : expected > 0 && elapsed > all_open_at + timeout)
             break;
         if (all_open_at == 0 && opened + failed == n) { /* every connection answered or failed */
             all_open_at = now_s() - start;
             fprintf(stderr, "open\n"); /* the harness starts publishing now */
             fflush(stderr);
         }
-        int ready = epoll_wait(epoll, events, 1024, 100);
+        if (browser) { /* reconnects due, and laggards done stalling */
+            double now = now_s();
+            for (int k = 0; k < n; k++) {
+                conn_t *c = &conns[k];
+                if (c->done || now < c->wake_at) continue;
+                if (c->state == WAITING) {
+                    if (start_connect(c, k) < 0) { connect_errors++; c->wake_at = now + 1; }
+                } else if (c->paused) {
+                    c->paused = 0;
+                    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)k};
+                    epoll_ctl(epoll_fd, EPOLL_CTL_MOD, c->fd, &ev);
+                }
+            }
+        }
+        int ready = epoll_wait(epoll_fd, events, 1024, browser ? 20 : 100);
         for (int e = 0; e < ready; e++) {
-            conn_t *c = &conns[events[e].data.u32];
-            if (c->done) continue;
+            int k = (int)events[e].data.u32;
+            conn_t *c = &conns[k];
+            if (c->done || c->paused || c->fd < 0) continue;
             if (c->state == CONNECTING && (events[e].events & EPOLLOUT)) {
                 int error = 0;
                 socklen_t len = sizeof(error);
                 getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &error, &len);
-                int k = (int)events[e].data.u32;
-                if (error || write(c->fd, requests[k], request_lens[k]) != request_lens[k]) {
+                int request_len = request_of(c, k, request, sizeof(request));
+                if (error || write(c->fd, request, request_len) != request_len) {
+                    if (browser) { connect_errors++; stream_ended(c, &done); continue; }
                     failed++; c->done = 1; done++; close(c->fd); continue;
                 }
                 c->state = HEADERS;
-                struct epoll_event ev = {.events = EPOLLIN, .data.u32 = events[e].data.u32};
-                epoll_ctl(epoll, EPOLL_CTL_MOD, c->fd, &ev);
+                struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)k};
+                epoll_ctl(epoll_fd, EPOLL_CTL_MOD, c->fd, &ev);
                 continue;
             }
             if (events[e].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
                 long got = read(c->fd, buf, sizeof(buf));
-                if (got <= 0) {
-                    if (got < 0 && errno == EAGAIN) continue;
-                    if (!c->opened) failed++;
-                    c->done = 1; done++; close(c->fd); continue;
-                }
+                if (got < 0 && errno == EAGAIN) continue;
                 int was_open = c->opened;
-                if (on_bytes(c, buf, got) < 0) {
+                if (got <= 0 || on_bytes(c, buf, got) < 0) {
+                    if (browser) { if (!was_open && c->opened) opened++; stream_ended(c, &done); continue; }
                     if (!c->opened) failed++;
                     c->done = 1; done++; close(c->fd); continue;
                 }
                 if (!was_open && c->opened) opened++;
-                if (expected > 0 && c->received >= expected) {
+                if (browser && c->final_seen) {
+                    epoll_ctl(epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
+                    close(c->fd);
+                    c->fd = -1;
+                    c->done = 1; done++;
+                } else if (browser && stall_s > 0 && c->admitted && !c->stalled_once) {
+                    c->stalled_once = c->paused = 1; /* its socket and its inbox fill meanwhile */
+                    c->wake_at = now_s() + stall_s;
+                    struct epoll_event ev = {.events = 0, .data.u32 = (uint32_t)k};
+                    epoll_ctl(epoll_fd, EPOLL_CTL_MOD, c->fd, &ev);
+                } else if (!browser && expected > 0 && c->received >= expected) {
                     c->done = 1; done++;
                 }
             }
@@ -372,7 +539,7 @@ int main(int argc, char **argv) {
     }
 
     long missing = 0;
-    if (expected > 0) {
+    if (expected > 0 && !browser) {
         for (int k = 0; k < n; k++)
             if (conns[k].opened) missing += expected - conns[k].received;
     }
@@ -382,6 +549,29 @@ int main(int argc, char **argv) {
     getrusage(RUSAGE_SELF, &usage);
     double cpu = usage.ru_utime.tv_sec + usage.ru_utime.tv_usec / 1e6 + usage.ru_stime.tv_sec +
                  usage.ru_stime.tv_usec / 1e6;
+    if (browser) {
+        long admitted = 0, clients_refused = 0, lost = 0, not_caught_up = 0;
+        for (int k = 0; k < n; k++) {
+            conn_t *c = &conns[k];
+            admitted += c->admitted;
+            clients_refused += c->refused;
+            if (c->final_seen) {
+                for (long seq = c->min_seq; seq < expected; seq++)
+                    if (!(c->seen[seq / 8] & (1 << (seq % 8)))) lost++;
+            } else if (c->min_seq >= 0) {
+                not_caught_up++;
+            }
+        }
+        printf("{\"clients\": %d, \"admitted\": %ld, \"attempts\": %ld, \"refused_overloaded\": %ld, "
+               "\"clients_refused\": %ld, \"ended_lagged\": %ld, \"ended_error\": %ld, "
+               "\"ended_closed\": %ld, \"connect_errors\": %ld, \"events\": %ld, \"lost\": %ld, "
+               "\"duplicates\": %ld, \"not_caught_up\": %ld, \"p50_ms\": %.2f, \"p99_ms\": %.2f, "
+               "\"client_cpu_seconds\": %.3f, \"elapsed_seconds\": %.3f}\n",
+               n, admitted, attempts, refusals, clients_refused, ended_lagged, ended_error,
+               ended_closed, connect_errors, total_events, lost, duplicates, not_caught_up,
+               PCT(0.5), PCT(0.99), cpu, now_s() - start);
+        return 0;
+    }
     printf("{\"opened\": %d, \"failed\": %d, \"open_seconds\": %.3f, \"events\": %ld, "
            "\"missing\": %ld, \"duplicates\": %ld, \"p50_ms\": %.2f, \"p90_ms\": %.2f, "
            "\"p99_ms\": %.2f, \"max_ms\": %.2f, \"client_cpu_seconds\": %.3f, "

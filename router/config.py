@@ -437,7 +437,8 @@ def add_serve_arguments(
     flag("--cache-max-events", "events kept for resume", type=count(1))
     flag(
         "--cache-max-bytes",
-        "bytes of events the in-memory replay cache keeps (their encoded size)",
+        "bytes of events the replay cache keeps (in memory: their encoded size; in Redis: their"
+        " stored fields), the oldest trimmed past it and resumes behind them truncated",
         type=count(1),
     )
     flag("--cache-max-age-seconds", "oldest event kept for resume", type=positive_seconds)

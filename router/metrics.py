@@ -27,6 +27,7 @@ from router.core.control import ControlAction
 from router.core.events import EVENT_CLASSES
 from router.core.observer import (
     REJECTION_REASONS,
+    BacklogUnknown,
     CloseReason,
     Failure,
     Offer,
@@ -210,9 +211,36 @@ class Metrics:
         )
         self.streams_behind = Gauge(
             "sse_streams_behind",
-            "Open streams with at least half their inbox waiting (the write backlog).",
+            "Open streams with at least half their inbox waiting, by events or by bytes (inbox,"
+            " writer's hand and socket): the write backlog.",
             registry=r,
         )
+        self.bytes_waiting = Gauge(
+            "sse_stream_bytes_waiting",
+            "Bytes waiting for the open streams, by where: in the router (inboxes and writers'"
+            " hands) or on their sockets, not yet sent by the kernel.",
+            ["where"],
+            registry=r,
+        )
+        self.bytes_waiting_max = Gauge(
+            "sse_stream_bytes_waiting_max",
+            "The most bytes waiting for one stream (router and socket together), and on one"
+            " stream's socket.",
+            ["where"],
+            registry=r,
+        )
+        self.backlog_unknown = LabelledCount(
+            "sse_socket_backlog_unknown",
+            "Streams whose socket's unsent bytes cannot be read (the monitor counts what the"
+            " router holds for them only), by why.",
+            "reason",
+            (reason.value for reason in BacklogUnknown),
+        )
+        r.register(_TallyCollector((self.backlog_unknown,)))
+        for where in ("router", "socket"):  # exported at 0 before the monitor's first round
+            self.bytes_waiting.labels(where)
+        for where in ("stream", "socket"):
+            self.bytes_waiting_max.labels(where)
         self.replays_in_flight = Gauge(
             "sse_replays_in_flight", "Resumes being read from the cache or the bus.", registry=r
         )
@@ -324,6 +352,9 @@ class Metrics:
     def pong_watch_fell_back(self, reason: PongWatchFallback) -> None:
         self.pong_watch_fallbacks.counts[reason.value] += 1
 
+    def socket_backlog_unknown(self, reason: BacklogUnknown) -> None:
+        self.backlog_unknown.counts[reason.value] += 1
+
     def refused_token(self, reason: Reason) -> None:
         self._auth_failures.labels(reason.value).inc()
 
@@ -361,6 +392,10 @@ class Metrics:
     def health_measured(self, sample: Sample, pressure: float) -> None:
         self.loop_lag.set(sample.loop_lag)
         self.streams_behind.set(sample.streams_behind)
+        self.bytes_waiting.labels("router").set(sample.bytes_waiting - sample.socket_bytes)
+        self.bytes_waiting.labels("socket").set(sample.socket_bytes)
+        self.bytes_waiting_max.labels("stream").set(sample.bytes_waiting_max)
+        self.bytes_waiting_max.labels("socket").set(sample.socket_bytes_max)
         self.replays_in_flight.set(sample.replays_in_flight)
         if sample.resident_bytes is not None:
             self.resident_memory.set(sample.resident_bytes)

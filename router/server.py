@@ -276,6 +276,7 @@ def replay_cache(settings: Settings, source: str) -> ReplayCache:
             source=source,
             max_events=settings.cache_max_events,
             max_age=settings.cache_max_age_seconds,
+            max_bytes=settings.cache_max_bytes,
         )
     return MemoryReplayCache(
         max_events=settings.cache_max_events,

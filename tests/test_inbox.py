@@ -186,6 +186,35 @@ def test_the_bytes_of_a_shared_batch_are_summed_once_and_given_back_as_it_is_tak
     assert [inbox.waiting_bytes for inbox in inboxes] == [0, size_of(batch[2:]), size_of(batch)]
 
 
+def test_the_batch_in_the_writers_hand_counts_in_the_byte_bound_until_it_is_written() -> None:
+    """A writer that took a batch and is still writing it (its client reads slowly) holds those
+    bytes: an offer meanwhile finds them, and past the bound the same verdict as if they still
+    waited; once it says it wrote, they are the socket's, and the inbox has room again."""
+    inbox = Inbox(capacity=100, max_bytes=10_000)
+    feed = Feed()
+    offered(inbox, [feed.next(big(n, 4000)) for n in range(3)])
+    taken = inbox.take()
+    assert (inbox.waiting_bytes, inbox.in_hand_bytes) == (0, size_of(taken))
+    assert inbox.held_bytes == size_of(taken) >= 10_000
+    assert offered(inbox, [feed.next(progress("t1", 1))]) == {Offer.COALESCED: 1}
+    inbox.written()
+    assert inbox.held_bytes == inbox.in_hand_bytes == 0
+    assert offered(inbox, [feed.next(content())]) == {Offer.QUEUED: 1}
+    assert not inbox.lagged
+
+
+def test_a_take_of_events_coalesced_aside_has_their_bytes_in_hand() -> None:
+    inbox = Inbox(capacity=1, max_bytes=None)
+    feed = Feed()
+    offered(inbox, [feed.next(content())])
+    offered(inbox, [feed.next(progress("t1", n)) for n in range(3)])  # past the count: aside
+    taken = inbox.take()
+    assert len(taken) == 2
+    assert inbox.in_hand_bytes == size_of(taken)
+    assert inbox.take() == ()
+    assert inbox.in_hand_bytes == 0  # nothing more to take: the writer is done with the last
+
+
 def test_the_default_byte_bound_is_a_mebibyte_and_none_is_no_byte_bound() -> None:
     assert Inbox(capacity=1).byte_bound == DEFAULT_INBOX_MAX_BYTES == 1024 * 1024
     inbox = Inbox(capacity=1000, max_bytes=None)
@@ -329,6 +358,7 @@ inbox_steps = st.lists(
             ),
         ),
         st.tuples(st.just("take"), st.integers(1, 4)),
+        st.tuples(st.just("written"), st.none()),
         st.tuples(st.just("tick"), st.integers(1, 4)),
         st.tuples(st.just("eager"), st.booleans()),
         st.tuples(st.just("stop"), st.none()),
@@ -355,8 +385,9 @@ def test_what_is_offered_is_taken_once_in_order_coalesced_or_the_inbox_lags(
     steps: list[tuple[str, Any]], capacity: int, max_bytes: int | None
 ) -> None:
     """Every event offered is counted once; an offer is queued only while fewer than the
-    capacity wait, and fewer bytes than the byte bound, and at most the capacity is held aside;
-    the bytes waiting never pass the bound by more than one offer; nothing is taken twice or out
+    capacity wait, and fewer bytes than the byte bound are held (waiting, and in the writer's
+    hand until it says it wrote), and at most the capacity is held aside; the bytes held never
+    pass the bound by more than one offer; nothing is taken twice or out
     of the adapter's order, nor more than asked at once; a content update is taken unless the
     inbox lagged or was stopped first; a progress event is taken unless a newer one of its task
     is. All of it whether or not the inbox coalesces eagerly (the overload ladder's first rung),
@@ -374,22 +405,22 @@ def test_what_is_offered_is_taken_once_in_order_coalesced_or_the_inbox_lags(
             ]
             offers += batch
             before, waiting, was_closed = sum(outcomes.values()), inbox.waiting, inbox.closed
-            waiting_bytes = inbox.waiting_bytes
+            waiting_bytes, held_bytes = inbox.waiting_bytes, inbox.held_bytes
             queued_before = outcomes[Offer.QUEUED]
             filled = inbox.offer(SharedBatch(batch) if shared else batch, outcomes)
             assert sum(outcomes.values()) == before + len(batch)
-            if inbox.waiting != waiting:  # queued: fewer than both bounds waited before
+            if inbox.waiting != waiting:  # queued: fewer than both bounds were held before
                 assert waiting < capacity
-                assert waiting_bytes < inbox.byte_bound
+                assert held_bytes < inbox.byte_bound
                 assert inbox.waiting <= waiting + len(batch)
                 assert inbox.waiting_bytes <= waiting_bytes + size_of(batch)
-                assert inbox.waiting_bytes < inbox.byte_bound + size_of(batch)
+                assert inbox.held_bytes < inbox.byte_bound + size_of(batch)
             else:
                 assert inbox.waiting_bytes == waiting_bytes
             assert inbox.set_aside <= capacity
             assert filled is (
                 not inbox.closed
-                and (inbox.waiting >= capacity or inbox.waiting_bytes >= inbox.byte_bound)
+                and (inbox.waiting >= capacity or inbox.held_bytes >= inbox.byte_bound)
                 and outcomes[Offer.QUEUED] > queued_before  # all coalesced aside: not filled
             )
             if was_closed:
@@ -400,7 +431,11 @@ def test_what_is_offered_is_taken_once_in_order_coalesced_or_the_inbox_lags(
             assert len(batch) <= argument
             assert bool(batch) or not (inbox.waiting or inbox.set_aside)
             assert waiting_bytes - size_of(batch) <= inbox.waiting_bytes <= waiting_bytes
+            assert inbox.in_hand_bytes == size_of(batch)  # the last batch's bytes, and no more
             taken += batch
+        elif step == "written":
+            inbox.written()
+            assert inbox.in_hand_bytes == 0
         elif step == "tick":
             for _ in range(argument):
                 inbox.tick(feed.cursor)
@@ -435,16 +470,20 @@ def test_what_is_offered_is_taken_once_in_order_coalesced_or_the_inbox_lags(
 
 @settings(max_examples=300, deadline=None)
 @given(
-    steps=st.lists(st.tuples(st.integers(0, 3000), st.booleans()), min_size=1, max_size=40),
+    steps=st.lists(
+        st.tuples(st.integers(0, 3000), st.booleans(), st.booleans()), min_size=1, max_size=40
+    ),
     max_bytes=st.integers(1, 20_000),
 )
-def test_a_stream_whose_waiting_bytes_pass_the_bound_is_lagged_and_resumes_with_nothing_missing(
-    steps: list[tuple[int, bool]], max_bytes: int
+def test_a_stream_whose_held_bytes_pass_the_bound_is_lagged_and_resumes_with_nothing_missing(
+    steps: list[tuple[int, bool, bool]], max_bytes: int
 ) -> None:
-    """Events of any size, one per step, to a client that sometimes reads one: far from its
-    count bound, it is lagged exactly when an event finds the bytes waiting at or past the byte
-    bound, never more than one event past it; and from its cursor, once it has what was queued,
-    a replay gives it every other event, none twice (the resume from the cache)."""
+    """Events of any size, one per step, to a client whose writer sometimes takes one and
+    sometimes finishes writing it: far from its count bound, it is lagged exactly when an event
+    finds the bytes held (waiting, and in the writer's hand until written) at or past the byte
+    bound, and the bytes held never pass it by more than one event; and from its cursor, once
+    it has what was queued, a replay gives it every other event, none twice (the resume from
+    the cache)."""
     inbox = Inbox(capacity=1000, max_bytes=max_bytes)
     feed = Feed()
     offers: list[Delivery] = []
@@ -455,18 +494,20 @@ def test_a_stream_whose_waiting_bytes_pass_the_bound_is_lagged_and_resumes_with_
             assert inbox.serve(delivery) is not None
             served.append(delivery.identity)
 
-    for size, reads in steps:
+    for size, takes, writes in steps:
         delivery = feed.next(big(len(offers), size))
         offers.append(delivery)
-        waiting_bytes = inbox.waiting_bytes
+        held_bytes = inbox.held_bytes
         outcome = offered(inbox, [delivery])
-        if waiting_bytes >= max_bytes:
+        if held_bytes >= max_bytes:
             assert outcome == {Offer.DISCONNECTED: 1}
             break
         assert outcome == {Offer.QUEUED: 1}
-        assert inbox.waiting_bytes < max_bytes + size_of([delivery])
-        if reads:
+        assert inbox.held_bytes < max_bytes + size_of([delivery])
+        if takes:
             serve(inbox.take(1))
+        if writes:
+            inbox.written()
     assert inbox.lagged is (outcome == {Offer.DISCONNECTED: 1})
     serve(drain(inbox))
     resumed = Inbox(capacity=1000, cursor=inbox.cursor)

@@ -15,6 +15,7 @@ from router.core.overload import (
     Level,
     Sample,
     Thresholds,
+    is_behind,
     overload_refusal,
     pressure,
     slowest,
@@ -125,6 +126,29 @@ def test_the_streams_shed_are_the_slowest_of_those_behind_and_never_one_keeping_
     assert slowest(backlogs, behind_at=128, share=0.0) == ["c"]  # at least one
     assert slowest(backlogs, behind_at=128, share=1.0) == ["c", "a", "d", "e"]
     assert slowest({"b": 10}, behind_at=128, share=1.0) == []
+
+
+def test_a_stream_is_behind_by_half_its_events_or_half_its_byte_bound() -> None:
+    assert is_behind(128, 256, 0, 1024 * 1024)  # events
+    assert is_behind(0, 256, 512 * 1024, 1024 * 1024)  # bytes: inbox, writer's hand, socket
+    assert not is_behind(127, 256, 512 * 1024 - 1, 1024 * 1024)
+
+
+@given(
+    backlog=st.integers(0, 1000),
+    capacity=st.integers(1, 1000),
+    waiting=st.integers(0, 10**7),
+    bound=st.integers(1, 10**7),
+    more=st.integers(0, 10**6),
+)
+def test_more_waiting_never_makes_a_stream_less_behind(
+    backlog: int, capacity: int, waiting: int, bound: int, more: int
+) -> None:
+    """Behind is monotonic in what waits, by events and by bytes: a client that falls further
+    back never counts as keeping up again until it reads."""
+    if is_behind(backlog, capacity, waiting, bound):
+        assert is_behind(backlog + more, capacity, waiting, bound)
+        assert is_behind(backlog, capacity, waiting + more, bound)
 
 
 def test_settings_that_cannot_work_are_refused() -> None:

@@ -2,11 +2,14 @@
 
 Events are appended by a Lua script (``redis_append.lua``) that keeps, per partition, the last
 offset appended, so two routers reading the same partition append each event once, in partition
-order. The script also trims to retention itself, so it knows, per partition, the newest offset it
-evicted: a resume from before that is truncated history, never a silent gap.
+order. The script also trims to retention itself (``max_events``, ``max_age`` and ``max_bytes``:
+the last against a running total of the entries' bytes the script keeps beside the stream, so
+every instance sharing the cache trims by the same total), so it knows, per partition, the newest
+offset it evicted: a resume from before that is truncated history, never a silent gap.
 
 When Redis cannot be reached, live delivery goes on: appends wait in memory (at most
-``max_events`` of them) and are written when Redis answers again, by one writer at a time;
+``max_events`` of them, and ``max_bytes`` of their encoded size) and are written when Redis
+answers again, by one writer at a time;
 events that did not fit are recorded as evicted, so a resume across them is answered as
 truncated. A replay that cannot read Redis is answered as truncated with what is held in memory,
 and marked ``unavailable``: the hub then asks the bus, or asks the client to come back.
@@ -35,7 +38,7 @@ from redis.exceptions import RedisError
 from router.cache.base import Window
 from router.core.backoff import Backoff
 from router.core.cursor import Cursor, EventIdentity, Offset, format_offset, parse_offset
-from router.core.history import Entry, Replay
+from router.core.history import Entry, Replay, entry_size
 from router.core.scope import Scope
 from router.core.sse import SSEMessage
 from router.health import Health, ReportsHealth
@@ -64,11 +67,17 @@ class RedisReplayCache(ReportsHealth):
         source: str,
         max_events: int,
         max_age: float | None = None,
+        max_bytes: int | None = None,
         timeout_seconds: float = 1.0,
     ) -> None:
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be positive, or None for no size limit")
         self.url = url
         self.source = source
         self.max_events = max_events
+        self.max_bytes = max_bytes
+        """The entries' bytes (their stored fields: data and scope JSON, name, cursor, place)
+        the stream may hold together (``--cache-max-bytes``); ``None``: no size bound."""
         self.max_age = max_age
         self.timeout_seconds = timeout_seconds
         base = f"{key_prefix}:{source}"
@@ -78,6 +87,7 @@ class RedisReplayCache(ReportsHealth):
             f"{base}:evicted",
             f"{base}:epoch",
             f"{base}:generation",
+            f"{base}:bytes",
         ]
         self._redis = RedisConnection(
             url, timeout_seconds=timeout_seconds, read_timeout_seconds=timeout_seconds
@@ -86,6 +96,8 @@ class RedisReplayCache(ReportsHealth):
         self._retry_at = 0.0
         self._backoff = Backoff(0.1, 5.0)
         self._pending: deque[Entry] = deque()
+        self._pending_bytes = 0
+        """The encoded size of the entries in ``_pending`` (bounded by ``max_bytes`` too)."""
         self._lost: dict[str, dict[str, Offset]] = {}
         """Per epoch, then per partition, the newest offset lost while Redis was away (dropped
         from ``_pending``, or deleted by the bus unread), not yet recorded as evicted. Keyed by
@@ -137,8 +149,14 @@ class RedisReplayCache(ReportsHealth):
         adapter awaits this before it routes a step, so a retry here (which may take the whole
         timeout) would hold every live client behind a dead Redis."""
         self._pending.extend(entries)
-        while len(self._pending) > self.max_events:
-            self._note_lost(self._pending.popleft().identity)
+        self._pending_bytes += sum(entry_size(entry) for entry in entries)
+        max_bytes = self.max_bytes
+        while len(self._pending) > self.max_events or (
+            max_bytes is not None and self._pending_bytes > max_bytes
+        ):
+            dropped = self._pending.popleft()
+            self._pending_bytes -= entry_size(dropped)
+            self._note_lost(dropped.identity)
         if not self.health.healthy:
             self._waiting_writes.set()  # run() writes them when Redis is back
             return
@@ -171,7 +189,7 @@ class RedisReplayCache(ReportsHealth):
                     return
                 written = {id(entry) for entry in batch}
                 while self._pending and id(self._pending[0]) in written:
-                    self._pending.popleft()
+                    self._pending_bytes -= entry_size(self._pending.popleft())
                 self._succeeded()
 
     async def _write(self, batch: Sequence[Entry]) -> None:
@@ -227,6 +245,7 @@ class RedisReplayCache(ReportsHealth):
             secrets.token_urlsafe(9),
             "1" if full_floor else "0",
             len(floor),
+            self.max_bytes or 0,
         ]
         for partition, offset in floor.items():
             args += [partition, format_offset(offset)]

@@ -8,7 +8,8 @@ decides how to wait and where the bytes go: the session actor (``actors/session.
 wake-up and the client's response, a test with plain calls.
 
 The policy: an offer never waits. It is taken whole while fewer than ``capacity`` events, and
-fewer than ``max_bytes`` bytes of them (their encoded size), wait from earlier offers; past either
+fewer than ``max_bytes`` bytes of them (their encoded size), wait from earlier offers or are in
+the writer's hand (taken, not yet written: :attr:`Inbox.in_hand_bytes`); past either
 bound a low-priority event is coalesced with the newest of its kind, held aside (at most
 ``capacity`` kinds), and a high-priority one is the lag verdict: the inbox closes, and the client
 resumes from the replay cache. The writer takes at most ``most`` events at
@@ -161,6 +162,7 @@ class Inbox:
         "coalesce_from",
         "cursor",
         "heartbeat_due",
+        "in_hand_bytes",
         "lagged",
         "waiting",
         "waiting_bytes",
@@ -196,6 +198,10 @@ class Inbox:
         """Events offered and queued, not yet taken (those coalesced aside are not counted)."""
         self.waiting_bytes = 0
         """The encoded size of the events counted in :attr:`waiting`."""
+        self.in_hand_bytes = 0
+        """The encoded size of the events the last :meth:`take` gave the writer, until it says
+        it wrote (:meth:`written`) or takes again: up to :data:`MAX_WRITE_BATCH` events that left
+        :attr:`waiting` but not the router's memory, and count in the byte bound until then."""
         self._held: Sequence[Delivery] = ()
         """The next events to take, in the order offered: the rest of a batch cut at a take, or
         the one batch offered while nothing waited."""
@@ -228,15 +234,16 @@ class Inbox:
         """Queue ``deliveries`` (in the adapter's order), count what became of each in
         ``outcomes``, and return whether the inbox is now at or past its bound.
 
-        The bound is on what still waits from earlier offers: while fewer than ``capacity``
-        events do, and fewer than ``max_bytes`` bytes of them, an offer is taken whole, however
-        large. Past either bound (the same verdict for both), a low-priority event is
-        coalesced with the newest of its kind, held aside (at most ``capacity`` of them), and a
-        high-priority one is the lag verdict: :attr:`lagged` and :attr:`closed` are set, and
-        neither it nor the rest of the offer is queued (the client is to resume from the replay
-        cache). An offer taken whole, with nothing held aside, is kept as it is. An offer that
-        queues nothing (all of it coalesced aside) does not fill the inbox, however much waits:
-        that client is not reading, and a driver that paused for it would wait on every offer.
+        The bound is on what still waits from earlier offers: while fewer than ``capacity`` events
+        do, and fewer than ``max_bytes`` bytes of them and of those in the writer's hand
+        (:attr:`held_bytes`), an offer is taken whole, however large. Past either bound (the same
+        verdict for both), a low-priority event is coalesced with the newest of its kind, held aside
+        (at most ``capacity`` of them), and a high-priority one is the lag verdict: :attr:`lagged`
+        and :attr:`closed` are set, and neither it nor the rest of the offer is queued (the client
+        is to resume from the replay cache). An offer taken whole, with nothing held aside, is kept
+        as it is. An offer that queues nothing (all of it coalesced aside) does not fill the inbox,
+        however much waits: that client is not reading, and a driver that paused for it would wait
+        on every offer.
         """
         if self.closed:
             outcomes[Offer.CLOSED] += len(deliveries)
@@ -245,11 +252,10 @@ class Inbox:
             return False
         capacity = self.capacity
         byte_bound = self.byte_bound
-        has_room = self.waiting < capacity and self.waiting_bytes < byte_bound
+        held_bytes = self.waiting_bytes + self.in_hand_bytes
+        has_room = self.waiting < capacity and held_bytes < byte_bound
         room = len(deliveries) if has_room else 0
-        eager = (
-            self.waiting >= self.coalesce_from or self.waiting_bytes >= self._coalesce_from_bytes
-        )
+        eager = self.waiting >= self.coalesce_from or held_bytes >= self._coalesce_from_bytes
         if room and not self._aside and not eager:
             # With nothing waiting the batch is the next to take: no list to grow and shrink.
             if self.waiting:
@@ -259,7 +265,7 @@ class Inbox:
             self.waiting += room
             self.waiting_bytes += _wire_size(deliveries)
             outcomes[Offer.QUEUED] += room
-            return self.waiting >= capacity or self.waiting_bytes >= byte_bound
+            return self.waiting >= capacity or self.waiting_bytes + self.in_hand_bytes >= byte_bound
         queued: list[Delivery] = []
         aside = self._aside
         lagged_at = None
@@ -291,7 +297,9 @@ class Inbox:
             if lagged_at + 1 < len(deliveries):
                 outcomes[Offer.CLOSED] += len(deliveries) - lagged_at - 1
             return False
-        return bool(queued) and (self.waiting >= capacity or self.waiting_bytes >= byte_bound)
+        return bool(queued) and (
+            self.waiting >= capacity or self.waiting_bytes + self.in_hand_bytes >= byte_bound
+        )
 
     def tick(self, progress: Cursor | None = None) -> bool:
         """One tick of the heartbeat clock; return whether a heartbeat just became due.
@@ -317,6 +325,12 @@ class Inbox:
     # -- the writer's side -----------------------------------------------------------------------
 
     @property
+    def held_bytes(self) -> int:
+        """The bytes this stream holds in the router: waiting, and in the writer's hand (what the
+        byte bound bounds, and what the overload monitor counts a stream behind by)."""
+        return self.waiting_bytes + self.in_hand_bytes
+
+    @property
     def set_aside(self) -> int:
         """How many coalesced events are held aside."""
         return len(self._aside)
@@ -329,8 +343,13 @@ class Inbox:
     def take(self, most: int = MAX_WRITE_BATCH) -> Sequence[Delivery]:
         """The next events to write, at most ``most``, in the adapter's order (a coalesced event
         keeps its place before the events offered after it); empty only when none waits, queued
-        or held aside. A batch offered alone and small enough comes back as it was offered."""
+        or held aside. A batch offered alone and small enough comes back as it was offered.
+
+        What it gives is in the writer's hand (:attr:`in_hand_bytes`) until :meth:`written` or
+        the next take (a writer takes again only once it is done with the last batch, written or
+        not: a batch its client was not to see leaves nothing to write)."""
         if not self.waiting and not self._aside:
+            self.in_hand_bytes = 0
             return ()
         held = self._held
         batches = self._batches
@@ -347,15 +366,17 @@ class Inbox:
             taken, self._held = held[:most], held[most:]
         else:
             taken, self._held = held, ()
+        size = _wire_size(taken)
         self.waiting -= len(taken)
-        self.waiting_bytes -= _wire_size(taken)
+        self.waiting_bytes -= size
+        self.in_hand_bytes = size
         return taken
 
     def _merge_aside(self, held: Sequence[Delivery], most: int) -> list[Delivery]:
         """The earliest of ``held`` and of those coalesced aside, in the adapter's order."""
         aside = sorted(self._aside.items(), key=lambda kv: kv[1].seq)
         taken: list[Delivery] = []
-        taken_held = taken_aside = 0
+        taken_held = taken_aside = aside_size = 0
         while len(taken) < most and (taken_held < len(held) or taken_aside < len(aside)):
             if taken_aside < len(aside) and (
                 taken_held == len(held) or aside[taken_aside][1].seq < held[taken_held].seq
@@ -363,12 +384,17 @@ class Inbox:
                 key, delivery = aside[taken_aside]
                 del self._aside[key]
                 taken_aside += 1
+                aside_size += len(delivery.message.to_sse_format())
             else:
                 delivery = held[taken_held]
                 taken_held += 1
             taken.append(delivery)
+        queued_size = _wire_size(held[:taken_held])
         self.waiting -= taken_held
-        self.waiting_bytes -= _wire_size(held[:taken_held])
+        self.waiting_bytes -= queued_size
+        # Those coalesced aside were bounded by their count, not their bytes, while they waited;
+        # in the writer's hand they weigh what they are.
+        self.in_hand_bytes = queued_size + aside_size
         self._held = held[taken_held:]
         return taken
 
@@ -452,7 +478,9 @@ class Inbox:
         self._batches = [tuple(b) if isinstance(b, SharedBatch) else b for b in self._batches]
 
     def written(self) -> None:
-        """The writer wrote to the client: the silence a heartbeat fills starts again."""
+        """The writer wrote to the client: the silence a heartbeat fills starts again, and what
+        it had in hand is the socket's now."""
+        self.in_hand_bytes = 0
         self._quiet_ticks = 0
         self.heartbeat_due = False
 

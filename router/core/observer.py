@@ -116,6 +116,18 @@ class PongWatchFallback(enum.StrEnum):
     """hypercorn's stream holds no open wsproto connection of the shape the watch knows."""
 
 
+class BacklogUnknown(enum.StrEnum):
+    """Why the bytes a stream's socket has not sent yet cannot be read
+    (``router/http/socket_backlog.py``): the health monitor then counts what the router holds."""
+
+    NO_SOCKET = "no-socket"
+    """The stream is not written straight to its socket (a ``WriteFallback``): none to ask."""
+    UNSUPPORTED = "unsupported"
+    """The platform has no ``SIOCOUTQ`` ioctl (not Linux)."""
+    REFUSED = "refused"
+    """The socket refused the ioctl."""
+
+
 class StreamObserver(Protocol):
     """What a session reports about its stream."""
 
@@ -177,6 +189,10 @@ class Observer(StreamObserver, Protocol):
 
     def pong_watch_fell_back(self, reason: PongWatchFallback) -> None:
         """A WebSocket's pongs cannot be watched, for ``reason``: it is never closed ``4008``."""
+
+    def socket_backlog_unknown(self, reason: BacklogUnknown) -> None:
+        """The bytes a stream's socket has not sent cannot be read, for ``reason`` (once per
+        stream, the first time the health monitor asks)."""
 
     def refused_token(self, reason: Reason) -> None:
         """The front door refused a request for its token, for ``reason`` (one of
@@ -275,6 +291,9 @@ class NoObserver:
         pass
 
     def pong_watch_fell_back(self, reason: PongWatchFallback) -> None:
+        pass
+
+    def socket_backlog_unknown(self, reason: BacklogUnknown) -> None:
         pass
 
     def refused_token(self, reason: Reason) -> None:

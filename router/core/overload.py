@@ -7,8 +7,12 @@ The rungs, in their fixed order (each one keeps the measures of those below it):
 2. ``refuse``: new streams are refused, retryably, each told to come back after a spread wait
    (:func:`overload_refusal`), and ``/readyz`` says ``degraded`` so a load balancer sends new
    clients elsewhere;
-3. ``shed``: the slowest streams are ended as ``lagged`` (:func:`slowest`); they resume from the
-   replay cache when they come back.
+3. ``shed``: the slowest streams, by the bytes waiting for them, are ended as ``lagged``
+   (:func:`slowest`); they resume from the replay cache when they come back.
+
+A stream is behind (:func:`is_behind`) with half its inbox's capacity waiting, or half its byte
+bound: the bytes in its inbox, in its writer's hand and on its socket unsent, since a client that
+reads slowly leaves them in the kernel's send buffer (megabytes) before its inbox fills.
 
 High-priority events are never dropped for a stream that is admitted and keeps up: coalescing
 touches low-priority events only, and shedding only streams that are behind.
@@ -39,6 +43,7 @@ __all__ = [
     "Level",
     "Sample",
     "Thresholds",
+    "is_behind",
     "overload_refusal",
     "pressure",
     "slowest",
@@ -69,7 +74,7 @@ class Thresholds:
     loop_lag_seconds: float = 1.0
     """How late the health probe may wake before the loop counts as overloaded."""
     streams_behind_fraction: float = 0.2
-    """The share of open streams that may be behind (half their inbox waiting)..."""
+    """The share of open streams that may be behind (:func:`is_behind`)..."""
     streams_behind_minimum: int = 10
     """...counted only once this many are: a few slow clients are not an overload."""
     replays_in_flight: int = 200
@@ -89,10 +94,26 @@ class Sample:
     streams: int
     """Open streams."""
     streams_behind: int
-    """Open streams with at least half their inbox waiting."""
+    """Open streams behind (:func:`is_behind`): half their inbox waiting, by events or bytes."""
     replays_in_flight: int
     resident_bytes: int | None = None
     """The process's resident set, when it can be read."""
+    bytes_waiting: int = 0
+    """Bytes waiting for the open streams: in their inboxes, in their writers' hands, and unsent
+    on the sockets of those holding any in the router (the only ones whose socket is read)."""
+    bytes_waiting_max: int = 0
+    """The most of :attr:`bytes_waiting` for one stream."""
+    socket_bytes: int = 0
+    """The share of :attr:`bytes_waiting` on sockets, not yet sent by the kernel."""
+    socket_bytes_max: int = 0
+    """The most of :attr:`socket_bytes` on one stream's socket."""
+
+
+def is_behind(backlog: int, capacity: int, bytes_waiting: int, byte_bound: int) -> bool:
+    """Whether a stream counts as behind: at least half its inbox's ``capacity`` in events
+    waiting (``backlog``), or half its ``byte_bound`` in bytes (``bytes_waiting``: in its inbox,
+    in its writer's hand and on its socket). Either is a client that does not keep up."""
+    return backlog * 2 >= capacity or bytes_waiting * 2 >= byte_bound
 
 
 def pressure(sample: Sample, thresholds: Thresholds) -> float:
@@ -179,7 +200,8 @@ Key = TypeVar("Key", bound=Hashable)
 def slowest(backlogs: Mapping[Key, int], behind_at: int, share: float) -> list[Key]:
     """The streams to shed: of those whose backlog is at least ``behind_at``, the ``share`` (at
     least one) with the longest backlogs, longest first. A stream under ``behind_at`` is keeping
-    up, and is never among them."""
+    up, and is never among them. The monitor gives each stream behind with the bytes waiting for
+    it: the slowest are those the router and the kernel hold the most for."""
     behind = sorted(
         (key for key, backlog in backlogs.items() if backlog >= behind_at),
         key=lambda key: backlogs[key],

@@ -91,6 +91,17 @@ class Stream(Writer):
     def inbox_capacity(self) -> int:
         return self.inbox.capacity
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of events waiting for this client, or in its writer's hand (being written)."""
+        inbox = self.inbox  # read for every stream in each health round: no nested property
+        return inbox.waiting_bytes + inbox.in_hand_bytes
+
+    @property
+    def inbox_byte_bound(self) -> int:
+        """The inbox's byte bound (``--session-buffer-bytes``; ``sys.maxsize`` for none)."""
+        return self.inbox.byte_bound
+
     def coalesce_eagerly(self, eager: bool) -> None:
         """Coalesce low-priority events early (:meth:`Inbox.coalesce_eagerly`), or not."""
         self.inbox.coalesce_eagerly(eager)

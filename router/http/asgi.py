@@ -55,6 +55,7 @@ from router.core.observer import NO_OBSERVER, Observer, WriteFallback
 from router.core.request_bounds import Oversized, oversized
 from router.http.direct_body import ChunkedSocketWriter, direct_writer, fallback_reason
 from router.http.errors import error_document
+from router.http.socket_backlog import SocketBacklog
 
 SESSION_KEY = "sse_router.session"
 WRITER_KEY = "sse_router.writer"
@@ -84,12 +85,14 @@ class ResponseBodyWriter:
     """
 
     __slots__ = (
+        "_backlog",
         "_closed",
         "_direct",
         "_headers_sent",
         "_observer",
         "_send",
         "_server_send",
+        "_wrote",
         "ended",
     )
 
@@ -100,6 +103,9 @@ class ResponseBodyWriter:
         self._observer: Observer = values.get(OBSERVER_KEY, NO_OBSERVER)
         self._direct: ChunkedSocketWriter | None = None
         self._headers_sent = trio.Event()
+        self._wrote = False
+        """Whether the first write came (and the direct writer was looked for)."""
+        self._backlog = SocketBacklog(self._observer)
         self._closed = False
         self.ended = trio.CancelScope()
         """Cancelled when the session closes its output: :class:`RequestLifecycle` then ends the
@@ -110,12 +116,20 @@ class ResponseBodyWriter:
     def headers_sent(self) -> bool:
         return self._headers_sent.is_set()
 
+    def unsent_bytes(self) -> int | None:
+        """The bytes written that the socket has not sent yet (0 before the first write), or
+        ``None`` when that cannot be told (:class:`~router.http.socket_backlog.SocketBacklog`)."""
+        if self._direct is None and not self._wrote:
+            return 0
+        return self._backlog.read(self._direct)
+
     async def send(self, chunk: bytes, /) -> None:
         if self._closed:
             raise trio.BrokenResourceError("the response has ended")
-        if self._direct is None and not self._headers_sent.is_set():
+        if self._direct is None and not self._wrote:
             await self._headers_sent.wait()
             self._direct = direct_writer(self._server_send)
+            self._wrote = True
             if self._direct is None:
                 self._fell_back()
         if self._direct is not None:

@@ -53,6 +53,11 @@ class SocketWriter:
         self.waits = 0
         """How many writes the socket could not take at once and had to wait for the client."""
 
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        """The connection's socket, to read its send queue (router/http/socket_backlog.py)."""
+        return self._socket
+
     def may_write(self) -> bool:
         return True
 

@@ -39,6 +39,7 @@ from router.core.ws_wire import Frames, JSONFrames, access_changed, error
 from router.http.asgi import OBSERVER_KEY, SERVER_SEND_KEY
 from router.http.direct_websocket import WebSocketSocketWriter, websocket_writer
 from router.http.pong_watch import PongWatch, watch_pongs
+from router.http.socket_backlog import SocketBacklog
 from router.http.ws_conversation import Conversation, Verdict
 
 WS_PATH = "/api/v1/events/ws"
@@ -64,10 +65,17 @@ class WebSocketOutput:
         self.ended = trio.CancelScope()
         """Cancelled when the session closes its output: what the client's messages are read in,
         so the handler needs no task of its own to watch for the end."""
+        observer: Observer = scope.get(OBSERVER_KEY, NO_OBSERVER)
         found = websocket_writer(scope.get(SERVER_SEND_KEY))
         self._direct = found if isinstance(found, WebSocketSocketWriter) else None
         if isinstance(found, WriteFallback):
-            _fell_back(found, scope.get(OBSERVER_KEY, NO_OBSERVER))
+            _fell_back(found, observer)
+        self._backlog = SocketBacklog(observer)
+
+    def unsent_bytes(self) -> int | None:
+        """The bytes written that the socket has not sent yet, or ``None`` when that cannot be
+        told (:class:`~router.http.socket_backlog.SocketBacklog`)."""
+        return self._backlog.read(self._direct)
 
     async def send(self, frames: Frames | tuple[str, ...], /) -> None:
         if self._closed:
