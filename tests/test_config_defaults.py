@@ -220,7 +220,7 @@ def test_the_adapter_pauses_as_long_as_the_hub_tells_it_by_default() -> None:
 # -- the documented defaults ---------------------------------------------------------------------
 
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-_FLAG = r"`--(?P<flag>[a-z][a-z-]*)(?: [A-Z]+)?`"
+_FLAG = r"`--(?P<flag>[a-z][a-z-]*)(?: [A-Za-z]+)?`"
 _INLINE = re.compile(_FLAG + r" \((?P<value>[^)]*)\)")
 """Prose: ``--session-buffer`` (256)."""
 _ROW = re.compile(r"^\| " + _FLAG + r" \| (?P<value>[^|]+?) \|")
