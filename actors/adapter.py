@@ -26,6 +26,11 @@ from router.core.permissions import admits
 
 log = logging.getLogger(__name__)
 
+FANOUT_PAUSE_SECONDS = 0.02
+"""``--fanout-pause-ms``: how long the adapter waits after a wide step (see :meth:`Adapter.run`)."""
+FANOUT_PAUSE_ABOVE = 1000
+"""Offers in one step from which the step counts as wide."""
+
 
 @dataclass
 class AdapterStats:
@@ -70,8 +75,8 @@ class Adapter:
         *,
         clock: Callable[[], float] = trio.current_time,
         dedup_window: int = 10_000,
-        fanout_pause_seconds: float = 0.02,
-        fanout_pause_above: int = 1000,
+        fanout_pause_seconds: float = FANOUT_PAUSE_SECONDS,
+        fanout_pause_above: int = FANOUT_PAUSE_ABOVE,
         observer: Observer = NO_OBSERVER,
     ) -> None:
         self.cache = cache

@@ -28,7 +28,7 @@ from typing import Any
 
 import trio
 
-from actors.adapter import Adapter
+from actors.adapter import FANOUT_PAUSE_SECONDS, Adapter
 from actors.consumer import run_consumer
 from actors.heartbeats import run_heartbeat_clock
 from actors.publisher import GuardedPublisher
@@ -77,7 +77,7 @@ class HubSettings:
     """Most events read again from the bus for one resume; beyond, the resume is truncated."""
     heartbeat_seconds: float = 15.0
     """A stream that carried nothing for this long gets a comment line (see actors/heartbeats)."""
-    fanout_pause_seconds: float = 0.02
+    fanout_pause_seconds: float = FANOUT_PAUSE_SECONDS
     """After a step that made many offers, the adapter waits this long (see :meth:`Adapter.run`)."""
     session: SessionSettings = field(default_factory=SessionSettings)
     """What every session :meth:`Hub.open` makes is built with (its inbox: ``--session-buffer``)."""

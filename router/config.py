@@ -3,6 +3,15 @@
 A flag given on the command line wins over its environment variable, which wins over the default.
 Every value is validated at start (argparse converts a string default exactly like a flag), so a
 bad setting stops the process with a clear message instead of failing later inside an actor.
+
+A default is written once. Where the part that uses a knob has a default of its own (a session's
+inbox, the hub's heartbeat, the Kafka fetch wait...), that part owns it and :class:`Settings`
+reads it from there, so a test or a benchmark that builds the part alone gets what production
+gets, and ``router/core`` stays importable without this module. Where every caller passes the
+value (the HTTP layer's and the front door's settings, the stream caps, the logging), the part
+takes no default and the one written here is the only one. A part's neutral default (``None``:
+no bound, ``0``: no spread) is not a second copy of the flag's: it is what the part does when
+nobody configured it. ``tests/test_config_defaults.py`` holds every flag to one of these.
 """
 
 from __future__ import annotations
@@ -15,13 +24,27 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from actors.adapter import FANOUT_PAUSE_ABOVE
+from actors.hub import HubSettings
+from actors.relay import RelaySettings
+from router.bus import memory as memory_bus
+from router.bus.kafka import KafkaSettings
+from router.bus.redis import RedisBusSettings
 from router.core.breaker import BreakerSettings
 from router.core.cursor import check_partition
-from router.core.inbox import DEFAULT_INBOX_MAX_BYTES
+from router.core.inbox import TICKS_PER_HEARTBEAT
 from router.core.overload import LadderSettings, Thresholds
+from router.core.session_settings import SessionSettings
+from router.core.ws_client import MESSAGE_BURST
 
 ENV_PREFIX = "SSE_ROUTER_"
 DEFAULT_REDIS_STREAMS = ("sse-events",)
+
+# The parts' own defaults, which the flags below read (see the module's docstring). The Kafka and
+# Redis bus settings need an address to be built: only their defaults are read from these.
+_SESSION, _HUB, _RELAY = SessionSettings(), HubSettings(), RelaySettings()
+_KAFKA = KafkaSettings(bootstrap="", topic="")
+_REDIS_BUS = RedisBusSettings(url="", streams=DEFAULT_REDIS_STREAMS)
 _THRESHOLDS, _LADDER, _BREAKER = Thresholds(), LadderSettings(), BreakerSettings()
 
 
@@ -47,44 +70,44 @@ class Settings:
     connects_per_minute: int = 20
     bad_tokens_per_minute: int = 60
     address_rules: Path | None = None
-    heartbeat_seconds: float = 15.0
+    heartbeat_seconds: float = _HUB.heartbeat_seconds
     ws_auth_timeout_seconds: float = 5.0
     ws_pong_timeout_seconds: float = 30.0
     ws_messages_per_second: float = 2.0
-    retry_ms: int = 2000
+    retry_ms: int = _SESSION.retry_ms
     shutdown_retry_spread_ms: int = 5000
-    session_buffer: int = 256
-    session_buffer_bytes: int = DEFAULT_INBOX_MAX_BYTES
-    records_buffer: int = 16
-    fanout_pause_ms: int = 20
+    session_buffer: int = _SESSION.session_buffer
+    session_buffer_bytes: int = _SESSION.session_buffer_bytes or 0  # 0: no byte bound
+    records_buffer: int = _HUB.records_capacity
+    fanout_pause_ms: int = round(_HUB.fanout_pause_seconds * 1000)
     bus: str = "memory"
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_topic: str = "sse-events"
-    kafka_fetch_max_wait_ms: int = 25
-    kafka_request_timeout_ms: int = 5000
-    kafka_epoch: str = "topic-id"
+    kafka_fetch_max_wait_ms: int = _KAFKA.fetch_max_wait_ms
+    kafka_request_timeout_ms: int = _KAFKA.request_timeout_ms
+    kafka_epoch: str = "topic-name" if _KAFKA.epoch_from_topic_name else "topic-id"
     cache: str = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_key_prefix: str = "sse-router"
+    redis_key_prefix: str = _REDIS_BUS.key_prefix
     redis_streams: tuple[str, ...] = DEFAULT_REDIS_STREAMS
-    redis_stream_max_length: int = 1_000_000
+    redis_stream_max_length: int = _REDIS_BUS.max_length
     outbox_dsn: str | None = None
     outbox_table: str = "sse_outbox"
     outbox_mode: str = "delete"
-    outbox_poll_seconds: float = 1.0
-    outbox_parts: int = 16
-    memory_partitions: int = 1
-    memory_bus_capacity: int = 10_000
+    outbox_poll_seconds: float = _RELAY.poll_seconds
+    outbox_parts: int = _RELAY.parts
+    memory_partitions: int = memory_bus.DEFAULT_PARTITIONS
+    memory_bus_capacity: int = memory_bus.DEFAULT_CAPACITY
     memory_bus_max_bytes: int = 64 * 1024 * 1024
     cache_max_events: int = 10_000
     cache_max_bytes: int = 64 * 1024 * 1024
     cache_max_age_seconds: float = 3600.0
-    bus_replay_limit: int = 100_000
+    bus_replay_limit: int = _HUB.bus_replay_limit
     publish_max_bytes: int = 1_048_576
     publish_max_batch: int = 1000
     log_level: str = "info"
     log_format: str = "json"
-    log_sample_rate: float = 0.0
+    log_sample_rate: float = _SESSION.log_sample_rate
     max_memory: int = _THRESHOLDS.max_memory_bytes
     overload_loop_lag_ms: int = round(_THRESHOLDS.loop_lag_seconds * 1000)
     overload_streams_behind: float = _THRESHOLDS.streams_behind_fraction
@@ -340,7 +363,8 @@ def add_serve_arguments(
     )
     flag(
         "--heartbeat-seconds",
-        "a comment is sent after at most this much silence (at least 3/4 of it)",
+        "a comment is sent after at most this much silence"
+        f" (at least {TICKS_PER_HEARTBEAT - 1}/{TICKS_PER_HEARTBEAT} of it)",
         type=positive_seconds,
     )
     flag(
@@ -356,7 +380,8 @@ def add_serve_arguments(
     )
     flag(
         "--ws-messages-per-second",
-        "client messages a WebSocket may send a second, in bursts of 10; a flood closes it (4029)",
+        f"client messages a WebSocket may send a second, in bursts of {MESSAGE_BURST};"
+        " a flood closes it (4029)",
         type=positive_seconds,
     )
     flag("--retry-ms", "reconnection delay suggested to clients", type=count(0))
@@ -375,8 +400,9 @@ def add_serve_arguments(
     flag("--records-buffer", "record batches between consumer and adapter", type=count(1))
     flag(
         "--fanout-pause-ms",
-        "after a step offered 1,000 or more events to streams (one event to 1,000, ten to 100),"
-        " wait this long so the next events go out together",
+        f"after a step offered {FANOUT_PAUSE_ABOVE:,} or more events to streams (one event to"
+        f" {FANOUT_PAUSE_ABOVE:,}, ten to {FANOUT_PAUSE_ABOVE // 10:,}), wait this long so the"
+        " next events go out together",
         type=count(0),
     )
     flag("--bus", "where events come from", choices=("memory", "kafka", "redis"))
@@ -458,8 +484,9 @@ def add_serve_arguments(
     )
     flag(
         "--max-memory",
-        "resident memory the router may use (512M, 2G); at 90 %% of it the overload ladder"
-        " climbs; 0 for no limit",
+        "resident memory the router may use (512M, 2G); at"
+        f" {_THRESHOLDS.memory_fraction * 100:g} %% of it the overload ladder climbs;"
+        " 0 for no limit",
         type=byte_size,
     )
     flag(
@@ -469,8 +496,8 @@ def add_serve_arguments(
     )
     flag(
         "--overload-streams-behind",
-        "share of open streams behind (half their inbox waiting, 10 at least) at which the"
-        " overload ladder climbs",
+        "share of open streams behind (half their inbox waiting,"
+        f" {_THRESHOLDS.streams_behind_minimum} at least) at which the overload ladder climbs",
         type=fraction,
     )
     flag(
@@ -485,7 +512,8 @@ def add_serve_arguments(
     )
     flag(
         "--overload-calm-seconds",
-        "pressure below 70 %% of the thresholds this long steps the overload ladder down one rung",
+        f"pressure below {_LADDER.recover_below * 100:g} %% of the thresholds this long steps the"
+        " overload ladder down one rung",
         type=positive_seconds,
     )
     flag(
@@ -496,7 +524,7 @@ def add_serve_arguments(
     flag(
         "--bus-breaker-open-seconds",
         "how long the bus's breaker first stays open before a publish probes the bus"
-        " (doubling while probes fail, up to 30 s)",
+        f" (doubling while probes fail, up to {_BREAKER.max_open_seconds:g} s)",
         type=positive_seconds,
     )
 

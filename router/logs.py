@@ -25,11 +25,13 @@ def redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
 
 
 def configure_logging(
-    level: str = "info",
-    format: Literal["json", "console"] = "json",
+    level: str,
+    format: Literal["json", "console"],
     stream: TextIO | None = None,
 ) -> None:
-    """Route every ``logging`` record through structlog's renderer, at ``level`` and above."""
+    """Route every ``logging`` record through structlog's renderer, at ``level`` and above.
+
+    No defaults: ``--log-level`` and ``--log-format`` hold the only ones (``router/config.py``)."""
     shared: list[Any] = [
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,

@@ -180,7 +180,7 @@ async def test_two_relays_on_one_postgres_table_deliver_every_row_once() -> None
             router.stream(auth("u1", novels=[f"n{n}" for n in range(8)])) as stream,
         ):
             second = Relay(
-                lambda: PostgresOutbox(dsn, table),
+                lambda: PostgresOutbox(dsn, table, parts=RelaySettings().parts),
                 router.running.hub.bus,
                 RelaySettings(poll_seconds=0.05),
             )

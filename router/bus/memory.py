@@ -23,10 +23,19 @@ from router.core.scope import Scope
 
 MAX_BATCH = 256
 
+DEFAULT_PARTITIONS = 1
+"""``--memory-partitions``."""
+DEFAULT_CAPACITY = 10_000
+"""``--memory-bus-capacity``: unread records per partition."""
+
 
 class MemoryBus:
     def __init__(
-        self, *, partitions: int = 1, capacity: int = 10_000, max_bytes: int | None = None
+        self,
+        *,
+        partitions: int = DEFAULT_PARTITIONS,
+        capacity: int = DEFAULT_CAPACITY,
+        max_bytes: int | None = None,
     ) -> None:
         if partitions < 1 or capacity < 1:
             raise ValueError("a memory bus needs at least one partition and a capacity of one")

@@ -1,6 +1,10 @@
 """What every session is built with: one frozen value, made once in ``serve()`` from the
 command line (``--session-buffer``, ``--session-buffer-bytes``, ``--retry-ms``, ...) and handed by
-the hub to each session it makes (:attr:`actors.hub.HubSettings.session`)."""
+the hub to each session it makes (:attr:`actors.hub.HubSettings.session`).
+
+The defaults here are the flags' defaults: ``router/config.py`` reads them, so a test that builds
+a session alone runs with what production runs with (``shutdown_retry_spread_ms`` aside: 0 is no
+spread, and ``--shutdown-retry-spread-ms`` gives the deployment's)."""
 
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ def check_table_name(table: str) -> str:
 
 
 class PostgresOutbox:
-    def __init__(self, dsn: str, table: str, *, parts: int = 16, mark: bool = False) -> None:
+    def __init__(self, dsn: str, table: str, *, parts: int, mark: bool = False) -> None:
         self.table = check_table_name(table)
         self.parts = parts
         self.mark = mark
