@@ -13,6 +13,7 @@ import trio
 
 from actors.registry import SessionRegistry
 from actors.session import CloseReason, Delivery, Offer, Session, SharedBatch
+from actors.settings import FANOUT_PAUSE_ABOVE, FANOUT_PAUSE_SECONDS
 from router.bus.base import Record
 from router.cache.base import ReplayCache
 from router.core.control import Control
@@ -25,11 +26,6 @@ from router.core.observer import Failure as Failure
 from router.core.permissions import admits
 
 log = logging.getLogger(__name__)
-
-FANOUT_PAUSE_SECONDS = 0.02
-"""``--fanout-pause-ms``: how long the adapter waits after a wide step (see :meth:`Adapter.run`)."""
-FANOUT_PAUSE_ABOVE = 1000
-"""Offers in one step from which the step counts as wide."""
 
 
 @dataclass

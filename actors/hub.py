@@ -23,21 +23,21 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from actors.adapter import FANOUT_PAUSE_SECONDS, Adapter
+from actors.adapter import Adapter
 from actors.consumer import run_consumer
 from actors.heartbeats import run_heartbeat_clock
 from actors.publisher import GuardedPublisher
 from actors.registry import SessionRegistry
 from actors.session import CloseReason, Output, Session, SessionSettings
+from actors.settings import HubSettings as HubSettings
 from router.bus.base import BusUnavailableError, EventBus, Record
 from router.cache.base import ReplayCache
 from router.cache.controls import ControlStore, ProcessControls
-from router.core.breaker import BreakerSettings
 from router.core.control import AccessRules, Control, Effect, effect_on
 from router.core.cursor import (
     MAX_CURSOR_LENGTH,
@@ -65,31 +65,6 @@ loop, where a whole replay (up to ``bus_replay_limit``) took seconds of it."""
 
 class CursorBoundError(Exception):
     """The bus has more partitions (or longer names) than a cursor can hold; for the operator."""
-
-
-@dataclass(frozen=True, slots=True)
-class HubSettings:
-    records_capacity: int = 16
-    """Batches of records between the consumer and the adapter (each at most a few hundred)."""
-    output_capacity: int = 1
-    """Chunks between a session and a memory-channel output (when ``open`` is given none)."""
-    bus_replay_limit: int = 100_000
-    """Most events read again from the bus for one resume; beyond, the resume is truncated."""
-    heartbeat_seconds: float = 15.0
-    """A stream that carried nothing for this long gets a comment line (see actors/heartbeats)."""
-    fanout_pause_seconds: float = FANOUT_PAUSE_SECONDS
-    """After a step that made many offers, the adapter waits this long (see :meth:`Adapter.run`)."""
-    session: SessionSettings = field(default_factory=SessionSettings)
-    """What every session :meth:`Hub.open` makes is built with (its inbox: ``--session-buffer``)."""
-    replay_outage_grace_seconds: float = 30.0
-    """For this long after the replay cache was first found unreadable, a resume that neither
-    it nor the bus can serve is refused for a retry (:class:`ReplayUnavailableError`), not
-    answered as truncated: the history is most likely still there, and a short outage should
-    cost a client nothing. Past it, the client gets what is held, as truncated, and live events."""
-    replay_retry_seconds: float = 2.0
-    """How long a client refused for an unreadable cache is told to wait."""
-    breaker: BreakerSettings = field(default_factory=BreakerSettings)
-    """The circuit breaker publishing goes through (:attr:`Hub.publisher`)."""
 
 
 class ReplayUnavailableError(Exception):

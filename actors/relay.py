@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import trio
 
 from actors.publisher import CircuitOpenError, Publisher
+from actors.settings import RelaySettings as RelaySettings
 from router.bus.base import BusUnavailableError
 from router.core.backoff import Backoff
 from router.core.control import is_control, parse_control
@@ -27,16 +28,6 @@ log = logging.getLogger(__name__)
 WAIT_SLICE_SECONDS = 1.0
 CLOSE_TIMEOUT_SECONDS = 5.0
 """How long closing the store may take on the way out, shielded; then its thread is left to it."""
-
-
-@dataclass(frozen=True, slots=True)
-class RelaySettings:
-    parts: int = 16
-    batch: int = 100
-    poll_seconds: float = 1.0
-    publish_timeout_seconds: float = 10.0
-    """How long one publish may take, even when the relay is being cancelled: past it the rows
-    are given back (published again later, the copy dropped by its ``event_id``)."""
 
 
 @dataclass

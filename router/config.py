@@ -24,12 +24,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from actors.adapter import FANOUT_PAUSE_ABOVE
-from actors.hub import HubSettings
-from actors.relay import RelaySettings
+from actors.settings import FANOUT_PAUSE_ABOVE, HubSettings, RelaySettings
 from router.bus import memory as memory_bus
-from router.bus.kafka import KafkaSettings
-from router.bus.redis import RedisBusSettings
+from router.bus.settings import KafkaSettings, RedisBusSettings
 from router.core.breaker import BreakerSettings
 from router.core.cursor import check_partition
 from router.core.inbox import TICKS_PER_HEARTBEAT

@@ -96,6 +96,7 @@ OWNED_HERE = {
     "publish_max_bytes",
     "publish_max_batch",
     "ws_auth_timeout_seconds",
+    "ws_pong_timeout_seconds",
     "ws_messages_per_second",
     "trusted_proxies",
     "max_streams",

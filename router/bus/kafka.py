@@ -37,37 +37,13 @@ from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from router.bus.base import BusUnavailableError, Record, partition_key
 from router.bus.kafka_metadata import NO_TOPIC_ID, TopicMetadataRequest, topic_ids
+from router.bus.settings import KafkaSettings as KafkaSettings
 from router.core.backoff import Backoff
 from router.core.cursor import Cursor, EventIdentity, Offset
 from router.core.envelope import Publishable
 from router.health import Health, ReportsHealth
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class KafkaSettings:
-    bootstrap: str
-    topic: str
-    client_id: str = "sse-router"
-    fetch_max_wait_ms: int = 25
-    """How long a fetch waits for records; small, because some brokers never answer early."""
-    request_timeout_ms: int = 5000
-    max_batch: int = 256
-    probe_interval_seconds: float = 2.0
-    """How often the reader checks the broker answers and the topic is still the same one while
-    no records come (records are checked as they come, see ``_check_same_topic``)."""
-    backoff_initial_seconds: float = 0.2
-    backoff_max_seconds: float = 10.0
-    stop_timeout_seconds: float = 5.0
-    end_offsets_reuse_seconds: float = 1.0
-    """How long an answer of where the partitions end serves every resume that asks: a client
-    can send cursors past the end at will, and each would cost a consumer of its own."""
-    """How long stopping a consumer or the producer may take, shielded, when shutting down."""
-    epoch_from_topic_name: bool = False
-    """For a broker that gives topics no id (Kafka before 2.8, some Kafka-compatible brokers):
-    derive the epoch from the cluster id and the topic name. A recreated topic then goes
-    unnoticed, so its replay cache must be deleted with it. Off, such a broker is unavailable."""
 
 
 async def _start(consumer: AIOKafkaConsumer, probe_client: AIOKafkaClient) -> None:

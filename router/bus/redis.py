@@ -21,14 +21,14 @@ import logging
 import secrets
 import zlib
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from dataclasses import dataclass
 
 import trio
 from redis.exceptions import RedisError, ResponseError
 
 from router.bus.base import BusUnavailableError, Record, partition_key
+from router.bus.settings import RedisBusSettings as RedisBusSettings
 from router.core.backoff import Backoff
-from router.core.cursor import Cursor, EventIdentity, Offset, check_partition, format_offset
+from router.core.cursor import Cursor, EventIdentity, Offset, format_offset
 from router.core.cursor import parse_offset as parse_entry_id
 from router.core.envelope import Publishable
 from router.health import Health, ReportsHealth
@@ -46,24 +46,6 @@ return marker
 """
 """Give the streams a new epoch unless another instance already did: the marker is set anew if it
 is gone or still names the lost history, else the epoch it names now is adopted."""
-
-
-@dataclass(frozen=True, slots=True)
-class RedisBusSettings:
-    url: str
-    streams: tuple[str, ...]
-    key_prefix: str = "sse-router"
-    max_length: int = 1_000_000
-    """Entries kept per stream (approximately: XADD MAXLEN ~)."""
-    block_ms: int = 1000
-    max_batch: int = 256
-    timeout_seconds: float = 5.0
-
-    def __post_init__(self) -> None:
-        if not self.streams:
-            raise ValueError("the Redis bus needs at least one stream")
-        for stream in self.streams:
-            check_partition(stream)  # a stream's name is its partition in every cursor
 
 
 class RedisStreamBus(ReportsHealth):
