@@ -74,6 +74,11 @@ def encode_json(data: JSONObject) -> str:
     return text
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+"""Types that hold no keys: an event's data is almost always a flat object of these, so the walk
+below looks no further into them (checked by ``type``, which is exact and cheaper than an ABC)."""
+
+
 def _check_keys(data: JSONObject) -> None:
     """json.dumps turns int, float, bool and None keys into strings, so ``{1: x}`` would come back
     as ``{"1": x}`` (and ``{1: x, "1": y}`` as an object with a duplicate key): reject them.
@@ -87,7 +92,8 @@ def _check_keys(data: JSONObject) -> None:
                     raise ValueError(
                         f"SSE data is not encodable as JSON: key {key!r} is not a string"
                     )
-                stack.append(item)
+                if type(item) not in _SCALARS:
+                    stack.append(item)
         elif isinstance(value, list | tuple):
             stack.extend(value)
 
@@ -109,7 +115,10 @@ def encode_event(
     if retry is not None:
         _check_retry(retry)
         lines.append(f"retry: {retry}")
-    lines.extend(f"data: {line}" for line in _LINE_BREAK.split(data))
+    if "\n" in data or "\r" in data:
+        lines.extend(f"data: {line}" for line in _LINE_BREAK.split(data))
+    else:  # one line, as compact JSON always is
+        lines.append(f"data: {data}")
     return ("\n".join(lines) + "\n\n").encode("utf-8")
 
 

@@ -26,10 +26,9 @@ from router.auth import Verified
 from router.bus.base import BusUnavailableError
 from router.config import Settings
 from router.core.admission import Admitted, Credentials, Refused
-from router.core.cursor import EventIdentity
-from router.core.envelope import Envelope, EnvelopeError, parse_envelope, parse_publish_body
+from router.core.envelope import EnvelopeError, Sealed, parse_envelope, parse_publish_body
 from router.core.events import ErrorCode
-from router.core.mapping import MappingError, to_sse
+from router.core.mapping import MappingError, check_mappable
 from router.core.overload import Level
 from router.core.refusal import Refusal
 from router.core.stream_request import FILTERABLE_EVENTS
@@ -44,7 +43,6 @@ from router.metrics import Metrics
 
 PUBLISHER_ROLE = "publisher"
 log = logging.getLogger(__name__)
-_VALIDATION_IDENTITY = EventIdentity("check", "0", (0,), "check")
 _PROBES = frozenset({"/healthz", "/readyz"})
 _ENDPOINTS = {
     "stream": "GET /api/v1/events/stream",
@@ -273,13 +271,13 @@ async def _publish(hub: Hub, verified: Verified, max_batch: int) -> tuple[Respon
     return jsonify({"event_ids": [str(identity) for identity in identities]}), 202
 
 
-def _checked_envelope(item: object, index: int) -> Envelope:
-    """An envelope the router will be able to route and the bus to carry, or a 400 naming which
-    one is wrong (its ``code`` one of :data:`~router.core.mapping.PUBLISH_PROBLEMS`)."""
+def _checked_envelope(item: object, index: int) -> Sealed:
+    """An envelope the router will be able to route, with the bytes the bus carries of it, or a
+    400 naming which one is wrong (its ``code`` one of
+    :data:`~router.core.mapping.PUBLISH_PROBLEMS`)."""
     try:
         envelope = parse_envelope(item)  # type: ignore[arg-type]
-        to_sse(envelope, _VALIDATION_IDENTITY)
-        envelope.to_bytes()  # proves the bus can carry it (the bus encodes it again)
+        check_mappable(envelope)
+        return envelope.sealed()  # encoded once, here: proves the bus can carry it
     except (EnvelopeError, MappingError) as error:
         raise HTTPError(400, error.problem.value, error.detail, parameter=f"[{index}]") from None
-    return envelope
