@@ -41,6 +41,8 @@ _RFC3339 = re.compile(
     r"(?P<date>\d{4}-\d{2}-\d{2})[Tt ](?P<clock>\d{2}:\d{2}:\d{2})(\.(?P<fraction>\d{1,9}))?"
     r"(?P<offset>[Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
 )
+# json.dumps with any option builds an encoder per call: one, built once, is the same encoding.
+_COMPACT_UTF8 = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _UTC_OFFSETS = frozenset({"Z", "z", "+00:00", "-00:00"})
 
 
@@ -109,9 +111,7 @@ class Envelope:
         """
         body = self.to_json()
         try:
-            return json.dumps(
-                body, ensure_ascii=False, allow_nan=False, separators=(",", ":")
-            ).encode()
+            return _COMPACT_UTF8.encode(body).encode()
         except (ValueError, TypeError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
             raise EnvelopeError(EnvelopeProblem.UNENCODABLE, _unencodable(body, exc)) from None
 

@@ -62,7 +62,7 @@ def encode_json(data: JSONObject) -> str:
     JSON cannot carry, or nesting too deep to encode.
     """
     try:
-        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = _COMPACT_UTF8.encode(data)
     except (TypeError, ValueError, RecursionError) as exc:
         raise ValueError(f"SSE data is not encodable as JSON: {exc}") from exc
     _check_keys(data)
@@ -74,6 +74,8 @@ def encode_json(data: JSONObject) -> str:
     return text
 
 
+# json.dumps with any option builds an encoder per call: one, built once, is the same encoding.
+_COMPACT_UTF8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 """Types that hold no keys: an event's data is almost always a flat object of these, so the walk
 below looks no further into them (checked by ``type``, which is exact and cheaper than an ABC)."""
