@@ -95,7 +95,8 @@ class OverloadMonitor:
         backlogs: dict[Session, int] = {}
         for examined, session in enumerate(self._sessions(), start=1):
             streams += 1
-            session.coalesce_eagerly(eager)
+            if eager:  # a stream opened since the rung was reached; below it every inbox is not
+                session.coalesce_eagerly(True)
             backlog = session.backlog
             if backlog * 2 >= session.inbox_capacity:
                 behind += 1
