@@ -137,7 +137,10 @@ class Adapter:
         if any(r.lost for r in records):
             await self._pass_over_lost([r for r in records if r.lost])
             records = [r for r in records if not r.lost]
-        batch = convert_batch(((r.identity, r.raw) for r in records), self.cursor)
+        batch = convert_batch(
+            ((r.identity, r.raw if r.envelope is None else r.envelope) for r in records),
+            self.cursor,
+        )
         self.stats.consumed += len(records)
         self.observer.consumed(len(records))
         for rejected in batch.rejected:

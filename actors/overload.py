@@ -112,7 +112,8 @@ class OverloadMonitor:
         bytes_behind: dict[Session, int] = {}
         for examined, session in enumerate(self._sessions(), start=1):
             streams += 1
-            session.coalesce_eagerly(eager)
+            if eager:  # a stream opened since the rung was reached; below it every inbox is not
+                session.coalesce_eagerly(True)
             backlog = session.backlog
             waiting = session.held_bytes
             # Holding nothing, it keeps up: not behind, and its socket is not asked (most of

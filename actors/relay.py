@@ -160,9 +160,9 @@ class Relay:
                     continue
                 if isinstance(body, dict) and body.get("event_id") is None:
                     body["event_id"] = f"outbox:{table}:{row_id}"
-                envelope = parse_envelope(body)
-                envelope.to_bytes()  # NaN or a lone surrogate: the bus cannot carry it, ever
-                envelopes.append(envelope)
+                # Sealed: NaN or a lone surrogate is refused here (the bus could never carry it),
+                # and the bus does not encode it again.
+                envelopes.append(parse_envelope(body).sealed())
             except (ValueError, EnvelopeError) as error:
                 # Published, it would only be rejected downstream; settled with the rest (and
                 # counted once they are), logged.

@@ -9,8 +9,10 @@ its own CPU time is reported next to the servers'. It speaks SSE, or WebSocket f
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import json
+import math
 import os
 import resource
 import secrets
@@ -24,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "bench" / ".build"
@@ -82,6 +84,9 @@ class Server:
     publish_path: str
     ws_path: str
     publisher_token: str = ""
+    kafka: tuple[str, str] | None = None
+    """The broker's bootstrap address and the topic the router reads, when it reads Kafka: the
+    ``targeted-kafka`` workload produces there directly, as a back end would."""
     resources: ExitStack = field(default_factory=ExitStack)
     """What the server needs besides its process (a broker, Redis keys), released on stop."""
     metrics_ports: list[int] = field(default_factory=list)
@@ -222,6 +227,7 @@ def start_router_on_kafka_and_redis() -> Server:
             "--cache", "redis", "--redis-url", redis_url, "--redis-key-prefix", prefix,
         ]  # fmt: skip
         server = start_router("kafka+redis", options)
+        server.kafka = (broker.bootstrap, topic)
         server.resources.push(resources.pop_all())
     try:
         wait_routing(server)
@@ -283,10 +289,10 @@ def start_peer() -> Server:
 _publisher_connections = threading.local()
 
 
-def publish(server: Server, seq: int, count: int = 1, users: list[str] | None = None) -> None:
-    """Publish events ``seq`` .. ``seq + count - 1`` in one request, each stamped now: to
-    everyone, or each to one of ``users``."""
-    body = [
+def envelopes(seq: int, count: int, users: list[str] | None = None) -> list[dict[str, object]]:
+    """Events ``seq`` .. ``seq + count - 1``, each stamped now: to everyone, or each to one of
+    ``users``."""
+    return [
         {
             "event_type": "System.NotificationSent",
             "occurred_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -295,6 +301,11 @@ def publish(server: Server, seq: int, count: int = 1, users: list[str] | None = 
         }
         for n in range(seq, seq + count)
     ]
+
+
+def publish(server: Server, seq: int, count: int = 1, users: list[str] | None = None) -> None:
+    """Publish :func:`envelopes` in one request."""
+    body = envelopes(seq, count, users)
     headers = {"Content-Type": "application/json"}
     if server.publisher_token:
         headers["Authorization"] = f"Bearer {server.publisher_token}"
@@ -372,7 +383,13 @@ def with_publisher(
     requests failed (refused, or unanswered within 30 s): their events count as missing."""
     cpu_before = server.cpu_seconds()
     failed: list[int] = []
-    publisher = threading.Thread(target=lambda: failed.append(publish_all()))
+    publishing: list[float] = []  # the server's CPU once every stream is open
+
+    def publish() -> None:
+        publishing.append(server.cpu_seconds())
+        failed.append(publish_all())
+
+    publisher = threading.Thread(target=publish)
     result = run_client(
         client, server, connections, expected, timeout, on_open=publisher.start, transport=transport
     )
@@ -391,7 +408,12 @@ def with_publisher(
         "duplicates": result["duplicates"],
         "failed_connections": result["failed"],
         "failed_publishes": failed[0] if failed else -1,
-        "server_cpu_seconds": server.cpu_seconds() - cpu_before,
+        "server_cpu_seconds": (cpu_after := server.cpu_seconds()) - cpu_before,
+        # Robust to the machine's load, unlike the rates: what the server spent per event out,
+        # from the first publish on (the streams' opening apart).
+        "server_cpu_us_per_delivered": 1e6
+        * (cpu_after - (publishing[0] if publishing else cpu_before))
+        / max(1, result["events"]),
         "client_cpu_seconds": result["client_cpu_seconds"],
     }
 
@@ -438,9 +460,16 @@ def throughput(client: Path, server: Server, connections: int, events: int) -> d
     return with_publisher(client, server, connections, events, 600.0, publish_all)
 
 
-def targeted(client: Path, server: Server, connections: int, rate: float) -> dict[str, float]:
-    """Each stream a different user; events at ``rate``/s for 5 s, each for one random user.
-    Routing by index: the cost per event must not grow with the number of streams."""
+def targeted(
+    client: Path, server: Server, connections: int, rate: float, via_kafka: bool = False
+) -> dict[str, float]:
+    """Each stream a different user; events at ``rate``/s for 5 s, each for one random user,
+    in batches of 100: POSTed, or (``via_kafka``) produced straight to the router's topic.
+    Routing by index: the cost per event must not grow with the number of streams.
+
+    ``server_cpu_ms_per_event`` is the server's CPU (user and system, all its processes) from
+    a second after every stream opened to half a second after the last batch was taken, over
+    the events: robust to the machine's load, unlike the latencies."""
     import random
 
     from router.auth import mint_token
@@ -459,20 +488,32 @@ def targeted(client: Path, server: Server, connections: int, rate: float) -> dic
     events = int(rate * 5)
     chosen = [random.choice(users) for _ in range(events)]
     cpu: dict[str, float] = {}
+    send = produce_to_kafka(server) if via_kafka else None
 
     def publish_all() -> None:
-        cpu["before"] = server.cpu_seconds()  # every stream is open: count only the events
+        # Every stream is open; what their admission left to do (a stream's first resume after
+        # its headers) is done in the next second, then only the events are counted.
+        time.sleep(1.0)
+        cpu["before"] = server.cpu_seconds()
         start = time.monotonic()
         for seq in range(0, events, 100):
-            publish(server, seq, min(100, events - seq), users=chosen)
+            if send is None:
+                publish(server, seq, min(100, events - seq), users=chosen)
+            else:
+                send(envelopes(seq, min(100, events - seq), users=chosen))
             time.sleep(max(0.0, start + (seq + 100) / rate - time.monotonic()))
+        time.sleep(0.5)  # the last batch written (p99 is well under this)
         cpu["after"] = server.cpu_seconds()
 
     publisher = threading.Thread(target=publish_all)
     command_server = replace(server, stream_path=f"@{requests}", auth_header="")
-    result = run_client(client, command_server, connections, 0, 8.0,
-                        on_open=publisher.start)  # fmt: skip
-    publisher.join()
+    try:
+        result = run_client(client, command_server, connections, 0, 8.0,
+                            on_open=publisher.start)  # fmt: skip
+        publisher.join()
+    finally:
+        if send is not None:
+            send([])  # stops the producer
     used = cpu["after"] - cpu["before"]
     return {
         "delivered_per_second": result["events"] / 5.0,
@@ -485,12 +526,79 @@ def targeted(client: Path, server: Server, connections: int, rate: float) -> dic
     }
 
 
+def produce_to_kafka(server: Server) -> Callable[[list[dict[str, object]]], None]:
+    """A Kafka producer on the router's topic (acks=all, keyed as the router keys), on a trio
+    loop with trio-asyncio in a thread of its own: each call sends one batch and waits for it;
+    an empty one stops the producer."""
+    import trio
+    import trio_asyncio
+    from aiokafka import AIOKafkaProducer
+
+    from router.bus.base import partition_key
+    from router.core.scope import Scope
+
+    if server.kafka is None:
+        raise ValueError(f"{server.name} does not read Kafka")
+    bootstrap, topic = server.kafka
+    ready = threading.Event()
+    running: dict[str, Any] = {}
+
+    async def produce() -> None:
+        async with trio_asyncio.open_loop():
+
+            async def start() -> AIOKafkaProducer:
+                producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+                await producer.start()
+                return producer
+
+            producer = await trio_asyncio.aio_as_trio(start)()
+
+            async def send_batch(batch: list[dict[str, object]]) -> None:
+                futures = []
+                for body in batch:
+                    key = partition_key(Scope.from_json(body["scope"])).encode()
+                    futures.append(await producer.send(topic, json.dumps(body).encode(), key=key))
+                await asyncio.gather(*futures)
+
+            # Batches come in from the publishing thread; each is sent here, in the loop's
+            # context (trio-asyncio's loop is found there), and its sender told when it is in.
+            batches, waiting = trio.open_memory_channel[tuple[list[Any], trio.Event]](1)
+
+            async def request(batch: list[dict[str, object]]) -> None:
+                done = trio.Event()
+                await batches.send((batch, done))
+                await done.wait()
+
+            running.update(token=trio.lowlevel.current_trio_token(), request=request)
+            ready.set()
+            async for batch, done in waiting:
+                if not batch:
+                    break
+                await trio_asyncio.aio_as_trio(send_batch)(batch)
+                done.set()
+            await trio_asyncio.aio_as_trio(producer.stop)()
+            done.set()
+
+    thread = threading.Thread(target=trio.run, args=(produce,), daemon=True)
+    thread.start()
+    if not ready.wait(60):
+        raise RuntimeError("the Kafka producer did not start")
+
+    def send(batch: list[dict[str, object]]) -> None:
+        trio.from_thread.run(running["request"], batch, trio_token=running["token"])
+        if not batch:
+            thread.join(30)
+
+    return send
+
+
 DEFAULT_CONNECTIONS = {
     "idle": (1000, 5000, 10000),
     "broadcast": (1000, 5000, 10000),
     "ws-broadcast": (1000, 10000),
     "throughput": (1000,),
     "targeted": (1000, 10000),
+    "targeted-kafka": (1000,),
 }
 """What ``just bench`` runs without arguments: the matrix of issue 7 and the WebSocket broadcast
 of issue 15 (about 15 minutes here)."""
@@ -551,12 +659,17 @@ def main() -> None:
     for connections, workload in plan:
         results: dict[str, dict[str, float]] = {}
         for name in servers:
+            if workload == "targeted-kafka" and name != "kafka+redis":
+                continue  # produced to Kafka: only a router that reads it
             server = SERVERS[name]()
             try:
                 if workload == "idle":
                     results[name] = idle(client, server, connections)
                 elif workload == "targeted":
                     results[name] = targeted(client, server, connections, 2000.0)
+                elif workload == "targeted-kafka":  # produced to Kafka: a router on Kafka only
+                    if server.kafka is not None:
+                        results[name] = targeted(client, server, connections, 2000.0, True)
                 elif workload == "throughput":
                     results[name] = throughput(client, server, connections, 2000)
                 elif workload == "ws-broadcast":
@@ -567,10 +680,14 @@ def main() -> None:
                     results[name] = broadcast(client, server, connections, args.events, args.rate)
             finally:
                 server.stop()
-        for metric in results[servers[0]]:
-            rows.append((workload, connections, metric, {n: results[n][metric] for n in servers}))
+        if not results:
+            continue
+        for metric in next(iter(results.values())):
+            values = {n: results[n][metric] if n in results else math.nan for n in servers}
+            rows.append((workload, connections, metric, values))
     if rows:
         print_table(servers, rows)
+        print_cpu_per_targeted_event(rows)
     if "overload" in args.workloads:
         print_overload(overload(client, args.overload_load))
 
@@ -598,17 +715,48 @@ def print_overload(figures: dict[str, float]) -> None:
         print(f"  {name:<24} {value:>10.2f}")
 
 
+def print_cpu_per_targeted_event(rows: list[tuple[str, int, str, dict[str, float]]]) -> None:
+    """The targeted workloads' CPU per event, each over the peer's (its HTTP publish, the only
+    way in it has) at the same stream count: the figure issue 18 sets at 1.5 at most."""
+    peer = {
+        connections: values.get("peer", math.nan)
+        for workload, connections, metric, values in rows
+        if workload == "targeted" and metric == "server_cpu_ms_per_event"
+    }
+    lines = []
+    for workload, connections, metric, values in rows:
+        if metric != "server_cpu_ms_per_event":
+            continue
+        how = "POST" if workload == "targeted" else "produced to Kafka"
+        for name, value in values.items():
+            if name == "peer" or math.isnan(value):
+                continue
+            over = value / peer[connections] if peer.get(connections) else math.nan
+            lines.append(
+                f"  {connections:>6} streams  {name:<12} {how:<18} {value:.3f} ms"
+                f"  (peer {peer.get(connections, math.nan):.3f} ms, x{over:.2f})"
+            )
+    if lines:
+        print("\nCPU per targeted event (server's user + system time over the events)")
+        print("\n".join(lines))
+
+
 def print_table(servers: list[str], rows: list[tuple[str, int, str, dict[str, float]]]) -> None:
     compared = [name for name in servers if name != "peer"] if "peer" in servers else []
-    header = f"{'workload':<12} {'streams':>7} {'metric':<22}"
+    header = f"{'workload':<14} {'streams':>7} {'metric':<23}"
     header += "".join(f" {name:>12}" for name in servers)
     header += "".join(f" {name + '/peer':>16}" for name in compared)
     print(header)
     for workload, connections, metric, values in rows:
-        line = f"{workload:<12} {connections:>7} {metric:<22}"
-        line += "".join(f" {values[name]:>12.2f}" for name in servers)
+        digits = 3 if metric.endswith("_per_event") else 1 if "_us_" in metric else 2
+        line = f"{workload:<14} {connections:>7} {metric:<23}"
+        line += "".join(
+            f" {'-':>12}" if math.isnan(values[name]) else f" {values[name]:>12.{digits}f}"
+            for name in servers
+        )
         for name in compared:
-            line += f" {values[name] / values['peer']:>16.2f}" if values["peer"] else f" {'-':>16}"
+            ratio = values[name] / values["peer"] if values["peer"] else math.nan
+            line += f" {'-':>16}" if math.isnan(ratio) else f" {ratio:>16.2f}"
         print(line)
 
 

@@ -57,10 +57,12 @@ class RedisConnection:
             )
         return await call_redis(self._client, method, *args, **kwargs)
 
-    async def call_in_order(self, *commands: Command) -> list[Any]:
+    async def call_in_order(self, *commands: Command, retry_closed: bool = False) -> list[Any]:
         """Send ``commands`` together on one connection (a pipeline, not a transaction): Redis
         runs them in order, with no other command of this client between them. Not tried again
-        on a closed connection: the caller sees every outage."""
+        on a closed connection, so the caller sees every outage, unless ``retry_closed``: then,
+        like :meth:`call`, a pipeline that meets a connection Redis has closed (a restarted
+        server) is sent once more on a fresh one."""
         if self._client is None:
             self._client = await connect_redis(
                 self.url,
@@ -76,7 +78,12 @@ class RedisConnection:
             answers: list[Any] = await pipeline.execute()
             return answers
 
-        answers: list[Any] = await trio_asyncio.aio_as_trio(run)()
+        try:
+            answers: list[Any] = await trio_asyncio.aio_as_trio(run)()
+        except RedisConnectionError:
+            if not retry_closed:
+                raise
+            answers = await trio_asyncio.aio_as_trio(run)()
         return answers
 
     async def aclose(self) -> None:

@@ -374,7 +374,8 @@ def test_advance_covers_what_it_was_given_and_all_it_covered(
         cursor = cursor.advance(ident)
         assert cursor.covers(ident)
         assert cursor.position(partition) == max(offset, before.position(partition) or offset)
-        assert str(cursor) == str(Cursor(cursor.source, cursor.epoch, cursor.positions))
+        rebuilt = Cursor(cursor.source, cursor.epoch, cursor.positions)
+        assert (str(cursor), cursor) == (str(rebuilt), rebuilt)  # moved in place, or built anew
         for p, o in before.positions:
             assert cursor.covers(EventIdentity(before.source, p, o, before.epoch))
 

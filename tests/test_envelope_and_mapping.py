@@ -35,6 +35,7 @@ from router.core.mapping import (
     Batch,
     MappingError,
     Problem,
+    check_mappable,
     convert_batch,
     to_sse,
 )
@@ -722,6 +723,56 @@ def test_convert_batch_never_raises(batch_records: list[tuple[EventIdentity, Any
 def test_convert_batch_never_raises_on_arbitrary_bytes(data: bytes) -> None:
     batch = convert_batch([(identity(1), data)])
     assert len(batch.events) + len(batch.rejected) == 1
+
+
+@QUICK
+@given(envelope_like)
+def test_a_publish_checks_exactly_what_the_mapping_would_refuse(body: dict[str, Any]) -> None:
+    """``check_mappable`` (the publish route's check) skips building the event: it must refuse
+    what ``to_sse`` refuses, for the same reason, and nothing else, for any envelope whose
+    bytes the bus can carry."""
+    try:
+        envelope = parse_envelope(body).sealed()
+    except EnvelopeError:
+        return
+
+    def outcome(check: Callable[[], object]) -> tuple[Problem, str] | None:
+        try:
+            check()
+        except MappingError as error:
+            return error.problem, error.detail
+        return None
+
+    mapped = outcome(lambda: to_sse(envelope.envelope, IDENTITY, id=str(Cursor.of(IDENTITY))))
+    assert outcome(lambda: check_mappable(envelope.envelope)) == mapped
+
+
+@pytest.mark.parametrize("event_type", list(PAYLOADS))
+def test_an_envelope_handed_over_parsed_maps_to_the_same_bytes_as_its_record(
+    event_type: str,
+) -> None:
+    sealed = parse_envelope(raw(event_type, event_id="e-1")).sealed()
+    from_bytes = convert_batch([(identity(1), sealed.raw), (identity(2), sealed.raw)])
+    parsed = convert_batch([(identity(1), sealed.envelope), (identity(2), sealed.envelope)])
+    assert [c.message.to_sse_format() for c in parsed.events] == [
+        c.message.to_sse_format() for c in from_bytes.events
+    ]
+    assert [c.envelope for c in parsed.events] == [c.envelope for c in from_bytes.events]
+    assert parsed.cursor == from_bytes.cursor
+
+
+def test_a_sealed_envelope_carries_its_bytes_and_refuses_what_the_bus_cannot_carry() -> None:
+    envelope = parse_envelope(raw())
+    sealed = envelope.sealed()
+    assert (sealed.raw, sealed.to_bytes(), sealed.scope) == (
+        envelope.to_bytes(),
+        envelope.to_bytes(),
+        envelope.scope,
+    )
+    unencodable = parse_envelope(raw(payload={"task_id": "t1", "progress": 1, "x": "\ud800"}))
+    with pytest.raises(EnvelopeError) as refused:
+        unencodable.sealed()
+    assert refused.value.problem is EnvelopeProblem.UNENCODABLE
 
 
 def test_rejection_problems_are_a_small_fixed_set() -> None:

@@ -273,3 +273,13 @@ async def test_a_cancelled_consumer_closes_its_channel_which_ends_the_adapter(
         nursery.cancel_scope.cancel()
     with pytest.raises(trio.EndOfChannel):
         records_receive.receive_nowait()
+
+
+async def test_a_sealed_envelope_is_handed_over_parsed_and_a_plain_one_as_bytes_only() -> None:
+    bus = MemoryBus()
+    sealed, plain = envelope(1, user_id="u1").sealed(), envelope(2, user_id="u1")
+    await bus.publish([sealed, plain])
+    async with aclosing(bus.read(None)) as batches:
+        first, second = await take(batches, 2)
+    assert (first.raw, first.envelope) == (sealed.raw, sealed.envelope)
+    assert (second.raw, second.envelope) == (plain.to_bytes(), None)

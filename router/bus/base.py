@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from router.core.cursor import Cursor, EventIdentity, Offset
-from router.core.envelope import Publishable
+from router.core.envelope import Envelope, Publishable
 from router.core.scope import Scope
 
 
@@ -34,6 +34,10 @@ class Record:
     retention or DeleteRecords): every offset of the partition up to ``identity`` that the reader
     had not reached is gone. ``raw`` is empty. The router moves past it and tells every client
     behind it that its history is truncated."""
+    envelope: Envelope | None = None
+    """The envelope ``raw`` encodes, when the bus was handed it in this process (the embedded
+    bus, from a :class:`~router.core.envelope.Sealed`): the adapter routes it without parsing
+    ``raw`` again. Never set from bytes read off a broker."""
 
 
 class EventBus(Protocol):

@@ -18,7 +18,7 @@ import trio
 
 from router.bus.base import Record, partition_key
 from router.core.cursor import Cursor, EventIdentity, Offset
-from router.core.envelope import Publishable
+from router.core.envelope import Publishable, Sealed
 from router.core.scope import Scope
 
 MAX_BATCH = 256
@@ -107,7 +107,10 @@ class MemoryBus:
                 offset = self._next_offset[partition]
                 self._next_offset[partition] += 1
                 identity = EventIdentity("memory", str(partition), (offset,), self._epoch)
-                self._unread[partition].append(Record(identity, raw))
+                # A sealed envelope was checked and encoded by its publisher: handed over as it
+                # is, the adapter does not parse its bytes back (about 15 us an event).
+                parsed = envelope.envelope if isinstance(envelope, Sealed) else None
+                self._unread[partition].append(Record(identity, raw, envelope=parsed))
                 self._unread_bytes[partition] += len(raw)
                 identities.append(identity)
         finally:

@@ -277,27 +277,38 @@ class RedisStreamBus(ReportsHealth):
     # -- publishing ------------------------------------------------------------------------------
 
     async def publish(self, envelopes: Sequence[Publishable]) -> list[EventIdentity]:
-        """XADD each envelope to the stream its scope hashes to; raises
-        :class:`BusUnavailableError` if Redis does not take them."""
+        """XADD each envelope to the stream its scope hashes to, all in one pipeline (one round
+        trip, in order: a publish of 100 envelopes was 100 round trips through trio-asyncio,
+        about 1.5 ms of CPU per event); raises :class:`BusUnavailableError` if Redis does not
+        take them (as before, some of a batch may have been taken: a retry with the same
+        ``event_id`` is dropped as a duplicate)."""
+        if not envelopes:
+            return []
         epoch = await self.epoch()
         streams = self.settings.streams
-        identities = []
+        chosen = [
+            streams[zlib.crc32(partition_key(envelope.scope).encode()) % len(streams)]
+            for envelope in envelopes
+        ]
+        commands: list[Command] = [
+            (
+                "xadd",
+                (stream, {FIELD: envelope.to_bytes()}),
+                {"maxlen": self.settings.max_length, "approximate": True},
+            )
+            for stream, envelope in zip(chosen, envelopes, strict=True)
+        ]
         try:
-            for envelope in envelopes:
-                stream = streams[zlib.crc32(partition_key(envelope.scope).encode()) % len(streams)]
-                entry_id = await self._call(
-                    "xadd",
-                    stream,
-                    {FIELD: envelope.to_bytes()},
-                    maxlen=self.settings.max_length,
-                    approximate=True,
-                )
-                offset = parse_entry_id(entry_id.decode())  # type: ignore[attr-defined]
-                identities.append(EventIdentity("redis", stream, offset, epoch))
+            # Tried again on a fresh connection if Redis had closed this one (it restarted), as
+            # one XADD at a time was: what meets a closed connection was not run.
+            entry_ids = await self._redis.call_in_order(*commands, retry_closed=True)
         except (RedisError, OSError, TimeoutError) as error:
             self.health.failed(error)
             raise BusUnavailableError(f"redis did not take the events: {error}") from None
-        return identities
+        return [
+            EventIdentity("redis", stream, parse_entry_id(entry_id.decode()), epoch)
+            for stream, entry_id in zip(chosen, entry_ids, strict=True)
+        ]
 
 
 def _record(stream: str, entry_id: bytes, fields: Mapping[bytes, bytes], epoch: str) -> Record:

@@ -18,6 +18,7 @@ from router.core.sse import JSONValue, Priority, SSEMessage
 # Added by the mapping to the data of every event that came from a bus, never taken from a payload:
 # ``event_id`` is the event's identity (see router.core.cursor), ``occurred_at`` when it happened.
 METADATA_FIELDS = ("event_id", "occurred_at")
+_METADATA = frozenset(METADATA_FIELDS)
 
 
 class DomainEvent(SSEMessage):
@@ -46,10 +47,11 @@ class DomainEvent(SSEMessage):
         **fields: JSONValue,
     ) -> None:
         data: dict[str, JSONValue] = dict(metadata or {})
-        unknown = set(data) - set(METADATA_FIELDS)
-        if unknown:
+        if not data.keys() <= _METADATA:
+            unknown = set(data) - _METADATA
             raise ValueError(f"unknown metadata fields: {', '.join(sorted(unknown))}")
-        data.update(self.SCHEMA.validate({**(payload or {}), **fields}))
+        given = {**(payload or {}), **fields} if fields else payload or {}
+        data.update(self.SCHEMA.validate(given))
         super().__init__(
             event=self.EVENT, data=data, id=id, retry=retry, scope=scope, version=self.VERSION
         )

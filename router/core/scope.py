@@ -15,6 +15,7 @@ SCOPE_FIELDS = ("user_id", "novel_id", "session_id")
 MAX_SCOPE_ID_LENGTH = 256
 # Printable, no whitespace: ids end up in logs, metrics indexes and query strings.
 _SCOPE_ID = re.compile(r"[!-~]+")
+_KEYS = frozenset({*SCOPE_FIELDS, "broadcast"})
 
 
 class ScopeError(ValueError):
@@ -66,8 +67,8 @@ class Scope:
         """Build a scope from its JSON object form, rejecting unknown keys."""
         if not isinstance(raw, Mapping):
             raise ScopeError(f"scope must be a JSON object, got {type(raw).__name__}")
-        unknown = sorted(map(str, set(raw) - {*SCOPE_FIELDS, "broadcast"}))
-        if unknown:
+        if not raw.keys() <= _KEYS:
+            unknown = sorted(map(str, set(raw) - _KEYS))
             raise ScopeError(f"scope has unknown fields: {', '.join(unknown)}")
         fields: dict[str, Any] = {name: raw.get(name) for name in SCOPE_FIELDS}
         return cls(**fields, broadcast=raw.get("broadcast", False))

@@ -62,7 +62,7 @@ def encode_json(data: JSONObject) -> str:
     JSON cannot carry, or nesting too deep to encode.
     """
     try:
-        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = _COMPACT_UTF8.encode(data)
     except (TypeError, ValueError, RecursionError) as exc:
         raise ValueError(f"SSE data is not encodable as JSON: {exc}") from exc
     _check_keys(data)
@@ -72,6 +72,13 @@ def encode_json(data: JSONObject) -> str:
         # A lone surrogate has no UTF-8 form; JSON's \uXXXX escape carries it exactly.
         text = json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
     return text
+
+
+# json.dumps with any option builds an encoder per call: one, built once, is the same encoding.
+_COMPACT_UTF8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+"""Types that hold no keys: an event's data is almost always a flat object of these, so the walk
+below looks no further into them (checked by ``type``, which is exact and cheaper than an ABC)."""
 
 
 def _check_keys(data: JSONObject) -> None:
@@ -87,7 +94,8 @@ def _check_keys(data: JSONObject) -> None:
                     raise ValueError(
                         f"SSE data is not encodable as JSON: key {key!r} is not a string"
                     )
-                stack.append(item)
+                if type(item) not in _SCALARS:
+                    stack.append(item)
         elif isinstance(value, list | tuple):
             stack.extend(value)
 
@@ -109,7 +117,10 @@ def encode_event(
     if retry is not None:
         _check_retry(retry)
         lines.append(f"retry: {retry}")
-    lines.extend(f"data: {line}" for line in _LINE_BREAK.split(data))
+    if "\n" in data or "\r" in data:
+        lines.extend(f"data: {line}" for line in _LINE_BREAK.split(data))
+    else:  # one line, as compact JSON always is
+        lines.append(f"data: {data}")
     return ("\n".join(lines) + "\n\n").encode("utf-8")
 
 

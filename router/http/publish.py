@@ -16,15 +16,13 @@ from actors.publisher import CircuitOpenError
 from router.admission import Admission
 from router.bus.base import BusUnavailableError
 from router.core.admission import Credentials, Refused
-from router.core.cursor import EventIdentity
-from router.core.envelope import Envelope, EnvelopeError, parse_envelope, parse_publish_body
-from router.core.mapping import MappingError, to_sse
+from router.core.envelope import EnvelopeError, Sealed, parse_envelope, parse_publish_body
+from router.core.mapping import MappingError, check_mappable
 from router.http.admission import http_error
 from router.http.errors import HTTPError
 
 PUBLISH_PATH = "/api/v1/events"
 PUBLISHER_ROLE = "publisher"
-_VALIDATION_IDENTITY = EventIdentity("check", "0", (0,), "check")
 
 
 def register_publish_route(
@@ -74,13 +72,13 @@ async def _publish(hub: Hub, max_batch: int) -> tuple[Response, int]:
     return jsonify({"event_ids": [str(identity) for identity in identities]}), 202
 
 
-def _checked_envelope(item: object, index: int) -> Envelope:
-    """An envelope the router will be able to route and the bus to carry, or a 400 naming which
-    one is wrong (its ``code`` one of :data:`~router.core.mapping.PUBLISH_PROBLEMS`)."""
+def _checked_envelope(item: object, index: int) -> Sealed:
+    """An envelope the router will be able to route, with the bytes the bus carries of it, or a
+    400 naming which one is wrong (its ``code`` one of
+    :data:`~router.core.mapping.PUBLISH_PROBLEMS`)."""
     try:
         envelope = parse_envelope(item)  # type: ignore[arg-type]
-        to_sse(envelope, _VALIDATION_IDENTITY)
-        envelope.to_bytes()  # proves the bus can carry it (the bus encodes it again)
+        check_mappable(envelope)
+        return envelope.sealed()  # encoded once, here: proves the bus can carry it
     except (EnvelopeError, MappingError) as error:
         raise HTTPError(400, error.problem.value, error.detail, parameter=f"[{index}]") from None
-    return envelope
