@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -36,6 +37,7 @@ from router.core.observer import (
 )
 from router.core.overload import Level, Sample
 from router.core.refusal import Limit
+from router.core.token_cache import TokenCache
 from router.tally import Buckets, LabelledCount
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -355,6 +357,10 @@ class Metrics:
         the control store's failed calls."""
         self.registry.register(_ControlsCollector(held, store_errors))
 
+    def watch_token_cache(self, cache: TokenCache[Any]) -> None:
+        """Also export, read at scrape time, the token cache's size, hits and misses."""
+        self.registry.register(_TokenCacheCollector(cache))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -446,6 +452,28 @@ class _ControlsCollector(Collector):
             "Failed reads and writes of the control store (Redis with --cache redis).",
             self.store_errors(),
         )
+
+
+class _TokenCacheCollector(Collector):
+    def __init__(self, cache: TokenCache[Any]) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        size = GaugeMetricFamily(
+            "sse_token_cache_size",
+            "Verified tokens remembered until they expire (--token-cache-size).",
+        )
+        size.add_metric([], len(self.cache))
+        yield size
+        lookups = CounterMetricFamily(
+            "sse_token_cache_lookups",
+            "Tokens looked up in the cache of verified tokens: a hit skips the signature check,"
+            " never the controls.",
+            labels=["result"],
+        )
+        lookups.add_metric(["hit"], self.cache.hits)
+        lookups.add_metric(["miss"], self.cache.misses)
+        yield lookups
 
 
 def _count(name: str, documentation: str, value: int) -> CounterMetricFamily:

@@ -40,7 +40,7 @@ from actors.relay import Relay, RelaySettings
 from actors.session import CloseReason, SessionSettings
 from router.address_gate import AddressGate
 from router.admission import Admission, AdmissionSettings
-from router.auth import TokenVerifier
+from router.auth import CachedVerifier, TokenVerifier
 from router.bus.base import EventBus
 from router.bus.kafka import KafkaBus, KafkaSettings
 from router.bus.memory import MemoryBus
@@ -363,8 +363,10 @@ async def _serve(
     )
     metrics.watch(bus, cache, hub.records_waiting)
     metrics.watch_controls(lambda: hub.access.held(hub.wall_clock()), lambda: controls.errors)
+    tokens = CachedVerifier(verifier, settings.token_cache_size)
+    metrics.watch_token_cache(tokens.cache)
     admission = Admission(
-        verifier,
+        tokens,
         AdmissionSettings(
             caps=StreamCaps(
                 per_instance=settings.max_streams,
