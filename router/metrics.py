@@ -28,6 +28,7 @@ from router.core.control import ControlAction
 from router.core.events import EVENT_CLASSES
 from router.core.observer import (
     REJECTION_REASONS,
+    AcceptFallback,
     CloseReason,
     Failure,
     Offer,
@@ -126,9 +127,17 @@ class Metrics:
             "reason",
             (reason.value for reason in WriteFallback),
         )
+        self.accept_fallbacks = LabelledCount(
+            "sse_accept_fallbacks",
+            "Server starts that accept connections with hypercorn's loop, one per scheduling"
+            " round, instead of emptying the listening queue each turn, by why.",
+            "reason",
+            (reason.value for reason in AcceptFallback),
+        )
         r.register(
             _TallyCollector(
                 (
+                    self.accept_fallbacks,
                     self.events_sent,
                     self.delivery_lag,
                     self.queue_size,
@@ -295,6 +304,9 @@ class Metrics:
 
     def body_fell_back(self, reason: WriteFallback) -> None:
         self.write_fallbacks.counts[reason.value] += 1
+
+    def accept_fell_back(self, reason: AcceptFallback) -> None:
+        self.accept_fallbacks.counts[reason.value] += 1
 
     def refused_token(self, reason: Reason) -> None:
         self._auth_failures.labels(reason.value).inc()

@@ -96,6 +96,16 @@ class WriteFallback(enum.StrEnum):
     """A WebSocket not (yet) accepted on an upgraded HTTP/1.1 connection, as hypercorn says."""
 
 
+class AcceptFallback(enum.StrEnum):
+    """Why the router accepts connections with hypercorn's own loop, one per scheduling round,
+    instead of emptying the listening queue each turn (``router/http/accept.py``)."""
+
+    NOT_HYPERCORN = "not-hypercorn"
+    """hypercorn's server parts are not in the shape the draining loop knows (another version)."""
+    NOT_PLAIN_HTTP = "not-plain-http"
+    """TLS, QUIC or a request cap per worker: served as hypercorn serves them."""
+
+
 class StreamObserver(Protocol):
     """What a session reports about its stream."""
 
@@ -147,6 +157,9 @@ class Observer(StreamObserver, Protocol):
 
     def body_fell_back(self, reason: WriteFallback) -> None:
         """A stream's body is written through the server's ASGI ``send``, for ``reason``."""
+
+    def accept_fell_back(self, reason: AcceptFallback) -> None:
+        """The server accepts with hypercorn's loop, one connection per round (once a start)."""
 
     def refused_token(self, reason: Reason) -> None:
         """The front door refused a request for its token, for ``reason`` (one of
@@ -236,6 +249,9 @@ class NoObserver:
         pass
 
     def body_fell_back(self, reason: WriteFallback) -> None:
+        pass
+
+    def accept_fell_back(self, reason: AcceptFallback) -> None:
         pass
 
     def refused_token(self, reason: Reason) -> None:
