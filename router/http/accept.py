@@ -48,7 +48,7 @@ ACCEPT_BATCH = 1024
 """Connections one listener takes from the queue in one turn, whose handlers then start in one
 step (spawning 1,024 bare trio tasks took 5 ms of CPU here): a quarter of a default-sized
 queue. Handing them out a few per round instead, so that the loop came back to the kernel's
-queue every round, made a storm last longer and cost more CPU (docs/performance.md)."""
+queue every round, did no better on a busy machine (docs/performance.md)."""
 
 _KNOWN_PARAMETERS = {
     "TCPServer": ["app", "config", "context", "state", "stream"],
