@@ -30,7 +30,7 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("/jwt/", "jwt"),
     ("/cryptography/", "jwt"),
     ("router/auth.py", "jwt"),
-    ("router/token_cache.py", "jwt"),
+    ("router/core/token_cache.py", "jwt"),
     ("router/admission.py", "admission rules"),
     ("router/core/admission.py", "admission rules"),
     ("router/core/ratelimit.py", "admission rules"),
