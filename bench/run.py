@@ -21,9 +21,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "bench" / ".build"
 ROUTER_COMMAND = [sys.executable, "-m", "router.cli"]
 """How the harness starts the router (a profiling wrapper may stand in)."""
+PROFILED_COMMAND = [sys.executable, "-m", "bench.stage_profile"]
+"""How it starts a router whose CPU is profiled by stage (``--profile-stages``)."""
+profile_stages = False
+"""``--profile-stages``: every single-process router runs under bench/stage_profile.py."""
 SECRET = "benchmark-only-secret-0123456789abcdef"
 MAX_SEQ = 65536
 """The C client counts sequence numbers below this (bench/sseclient.c)."""
@@ -51,19 +55,56 @@ def raise_open_files_limit() -> None:
 
 
 LISTEN_BACKLOG = 65535
+KERNEL_DEFAULTS = {"net/core/somaxconn": 4096, "net/ipv4/tcp_max_syn_backlog": 2048}
+"""Linux's own listen backlog settings, as on a machine nobody tuned: somaxconn 4,096 (since 5.4)
+and tcp_max_syn_backlog as the kernel sizes it here (its established-connection hash table's
+entries / 128: 262,144 / 128). Issue 18: a connect storm is measured with these too."""
+BACKLOGS = {"default": KERNEL_DEFAULTS, "raised": dict.fromkeys(KERNEL_DEFAULTS, LISTEN_BACKLOG)}
+"""The two kernel settings the idle workload opens its streams under."""
+
+
+def read_backlog_settings() -> dict[str, int]:
+    return {name: int((Path("/proc/sys") / name).read_text()) for name in KERNEL_DEFAULTS}
+
+
+def write_backlog_settings(values: dict[str, int]) -> bool:
+    """Set the kernel's listen backlog settings (root only); whether it could."""
+    try:
+        for name, value in values.items():
+            (Path("/proc/sys") / name).write_text(str(value))
+    except OSError as error:
+        print(f"bench: the listen backlog settings stay as they are: {error}", file=sys.stderr)
+        return False
+    return True
 
 
 def raise_listen_backlog() -> None:
     """Let both servers queue a whole connection storm (the kernel caps every listen backlog at
-    net.core.somaxconn; at 4,096, 10,000 clients connecting at once overflow it and wait out
+    net.core.somaxconn; at 4,096, 10,000 clients connecting at once can overflow it and wait out
     TCP's retransmission backoff). Needs root; otherwise says what the run is limited to."""
-    for name in ("net/core/somaxconn", "net/ipv4/tcp_max_syn_backlog"):
-        setting = Path("/proc/sys") / name
-        try:
-            if int(setting.read_text()) < LISTEN_BACKLOG:
-                setting.write_text(str(LISTEN_BACKLOG))
-        except OSError as error:
-            print(f"bench: {name} stays at {setting.read_text().strip()}: {error}", file=sys.stderr)
+    write_backlog_settings(BACKLOGS["raised"])
+
+
+@contextmanager
+def kernel_backlog(values: dict[str, int]) -> Iterator[None]:
+    """``values`` in force within, the settings before restored after. The kernel caps a
+    socket's backlog when it starts listening, so only a server started within is held to them;
+    others on the machine that listen meanwhile are too, which is why this lasts no longer than
+    a server's start."""
+    before = read_backlog_settings()
+    write_backlog_settings(values)
+    try:
+        yield
+    finally:
+        write_backlog_settings(before)
+
+
+def dropped_handshakes() -> int:
+    """The kernel's count of connections dropped because a listen queue was full (this network
+    namespace's, so anything else listening here adds to it)."""
+    with open("/proc/net/netstat") as netstat:
+        names, values = [line.split() for line in netstat if line.startswith("TcpExt:")][:2]
+    return int(values[names.index("ListenOverflows")])
 
 
 def free_port() -> int:
@@ -92,6 +133,22 @@ class Server:
     metrics_ports: list[int] = field(default_factory=list)
     """Where each of its routers serves ``/metrics`` (each worker of ``--workers`` on its own
     port); empty: ``port``."""
+    stage_report: Path | None = None
+    """Where bench/stage_profile.py writes the CPU of each stage on SIGUSR1, if it runs."""
+
+    def profile_stages(self, *, reset: bool) -> dict[str, float] | None:
+        """The milliseconds of CPU of each stage since the last call (``None``: not profiled);
+        ``reset``: only start counting from now."""
+        if self.stage_report is None:
+            return None
+        self.stage_report.unlink(missing_ok=True)
+        self.process.send_signal(signal.SIGUSR1)
+        for _ in range(200):
+            if self.stage_report.exists():
+                stages: dict[str, float] = json.loads(self.stage_report.read_text())
+                return None if reset else stages
+            time.sleep(0.05)
+        return None
 
     def pids(self) -> list[int]:
         """The server's process and its descendants (the workers of ``--workers``)."""
@@ -155,6 +212,10 @@ def start_router(name: str = "router", options: Sequence[str] = ()) -> Server:
         "--max-streams", "1000000", "--max-streams-per-address", "1000000",
         "--connects-per-minute", "1000000", "--session-buffer", "1024", *options,
     ]  # fmt: skip
+    report = None
+    if profile_stages and "--workers" not in options:
+        report = BUILD / f"stages-{port}.json"
+        command[: len(ROUTER_COMMAND)] = [*PROFILED_COMMAND, str(report)]
     environ = {**os.environ, "SSE_ROUTER_JWT_SECRET": SECRET}
     process = subprocess.Popen(command, env=environ, stdout=subprocess.DEVNULL)
     wait_listening(port)
@@ -162,7 +223,7 @@ def start_router(name: str = "router", options: Sequence[str] = ()) -> Server:
     publisher = mint_token(SECRET, sub="bench-publisher", roles=["publisher"], ttl_seconds=3600)
     return Server(
         name, process, port, "/api/v1/events/stream", f"Authorization: Bearer {reader}",
-        "/api/v1/events", "/api/v1/events/ws", publisher,
+        "/api/v1/events", "/api/v1/events/ws", publisher, stage_report=report,
     )  # fmt: skip
 
 
@@ -351,22 +412,63 @@ def run_client(
     return result
 
 
-def idle(client: Path, server: Server, connections: int) -> dict[str, float]:
+def idle(client: Path, server: Server, connections: int, backlog: str = "") -> dict[str, float]:
+    """``connections`` streams opened at once and held: how long they took, how many failed,
+    the handshakes the kernel dropped meanwhile, the server's CPU per stream opened (its
+    processes' user and system time, which a busy machine does not inflate as it does the wall
+    clock) and its memory once they are open. With ``--profile-stages``, also where that CPU
+    went (bench/stage_profile.py), printed on its own."""
     before = server.rss_kib()
     measured: dict[str, float] = {}
+    stages: list[dict[str, float]] = []
+    server.profile_stages(reset=True)
+    cpu_before, dropped_before = server.cpu_seconds(), dropped_handshakes()
 
     def opened() -> None:
+        measured["cpu_seconds"] = server.cpu_seconds() - cpu_before
+        measured["dropped"] = dropped_handshakes() - dropped_before
+        stages.extend(filter(None, [server.profile_stages(reset=False)]))
         time.sleep(1.0)  # let the server settle, then weigh it
         measured["rss_kib"] = server.rss_kib()
 
     result = run_client(client, server, connections, 0, 3.0, opened)
     rss = measured.get("rss_kib", server.rss_kib())
+    for profile in stages:
+        print_stages(f"{server.name} ({backlog or 'as set'} backlog)", connections, profile)
     return {
         "open_seconds": result["open_seconds"],
         "failed": result["failed"],
+        "dropped_handshakes": measured.get("dropped", -1),
+        "cpu_us_per_stream": 1e6 * measured.get("cpu_seconds", 0.0) / max(1, result["opened"]),
         "rss_mib": rss / 1024,
         "kib_per_stream": (rss - before) / max(1, result["opened"]),
     }
+
+
+def idle_at_both_backlogs(
+    client: Path, start: Callable[[], Server], connections: int
+) -> dict[str, float]:
+    """:func:`idle` on a server started under the kernel's default listen backlog settings, then
+    on one started under raised settings (issue 18: the benchmark must not raise them to hide
+    an overflow): each figure twice, ``@default`` and ``@raised``."""
+    figures: dict[str, float] = {}
+    for label, values in BACKLOGS.items():
+        with kernel_backlog(values):
+            server = start()
+        try:
+            for metric, value in idle(client, server, connections, label).items():
+                figures[f"{metric}@{label}"] = value
+        finally:
+            server.stop()
+    return figures
+
+
+def print_stages(name: str, connections: int, stages: dict[str, float]) -> None:
+    total = sum(stages.values())
+    print(f"\nwhere {name}'s CPU went while {connections} streams opened (us per stream)")
+    for stage, milliseconds in sorted(stages.items(), key=lambda item: -item[1]):
+        share = 100 * milliseconds / max(total, 1e-9)
+        print(f"  {stage:<24} {1000 * milliseconds / connections:>8.0f} {share:>6.1f}%")
 
 
 def with_publisher(
@@ -641,9 +743,25 @@ def main() -> None:
         metavar="KEEPERS,LAGGARDS,STORM,RATE,SECONDS",
         help="the overload run's tabs, events a second and seconds (default: 1000,500,2000,50,20)",
     )
+    parser.add_argument(
+        "--profile-stages",
+        action="store_true",
+        help="idle: also print where each single-process router's CPU went while its streams"
+        " opened, by stage (bench/stage_profile.py; it costs the router a little CPU)",
+    )
     args = parser.parse_args()
+    global profile_stages
+    profile_stages = args.profile_stages
     raise_open_files_limit()
-    raise_listen_backlog()
+    kernel_settings = read_backlog_settings()
+    try:
+        raise_listen_backlog()
+        run_plan(args)
+    finally:
+        write_backlog_settings(kernel_settings)  # as the run found them
+
+
+def run_plan(args: argparse.Namespace) -> None:
     client = build_client()
     plan = sorted(
         (
@@ -661,11 +779,12 @@ def main() -> None:
         for name in servers:
             if workload == "targeted-kafka" and name != "kafka+redis":
                 continue  # produced to Kafka: only a router that reads it
+            if workload == "idle":  # its servers start under each backlog setting in turn
+                results[name] = idle_at_both_backlogs(client, SERVERS[name], connections)
+                continue
             server = SERVERS[name]()
             try:
-                if workload == "idle":
-                    results[name] = idle(client, server, connections)
-                elif workload == "targeted":
+                if workload == "targeted":
                     results[name] = targeted(client, server, connections, 2000.0)
                 elif workload == "targeted-kafka":  # produced to Kafka: a router on Kafka only
                     if server.kafka is not None:
@@ -743,13 +862,13 @@ def print_cpu_per_targeted_event(rows: list[tuple[str, int, str, dict[str, float
 
 def print_table(servers: list[str], rows: list[tuple[str, int, str, dict[str, float]]]) -> None:
     compared = [name for name in servers if name != "peer"] if "peer" in servers else []
-    header = f"{'workload':<14} {'streams':>7} {'metric':<23}"
+    header = f"{'workload':<14} {'streams':>7} {'metric':<28}"
     header += "".join(f" {name:>12}" for name in servers)
     header += "".join(f" {name + '/peer':>16}" for name in compared)
     print(header)
     for workload, connections, metric, values in rows:
         digits = 3 if metric.endswith("_per_event") else 1 if "_us_" in metric else 2
-        line = f"{workload:<14} {connections:>7} {metric:<23}"
+        line = f"{workload:<14} {connections:>7} {metric:<28}"
         line += "".join(
             f" {'-':>12}" if math.isnan(values[name]) else f" {values[name]:>12.{digits}f}"
             for name in servers

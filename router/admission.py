@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 import trio
 
-from router.auth import AuthError, AuthProblem, TokenVerifier, Verified
+from router.auth import AuthError, AuthProblem, Verified, Verifies
 from router.core.address_rules import NO_RULES, AddressRules
 from router.core.admission import (
     ADDRESS_BLOCKED,
@@ -83,7 +83,7 @@ class Admission:
 
     def __init__(
         self,
-        verifier: TokenVerifier,
+        verifier: Verifies,
         settings: AdmissionSettings,
         observer: Observer,
         *,

@@ -10,8 +10,9 @@ from __future__ import annotations
 import enum
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from router.core.permissions import Principal, id_set
 from router.core.scope import Scope, ScopeError
+from router.core.token_cache import TokenCache
 
 MIN_SECRET_BYTES = 32
 
@@ -152,6 +154,40 @@ class TokenVerifier:
                 " (exp - iat)",
             )
         return issued_at
+
+
+class Verifies(Protocol):
+    def verify(self, token: str) -> Verified:
+        """The token's grants; raises :class:`AuthError`, whose message the client may see."""
+        ...
+
+
+class CachedVerifier:
+    """A :class:`TokenVerifier` that remembers the tokens it verified, each until its ``exp``
+    (:class:`~router.core.token_cache.TokenCache`, at most ``capacity``): a token seen again
+    skips its signature and claims. What controls took from a token since it was issued is no
+    part of this; the front door asks on every use (router/admission.py)."""
+
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        capacity: int,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``clock``: the wall clock, the one pyjwt reads ``exp`` against."""
+        self.verifier = verifier
+        self.cache: TokenCache[Verified] = TokenCache(capacity)
+        self._clock = clock
+
+    def verify(self, token: str) -> Verified:
+        cached = self.cache.get(token, self._clock())
+        if cached is not None:
+            return cached
+        verified = self.verifier.verify(token)
+        # pyjwt refuses a token once ``exp <= now - leeway``: remembered until just then.
+        self.cache.put(token, verified, verified.expires_at + self.verifier.leeway_seconds)
+        return verified
 
 
 def _expiry(exp: object) -> float:

@@ -59,6 +59,7 @@ class Settings:
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     max_token_age: float | None = None
+    token_cache_size: int = 20_000
     cors_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
     max_streams: int = 20_000
@@ -331,6 +332,12 @@ def add_serve_arguments(
         " revocations and disconnects are remembered exactly this long (unset: any lifetime, and"
         " they are remembered a day)",
         type=positive_seconds,
+    )
+    flag(
+        "--token-cache-size",
+        "verified tokens remembered until they expire, so a reconnect skips the signature check"
+        " (disconnects and revocations still apply on every use; 0: none)",
+        type=count(0),
     )
     flag(
         "--cors-origins", "comma-separated origins allowed to connect from a browser", type=origins

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -27,6 +28,7 @@ from router.core.control import ControlAction
 from router.core.events import EVENT_CLASSES
 from router.core.observer import (
     REJECTION_REASONS,
+    AcceptFallback,
     BacklogUnknown,
     CloseReason,
     Failure,
@@ -39,6 +41,7 @@ from router.core.observer import (
 )
 from router.core.overload import Level, Sample
 from router.core.refusal import Limit
+from router.core.token_cache import TokenCache
 from router.tally import Buckets, LabelledCount, SplitCount
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -144,9 +147,17 @@ class Metrics:
             "reason",
             (reason.value for reason in PongWatchFallback),
         )
+        self.accept_fallbacks = LabelledCount(
+            "sse_accept_fallbacks",
+            "Server starts that accept connections with hypercorn's loop, one per scheduling"
+            " round, instead of emptying the listening queue each turn, by why.",
+            "reason",
+            (reason.value for reason in AcceptFallback),
+        )
         r.register(
             _TallyCollector(
                 (
+                    self.accept_fallbacks,
                     self.events_sent,
                     self.delivery_lag,
                     self.queue_size,
@@ -354,6 +365,8 @@ class Metrics:
 
     def socket_backlog_unknown(self, reason: BacklogUnknown) -> None:
         self.backlog_unknown.counts[reason.value] += 1
+    def accept_fell_back(self, reason: AcceptFallback) -> None:
+        self.accept_fallbacks.counts[reason.value] += 1
 
     def refused_token(self, reason: Reason) -> None:
         self._auth_failures.labels(reason.value).inc()
@@ -419,6 +432,10 @@ class Metrics:
         """Also export, read at scrape time, how many controls this instance holds in force, and
         the control store's failed calls."""
         self.registry.register(_ControlsCollector(held, store_errors))
+
+    def watch_token_cache(self, cache: TokenCache[Any]) -> None:
+        """Also export, read at scrape time, the token cache's size, hits and misses."""
+        self.registry.register(_TokenCacheCollector(cache))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -511,6 +528,28 @@ class _ControlsCollector(Collector):
             "Failed reads and writes of the control store (Redis with --cache redis).",
             self.store_errors(),
         )
+
+
+class _TokenCacheCollector(Collector):
+    def __init__(self, cache: TokenCache[Any]) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        size = GaugeMetricFamily(
+            "sse_token_cache_size",
+            "Verified tokens remembered until they expire (--token-cache-size).",
+        )
+        size.add_metric([], len(self.cache))
+        yield size
+        lookups = CounterMetricFamily(
+            "sse_token_cache_lookups",
+            "Tokens looked up in the cache of verified tokens: a hit skips the signature check,"
+            " never the controls.",
+            labels=["result"],
+        )
+        lookups.add_metric(["hit"], self.cache.hits)
+        lookups.add_metric(["miss"], self.cache.misses)
+        yield lookups
 
 
 def _count(name: str, documentation: str, value: int) -> CounterMetricFamily:

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import trio
 import trio_asyncio
 from hypercorn.config import Config
-from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
 from actors.hub import CursorBoundError, Hub, HubSettings
@@ -40,7 +39,7 @@ from actors.session import CloseReason, SessionSettings
 from router import heap_probe
 from router.address_gate import AddressGate
 from router.admission import Admission, AdmissionSettings
-from router.auth import TokenVerifier
+from router.auth import CachedVerifier, TokenVerifier
 from router.bus.base import EventBus
 from router.bus.kafka import KafkaBus, KafkaSettings
 from router.bus.memory import MemoryBus
@@ -55,6 +54,7 @@ from router.core.address_rules import AddressRulesError
 from router.core.admission import StreamCaps
 from router.core.control import DEFAULT_HOLD_SECONDS, AccessRules
 from router.core.request_bounds import HARD_HEAD_LIMIT
+from router.http.accept import serve_http
 from router.http.app import create_app
 from router.http.asgi import RequestLifecycle
 from router.http.settings import HTTPSettings
@@ -80,12 +80,12 @@ def hypercorn_config(settings: Settings, listening: Listening | None = None) -> 
     """hypercorn's configuration, bound to :func:`listening_socket` (or, in a worker, to the
     socket its supervisor bound, and to the worker's own port, see :class:`Listening`).
 
-    The socket is handed over ``ACCEPTORS`` times, as duplicates of one descriptor: hypercorn runs
-    an accept loop for each, and trio's accept loop takes one connection per scheduling round.
-    When thousands of browsers reconnect at once, one loop could not empty the accept queue while
-    every round also served the connections already in: the queue overflowed, the kernel dropped
-    handshakes and clients waited out TCP's retransmission backoff. Duplicates share one queue
-    (unlike SO_REUSEPORT, a second router cannot bind the port by mistake).
+    The socket is handed over ``ACCEPTORS`` times, as duplicates of one descriptor, each with an
+    accept loop of its own. Each loop empties the queue when it runs (router/http/accept.py);
+    with hypercorn's own loop (its fallback), which takes one connection per scheduling round,
+    one loop could not empty the queue while every round also served the connections already in,
+    and the kernel dropped handshakes past ``somaxconn``. Duplicates share one queue (unlike
+    SO_REUSEPORT, a second router cannot bind the port by mistake).
     """
     config = Config()
     descriptor = listening_socket(settings) if listening is None else listening.descriptor
@@ -336,8 +336,10 @@ async def _serve(
     )
     metrics.watch(bus, cache, hub.records_waiting)
     metrics.watch_controls(lambda: hub.access.held(hub.wall_clock()), lambda: controls.errors)
+    tokens = CachedVerifier(verifier, settings.token_cache_size)
+    metrics.watch_token_cache(tokens.cache)
     admission = Admission(
-        verifier,
+        tokens,
         AdmissionSettings(
             caps=StreamCaps(
                 per_instance=settings.max_streams,
@@ -372,10 +374,11 @@ async def _serve(
 
     async def run_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
         try:
-            await hypercorn_serve(
+            await serve_http(
                 RequestLifecycle(app, metrics),
                 hypercorn_config(settings, listening),
                 shutdown_trigger=stop_http.wait,
+                observer=metrics,
                 task_status=task_status,
             )
         finally:

@@ -6,6 +6,7 @@ hands its request to :class:`Admission` and says the answer the HTTP way.
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -13,7 +14,14 @@ from collections.abc import Iterable, Sequence
 import pytest
 
 from router.admission import Admission, AdmissionSettings, Ask
-from router.auth import AuthProblem, TokenVerifier, mint_token
+from router.auth import (
+    AuthProblem,
+    CachedVerifier,
+    TokenVerifier,
+    Verified,
+    Verifies,
+    mint_token,
+)
 from router.core.address_rules import NO_RULES
 from router.core.admission import (
     RETRY,
@@ -66,6 +74,7 @@ class Door:
         per_instance: int = 1000,
         per_address: int = 100,
         bad_tokens_per_minute: int = 60,
+        verifier: Verifies | None = None,
     ) -> None:
         self.now = 1000.0
         self.open_streams: dict[str, int] = {}
@@ -80,7 +89,7 @@ class Door:
         self.observer = RefusalCounter()
         self.access = AccessRules(3600)
         self.admission = Admission(
-            TokenVerifier.from_key(secret=SECRET),
+            verifier or TokenVerifier.from_key(secret=SECRET),
             AdmissionSettings(
                 StreamCaps(per_instance, per_address, max_streams),
                 connects_per_minute,
@@ -414,3 +423,93 @@ def test_a_disconnected_token_is_refused_as_revoked_and_counted() -> None:
     assert door.counted("auth", "revoked") == 1
     other = mint_token(SECRET, sub="u1", sid="s2")
     admitted(door.admit(credentials=Credentials(authorization=f"Bearer {other}")))
+
+
+# -- the cache of verified tokens: it skips the signature, never the controls ----------------------
+
+
+class CountingVerifier(TokenVerifier):
+    """The real verifier, counting the tokens it was asked to check."""
+
+    checked: list[str]
+
+    def verify(self, token: str) -> Verified:
+        self.checked.append(token)
+        return super().verify(token)
+
+
+def counting_verifier() -> CountingVerifier:
+    real = TokenVerifier.from_key(secret=SECRET)
+    counting = CountingVerifier(real.key, real.algorithm)
+    object.__setattr__(counting, "checked", [])
+    return counting
+
+
+def test_a_token_admitted_again_is_not_verified_again() -> None:
+    signatures = counting_verifier()
+    door = Door(verifier=CachedVerifier(signatures, 100))
+    token = mint_token(SECRET, sub="u1", novels=["n1"])
+    credentials = Credentials(authorization=f"Bearer {token}")
+    first = admitted(door.admit(credentials=credentials))
+    again = admitted(door.admit(credentials=credentials))
+    assert again.principal == first.principal
+    assert again.expires_at == first.expires_at
+    assert signatures.checked == [token]
+
+
+def test_a_cached_token_is_refused_once_its_user_is_disconnected() -> None:
+    signatures = counting_verifier()
+    door = Door(verifier=CachedVerifier(signatures, 100))
+    token = mint_token(SECRET, sub="u1", sid="s1")
+    credentials = Credentials(authorization=f"Bearer {token}")
+    admitted(door.admit(credentials=credentials))
+    door.access.apply(
+        parse_control(
+            {"control": "disconnect", "session_id": "s1", "issued_at": _a_second_from_now()}
+        ),
+        now=time.time(),
+    )
+    answer = refused(door.admit(credentials=credentials))
+    assert (answer.reason, answer.status) == (Reason.REVOKED, 401)
+    assert signatures.checked == [token]  # refused from the cache: the control was asked anyway
+
+
+def test_a_cached_token_loses_a_grant_revoked_after_it_was_cached() -> None:
+    door = Door(verifier=CachedVerifier(TokenVerifier.from_key(secret=SECRET), 100))
+    token = mint_token(SECRET, sub="u1", novels=["n1", "n2"], now=time.time() - 60)
+    credentials = Credentials(authorization=f"Bearer {token}")
+    assert admitted(door.admit(credentials=credentials)).principal.novels == {"n1", "n2"}
+    door.access.apply(
+        parse_control(
+            {
+                "control": "revoke",
+                "user_id": "u1",
+                "novel_id": "n1",
+                "issued_at": _a_second_from_now(),
+            }
+        ),
+        now=time.time(),
+    )
+    assert admitted(door.admit(credentials=credentials)).principal.novels == {"n2"}
+
+
+def test_a_cached_token_past_its_expiry_is_verified_again_and_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [time.time()]
+    signatures = counting_verifier()
+    door = Door(verifier=CachedVerifier(signatures, 100, clock=lambda: now[0]))
+    token = mint_token(SECRET, sub="u1", ttl_seconds=60)
+    credentials = Credentials(authorization=f"Bearer {token}")
+    admitted(door.admit(credentials=credentials))
+    now[0] += 61  # past its exp, by the cache's clock and by pyjwt's
+
+    class Later(datetime.datetime):
+        @classmethod
+        def now(cls, tz: datetime.tzinfo | None = None) -> Later:
+            return cls.fromtimestamp(now[0], tz)
+
+    monkeypatch.setattr("jwt.api_jwt.datetime", Later)
+    answer = refused(door.admit(credentials=credentials))
+    assert (answer.reason, answer.status) == (Reason.EXPIRED, 401)
+    assert signatures.checked == [token, token]

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from router.auth import mint_token
 from router.core.address_rules import parse_address_rules
 from router.core.admission import (
+    ADDRESS_GROUPS_REMEMBERED,
     FULL_INSTANCE_SPREAD_SECONDS,
     FULL_INSTANCE_WAIT_SECONDS,
     TOO_MANY_STREAMS_WAIT_SECONDS,
@@ -196,3 +197,9 @@ def test_a_host_hopping_addresses_in_its_64_shares_one_allowance() -> None:
     for peer in ("2001:db8:9:9::1", "2001:db8:9:9::2"):
         refused(door.admit(credentials=Credentials(), peer=peer))
     assert refused(door.admit(peer="2001:db8:9:9::3")).limit is Limit.BAD_TOKENS_PER_ADDRESS
+
+
+def test_the_groups_of_addresses_kept_at_hand_are_bounded() -> None:
+    for n in range(ADDRESS_GROUPS_REMEMBERED + 10):
+        address_group(f"10.{n // 65536}.{n // 256 % 256}.{n % 256}")
+    assert address_group.cache_info().currsize <= ADDRESS_GROUPS_REMEMBERED

@@ -87,6 +87,7 @@ OWNED_HERE = {
     # The token verifier and the address gate: unset unless configured.
     "jwt_secret",
     "jwt_public_key_file",
+    "token_cache_size",
     "jwt_audience",
     "jwt_issuer",
     "max_token_age",

@@ -230,3 +230,20 @@ async def test_a_body_the_direct_writer_cannot_take_is_counted_and_logged_once_p
         assert (("sse_direct_write_fallbacks_total", (("reason", reason),))) in samples
     logged = [r for r in caplog.records if "not straight to its socket" in r.getMessage()]
     assert [getattr(r, "reason", None) for r in logged] == ["not-chunked"]
+
+
+async def test_the_token_cache_and_the_accept_loop_are_exported() -> None:
+    async with running_router() as router:
+        before = await scrape(router)
+        headers = auth("cached-user")
+        for _ in range(2):  # HEAD: admitted, with no stream to hold open
+            answer = await router.client.head(STREAM_PATH, headers=headers)
+            assert answer.status_code == 200
+        after = await scrape(router)
+    hits = "sse_token_cache_lookups_total"
+    assert value(after, hits, result="miss") - value(before, hits, result="miss") == 1
+    assert value(after, hits, result="hit") - value(before, hits, result="hit") == 1
+    assert value(after, "sse_token_cache_size") >= 1
+    for reason in ("not-hypercorn", "not-plain-http"):  # the draining accept loop serves
+        assert ("sse_accept_fallbacks_total", (("reason", reason),)) in after
+        assert value(after, "sse_accept_fallbacks_total", reason=reason) == 0

@@ -17,6 +17,7 @@ module holds every rule except the signature check.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -193,8 +194,13 @@ def client_address(
 
 
 IPV6_GROUP_PREFIX = 64
+ADDRESS_GROUPS_REMEMBERED = 4096
+"""Addresses whose group :func:`address_group` keeps at hand: a profile of a connect storm found
+about seven address parses per new stream (the limits and the registry each ask), ``ipaddress``
+in pure Python each time."""
 
 
+@functools.lru_cache(maxsize=ADDRESS_GROUPS_REMEMBERED)
 def address_group(address: str) -> str:
     """What the per-address limits count as one address: an IPv4 address itself, an IPv6 address
     by the /64 it lies in. A host given a /64 (the usual subscriber's, and a cloud machine's) may

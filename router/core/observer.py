@@ -127,6 +127,15 @@ class BacklogUnknown(enum.StrEnum):
     REFUSED = "refused"
     """The socket refused the ioctl."""
 
+class AcceptFallback(enum.StrEnum):
+    """Why the router accepts connections with hypercorn's own loop, one per scheduling round,
+    instead of emptying the listening queue each turn (``router/http/accept.py``)."""
+
+    NOT_HYPERCORN = "not-hypercorn"
+    """hypercorn's server parts are not in the shape the draining loop knows (another version)."""
+    NOT_PLAIN_HTTP = "not-plain-http"
+    """TLS, QUIC or a request cap per worker: served as hypercorn serves them."""
+
 
 class StreamObserver(Protocol):
     """What a session reports about its stream."""
@@ -193,6 +202,8 @@ class Observer(StreamObserver, Protocol):
     def socket_backlog_unknown(self, reason: BacklogUnknown) -> None:
         """The bytes a stream's socket has not sent cannot be read, for ``reason`` (once per
         stream, the first time the health monitor asks)."""
+    def accept_fell_back(self, reason: AcceptFallback) -> None:
+        """The server accepts with hypercorn's loop, one connection per round (once a start)."""
 
     def refused_token(self, reason: Reason) -> None:
         """The front door refused a request for its token, for ``reason`` (one of
@@ -294,6 +305,9 @@ class NoObserver:
         pass
 
     def socket_backlog_unknown(self, reason: BacklogUnknown) -> None:
+        pass
+
+    def accept_fell_back(self, reason: AcceptFallback) -> None:
         pass
 
     def refused_token(self, reason: Reason) -> None:
