@@ -423,7 +423,7 @@ async def test_cancelling_the_hub_stops_everything_at_once_even_with_stalled_rea
 ) -> None:
     stalled: list[tuple[Session, trio.MemoryReceiveChannel[bytes]]] = []
     with trio.fail_after(GUARD_SECONDS):
-        async with running_hub(partitions=2, bus_capacity=4, records_capacity=1) as (hub, nursery):
+        async with running_hub(partitions=2, bus_capacity=4, records_buffer=1) as (hub, nursery):
             for n in range(3):
                 opened = await open_session(hub, client(f"u{n}", {"n1", "n2"}))
                 assert opened.output is not None
@@ -456,7 +456,7 @@ async def test_cancelling_the_hub_stops_everything_at_once_even_with_stalled_rea
 async def test_a_stalled_session_is_cut_off_as_lagged_and_nobody_else_waits_for_it(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    async with running_hub(partitions=2, bus_capacity=4, records_capacity=1) as (hub, nursery):
+    async with running_hub(partitions=2, bus_capacity=4, records_buffer=1) as (hub, nursery):
         opened = await open_session(hub, client("u1", {"n1", "n2"}, session_buffer=4))
         stalled, stalled_output = opened.session, opened.output  # its reader stopped reading
         assert stalled_output is not None
