@@ -200,8 +200,9 @@ class Inbox:
         """The encoded size of the events counted in :attr:`waiting`."""
         self.in_hand_bytes = 0
         """The encoded size of the events the last :meth:`take` gave the writer, until it says
-        it wrote (:meth:`written`) or takes again: up to :data:`MAX_WRITE_BATCH` events that left
-        :attr:`waiting` but not the router's memory, and count in the byte bound until then."""
+        it wrote them (:meth:`written`), is done with them unwritten (:meth:`let_go`) or takes
+        again: up to :data:`MAX_WRITE_BATCH` events that left :attr:`waiting` but not the
+        router's memory, and count in the byte bound until then."""
         self._held: Sequence[Delivery] = ()
         """The next events to take, in the order offered: the rest of a batch cut at a take, or
         the one batch offered while nothing waited."""
