@@ -229,12 +229,13 @@ class Metrics:
             ["where"],
             registry=r,
         )
-        self.backlog_unknown = LabelledCount(
+        self.backlog_unknown = SplitCount(
             "sse_socket_backlog_unknown",
             "Streams whose socket's unsent bytes cannot be read (the monitor counts what the"
-            " router holds for them only), by why.",
-            "reason",
+            " router holds for them only), by why and transport.",
+            ("reason", "transport"),
             (reason.value for reason in BacklogUnknown),
+            (transport.value for transport in Transport),
         )
         r.register(_TallyCollector((self.backlog_unknown,)))
         for where in ("router", "socket"):  # exported at 0 before the monitor's first round
@@ -352,8 +353,8 @@ class Metrics:
     def pong_watch_fell_back(self, reason: PongWatchFallback) -> None:
         self.pong_watch_fallbacks.counts[reason.value] += 1
 
-    def socket_backlog_unknown(self, reason: BacklogUnknown) -> None:
-        self.backlog_unknown.counts[reason.value] += 1
+    def socket_backlog_unknown(self, reason: BacklogUnknown, transport: Transport) -> None:
+        self.backlog_unknown.counts[transport][reason.value] += 1
 
     def refused_token(self, reason: Reason) -> None:
         self._auth_failures.labels(reason.value).inc()

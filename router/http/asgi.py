@@ -51,7 +51,7 @@ from hypercorn.typing import (
 )
 
 from actors.session import CloseReason, Session
-from router.core.observer import NO_OBSERVER, Observer, WriteFallback
+from router.core.observer import NO_OBSERVER, Observer, Transport, WriteFallback
 from router.core.request_bounds import Oversized, oversized
 from router.http.direct_body import ChunkedSocketWriter, direct_writer, fallback_reason
 from router.http.errors import error_document
@@ -105,7 +105,7 @@ class ResponseBodyWriter:
         self._headers_sent = trio.Event()
         self._wrote = False
         """Whether the first write came (and the direct writer was looked for)."""
-        self._backlog = SocketBacklog(self._observer)
+        self._backlog = SocketBacklog(self._observer, Transport.SSE)
         self._closed = False
         self.ended = trio.CancelScope()
         """Cancelled when the session closes its output: :class:`RequestLifecycle` then ends the

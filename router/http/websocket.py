@@ -31,7 +31,13 @@ from actors.session import CloseReason, Session
 from router import __version__
 from router.admission import Admission, Ask
 from router.core.admission import Credentials, Reason, Refused
-from router.core.observer import NO_OBSERVER, Observer, PongWatchFallback, WriteFallback
+from router.core.observer import (
+    NO_OBSERVER,
+    Observer,
+    PongWatchFallback,
+    Transport,
+    WriteFallback,
+)
 from router.core.ws_client import Auth, parse_client_message
 from router.core.ws_close import ending_close, refusal_close
 from router.core.ws_frame import text_frames
@@ -70,7 +76,7 @@ class WebSocketOutput:
         self._direct = found if isinstance(found, WebSocketSocketWriter) else None
         if isinstance(found, WriteFallback):
             _fell_back(found, observer)
-        self._backlog = SocketBacklog(observer)
+        self._backlog = SocketBacklog(observer, Transport.WEBSOCKET)
 
     def unsent_bytes(self) -> int | None:
         """The bytes written that the socket has not sent yet, or ``None`` when that cannot be
