@@ -56,6 +56,7 @@ from router.core.request_bounds import Oversized, oversized
 from router.http.direct_body import ChunkedSocketWriter, direct_writer, fallback_reason
 from router.http.errors import error_document
 from router.http.socket_backlog import SocketBacklog
+from router.logs import warn_once
 
 SESSION_KEY = "sse_router.session"
 WRITER_KEY = "sse_router.writer"
@@ -142,12 +143,12 @@ class ResponseBodyWriter:
         if reason is None:
             return  # a writer was there (the direct path was declined, as a test may)
         self._observer.body_fell_back(reason)
-        if reason not in _fallbacks_logged:
-            _fallbacks_logged.add(reason)
-            log.warning(
-                "stream body written through the server's send, not straight to its socket",
-                extra={"reason": reason.value},
-            )
+        warn_once(
+            log,
+            _fallbacks_logged,
+            reason,
+            "stream body written through the server's send, not straight to its socket",
+        )
 
     def close(self) -> None:
         self._closed = True

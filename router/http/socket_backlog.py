@@ -24,6 +24,7 @@ import trio
 
 from router.core.observer import BacklogUnknown, Observer, Transport
 from router.http.direct_body import SocketWriter
+from router.logs import warn_once
 
 _SIOCOUTQ: Final[int | None] = getattr(termios, "TIOCOUTQ", None)
 """Linux's ``SIOCOUTQ`` (it shares ``TIOCOUTQ``'s number); ``None`` where termios has neither."""
@@ -77,11 +78,11 @@ class SocketBacklog:
             return found
         self.known = False
         self._observer.socket_backlog_unknown(found, self._transport)
-        if found not in _unknown_logged:
-            _unknown_logged.add(found)
-            log.warning(
-                "the bytes waiting on a stream's socket cannot be read: the overload monitor"
-                " counts what the router holds for it only",
-                extra={"reason": found.value},
-            )
+        warn_once(
+            log,
+            _unknown_logged,
+            found,
+            "the bytes waiting on a stream's socket cannot be read: the overload monitor"
+            " counts what the router holds for it only",
+        )
         return None

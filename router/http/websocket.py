@@ -47,6 +47,7 @@ from router.http.direct_websocket import WebSocketSocketWriter, websocket_writer
 from router.http.pong_watch import PongWatch, watch_pongs
 from router.http.socket_backlog import SocketBacklog
 from router.http.ws_conversation import Conversation, Verdict
+from router.logs import warn_once
 
 WS_PATH = "/api/v1/events/ws"
 log = logging.getLogger(__name__)
@@ -100,12 +101,12 @@ class WebSocketOutput:
 
 def _fell_back(reason: WriteFallback, observer: Observer) -> None:
     observer.body_fell_back(reason)
-    if reason not in _fallbacks_logged:
-        _fallbacks_logged.add(reason)
-        log.warning(
-            "websocket frames written through the server's send, not straight to its socket",
-            extra={"reason": reason.value},
-        )
+    warn_once(
+        log,
+        _fallbacks_logged,
+        reason,
+        "websocket frames written through the server's send, not straight to its socket",
+    )
 
 
 def _watch_pongs(scope: Mapping[str, Any], timeout: float, session: Session) -> PongWatch | None:
@@ -117,12 +118,12 @@ def _watch_pongs(scope: Mapping[str, Any], timeout: float, session: Session) -> 
     if isinstance(found, PongWatch):
         return found
     scope.get(OBSERVER_KEY, NO_OBSERVER).pong_watch_fell_back(found)
-    if found not in _fallbacks_logged:
-        _fallbacks_logged.add(found)
-        log.warning(
-            "websocket pongs not watched: a peer that stops answering pings is not closed 4008",
-            extra={"reason": found.value},
-        )
+    warn_once(
+        log,
+        _fallbacks_logged,
+        found,
+        "websocket pongs not watched: a peer that stops answering pings is not closed 4008",
+    )
     return None
 
 
