@@ -6,7 +6,7 @@ A transport opens an admitted stream with :meth:`Hub.open`, which makes its sess
 :meth:`Hub.run` is the actor part of the nursery tree::
 
     hub nursery
-    ├── consumer   bus -> records channel (capacity: records_capacity batches)
+    ├── consumer   bus -> records channel (capacity: records_buffer batches)
     ├── adapter    records channel -> replay cache, and each session's inbox (send_nowait)
     ├── heartbeat clock   ticks every session; a quiet one gets a heartbeat in its inbox
     └── sessions nursery
@@ -139,7 +139,7 @@ class Hub:
         """The context variables sessions start with: the hub's (taken in :meth:`run`), never
         those of the request that opened them (see :meth:`open`)."""
         self._records: trio.MemoryReceiveChannel[Sequence[Record]] | None = None
-        self.publisher = GuardedPublisher(bus, settings.breaker, observer)
+        self.publisher = GuardedPublisher(bus, settings.bus_breaker, observer)
         """The bus behind its circuit breaker: what ``POST /api/v1/events`` and the outbox
         relay publish through."""
         self.replays_in_flight = 0
@@ -186,7 +186,7 @@ class Hub:
         the bus answers if a cursor of all its partitions could be too long for a client to send.
         """
         records_send, records_receive = trio.open_memory_channel[Sequence[Record]](
-            self.settings.records_capacity
+            self.settings.records_buffer
         )
         self._records = records_receive
         self._started_at = trio.current_time()

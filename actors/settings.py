@@ -19,8 +19,9 @@ FANOUT_PAUSE_ABOVE = 1000
 
 @dataclass(frozen=True, slots=True)
 class HubSettings:
-    records_capacity: int = 16
-    """Batches of records between the consumer and the adapter (each at most a few hundred)."""
+    records_buffer: int = 16
+    """``--records-buffer``: batches of records between the consumer and the adapter (each at
+    most a few hundred)."""
     output_capacity: int = 1
     """Chunks between a session and a memory-channel output (when ``open`` is given none)."""
     bus_replay_limit: int = 100_000
@@ -38,8 +39,8 @@ class HubSettings:
     cost a client nothing. Past it, the client gets what is held, as truncated, and live events."""
     replay_retry_seconds: float = 2.0
     """How long a client refused for an unreadable cache is told to wait."""
-    breaker: BreakerSettings = field(default_factory=BreakerSettings)
-    """The circuit breaker publishing goes through (:attr:`Hub.publisher`)."""
+    bus_breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    """``--bus-breaker-*``: the circuit breaker publishing goes through (:attr:`Hub.publisher`)."""
 
 
 @dataclass(frozen=True, slots=True)

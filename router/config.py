@@ -76,7 +76,7 @@ class Settings:
     shutdown_retry_spread_ms: int = 5000
     session_buffer: int = _SESSION.session_buffer
     session_buffer_bytes: int = _SESSION.session_buffer_bytes or 0  # 0: no byte bound
-    records_buffer: int = _HUB.records_capacity
+    records_buffer: int = _HUB.records_buffer
     fanout_pause_ms: int = round(_HUB.fanout_pause_seconds * 1000)
     bus: str = "memory"
     kafka_bootstrap: str = "127.0.0.1:9092"

@@ -310,7 +310,7 @@ async def _serve(
         bus,
         cache,
         HubSettings(
-            records_capacity=settings.records_buffer,
+            records_buffer=settings.records_buffer,
             bus_replay_limit=settings.bus_replay_limit,
             heartbeat_seconds=settings.heartbeat_seconds,
             fanout_pause_seconds=settings.fanout_pause_ms / 1000,
@@ -321,7 +321,7 @@ async def _serve(
                 shutdown_retry_spread_ms=settings.shutdown_retry_spread_ms,
                 log_sample_rate=settings.log_sample_rate,
             ),
-            breaker=settings.bus_breaker,
+            bus_breaker=settings.bus_breaker,
         ),
         observer=metrics,
         access=AccessRules(settings.max_token_age or DEFAULT_HOLD_SECONDS),

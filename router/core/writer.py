@@ -165,13 +165,12 @@ class Writer(Sent):
     def wrote(self) -> dict[str, object] | None:
         """The chunk :meth:`next` gave went out: the silence a heartbeat fills starts again, and
         what it carried is counted. Returns the fields to log when the write is sampled."""
-        inbox = self.inbox
-        inbox.written()
-        shared = self._shared
+        inbox, shared, each = self.inbox, self._shared, self._each
+        # Only the chunk of the batch in hand lets its bytes go: an error said before it does not.
+        inbox.written(batch=shared is not None or each is not None)
         if shared is not None:
             self._shared = None
             return self.count_shared(shared, inbox.waiting)
-        each = self._each
         if each is not None:
             self._each = None
             return self.count_each(each, inbox.waiting)
@@ -186,6 +185,7 @@ class Writer(Sent):
             return chunk
         messages, sent = serve_each(inbox, batch, self.admitted)
         if not messages:
+            inbox.let_go()
             return None
         self._each = sent
         events: object = self.wire.events(messages)
