@@ -2,17 +2,16 @@
 applied to the process's collector, one task in the root nursery.
 
 At its start (the router is listening, every start-up object built) it freezes once, as
-router/cli.py did before the loop started, so start-up objects are never scanned either; then every
-``period_seconds`` it counts the open streams and freezes or thaws as the policy says. It never
-blocks: both calls are constant time. On cancellation it thaws everything frozen, so nothing frozen
-by it outlives it.
+router/cli.py did before the loop started, so start-up objects are never scanned either; then
+every ``period_seconds`` it reads the young generation's count and freezes or thaws as the
+policy says. It never blocks: both calls are constant time. On cancellation it thaws everything
+frozen, so nothing frozen by it outlives it.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable
 
 import trio
 
@@ -31,7 +30,6 @@ log = logging.getLogger(__name__)
 
 
 async def run(
-    open_streams: Callable[[], int],
     policy: FreezePolicy | None = None,
     period_seconds: float = PERIOD_SECONDS,
 ) -> None:
@@ -47,7 +45,7 @@ async def run(
     gc.callbacks.append(on_collection)
     try:
         while True:
-            action = rule.tick(open_streams(), trio.current_time())
+            action = rule.tick(gc.get_count()[0], trio.current_time())
             if action == "freeze":
                 gc.set_threshold(max(thresholds[0], STORM_YOUNG_THRESHOLD), *thresholds[1:])
                 gc.freeze()

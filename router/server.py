@@ -421,7 +421,7 @@ async def _serve(
             # as truncated (see Hub.run), where the others could resume it exactly.
             await _first_of(hub.reading, shutdown_requested)
         bound: list[str] = await root.start(run_http)
-        root.start_soon(collector.run, lambda: len(hub.registry))  # start-up objects all built
+        root.start_soon(collector.run)  # once every start-up object is built
         addresses = list(dict.fromkeys(bound))  # one address per acceptor: the same one
         task_status.started(Running(addresses, hub, app, overload))
         log.info("router listening", extra={"addresses": addresses})

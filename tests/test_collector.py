@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import gc
 import weakref
+from collections.abc import Iterator
 
+import pytest
 import trio
 
 from router import collector
@@ -19,44 +21,48 @@ class Cycle:
         self.me = self
 
 
-def test_opening_fast_freezes_and_quiet_thaws_after_a_while() -> None:
-    policy = FreezePolicy(storm_opens=20, thaw_after_seconds=10.0, thaw_every_opens=1_000)
-    assert policy.tick(5, 0.0) == "wait"  # a few streams: not a storm
-    assert policy.tick(30, 0.05) == "freeze"
-    assert policy.tick(60, 0.10) == "freeze"
+@pytest.fixture
+def router_thresholds() -> Iterator[tuple[int, ...]]:
+    """The collector's thresholds as router/cli.py sets them, for the test's length."""
+    before = gc.get_threshold()
+    gc.set_threshold(50_000, 20, 100)
+    yield gc.get_threshold()
+    gc.set_threshold(*before)
+
+
+def test_a_fast_growing_young_generation_is_frozen_and_thawed_after_a_quiet_while() -> None:
+    policy = FreezePolicy(storm_young=10_000, thaw_after_seconds=10.0)
+    assert policy.tick(500, 0.0) == "wait"  # a router going about its business
+    assert policy.tick(30_000, 0.05) == "freeze"
+    assert policy.tick(12_000, 0.10) == "freeze"
     assert policy.frozen
-    assert policy.tick(61, 5.0) == "wait"
-    assert policy.tick(61, 10.1) == "thaw"
+    assert policy.tick(800, 5.0) == "wait"
+    assert policy.tick(800, 10.1) == "thaw"
     assert not policy.frozen
+    assert policy.tick(800, 20.0) == "wait"  # nothing frozen: nothing to thaw
 
 
-def test_an_endless_storm_is_thawed_every_so_many_opens_and_waits_for_a_full_pass() -> None:
-    policy = FreezePolicy(storm_opens=20, thaw_after_seconds=10.0, thaw_every_opens=100)
-    actions = [policy.tick(50 * step, 0.05 * step) for step in range(1, 4)]
-    assert actions == ["freeze", "thaw", "wait"]  # 100 opened while frozen: thawed
-    assert policy.tick(200, 0.20) == "wait"  # still opening: nothing frozen before a full pass
+def test_an_endless_storm_is_thawed_every_so_many_objects_and_waits_for_a_full_pass() -> None:
+    policy = FreezePolicy(storm_young=10_000, thaw_every_objects=100_000)
+    actions = [policy.tick(40_000, 0.05 * step) for step in range(1, 5)]
+    assert actions == ["freeze", "freeze", "thaw", "wait"]  # 120,000 frozen: thawed
+    assert policy.tick(40_000, 0.25) == "wait"  # still storming: nothing frozen until a full pass
     policy.full_pass_done()
-    assert policy.tick(250, 0.25) == "freeze"
-
-
-def test_streams_closing_while_open_streams_shrink_are_no_storm() -> None:
-    policy = FreezePolicy(storm_opens=20)
-    assert policy.tick(10_000, 0.0) == "freeze"
-    assert policy.tick(0, 0.05) == "wait"
+    assert policy.tick(40_000, 0.30) == "freeze"
 
 
 async def test_a_cycle_left_by_each_stream_of_a_storm_is_collected_once_it_is_over(
-    autojump_clock: trio.abc.Clock,
+    autojump_clock: trio.abc.Clock, router_thresholds: tuple[int, ...]
 ) -> None:
-    open_streams = 0
     left_behind: list[weakref.ref[Cycle]] = []
-    thresholds = gc.get_threshold()
-    policy = FreezePolicy(storm_opens=20, thaw_after_seconds=10.0)
+    held: list[list[object]] = []  # what the open streams hold: the young generation gains it
+    thresholds = router_thresholds
+    policy = FreezePolicy(storm_young=1_000, thaw_after_seconds=10.0)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(collector.run, lambda: open_streams, policy)
+        nursery.start_soon(collector.run, policy)
         await trio.sleep(collector.PERIOD_SECONDS / 2)  # between its ticks
-        for _ in range(20):  # one tick each: 50 streams opened, each leaving a cycle
-            open_streams += 50
+        for _ in range(20):  # a tick each: 50 streams opened, each leaving a cycle
+            held.extend([[] for _ in range(100)] for _ in range(50))
             left_behind.extend(weakref.ref(Cycle()) for _ in range(50))
             await trio.sleep(collector.PERIOD_SECONDS)
         assert gc.get_threshold()[0] == collector.STORM_YOUNG_THRESHOLD
@@ -71,16 +77,14 @@ async def test_a_cycle_left_by_each_stream_of_a_storm_is_collected_once_it_is_ov
 
 
 async def test_what_it_froze_is_thawed_when_it_is_cancelled(
-    autojump_clock: trio.abc.Clock,
+    autojump_clock: trio.abc.Clock, router_thresholds: tuple[int, ...]
 ) -> None:
-    open_streams = 0
-    thresholds = gc.get_threshold()
+    thresholds = router_thresholds
     with trio.move_on_after(1.0):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(collector.run, lambda: open_streams)
-            open_streams = 1_000
+            nursery.start_soon(collector.run)
             await trio.sleep(0.5)
-            assert gc.get_freeze_count() > 0
+            assert gc.get_freeze_count() > 0  # its start's freeze
     assert gc.get_freeze_count() == 0
     assert gc.get_threshold() == thresholds
     cycle = weakref.ref(Cycle())
