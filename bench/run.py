@@ -26,7 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
+
+from bench.stage_profile import PASSES
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "bench" / ".build"
@@ -464,11 +466,14 @@ def idle_at_both_backlogs(
 
 
 def print_stages(name: str, connections: int, stages: dict[str, float]) -> None:
+    passes = cast(dict[str, int], stages.pop(PASSES, {}))
     total = sum(stages.values())
     print(f"\nwhere {name}'s CPU went while {connections} streams opened (us per stream)")
     for stage, milliseconds in sorted(stages.items(), key=lambda item: -item[1]):
         share = 100 * milliseconds / max(total, 1e-9)
         print(f"  {stage:<24} {1000 * milliseconds / connections:>8.0f} {share:>6.1f}%")
+    counted = ", ".join(f"{count} of generation {gen}" for gen, count in sorted(passes.items()))
+    print(f"  the collector's passes meanwhile: {counted or 'none'}")
 
 
 def with_publisher(

@@ -36,7 +36,7 @@ from actors.hub import CursorBoundError, Hub, HubSettings
 from actors.overload import OverloadMonitor, OverloadSettings
 from actors.relay import Relay, RelaySettings
 from actors.session import CloseReason, SessionSettings
-from router import heap_probe
+from router import collector, heap_probe
 from router.address_gate import AddressGate
 from router.admission import Admission, AdmissionSettings
 from router.auth import CachedVerifier, TokenVerifier
@@ -404,6 +404,7 @@ async def _serve(
             # as truncated (see Hub.run), where the others could resume it exactly.
             await _first_of(hub.reading, shutdown_requested)
         bound: list[str] = await root.start(run_http)
+        root.start_soon(collector.run)  # once every start-up object is built
         addresses = list(dict.fromkeys(bound))  # one address per acceptor: the same one
         task_status.started(Running(addresses, hub, app, overload))
         log.info("router listening", extra={"addresses": addresses})
