@@ -9,13 +9,17 @@
  * events received, missing and duplicated sequence numbers, delivery latency percentiles, and its
  * own CPU time, so the harness can tell whether the client was the bottleneck.
  *
- * usage: sseclient [--websocket] HOST PORT REQUEST_PATH CONNECTIONS EXPECTED_EVENTS TIMEOUT_S
- *                  [AUTH_HEADER]
+ * usage: sseclient [--websocket] [--last-event-id ID] HOST PORT REQUEST_PATH CONNECTIONS
+ *                  EXPECTED_EVENTS TIMEOUT_S [AUTH_HEADER]
  *   opens every connection (giving up after OPEN_TIMEOUT_S), then waits until each got
  *   EXPECTED_EVENTS, at most TIMEOUT_S from then on; with 0, holds them for TIMEOUT_S.
  *   REQUEST_PATH "@file": one "path<TAB>header" line per connection (a different user each).
  *   A WebSocket counts as open once its first text frame, the server's hello, came: before it,
  *   the router has accepted the socket but not yet admitted the stream.
+ *   --last-event-id: every stream resumes from ID (a reconnect storm), so it expects what was
+ *   published after it as well.
+ *   An event stream's body is chunked (the router, the Python peer) or, without
+ *   Transfer-Encoding, runs until the connection closes (nginx's nchan).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -40,6 +44,7 @@
 enum {
     CONNECTING, HEADERS,
     CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF,  /* an event stream's chunked body */
+    RAW_BODY,                            /* one that runs until the connection closes */
     FRAME_HEAD, FRAME_PAYLOAD,           /* a WebSocket's frames */
 };
 
@@ -223,15 +228,20 @@ static int on_bytes(conn_t *c, const char *p, long n) {
                     c->head[c->head_len] = 0;
                     const char *expected = websocket ? "HTTP/1.1 101" : "HTTP/1.1 200";
                     if (strncmp(c->head, expected, 12) != 0) return -1;
-                    c->state = websocket ? FRAME_HEAD : CHUNK_SIZE;
+                    c->state = websocket ? FRAME_HEAD
+                               : strcasestr(c->head, "\r\ntransfer-encoding: chunked") ? CHUNK_SIZE
+                                                                                      : RAW_BODY;
                     c->opened = !websocket;
                     c->head_len = 0;
                     break;
                 }
             }
             if (c->head_len >= (int)sizeof(c->head) - 1) return -1;
-        } else if (c->state >= FRAME_HEAD) {
+        } else if (c->state == FRAME_HEAD || c->state == FRAME_PAYLOAD) {
             return on_frame_bytes(c, p, n, i);
+        } else if (c->state == RAW_BODY) {
+            on_stream_bytes(c, p + i, n - i);
+            return 0;
         } else if (c->state == CHUNK_SIZE) {
             char ch = p[i++];
             if (ch == '\n') {
@@ -262,14 +272,23 @@ static int percentile_cmp(const void *a, const void *b) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1 && strcmp(argv[1], "--websocket") == 0) {
-        websocket = 1;
+    const char *last_event_id = NULL;
+    while (argc > 1 && strncmp(argv[1], "--", 2) == 0) {
+        if (strcmp(argv[1], "--websocket") == 0) {
+            websocket = 1;
+        } else if (strcmp(argv[1], "--last-event-id") == 0 && argc > 2) {
+            last_event_id = argv[2];
+            argv++;
+            argc--;
+        } else {
+            break;
+        }
         argv++;
         argc--;
     }
     if (argc < 7) {
-        fprintf(stderr, "usage: %s [--websocket] HOST PORT PATH CONNECTIONS EXPECTED TIMEOUT [AUTH]\n",
-                argv[0]);
+        fprintf(stderr, "usage: %s [--websocket] [--last-event-id ID] HOST PORT PATH CONNECTIONS "
+                        "EXPECTED TIMEOUT [AUTH]\n", argv[0]);
         return 2;
     }
     const char *host = argv[1];
@@ -298,9 +317,11 @@ int main(int argc, char **argv) {
         /* Any 16 bytes in base64 make a key; the server's accept is not checked. */
         const char *upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
                               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
-        request_lens[k] = snprintf(requests[k], 16384, "GET %s HTTP/1.1\r\nHost: %s\r\n%s%s%s\r\n",
+        char resume[1024] = "";
+        if (last_event_id) snprintf(resume, sizeof(resume), "Last-Event-ID: %s\r\n", last_event_id);
+        request_lens[k] = snprintf(requests[k], 16384, "GET %s HTTP/1.1\r\nHost: %s\r\n%s%s%s%s\r\n",
                                    p, host, websocket ? upgrade : "Accept: text/event-stream\r\n",
-                                   a, a[0] ? "\r\n" : "");
+                                   resume, a, a[0] ? "\r\n" : "");
     }
     if (per_connection) fclose(per_connection);
 
