@@ -52,6 +52,7 @@ from router.core.mapping import Converted, convert_batch
 from router.core.observer import NO_OBSERVER, Observer, ReplayOutcome, ReplaySource
 from router.core.permissions import Principal, StreamFilter
 from router.core.scope import Scope
+from router.core.serving import REPLAY_CONCURRENCY
 from router.core.wire import SSE, WireFormat
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,22 @@ class HubSettings:
     """How long a client refused for an unreadable cache is told to wait."""
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     """The circuit breaker publishing goes through (:attr:`Hub.publisher`)."""
+    replay_concurrency: int = REPLAY_CONCURRENCY
+    """Resumes that fetch and write their replay at once (see :data:`REPLAY_CONCURRENCY`)."""
+
+
+class _ReplayTurn:
+    """A resume's hold on one of the hub's replay turns, given back once (:meth:`end` again is
+    harmless); ``None``: a stream that does not resume, which holds none."""
+
+    def __init__(self, turns: trio.Semaphore | None) -> None:
+        self._turns = turns
+
+    def end(self) -> None:
+        """Give the turn back. Never checkpoints."""
+        turns, self._turns = self._turns, None
+        if turns is not None:
+            turns.release()
 
 
 class ReplayUnavailableError(Exception):
@@ -165,6 +182,8 @@ class Hub:
         relay publish through."""
         self.replays_in_flight = 0
         """Resumes :meth:`open` is reading now, for the health monitor."""
+        self._replay_turns = trio.Semaphore(settings.replay_concurrency)
+        """A turn per resume from its fetch until its session has written the replay."""
 
     @property
     def epoch(self) -> str:
@@ -303,12 +322,17 @@ class Hub:
         assert self._sessions_nursery is not None, "the hub is not running"
         doubtful = False
         cursor = None
+        turn = _ReplayTurn(None)
         if resume_from is not None:
-            # Vouching may wait on the bus: meanwhile the stream counts as open, so a storm of
-            # resumes admitted together cannot overshoot the front door's stream caps.
+            # Vouching, and the turn, may wait: meanwhile the stream counts as open, so a storm
+            # of resumes admitted together cannot overshoot the front door's stream caps.
             with self.registry.opening(principal.user_id, address):
                 await self._bus_answered()
                 vouched = await self._vouched(resume_from)
+                # Before registering: a resume waiting its turn fills no inbox. Its replay
+                # reaches up to the router's progress once it registers, however long it waited.
+                await self._replay_turns.acquire()
+                turn = _ReplayTurn(self._replay_turns)
             doubtful, resume_from = vouched is not resume_from, vouched
             if resume_from.is_from(self.bus.source, self.epoch):
                 cursor = resume_from
@@ -342,13 +366,21 @@ class Hub:
             )
         except BaseException:
             self.registry.remove(session)
+            turn.end()
             raise
         finally:
             self.replays_in_flight -= resume_from is not None
         receive: trio.MemoryReceiveChannel[bytes] | None = None
         if output is None:
             output, receive = trio.open_memory_channel[bytes](self.settings.output_capacity)
-        self._sessions_nursery.start_soon(self._run_session, session, output, resume, position)
+        try:
+            self._sessions_nursery.start_soon(
+                self._run_session, session, output, resume, position, turn
+            )
+        except BaseException:  # the hub is closing: the session never runs
+            self.registry.remove(session)
+            turn.end()
+            raise
         return Opened(session, resume, receive)
 
     async def rescope(
@@ -526,17 +558,28 @@ class Hub:
         self.observer.replayed(outcome, source)
 
     async def _run_session(
-        self, session: Session, output: Output[Any], resume: Replay | None, position: Cursor
+        self,
+        session: Session,
+        output: Output[Any],
+        resume: Replay | None,
+        position: Cursor,
+        turn: _ReplayTurn,
     ) -> None:
+        """Run ``session`` to its end; its replay ``turn`` ends once the replay is written (or
+        the session ended first). Nothing here keeps ``resume`` past that: a replay's entries
+        are freed once written, not when the stream ends."""
         started = trio.current_time()
         self.observer.opened()
         try:
-            await session.run(output, resume, position)
+            running = session.run(output, resume, position, replayed=turn.end)
+            del resume  # the session's own reference is the only one, and it lets go of it
+            await running
         except Exception:
             # One broken stream must not take the router down with it.
             session.stop(CloseReason.ERROR)
             log.exception("session failed", extra={"connection_id": session.connection_id})
         finally:
+            turn.end()
             # Closed here too (closing twice is harmless, and this does not checkpoint): a session
             # that fails before it takes charge of its output must still end its response.
             output.close()

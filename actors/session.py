@@ -246,7 +246,12 @@ class Session:
     # -- the session's side ----------------------------------------------------------------------
 
     async def run(
-        self, output: Output[Any], resume: Replay | None = None, position: Cursor | None = None
+        self,
+        output: Output[Any],
+        resume: Replay | None = None,
+        position: Cursor | None = None,
+        *,
+        replayed: Callable[[], object] | None = None,
     ) -> None:
         """Write the stream into ``output`` until the session is stopped or its token expires.
 
@@ -256,7 +261,9 @@ class Session:
         First the hello (the retry hint and the client's position: its own cursor when it
         resumes, else ``position``), then ``history-truncated`` if the resume was, the replay,
         the client's cursor moved up to ``position`` if the replay did not say it, and live
-        events. Stopped for a reason the client should hear, it says so last, waiting at most
+        events; ``replayed`` is called once the replay is written (and ``resume`` let go of,
+        so its entries are freed while the stream goes on). Stopped for a reason the client
+        should hear, it says so last, waiting at most
         ``goodbye_timeout_seconds``. Closes ``output`` on the way out. Cancelled from outside,
         it stops at once without a goodbye.
         """
@@ -278,6 +285,9 @@ class Session:
                 await self._send(output, self.wire.hello(hello))
                 if resume is not None:
                     await self._replay(output, resume, position)
+                    resume = None
+                if replayed is not None:
+                    replayed()
                 await self._stream_live(output)
             if self.close_reason is None:  # only the deadline ends the scope without a reason
                 self.close_reason = CloseReason.TOKEN_EXPIRED

@@ -7,11 +7,11 @@ second; how much the router's memory grows during the storm over its idle figure
 not hold the whole cache once per client at once); and what the streams that were already live
 saw of the broadcast meanwhile (their latency, their losses).
 
-The sequence: take a cursor (a stream's first id, before any event), publish ``history`` events
-(the router runs with ``--cache-max-events history``, so its cache is full), open ``live``
-streams, start publishing ``events`` broadcast events at ``rate``, and one second later connect
-``storm`` clients at once, each with that cursor as its ``Last-Event-ID``. Each storm client
-expects ``history + events`` events; each live one ``events``.
+The sequence: take a cursor (a stream's first id, before any event), publish ``history``
+events (the router's cache holds those and the storm's live events, no more: it is full at the
+end), open ``live`` streams, start publishing ``events`` broadcast events at ``rate``, and one
+second later connect ``storm`` clients at once, each with that cursor as its ``Last-Event-ID``.
+Each storm client expects ``history + events`` events; each live one ``events``.
 """
 
 from __future__ import annotations
@@ -25,13 +25,18 @@ from bench.run import MAX_SEQ, Server, consumed, publish, run_client
 
 SAMPLE_SECONDS = 0.1
 """How often the router's RSS is read during the storm."""
+STORM_TIMEOUT = 180.0
+"""How long, once all its streams are open, a client waits for all its events (then counts
+the rest as missing)."""
 
 
-def storm_options(history: int) -> list[str]:
-    """The router's settings for the storm: a cache that ``history`` events fill, and the
-    overload ladder's resume threshold out of the way, so the storm measures the replay path
-    rather than the ladder's refusals (bench/overload.py measures those)."""
-    return ["--cache-max-events", str(history), "--overload-replays", "1000000"]
+def storm_options(history: int, events: int) -> list[str]:
+    """The router's settings for the storm: a cache that ``history`` events and the ``events``
+    published during the storm fill, no more (a smaller one would evict what the storm is
+    owed and answer it truncated), and the overload ladder's resume threshold out of the way,
+    so the storm measures the replay path rather than the ladder's refusals (bench/overload.py
+    measures those)."""
+    return ["--cache-max-events", str(history + events), "--overload-replays", "1000000"]
 
 
 def first_cursor(server: Server) -> str:
@@ -116,15 +121,18 @@ def replay_storm(
         publisher.start()
         time.sleep(1.0)  # the broadcast is under way when the storm comes
         with RssSampler(server) as sampler:
+            expected = history + events
             storm_result.update(
-                run_client(client, server, storm, history + events, 600.0, resume_from=cursor)
+                run_client(client, server, storm, expected, STORM_TIMEOUT, resume_from=cursor)
             )
         figures["storm_peak_rss_mib"] = sampler.peak_kib / 1024
         figures["storm_server_cpu_s"] = server.cpu_seconds() - cpu_before
         publisher.join()
 
     storm_thread = threading.Thread(target=run_storm)
-    live_result = run_client(client, server, live, events, 600.0, on_open=storm_thread.start)
+    live_result = run_client(
+        client, server, live, events, STORM_TIMEOUT, on_open=storm_thread.start
+    )
     storm_thread.join()
     caught_up = max(storm_result["elapsed_seconds"], 1e-9)
     grown = figures["storm_peak_rss_mib"] - figures["idle_rss_mib"]

@@ -697,7 +697,7 @@ def replay_storms(
 
     figures = {}
     for name in (name for name in servers if name in ROUTERS):
-        server = SERVERS[name](storm_options(history))
+        server = SERVERS[name](storm_options(history, events))
         try:
             figures[name] = replay_storm(client, server, storm=storm, live=live, history=history,
                                          events=events, rate=rate)  # fmt: skip

@@ -17,6 +17,13 @@ from router.core.sse import SSEMessage
 
 Admitted = Callable[[SSEMessage], bool]
 
+REPLAY_CONCURRENCY = 64
+"""Resumes that fetch and write their replay at once; the others wait their turn before they
+register. A replay holds what it read of the cache (a copy of every entry, with the Redis
+cache) until its session has written it, so without a bound a reconnect storm of N clients
+holds N copies of the cache at once. The loop serves one replay at a time anyway: more than a
+few dozen at once buy no speed, only memory."""
+
 
 def replay_slices(
     resume: Replay, inbox: Inbox, admitted: Admitted, most: int = MAX_WRITE_BATCH
