@@ -124,6 +124,7 @@ def add_websocket_route(app: Quart, hub: Hub, admission: Admission, settings: Se
             return await _refuse(retry, admission)
         log.info("websocket opened", extra={"connection_id": connection_id})
         session = opened.session
+        del opened  # its replay's entries are freed once the session has written them
         conversation = Conversation(hub, admission, session, settings.ws_messages_per_second)
         verdict: Verdict | None = None
         try:
