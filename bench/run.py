@@ -100,16 +100,19 @@ class Server:
     port); empty: ``port``."""
 
     def pids(self) -> list[int]:
-        """The server's process and its descendants (the workers of ``--workers``)."""
+        """The server's process and its descendants (the workers of ``--workers``), by every
+        process's parent in ``/proc``: the supervisor starts its workers from one of trio's
+        threads, and a thread's ``children`` file lists only the children it started."""
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with suppress(OSError, IndexError, ValueError):
+                parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(stat.parent.name))
         found, waiting = [], [self.process.pid]
         while waiting:
             pid = waiting.pop()
             found.append(pid)
-            try:
-                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            except OSError:
-                continue
-            waiting += [int(child) for child in children]
+            waiting += children.get(pid, [])
         return found
 
     def rss_kib(self) -> int:
@@ -248,6 +251,8 @@ def start_router_on_kafka_and_redis(workers: int = 1, extra: Sequence[str] = ())
         server.metrics_ports = metrics_ports
         server.resources.push(resources.pop_all())
     try:
+        for port in metrics_ports:
+            wait_listening(port)
         wait_routing(server)
     except BaseException:
         server.stop()
@@ -672,7 +677,7 @@ def main() -> None:
             rows.append((workload, connections, metric, values))
     if rows:
         print_table(servers, rows)
-        if verdicts := judge(rows, servers):
+        if verdicts := judge(rows, servers, args.rate):
             print("\ntargets (issue 18)")
             print("\n".join(verdicts))
     if "replay-storm" in args.workloads:
