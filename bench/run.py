@@ -403,14 +403,16 @@ Transport = Literal["sse", "websocket"]
 def run_client(
     client: Path, server: Server, connections: int, expected: int, timeout: float,
     on_open: Callable[[], None] | None = None, transport: Transport = "sse",
-    resume_from: str | None = None,
+    resume_from: str | None = None, open_timeout: float = 180.0,
 ) -> dict[str, float]:  # fmt: skip
     """The load client's figures; ``on_open`` is called (on this thread) once every stream is
-    open or failed; with ``resume_from``, every stream sends it as its ``Last-Event-ID``."""
+    open or failed (or ``open_timeout`` passed); with ``resume_from``, every stream sends it as
+    its ``Last-Event-ID``."""
     path = server.ws_path if transport == "websocket" else server.stream_path
     command = [
         str(client), *(["--websocket"] if transport == "websocket" else []),
-        *(["--last-event-id", resume_from] if resume_from is not None else []), "127.0.0.1",
+        *(["--last-event-id", resume_from] if resume_from is not None else []),
+        "--open-timeout", str(open_timeout), "127.0.0.1",
         str(server.port), path, str(connections), str(expected), str(timeout), server.auth_header,
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -9,9 +9,9 @@
  * events received, missing and duplicated sequence numbers, delivery latency percentiles, and its
  * own CPU time, so the harness can tell whether the client was the bottleneck.
  *
- * usage: sseclient [--websocket] [--last-event-id ID] HOST PORT REQUEST_PATH CONNECTIONS
- *                  EXPECTED_EVENTS TIMEOUT_S [AUTH_HEADER]
- *   opens every connection (giving up after OPEN_TIMEOUT_S), then waits until each got
+ * usage: sseclient [--websocket] [--last-event-id ID] [--open-timeout S] HOST PORT REQUEST_PATH
+ *                  CONNECTIONS EXPECTED_EVENTS TIMEOUT_S [AUTH_HEADER]
+ *   opens every connection (giving up after --open-timeout, 180 s), then waits until each got
  *   EXPECTED_EVENTS, at most TIMEOUT_S from then on; with 0, holds them for TIMEOUT_S.
  *   REQUEST_PATH "@file": one "path<TAB>header" line per connection (a different user each).
  *   A WebSocket counts as open once its first text frame, the server's hello, came: before it,
@@ -38,7 +38,7 @@
 #include <unistd.h>
 
 #define MAX_SEQ 65536
-#define OPEN_TIMEOUT_S 180.0
+static double open_timeout_s = 180.0; /* --open-timeout */
 #define BUF 65536
 
 enum {
@@ -280,6 +280,10 @@ int main(int argc, char **argv) {
             last_event_id = argv[2];
             argv++;
             argc--;
+        } else if (strcmp(argv[1], "--open-timeout") == 0 && argc > 2) {
+            open_timeout_s = atof(argv[2]);
+            argv++;
+            argc--;
         } else {
             break;
         }
@@ -287,8 +291,8 @@ int main(int argc, char **argv) {
         argc--;
     }
     if (argc < 7) {
-        fprintf(stderr, "usage: %s [--websocket] [--last-event-id ID] HOST PORT PATH CONNECTIONS "
-                        "EXPECTED TIMEOUT [AUTH]\n", argv[0]);
+        fprintf(stderr, "usage: %s [--websocket] [--last-event-id ID] [--open-timeout S] HOST PORT "
+                        "PATH CONNECTIONS EXPECTED TIMEOUT [AUTH]\n", argv[0]);
         return 2;
     }
     const char *host = argv[1];
@@ -347,7 +351,7 @@ int main(int argc, char **argv) {
     char buf[BUF];
     while (done < n) {
         double elapsed = now_s() - start;
-        if (all_open_at == 0 ? elapsed > OPEN_TIMEOUT_S : expected > 0 && elapsed > all_open_at + timeout)
+        if (all_open_at == 0 ? elapsed > open_timeout_s : expected > 0 && elapsed > all_open_at + timeout)
             break;
         if (all_open_at == 0 && opened + failed == n) { /* every connection answered or failed */
             all_open_at = now_s() - start;
