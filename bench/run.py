@@ -632,9 +632,10 @@ def main() -> None:
         type=int,
         nargs=2,
         metavar=("STREAMS", "HISTORY"),
-        default=(10_000, 1_000),
+        default=(10_000, 200),
         help="the replay storm's resuming clients and the events in its full cache"
-        " (default: 10,000 and 1,000; --connections gives its live streams, default 1,000)",
+        " (default: 10,000 and 200, which the Redis cache replays in minutes; --connections"
+        " gives its live streams, default 1,000)",
     )
     parser.add_argument("--servers", nargs="+", choices=tuple(SERVERS), default=list(SERVERS))
     args = parser.parse_args()
