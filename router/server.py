@@ -312,6 +312,7 @@ async def _serve(
         HubSettings(
             records_buffer=settings.records_buffer,
             bus_replay_limit=settings.bus_replay_limit,
+            replay_concurrency=settings.replay_concurrency,
             heartbeat_seconds=settings.heartbeat_seconds,
             fanout_pause_seconds=settings.fanout_pause_ms / 1000,
             session=SessionSettings(

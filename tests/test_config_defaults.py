@@ -52,6 +52,7 @@ READ_FROM_PARTS: dict[str, object] = {
     "records_buffer": _HUB.records_buffer,
     "fanout_pause_ms": _HUB.fanout_pause_seconds * 1000,
     "bus_replay_limit": _HUB.bus_replay_limit,
+    "replay_concurrency": _HUB.replay_concurrency,
     "session_buffer": _SESSION.session_buffer,
     "session_buffer_bytes": _SESSION.session_buffer_bytes or 0,
     "retry_ms": _SESSION.retry_ms,

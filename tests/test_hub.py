@@ -588,7 +588,7 @@ async def test_a_session_that_fails_is_removed_and_the_hub_carries_on(
         broken, broken_reader = await attach(hub, nursery, broken_one)
         if where == "at once":
 
-            async def fail(*args: object) -> None:
+            async def fail(*args: object, **kwargs: object) -> None:
                 raise RuntimeError("boom")
 
             monkeypatch.setattr(broken, "run", fail)

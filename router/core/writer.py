@@ -22,7 +22,7 @@ narrowed session never writes what it no longer may see, whenever that event was
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from router.core.cursor import Cursor
@@ -115,15 +115,17 @@ class Writer(Sent):
         retry_ms: int,
         connection_id: str,
         expires_at: float,
+        replayed: Callable[[], object] | None = None,
     ) -> None:
         """The stream begins: its hello (where the client stands: its own cursor when it
         resumes, else ``position``, the router's cursor when the session registered), then the
-        ``resume``, if any, up to ``position``."""
+        ``resume``, if any, up to ``position``; ``replayed`` is called once all of that went
+        out (the hub gives the resume's turn back then), and the steps let go of ``resume``."""
         inbox = self.inbox
         if resume is None and position is not None and inbox.cursor is None:
             inbox.cursor = position
         first = hello(retry_ms, inbox.cursor, resume, connection_id, expires_at)
-        self._steps = self._opening(self.wire.hello(first), resume, position)
+        self._steps = self._opening(self.wire.hello(first), resume, position, replayed)
 
     def next(self) -> object:
         """The next chunk to write, or a :class:`Pause`. Never blocks; loops only over batches
@@ -194,11 +196,17 @@ class Writer(Sent):
     # -- the steps: what runs after each ``yield`` runs once that chunk went out ------------------
 
     def _opening(
-        self, first: object, resume: Replay | None, position: Cursor | None
+        self,
+        first: object,
+        resume: Replay | None,
+        position: Cursor | None,
+        replayed: Callable[[], object] | None,
     ) -> Iterator[object]:
         yield first
         if resume is not None:
             yield from self._replay(resume, position)
+        if replayed is not None:
+            replayed()
 
     def _changing(self, change: Change) -> Iterator[object]:
         if change.replay is not None:

@@ -178,6 +178,7 @@ def add_websocket_route(
             return await _refuse(retry, admission)
         log.info("websocket opened", extra={"connection_id": connection_id})
         session = opened.session
+        del opened  # its replay's entries are freed once the session has written them
         conversation = Conversation(hub, admission, session, messages_per_second)
         verdict: Verdict | None = None
         pongs = _watch_pongs(websocket.scope, pong_timeout_seconds, session)
