@@ -243,13 +243,22 @@ def start_router(name: str = "router", options: Sequence[str] = ()) -> Server:
 
 
 def free_port_pair() -> int:
-    """A port whose next one is free too (for ``--worker-ports`` of two workers)."""
+    """A port whose next one is free too (for ``--worker-ports`` of two workers). Looked for
+    below the kernel's ephemeral range: after a storm its ports are held by thousands of
+    connections in TIME_WAIT, and a port picked there rarely has a free neighbour."""
+    import random
     import socket
 
-    for _ in range(100):
-        first = free_port()
-        with suppress(OSError), socket.socket() as probe:
-            probe.bind(("127.0.0.1", first + 1))
+    for _ in range(200):
+        first = random.randrange(20_000, 30_000)
+        with ExitStack() as probes:
+            try:
+                for port in (first, first + 1):
+                    probe = probes.enter_context(socket.socket())
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
             return first
     raise RuntimeError("no two free ports in a row")
 
