@@ -102,6 +102,7 @@ class Settings:
     cache_max_age_seconds: float = 3600.0
     bus_replay_limit: int = _HUB.bus_replay_limit
     replay_concurrency: int = _HUB.replay_concurrency
+    requests_in_flight: int = 256
     publish_max_bytes: int = 1_048_576
     publish_max_batch: int = 1000
     log_level: str = "info"
@@ -481,6 +482,11 @@ def add_serve_arguments(
     flag(
         "--replay-concurrency",
         "resumes that fetch and write their replay at once (the others wait their turn)",
+        type=count(1),
+    )
+    flag(
+        "--requests-in-flight",
+        "requests read but not yet answered or streaming at once (the others wait their turn)",
         type=count(1),
     )
     flag("--publish-max-bytes", "largest body POST /api/v1/events accepts", type=count(1))

@@ -57,6 +57,7 @@ from router.core.request_bounds import HARD_HEAD_LIMIT
 from router.http.accept import serve_http
 from router.http.app import create_app
 from router.http.asgi import RequestLifecycle
+from router.http.request_slots import RequestSlots
 from router.http.settings import HTTPSettings
 from router.listener import listening_socket
 from router.metrics import Metrics
@@ -174,6 +175,7 @@ class Running:
     hub: Hub
     app: QuartTrio
     overload: OverloadMonitor
+    request_slots: RequestSlots
 
 
 async def serve(
@@ -368,6 +370,7 @@ async def _serve(
         ws_pong_timeout_seconds=settings.ws_pong_timeout_seconds,
     )
     app = create_app(hub, admission, http, metrics, overload)
+    request_slots = RequestSlots(settings.requests_in_flight)
     if shutdown_requested is None:
         shutdown_requested = trio.Event()
     stop_http = trio.Event()
@@ -376,7 +379,7 @@ async def _serve(
     async def run_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
         try:
             await serve_http(
-                RequestLifecycle(app, metrics),
+                RequestLifecycle(app, metrics, request_slots),
                 hypercorn_config(settings, listening),
                 shutdown_trigger=stop_http.wait,
                 observer=metrics,
@@ -407,7 +410,7 @@ async def _serve(
         bound: list[str] = await root.start(run_http)
         root.start_soon(collector.run)  # once every start-up object is built
         addresses = list(dict.fromkeys(bound))  # one address per acceptor: the same one
-        task_status.started(Running(addresses, hub, app, overload))
+        task_status.started(Running(addresses, hub, app, overload, request_slots))
         log.info("router listening", extra={"addresses": addresses})
         await shutdown_requested.wait()
         log.info("router stopping", extra={"open_streams": len(hub.registry)})

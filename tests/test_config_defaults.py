@@ -86,6 +86,7 @@ OWNED_HERE = {
     "shutdown_grace_seconds",
     "keep_alive_seconds",
     "stalled_client_seconds",
+    "requests_in_flight",  # RequestSlots takes it from serve(); its None is no bound
     # The token verifier and the address gate: unset unless configured.
     "jwt_secret",
     "jwt_public_key_file",

@@ -133,3 +133,31 @@ async def test_a_stream_its_session_ends_is_ended_whole_and_its_connection_kept(
     assert reason.value.encode() in body  # the goodbye
     assert answer.startswith(b"HTTP/1.1 200")
     assert session.close_reason is reason
+
+
+PEAK_BYTES_PER_STREAM_BOUND = 34 * 1024
+"""A storm's peak: about 28 KB per stream with 16 requests in flight at once, 43 KB when all 300
+were (the arenas of that peak stay as resident memory: router/http/request_slots.py)."""
+
+
+async def test_a_storm_of_streams_peaks_near_what_its_open_streams_hold() -> None:
+    async with running_router(requests_in_flight=16, **LIMITS) as router:
+        port = int(router.url.rsplit(":", 1)[1])
+        warm = await trio.to_thread.run_sync(_open_streams, port, 20)  # first-use caches
+        await trio.testing.wait_all_tasks_blocked()
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before, _ = tracemalloc.get_traced_memory()
+            clients = await trio.to_thread.run_sync(_open_streams, port, STREAMS)
+            with trio.fail_after(20):
+                while len(router.running.hub.registry) < STREAMS + len(warm):
+                    await trio.sleep(0.01)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        for client in clients + warm:
+            client.close()
+
+    per_stream = (peak - before) / STREAMS
+    assert per_stream < PEAK_BYTES_PER_STREAM_BOUND, f"{per_stream:,.0f} bytes per stream at peak"

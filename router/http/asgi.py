@@ -30,6 +30,11 @@
    let go, and the response is held open here, in hypercorn's task, until the session ends it
    (:func:`_hold_stream`). That is plain ASGI, no reach into Quart: the app has sent a start and
    no end, and the end comes later from this wrapper.
+
+7. At most ``--requests-in-flight`` requests are in their request phase at once (from their head
+   read until a stream's headers are out, a WebSocket is accepted or refused, or any other
+   response has ended), so a connect storm's peak memory is bounded
+   (:mod:`router.http.request_slots`).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from router.core.observer import NO_OBSERVER, Observer, Transport, WriteFallback
 from router.core.request_bounds import Oversized, oversized
 from router.http.direct_body import ChunkedSocketWriter, direct_writer, fallback_reason
 from router.http.errors import error_document
+from router.http.request_slots import RequestSlots
 from router.http.socket_backlog import SocketBacklog
 from router.logs import warn_once
 
@@ -67,6 +73,12 @@ AMBIGUOUS_FRAMING = "ambiguous-framing"
 log = logging.getLogger(__name__)
 _fallbacks_logged: set[WriteFallback] = set()
 """The fallback reasons logged so far in this process: each once, however many streams meet it."""
+
+
+_WEBSOCKET_ANSWERS = frozenset(
+    {"websocket.accept", "websocket.close", "websocket.http.response.start"}
+)
+"""What ends a WebSocket's handshake, and with it its request phase."""
 
 
 def remember_session(scope: object, session: Session) -> None:
@@ -167,9 +179,15 @@ class RequestLifecycle:
     Quart app, then, for an event stream whose headers are out, the response held open without
     Quart (:meth:`_hold_stream`)."""
 
-    def __init__(self, app: ASGIFramework, observer: Observer = NO_OBSERVER) -> None:
+    def __init__(
+        self,
+        app: ASGIFramework,
+        observer: Observer = NO_OBSERVER,
+        slots: RequestSlots | None = None,
+    ) -> None:
         self.app = app
         self.observer = observer
+        self.slots = RequestSlots(None) if slots is None else slots
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -186,6 +204,7 @@ class RequestLifecycle:
                 return
         values = cast(dict[str, Any], scope)
         disconnected = False
+        slot = self.slots.slot(scope)
 
         async def receive_watched() -> ASGIReceiveEvent:
             nonlocal disconnected
@@ -203,14 +222,21 @@ class RequestLifecycle:
                     await send(message)
             elif message["type"] == "http.response.start" and WRITER_KEY in values:
                 await _send_start_and_forget_its_headers(message, send)
+                slot.give_back()  # the stream's request phase is over
             else:
                 await send(message)
+                if message["type"] in _WEBSOCKET_ANSWERS:
+                    slot.give_back()
 
         values[SEND_KEY] = send_to_client
         values[SERVER_SEND_KEY] = send
         values[OBSERVER_KEY] = self.observer
         try:
-            await self.app(scope, receive_watched, send_to_client)
+            await slot.take()
+            try:
+                await self.app(scope, receive_watched, send_to_client)
+            finally:
+                slot.give_back()
             writer = values.pop(WRITER_KEY, None)
             if isinstance(writer, ResponseBodyWriter) and writer.headers_sent and not disconnected:
                 await _hold_stream(writer, receive, send)
