@@ -19,6 +19,7 @@ from hypercorn.typing import ASGIReceiveEvent, ASGISendEvent, Scope
 from router.http.asgi import RequestLifecycle
 from router.http.request_slots import RequestSlots
 from tests.e2e_helpers import HANG_GUARD_SECONDS, STREAM_PATH, running_router, token
+from tests.test_websocket import connect, hello
 
 LIMITS = {
     "max_streams_per_user": 1000,
@@ -52,7 +53,7 @@ class CountingApp:
         self.inside += 1
         self.most_inside = max(self.most_inside, self.inside)
         try:
-            if scope["path"] != "/healthz":
+            if scope["path"] not in ("/healthz", "/metrics"):
                 await self.release.wait()
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -91,7 +92,8 @@ async def test_probes_take_no_slot_and_answer_through_a_storm() -> None:
             nursery.start_soon(lifecycle, _scope(), _receive, _send)
         await trio.testing.wait_all_tasks_blocked()
         await lifecycle(_scope(path="/healthz"), _receive, _send)
-        assert app.answered == 1  # the probe, while the storm waits its turn
+        await lifecycle(_scope(path="/metrics"), _receive, _send)
+        assert app.answered == 2  # the probe and the scrape, while the storm waits its turn
         app.release.set()
 
 
@@ -172,3 +174,13 @@ async def test_a_keep_alive_connection_between_requests_and_a_slow_head_hold_no_
             assert (await _head(slow)).startswith(b"HTTP/1.1 200")
         for connection in (idle, slow):
             await connection.aclose()
+
+
+async def test_open_websockets_hold_no_slot_so_more_sockets_than_slots_all_open() -> None:
+    async with running_router(requests_in_flight=1, **LIMITS) as router:
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            async with connect(router) as first, connect(router) as second:
+                for client in (first, second):
+                    assert (await hello(client))["type"] == "hello"
+                response = await router.client.get("/")
+                assert response.status_code == 200

@@ -11,8 +11,13 @@ connection idle between requests, or one sending its head slowly, holds none: hy
 keep-alive timer closes those) and gives it back when its phase ends: an event stream's headers
 are out, a WebSocket is accepted or refused, any other response has ended. A request waiting for
 a slot costs its socket, hypercorn's stream and one parked task; the kernel's queue is still
-emptied, so no connect fails. The probes (``/healthz``, ``/readyz``) take no slot: they answer
-through a storm.
+emptied, so no connect fails. The probes (``/healthz``, ``/readyz``) and ``/metrics`` take no
+slot: they answer through a storm.
+
+A resume waits in its request phase for the bus and for its replay turn (``Hub.open``), so a
+storm of resumes fills the slots and new requests wait behind them; it cannot deadlock: a
+replay turn is given back after the replay is written, which is after the stream's headers
+are out and its slot given back.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from __future__ import annotations
 import trio
 from hypercorn.typing import Scope
 
-UNSLOTTED_PATHS = frozenset({"/healthz", "/readyz"})
-"""Requests that take no slot: cheap, and an orchestrator must not see a storm as a dead router."""
+UNSLOTTED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+"""Requests that take no slot: cheap, and an orchestrator (or a scraper) must not see a storm as a
+dead router."""
 
 
 class RequestSlots:
