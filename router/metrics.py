@@ -365,6 +365,7 @@ class Metrics:
 
     def socket_backlog_unknown(self, reason: BacklogUnknown) -> None:
         self.backlog_unknown.counts[reason.value] += 1
+
     def accept_fell_back(self, reason: AcceptFallback) -> None:
         self.accept_fallbacks.counts[reason.value] += 1
 

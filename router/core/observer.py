@@ -127,6 +127,7 @@ class BacklogUnknown(enum.StrEnum):
     REFUSED = "refused"
     """The socket refused the ioctl."""
 
+
 class AcceptFallback(enum.StrEnum):
     """Why the router accepts connections with hypercorn's own loop, one per scheduling round,
     instead of emptying the listening queue each turn (``router/http/accept.py``)."""
@@ -202,6 +203,7 @@ class Observer(StreamObserver, Protocol):
     def socket_backlog_unknown(self, reason: BacklogUnknown) -> None:
         """The bytes a stream's socket has not sent cannot be read, for ``reason`` (once per
         stream, the first time the health monitor asks)."""
+
     def accept_fell_back(self, reason: AcceptFallback) -> None:
         """The server accepts with hypercorn's loop, one connection per round (once a start)."""
 
