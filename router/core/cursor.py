@@ -126,7 +126,9 @@ def _clipped(text: str, most: int = 40) -> str:
 
 
 def format_offset(offset: Offset) -> str:
-    return "-".join(str(part) for part in offset)
+    if len(offset) == 1:  # most buses' offsets: one number, spelled per event
+        return str(offset[0])
+    return "-".join(map(str, offset))
 
 
 def check_offset(offset: Offset) -> Offset:
