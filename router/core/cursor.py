@@ -132,6 +132,8 @@ def format_offset(offset: Offset) -> str:
 
 
 def check_offset(offset: Offset) -> Offset:
+    if len(offset) == 1 and type(offset[0]) is int and 0 <= offset[0] <= MAX_OFFSET:
+        return offset  # one number, as most buses give: checked per event, without a generator
     if not 1 <= len(offset) <= 2 or any(
         isinstance(part, bool) or not isinstance(part, int) or not 0 <= part <= MAX_OFFSET
         for part in offset
