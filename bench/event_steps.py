@@ -15,6 +15,7 @@ import argparse
 import json
 import time
 
+from router.bus.memory import DEFAULT_PARTITIONS
 from router.core.cursor import Cursor, EventIdentity
 from router.core.envelope import Sealed, parse_envelope, parse_publish_body
 from router.core.inbox import Delivery
@@ -23,7 +24,8 @@ from router.core.observer import NoObserver
 from router.core.sent import Sent
 
 BATCH = 100
-PARTITIONS = 8
+PARTITIONS = DEFAULT_PARTITIONS
+"""As the embedded bus the served bench runs on: the router's cursor moves in one partition."""
 
 
 def _body() -> bytes:
