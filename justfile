@@ -77,7 +77,8 @@ system-deps:
 faults *ARGS:
     python -m tests.faults.soak {{ARGS}}
 
-# Measure the router beside a peer (sse-starlette on uvicorn); prints a table. Not a test.
+# Measure the router (1 and 2 workers, every bus) beside a Python peer (sse-starlette on uvicorn)
+# and nginx with nchan (installed when missing, as root); prints a table and the targets. Not a test.
 bench *ARGS:
     pip install --quiet -e '.[dev,bench]'
     python -m bench.run {{ARGS}}

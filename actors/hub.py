@@ -6,7 +6,7 @@ A transport opens an admitted stream with :meth:`Hub.open`, which makes its sess
 :meth:`Hub.run` is the actor part of the nursery tree::
 
     hub nursery
-    ├── consumer   bus -> records channel (capacity: records_capacity batches)
+    ├── consumer   bus -> records channel (capacity: records_buffer batches)
     ├── adapter    records channel -> replay cache, and each session's inbox (send_nowait)
     ├── heartbeat clock   ticks every session; a quiet one gets a heartbeat in its inbox
     └── sessions nursery
@@ -65,6 +65,20 @@ loop, where a whole replay (up to ``bus_replay_limit``) took seconds of it."""
 
 class CursorBoundError(Exception):
     """The bus has more partitions (or longer names) than a cursor can hold; for the operator."""
+
+
+class _ReplayTurn:
+    """A resume's hold on one of the hub's replay turns, given back once (:meth:`end` again is
+    harmless); ``None``: a stream that does not resume, which holds none."""
+
+    def __init__(self, turns: trio.Semaphore | None) -> None:
+        self._turns = turns
+
+    def end(self) -> None:
+        """Give the turn back. Never checkpoints."""
+        turns, self._turns = self._turns, None
+        if turns is not None:
+            turns.release()
 
 
 class ReplayUnavailableError(Exception):
@@ -139,11 +153,13 @@ class Hub:
         """The context variables sessions start with: the hub's (taken in :meth:`run`), never
         those of the request that opened them (see :meth:`open`)."""
         self._records: trio.MemoryReceiveChannel[Sequence[Record]] | None = None
-        self.publisher = GuardedPublisher(bus, settings.breaker, observer)
+        self.publisher = GuardedPublisher(bus, settings.bus_breaker, observer)
         """The bus behind its circuit breaker: what ``POST /api/v1/events`` and the outbox
         relay publish through."""
         self.replays_in_flight = 0
         """Resumes :meth:`open` is reading now, for the health monitor."""
+        self._replay_turns = trio.Semaphore(settings.replay_concurrency)
+        """A turn per resume from its fetch until its session has written the replay."""
 
     @property
     def epoch(self) -> str:
@@ -186,7 +202,7 @@ class Hub:
         the bus answers if a cursor of all its partitions could be too long for a client to send.
         """
         records_send, records_receive = trio.open_memory_channel[Sequence[Record]](
-            self.settings.records_capacity
+            self.settings.records_buffer
         )
         self._records = records_receive
         self._started_at = trio.current_time()
@@ -283,12 +299,17 @@ class Hub:
         assert self._sessions_nursery is not None, "the hub is not running"
         doubtful = False
         cursor = None
+        turn = _ReplayTurn(None)
         if resume_from is not None:
-            # Vouching may wait on the bus: meanwhile the stream counts as open, so a storm of
-            # resumes admitted together cannot overshoot the front door's stream caps.
+            # Vouching, and the turn, may wait: meanwhile the stream counts as open, so a storm
+            # of resumes admitted together cannot overshoot the front door's stream caps.
             with self.registry.opening(principal.user_id, address):
                 await self._bus_answered()
                 vouched = await self._vouched(resume_from)
+                # Before registering: a resume waiting its turn fills no inbox. Its replay
+                # reaches up to the router's progress once it registers, however long it waited.
+                await self._replay_turns.acquire()
+                turn = _ReplayTurn(self._replay_turns)
             doubtful, resume_from = vouched is not resume_from, vouched
             if resume_from.is_from(self.bus.source, self.epoch):
                 cursor = resume_from
@@ -322,18 +343,25 @@ class Hub:
             )
         except BaseException:
             self.registry.remove(session)
+            turn.end()
             raise
         finally:
             self.replays_in_flight -= resume_from is not None
         receive: trio.MemoryReceiveChannel[bytes] | None = None
         if output is None:
             output, receive = trio.open_memory_channel[bytes](self.settings.output_capacity)
-        # A task starts with a copy of its spawner's context variables: started from here, a
-        # session would hold the opening request's (Quart's request context, the request and
-        # its headers) for as long as its stream lasts, after the HTTP layer let them go.
-        self._sessions_context.run(
-            self._sessions_nursery.start_soon, self._run_session, session, output, resume, position
-        )
+        try:
+            # A task starts with a copy of its spawner's context variables: started from here, a
+            # session would hold the opening request's (Quart's request context, the request and
+            # its headers) for as long as its stream lasts, after the HTTP layer let them go.
+            self._sessions_context.run(
+                self._sessions_nursery.start_soon,
+                self._run_session, session, output, resume, position, turn,
+            )  # fmt: skip
+        except BaseException:  # the hub is closing: the session never runs
+            self.registry.remove(session)
+            turn.end()
+            raise
         return Opened(session, resume, receive)
 
     async def rescope(
@@ -511,17 +539,28 @@ class Hub:
         self.observer.replayed(outcome, source)
 
     async def _run_session(
-        self, session: Session, output: Output[Any], resume: Replay | None, position: Cursor
+        self,
+        session: Session,
+        output: Output[Any],
+        resume: Replay | None,
+        position: Cursor,
+        turn: _ReplayTurn,
     ) -> None:
+        """Run ``session`` to its end; its replay ``turn`` ends once the replay is written (or
+        the session ended first). Nothing here keeps ``resume`` past that: a replay's entries
+        are freed once written, not when the stream ends."""
         started = trio.current_time()
         self.observer.opened(session.transport)
         try:
-            await session.run(output, resume, position)
+            running = session.run(output, resume, position, replayed=turn.end)
+            del resume  # the session's own reference is the only one, and it lets go of it
+            await running
         except Exception:
             # One broken stream must not take the router down with it.
             session.stop(CloseReason.ERROR)
             log.exception("session failed", extra={"connection_id": session.connection_id})
         finally:
+            turn.end()
             # Closed here too (closing twice is harmless, and this does not checkpoint): a session
             # that fails before it takes charge of its output must still end its response.
             output.close()

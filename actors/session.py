@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import trio
@@ -135,12 +135,19 @@ class Session(Stream):
     # -- the session's side ----------------------------------------------------------------------
 
     async def run(
-        self, output: Output[Any], resume: Replay | None = None, position: Cursor | None = None
+        self,
+        output: Output[Any],
+        resume: Replay | None = None,
+        position: Cursor | None = None,
+        *,
+        replayed: Callable[[], object] | None = None,
     ) -> None:
         """Write the stream into ``output`` until the session is stopped or its token expires:
         what :class:`~router.core.writer.Writer` says, from the hello and the ``resume`` up to
         ``position`` (the router's cursor when the session registered: Hub.position) to live
-        events. Stopped for a reason the client should hear, it says so last, waiting at most
+        events; ``replayed`` is called once the replay is written (and let go of: its entries
+        are freed while the stream goes on). Stopped for a reason the client should hear, it
+        says so last, waiting at most
         ``goodbye_timeout_seconds``. Closes ``output`` on the way out. Cancelled from outside,
         it stops at once, without a goodbye.
         """
@@ -150,7 +157,10 @@ class Session(Stream):
             self._set_deadline()
             with self._scope:
                 retry_ms = self.settings.retry_ms
-                self.start(resume, position, retry_ms, self.connection_id, self.expires_at)
+                self.start(
+                    resume, position, retry_ms, self.connection_id, self.expires_at, replayed
+                )
+                resume = None  # the writer's steps hold it until written, and no longer
                 await self._write(output)
             if self.close_reason is None:  # only the deadline ends the scope without a reason
                 self.close_reason = CloseReason.TOKEN_EXPIRED

@@ -16,9 +16,11 @@ import math
 import os
 import resource
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,7 +28,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
+
+from bench.stage_profile import PASSES
+from bench.targets import judge
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "bench" / ".build"
@@ -115,6 +120,11 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+PublishStyle = Literal["batch", "one-per-request"]
+"""How a server takes events: a JSON array of events per POST (the router, the Python peer), or
+one message per POST, its body the message (nchan), to ``?user=`` for one user's channel."""
+
+
 @dataclass
 class Server:
     name: str
@@ -128,6 +138,7 @@ class Server:
     kafka: tuple[str, str] | None = None
     """The broker's bootstrap address and the topic the router reads, when it reads Kafka: the
     ``targeted-kafka`` workload produces there directly, as a back end would."""
+    publishes: PublishStyle = "batch"
     resources: ExitStack = field(default_factory=ExitStack)
     """What the server needs besides its process (a broker, Redis keys), released on stop."""
     metrics_ports: list[int] = field(default_factory=list)
@@ -151,16 +162,19 @@ class Server:
         return None
 
     def pids(self) -> list[int]:
-        """The server's process and its descendants (the workers of ``--workers``)."""
+        """The server's process and its descendants (the workers of ``--workers``), by every
+        process's parent in ``/proc``: the supervisor starts its workers from one of trio's
+        threads, and a thread's ``children`` file lists only the children it started."""
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with suppress(OSError, IndexError, ValueError):
+                parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(stat.parent.name))
         found, waiting = [], [self.process.pid]
         while waiting:
             pid = waiting.pop()
             found.append(pid)
-            try:
-                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            except OSError:
-                continue
-            waiting += [int(child) for child in children]
+            waiting += children.get(pid, [])
         return found
 
     def rss_kib(self) -> int:
@@ -202,7 +216,8 @@ def wait_listening(port: int) -> None:
 
 
 def start_router(name: str = "router", options: Sequence[str] = ()) -> Server:
-    """The router on its embedded default, or with ``options`` (another bus and cache)."""
+    """The router on its embedded default, or with ``options`` (another bus and cache, or a
+    workload's own settings)."""
     from router.auth import mint_token
 
     port = free_port()
@@ -228,18 +243,39 @@ def start_router(name: str = "router", options: Sequence[str] = ()) -> Server:
 
 
 def free_port_pair() -> int:
-    """A port whose next one is free too (for ``--worker-ports`` of two workers)."""
+    """A port whose next one is free too (for ``--worker-ports`` of two workers). Looked for
+    below the kernel's ephemeral range: after a storm its ports are held by thousands of
+    connections in TIME_WAIT, and a port picked there rarely has a free neighbour."""
+    import random
     import socket
 
-    for _ in range(100):
-        first = free_port()
-        with suppress(OSError), socket.socket() as probe:
-            probe.bind(("127.0.0.1", first + 1))
+    for _ in range(200):
+        first = random.randrange(20_000, 30_000)
+        with ExitStack() as probes:
+            try:
+                for port in (first, first + 1):
+                    probe = probes.enter_context(socket.socket())
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
             return first
     raise RuntimeError("no two free ports in a row")
 
 
-def start_router_on_redis(workers: int = 1) -> Server:
+def worker_options(workers: int) -> tuple[list[str], list[int]]:
+    """The options that run the router as ``workers`` processes, each serving ``/metrics`` on
+    a port of its own, and those ports (none for one worker: it serves them on its own port)."""
+    if workers == 1:
+        return [], []
+    first = free_port_pair() if workers == 2 else free_port()
+    return (
+        ["--workers", str(workers), "--worker-ports", str(first)],
+        [first + index for index in range(workers)],
+    )
+
+
+def start_router_on_redis(workers: int = 1, extra: Sequence[str] = ()) -> Server:
     """The router on the Redis bus (one stream) and the Redis cache (``REDIS_URL``, else the
     local server, under a new key prefix deleted afterwards), as ``workers`` worker processes.
     It is returned once every worker routes what is published."""
@@ -247,14 +283,10 @@ def start_router_on_redis(workers: int = 1) -> Server:
     prefix = f"bench-{secrets.token_hex(4)}"
     options = [
         "--bus", "redis", "--redis-stream", prefix, "--cache", "redis",
-        "--redis-url", redis_url, "--redis-key-prefix", prefix,
+        "--redis-url", redis_url, "--redis-key-prefix", prefix, *extra,
     ]  # fmt: skip
-    metrics_ports: list[int] = []
-    if workers > 1:
-        first = free_port_pair() if workers == 2 else free_port()
-        options += ["--workers", str(workers), "--worker-ports", str(first)]
-        metrics_ports = [first + index for index in range(workers)]
-    server = start_router("redis" if workers == 1 else f"redis-{workers}w", options)
+    worker_flags, metrics_ports = worker_options(workers)
+    server = start_router("redis" if workers == 1 else f"redis-{workers}w", options + worker_flags)
     server.metrics_ports = metrics_ports
     server.resources.callback(delete_keys, redis_url, prefix)
     try:
@@ -267,10 +299,11 @@ def start_router_on_redis(workers: int = 1) -> Server:
     return server
 
 
-def start_router_on_kafka_and_redis() -> Server:
+def start_router_on_kafka_and_redis(workers: int = 1, extra: Sequence[str] = ()) -> Server:
     """The router reading Kafka (a tansu broker started here, a new topic of 3 partitions) and
     keeping its replay cache in Redis (``REDIS_URL``, else the local server, under a new key
-    prefix whose keys are deleted afterwards). It is returned once it routes what is published."""
+    prefix whose keys are deleted afterwards), as ``workers`` worker processes. It is returned
+    once every worker routes what is published."""
     import trio
 
     from tests.kafka_broker import create_topic, running_broker
@@ -285,12 +318,17 @@ def start_router_on_kafka_and_redis() -> Server:
         resources.callback(delete_keys, redis_url, prefix)
         options = [
             "--bus", "kafka", "--kafka-bootstrap", broker.bootstrap, "--kafka-topic", topic,
-            "--cache", "redis", "--redis-url", redis_url, "--redis-key-prefix", prefix,
+            "--cache", "redis", "--redis-url", redis_url, "--redis-key-prefix", prefix, *extra,
         ]  # fmt: skip
-        server = start_router("kafka+redis", options)
+        worker_flags, metrics_ports = worker_options(workers)
+        name = "kafka+redis" if workers == 1 else f"kafka-{workers}w"
+        server = start_router(name, options + worker_flags)
+        server.metrics_ports = metrics_ports
         server.kafka = (broker.bootstrap, topic)
         server.resources.push(resources.pop_all())
     try:
+        for port in metrics_ports:
+            wait_listening(port)
         wait_routing(server)
     except BaseException:
         server.stop()
@@ -347,6 +385,48 @@ def start_peer() -> Server:
     return Server("peer", process, port, "/stream", "", "/publish", "/ws")
 
 
+NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
+
+
+def ensure_nchan() -> None:
+    """Install nginx's nchan module (Debian's ``libnginx-mod-nchan``) when it is missing and
+    this runs as root with apt, as ``just system-deps`` does for nginx; else say why not."""
+    if NCHAN_MODULE.exists() and shutil.which("nginx"):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise RuntimeError("nchan: install libnginx-mod-nchan (or leave nchan out of --servers)")
+    environ = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=environ)
+    install = ["apt-get", "install", "-y", "-qq", "libnginx-mod-nchan"]
+    subprocess.run(install, check=True, env=environ, stdout=subprocess.DEVNULL)
+
+
+def start_nchan() -> Server:
+    """nginx with nchan (``bench/nchan.conf``, one worker per core) in a directory of its own,
+    removed when it stops. Its events are the router's event objects, one per message."""
+    ensure_nchan()
+    resources = ExitStack()
+    with resources:  # released here if nginx does not start, else when it stops
+        prefix = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="bench-nchan-")))
+        prefix.chmod(0o755)  # nginx's workers run as nobody
+        port = free_port()
+        config = (ROOT / "bench" / "nchan.conf").read_text()
+        config = config.replace("@PORT@", str(port)).replace("@PREFIX@", str(prefix))
+        (prefix / "nginx.conf").write_text(config)
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        command = [nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf")]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        try:
+            wait_listening(port)
+        except BaseException:
+            process.kill()
+            raise
+        server = Server("nchan", process, port, "/stream", "", "/publish", "", "",
+                        publishes="one-per-request")  # fmt: skip
+        server.resources.push(resources.pop_all())
+    return server
+
+
 _publisher_connections = threading.local()
 
 
@@ -365,8 +445,19 @@ def envelopes(seq: int, count: int, users: list[str] | None = None) -> list[dict
 
 
 def publish(server: Server, seq: int, count: int = 1, users: list[str] | None = None) -> None:
-    """Publish :func:`envelopes` in one request."""
-    body = envelopes(seq, count, users)
+    """Publish :func:`envelopes` in one request (one request each to a server that takes one
+    message per request)."""
+    events = envelopes(seq, count, users)
+    if server.publishes == "batch":
+        send_publish(server, server.publish_path, json.dumps(events).encode())
+        return
+    for n, event in enumerate(events, start=seq):
+        query = f"?user={users[n]}" if users else ""
+        send_publish(server, server.publish_path + query, json.dumps(event).encode())
+
+
+def send_publish(server: Server, path: str, body: bytes) -> None:
+    """POST ``body`` to ``path`` on this thread's kept-alive connection to ``server``."""
     headers = {"Content-Type": "application/json"}
     if server.publisher_token:
         headers["Authorization"] = f"Bearer {server.publisher_token}"
@@ -376,7 +467,7 @@ def publish(server: Server, seq: int, count: int = 1, users: list[str] | None = 
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
         _publisher_connections.connection = connection
     try:
-        connection.request("POST", server.publish_path, json.dumps(body).encode(), headers)
+        connection.request("POST", path, body, headers)
         response = connection.getresponse()
         response.read()
     except (OSError, http.client.HTTPException):
@@ -393,10 +484,16 @@ Transport = Literal["sse", "websocket"]
 def run_client(
     client: Path, server: Server, connections: int, expected: int, timeout: float,
     on_open: Callable[[], None] | None = None, transport: Transport = "sse",
+    resume_from: str | None = None, open_timeout: float = 180.0,
 ) -> dict[str, float]:  # fmt: skip
+    """The load client's figures; ``on_open`` is called (on this thread) once every stream is
+    open or failed (or ``open_timeout`` passed); with ``resume_from``, every stream sends it as
+    its ``Last-Event-ID``."""
     path = server.ws_path if transport == "websocket" else server.stream_path
     command = [
-        str(client), *(["--websocket"] if transport == "websocket" else []), "127.0.0.1",
+        str(client), *(["--websocket"] if transport == "websocket" else []),
+        *(["--last-event-id", resume_from] if resume_from is not None else []),
+        "--open-timeout", str(open_timeout), "127.0.0.1",
         str(server.port), path, str(connections), str(expected), str(timeout), server.auth_header,
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -446,7 +543,7 @@ def idle(client: Path, server: Server, connections: int, backlog: str = "") -> d
 
 
 def idle_at_both_backlogs(
-    client: Path, start: Callable[[], Server], connections: int
+    client: Path, start: Callable[[Sequence[str]], Server], connections: int
 ) -> dict[str, float]:
     """:func:`idle` on a server started under the kernel's default listen backlog settings, then
     on one started under raised settings (issue 18: the benchmark must not raise them to hide
@@ -454,7 +551,7 @@ def idle_at_both_backlogs(
     figures: dict[str, float] = {}
     for label, values in BACKLOGS.items():
         with kernel_backlog(values):
-            server = start()
+            server = start(())
         try:
             for metric, value in idle(client, server, connections, label).items():
                 figures[f"{metric}@{label}"] = value
@@ -464,11 +561,14 @@ def idle_at_both_backlogs(
 
 
 def print_stages(name: str, connections: int, stages: dict[str, float]) -> None:
+    passes = cast(dict[str, int], stages.pop(PASSES, {}))
     total = sum(stages.values())
     print(f"\nwhere {name}'s CPU went while {connections} streams opened (us per stream)")
     for stage, milliseconds in sorted(stages.items(), key=lambda item: -item[1]):
         share = 100 * milliseconds / max(total, 1e-9)
         print(f"  {stage:<24} {1000 * milliseconds / connections:>8.0f} {share:>6.1f}%")
+    counted = ", ".join(f"{count} of generation {gen}" for gen, count in sorted(passes.items()))
+    print(f"  the collector's passes meanwhile: {counted or 'none'}")
 
 
 def with_publisher(
@@ -706,17 +806,27 @@ DEFAULT_CONNECTIONS = {
 of issue 15 (about 15 minutes here)."""
 
 
-SERVERS: dict[str, Callable[[], Server]] = {
-    "router": start_router,
-    "kafka+redis": start_router_on_kafka_and_redis,
-    "redis": start_router_on_redis,
-    "redis-2w": lambda: start_router_on_redis(workers=2),
-    "peer": start_peer,
+SERVERS: dict[str, Callable[[Sequence[str]], Server]] = {
+    "router": lambda extra: start_router("router", extra),
+    "kafka+redis": lambda extra: start_router_on_kafka_and_redis(1, extra),
+    "kafka-2w": lambda extra: start_router_on_kafka_and_redis(2, extra),
+    "redis": lambda extra: start_router_on_redis(1, extra),
+    "redis-2w": lambda extra: start_router_on_redis(2, extra),
+    "peer": lambda extra: start_peer(),
+    "nchan": lambda extra: start_nchan(),
 }
-"""Who ``just bench`` measures: the router on its embedded default, the router on Kafka and
-Redis, on the Redis bus and cache as one worker and as two (``--workers 2``), and the peer; each
-ratio in the table is that server's figure over the peer's. A server's memory and CPU are its
-processes' together (the supervisor's and its workers')."""
+"""Who ``just bench`` measures: the router on its embedded default, on Kafka and Redis and on
+the Redis bus and cache, each as one worker and as two (``--workers 2``), the Python peer, and
+nginx with nchan (C, one worker per core); each ratio in the table is that server's figure over
+the peer's. A server's memory and CPU are its processes' together (the supervisor's and its
+workers', nginx's master's and its workers'). Each takes options for the router (a workload's
+own settings; the peers ignore them)."""
+
+ROUTERS = ("router", "kafka+redis", "kafka-2w", "redis", "redis-2w")
+"""The servers that are the router: the only ones the replay storm runs on (a resume from a
+cursor is the router's own)."""
+WEBSOCKET_SERVERS = (*ROUTERS, "peer")
+"""The servers with a WebSocket route the load client speaks (nchan's frames are not JSON)."""
 
 
 def main() -> None:
@@ -733,9 +843,21 @@ def main() -> None:
     parser.add_argument(
         "--workloads",
         nargs="+",
-        choices=(*DEFAULT_CONNECTIONS, "overload"),
-        default=[*DEFAULT_CONNECTIONS, "overload"],
-        help="overload: the router alone, offered well past capacity (bench/overload.py)",
+        choices=(*DEFAULT_CONNECTIONS, *OWN_RUNS),
+        default=[*DEFAULT_CONNECTIONS, *OWN_RUNS],
+        help="overload: the router alone, offered well past capacity (bench/overload.py);"
+        " replay-storm: a reconnect storm resuming from before a full cache, on each chosen"
+        " router (bench/replay_storm.py)",
+    )
+    parser.add_argument(
+        "--storm",
+        type=int,
+        nargs=2,
+        metavar=("STREAMS", "HISTORY"),
+        default=(10_000, 200),
+        help="the replay storm's resuming clients and the events in its full cache"
+        " (default: 10,000 and 200, which the Redis cache replays in minutes; --connections"
+        " gives its live streams, default 1,000)",
     )
     parser.add_argument("--servers", nargs="+", choices=tuple(SERVERS), default=list(SERVERS))
     parser.add_argument(
@@ -767,7 +889,7 @@ def run_plan(args: argparse.Namespace) -> None:
         (
             (connections, workload)
             for workload in args.workloads
-            if workload != "overload"
+            if workload not in OWN_RUNS
             for connections in (args.connections or DEFAULT_CONNECTIONS[workload])
         ),
         key=lambda step: (step[0], args.workloads.index(step[1])),
@@ -777,12 +899,14 @@ def run_plan(args: argparse.Namespace) -> None:
     for connections, workload in plan:
         results: dict[str, dict[str, float]] = {}
         for name in servers:
+            if workload == "ws-broadcast" and name not in WEBSOCKET_SERVERS:
+                continue
             if workload == "targeted-kafka" and name != "kafka+redis":
                 continue  # produced to Kafka: only a router that reads it
             if workload == "idle":  # its servers start under each backlog setting in turn
                 results[name] = idle_at_both_backlogs(client, SERVERS[name], connections)
                 continue
-            server = SERVERS[name]()
+            server = SERVERS[name](())
             try:
                 if workload == "targeted":
                     results[name] = targeted(client, server, connections, 2000.0)
@@ -807,8 +931,51 @@ def run_plan(args: argparse.Namespace) -> None:
     if rows:
         print_table(servers, rows)
         print_cpu_per_targeted_event(rows)
+        if verdicts := judge(rows, servers, args.rate):
+            print("\ntargets (issue 18)")
+            print("\n".join(verdicts))
+    if "replay-storm" in args.workloads:
+        storm, history = args.storm
+        for live in args.connections or (1000,):
+            print_storm(storm, live, history, replay_storms(client, servers, storm, live, history,
+                                                            args.events, args.rate))  # fmt: skip
     if "overload" in args.workloads:
         print_overload(overload(client, args.overload_load))
+
+
+OWN_RUNS = ("replay-storm", "overload")
+"""Workloads with a report of their own rather than a row per server in the table."""
+
+
+def replay_storms(
+    client: Path, servers: Sequence[str], storm: int, live: int, history: int, events: int,
+    rate: float,
+) -> dict[str, dict[str, float]]:  # fmt: skip
+    """The replay storm (bench/replay_storm.py) on each chosen router."""
+    from bench.replay_storm import replay_storm, storm_options
+
+    figures = {}
+    for name in (name for name in servers if name in ROUTERS):
+        server = SERVERS[name](storm_options(history, events))
+        try:
+            figures[name] = replay_storm(client, server, storm=storm, live=live, history=history,
+                                         events=events, rate=rate)  # fmt: skip
+        finally:
+            server.stop()
+    return figures
+
+
+def print_storm(storm: int, live: int, history: int, figures: dict[str, dict[str, float]]) -> None:
+    if not figures:
+        return
+    print(
+        f"\nreplay storm: {storm:,} clients resume from before a full cache of {history:,}"
+        f" events while {live:,} streams are live"
+    )
+    names = list(figures)
+    print(f"  {'metric':<24}" + "".join(f" {name:>12}" for name in names))
+    for metric in figures[names[0]]:
+        print(f"  {metric:<24}" + "".join(f" {figures[n][metric]:>12.2f}" for n in names))
 
 
 def overload(client: Path, sizes: str | None = None) -> dict[str, float]:

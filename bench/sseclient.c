@@ -9,9 +9,9 @@
  * events received, missing and duplicated sequence numbers, delivery latency percentiles, and its
  * own CPU time, so the harness can tell whether the client was the bottleneck.
  *
- * usage: sseclient [--websocket] HOST PORT REQUEST_PATH CONNECTIONS EXPECTED_EVENTS TIMEOUT_S
- *                  [AUTH_HEADER]
- *   opens every connection (giving up after OPEN_TIMEOUT_S), then waits until each got
+ * usage: sseclient [--websocket] [--last-event-id ID] [--open-timeout S] HOST PORT REQUEST_PATH
+ *                  CONNECTIONS EXPECTED_EVENTS TIMEOUT_S [AUTH_HEADER]
+ *   opens every connection (giving up after --open-timeout, 180 s), then waits until each got
  *   EXPECTED_EVENTS, at most TIMEOUT_S from then on; with 0, holds them for TIMEOUT_S.
  *   REQUEST_PATH "@file": one "path<TAB>header" line per connection (a different user each).
  *   A WebSocket counts as open once its first text frame, the server's hello, came: before it,
@@ -26,6 +26,10 @@
  *   --stall S     read nothing for S seconds after the first stream opens (a laggard)
  *   --window B    a receive buffer of B bytes (the kernel doubles it), as a phone on a bad line
  *   --spread S    start the connections spread over S seconds (a connect storm)
+ *   --last-event-id: every stream resumes from ID (a reconnect storm), so it expects what was
+ *   published after it as well.
+ *   An event stream's body is chunked (the router, the Python peer) or, without
+ *   Transfer-Encoding, runs until the connection closes (nginx's nchan).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -44,7 +48,7 @@
 #include <unistd.h>
 
 #define MAX_SEQ 65536
-#define OPEN_TIMEOUT_S 180.0
+static double open_timeout_s = 180.0; /* --open-timeout */
 #define BUF 65536
 
 enum {
@@ -52,6 +56,7 @@ enum {
     CONNECTING, HEADERS,
     CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF,  /* an event stream's chunked body */
     SIZED_BODY,                          /* a body of Content-Length (a refusal in-band) */
+    RAW_BODY,                            /* one that runs until the connection closes */
     FRAME_HEAD, FRAME_PAYLOAD,           /* a WebSocket's frames */
 };
 
@@ -287,7 +292,9 @@ static int on_bytes(conn_t *c, const char *p, long n) {
                     c->head[c->head_len] = 0;
                     const char *expected = websocket ? "HTTP/1.1 101" : "HTTP/1.1 200";
                     if (strncmp(c->head, expected, 12) != 0) return -1;
-                    c->state = websocket ? FRAME_HEAD : CHUNK_SIZE;
+                    c->state = websocket ? FRAME_HEAD
+                               : strcasestr(c->head, "\r\ntransfer-encoding: chunked") ? CHUNK_SIZE
+                                                                                      : RAW_BODY;
                     c->opened = !websocket;
                     const char *sized = strcasestr(c->head, "\r\ncontent-length:");
                     if (!websocket && sized) {
@@ -300,8 +307,11 @@ static int on_bytes(conn_t *c, const char *p, long n) {
                 }
             }
             if (c->head_len >= (int)sizeof(c->head) - 1) return -1;
-        } else if (c->state >= FRAME_HEAD) {
+        } else if (c->state == FRAME_HEAD || c->state == FRAME_PAYLOAD) {
             return on_frame_bytes(c, p, n, i);
+        } else if (c->state == RAW_BODY) {
+            on_stream_bytes(c, p + i, n - i);
+            return 0;
         } else if (c->state == CHUNK_SIZE) {
             char ch = p[i++];
             if (ch == '\n') {
@@ -342,6 +352,7 @@ static int percentile_cmp(const void *a, const void *b) {
 
 static char **paths, **auths;
 static const char *host_name;
+static const char *last_event_id; /* --last-event-id: every stream resumes from it */
 static struct sockaddr_in address;
 static int epoll_fd;
 
@@ -368,6 +379,7 @@ static int request_of(conn_t *c, int k, char *into, int size) {
                           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
     char resume[1100] = "";
     if (browser && c->last_id[0]) snprintf(resume, sizeof(resume), "Last-Event-ID: %s\r\n", c->last_id);
+    else if (last_event_id) snprintf(resume, sizeof(resume), "Last-Event-ID: %s\r\n", last_event_id);
     const char *a = auths[k];
     return snprintf(into, size, "GET %s HTTP/1.1\r\nHost: %s\r\n%s%s%s%s\r\n", paths[k], host_name,
                     websocket ? upgrade : "Accept: text/event-stream\r\n", resume, a,
@@ -403,19 +415,23 @@ int main(int argc, char **argv) {
     while (argc > 1 && strncmp(argv[1], "--", 2) == 0) {
         const char *option = argv[1];
         int takes_value = strcmp(option, "--stall") == 0 || strcmp(option, "--window") == 0 ||
-                          strcmp(option, "--spread") == 0;
+                          strcmp(option, "--spread") == 0 || strcmp(option, "--last-event-id") == 0 ||
+                          strcmp(option, "--open-timeout") == 0;
         if (takes_value && argc < 3) return 2;
         if (strcmp(option, "--websocket") == 0) websocket = 1;
         else if (strcmp(option, "--browser") == 0) browser = 1;
         else if (strcmp(option, "--stall") == 0) stall_s = atof(argv[2]);
         else if (strcmp(option, "--window") == 0) window_bytes = atoi(argv[2]);
         else if (strcmp(option, "--spread") == 0) spread_s = atof(argv[2]);
+        else if (strcmp(option, "--last-event-id") == 0) last_event_id = argv[2];
+        else if (strcmp(option, "--open-timeout") == 0) open_timeout_s = atof(argv[2]);
         else { fprintf(stderr, "unknown option %s\n", option); return 2; }
         argv += takes_value ? 2 : 1;
         argc -= takes_value ? 2 : 1;
     }
     if (argc < 7 || (browser && websocket)) {
         fprintf(stderr, "usage: %s [--websocket | --browser [--stall S] [--window B] [--spread S]]"
+                " [--last-event-id ID] [--open-timeout S]"
                 " HOST PORT PATH CONNECTIONS EXPECTED TIMEOUT [AUTH]\n", argv[0]);
         return 2;
     }
@@ -470,7 +486,7 @@ int main(int argc, char **argv) {
     char request[16384];
     while (done < n) {
         double elapsed = now_s() - start;
-        if (all_open_at == 0 ? elapsed > OPEN_TIMEOUT_S + spread_s : expected > 0 && elapsed > all_open_at + timeout)
+        if (all_open_at == 0 ? elapsed > open_timeout_s + spread_s : expected > 0 && elapsed > all_open_at + timeout)
             break;
         if (all_open_at == 0 && opened + failed == n) { /* every connection answered or failed */
             all_open_at = now_s() - start;

@@ -61,6 +61,11 @@ STAGES: tuple[tuple[str, str], ...] = (
 
 _samples: Counter[str] = Counter()
 """CPU seconds charged to each stage."""
+_passes: Counter[int] = Counter()
+"""The collector's passes over each generation (router/collector.py freezes a storm's objects
+so that there are next to none)."""
+PASSES = "gc passes"
+"""The report's key for :data:`_passes`: counts, not milliseconds."""
 _last_sample = 0.0
 _collecting_since: float | None = None
 
@@ -98,15 +103,18 @@ def _collector(phase: str, info: dict[str, int]) -> None:
         _collecting_since = now
     elif _collecting_since is not None:
         _samples[f"gc (generation {info['generation']})"] += now - _collecting_since
+        _passes[info["generation"]] += 1
         _collecting_since = None
     _last_sample = now
 
 
 def _report_to(out: str) -> None:
     global _last_sample
-    milliseconds = {stage: seconds * 1000 for stage, seconds in _samples.items()}
+    milliseconds: dict[str, object] = {stage: seconds * 1000 for stage, seconds in _samples.items()}
+    milliseconds[PASSES] = {str(generation): count for generation, count in _passes.items()}
     _last_sample = time.process_time()
     _samples.clear()
+    _passes.clear()
     written = f"{out}.part"
     with open(written, "w") as report:
         json.dump(milliseconds, report, indent=1, sort_keys=True)

@@ -97,6 +97,7 @@ def run_router(router: Callable[[], Awaitable[None]]) -> int:
     """Run ``router`` (a ``serve``) to its end: the process's exit code."""
     # Everything imported so far lives as long as the process: keep the cyclic collector off it,
     # and let it run less often, since a busy router allocates many short-lived objects per event.
+    # Once it listens, router/collector.py freezes what it built, and a connect storm's streams.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     try:

@@ -76,7 +76,7 @@ class Settings:
     shutdown_retry_spread_ms: int = 5000
     session_buffer: int = _SESSION.session_buffer
     session_buffer_bytes: int = _SESSION.session_buffer_bytes or 0  # 0: no byte bound
-    records_buffer: int = _HUB.records_capacity
+    records_buffer: int = _HUB.records_buffer
     fanout_pause_ms: int = round(_HUB.fanout_pause_seconds * 1000)
     bus: str = "memory"
     kafka_bootstrap: str = "127.0.0.1:9092"
@@ -101,6 +101,7 @@ class Settings:
     cache_max_bytes: int = 64 * 1024 * 1024
     cache_max_age_seconds: float = 3600.0
     bus_replay_limit: int = _HUB.bus_replay_limit
+    replay_concurrency: int = _HUB.replay_concurrency
     publish_max_bytes: int = 1_048_576
     publish_max_batch: int = 1000
     log_level: str = "info"
@@ -476,6 +477,11 @@ def add_serve_arguments(
         "--bus-replay-limit",
         "most events read again from the bus for a resume the cache cannot serve",
         type=count(0),
+    )
+    flag(
+        "--replay-concurrency",
+        "resumes that fetch and write their replay at once (the others wait their turn)",
+        type=count(1),
     )
     flag("--publish-max-bytes", "largest body POST /api/v1/events accepts", type=count(1))
     flag("--publish-max-batch", "most envelopes in one POST /api/v1/events", type=count(1))

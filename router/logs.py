@@ -8,13 +8,29 @@ query string, and the one field that could hold a secret is redacted by :func:`r
 
 from __future__ import annotations
 
+import enum
 import logging
 import sys
-from typing import Any, Literal, TextIO
+from collections.abc import MutableSet
+from typing import Any, Literal, TextIO, TypeVar
 
 import structlog
 
 REDACTED_FIELDS = frozenset({"token", "access_token", "authorization", "jwt_secret", "redis_url"})
+
+
+_Reason = TypeVar("_Reason", bound=enum.StrEnum)
+
+
+def warn_once(
+    logger: logging.Logger, logged: MutableSet[_Reason], reason: _Reason, message: str
+) -> None:
+    """Log ``message`` with its ``reason`` the first time the process meets that reason
+    (``logged``: the reasons met so far). A fallback that every stream of a deployment takes
+    (TLS in front, an older server) is counted per stream and said once, not once per stream."""
+    if reason not in logged:
+        logged.add(reason)
+        logger.warning(message, extra={"reason": reason.value})
 
 
 def redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:

@@ -240,12 +240,13 @@ class Metrics:
             ["where"],
             registry=r,
         )
-        self.backlog_unknown = LabelledCount(
+        self.backlog_unknown = SplitCount(
             "sse_socket_backlog_unknown",
             "Streams whose socket's unsent bytes cannot be read (the monitor counts what the"
-            " router holds for them only), by why.",
-            "reason",
+            " router holds for them only), by why and transport.",
+            ("reason", "transport"),
             (reason.value for reason in BacklogUnknown),
+            (transport.value for transport in Transport),
         )
         r.register(_TallyCollector((self.backlog_unknown,)))
         for where in ("router", "socket"):  # exported at 0 before the monitor's first round
@@ -363,8 +364,8 @@ class Metrics:
     def pong_watch_fell_back(self, reason: PongWatchFallback) -> None:
         self.pong_watch_fallbacks.counts[reason.value] += 1
 
-    def socket_backlog_unknown(self, reason: BacklogUnknown) -> None:
-        self.backlog_unknown.counts[reason.value] += 1
+    def socket_backlog_unknown(self, reason: BacklogUnknown, transport: Transport) -> None:
+        self.backlog_unknown.counts[transport][reason.value] += 1
 
     def accept_fell_back(self, reason: AcceptFallback) -> None:
         self.accept_fallbacks.counts[reason.value] += 1

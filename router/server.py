@@ -36,7 +36,7 @@ from actors.hub import CursorBoundError, Hub, HubSettings
 from actors.overload import OverloadMonitor, OverloadSettings
 from actors.relay import Relay, RelaySettings
 from actors.session import CloseReason, SessionSettings
-from router import heap_probe
+from router import collector, heap_probe
 from router.address_gate import AddressGate
 from router.admission import Admission, AdmissionSettings
 from router.auth import CachedVerifier, TokenVerifier
@@ -310,8 +310,9 @@ async def _serve(
         bus,
         cache,
         HubSettings(
-            records_capacity=settings.records_buffer,
+            records_buffer=settings.records_buffer,
             bus_replay_limit=settings.bus_replay_limit,
+            replay_concurrency=settings.replay_concurrency,
             heartbeat_seconds=settings.heartbeat_seconds,
             fanout_pause_seconds=settings.fanout_pause_ms / 1000,
             session=SessionSettings(
@@ -321,7 +322,7 @@ async def _serve(
                 shutdown_retry_spread_ms=settings.shutdown_retry_spread_ms,
                 log_sample_rate=settings.log_sample_rate,
             ),
-            breaker=settings.bus_breaker,
+            bus_breaker=settings.bus_breaker,
         ),
         observer=metrics,
         access=AccessRules(settings.max_token_age or DEFAULT_HOLD_SECONDS),
@@ -404,6 +405,7 @@ async def _serve(
             # as truncated (see Hub.run), where the others could resume it exactly.
             await _first_of(hub.reading, shutdown_requested)
         bound: list[str] = await root.start(run_http)
+        root.start_soon(collector.run)  # once every start-up object is built
         addresses = list(dict.fromkeys(bound))  # one address per acceptor: the same one
         task_status.started(Running(addresses, hub, app, overload))
         log.info("router listening", extra={"addresses": addresses})

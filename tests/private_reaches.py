@@ -45,6 +45,7 @@ HTTP_REACH_TESTS = (
     "tests/test_direct_body.py",
     "tests/test_direct_websocket.py",
     "tests/test_pong_watch.py",
+    "tests/test_accept.py",  # hypercorn's server built from its parts, accepting in bulk
     # End to end through the reaches: the counted fallback, hypercorn's own pings answered and
     # watched, a stalled reader's writes under the send lock, hypercorn's close after ours.
     "tests/test_metrics.py::test_a_body_the_direct_writer_cannot_take_is_counted_and_logged_once_per_reason",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
@@ -359,6 +360,23 @@ async def test_the_control_api_wants_its_own_role_and_well_formed_controls() -> 
         assert router.running.hub.access.held(time.time()) == 0  # nothing of a refused batch
         answer = await router.client.post("/api/v1/events", json=revoke, headers=publisher)
         assert answer.status_code == 400  # a control is not an event
+
+
+async def test_the_control_api_refuses_a_bad_body_as_publishing_does() -> None:
+    """Both read a batch body the one way (router/http/json_batch.py): the same status and code."""
+    revoke = {"control": "revoke", "user_id": "u1", "novel_id": "n1"}
+    as_text = {**CONTROLLER, "Content-Type": "text/plain"}
+    as_json = {**CONTROLLER, "Content-Type": "application/json"}
+    async with running_router(publish_max_batch=2, **ROOMY) as router:
+        for body, headers, status, code in [
+            (b"{}", as_text, 415, "unsupported-media-type"),
+            (b"{nope", as_json, 400, "bad-json"),
+            (b"[]", as_json, 400, "empty-batch"),
+            (json.dumps([revoke] * 3).encode(), as_json, 413, "batch-too-large"),
+        ]:
+            answer = await router.client.post("/api/v1/control", content=body, headers=headers)
+            assert (answer.status_code, answer.json()["error"]["code"]) == (status, code)
+        assert router.running.hub.access.held(time.time()) == 0
 
 
 async def test_the_connections_listing_shows_streams_never_tokens() -> None:

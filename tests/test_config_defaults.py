@@ -5,6 +5,7 @@ The documented defaults (README, docs/*.md) are checked against the code here to
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import inspect
 import math
@@ -48,9 +49,10 @@ def _parameter_default(function: Callable[..., object], name: str) -> object:
 # Each setting whose part has a default of its own: that default, in the flag's unit.
 READ_FROM_PARTS: dict[str, object] = {
     "heartbeat_seconds": _HUB.heartbeat_seconds,
-    "records_buffer": _HUB.records_capacity,
+    "records_buffer": _HUB.records_buffer,
     "fanout_pause_ms": _HUB.fanout_pause_seconds * 1000,
     "bus_replay_limit": _HUB.bus_replay_limit,
+    "replay_concurrency": _HUB.replay_concurrency,
     "session_buffer": _SESSION.session_buffer,
     "session_buffer_bytes": _SESSION.session_buffer_bytes or 0,
     "retry_ms": _SESSION.retry_ms,
@@ -212,6 +214,33 @@ def test_a_parts_default_that_differs_from_its_flags_is_neutral(
 
 def test_the_outbox_modes_default_is_what_the_stores_do_alone() -> None:
     assert command_line_defaults().outbox_mode == "delete"
+
+
+@pytest.mark.parametrize("part", ["HubSettings", "SessionSettings", "HTTPSettings"])
+def test_a_knob_keeps_its_flags_name_from_the_config_to_its_part(part: str) -> None:
+    """In ``serve()``, each field of these parts that takes a flag's value as it is (``or None``
+    aside) is named as that flag, so grep leads from the flag to its use. A value converted to
+    another unit (``fanout_pause_ms / 1000``) keeps its stem but not its suffix."""
+    tree = ast.parse((ROOT / "router" / "server.py").read_text())
+    renamed: list[tuple[str, str]] = []
+    given = 0
+    for call in ast.walk(tree):
+        if not (isinstance(call, ast.Call) and getattr(call.func, "id", None) == part):
+            continue
+        for keyword in call.keywords:
+            value = keyword.value
+            if isinstance(value, ast.BoolOp):  # ``settings.x or None``
+                value = value.values[0]
+            if (
+                isinstance(value, ast.Attribute)
+                and isinstance(value.value, ast.Name)
+                and value.value.id == "settings"
+            ):
+                given += 1
+                if keyword.arg != value.attr:
+                    renamed.append((value.attr, str(keyword.arg)))
+    assert given
+    assert renamed == []
 
 
 def test_the_adapter_pauses_as_long_as_the_hub_tells_it_by_default() -> None:

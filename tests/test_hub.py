@@ -6,6 +6,7 @@ every task is blocked), and the ``fail_after`` guards only turn a hang into a pr
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import socket
 import time
@@ -423,7 +424,7 @@ async def test_cancelling_the_hub_stops_everything_at_once_even_with_stalled_rea
 ) -> None:
     stalled: list[tuple[Session, trio.MemoryReceiveChannel[bytes]]] = []
     with trio.fail_after(GUARD_SECONDS):
-        async with running_hub(partitions=2, bus_capacity=4, records_capacity=1) as (hub, nursery):
+        async with running_hub(partitions=2, bus_capacity=4, records_buffer=1) as (hub, nursery):
             for n in range(3):
                 opened = await open_session(hub, client(f"u{n}", {"n1", "n2"}))
                 assert opened.output is not None
@@ -456,7 +457,7 @@ async def test_cancelling_the_hub_stops_everything_at_once_even_with_stalled_rea
 async def test_a_stalled_session_is_cut_off_as_lagged_and_nobody_else_waits_for_it(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    async with running_hub(partitions=2, bus_capacity=4, records_capacity=1) as (hub, nursery):
+    async with running_hub(partitions=2, bus_capacity=4, records_buffer=1) as (hub, nursery):
         opened = await open_session(hub, client("u1", {"n1", "n2"}, session_buffer=4))
         stalled, stalled_output = opened.session, opened.output  # its reader stopped reading
         assert stalled_output is not None
@@ -587,7 +588,7 @@ async def test_a_session_that_fails_is_removed_and_the_hub_carries_on(
         broken, broken_reader = await attach(hub, nursery, broken_one)
         if where == "at once":
 
-            async def fail(*args: object) -> None:
+            async def fail(*args: object, **kwargs: object) -> None:
                 raise RuntimeError("boom")
 
             monkeypatch.setattr(broken, "run", fail)
@@ -1008,3 +1009,44 @@ async def test_a_resume_the_cache_cannot_read_is_refused_for_a_while_then_trunca
         assert [e.identity.offset for e in opened.replay.entries] == [(1,)]  # held in memory
         assert hub.replays == {("refused", "cache"): 2, ("truncated", "cache"): 1}
         nursery.cancel_scope.cancel()
+
+
+_OPENERS_VARIABLE: contextvars.ContextVar[str] = contextvars.ContextVar("openers_variable")
+"""A context variable the opening task set, as Quart sets its request's for a handler."""
+
+
+class ContextSeen:
+    """An output that notes, at each write, what the writing task's context holds."""
+
+    def __init__(self) -> None:
+        self.seen: list[str | None] = []
+        self.wrote = trio.Event()
+
+    async def send(self, value: bytes, /) -> None:
+        self.seen.append(_OPENERS_VARIABLE.get(None))
+        self.wrote.set()
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_session_writes_with_the_hubs_context_not_the_opening_requests() -> None:
+    """Sessions start from the hub's context variables: the request that opened one (Quart's
+    request context, its headers) is not held for as long as the stream lasts."""
+    async with running_hub() as (hub, _):
+        output = ContextSeen()
+        asked = client("u1")
+        set_here = _OPENERS_VARIABLE.set("the opening request's")
+        try:
+            await hub.open(
+                asked.principal,
+                asked.stream_filter,
+                expires_at=time.time() + 30 * 86400,
+                connection_id=asked.connection_id,
+                output=output,
+            )
+        finally:
+            _OPENERS_VARIABLE.reset(set_here)
+        with trio.fail_after(5):
+            await output.wrote.wait()  # the hello
+    assert output.seen[0] is None

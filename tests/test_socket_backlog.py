@@ -10,18 +10,22 @@ import pytest
 import trio
 
 import router.http.socket_backlog
-from router.core.observer import BacklogUnknown, NoObserver
+from router.core.observer import BacklogUnknown, NoObserver, Transport
+from router.http.asgi import OBSERVER_KEY, SEND_KEY, ResponseBodyWriter
 from router.http.direct_body import ChunkedSocketWriter
 from router.http.socket_backlog import SocketBacklog, unsent_bytes
+from router.metrics import Metrics
 from tests.e2e_helpers import STREAM_PATH, content, running_router, token
 
 
 class Recorder(NoObserver):
     def __init__(self) -> None:
         self.unknown: list[BacklogUnknown] = []
+        self.transports: list[Transport] = []
 
-    def socket_backlog_unknown(self, reason: BacklogUnknown) -> None:
+    def socket_backlog_unknown(self, reason: BacklogUnknown, transport: Transport) -> None:
         self.unknown.append(reason)
+        self.transports.append(transport)
 
 
 async def tcp_pair() -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
@@ -75,7 +79,7 @@ async def test_a_direct_writer_reads_its_own_socket() -> None:
     with sender, reader:
         writer = ChunkedSocketWriter(trio.SocketStream(sender), trio.Lock())
         recorder = Recorder()
-        backlog = SocketBacklog(recorder)
+        backlog = SocketBacklog(recorder, Transport.SSE)
         assert backlog.read(writer) == 0
         fill(sender)
         unsent = backlog.read(writer)
@@ -86,7 +90,7 @@ async def test_a_direct_writer_reads_its_own_socket() -> None:
 
 def test_a_stream_written_through_the_servers_send_has_no_socket_to_ask_said_once() -> None:
     recorder = Recorder()
-    backlog = SocketBacklog(recorder)
+    backlog = SocketBacklog(recorder, Transport.SSE)
     assert backlog.read(None) is None
     assert backlog.read(None) is None
     assert recorder.unknown == [BacklogUnknown.NO_SOCKET]
@@ -101,12 +105,37 @@ async def test_without_the_ioctl_it_is_unknown_reported_once_per_stream_and_logg
     with sender, reader:
         writer = ChunkedSocketWriter(trio.SocketStream(sender), trio.Lock())
         recorder = Recorder()
-        streams = [SocketBacklog(recorder), SocketBacklog(recorder)]
+        streams = [SocketBacklog(recorder, Transport.SSE), SocketBacklog(recorder, Transport.SSE)]
         for backlog in streams * 2:
             assert backlog.read(writer) is None
     assert recorder.unknown == [BacklogUnknown.UNSUPPORTED] * 2
     logged = [r for r in caplog.records if "cannot be read" in r.getMessage()]
     assert len(logged) == 1
+
+
+async def test_a_streams_unknown_backlog_is_counted_under_its_transport() -> None:
+    """Each output reads its socket for its own transport, and /metrics says which."""
+    recorder = Recorder()
+    sent: list[object] = []
+
+    async def server_send(message: object) -> None:
+        sent.append(message)
+
+    writer = ResponseBodyWriter({SEND_KEY: server_send, OBSERVER_KEY: recorder})
+    async for _ in writer.body():
+        pass
+    await writer.send(b"data: x\n\n")  # no socket behind this send: it falls back
+    assert writer.unsent_bytes() is None
+    assert recorder.transports == [Transport.SSE]
+
+    metrics = Metrics()
+    SocketBacklog(metrics, Transport.WEBSOCKET).read(None)
+    exposition = metrics.exposition().decode()
+    assert (
+        'sse_socket_backlog_unknown_total{reason="no-socket",transport="websocket"} 1.0'
+        in exposition
+    )
+    assert 'sse_socket_backlog_unknown_total{reason="no-socket",transport="sse"} 0.0' in exposition
 
 
 def test_a_descriptor_that_refuses_the_ioctl_is_unknown() -> None:

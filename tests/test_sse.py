@@ -403,3 +403,30 @@ def test_id_only_blocks_among_events_read_back_through_the_standard(
         stream = parse_stream(wire)
         assert stream.events == expected
         assert stream.last_event_id == id
+
+
+@MAIN
+@given(
+    event=event_names, id=ids, new_id=st.just("") | event_names, retry=retries, data=json_objects
+)
+def test_with_id_writes_the_bytes_a_message_made_with_that_id_has(
+    event: str, id: str | None, new_id: str, retry: int | None, data: JSONObject
+) -> None:
+    """``with_id`` keeps the encoded data and writes the fields before it again: byte for byte
+    what encoding the whole event with the new id gives, and the original unchanged."""
+    original = SSEMessage(event=event, id=id, retry=retry, data=data)
+    before = original.to_sse_format()
+    moved = original.with_id(new_id)
+    expected = SSEMessage(event=event, id=new_id, retry=retry, data=data)
+    assert moved.to_sse_format() == expected.to_sse_format()
+    assert moved.id == new_id
+    assert moved.data == data
+    assert original.to_sse_format() == before
+
+
+def test_with_id_checks_the_new_id_as_encoding_does() -> None:
+    message = SSEMessage(event="x", data={"a": 1}, id="1")
+    with pytest.raises(ValueError, match="must not contain CR, LF or NUL"):
+        message.with_id("2\ndata: forged")
+    with pytest.raises(ValueError, match="not valid Unicode"):
+        message.with_id("\udfff")

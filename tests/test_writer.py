@@ -16,16 +16,17 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.core.cursor import Cursor, EventIdentity
+from router.core.cursor import Cursor, EventIdentity, parse_cursor
 from router.core.events import ContentUpdateEvent
 from router.core.history import Entry, Replay
-from router.core.inbox import Delivery, Inbox, SharedBatch
+from router.core.inbox import TICKS_PER_HEARTBEAT, Delivery, Inbox, SharedBatch
 from router.core.observer import NO_OBSERVER, Offer
 from router.core.permissions import Principal, StreamFilter, admits
 from router.core.scope import Scope
 from router.core.sse import SSEMessage
 from router.core.wire import Hello
 from router.core.writer import Pause, Writer
+from tests.actor_helpers import Feed
 
 BOTH = Principal("u1", frozenset({"n1", "n2"}))
 ONLY_N2 = Principal("u1", frozenset({"n2"}))
@@ -242,3 +243,47 @@ def test_a_replay_checkpoints_between_slices_and_says_the_cursor_it_ends_at() ->
     assert steps.count(Pause.CHECKPOINT) >= 3  # 200 entries examined, 64 at a time
     assert steps[-2] == ("cursor", stream.cursor)
     assert steps[-1] == ("answer", 0)
+
+
+def test_a_batch_of_a_new_history_is_in_hand_until_it_is_written_not_its_error() -> None:
+    """A batch that meets "history replaced" is written after the ``history-truncated`` that
+    says so: while that error goes out, the batch is still the writer's, and its bytes count in
+    the inbox's byte bound until the batch itself is written."""
+    inbox = Inbox(10, max_bytes=1_000_000, cursor=parse_cursor("memory@e0:0:41"))
+    writer = Writer(inbox, Frames(), BOTH, FILTERS[0], NO_OBSERVER)
+    writer.start(None, None, retry_ms=1000, connection_id="c", expires_at=0.0)
+    assert writer.next()[0] == "hello"  # type: ignore[index]
+    writer.wrote()
+    feed = Feed()  # of epoch e1
+    batch = [feed.next(content("n1", n)) for n in range(3)]
+    inbox.offer(batch, Counter[Offer]())
+    in_hand = sum(len(d.message.to_sse_format()) for d in batch)
+
+    error = writer.next()
+    assert isinstance(error, tuple)
+    assert error[1][0].scope is None  # the router's own sse.error
+    writer.wrote()
+    assert inbox.held_bytes == in_hand  # the batch is not written yet
+
+    events = writer.next()
+    assert isinstance(events, tuple)
+    assert [m.data for m in events[1]] == [d.message.data for d in batch]
+    writer.wrote()
+    assert inbox.held_bytes == 0
+
+
+def test_a_batch_the_client_may_not_see_is_held_no_more_once_chosen_out() -> None:
+    """Nothing of it goes out: its bytes are let go at once, not only at the next take, so a
+    heartbeat and a change's wait after it hold nothing of it."""
+    stream = Stream()
+    stream.write(1)  # the hello
+    stream.publish("n1", shared=False)
+    stream.writer.principal = ONLY_N2  # narrowed after the adapter offered it
+    assert stream.inbox.held_bytes > 0
+    for _ in range(TICKS_PER_HEARTBEAT):
+        stream.inbox.tick()
+    assert stream.writer.next() == ("beat",)
+    stream.writer.wrote()
+    stream.writer.changing().begin()
+    assert stream.writer.next() is Pause.WAIT
+    assert stream.inbox.held_bytes == 0

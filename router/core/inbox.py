@@ -200,8 +200,9 @@ class Inbox:
         """The encoded size of the events counted in :attr:`waiting`."""
         self.in_hand_bytes = 0
         """The encoded size of the events the last :meth:`take` gave the writer, until it says
-        it wrote (:meth:`written`) or takes again: up to :data:`MAX_WRITE_BATCH` events that left
-        :attr:`waiting` but not the router's memory, and count in the byte bound until then."""
+        it wrote them (:meth:`written`), is done with them unwritten (:meth:`let_go`) or takes
+        again: up to :data:`MAX_WRITE_BATCH` events that left :attr:`waiting` but not the
+        router's memory, and count in the byte bound until then."""
         self._held: Sequence[Delivery] = ()
         """The next events to take, in the order offered: the rest of a batch cut at a take, or
         the one batch offered while nothing waited."""
@@ -345,9 +346,9 @@ class Inbox:
         keeps its place before the events offered after it); empty only when none waits, queued
         or held aside. A batch offered alone and small enough comes back as it was offered.
 
-        What it gives is in the writer's hand (:attr:`in_hand_bytes`) until :meth:`written` or
-        the next take (a writer takes again only once it is done with the last batch, written or
-        not: a batch its client was not to see leaves nothing to write)."""
+        What it gives is in the writer's hand (:attr:`in_hand_bytes`) until :meth:`written` of it,
+        :meth:`let_go` or the next take (a writer takes again only once it is done with the last
+        batch, written or not: a batch its client was not to see leaves nothing to write)."""
         if not self.waiting and not self._aside:
             self.in_hand_bytes = 0
             return ()
@@ -477,12 +478,20 @@ class Inbox:
             self._held = tuple(self._held)
         self._batches = [tuple(b) if isinstance(b, SharedBatch) else b for b in self._batches]
 
-    def written(self) -> None:
-        """The writer wrote to the client: the silence a heartbeat fills starts again, and what
-        it had in hand is the socket's now."""
-        self.in_hand_bytes = 0
+    def written(self, *, batch: bool = True) -> None:
+        """The writer wrote to the client: the silence a heartbeat fills starts again, and, when
+        the write carried the ``batch`` last taken, what it had in hand is the socket's now. A
+        write of the router's own before that batch (the ``history-truncated`` that a batch of a
+        new history comes after) leaves the batch in hand: its bytes still count in the bound."""
+        if batch:
+            self.let_go()
         self._quiet_ticks = 0
         self.heartbeat_due = False
+
+    def let_go(self) -> None:
+        """The writer is done with the batch in hand without writing any of it (its client was
+        not to see it): its bytes are held no more."""
+        self.in_hand_bytes = 0
 
     def heartbeat(self) -> Heartbeat:
         """Take the heartbeat that is due: the client's cursor moved up to the router's progress,

@@ -200,9 +200,9 @@ class Observer(StreamObserver, Protocol):
     def pong_watch_fell_back(self, reason: PongWatchFallback) -> None:
         """A WebSocket's pongs cannot be watched, for ``reason``: it is never closed ``4008``."""
 
-    def socket_backlog_unknown(self, reason: BacklogUnknown) -> None:
+    def socket_backlog_unknown(self, reason: BacklogUnknown, transport: Transport) -> None:
         """The bytes a stream's socket has not sent cannot be read, for ``reason`` (once per
-        stream, the first time the health monitor asks)."""
+        stream carried by ``transport``, the first time the health monitor asks)."""
 
     def accept_fell_back(self, reason: AcceptFallback) -> None:
         """The server accepts with hypercorn's loop, one connection per round (once a start)."""
@@ -306,7 +306,7 @@ class NoObserver:
     def pong_watch_fell_back(self, reason: PongWatchFallback) -> None:
         pass
 
-    def socket_backlog_unknown(self, reason: BacklogUnknown) -> None:
+    def socket_backlog_unknown(self, reason: BacklogUnknown, transport: Transport) -> None:
         pass
 
     def accept_fell_back(self, reason: AcceptFallback) -> None:

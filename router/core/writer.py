@@ -22,7 +22,7 @@ narrowed session never writes what it no longer may see, whenever that event was
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from router.core.cursor import Cursor
@@ -115,15 +115,17 @@ class Writer(Sent):
         retry_ms: int,
         connection_id: str,
         expires_at: float,
+        replayed: Callable[[], object] | None = None,
     ) -> None:
         """The stream begins: its hello (where the client stands: its own cursor when it
         resumes, else ``position``, the router's cursor when the session registered), then the
-        ``resume``, if any, up to ``position``."""
+        ``resume``, if any, up to ``position``; ``replayed`` is called once all of that went
+        out (the hub gives the resume's turn back then), and the steps let go of ``resume``."""
         inbox = self.inbox
         if resume is None and position is not None and inbox.cursor is None:
             inbox.cursor = position
         first = hello(retry_ms, inbox.cursor, resume, connection_id, expires_at)
-        self._steps = self._opening(self.wire.hello(first), resume, position)
+        self._steps = self._opening(self.wire.hello(first), resume, position, replayed)
 
     def next(self) -> object:
         """The next chunk to write, or a :class:`Pause`. Never blocks; loops only over batches
@@ -165,13 +167,12 @@ class Writer(Sent):
     def wrote(self) -> dict[str, object] | None:
         """The chunk :meth:`next` gave went out: the silence a heartbeat fills starts again, and
         what it carried is counted. Returns the fields to log when the write is sampled."""
-        inbox = self.inbox
-        inbox.written()
-        shared = self._shared
+        inbox, shared, each = self.inbox, self._shared, self._each
+        # Only the chunk of the batch in hand lets its bytes go: an error said before it does not.
+        inbox.written(batch=shared is not None or each is not None)
         if shared is not None:
             self._shared = None
             return self.count_shared(shared, inbox.waiting)
-        each = self._each
         if each is not None:
             self._each = None
             return self.count_each(each, inbox.waiting)
@@ -186,6 +187,7 @@ class Writer(Sent):
             return chunk
         messages, sent = serve_each(inbox, batch, self.admitted)
         if not messages:
+            inbox.let_go()
             return None
         self._each = sent
         events: object = self.wire.events(messages)
@@ -194,11 +196,17 @@ class Writer(Sent):
     # -- the steps: what runs after each ``yield`` runs once that chunk went out ------------------
 
     def _opening(
-        self, first: object, resume: Replay | None, position: Cursor | None
+        self,
+        first: object,
+        resume: Replay | None,
+        position: Cursor | None,
+        replayed: Callable[[], object] | None,
     ) -> Iterator[object]:
         yield first
         if resume is not None:
             yield from self._replay(resume, position)
+        if replayed is not None:
+            replayed()
 
     def _changing(self, change: Change) -> Iterator[object]:
         if change.replay is not None:

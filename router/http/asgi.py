@@ -51,11 +51,12 @@ from hypercorn.typing import (
 )
 
 from actors.session import CloseReason, Session
-from router.core.observer import NO_OBSERVER, Observer, WriteFallback
+from router.core.observer import NO_OBSERVER, Observer, Transport, WriteFallback
 from router.core.request_bounds import Oversized, oversized
 from router.http.direct_body import ChunkedSocketWriter, direct_writer, fallback_reason
 from router.http.errors import error_document
 from router.http.socket_backlog import SocketBacklog
+from router.logs import warn_once
 
 SESSION_KEY = "sse_router.session"
 WRITER_KEY = "sse_router.writer"
@@ -105,7 +106,7 @@ class ResponseBodyWriter:
         self._headers_sent = trio.Event()
         self._wrote = False
         """Whether the first write came (and the direct writer was looked for)."""
-        self._backlog = SocketBacklog(self._observer)
+        self._backlog = SocketBacklog(self._observer, Transport.SSE)
         self._closed = False
         self.ended = trio.CancelScope()
         """Cancelled when the session closes its output: :class:`RequestLifecycle` then ends the
@@ -142,12 +143,12 @@ class ResponseBodyWriter:
         if reason is None:
             return  # a writer was there (the direct path was declined, as a test may)
         self._observer.body_fell_back(reason)
-        if reason not in _fallbacks_logged:
-            _fallbacks_logged.add(reason)
-            log.warning(
-                "stream body written through the server's send, not straight to its socket",
-                extra={"reason": reason.value},
-            )
+        warn_once(
+            log,
+            _fallbacks_logged,
+            reason,
+            "stream body written through the server's send, not straight to its socket",
+        )
 
     def close(self) -> None:
         self._closed = True

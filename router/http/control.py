@@ -13,7 +13,6 @@ The rules are router.core.control's and the hub's; this module only translates.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
@@ -25,9 +24,10 @@ from router.auth import Verified
 from router.bus.base import BusUnavailableError
 from router.core.admission import Credentials, Refused
 from router.core.control import CLOCK_SKEW_SECONDS, Control, parse_control
-from router.core.envelope import EnvelopeError, EnvelopeProblem, parse_publish_body
+from router.core.envelope import EnvelopeError, EnvelopeProblem
 from router.http.admission import http_error
 from router.http.errors import HTTPError
+from router.http.json_batch import json_batch
 
 CONTROLLER_ROLE = "controller"
 """The role the control API asks for: not ``publisher``, since a publisher may only add events,
@@ -38,17 +38,7 @@ def register_control_api(app: QuartTrio, hub: Hub, admission: Admission, max_bat
     @app.post("/api/v1/control")
     async def control() -> tuple[Response, int]:
         _controller(admission)
-        if request.mimetype != "application/json":
-            raise HTTPError(415, "unsupported-media-type", "send application/json")
-        try:
-            body: Any = parse_publish_body(await request.get_data(as_text=False))
-        except EnvelopeError as error:
-            raise HTTPError(400, "bad-json", f"the body is not JSON: {error.detail}") from None
-        items = body if isinstance(body, list) else [body]
-        if not items:
-            raise HTTPError(400, "empty-batch", "the array holds no control envelope")
-        if len(items) > max_batch:
-            raise HTTPError(413, "batch-too-large", f"at most {max_batch} control envelopes")
+        items = await json_batch(max_batch, "control envelope")
         now = hub.wall_clock()
         controls = [_checked(item, index, now) for index, item in enumerate(items)]
         # Kept first: an instance that starts reading the bus after this publish loads them.

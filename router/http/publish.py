@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
-from quart import Quart, Response, jsonify, request
+from quart import Quart, Response, jsonify
 
 from actors.hub import Hub
 from actors.publisher import CircuitOpenError
 from router.admission import Admission
 from router.bus.base import BusUnavailableError
 from router.core.admission import Credentials, Refused
-from router.core.envelope import EnvelopeError, Sealed, parse_envelope, parse_publish_body
+from router.core.envelope import EnvelopeError, Sealed, parse_envelope
 from router.core.mapping import MappingError, check_mappable
 from router.http.admission import http_error
 from router.http.errors import HTTPError
+from router.http.json_batch import json_batch
 
 PUBLISH_PATH = "/api/v1/events"
 PUBLISHER_ROLE = "publisher"
@@ -47,18 +47,7 @@ def register_publish_route(
 
 
 async def _publish(hub: Hub, max_batch: int) -> tuple[Response, int]:
-    if request.mimetype != "application/json":
-        raise HTTPError(415, "unsupported-media-type", "send application/json")
-    raw = await request.get_data(as_text=False)
-    try:
-        body: Any = parse_publish_body(raw)
-    except EnvelopeError as error:
-        raise HTTPError(400, "bad-json", f"the body is not JSON: {error.detail}") from None
-    items = body if isinstance(body, list) else [body]
-    if not items:
-        raise HTTPError(400, "empty-batch", "the array holds no envelope")
-    if len(items) > max_batch:
-        raise HTTPError(413, "batch-too-large", f"at most {max_batch} envelopes at once")
+    items = await json_batch(max_batch, "envelope")
     envelopes = [_checked_envelope(item, index) for index, item in enumerate(items)]
     try:
         identities = await hub.publish(envelopes)

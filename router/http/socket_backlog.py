@@ -22,8 +22,9 @@ from typing import Final
 
 import trio
 
-from router.core.observer import BacklogUnknown, Observer
+from router.core.observer import BacklogUnknown, Observer, Transport
 from router.http.direct_body import SocketWriter
+from router.logs import warn_once
 
 _SIOCOUTQ: Final[int | None] = getattr(termios, "TIOCOUTQ", None)
 """Linux's ``SIOCOUTQ`` (it shares ``TIOCOUTQ``'s number); ``None`` where termios has neither."""
@@ -53,16 +54,17 @@ _unknown_logged: set[BacklogUnknown] = set()
 
 
 class SocketBacklog:
-    """One stream output's reading of its socket's send queue, for the health monitor.
+    """One stream output's reading of its socket's send queue, for the health monitor; the
+    stream is carried by ``transport`` (the label its unknown reading is counted under).
 
     Asked only between writes (the monitor's round), never checkpoints. Once it could not be
     read it is not asked again (it will not change for that socket): reported to the observer
     once for the stream, logged once for the process."""
 
-    __slots__ = ("_observer", "known")
+    __slots__ = ("_observer", "_transport", "known")
 
-    def __init__(self, observer: Observer) -> None:
-        self._observer = observer
+    def __init__(self, observer: Observer, transport: Transport) -> None:
+        self._observer, self._transport = observer, transport
         self.known = True
         """Whether the socket's send queue can still be read."""
 
@@ -75,12 +77,12 @@ class SocketBacklog:
         if isinstance(found, int):
             return found
         self.known = False
-        self._observer.socket_backlog_unknown(found)
-        if found not in _unknown_logged:
-            _unknown_logged.add(found)
-            log.warning(
-                "the bytes waiting on a stream's socket cannot be read: the overload monitor"
-                " counts what the router holds for it only",
-                extra={"reason": found.value},
-            )
+        self._observer.socket_backlog_unknown(found, self._transport)
+        warn_once(
+            log,
+            _unknown_logged,
+            found,
+            "the bytes waiting on a stream's socket cannot be read: the overload monitor"
+            " counts what the router holds for it only",
+        )
         return None

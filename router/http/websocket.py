@@ -31,7 +31,13 @@ from actors.session import CloseReason, Session
 from router import __version__
 from router.admission import Admission, Ask
 from router.core.admission import Credentials, Reason, Refused
-from router.core.observer import NO_OBSERVER, Observer, PongWatchFallback, WriteFallback
+from router.core.observer import (
+    NO_OBSERVER,
+    Observer,
+    PongWatchFallback,
+    Transport,
+    WriteFallback,
+)
 from router.core.ws_client import Auth, parse_client_message
 from router.core.ws_close import ending_close, refusal_close
 from router.core.ws_frame import text_frames
@@ -41,6 +47,7 @@ from router.http.direct_websocket import WebSocketSocketWriter, websocket_writer
 from router.http.pong_watch import PongWatch, watch_pongs
 from router.http.socket_backlog import SocketBacklog
 from router.http.ws_conversation import Conversation, Verdict
+from router.logs import warn_once
 
 WS_PATH = "/api/v1/events/ws"
 log = logging.getLogger(__name__)
@@ -70,7 +77,7 @@ class WebSocketOutput:
         self._direct = found if isinstance(found, WebSocketSocketWriter) else None
         if isinstance(found, WriteFallback):
             _fell_back(found, observer)
-        self._backlog = SocketBacklog(observer)
+        self._backlog = SocketBacklog(observer, Transport.WEBSOCKET)
 
     def unsent_bytes(self) -> int | None:
         """The bytes written that the socket has not sent yet, or ``None`` when that cannot be
@@ -94,12 +101,12 @@ class WebSocketOutput:
 
 def _fell_back(reason: WriteFallback, observer: Observer) -> None:
     observer.body_fell_back(reason)
-    if reason not in _fallbacks_logged:
-        _fallbacks_logged.add(reason)
-        log.warning(
-            "websocket frames written through the server's send, not straight to its socket",
-            extra={"reason": reason.value},
-        )
+    warn_once(
+        log,
+        _fallbacks_logged,
+        reason,
+        "websocket frames written through the server's send, not straight to its socket",
+    )
 
 
 def _watch_pongs(scope: Mapping[str, Any], timeout: float, session: Session) -> PongWatch | None:
@@ -111,12 +118,12 @@ def _watch_pongs(scope: Mapping[str, Any], timeout: float, session: Session) -> 
     if isinstance(found, PongWatch):
         return found
     scope.get(OBSERVER_KEY, NO_OBSERVER).pong_watch_fell_back(found)
-    if found not in _fallbacks_logged:
-        _fallbacks_logged.add(found)
-        log.warning(
-            "websocket pongs not watched: a peer that stops answering pings is not closed 4008",
-            extra={"reason": found.value},
-        )
+    warn_once(
+        log,
+        _fallbacks_logged,
+        found,
+        "websocket pongs not watched: a peer that stops answering pings is not closed 4008",
+    )
     return None
 
 
@@ -171,6 +178,7 @@ def add_websocket_route(
             return await _refuse(retry, admission)
         log.info("websocket opened", extra={"connection_id": connection_id})
         session = opened.session
+        del opened  # its replay's entries are freed once the session has written them
         conversation = Conversation(hub, admission, session, messages_per_second)
         verdict: Verdict | None = None
         pongs = _watch_pongs(websocket.scope, pong_timeout_seconds, session)

@@ -1,0 +1,106 @@
+"""`python -m bench.replay_round`: a reconnect storm's replays through the router's own actors,
+no sockets.
+
+N sessions resume, all from before ``history`` events in the embedded cache, through
+:meth:`actors.hub.Hub.open`, each writing to an output that takes every chunk at once. It prints
+the CPU time per replayed event (process time: robust to a busy machine, unlike the wall clock),
+beside the same figure for the live broadcast path (``python -m bench.actor_round``), and with
+``--profile`` the functions that take it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import pstats
+import time
+
+import trio
+import trio.testing
+
+from actors.hub import Hub, HubSettings
+from router.bus.memory import MemoryBus
+from router.cache.memory import MemoryReplayCache
+from router.core.envelope import parse_envelope
+from router.core.permissions import Principal, StreamFilter
+
+
+class _TakesEverything:
+    async def send(self, value: bytes, /) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+async def measure(sessions: int, history: int, profile: cProfile.Profile | None) -> float:
+    """CPU microseconds per replayed event (one event written to one session)."""
+    bus = MemoryBus(partitions=1, capacity=history + 10)
+    cache = MemoryReplayCache(max_events=history, source="memory", epoch=await bus.epoch())
+    hub = Hub(bus, cache, HubSettings())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        before = hub.position()
+        for n in range(0, history, 100):
+            await hub.publish(
+                [
+                    parse_envelope(
+                        {
+                            "event_type": "System.NotificationSent",
+                            "occurred_at": "2026-11-28T10:00:00Z",
+                            "scope": {"broadcast": True},
+                            "payload": {"level": "info", "title": f"{m}:0", "message": "bench"},
+                        }
+                    )
+                    for m in range(n, min(history, n + 100))
+                ]
+            )
+        while (await cache.window()).events < history:  # the adapter appends as it routes
+            await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()
+        started = time.process_time()
+        if profile:
+            profile.enable()
+
+        async def resume() -> None:
+            await hub.open(
+                Principal("reader"),
+                StreamFilter(),
+                expires_at=time.time() + 3600,
+                resume_from=before,
+                output=_TakesEverything(),
+            )
+
+        async with trio.open_nursery() as storm:
+            for _ in range(sessions):
+                storm.start_soon(resume)
+        await trio.testing.wait_all_tasks_blocked()
+        if profile:
+            profile.disable()
+        used = time.process_time() - started
+        nursery.cancel_scope.cancel()
+    return 1e6 * used / (sessions * history)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sessions", type=int, default=1_000)
+    parser.add_argument("--history", type=int, default=1_000, help="events each one replays")
+    parser.add_argument("--profile", action="store_true", help="print the top 15 by own time")
+    args = parser.parse_args()
+    gc.freeze()  # as the router does once it has started
+    gc.set_threshold(50_000, 20, 100)
+    profile = cProfile.Profile() if args.profile else None
+    per_event = trio.run(measure, args.sessions, args.history, profile)
+    print(
+        f"{args.sessions} sessions replaying {args.history} events each:"
+        f" {per_event:.2f} us of CPU per event and session"
+        + (" (under cProfile)" if profile else "")
+    )
+    if profile:
+        pstats.Stats(profile).sort_stats("tottime").print_stats(15)
+
+
+if __name__ == "__main__":
+    main()
