@@ -103,7 +103,7 @@ async def wait_for_writes_in_flight(control: redis.Redis, count: int) -> None:
     """Return once ``count`` clients of the server ``control`` paused for writes
     (``CLIENT PAUSE ... WRITE``) wait in a script. Waits for it to happen, with a hang guard."""
     with trio.fail_after(20):
-        while sum(c["cmd"] == "eval" for c in control.client_list()) < count:
+        while sum(c["cmd"] in ("eval", "evalsha") for c in control.client_list()) < count:
             await trio.sleep(0.005)
 
 

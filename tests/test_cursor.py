@@ -16,6 +16,7 @@ from router.core.cursor import (
     CursorError,
     EventIdentity,
     Offset,
+    check_offset,
     longest_cursor,
     parse_cursor,
     parse_identity,
@@ -574,3 +575,24 @@ def test_a_cursor_moved_out_of_mixed_offsets_is_spelled_as_one_built_anew() -> N
     cursor = Cursor("redis", "e1", tuple(positions))
     moved = cursor.advance(EventIdentity("redis", "5", (1_700_000_000_005, 1), "e1"))
     assert str(moved) == str(Cursor("redis", "e1", moved.positions))
+
+
+@QUICK
+@given(
+    st.one_of(
+        st.integers(-(2**64), 2**64),
+        st.sampled_from([0, MAX_OFFSET, MAX_OFFSET + 1, -1]),
+        st.booleans(),
+        st.floats(allow_nan=False),
+        st.text(max_size=3),
+    )
+)
+def test_an_offset_of_one_part_is_accepted_exactly_when_it_is_an_int_in_range(part: object) -> None:
+    """The one-number fast path of ``check_offset`` accepts what the general rule accepts."""
+    valid = isinstance(part, int) and not isinstance(part, bool) and 0 <= part <= MAX_OFFSET
+    try:
+        assert check_offset((part,)) == (part,)  # type: ignore[arg-type]
+    except CursorError:
+        assert not valid
+    else:
+        assert valid

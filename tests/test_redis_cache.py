@@ -120,6 +120,41 @@ async def test_eviction_is_remembered_so_a_resume_from_before_it_is_truncated() 
         assert places(just_in_time.entries) == [("0", 3), ("0", 4), ("0", 5)]
 
 
+async def test_scripts_are_run_by_their_sha1_and_sent_whole_only_when_redis_lacks_them() -> None:
+    """A steady append or forget sends only the script's SHA1 (``EVALSHA``); a Redis that does
+    not hold the script (first use, a restart, ``SCRIPT FLUSH``) answers NOSCRIPT before running
+    anything, and the script is then sent whole once, and runs once: no event lost or doubled."""
+    with own_redis_server() as url:
+        async with redis_cache(url=url, max_events=100) as cache:
+            sent: list[str] = []
+            call = cache._call
+
+            async def recorded_call(method: str, *args: Any) -> Any:
+                sent.append(method)
+                return await call(method, *args)
+
+            cache._call = recorded_call  # type: ignore[method-assign]
+            await cache.append([entry("0", 0)])
+            assert sent == ["evalsha", "eval"]  # a fresh server holds no script
+            sent.clear()
+            await cache.append([entry("0", 1), entry("1", 0)])
+            await cache.forget(EventIdentity("kafka", "2", (0,), "e1"))
+            assert sent == ["evalsha", "evalsha", "eval"]  # the forget script's first use
+            sent.clear()
+            redis.Redis.from_url(url).script_flush()  # as a restart would leave it
+            await cache.append([entry("0", 2)])
+            await cache.forget(EventIdentity("kafka", "2", (1,), "e1"))
+            assert sent == ["evalsha", "eval", "evalsha", "eval"]
+            sent.clear()
+            await cache.append([entry("0", 3)])
+            assert sent == ["evalsha"]
+            replay = await cache.replay(parse_cursor("kafka@e1:0:0,1:0,2:1"), EVERYTHING)
+            assert places(replay.entries) == [("0", 1), ("0", 2), ("0", 3)]  # each once
+            assert not replay.truncated
+            assert (await cache.window()).events == 5
+            assert await cache.healthy()
+
+
 async def test_a_new_epoch_wipes_the_old_history() -> None:
     async with redis_cache(max_events=10) as cache:
         await cache.append([entry("0", 0), entry("0", 1)])

@@ -53,6 +53,17 @@ def test_a_live_write_is_counted_with_the_age_of_its_oldest_event() -> None:
     assert sent.events_sent == 4
 
 
+def test_a_write_of_one_event_is_counted_as_any_write_is() -> None:
+    """A targeted event is a write of one (counted without building a Counter): the same report,
+    its age or none, as the write of several."""
+    observer = Writes()
+    sent = Sent(observer, wall_clock=lambda: 100.0)
+    assert sent.count_each([delivery(0, 97.5)], queued=2) is None
+    assert sent.count_each([delivery(1, None)], queued=0) is None
+    assert observer.writes == [({"content.updated": 1}, 2.5, 2), ({"content.updated": 1}, None, 0)]
+    assert sent.events_sent == 2
+
+
 def test_a_replayed_slice_and_the_router_s_own_words_are_counted_without_an_age() -> None:
     observer = Writes()
     sent = Sent(observer)

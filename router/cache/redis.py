@@ -24,6 +24,7 @@ still holds the events), never as complete with a silent gap.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -33,7 +34,7 @@ from importlib import resources
 from typing import Any
 
 import trio
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from router.cache.base import Window
 from router.core.backoff import Backoff
@@ -55,7 +56,17 @@ def _script(name: str) -> str:
 
 APPEND_SCRIPT = _script("redis_append.lua")
 FORGET_SCRIPT = _script("redis_forget.lua")
+_DIGESTS = {
+    script: hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+    for script in (APPEND_SCRIPT, FORGET_SCRIPT)
+}
+"""Each script's SHA1, the name ``EVALSHA`` runs it by."""
 PAGE = 500
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+"""An event's scope as JSON, and its data where that has no UTF-8 form (built once: ``json.dumps``
+with options builds an encoder per call)."""
+_COMPACT_UTF8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+"""An event's data as JSON, in UTF-8 as it is."""
 
 
 class RedisReplayCache(ReportsHealth):
@@ -117,6 +128,17 @@ class RedisReplayCache(ReportsHealth):
 
     async def _call(self, method: str, *args: Any) -> Any:
         return await self._redis.call(method, *args)
+
+    async def _run_script(self, script: str, *args: Any) -> Any:
+        """``script`` run on this cache's keys with ``args``: by its SHA1 (``EVALSHA``), sent
+        whole (``EVAL``, which also loads it) only when Redis does not hold it, on first use and
+        after a restart or a ``SCRIPT FLUSH``: the append script is 4.4 KB, which every append sent,
+        and Redis hashed, before. Redis refuses an unknown SHA1 before running anything, so the
+        ``EVAL`` after it runs the script once; cancelled in between, it has not run."""
+        try:
+            return await self._call("evalsha", _DIGESTS[script], len(self.keys), *self.keys, *args)
+        except NoScriptError:
+            return await self._call("eval", script, len(self.keys), *self.keys, *args)
 
     def _failed(self, error: BaseException) -> None:
         self.health.failed(error)
@@ -200,8 +222,8 @@ class RedisReplayCache(ReportsHealth):
         if not known:
             self._written = {}
         lost = dict(self._lost.get(epoch, {}))
-        status, generation, _appended = await self._call(
-            "eval", APPEND_SCRIPT, len(self.keys), *self.keys, *self._args(batch, known, lost)
+        status, generation, _appended = await self._run_script(
+            APPEND_SCRIPT, *self._args(batch, known, lost)
         )
         if not int(status):
             log.warning(
@@ -209,12 +231,8 @@ class RedisReplayCache(ReportsHealth):
                 extra={"epoch": epoch},
             )
             floor = _latest(self._written, lost)
-            status, generation, _appended = await self._call(
-                "eval",
-                APPEND_SCRIPT,
-                len(self.keys),
-                *self.keys,
-                *self._args(batch, known, floor, full_floor=True),
+            status, generation, _appended = await self._run_script(
+                APPEND_SCRIPT, *self._args(batch, known, floor, full_floor=True)
             )
         self._history = (epoch, generation.decode())
         still_lost = self._lost.get(epoch, {})
@@ -258,7 +276,7 @@ class RedisReplayCache(ReportsHealth):
                 message.id or "",
                 message.event,
                 _data_json(message.data),
-                json.dumps(message.scope.to_json(), separators=(",", ":")),
+                _COMPACT.encode(message.scope.to_json()),
             ]
         return args
 
@@ -268,11 +286,8 @@ class RedisReplayCache(ReportsHealth):
         is away it is noted with the events lost meanwhile, recorded by the next append that
         reaches Redis (a replay that cannot read Redis is answered as truncated meanwhile)."""
         try:
-            await self._call(
-                "eval",
+            await self._run_script(
                 FORGET_SCRIPT,
-                len(self.keys),
-                *self.keys,
                 identity.epoch or "",
                 identity.partition,
                 format_offset(identity.offset),
@@ -422,12 +437,12 @@ def _data_json(data: object) -> str:
     UTF-8 form (a lone surrogate, which a producer writing to the bus itself can send as
     ``"\\ud800"``): that is escaped, as the stream to the browser escapes it, since Redis takes
     only what encodes and a write that raised would hold every event behind it."""
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    text = _COMPACT_UTF8.encode(data)
     if not text.isascii():
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            return json.dumps(data, separators=(",", ":"))
+            return _COMPACT.encode(data)
     return text
 
 

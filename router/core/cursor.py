@@ -126,10 +126,14 @@ def _clipped(text: str, most: int = 40) -> str:
 
 
 def format_offset(offset: Offset) -> str:
-    return "-".join(str(part) for part in offset)
+    if len(offset) == 1:  # most buses' offsets: one number, spelled per event
+        return str(offset[0])
+    return "-".join(map(str, offset))
 
 
 def check_offset(offset: Offset) -> Offset:
+    if len(offset) == 1 and type(offset[0]) is int and 0 <= offset[0] <= MAX_OFFSET:
+        return offset  # one number, as most buses give: checked per event, without a generator
     if not 1 <= len(offset) <= 2 or any(
         isinstance(part, bool) or not isinstance(part, int) or not 0 <= part <= MAX_OFFSET
         for part in offset

@@ -276,7 +276,7 @@ def decode_record(raw: bytes | str | Mapping[str, object]) -> object:
 
 def parse_envelope(raw: bytes | str | Mapping[str, object]) -> Envelope:
     raw = decode_record(raw)  # type: ignore[assignment]
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):  # the exact type first: no ABC
         raise EnvelopeError(
             EnvelopeProblem.NOT_AN_OBJECT, f"expected a JSON object, got {type(raw).__name__}"
         )
@@ -309,7 +309,7 @@ def parse_envelope(raw: bytes | str | Mapping[str, object]) -> Envelope:
     except ValueError as exc:
         raise EnvelopeError(EnvelopeProblem.BAD_FIELD, f"'occurred_at' {exc}") from None
     payload = raw["payload"]
-    if not isinstance(payload, Mapping):
+    if type(payload) is not dict and not isinstance(payload, Mapping):
         raise EnvelopeError(EnvelopeProblem.BAD_FIELD, "'payload' must be a JSON object")
     try:
         scope = Scope.from_json(raw["scope"])

@@ -183,7 +183,7 @@ class PayloadSchema:
 
     def validate(self, payload: Mapping[str, JSONValue]) -> dict[str, JSONValue]:
         """The allowlisted, checked payload. An optional field given as null counts as absent."""
-        if not isinstance(payload, Mapping):
+        if type(payload) is not dict and not isinstance(payload, Mapping):
             raise PayloadError(f"payload must be a JSON object, got {type(payload).__name__}")
         clean: dict[str, JSONValue] = {}
         for spec in self.fields:

@@ -65,7 +65,7 @@ class Scope:
     @classmethod
     def from_json(cls, raw: object) -> Scope:
         """Build a scope from its JSON object form, rejecting unknown keys."""
-        if not isinstance(raw, Mapping):
+        if type(raw) is not dict and not isinstance(raw, Mapping):
             raise ScopeError(f"scope must be a JSON object, got {type(raw).__name__}")
         if not raw.keys() <= _KEYS:
             unknown = sorted(map(str, set(raw) - _KEYS))

@@ -66,6 +66,9 @@ class Sent:
 
     def count_each(self, sent: Sequence[Delivery], queued: int) -> dict[str, object] | None:
         """``sent`` (not empty) went out, served one by one; as :meth:`count_shared`."""
+        if len(sent) == 1:  # a targeted event: the usual write of a stream served one by one
+            (only,) = sent
+            return self._count_live(sent, {only.message.event: 1}, only.occurred_at, queued)
         occurred = [d.occurred_at for d in sent if d.occurred_at is not None]
         counts = Counter(d.message.event for d in sent)
         return self._count_live(sent, counts, min(occurred, default=None), queued)

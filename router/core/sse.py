@@ -88,7 +88,7 @@ def _check_keys(data: JSONObject) -> None:
     stack: list[object] = [data]
     while stack:
         value = stack.pop()
-        if isinstance(value, Mapping):
+        if type(value) is dict or isinstance(value, Mapping):
             for key, item in value.items():
                 if not isinstance(key, str):
                     raise ValueError(
@@ -190,7 +190,7 @@ class SSEMessage:
             raise ValueError("SSE 'event' must not be empty")
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
             raise ValueError(f"'version' must be a positive integer, got {self.version!r}")
-        if not isinstance(self.data, Mapping):
+        if type(self.data) is not dict and not isinstance(self.data, Mapping):
             raise ValueError(f"SSE data must be a JSON object, got {type(self.data).__name__}")
         wire = encode_event(
             event=self.event, data=encode_json(self.data), id=self.id, retry=self.retry
