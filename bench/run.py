@@ -275,6 +275,19 @@ def worker_options(workers: int) -> tuple[list[str], list[int]]:
     )
 
 
+def ready(server: Server, metrics_ports: Sequence[int]) -> Server:
+    """``server`` once each worker's metrics port listens and it routes what is published;
+    stopped if it does not get there."""
+    try:
+        for port in metrics_ports:
+            wait_listening(port)
+        wait_routing(server)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 def start_router_on_redis(workers: int = 1, extra: Sequence[str] = ()) -> Server:
     """The router on the Redis bus (one stream) and the Redis cache (``REDIS_URL``, else the
     local server, under a new key prefix deleted afterwards), as ``workers`` worker processes.
@@ -289,14 +302,7 @@ def start_router_on_redis(workers: int = 1, extra: Sequence[str] = ()) -> Server
     server = start_router("redis" if workers == 1 else f"redis-{workers}w", options + worker_flags)
     server.metrics_ports = metrics_ports
     server.resources.callback(delete_keys, redis_url, prefix)
-    try:
-        for port in metrics_ports:
-            wait_listening(port)
-        wait_routing(server)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return ready(server, metrics_ports)
 
 
 def start_router_on_kafka_and_redis(workers: int = 1, extra: Sequence[str] = ()) -> Server:
@@ -326,14 +332,7 @@ def start_router_on_kafka_and_redis(workers: int = 1, extra: Sequence[str] = ())
         server.metrics_ports = metrics_ports
         server.kafka = (broker.bootstrap, topic)
         server.resources.push(resources.pop_all())
-    try:
-        for port in metrics_ports:
-            wait_listening(port)
-        wait_routing(server)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return ready(server, metrics_ports)
 
 
 def delete_keys(redis_url: str, prefix: str) -> None:

@@ -15,6 +15,7 @@ from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import h11
 import httpx
 import trio
 
@@ -198,3 +199,26 @@ async def running_router(**overrides: Any) -> AsyncIterator[RouterUnderTest]:
         async with httpx.AsyncClient(base_url=running.addresses[0], timeout=30) as client:
             yield RouterUnderTest(running, client, shutdown, stopped)
         nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def slow_reader_stream(
+    router: RouterUnderTest, novels: list[str]
+) -> AsyncIterator[tuple[trio.socket.SocketType, h11.Connection]]:
+    """A stream of ``novels`` over a raw socket with a 4 KiB receive window, read up to its
+    first bytes (the retry hint) and then left for the test to read, or not: a client whose
+    socket fills after a few events."""
+    host, port = router.url.removeprefix("http://").rsplit(":", 1)
+    with trio.socket.socket() as client:
+        client.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+        await client.connect((host, int(port)))
+        connection = h11.Connection(h11.CLIENT)
+        request = h11.Request(
+            method="GET",
+            target=f"{STREAM_PATH}?token={token(novels=novels)}",
+            headers=[("Host", "x")],
+        )
+        await client.send(connection.send(request) + connection.send(h11.EndOfMessage()))
+        while not isinstance(connection.next_event(), h11.Data):  # up to the retry hint
+            connection.receive_data(await client.recv(65536))
+        yield client, connection

@@ -15,7 +15,7 @@ import trio
 
 import router.http.asgi
 from router.http.direct_body import ChunkedSocketWriter, direct_writer
-from tests.e2e_helpers import STREAM_PATH, content, running_router, token
+from tests.e2e_helpers import STREAM_PATH, content, running_router, slow_reader_stream, token
 from tests.sse_spec_parser import parse_stream
 
 
@@ -71,34 +71,24 @@ async def test_a_slow_reader_gets_every_chunk_whole_and_in_order(
 ) -> None:
     """More than the socket buffers hold: writes are cut short and finish under the send lock.
     The inbox holds all 2.4 MB (no byte bound): what is tested is the socket's writes."""
-    async with running_router(session_buffer=512, session_buffer_bytes=0) as router:
-        host, port = router.url.removeprefix("http://").rsplit(":", 1)
-        with trio.socket.socket() as client:
-            client.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
-            await client.connect((host, int(port)))
-            connection = h11.Connection(h11.CLIENT)
-            request = h11.Request(
-                method="GET",
-                target=f"{STREAM_PATH}?token={token(novels=['n1'])}",
-                headers=[("Host", "x")],
-            )
-            await client.send(connection.send(request) + connection.send(h11.EndOfMessage()))
-            while not isinstance(connection.next_event(), h11.Data):  # up to the retry hint
-                connection.receive_data(await client.recv(65536))
-            (writer,) = writers
-            assert writer is not None
-            big = [content("n1", n, summary="x" * 8000) for n in range(300)]
-            for start in range(0, len(big), 50):
-                await router.publish(*big[start : start + 50])
-            await router.running.hub.adapter.wait_consumed(len(big))
-            body = b""
-            with trio.fail_after(20):
-                while body.count(b"content_version") < len(big) or not body.endswith(b"\n\n"):
-                    event = connection.next_event()
-                    if event is h11.NEED_DATA:
-                        connection.receive_data(await client.recv(65536))
-                    elif isinstance(event, h11.Data):
-                        body += bytes(event.data)
+    async with (
+        running_router(session_buffer=512, session_buffer_bytes=0) as router,
+        slow_reader_stream(router, ["n1"]) as (client, connection),
+    ):
+        (writer,) = writers
+        assert writer is not None
+        big = [content("n1", n, summary="x" * 8000) for n in range(300)]
+        for start in range(0, len(big), 50):
+            await router.publish(*big[start : start + 50])
+        await router.running.hub.adapter.wait_consumed(len(big))
+        body = b""
+        with trio.fail_after(20):
+            while body.count(b"content_version") < len(big) or not body.endswith(b"\n\n"):
+                event = connection.next_event()
+                if event is h11.NEED_DATA:
+                    connection.receive_data(await client.recv(65536))
+                elif isinstance(event, h11.Data):
+                    body += bytes(event.data)
     assert writer.waits > 0
     events = parse_stream(body).events
     assert [e.event for e in events] == ["content.updated"] * len(big)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 
-import h11
 import pytest
 import trio
 
@@ -15,7 +14,7 @@ from router.http.asgi import OBSERVER_KEY, SEND_KEY, ResponseBodyWriter
 from router.http.direct_body import ChunkedSocketWriter
 from router.http.socket_backlog import SocketBacklog, unsent_bytes
 from router.metrics import Metrics
-from tests.e2e_helpers import STREAM_PATH, content, running_router, token
+from tests.e2e_helpers import content, running_router, slow_reader_stream, token
 
 
 class Recorder(NoObserver):
@@ -155,29 +154,19 @@ def test_a_descriptor_that_refuses_the_ioctl_is_unknown() -> None:
 async def test_a_client_that_reads_nothing_shows_its_socket_bytes_in_the_metrics() -> None:
     """The health monitor reads the send queue of a stream whose writer is stuck (its batch in
     hand), and /metrics says how many bytes wait on sockets, and the most on one."""
-    async with running_router(session_buffer=512, session_buffer_bytes=0) as router:
-        host, port = router.url.removeprefix("http://").rsplit(":", 1)
-        with trio.socket.socket() as client:
-            client.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
-            await client.connect((host, int(port)))
-            connection = h11.Connection(h11.CLIENT)
-            request = h11.Request(
-                method="GET",
-                target=f"{STREAM_PATH}?token={token(novels=['n1'])}",
-                headers=[("Host", "x")],
-            )
-            await client.send(connection.send(request) + connection.send(h11.EndOfMessage()))
-            while not isinstance(connection.next_event(), h11.Data):  # up to the retry hint
-                connection.receive_data(await client.recv(65536))
-            await router.publish(*(content("n1", n, summary="x" * 8000) for n in range(100)))
-            await router.running.hub.adapter.wait_consumed(100)
-            with trio.fail_after(20):
-                while True:
-                    exposition = (await router.client.get("/metrics")).text
-                    gauges = _gauges(exposition)
-                    if gauges.get('sse_stream_bytes_waiting{where="socket"}', 0) > 0:
-                        break
-                    await trio.sleep(0.05)
+    async with (
+        running_router(session_buffer=512, session_buffer_bytes=0) as router,
+        slow_reader_stream(router, ["n1"]) as (_client, _connection),
+    ):
+        await router.publish(*(content("n1", n, summary="x" * 8000) for n in range(100)))
+        await router.running.hub.adapter.wait_consumed(100)
+        with trio.fail_after(20):
+            while True:
+                exposition = (await router.client.get("/metrics")).text
+                gauges = _gauges(exposition)
+                if gauges.get('sse_stream_bytes_waiting{where="socket"}', 0) > 0:
+                    break
+                await trio.sleep(0.05)
     assert _unknown(exposition) == 0
     assert gauges['sse_stream_bytes_waiting_max{where="socket"}'] > 0
     assert (
