@@ -13,7 +13,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any
 
 import trio
 
@@ -23,6 +23,7 @@ from router.core.goodbye import last_words
 from router.core.history import Replay
 from router.core.inbox import MAX_WRITE_BATCH, TICKS_PER_HEARTBEAT, Delivery, SharedBatch
 from router.core.observer import CloseReason, Offer, Transport
+from router.core.output import Output, SendQueue
 from router.core.permissions import Principal, StreamFilter
 from router.core.session_settings import SessionSettings
 from router.core.stream import Stream
@@ -43,24 +44,6 @@ __all__ = [  # the inbox's and the observer's names stay importable from here, a
 ]
 
 log = logging.getLogger(__name__)
-_Chunk = TypeVar("_Chunk", contravariant=True)
-
-
-class Output(Protocol[_Chunk]):
-    """Where a session writes its stream: ``send`` waits while the client is not reading;
-    ``close`` ends the stream. A ``trio.MemorySendChannel[bytes]`` is one."""
-
-    async def send(self, value: _Chunk, /) -> None: ...
-
-    def close(self) -> None: ...
-
-
-@runtime_checkable
-class SendQueue(Protocol):
-    """An :class:`Output` that can tell the bytes it gave its socket that the kernel has not
-    sent yet, or ``None`` when it cannot (router/http/socket_backlog.py): never checkpoints."""
-
-    def unsent_bytes(self) -> int | None: ...
 
 
 class Session(Stream):
@@ -147,9 +130,8 @@ class Session(Stream):
         ``position`` (the router's cursor when the session registered: Hub.position) to live
         events; ``replayed`` is called once the replay is written (and let go of: its entries
         are freed while the stream goes on). Stopped for a reason the client should hear, it
-        says so last, waiting at most
-        ``goodbye_timeout_seconds``. Closes ``output`` on the way out. Cancelled from outside,
-        it stops at once, without a goodbye.
+        says so last, waiting at most ``goodbye_timeout_seconds``. Closes ``output`` on the way
+        out. Cancelled from outside, it stops at once, without a goodbye.
         """
         if isinstance(output, SendQueue):
             self._send_queue = output
