@@ -381,23 +381,24 @@ def _a_second_from_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 1))
 
 
+def _revoke_n1_for_u1(door: Door) -> None:
+    """Put in force a revocation of n1 for u1, issued after every token the tests mint."""
+    control = {
+        "control": "revoke",
+        "user_id": "u1",
+        "novel_id": "n1",
+        "issued_at": _a_second_from_now(),
+    }
+    door.access.apply(parse_control(control), now=time.time())
+
+
 # -- controls in force -----------------------------------------------------------------------------
 
 
 def test_a_revoked_grant_is_left_out_and_a_filter_asking_for_it_is_forbidden() -> None:
     door = Door()
     an_hour_ago = time.time() - 3600
-    door.access.apply(
-        parse_control(
-            {
-                "control": "revoke",
-                "user_id": "u1",
-                "novel_id": "n1",
-                "issued_at": _a_second_from_now(),
-            }
-        ),
-        now=time.time(),
-    )
+    _revoke_n1_for_u1(door)
     old = Credentials(
         authorization="Bearer "
         + mint_token(SECRET, sub="u1", novels=["n1", "n2"], now=an_hour_ago, ttl_seconds=7200)
@@ -479,17 +480,7 @@ def test_a_cached_token_loses_a_grant_revoked_after_it_was_cached() -> None:
     token = mint_token(SECRET, sub="u1", novels=["n1", "n2"], now=time.time() - 60)
     credentials = Credentials(authorization=f"Bearer {token}")
     assert admitted(door.admit(credentials=credentials)).principal.novels == {"n1", "n2"}
-    door.access.apply(
-        parse_control(
-            {
-                "control": "revoke",
-                "user_id": "u1",
-                "novel_id": "n1",
-                "issued_at": _a_second_from_now(),
-            }
-        ),
-        now=time.time(),
-    )
+    _revoke_n1_for_u1(door)
     assert admitted(door.admit(credentials=credentials)).principal.novels == {"n2"}
 
 
