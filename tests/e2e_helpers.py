@@ -21,13 +21,13 @@ import trio
 
 from router.auth import mint_token
 from router.config import Settings
+from router.http.admission import STREAM_PATH as STREAM_PATH  # the tests take it from here
 from router.server import Running, serve
 from tests.sse_http_client import StreamResponse, open_stream
 from tests.sse_spec_parser import MARKER_PREFIX, ParsedEvent, ReceivedStream
 
 SECRET = "end-to-end-tests-secret-0123456789abcdef"
 HANG_GUARD_SECONDS = 20
-STREAM_PATH = "/api/v1/events/stream"
 
 
 def token(sub: str = "u1", **claims: Any) -> str:

@@ -17,7 +17,8 @@ import trio.testing
 from hypercorn.typing import ASGIReceiveEvent, ASGISendEvent, Scope
 
 from router.http.asgi import RequestLifecycle
-from router.http.request_slots import RequestSlots
+from router.http.publish import PUBLISH_PATH
+from router.http.request_slots import RequestKind, RequestSlots, request_kind
 from tests.e2e_helpers import HANG_GUARD_SECONDS, STREAM_PATH, running_router, token
 from tests.test_websocket import connect, hello
 
@@ -28,9 +29,9 @@ LIMITS = {
 }
 
 
-def _scope(kind: str = "http", path: str = "/") -> Scope:
+def _scope(kind: str = "http", path: str = "/", method: str = "GET") -> Scope:
     scope: dict[str, Any] = {"type": kind, "path": path, "raw_path": path.encode()}
-    scope.update(method="GET", query_string=b"", headers=[], client=("127.0.0.1", 1))
+    scope.update(method=method, query_string=b"", headers=[], client=("127.0.0.1", 1))
     return cast(Scope, scope)
 
 
@@ -43,6 +44,8 @@ class CountingApp:
         self.most_inside = 0
         self.answered = 0
         self.release = trio.Event()
+        self.waits_on: frozenset[str] | None = None
+        """The paths whose requests wait for :attr:`release` (all but the probes' when None)."""
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "websocket":
@@ -53,7 +56,11 @@ class CountingApp:
         self.inside += 1
         self.most_inside = max(self.most_inside, self.inside)
         try:
-            if scope["path"] not in ("/healthz", "/metrics"):
+            if self.waits_on is None:
+                waits = scope["path"] not in ("/healthz", "/metrics")
+            else:
+                waits = scope["path"] in self.waits_on
+            if waits:
                 await self.release.wait()
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -82,6 +89,33 @@ async def test_at_most_the_bound_are_in_their_request_phase_and_the_rest_are_all
         app.release.set()
     assert (app.most_inside, slots.most_taken, app.answered) == (3, 3, 10)
     assert slots.taken == 0
+
+
+async def test_a_storm_of_streams_in_their_request_phase_does_not_hold_a_publish_back() -> None:
+    # As in a deploy's replay storm: every stream slot held by a resume waiting for its replay
+    # turn. With one pool the publish below waited behind them, and the live streams with it.
+    app, slots = CountingApp(), RequestSlots(2)
+    app.waits_on = frozenset({STREAM_PATH})
+    lifecycle = RequestLifecycle(app, slots=slots)
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(lifecycle, _scope(path=STREAM_PATH), _receive, _send)
+        await trio.testing.wait_all_tasks_blocked()
+        assert (app.inside, slots.taken_by(RequestKind.STREAM)) == (2, 2)
+        with trio.fail_after(HANG_GUARD_SECONDS):  # guards a hang only
+            await lifecycle(_scope(path=PUBLISH_PATH, method="POST"), _receive, _send)
+            await lifecycle(_scope(path="/api/v1/control", method="POST"), _receive, _send)
+        assert app.answered == 2  # both answered while five streams wait for their slots
+        assert slots.taken_by(RequestKind.OTHER) == 0
+        app.release.set()
+    assert app.answered == 2 + 5
+
+
+async def test_streams_and_the_rest_are_told_apart_by_route_and_transport() -> None:
+    assert request_kind(_scope(path=STREAM_PATH)) is RequestKind.STREAM
+    assert request_kind(_scope(kind="websocket", path="/api/v1/events/ws")) is RequestKind.STREAM
+    assert request_kind(_scope(path=PUBLISH_PATH, method="POST")) is RequestKind.OTHER
+    assert request_kind(_scope(path="/api/v1/connections")) is RequestKind.OTHER
 
 
 async def test_probes_take_no_slot_and_answer_through_a_storm() -> None:

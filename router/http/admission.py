@@ -16,6 +16,9 @@ from router.core.admission import UNAUTHORIZED, Refused
 from router.core.refusal import InBand, Refusal, answer_refusal
 from router.http.errors import HTTPError
 
+STREAM_PATH = "/api/v1/events/stream"
+"""A client's event stream: the route of router/http/app.py."""
+
 STREAM_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",

@@ -25,7 +25,7 @@ from router.admission import Admission, Ask
 from router.core.admission import Admitted, Credentials, Refused
 from router.core.events import ErrorCode
 from router.core.refusal import Refusal
-from router.http.admission import STREAM_HEADERS, http_error, refusal_response
+from router.http.admission import STREAM_HEADERS, STREAM_PATH, http_error, refusal_response
 from router.http.asgi import ResponseBodyWriter, remember_session
 from router.http.control import register_control_api
 from router.http.cors import apply_cors
@@ -38,7 +38,7 @@ from router.metrics import Metrics
 
 log = logging.getLogger(__name__)
 _ENDPOINTS = {
-    "stream": "GET /api/v1/events/stream",
+    "stream": f"GET {STREAM_PATH}",
     "websocket": f"GET {WS_PATH}",
     "publish": f"POST {PUBLISH_PATH}",
     "control": "POST /api/v1/control",
@@ -96,7 +96,7 @@ def create_app(
 
     register_probes(app, hub, metrics, overload, _ENDPOINTS)
 
-    @app.get("/api/v1/events/stream")
+    @app.get(STREAM_PATH)
     async def stream() -> Response:
         head = request.method == "HEAD"  # the answer's headers, and no session: it has no body
         admitted = admission.admit(_stream_ask(), take=not head)

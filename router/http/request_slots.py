@@ -14,72 +14,102 @@ a slot costs its socket, hypercorn's stream and one parked task; the kernel's qu
 emptied, so no connect fails. The probes (``/healthz``, ``/readyz``) and ``/metrics`` take no
 slot: they answer through a storm.
 
-A resume waits in its request phase for the bus and for its replay turn (``Hub.open``), so a
-storm of resumes fills the slots and new requests wait behind them; it cannot deadlock: a
-replay turn is given back after the replay is written, which is after the stream's headers
-are out and its slot given back.
+Opening a stream (an event stream's ``GET``, a WebSocket) and everything else (a publish, a
+control, the connections listing) take slots of their own, ``limit`` of each. A resume waits in
+its request phase for the bus and for its replay turn (``Hub.open``), so a storm of resumes fills
+the stream slots and new streams wait behind them; with one pool, the back end's publishes waited
+behind them too, and during a deploy's replay storm the live streams heard nothing new for as long
+as the storm lasted (a publish unanswered for 30 s and more). The storm cannot deadlock: a replay
+turn is given back after the replay is written, which is after the stream's headers are out and
+its slot given back.
 """
 
 from __future__ import annotations
 
+from enum import Enum
+
 import trio
 from hypercorn.typing import Scope
+
+from router.http.admission import STREAM_PATH
 
 UNSLOTTED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 """Requests that take no slot: cheap, and an orchestrator (or a scraper) must not see a storm as a
 dead router."""
 
 
+class RequestKind(Enum):
+    """Which slots a request takes."""
+
+    STREAM = "stream"
+    """Opening a stream: the requests a deploy's reconnect storm is made of."""
+    OTHER = "other"
+    """A publish, a control, anything else: short, and the back end's way in."""
+
+
+def request_kind(scope: Scope) -> RequestKind:
+    if scope["type"] == "websocket":
+        return RequestKind.STREAM
+    if scope["type"] == "http" and scope["path"] == STREAM_PATH:
+        return RequestKind.STREAM
+    return RequestKind.OTHER
+
+
 class RequestSlots:
-    """``limit`` slots (``--requests-in-flight``), or no bound with ``None`` (the neutral value of a
-    wrapper built alone, as in a test)."""
+    """``limit`` slots (``--requests-in-flight``) of each :class:`RequestKind`, or no bound with
+    ``None`` (the neutral value of a wrapper built alone, as in a test)."""
 
     def __init__(self, limit: int | None) -> None:
-        self._slots = None if limit is None else trio.Semaphore(limit)
+        self._pools = (
+            None if limit is None else {kind: trio.Semaphore(limit) for kind in RequestKind}
+        )
         self.limit = limit
         self.most_taken = 0
-        """The most slots taken at once so far (for tests and figures)."""
+        """The most slots taken at once so far, of both kinds together (for tests and figures)."""
 
     @property
     def taken(self) -> int:
-        if self._slots is None or self.limit is None:
+        """The slots taken now, of both kinds together."""
+        if self._pools is None or self.limit is None:
             return 0
-        return self.limit - self._slots.value
+        return sum(self.limit - pool.value for pool in self._pools.values())
+
+    def taken_by(self, kind: RequestKind) -> int:
+        if self._pools is None or self.limit is None:
+            return 0
+        return self.limit - self._pools[kind].value
 
     def slot(self, scope: Scope) -> Slot:
         """A slot for the request of ``scope``, not yet taken (:meth:`Slot.take`)."""
-        needed = self._slots is not None and scope["type"] in ("http", "websocket")
-        if needed and scope["type"] == "http" and scope["path"] in UNSLOTTED_PATHS:
-            needed = False
-        return Slot(self if needed else None)
+        if self._pools is None or scope["type"] not in ("http", "websocket"):
+            return Slot(None)
+        if scope["type"] == "http" and scope["path"] in UNSLOTTED_PATHS:
+            return Slot(None)
+        return Slot(self, self._pools[request_kind(scope)])
 
-    async def acquire(self) -> None:
-        assert self._slots is not None
-        await self._slots.acquire()
+    def note_taken(self) -> None:
         self.most_taken = max(self.most_taken, self.taken)
-
-    def release(self) -> None:
-        assert self._slots is not None
-        self._slots.release()
 
 
 class Slot:
     """One request's slot: taken once, given back once (:meth:`give_back` is idempotent)."""
 
-    __slots__ = ("_held", "_slots")
+    __slots__ = ("_held", "_pool", "_slots")
 
-    def __init__(self, slots: RequestSlots | None) -> None:
+    def __init__(self, slots: RequestSlots | None, pool: trio.Semaphore | None = None) -> None:
         self._slots = slots
+        self._pool = pool
         self._held = False
 
     async def take(self) -> None:
         """Wait for a slot. Cancelled while waiting (the client left), it holds none."""
-        if self._slots is None:
+        if self._slots is None or self._pool is None:
             return
-        await self._slots.acquire()
+        await self._pool.acquire()
         self._held = True
+        self._slots.note_taken()
 
     def give_back(self) -> None:
-        if self._held and self._slots is not None:
+        if self._held and self._pool is not None:
             self._held = False
-            self._slots.release()
+            self._pool.release()
