@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from bench.stage_profile import PASSES
-from bench.targets import judge
+from bench.targets import judge, judge_storm
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "bench" / ".build"
@@ -975,6 +975,8 @@ def print_storm(storm: int, live: int, history: int, figures: dict[str, dict[str
     print(f"  {'metric':<24}" + "".join(f" {name:>12}" for name in names))
     for metric in figures[names[0]]:
         print(f"  {metric:<24}" + "".join(f" {figures[n][metric]:>12.2f}" for n in names))
+    print("\ntargets (issue 18), the replay storm")
+    print("\n".join(judge_storm(figures)))
 
 
 def overload(client: Path, sizes: str | None = None) -> dict[str, float]:

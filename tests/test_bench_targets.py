@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from bench.targets import judge
+from bench.targets import judge, judge_storm, scaling_ceiling
 
 
 def broadcast_rows(streams: int, p99: dict[str, float], sustained: dict[str, float]) -> list:
@@ -44,3 +44,76 @@ def test_throughput_is_preferred_for_scaling_and_a_server_not_run_is_left_out() 
     (scaling,) = [line for line in verdicts if "throughput" in line]
     assert scaling.startswith("  MISSED")
     assert "1.50x" in scaling
+
+
+def test_opening_is_judged_by_the_workers_and_memory_per_stream_beside_it() -> None:
+    idle = {
+        "open_seconds@default": {"router": 6.0, "redis-2w": 5.5, "peer": 9.0},
+        "failed@default": {"router": 0.0, "redis-2w": 0.0, "peer": 0.0},
+        "kib_per_stream@default": {"router": 28.1, "redis-2w": 31.0, "peer": 44.0},
+    }
+    rows = [("idle", 10_000, metric, values) for metric, values in idle.items()]
+    lines = judge(rows, ["router", "redis-2w", "peer"], rate=20.0)
+    assert not any("peer" in line for line in lines)  # no goal of the router's on the peer
+    opening = {line.split()[1]: line.split()[0] for line in lines if "opening" in line}
+    memory = {line.split()[1]: line.split()[0] for line in lines if "KiB each" in line}
+    assert opening == {"router": "met", "redis-2w": "MISSED"}  # 8 s for one worker, 5 for two
+    assert memory == {"router": "met", "redis-2w": "MISSED"}
+
+
+def test_a_connection_failed_misses_the_opening_goal_however_fast() -> None:
+    rows = [
+        ("idle", 10_000, "open_seconds@default", {"router": 1.0}),
+        ("idle", 10_000, "failed@default", {"router": 3.0}),
+    ]
+    (opening,) = [line for line in judge(rows, ["router"], rate=20.0) if "opening" in line]
+    assert opening.startswith("  MISSED")
+    assert "3 failed" in opening
+
+
+def test_the_redis_bus_is_judged_against_the_embedded_bus_in_the_same_run() -> None:
+    rows = broadcast_rows(10_000, {"router": 500.0, "redis": 600.0},
+                          {"router": 200_000.0, "redis": 170_000.0})  # fmt: skip
+    (line,) = [line for line in judge(rows, ["router", "redis"], rate=20.0) if "embedded" in line]
+    assert line.startswith("  MISSED")
+    assert "0.85x" in line
+
+
+def test_targeted_events_are_judged_against_the_peers_http_publish_both_ways_in() -> None:
+    rows = [
+        ("targeted", 1000, "server_cpu_ms_per_event", {"router": 0.06, "peer": 0.05}),
+        ("targeted-kafka", 1000, "server_cpu_ms_per_event", {"kafka+redis": 0.10}),
+    ]
+    lines = [
+        line for line in judge(rows, ["router", "kafka+redis", "peer"], 20.0) if "targeted" in line
+    ]
+    assert [line.split()[0] for line in lines] == ["met", "MISSED"]
+    assert "1.20x" in lines[0]
+    assert "POST" in lines[0]
+    assert "2.00x" in lines[1]
+    assert "produced to Kafka" in lines[1]
+
+
+def test_the_scaling_line_says_the_most_this_machine_could_show() -> None:
+    # The client spends a quarter of what one worker does: two workers and the client share
+    # the two cores, so at most 2 / 1.25.
+    assert scaling_ceiling(server_cpu=10.0, client_cpu=2.5, cores=2) == 1.6
+    assert scaling_ceiling(server_cpu=10.0, client_cpu=0.0, cores=8) == 2.0  # two workers at most
+    rows = broadcast_rows(10_000, {"redis": 900.0, "redis-2w": 500.0},
+                          {"redis": 300_000.0, "redis-2w": 390_000.0})  # fmt: skip
+    rows += [
+        ("broadcast", 10_000, "server_cpu_seconds", {"redis": 10.0, "redis-2w": 18.0}),
+        ("broadcast", 10_000, "client_cpu_seconds", {"redis": 2.5, "redis-2w": 3.0}),
+    ]
+    (scaling,) = [line for line in judge(rows, ["redis", "redis-2w"], rate=40.0) if "1.30x" in line]
+    assert "this machine could show" in scaling
+
+
+def test_the_replay_storm_is_judged_on_losses_and_memory_and_reports_the_live_latency() -> None:
+    fine = {"storm_missing": 0.0, "storm_kib_per_stream": 26.4, "live_p99_ms": 266.0}
+    heavy = {"storm_missing": 0.0, "storm_kib_per_stream": 45.0, "live_p99_ms": 80_051.0}
+    lossy = {"storm_missing": 12.0, "storm_kib_per_stream": 26.0, "live_p99_ms": 100.0}
+    lines = judge_storm({"router": fine, "redis": heavy, "kafka+redis": lossy})
+    assert [line.split()[0] for line in lines] == ["met", "MISSED", "MISSED"]
+    assert "p99 meanwhile 266 ms" in lines[0]
+    assert "80,051 ms" in lines[1]
