@@ -554,9 +554,38 @@ def idle_at_both_backlogs(
         try:
             for metric, value in idle(client, server, connections, label).items():
                 figures[f"{metric}@{label}"] = value
+            if label == "default" and server.publisher_token:  # a router: it verifies tokens
+                for metric, value in idle_tokens_each(client, server, connections).items():
+                    figures[f"{metric}@{label},{TOKENS_EACH}"] = value
         finally:
             server.stop()
     return figures
+
+
+TOKENS_EACH = "tokens"
+"""The label of the idle figures with a token of its own for every client (10,000 users), as
+after a deploy: every token is new to the process and pays its signature check, which the token
+cache spares the streams of one user."""
+
+
+def idle_tokens_each(client: Path, server: Server, connections: int) -> dict[str, float]:
+    """:func:`idle` again on the same server (its first streams closed), every client with a
+    token of its own."""
+    from router.auth import mint_token
+
+    requests = BUILD / f"idle-requests-{server.name}.txt"
+    requests.write_text(
+        "".join(
+            f"{server.stream_path}\tAuthorization: Bearer {mint_token(SECRET, sub=f'idle-{n}')}\n"
+            for n in range(connections)
+        )
+    )
+    each = replace(server, stream_path=f"@{requests}", auth_header="")
+    time.sleep(2.0)  # the first run's streams are gone
+    figures = idle(client, each, connections, f"default, {TOKENS_EACH}")
+    # Its memory is not the idle figure's: the allocator keeps what the first run's streams held.
+    return {metric: value for metric, value in figures.items() if "rss" not in metric
+            and "kib" not in metric}  # fmt: skip
 
 
 def print_stages(name: str, connections: int, stages: dict[str, float]) -> None:
@@ -924,8 +953,10 @@ def run_plan(args: argparse.Namespace) -> None:
                 server.stop()
         if not results:
             continue
-        for metric in next(iter(results.values())):
-            values = {n: results[n][metric] if n in results else math.nan for n in servers}
+        metrics = dict.fromkeys(metric for figures in results.values() for metric in figures)
+        for metric in metrics:  # in the order measured; a server without one shows nan
+            values = {n: results[n].get(metric, math.nan) if n in results else math.nan
+                      for n in servers}  # fmt: skip
             rows.append((workload, connections, metric, values))
     if rows:
         print_table(servers, rows)
@@ -1030,13 +1061,13 @@ def print_cpu_per_targeted_event(rows: list[tuple[str, int, str, dict[str, float
 
 def print_table(servers: list[str], rows: list[tuple[str, int, str, dict[str, float]]]) -> None:
     compared = [name for name in servers if name != "peer"] if "peer" in servers else []
-    header = f"{'workload':<14} {'streams':>7} {'metric':<28}"
+    header = f"{'workload':<14} {'streams':>7} {'metric':<34}"
     header += "".join(f" {name:>12}" for name in servers)
     header += "".join(f" {name + '/peer':>16}" for name in compared)
     print(header)
     for workload, connections, metric, values in rows:
         digits = 3 if metric.endswith("_per_event") else 1 if "_us_" in metric else 2
-        line = f"{workload:<14} {connections:>7} {metric:<28}"
+        line = f"{workload:<14} {connections:>7} {metric:<34}"
         line += "".join(
             f" {'-':>12}" if math.isnan(values[name]) else f" {values[name]:>12.{digits}f}"
             for name in servers

@@ -145,22 +145,25 @@ def _opening(rows: Sequence[Row], servers: Sequence[str]) -> list[str]:
     idle = _figures(rows, "idle")
     lines: list[str] = []
     for streams in sorted({streams for streams, _ in idle}):
-        opened = idle.get((streams, "open_seconds@default"), {})
-        failed = idle.get((streams, "failed@default"), {})
         kib = idle.get((streams, "kib_per_stream@default"), {})
         for name in servers:
-            if name in PEERS or math.isnan(opened.get(name, math.nan)):
+            if name in PEERS:
                 continue
-            workers = 2 if name in TWO_WORKERS else 1
-            most = OPEN_TARGET_SECONDS[workers]
-            lost = failed.get(name, 0)
-            met = opened[name] <= most and lost == 0
-            lines.append(
-                f"  {_verdict(met)} {name:<12} {streams:>6} streams opening at once (default"
-                f" backlog): {opened[name]:.1f} s (<= {most:.0f} with {workers} worker(s)),"
-                f" {lost:,.0f} failed (0){_note(streams)}"
-            )
+            for label, how in (("default", "one token"), ("default,tokens", "a token each")):
+                opened = idle.get((streams, f"open_seconds@{label}"), {}).get(name, math.nan)
+                if math.isnan(opened):
+                    continue
+                workers = 2 if name in TWO_WORKERS else 1
+                most = OPEN_TARGET_SECONDS[workers]
+                lost = idle.get((streams, f"failed@{label}"), {}).get(name, 0)
+                lines.append(
+                    f"  {_verdict(opened <= most and lost == 0)} {name:<12} {streams:>6} streams"
+                    f" opening at once (default backlog, {how}): {opened:.1f} s (<= {most:.0f}"
+                    f" with {workers} worker(s)), {lost:,.0f} failed (0){_note(streams)}"
+                )
             per_stream = kib.get(name, math.nan)
+            if math.isnan(per_stream):
+                continue
             lines.append(
                 f"  {_verdict(per_stream <= KIB_PER_STREAM_TARGET)} {name:<12} {streams:>6}"
                 f" idle streams: {per_stream:.1f} KiB each (<= {KIB_PER_STREAM_TARGET:.0f})"

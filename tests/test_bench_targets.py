@@ -117,3 +117,15 @@ def test_the_replay_storm_is_judged_on_losses_and_memory_and_reports_the_live_la
     assert [line.split()[0] for line in lines] == ["met", "MISSED", "MISSED"]
     assert "p99 meanwhile 266 ms" in lines[0]
     assert "80,051 ms" in lines[1]
+
+
+def test_opening_with_a_token_each_is_judged_beside_the_one_token_run() -> None:
+    rows = [
+        ("idle", 10_000, "open_seconds@default", {"router": 6.0}),
+        ("idle", 10_000, "failed@default", {"router": 0.0}),
+        ("idle", 10_000, "open_seconds@default,tokens", {"router": 9.0}),
+        ("idle", 10_000, "failed@default,tokens", {"router": 0.0}),
+    ]
+    lines = [line for line in judge(rows, ["router"], rate=20.0) if "opening" in line]
+    assert [line.split()[0] for line in lines] == ["met", "MISSED"]
+    assert "a token each" in lines[1]
