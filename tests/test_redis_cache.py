@@ -95,6 +95,33 @@ async def test_a_long_history_is_read_back_in_pages_newest_first() -> None:
         assert len(everything.entries) == 1500 - 1  # partitions 1 and 2 were never seen: all
 
 
+async def test_resumes_from_one_cursor_share_the_entries_decoded_once() -> None:
+    # A deploy's storm: every client back from the same cursor reads the same entries.
+    async with redis_cache(max_events=100) as cache:
+        await cache.append([entry("0", n) for n in range(50)])
+        cursor = parse_cursor("kafka@e1:0:9")
+        first = await cache.replay(cursor, EVERYTHING)
+        decoded_once = cache.decoded.decoded  # 41: the first entry the cursor covers too
+        second = await cache.replay(cursor, EVERYTHING)
+        assert places(second.entries) == places(first.entries) == [("0", n) for n in range(10, 50)]
+        assert all(a is b for a, b in zip(first.entries, second.entries, strict=True))
+        assert cache.decoded.decoded == decoded_once
+
+
+async def test_an_entry_written_again_under_its_old_id_is_never_replayed_stale() -> None:
+    async with redis_cache(max_events=100) as cache:
+        await cache.append([entry("0", 0), entry("0", 1)])
+        before = await cache.replay(parse_cursor("kafka@e1:0:0"), EVERYTHING)
+        client = redis.Redis.from_url(cache.url)
+        (stream_id, fields), *_ = client.xrevrange(cache.keys[0], count=1)
+        client.delete(cache.keys[0])  # the stream written again, the same id, other data
+        client.xadd(cache.keys[0], {**fields, b"d": b'{"n": "again"}'}, id=stream_id)
+        client.close()
+        after = await cache.replay(parse_cursor("kafka@e1:0:0"), EVERYTHING)
+        assert before.entries[-1].message.data == {"n": 1, "p": "0"}
+        assert after.entries[-1].message.data == {"n": "again"}
+
+
 async def test_two_routers_appending_the_same_partition_append_each_event_once() -> None:
     prefix = new_prefix()
     async with redis_cache(prefix=prefix, max_events=100) as first:

@@ -37,6 +37,7 @@ import trio
 from redis.exceptions import NoScriptError, RedisError
 
 from router.cache.base import Window
+from router.cache.decoded import DecodedEntries
 from router.core.backoff import Backoff
 from router.core.cursor import Cursor, EventIdentity, Offset, format_offset, parse_offset
 from router.core.history import Entry, Replay, entry_size
@@ -123,6 +124,8 @@ class RedisReplayCache(ReportsHealth):
         all of it is recorded as evicted if that history turns out lost."""
         self.unreadable = 0
         """Entries skipped by replays because they could not be read back (see ``_readable``)."""
+        self.decoded = DecodedEntries(max_events, max_bytes)
+        """The entries replays read back, decoded once for all of them."""
 
     # -- connection --------------------------------------------------------------------------------
 
@@ -401,7 +404,7 @@ class RedisReplayCache(ReportsHealth):
         when it is not one this router can read back: left by another writer, or by another
         version. One such entry must not fail every resume that reads across it."""
         try:
-            return self._entry(fields, epoch)
+            return self.decoded.entry(stream_id, fields, epoch, lambda: self._entry(fields, epoch))
         # ValueError: text that is not UTF-8 or not JSON, a bad offset or scope, a field the SSE
         # encoder refuses; RecursionError: JSON nested too deeply; KeyError: a field missing.
         except (KeyError, ValueError, RecursionError) as error:
