@@ -108,6 +108,31 @@ async def test_resumes_from_one_cursor_share_the_entries_decoded_once() -> None:
         assert cache.decoded.decoded == decoded_once
 
 
+async def test_a_replay_of_one_page_is_one_round_trip_to_redis() -> None:
+    async with redis_cache(max_events=2000) as cache:
+        await cache.append([entry("0", n) for n in range(600)])
+        trips: list[str] = []
+        connection = cache._redis
+        call, in_order = connection.call, connection.call_in_order
+
+        async def counted_call(method: str, *args: Any, **kwargs: Any) -> Any:
+            trips.append(method)
+            return await call(method, *args, **kwargs)
+
+        async def counted_in_order(*commands: Any, **kwargs: Any) -> Any:
+            trips.append("+".join(command[0] for command in commands))
+            return await in_order(*commands, **kwargs)
+
+        connection.call, connection.call_in_order = counted_call, counted_in_order  # type: ignore[method-assign]
+        recent = await cache.replay(parse_cursor("kafka@e1:0:400"), EVERYTHING)
+        assert trips == ["get+get+hgetall+hgetall+xrevrange"]
+        assert places(recent.entries) == [("0", n) for n in range(401, 600)]
+        trips.clear()
+        everything = await cache.replay(parse_cursor("kafka@e1:0:0"), EVERYTHING)
+        assert trips == ["get+get+hgetall+hgetall+xrevrange", "xrevrange"]  # a second page
+        assert places(everything.entries) == [("0", n) for n in range(1, 600)]
+
+
 async def test_an_entry_written_again_under_its_old_id_is_never_replayed_stale() -> None:
     async with redis_cache(max_events=100) as cache:
         await cache.append([entry("0", 0), entry("0", 1)])

@@ -336,12 +336,18 @@ class RedisReplayCache(ReportsHealth):
             return Replay(held, truncated=True, unavailable=True)
 
     async def _replay_from_redis(self, after: Cursor, up_to: Cursor) -> Replay:
-        stored_epoch = await self._call("get", self.keys[3])
+        # One round trip for what a replay needs to know and, for most, all it reads: in a
+        # storm every replay's round trips wait their turn on a busy loop and a busy Redis.
+        stored_epoch, generation, evicted_raw, served_raw, page = await self._redis.call_in_order(
+            ("get", (self.keys[3],), {}),
+            ("get", (self.keys[4],), {}),
+            ("hgetall", (self.keys[2],), {}),
+            ("hgetall", (self.keys[1],), {}),
+            ("xrevrange", (self.keys[0], "+", "-", PAGE), {}),
+            retry_closed=True,
+        )
         epoch = stored_epoch.decode() if stored_epoch else None
         same_history = epoch is not None and after.is_from(self.source, epoch)
-        generation = await self._call("get", self.keys[4])
-        evicted_raw = await self._call("hgetall", self.keys[2])
-        served_raw = await self._call("hgetall", self.keys[1])
         evicted = {k.decode(): parse_offset(v.decode()) for k, v in evicted_raw.items()}
         if same_history:
             # Lost here and not yet recorded in Redis: only this epoch's floors count.
@@ -368,9 +374,7 @@ class RedisReplayCache(ReportsHealth):
         if unresolved is not None and any(after.position(p) is None for p in unresolved):
             unresolved = None  # a partition the client never saw: it needs all of it
         found: list[Entry] = []
-        newest = "+"
         while True:
-            page = await self._call("xrevrange", self.keys[0], newest, "-", PAGE)
             for stream_id, fields in page:
                 entry = self._readable(stream_id, fields, epoch or "")
                 if entry is None:
@@ -387,7 +391,9 @@ class RedisReplayCache(ReportsHealth):
                     found.append(entry)
             if len(page) < PAGE or unresolved == set():
                 break
-            newest = "(" + page[-1][0].decode()
+            page = await self._call(
+                "xrevrange", self.keys[0], "(" + page[-1][0].decode(), "-", PAGE
+            )
         found.reverse()
         pending = [e for e in self._pending if up_to.covers(e.identity)]
         seen = {(e.identity.partition, e.identity.offset) for e in found}
