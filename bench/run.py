@@ -1007,7 +1007,7 @@ def print_storm(storm: int, live: int, history: int, figures: dict[str, dict[str
     for metric in figures[names[0]]:
         print(f"  {metric:<24}" + "".join(f" {figures[n][metric]:>12.2f}" for n in names))
     print("\ntargets (issue 18), the replay storm")
-    print("\n".join(judge_storm(figures)))
+    print("\n".join(judge_storm(figures, storm)))
 
 
 def overload(client: Path, sizes: str | None = None) -> dict[str, float]:

@@ -57,9 +57,11 @@ def judge(rows: Sequence[Row], servers: Sequence[str], rate: float) -> list[str]
     return lines + _opening(rows, servers) + _redis_bus(rows, servers) + _targeted(rows)
 
 
-def judge_storm(figures: Mapping[str, Mapping[str, float]]) -> list[str]:
-    """The replay storm's lines, one per router (``bench/replay_storm.py``'s figures)."""
-    lines = []
+def judge_storm(figures: Mapping[str, Mapping[str, float]], storm: int) -> list[str]:
+    """The replay storm's lines, one per router (``bench/replay_storm.py``'s figures) for a
+    storm of ``storm`` clients (below 10,000 a per-client figure carries more of the fixed
+    costs, as the idle one does)."""
+    lines, clients = [], storm
     for name, storm in figures.items():
         lost = sum(storm.get(metric, 0) for metric in ("storm_missing", "storm_duplicates",
                                                        "storm_failed", "live_missing",
@@ -69,7 +71,7 @@ def judge_storm(figures: Mapping[str, Mapping[str, float]]) -> list[str]:
         lines.append(
             f"  {_verdict(met)} {name:<12} replay storm: {lost:,.0f} lost or failed (0),"
             f" {kib:.1f} KiB per storm client (<= {KIB_PER_STREAM_TARGET:.0f}); the live"
-            f" streams' p99 meanwhile {storm.get('live_p99_ms', math.nan):,.0f} ms"
+            f" streams' p99 meanwhile {storm.get('live_p99_ms', math.nan):,.0f} ms{_note(clients)}"
         )
     return lines
 

@@ -113,7 +113,7 @@ def test_the_replay_storm_is_judged_on_losses_and_memory_and_reports_the_live_la
     fine = {"storm_missing": 0.0, "storm_kib_per_stream": 26.4, "live_p99_ms": 266.0}
     heavy = {"storm_missing": 0.0, "storm_kib_per_stream": 45.0, "live_p99_ms": 80_051.0}
     lossy = {"storm_missing": 12.0, "storm_kib_per_stream": 26.0, "live_p99_ms": 100.0}
-    lines = judge_storm({"router": fine, "redis": heavy, "kafka+redis": lossy})
+    lines = judge_storm({"router": fine, "redis": heavy, "kafka+redis": lossy}, storm=10_000)
     assert [line.split()[0] for line in lines] == ["met", "MISSED", "MISSED"]
     assert "p99 meanwhile 266 ms" in lines[0]
     assert "80,051 ms" in lines[1]
@@ -129,3 +129,8 @@ def test_opening_with_a_token_each_is_judged_beside_the_one_token_run() -> None:
     lines = [line for line in judge(rows, ["router"], rate=20.0) if "opening" in line]
     assert [line.split()[0] for line in lines] == ["met", "MISSED"]
     assert "a token each" in lines[1]
+
+
+def test_a_smaller_storm_says_where_the_goal_is() -> None:
+    (line,) = judge_storm({"redis": {"storm_kib_per_stream": 33.9}}, storm=3000)
+    assert "the goal is at 10,000" in line
