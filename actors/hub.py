@@ -35,6 +35,7 @@ from actors.publisher import GuardedPublisher
 from actors.registry import SessionRegistry
 from actors.session import CloseReason, Output, Session, SessionSettings
 from actors.settings import HubSettings as HubSettings
+from actors.shared_fetch import SharedFetches
 from router.bus.base import BusUnavailableError, EventBus, Record
 from router.cache.base import ReplayCache
 from router.cache.controls import ControlStore, ProcessControls
@@ -166,6 +167,9 @@ class Hub:
         """Resumes :meth:`open` is reading now, for the health monitor."""
         self._replay_turns = trio.Semaphore(settings.replay_concurrency)
         """A turn per resume from its fetch until its session has written the replay."""
+        self._cache_replays = SharedFetches[tuple[Cursor, Cursor | None], Replay]()
+        """The replay cache's reads under way, each answering every resume that asks the same
+        meanwhile (the Redis cache reads every entry from Redis again for each)."""
         self.replay_memo = ReplayMemo()
         """The replays being written, shared among the resumes from the same cursor (held as
         long as their turns: at most ``replay_concurrency`` of them at once)."""
@@ -509,7 +513,11 @@ class Hub:
         neither has it all, a truncated replay. A ``doubtful`` cursor (see :meth:`_vouched`)
         gets what the cache holds after it, as a truncated replay."""
         complete, truncated = ReplayOutcome.COMPLETE, ReplayOutcome.TRUNCATED
-        from_cache = await self.cache.replay(after, up_to)
+        # Every resume from ``after`` registered at ``up_to`` while this one is read is
+        # answered by the same read: a storm's resumes mostly ask the same.
+        from_cache = await self._cache_replays.get(
+            (after, up_to), lambda: self.cache.replay(after, up_to)
+        )
         if not from_cache.unavailable:
             self._cache_unreadable_since = None
         elif self._cache_unreadable_since is None:
