@@ -223,9 +223,9 @@ def test_a_stream_not_admitted_to_a_slice_writes_it_its_own_way() -> None:
     entries = entries_of(kinds)
     memo = ReplayMemo()
     got = {}
-    for principal in (PRINCIPALS[0], PRINCIPALS[2]):
+    shares = [memo.share(None), memo.share(None)]  # both resumes are under way
+    for principal, share in zip((PRINCIPALS[0], PRINCIPALS[2]), shares, strict=True):
         client = Client(None, principal, FILTERS[0], SSE, len(entries))
-        share = memo.share(None)
         share.agree(entries)
         writer = writer_for(client)
         start(writer, Replay(entries, truncated=False), share)
@@ -234,6 +234,20 @@ def test_a_stream_not_admitted_to_a_slice_writes_it_its_own_way() -> None:
     assert got["u1"] == list(range(MAX_WRITE_BATCH))
     assert got["u2"] == [n for n in range(MAX_WRITE_BATCH) if n != 7]
     assert memo.encodings == 1  # u2 encoded none of the shared slice
+
+
+def test_a_resume_alone_from_its_cursor_keeps_nothing() -> None:
+    entries = entries_of([(0, 0, "a")] * (2 * MAX_WRITE_BATCH))
+    memo = ReplayMemo()
+    share = memo.share(None)
+    share.agree(entries)
+    writer = writer_for(Client(None, PRINCIPALS[0], FILTERS[0], SSE, len(entries)))
+    start(writer, Replay(entries, truncated=False), share)
+    assert written_marks(list(iter(lambda: step(writer), None))) == list(range(len(entries)))
+    assert memo.encodings == 0
+    assert memo.held == 0
+    share.release()
+    assert len(memo) == 0
 
 
 def test_later_resumes_from_one_cursor_share_the_prefix_they_have_in_common() -> None:

@@ -190,6 +190,10 @@ class SharedReplay:
             return made
         return SharedSlice(before, entries, None)
 
+    def holds(self, first: int, count: int) -> bool:
+        """Whether the slice of ``count`` entries from ``first`` is kept."""
+        return (first, count) in self._slices
+
     def hold(self, weight: int) -> bool:
         """Count ``weight`` more against the memo's bound, if it fits and some stream still
         replays this (one let go of keeps nothing more)."""
@@ -276,9 +280,11 @@ def replay_writes(
     replay), a write per slice with the cursor its last event carries (``None``: nothing to
     write), the shared slices' encodings used where the client is admitted to all of a slice.
 
-    The client's cursor (``inbox.cursor``) moves exactly as it does there. From the first entry
-    its own replay and the shared one disagree on (or a slice the bound did not let be kept, or
-    a cursor that is not the shared replay's), the rest is served the unshared way."""
+    The client's cursor (``inbox.cursor``) moves exactly as it does there. A slice no other
+    stream holds a share of (and none kept) is served the unshared way: a replay from a cursor
+    of its own costs what it did, and keeps nothing. From the first entry the stream's own
+    replay and the shared one disagree on (or with a cursor that is not the shared replay's),
+    the rest is served the unshared way."""
     shared = share.replay
     first = 0
     if shared is not None and (inbox.cursor is shared.start or inbox.cursor == shared.start):
@@ -287,27 +293,46 @@ def replay_writes(
             count = min(most, len(entries) - first)
             if first + count > agreed:
                 break
-            piece = shared.slice(first, count, inbox.cursor)
-            inbox.cursor = piece.after
+            if shared.users > 1 or shared.holds(first, count):
+                yield _shared_write(shared.slice(first, count, inbox.cursor), inbox, admitted, wire)
+            else:
+                yield _own_write(entries[first : first + count], inbox, admitted, wire)
             first += count
-            told = piece.told
-            if told is None:
-                yield None, None
-                continue
-            if all(
-                admitted(entry.message)
-                for entry, moved in zip(piece.entries, piece.served, strict=True)
-                if moved is not None
-            ):
-                yield (piece.encoded(wire), piece.counts), told
-                continue
-            messages, told = piece.admitted_to(admitted)
-            if told is None:
-                yield None, None
-                continue
-            yield (wire.events(messages), Counter(m.event for m in messages)), told
     for messages, served in replay_slices(entries, inbox, admitted, first=first):
-        if served is None:
-            yield None, None
-        else:
-            yield (wire.events(messages), Counter(m.event for m in messages)), served
+        yield _written(messages, served, wire)
+
+
+def _shared_write(
+    piece: SharedSlice, inbox: Inbox, admitted: Admitted, wire: WireFormat[Any]
+) -> tuple[ReplayWrite, Cursor | None]:
+    """``piece`` written for this client: its shared encoding when the client is admitted to
+    every event of it to write, else what it is admitted to, encoded for it alone."""
+    inbox.cursor = piece.after
+    told = piece.told
+    if told is None:
+        return None, None
+    if all(
+        admitted(entry.message)
+        for entry, moved in zip(piece.entries, piece.served, strict=True)
+        if moved is not None
+    ):
+        return (piece.encoded(wire), piece.counts), told
+    messages, told = piece.admitted_to(admitted)
+    return _written(messages, told, wire)
+
+
+def _own_write(
+    entries: Sequence[Entry], inbox: Inbox, admitted: Admitted, wire: WireFormat[Any]
+) -> tuple[ReplayWrite, Cursor | None]:
+    """One slice of ``entries`` written the unshared way."""
+    for messages, served in replay_slices(entries, inbox, admitted, len(entries)):
+        return _written(messages, served, wire)
+    return None, None  # a last slice with nothing to write: replay_slices says nothing of it
+
+
+def _written(
+    messages: list[SSEMessage], told: Cursor | None, wire: WireFormat[Any]
+) -> tuple[ReplayWrite, Cursor | None]:
+    if told is None:
+        return None, None
+    return (wire.events(messages), Counter(m.event for m in messages)), told
