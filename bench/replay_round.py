@@ -11,7 +11,8 @@ beside the same figure for the live broadcast path (``python -m bench.actor_roun
 ``history`` events; session n resumes from cursor n mod K): 1, the default, is a storm after a
 deploy, every client from the same cursor (the replay's slices shared among them all:
 router/core/replay_share.py); as many as the sessions is every client from its own cursor,
-nothing shared. The figure is per event actually replayed.
+nothing shared. The figure is per event actually replayed. ``--cache redis`` replays from the
+Redis cache (the router's process only: Redis's own CPU is not counted).
 """
 
 from __future__ import annotations
@@ -21,13 +22,18 @@ import cProfile
 import gc
 import pstats
 import time
+import uuid
 
+import redis
 import trio
 import trio.testing
+import trio_asyncio
 
 from actors.hub import Hub, HubSettings
 from router.bus.memory import MemoryBus
+from router.cache.base import ReplayCache
 from router.cache.memory import MemoryReplayCache
+from router.cache.redis import RedisReplayCache
 from router.core.cursor import Cursor
 from router.core.envelope import Publishable, parse_envelope
 from router.core.permissions import Principal, StreamFilter
@@ -52,13 +58,47 @@ def _notice(n: int) -> Publishable:
     )
 
 
+REDIS_URL = "redis://127.0.0.1:6379"
+
+
 async def measure(
-    sessions: int, history: int, profile: cProfile.Profile | None, cursors: int = 1
+    sessions: int,
+    history: int,
+    profile: cProfile.Profile | None,
+    cursors: int = 1,
+    cache_kind: str = "memory",
 ) -> float:
     """CPU microseconds per replayed event (one event written to one session)."""
+    if cache_kind == "memory":
+        return await _measure(sessions, history, profile, cursors, None)
+    prefix = f"bench-replay-{uuid.uuid4().hex[:8]}"
+    try:
+        async with trio_asyncio.open_loop():
+            return await _measure(sessions, history, profile, cursors, prefix)
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+async def _measure(
+    sessions: int,
+    history: int,
+    profile: cProfile.Profile | None,
+    cursors: int,
+    redis_prefix: str | None,
+) -> float:
     total = history + cursors - 1
     bus = MemoryBus(partitions=1, capacity=total + 10)
-    cache = MemoryReplayCache(max_events=total, source="memory", epoch=await bus.epoch())
+    cache: ReplayCache
+    if redis_prefix is None:
+        cache = MemoryReplayCache(max_events=total, source="memory", epoch=await bus.epoch())
+    else:
+        cache = RedisReplayCache(
+            REDIS_URL, key_prefix=redis_prefix, source="memory", max_events=total
+        )
     hub = Hub(bus, cache, HubSettings())
     async with trio.open_nursery() as nursery:
         await nursery.start(hub.run)
@@ -96,6 +136,7 @@ async def measure(
             profile.disable()
         used = time.process_time() - started
         nursery.cancel_scope.cancel()
+    await cache.aclose()
     return 1e6 * used / replayed
 
 
@@ -106,14 +147,21 @@ def main() -> None:
     parser.add_argument(
         "--cursors", type=int, default=1, help="cursors the sessions resume from (1: all the same)"
     )
+    parser.add_argument(
+        "--cache",
+        choices=("memory", "redis"),
+        default="memory",
+        help=f"the replay cache: embedded, or Redis at {REDIS_URL} (keys removed after)",
+    )
     parser.add_argument("--profile", action="store_true", help="print the top 15 by own time")
     args = parser.parse_args()
     gc.freeze()  # as the router does once it has started
     gc.set_threshold(50_000, 20, 100)
     profile = cProfile.Profile() if args.profile else None
-    per_event = trio.run(measure, args.sessions, args.history, profile, args.cursors)
+    per_event = trio.run(measure, args.sessions, args.history, profile, args.cursors, args.cache)
     print(
-        f"{args.sessions} sessions from {args.cursors} cursor(s) replaying"
+        f"{args.sessions} sessions from {args.cursors} cursor(s) on the {args.cache} cache"
+        " replaying"
         f" {args.history} events each (or up to {args.cursors - 1} more):"
         f" {per_event:.2f} us of CPU per event and session"
         + (" (under cProfile)" if profile else "")
