@@ -12,7 +12,8 @@ beside the same figure for the live broadcast path (``python -m bench.actor_roun
 deploy, every client from the same cursor (the replay's slices shared among them all:
 router/core/replay_share.py); as many as the sessions is every client from its own cursor,
 nothing shared. The figure is per event actually replayed. ``--cache redis`` replays from the
-Redis cache (the router's process only: Redis's own CPU is not counted).
+Redis cache (the router's process only: Redis's own CPU is not counted); ``--wire websocket``
+writes the WebSocket's JSON frames instead of the event stream.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import gc
 import pstats
 import time
 import uuid
+from typing import Any
 
 import redis
 import trio
@@ -30,6 +32,7 @@ import trio.testing
 import trio_asyncio
 
 from actors.hub import Hub, HubSettings
+from router import __version__
 from router.bus.memory import MemoryBus
 from router.cache.base import ReplayCache
 from router.cache.memory import MemoryReplayCache
@@ -37,6 +40,8 @@ from router.cache.redis import RedisReplayCache
 from router.core.cursor import Cursor
 from router.core.envelope import Publishable, parse_envelope
 from router.core.permissions import Principal, StreamFilter
+from router.core.wire import SSE, WireFormat
+from router.core.ws_wire import JSONFrames
 
 
 class _TakesEverything:
@@ -67,14 +72,15 @@ async def measure(
     profile: cProfile.Profile | None,
     cursors: int = 1,
     cache_kind: str = "memory",
+    wire: WireFormat[Any] = SSE,
 ) -> float:
     """CPU microseconds per replayed event (one event written to one session)."""
     if cache_kind == "memory":
-        return await _measure(sessions, history, profile, cursors, None)
+        return await _measure(sessions, history, profile, cursors, None, wire)
     prefix = f"bench-replay-{uuid.uuid4().hex[:8]}"
     try:
         async with trio_asyncio.open_loop():
-            return await _measure(sessions, history, profile, cursors, prefix)
+            return await _measure(sessions, history, profile, cursors, prefix, wire)
     finally:
         client = redis.Redis.from_url(REDIS_URL)
         keys = list(client.scan_iter(f"{prefix}:*"))
@@ -89,6 +95,7 @@ async def _measure(
     profile: cProfile.Profile | None,
     cursors: int,
     redis_prefix: str | None,
+    wire: WireFormat[Any],
 ) -> float:
     total = history + cursors - 1
     bus = MemoryBus(partitions=1, capacity=total + 10)
@@ -124,6 +131,7 @@ async def _measure(
                 expires_at=time.time() + 3600,
                 resume_from=before,
                 output=_TakesEverything(),
+                wire=wire,
             )
 
         replayed = 0
@@ -153,14 +161,19 @@ def main() -> None:
         default="memory",
         help=f"the replay cache: embedded, or Redis at {REDIS_URL} (keys removed after)",
     )
+    parser.add_argument("--wire", choices=("sse", "websocket"), default="sse")
     parser.add_argument("--profile", action="store_true", help="print the top 15 by own time")
     args = parser.parse_args()
     gc.freeze()  # as the router does once it has started
     gc.set_threshold(50_000, 20, 100)
     profile = cProfile.Profile() if args.profile else None
-    per_event = trio.run(measure, args.sessions, args.history, profile, args.cursors, args.cache)
+    wire = SSE if args.wire == "sse" else JSONFrames(__version__)
+    per_event = trio.run(
+        measure, args.sessions, args.history, profile, args.cursors, args.cache, wire
+    )
     print(
-        f"{args.sessions} sessions from {args.cursors} cursor(s) on the {args.cache} cache"
+        f"{args.sessions} {args.wire} sessions from {args.cursors} cursor(s) on the"
+        f" {args.cache} cache"
         " replaying"
         f" {args.history} events each (or up to {args.cursors - 1} more):"
         f" {per_event:.2f} us of CPU per event and session"
