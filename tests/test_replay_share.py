@@ -24,7 +24,7 @@ from router.core.history import Entry, Replay
 from router.core.inbox import MAX_WRITE_BATCH, Inbox
 from router.core.observer import NO_OBSERVER
 from router.core.permissions import Principal, StreamFilter, admits
-from router.core.replay_share import ReplayMemo, ReplayShare
+from router.core.replay_share import CURSOR_WEIGHT, ReplayMemo, ReplayShare
 from router.core.scope import Scope
 from router.core.sse import SSEMessage
 from router.core.wire import SSE, WireFormat
@@ -206,10 +206,15 @@ def test_a_storm_from_one_cursor_encodes_each_slice_once() -> None:
         share.agree(entries)
         start(writer, Replay(list(entries), truncated=False), share)
         writers.append(writer)
-    for writer in writers:
-        assert b"".join(c for c in iter(lambda w=writer: step(w), None) if isinstance(c, bytes))
+    written = [
+        b"".join(c for c in iter(lambda w=writer: step(w), None) if isinstance(c, bytes))
+        for writer in writers
+    ]
+    assert written == [written[0]] * 50
     assert memo.encodings == 11  # one per slice, for 50 streams
     assert len(memo) == 1
+    # One copy of the replay's bytes (the hello and nothing else besides), and its cursors.
+    assert memo.held <= len(written[0]) + CURSOR_WEIGHT * len(entries)
     for share in shares:
         share.release()
     assert len(memo) == 0

@@ -37,6 +37,7 @@ from router.core.sse import SSEMessage
 from router.core.wire import WireFormat
 
 __all__ = [
+    "CURSOR_WEIGHT",
     "REPLAY_SHARE_MAX_BYTES",
     "ReplayMemo",
     "ReplayShare",
