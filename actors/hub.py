@@ -171,8 +171,10 @@ class Hub:
         """The replay cache's reads under way, each answering every resume that asks the same
         meanwhile (the Redis cache reads every entry from Redis again for each)."""
         self.replay_memo = ReplayMemo()
-        """The replays being written, shared among the resumes from the same cursor (held as
-        long as their turns: at most ``replay_concurrency`` of them at once)."""
+        """The replays being written, shared among the resumes from the same cursor: each
+        resume holds a share from before it waits for its turn until the turn ends, and only
+        resumes with a turn work slices out (what all of them keep is bounded:
+        ``REPLAY_SHARE_MAX_BYTES``)."""
 
     @property
     def epoch(self) -> str:

@@ -271,7 +271,7 @@ class ReplayMemo:
 
 
 def replay_writes(
-    share: ReplayShare,
+    share: ReplayShare | None,
     entries: Sequence[Entry],
     inbox: Inbox,
     admitted: Admitted,
@@ -279,16 +279,17 @@ def replay_writes(
 ) -> Iterator[tuple[ReplayWrite, Cursor | None]]:
     """What :func:`~router.core.serving.replay_slices` gives for ``entries`` (the stream's own
     replay), a write per slice with the cursor its last event carries (``None``: nothing to
-    write), the shared slices' encodings used where the client is admitted to all of a slice.
+    write), the shared slices' encodings used where the client is admitted to all of a slice
+    (with no ``share``: none, every slice the client's own).
 
     The client's cursor (``inbox.cursor``) moves exactly as it does there. A slice no other
     stream holds a share of (and none kept) is served the unshared way: a replay from a cursor
     of its own costs what it did, and keeps nothing. From the first entry the stream's own
     replay and the shared one disagree on (or with a cursor that is not the shared replay's),
     the rest is served the unshared way."""
-    shared = share.replay
+    shared = None if share is None else share.replay
     first = 0
-    if shared is not None and (inbox.cursor is shared.start or inbox.cursor == shared.start):
+    if share is not None and shared is not None and inbox.cursor == shared.start:
         most, agreed = shared.most, share.agreed
         while first < len(entries):
             count = min(most, len(entries) - first)

@@ -34,7 +34,7 @@ from router.core.observer import StreamObserver, Transport
 from router.core.permissions import Principal, StreamFilter, admits
 from router.core.replay_share import ReplayShare, replay_writes
 from router.core.sent import Sent
-from router.core.serving import hello, replay_slices, serve_each
+from router.core.serving import hello, serve_each
 from router.core.sse import SSEMessage
 from router.core.wire import WireFormat
 
@@ -229,22 +229,13 @@ class Writer(Sent):
         if resume.truncated:
             yield from self._say(HISTORY_TRUNCATED)
         told = inbox.cursor  # the last cursor the client was sent
-        if share is None:
-            for messages, served in replay_slices(resume.entries, inbox, self.admitted):
-                if served is not None:
-                    yield self.wire.events(messages)
-                    self.count_replayed(messages)
-                    told = served
-                yield Pause.CHECKPOINT
-        else:
-            writes = replay_writes(share, resume.entries, inbox, self.admitted, self.wire)
-            for write, served in writes:
-                if write is not None:
-                    chunk, counts = write
-                    yield chunk
-                    self.count_replayed_names(counts)
-                    told = served
-                yield Pause.CHECKPOINT
+        for write, served in replay_writes(share, resume.entries, inbox, self.admitted, self.wire):
+            if write is not None:
+                chunk, counts = write
+                yield chunk
+                self.count_replayed_names(counts)
+                told = served
+            yield Pause.CHECKPOINT
         if position is not None and (caught_up := inbox.caught_up(position)) != told:
             yield self.wire.cursor(caught_up)
 
