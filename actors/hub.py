@@ -35,6 +35,7 @@ from actors.publisher import GuardedPublisher
 from actors.registry import SessionRegistry
 from actors.session import CloseReason, Output, Session, SessionSettings
 from actors.settings import HubSettings as HubSettings
+from actors.shared_fetch import SharedFetches
 from router.bus.base import BusUnavailableError, EventBus, Record
 from router.cache.base import ReplayCache
 from router.cache.controls import ControlStore, ProcessControls
@@ -52,6 +53,7 @@ from router.core.history import Entry, Replay
 from router.core.mapping import Converted, convert_batch
 from router.core.observer import NO_OBSERVER, Observer, ReplayOutcome, ReplaySource
 from router.core.permissions import Principal, StreamFilter
+from router.core.replay_share import ReplayMemo, ReplayShare
 from router.core.scope import Scope
 from router.core.wire import SSE, WireFormat
 
@@ -69,14 +71,19 @@ class CursorBoundError(Exception):
 
 class _ReplayTurn:
     """A resume's hold on one of the hub's replay turns, given back once (:meth:`end` again is
-    harmless); ``None``: a stream that does not resume, which holds none."""
+    harmless); ``None``: a stream that does not resume, which holds none. :attr:`share`, its
+    hold on the replay shared with the resumes from the same cursor, ends with it."""
 
     def __init__(self, turns: trio.Semaphore | None) -> None:
         self._turns = turns
+        self.share: ReplayShare | None = None
 
     def end(self) -> None:
-        """Give the turn back. Never checkpoints."""
+        """Give the turn back, and the share. Never checkpoints."""
         turns, self._turns = self._turns, None
+        share, self.share = self.share, None
+        if share is not None:
+            share.release()
         if turns is not None:
             turns.release()
 
@@ -160,6 +167,14 @@ class Hub:
         """Resumes :meth:`open` is reading now, for the health monitor."""
         self._replay_turns = trio.Semaphore(settings.replay_concurrency)
         """A turn per resume from its fetch until its session has written the replay."""
+        self._cache_replays = SharedFetches[tuple[Cursor, Cursor | None], Replay]()
+        """The replay cache's reads under way, each answering every resume that asks the same
+        meanwhile (the Redis cache reads every entry from Redis again for each)."""
+        self.replay_memo = ReplayMemo()
+        """The replays being written, shared among the resumes from the same cursor: each
+        resume holds a share from before it waits for its turn until the turn ends, and only
+        resumes with a turn work slices out (what all of them keep is bounded:
+        ``REPLAY_SHARE_MAX_BYTES``)."""
 
     @property
     def epoch(self) -> str:
@@ -240,6 +255,11 @@ class Hub:
             nursery.start_soon(run_consumer, self.bus, start, records_send, self.adapter.failed)
             nursery.start_soon(self.adapter.run, records_receive)
 
+    def _replay_start(self, resume_from: Cursor) -> Cursor | None:
+        """The session's cursor as the replay from ``resume_from`` starts: ``resume_from`` when
+        it is of this history, else none (the replay then holds everything retained)."""
+        return resume_from if resume_from.is_from(self.bus.source, self.epoch) else None
+
     async def _check_cursor_bound(self) -> None:
         partitions = await self.bus.partitions()
         longest = longest_cursor(self.bus.source, self.epoch, partitions, self.bus.offset_width)
@@ -306,13 +326,20 @@ class Hub:
             with self.registry.opening(principal.user_id, address):
                 await self._bus_answered()
                 vouched = await self._vouched(resume_from)
+                # Held while it waits: the resumes from one cursor share its replay's slices,
+                # kept for as long as some of them are still to write it.
+                share = self.replay_memo.share(self._replay_start(vouched))
                 # Before registering: a resume waiting its turn fills no inbox. Its replay
                 # reaches up to the router's progress once it registers, however long it waited.
-                await self._replay_turns.acquire()
+                try:
+                    await self._replay_turns.acquire()
+                except BaseException:
+                    share.release()
+                    raise
                 turn = _ReplayTurn(self._replay_turns)
+                turn.share = share
             doubtful, resume_from = vouched is not resume_from, vouched
-            if resume_from.is_from(self.bus.source, self.epoch):
-                cursor = resume_from
+            cursor = self._replay_start(resume_from)
         now = self.wall_clock()
         session = Session(
             self.access.narrow(principal, issued_at, now),
@@ -347,6 +374,12 @@ class Hub:
             raise
         finally:
             self.replays_in_flight -= resume_from is not None
+        if turn.share is not None and resume is not None:
+            if turn.share.replay is not None and turn.share.replay.start != cursor:
+                # A new history came in while it waited: shared with those from its cursor now.
+                turn.share.release()
+                turn.share = self.replay_memo.share(cursor)
+            turn.share.agree(resume.entries)
         receive: trio.MemoryReceiveChannel[bytes] | None = None
         if output is None:
             output, receive = trio.open_memory_channel[bytes](self.settings.output_capacity)
@@ -482,7 +515,11 @@ class Hub:
         neither has it all, a truncated replay. A ``doubtful`` cursor (see :meth:`_vouched`)
         gets what the cache holds after it, as a truncated replay."""
         complete, truncated = ReplayOutcome.COMPLETE, ReplayOutcome.TRUNCATED
-        from_cache = await self.cache.replay(after, up_to)
+        # Every resume from ``after`` registered at ``up_to`` while this one is read is
+        # answered by the same read: a storm's resumes mostly ask the same.
+        from_cache = await self._cache_replays.get(
+            (after, up_to), lambda: self.cache.replay(after, up_to)
+        )
         if not from_cache.unavailable:
             self._cache_unreadable_since = None
         elif self._cache_unreadable_since is None:
@@ -552,7 +589,7 @@ class Hub:
         started = trio.current_time()
         self.observer.opened(session.transport)
         try:
-            running = session.run(output, resume, position, replayed=turn.end)
+            running = session.run(output, resume, position, replayed=turn.end, share=turn.share)
             del resume  # the session's own reference is the only one, and it lets go of it
             await running
         except Exception:

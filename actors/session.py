@@ -25,6 +25,7 @@ from router.core.inbox import MAX_WRITE_BATCH, TICKS_PER_HEARTBEAT, Delivery, Sh
 from router.core.observer import CloseReason, Offer, Transport
 from router.core.output import Output, SendQueue
 from router.core.permissions import Principal, StreamFilter
+from router.core.replay_share import ReplayShare
 from router.core.session_settings import SessionSettings
 from router.core.stream import Stream
 from router.core.writer import Pause
@@ -124,14 +125,16 @@ class Session(Stream):
         position: Cursor | None = None,
         *,
         replayed: Callable[[], object] | None = None,
+        share: ReplayShare | None = None,
     ) -> None:
         """Write the stream into ``output`` until the session is stopped or its token expires:
         what :class:`~router.core.writer.Writer` says, from the hello and the ``resume`` up to
         ``position`` (the router's cursor when the session registered: Hub.position) to live
         events; ``replayed`` is called once the replay is written (and let go of: its entries
-        are freed while the stream goes on). Stopped for a reason the client should hear, it
-        says so last, waiting at most ``goodbye_timeout_seconds``. Closes ``output`` on the way
-        out. Cancelled from outside, it stops at once, without a goodbye.
+        are freed while the stream goes on). ``share``: the replay's slices shared with the
+        streams resuming from the same cursor (:meth:`Writer.start`). Stopped for a reason the
+        client should hear, it says so last, waiting at most ``goodbye_timeout_seconds``. Closes
+        ``output`` on the way out. Cancelled from outside, it stops at once, without a goodbye.
         """
         if isinstance(output, SendQueue):
             self._send_queue = output
@@ -140,9 +143,15 @@ class Session(Stream):
             with self._scope:
                 retry_ms = self.settings.retry_ms
                 self.start(
-                    resume, position, retry_ms, self.connection_id, self.expires_at, replayed
+                    resume,
+                    position,
+                    retry_ms,
+                    self.connection_id,
+                    self.expires_at,
+                    replayed,
+                    share,
                 )
-                resume = None  # the writer's steps hold it until written, and no longer
+                resume = share = None  # the writer's steps hold it until written, and no longer
                 await self._write(output)
             if self.close_reason is None:  # only the deadline ends the scope without a reason
                 self.close_reason = CloseReason.TOKEN_EXPIRED

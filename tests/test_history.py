@@ -137,3 +137,35 @@ def test_a_resume_never_misses_silently_and_never_repeats(
     assert not set(got) & set(offsets(all_entries[: seen + 1]))
     assert replay.truncated or got == unseen
     assert got == [item for item in unseen if item in set(offsets(list(history)))]
+
+
+@given(
+    stream=st.lists(st.sampled_from(["0", "1", "2"]), max_size=40),
+    after=st.dictionaries(st.sampled_from(["0", "1", "2", "3"]), st.integers(0, 20)),
+    up_to=st.dictionaries(st.sampled_from(["0", "1", "2", "3"]), st.integers(0, 20)),
+    after_epoch=st.sampled_from(["e1", "e0"]),
+    up_to_epoch=st.sampled_from(["e1", "e0"]),
+    max_events=st.integers(1, 40),
+)
+def test_a_replay_is_what_the_cursors_say_entry_by_entry(
+    stream: list[str],
+    after: dict[str, int],
+    up_to: dict[str, int],
+    after_epoch: str,
+    up_to_epoch: str,
+    max_events: int,
+) -> None:
+    """The replay's entries are those ``up_to`` covers and ``after`` does not, by
+    ``Cursor.covers`` (of another history: every entry ``up_to`` covers), in order."""
+    history = History(max_events=max_events, source="kafka", epoch="e1")
+    next_offset = {"0": 0, "1": 0, "2": 0}
+    for partition in stream:
+        history.append(entry(partition, next_offset[partition]))
+        next_offset[partition] += 1
+    start = Cursor("kafka", after_epoch, tuple((p, (o,)) for p, o in after.items()))
+    end = Cursor("kafka", up_to_epoch, tuple((p, (o,)) for p, o in up_to.items()))
+    same = after_epoch == "e1"
+    expected = [
+        e for e in history if end.covers(e.identity) and not (same and start.covers(e.identity))
+    ]
+    assert history.replay(start, end).entries == expected

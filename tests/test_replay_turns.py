@@ -19,7 +19,15 @@ from router.cache.memory import MemoryReplayCache
 from router.core.cursor import Cursor
 from router.core.history import Entry, Replay
 from tests.actor_helpers import Reader
-from tests.test_hub import GUARD_SECONDS, client, labels, notice, open_session, running_hub
+from tests.test_hub import (
+    GUARD_SECONDS,
+    SlowCache,
+    client,
+    labels,
+    notice,
+    open_session,
+    running_hub,
+)
 
 settle = trio.testing.wait_all_tasks_blocked
 
@@ -147,3 +155,86 @@ async def test_a_resume_whose_client_leaves_mid_replay_gives_its_turn_to_the_nex
         with trio.fail_after(GUARD_SECONDS):
             await reader.closed.wait()
     assert labels(reader) == {f"n{n}": 1 for n in range(10)}
+
+
+async def test_resumes_from_one_cursor_share_one_encoding_of_each_slice(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Twenty resumes from before 150 events and five from after the first 10, four turns:
+    each slice of each replay is encoded once (three slices each: 150 and 140 entries), not once
+    per client, every client gets every event once, and the memo holds nothing after."""
+    async with running_hub(replay_concurrency=4) as (hub, nursery):
+        before = hub.position()
+        await publish_notices(hub, 10)
+        middle = hub.position()
+        await publish_notices(hub, 140, first=10)
+        opened: list[tuple[Opened, int]] = []
+
+        async def resume(cursor: Cursor, first: int) -> None:
+            opened.append((await open_session(hub, client("u1"), cursor), first))
+
+        for n in range(25):
+            nursery.start_soon(resume, *((before, 0) if n % 5 else (middle, 10)))
+        readers: list[tuple[Reader, int]] = []
+        with trio.fail_after(GUARD_SECONDS):
+            while len(readers) < 25:
+                while len(readers) < len(opened):
+                    session, first = opened[len(readers)]
+                    assert session.output is not None
+                    readers.append((Reader(session.output), first))
+                    nursery.start_soon(readers[-1][0].run)
+                await trio.sleep(1)
+        await settle()
+        assert hub.replay_memo.encodings == 3 + 3
+        assert len(hub.replay_memo) == 0
+        assert hub.replay_memo.held == 0
+        for session, _ in opened:
+            session.session.stop(CloseReason.CLIENT)
+        with trio.fail_after(GUARD_SECONDS):
+            for reader, _ in readers:
+                await reader.closed.wait()
+    for reader, first in readers:
+        assert labels(reader) == {f"n{n}": 1 for n in range(first, 150)}
+
+
+class CountingCache(SlowCache):
+    """A cache with a networked one's checkpoints, counting its replays."""
+
+    replays = 0
+
+    async def replay(self, after: Cursor, up_to: Cursor | None) -> Replay:
+        CountingCache.replays += 1
+        return await super().replay(after, up_to)
+
+
+async def test_resumes_from_one_cursor_at_once_are_answered_by_one_cache_read(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Eight resumes from one cursor, registered with nothing routed between them: one read
+    of the cache answers them all, and each gets every event once."""
+    CountingCache.replays = 0
+    async with running_hub(cache_class=CountingCache, replay_concurrency=8) as (hub, nursery):
+        before = hub.position()
+        await publish_notices(hub, 30)
+        opened: list[Opened] = []
+
+        async def resume() -> None:
+            opened.append(await open_session(hub, client("u1"), before))
+
+        async with trio.open_nursery() as storm:
+            for _ in range(8):
+                storm.start_soon(resume)
+        assert CountingCache.replays == 1
+        readers = []
+        for session in opened:
+            assert session.output is not None
+            readers.append(Reader(session.output))
+            nursery.start_soon(readers[-1].run)
+        await settle()
+        for session in opened:
+            session.session.stop(CloseReason.CLIENT)
+        with trio.fail_after(GUARD_SECONDS):
+            for reader in readers:
+                await reader.closed.wait()
+    for reader in readers:
+        assert labels(reader) == {f"n{n}": 1 for n in range(30)}

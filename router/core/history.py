@@ -9,7 +9,7 @@ that offset would miss events, so the replay says it is truncated instead of pre
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from router.core.cursor import Cursor, EventIdentity, Offset
@@ -135,14 +135,32 @@ class History:
         left out here.
         """
         if self.source is None or self.epoch is None or not after.is_from(self.source, self.epoch):
-            return Replay(self._until(up_to, lambda entry: True), truncated=True)
+            return Replay(self._between(None, up_to), truncated=True)
         truncated = any(
             (served := after.position(partition)) is None or served < evicted
             for partition, evicted in self._evicted_up_to.items()
         )
-        return Replay(self._until(up_to, lambda entry: not after.covers(entry.identity)), truncated)
+        return Replay(self._between(after, up_to), truncated)
 
-    def _until(self, up_to: Cursor | None, wanted: Callable[[Entry], bool]) -> list[Entry]:
-        if up_to is None:
+    def _between(self, after: Cursor | None, up_to: Cursor | None) -> list[Entry]:
+        """The entries ``up_to`` covers and ``after`` (of this history, or ``None``: covers
+        none) does not.
+
+        Every entry is of this history (:meth:`_join`), so ``Cursor.covers`` comes down to a
+        partition's offset against the cursor's: compared here from each cursor's positions,
+        once, rather than through two calls per entry (a reconnect storm asks this of the whole
+        window once per resume)."""
+        if up_to is None or (up_to.source, up_to.epoch) != (self.source, self.epoch):
             return []
-        return [e for e in self._entries if up_to.covers(e.identity) and wanted(e)]
+        limits = dict(up_to.positions)
+        served = {} if after is None else dict(after.positions)
+        kept = []
+        for entry in self._entries:
+            identity = entry.identity
+            limit = limits.get(identity.partition)
+            if limit is None or identity.offset > limit:
+                continue
+            seen = served.get(identity.partition)
+            if seen is None or identity.offset > seen:
+                kept.append(entry)
+        return kept

@@ -45,6 +45,7 @@ __all__ = [
     "Inbox",
     "Offer",
     "SharedBatch",
+    "replayed_after",
 ]
 
 MAX_WRITE_BATCH = 64
@@ -128,6 +129,15 @@ class Heartbeat:
 
 
 _COMMENT = Heartbeat()
+
+
+def replayed_after(cursor: Cursor | None, identity: EventIdentity) -> Cursor | None:
+    """The cursor of a client at ``cursor`` once the replayed event at ``identity`` is served,
+    or ``None`` when ``cursor`` covers it (:meth:`Inbox.replayed`; a shared replay works its
+    cursors out with the same rule, ``router/core/replay_share.py``)."""
+    if cursor is not None and cursor.covers(identity):
+        return None
+    return advance(cursor, identity)
 
 
 def _wire_size(deliveries: Sequence[Delivery]) -> int:
@@ -450,10 +460,10 @@ class Inbox:
         A replayed event moves the cursor by its own place only: the cache may hold events
         another instance appended, whose cursors describe that instance's progress, not what
         this client has been served."""
-        if self.cursor is not None and self.cursor.covers(identity):
-            return None
-        self.cursor = advance(self.cursor, identity)
-        return self.cursor
+        served = replayed_after(self.cursor, identity)
+        if served is not None:
+            self.cursor = served
+        return served
 
     def caught_up(self, position: Cursor) -> Cursor:
         """The client's cursor once everything up to the router's ``position`` is served (what

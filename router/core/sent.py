@@ -51,8 +51,12 @@ class Sent:
     def count_replayed(self, messages: Sequence[SSEMessage]) -> None:
         """A slice of a replay went out. Their age says how long the client was away, not the
         router's lag: none is reported, and nothing waits behind a replay."""
-        self.events_sent += len(messages)
-        counts = Counter(message.event for message in messages)
+        self.count_replayed_names(Counter(message.event for message in messages))
+
+    def count_replayed_names(self, counts: Mapping[str, int]) -> None:
+        """:meth:`count_replayed`, of a slice's events counted by name (a shared slice's
+        counts are worked out once, for every stream that writes it)."""
+        self.events_sent += sum(counts.values())
         self.observer.sent(counts, None, 0, self.transport)
 
     def count_own(self, event: SSEMessage, queued: int) -> None:

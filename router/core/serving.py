@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 from router.core.cursor import Cursor
-from router.core.history import Replay
+from router.core.history import Entry, Replay
 from router.core.inbox import MAX_WRITE_BATCH, Delivery, Inbox
 from router.core.sse import SSEMessage
 from router.core.wire import Hello, ReplayState
@@ -20,16 +20,24 @@ Admitted = Callable[[SSEMessage], bool]
 
 
 def replay_slices(
-    resume: Replay, inbox: Inbox, admitted: Admitted, most: int = MAX_WRITE_BATCH
+    entries: Sequence[Entry],
+    inbox: Inbox,
+    admitted: Admitted,
+    most: int = MAX_WRITE_BATCH,
+    *,
+    first: int = 0,
 ) -> Iterator[tuple[list[SSEMessage], Cursor | None]]:
-    """The replay's events to write, each with the client's cursor once it is served as its id,
-    in slices of at most ``most`` entries examined, each with the cursor its last event carries
-    (``None`` when it has none to write: the driver checkpoints after each slice all the same).
-    Entries the client's cursor covers are skipped, and every entry, written or not, moves that
-    cursor by its own place only."""
+    """A replay's events to write (``entries`` from ``first``), each with the client's cursor
+    once it is served as its id, in slices of at most ``most`` entries examined, each with the
+    cursor its last event carries (``None`` when it has none to write: the driver checkpoints
+    after each slice all the same). Entries the client's cursor covers are skipped, and every
+    entry, written or not, moves that cursor by its own place only. Slices are cut every
+    ``most`` entries counted from the replay's start, ``first`` among them
+    (``router/core/replay_share.py`` cuts them at the same places)."""
     messages: list[SSEMessage] = []
     told: Cursor | None = None
-    for examined, entry in enumerate(resume.entries, start=1):
+    for examined in range(first + 1, len(entries) + 1):
+        entry = entries[examined - 1]
         served = inbox.replayed(entry.identity)
         if served is not None and admitted(entry.message):
             messages.append(entry.message.with_id(str(served)))

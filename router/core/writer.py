@@ -32,8 +32,9 @@ from router.core.history import Replay
 from router.core.inbox import MAX_WRITE_BATCH, Delivery, Inbox, SharedBatch
 from router.core.observer import StreamObserver, Transport
 from router.core.permissions import Principal, StreamFilter, admits
+from router.core.replay_share import ReplayShare, replay_writes
 from router.core.sent import Sent
-from router.core.serving import hello, replay_slices, serve_each
+from router.core.serving import hello, serve_each
 from router.core.sse import SSEMessage
 from router.core.wire import WireFormat
 
@@ -116,16 +117,20 @@ class Writer(Sent):
         connection_id: str,
         expires_at: float,
         replayed: Callable[[], object] | None = None,
+        share: ReplayShare | None = None,
     ) -> None:
         """The stream begins: its hello (where the client stands: its own cursor when it
         resumes, else ``position``, the router's cursor when the session registered), then the
         ``resume``, if any, up to ``position``; ``replayed`` is called once all of that went
-        out (the hub gives the resume's turn back then), and the steps let go of ``resume``."""
+        out (the hub gives the resume's turn back then, and its ``share``), and the steps let
+        go of ``resume``. ``share`` is the resume's hold on the replay shared among the
+        streams resuming from the same cursor (:mod:`router.core.replay_share`): the same
+        bytes and cursor as without it, worked out once for all of them."""
         inbox = self.inbox
         if resume is None and position is not None and inbox.cursor is None:
             inbox.cursor = position
         first = hello(retry_ms, inbox.cursor, resume, connection_id, expires_at)
-        self._steps = self._opening(self.wire.hello(first), resume, position, replayed)
+        self._steps = self._opening(self.wire.hello(first), resume, position, replayed, share)
 
     def next(self) -> object:
         """The next chunk to write, or a :class:`Pause`. Never blocks; loops only over batches
@@ -201,10 +206,11 @@ class Writer(Sent):
         resume: Replay | None,
         position: Cursor | None,
         replayed: Callable[[], object] | None,
+        share: ReplayShare | None,
     ) -> Iterator[object]:
         yield first
         if resume is not None:
-            yield from self._replay(resume, position)
+            yield from self._replay(resume, position, share)
         if replayed is not None:
             replayed()
 
@@ -213,17 +219,21 @@ class Writer(Sent):
             yield from self._replay(change.replay, change.position)
         yield from change.answers
 
-    def _replay(self, resume: Replay, position: Cursor | None) -> Iterator[object]:
+    def _replay(
+        self, resume: Replay, position: Cursor | None, share: ReplayShare | None = None
+    ) -> Iterator[object]:
         """What the client missed, a checkpoint after each slice, then, if its cursor moved past
-        the last id it was sent, that cursor."""
+        the last id it was sent, that cursor. With a ``share``, the slices it holds are written
+        as encoded once for every stream admitted to all of them."""
         inbox = self.inbox
         if resume.truncated:
             yield from self._say(HISTORY_TRUNCATED)
         told = inbox.cursor  # the last cursor the client was sent
-        for messages, served in replay_slices(resume, inbox, self.admitted):
-            if served is not None:
-                yield self.wire.events(messages)
-                self.count_replayed(messages)
+        for write, served in replay_writes(share, resume.entries, inbox, self.admitted, self.wire):
+            if write is not None:
+                chunk, counts = write
+                yield chunk
+                self.count_replayed_names(counts)
                 told = served
             yield Pause.CHECKPOINT
         if position is not None and (caught_up := inbox.caught_up(position)) != told:
