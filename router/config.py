@@ -486,8 +486,9 @@ def add_serve_arguments(
     )
     flag(
         "--requests-in-flight",
-        "requests read but not yet answered or streaming at once, as many for opening streams as for"
-        " the rest (a publish never waits behind a storm of streams; the others wait their turn)",
+        "requests read but not yet answered or streaming at once, as many for opening streams as"
+        " for the rest (a publish never waits behind a storm of streams; the others wait their"
+        " turn)",
         type=count(1),
     )
     flag("--publish-max-bytes", "largest body POST /api/v1/events accepts", type=count(1))
