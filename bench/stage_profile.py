@@ -196,6 +196,16 @@ def _run_with_task_steps(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _report_to(out: str) -> None:
+    # No sample may land while the tables are read (a dict changed during iteration): the
+    # timer's signal waits until they are cleared.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPROF})
+    try:
+        _write_report(out)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGPROF})
+
+
+def _write_report(out: str) -> None:
     global _last_sample
     milliseconds: dict[str, object] = {stage: seconds * 1000 for stage, seconds in _samples.items()}
     milliseconds[PASSES] = {str(generation): count for generation, count in _passes.items()}
