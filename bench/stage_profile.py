@@ -14,8 +14,9 @@ frame are the trio scheduler's (its loop, epoll, task switches) or, outside it, 
 The report also charges each sample to a *place* (under :data:`PLACES`): the outermost frame of
 the router's own code in the trio task interrupted (the task it ran for: a session, the adapter,
 a route), the innermost frame of the router's code and the innermost frame of all (what ran),
-each as ``file:function``. The targeted workload prints
-the places, for no one stage table fits every path an event takes.
+each as ``file:function``; and it gives each trio task's exact CPU time and steps, by name
+(:class:`TaskSteps`, under :data:`TASKS` and :data:`STEPS`). The targeted workload prints those,
+for no one stage table fits every path an event takes.
 """
 
 from __future__ import annotations
