@@ -315,19 +315,25 @@ class Adapter:
 
     def _route(self, deliveries: Sequence[Delivery], offers: Counter[Offer]) -> None:
         audiences: dict[int, tuple[Collection[Session], list[Delivery]]] = {}
+        each_audience = []  # each delivery's candidates: no checkpoint here, so they hold below
         for delivery in deliveries:
             assert delivery.message.scope is not None
             candidates = self.registry.candidates(delivery.message.scope)
-            audiences.setdefault(id(candidates), (candidates, []))[1].append(delivery)
+            each_audience.append(candidates)
+            audience = audiences.get(id(candidates))
+            if audience is None:
+                audiences[id(candidates)] = (candidates, [delivery])
+            else:
+                audience[1].append(delivery)
         if len(audiences) == 1:  # one event, or a burst for the same audience
             ((candidates, shared),) = audiences.values()
             self._offer_to_audience(candidates, SharedBatch(shared), offers)
             return
         batches: dict[Session, list[Delivery]] = {}
-        for delivery in deliveries:  # in order: a session's batch keeps the adapter's order
+        # In order: a session's batch keeps the adapter's order.
+        for delivery, candidates in zip(deliveries, each_audience, strict=True):
             message = delivery.message
-            assert message.scope is not None
-            for session in self.registry.candidates(message.scope):
+            for session in candidates:
                 try:
                     admitted = admits(message, session.principal, session.stream_filter)
                 except Exception as error:

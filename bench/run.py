@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from bench.stage_profile import PASSES
+from bench.stage_profile import PASSES, PLACES, STEPS, TASKS
 from bench.targets import judge, judge_storm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -590,6 +590,9 @@ def idle_tokens_each(client: Path, server: Server, connections: int) -> dict[str
 
 def print_stages(name: str, connections: int, stages: dict[str, float]) -> None:
     passes = cast(dict[str, int], stages.pop(PASSES, {}))
+    stages.pop(PLACES, None)
+    stages.pop(TASKS, None)
+    stages.pop(STEPS, None)
     total = sum(stages.values())
     print(f"\nwhere {name}'s CPU went while {connections} streams opened (us per stream)")
     for stage, milliseconds in sorted(stages.items(), key=lambda item: -item[1]):
@@ -597,6 +600,38 @@ def print_stages(name: str, connections: int, stages: dict[str, float]) -> None:
         print(f"  {stage:<24} {1000 * milliseconds / connections:>8.0f} {share:>6.1f}%")
     counted = ", ".join(f"{count} of generation {gen}" for gen, count in sorted(passes.items()))
     print(f"  the collector's passes meanwhile: {counted or 'none'}")
+
+
+def print_places(name: str, events: int, profile: dict[str, Any], shown: int = 40) -> None:
+    """Where a targeted run's CPU went (bench/stage_profile.py), in us per event: by the task it
+    ran for (the outermost frame of the router's own code), then by task and the router's code
+    that ran or called what ran, then with what ran. The whole report is kept beside the
+    build, as ``places-<name>.json``."""
+    places: dict[str, float] = profile.get(PLACES, {})
+    (BUILD / f"places-{name.split()[0]}.json").write_text(json.dumps(profile, indent=1))
+    total = sum(places.values())
+    by_task: dict[str, float] = {}
+    by_own: dict[str, float] = {}
+    for place, milliseconds in places.items():
+        task, own, _ = place.split(" | ")
+        by_task[task] = by_task.get(task, 0.0) + milliseconds
+        by_own[f"{task} | {own}"] = by_own.get(f"{task} | {own}", 0.0) + milliseconds
+    tasks: dict[str, float] = profile.get(TASKS, {})
+    print(
+        f"\nwhere {name}'s CPU went, {events} targeted events ({1000 * total / events:.0f} us"
+        f" per event sampled, {1000 * sum(tasks.values()) / events:.0f} us in the main thread)"
+    )
+    for title, table in (
+        ("the main thread by trio task, exact", tasks),
+        ("sampled, by task", by_task),
+        ("by task | the router's innermost frame", by_own),
+        ("by task | the router's innermost frame | what ran", places),
+    ):
+        print(f"  {title} (us per event, share{', steps per event' if table is tasks else ''})")
+        for place, milliseconds in sorted(table.items(), key=lambda item: -item[1])[:shown]:
+            share = 100 * milliseconds / max(total, 1e-9)
+            steps = f" {profile[STEPS].get(place, 0) / events:>5.2f}" if table is tasks else ""
+            print(f"    {1000 * milliseconds / events:>7.1f} {share:>5.1f}%{steps}  {place}")
 
 
 def with_publisher(
@@ -718,12 +753,14 @@ def targeted(
     events = int(rate * 5)
     chosen = [random.choice(users) for _ in range(events)]
     cpu: dict[str, float] = {}
+    profiles: list[dict[str, Any]] = []
     send = produce_to_kafka(server) if via_kafka else None
 
     def publish_all() -> None:
         # Every stream is open; what their admission left to do (a stream's first resume after
         # its headers) is done in the next second, then only the events are counted.
         time.sleep(1.0)
+        server.profile_stages(reset=True)
         cpu["before"] = server.cpu_seconds()
         start = time.monotonic()
         for seq in range(0, events, 100):
@@ -734,6 +771,7 @@ def targeted(
             time.sleep(max(0.0, start + (seq + 100) / rate - time.monotonic()))
         time.sleep(0.5)  # the last batch written (p99 is well under this)
         cpu["after"] = server.cpu_seconds()
+        profiles.extend(filter(None, [server.profile_stages(reset=False)]))
 
     publisher = threading.Thread(target=publish_all)
     command_server = replace(server, stream_path=f"@{requests}", auth_header="")
@@ -745,6 +783,9 @@ def targeted(
         if send is not None:
             send([])  # stops the producer
     used = cpu["after"] - cpu["before"]
+    for profile in profiles:
+        print_places(f"{server.name} ({'produced to Kafka' if via_kafka else 'POST'})", events,
+                     profile)  # fmt: skip
     return {
         "delivered_per_second": result["events"] / 5.0,
         "p50_ms": result["p50_ms"],
@@ -897,7 +938,8 @@ def main() -> None:
         "--profile-stages",
         action="store_true",
         help="idle: also print where each single-process router's CPU went while its streams"
-        " opened, by stage (bench/stage_profile.py; it costs the router a little CPU)",
+        " opened, by stage; targeted: where it went while the events were published, by task"
+        " and function (bench/stage_profile.py; it costs the router a little CPU)",
     )
     args = parser.parse_args()
     global profile_stages

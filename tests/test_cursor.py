@@ -10,13 +10,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.core.cursor import (
+    _CHECKED_PLACES,
     MAX_CURSOR_LENGTH,
     MAX_OFFSET,
+    MOST_CHECKED_PLACES,
     Cursor,
     CursorError,
     EventIdentity,
     Offset,
+    check_epoch,
     check_offset,
+    check_partition,
+    check_source,
     longest_cursor,
     parse_cursor,
     parse_identity,
@@ -596,3 +601,58 @@ def test_an_offset_of_one_part_is_accepted_exactly_when_it_is_an_int_in_range(pa
         assert not valid
     else:
         assert valid
+
+
+_PLACE_PART = st.one_of(
+    st.sampled_from(["memory", "kafka", "0", "events", "e1", "", "Kafka", "a" * 65, "p:1", None]),
+    st.text(max_size=8),
+)
+
+
+@QUICK
+@given(
+    st.lists(
+        st.tuples(_PLACE_PART, _PLACE_PART, _PLACE_PART, st.integers(-1, 3)),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_an_identity_of_a_place_checked_before_is_accepted_exactly_as_a_first_one(
+    identities: list[tuple[object, object, object, int]],
+) -> None:
+    """A place (source, epoch, partition) passed once is not checked again for the next events
+    there: every identity is still accepted or refused as the checks of its parts say, whatever
+    was built before it, a refused place is never remembered, and the offset is always checked."""
+
+    def passes(source: object, epoch: object, partition: object, offset: int) -> bool:
+        try:
+            check_source(source)  # type: ignore[arg-type]
+            check_epoch(epoch)  # type: ignore[arg-type]
+            check_partition(partition)  # type: ignore[arg-type]
+            check_offset((offset,))
+        except (CursorError, TypeError):
+            return False
+        return True
+
+    for _ in range(2):  # the second time, every place that passed is remembered
+        for source, epoch, partition, offset in identities:
+            expected = passes(source, epoch, partition, offset)
+            try:
+                EventIdentity(source, partition, (offset,), epoch)  # type: ignore[arg-type]
+            except (CursorError, TypeError):
+                assert not expected
+            else:
+                assert expected
+
+
+def test_the_places_remembered_are_bounded_and_the_bus_places_come_back() -> None:
+    """Past :data:`MOST_CHECKED_PLACES` (a client's cursors naming places of their own) the
+    memory starts again: it never grows past the bound, and a place is remembered again at
+    its next identity."""
+    for n in range(MOST_CHECKED_PLACES + 10):
+        EventIdentity("kafka", f"p{n}", (0,), "e1")
+        assert len(_CHECKED_PLACES) <= MOST_CHECKED_PLACES
+    EventIdentity("memory", "0", (1,), "e1")
+    assert ("memory", "e1", "0") in _CHECKED_PLACES
+    with pytest.raises(CursorError):
+        EventIdentity("memory", "0", (-1,), "e1")  # a place remembered: its offset still checked

@@ -46,6 +46,7 @@ class MemoryBus:
         self._capacity = capacity
         self._max_bytes = max_bytes
         self._unread: list[deque[Record]] = [deque() for _ in range(partitions)]
+        self._partition_names = [str(p) for p in range(partitions)]
         self._unread_bytes = [0] * partitions
         self._next_offset = [0] * partitions
         self._changed = trio.Event()  # set when records are appended or read; then replaced
@@ -60,7 +61,7 @@ class MemoryBus:
     offset_width = 1
 
     async def partitions(self) -> Sequence[str]:
-        return [str(p) for p in range(len(self._unread))]
+        return list(self._partition_names)
 
     async def end_offsets(self) -> Mapping[str, Offset]:
         return {str(p): (end - 1,) for p, end in enumerate(self._next_offset) if end}
@@ -81,6 +82,8 @@ class MemoryBus:
         pass
 
     def _partition_of(self, scope: Scope) -> int:
+        if len(self._unread) == 1:  # the default: every scope's events in the one partition
+            return 0
         return zlib.crc32(partition_key(scope).encode()) % len(self._unread)
 
     def _full(self, partition: int, adding: int) -> bool:
@@ -97,6 +100,9 @@ class MemoryBus:
 
     async def publish(self, envelopes: Sequence[Publishable]) -> list[EventIdentity]:
         identities = []
+        epoch, names, unread, unread_bytes = (
+            self._epoch, self._partition_names, self._unread, self._unread_bytes
+        )  # fmt: skip
         try:
             for envelope in envelopes:
                 partition = self._partition_of(envelope.scope)
@@ -106,12 +112,12 @@ class MemoryBus:
                     await self._changed.wait()
                 offset = self._next_offset[partition]
                 self._next_offset[partition] += 1
-                identity = EventIdentity("memory", str(partition), (offset,), self._epoch)
+                identity = EventIdentity("memory", names[partition], (offset,), epoch)
                 # A sealed envelope was checked and encoded by its publisher: handed over as it
                 # is, the adapter does not parse its bytes back (about 15 us an event).
                 parsed = envelope.envelope if isinstance(envelope, Sealed) else None
-                self._unread[partition].append(Record(identity, raw, envelope=parsed))
-                self._unread_bytes[partition] += len(raw)
+                unread[partition].append(Record(identity, raw, envelope=parsed))
+                unread_bytes[partition] += len(raw)
                 identities.append(identity)
         finally:
             self._notify()  # even if cancelled half-way: what was appended is there to read

@@ -161,13 +161,39 @@ class EventIdentity:
     epoch: str | None = None
 
     def __post_init__(self) -> None:
-        check_source(self.source)
-        check_epoch(self.epoch)
-        check_partition(self.partition)
+        source, epoch, partition = self.source, self.epoch, self.partition
+        # A bus builds an identity per event, in a handful of places (source, epoch,
+        # partition): each place is checked the first time, and only the offset after that.
+        # Only plain strings are remembered, so a place is found again by equality alone.
+        if (
+            type(source) is not str
+            or type(partition) is not str
+            or (epoch is not None and type(epoch) is not str)
+            or (source, epoch, partition) not in _CHECKED_PLACES
+        ):
+            check_source(source)
+            check_epoch(epoch)
+            check_partition(partition)
+            _remember_checked(source, epoch, partition)
         check_offset(self.offset)
 
     def __str__(self) -> str:
         return f"{_head(self.source, self.epoch)}:{self.partition}:{format_offset(self.offset)}"
+
+
+MOST_CHECKED_PLACES = 1024
+"""How many places (source, epoch, partition) an identity skips checking again: far more than
+one router's buses have. Past that (a client's cursors naming places of their own) the memory
+starts again empty, so the bus's own are remembered again at their next event."""
+_CHECKED_PLACES: set[tuple[str, str | None, str]] = set()
+
+
+def _remember_checked(source: str, epoch: str | None, partition: str) -> None:
+    """Remember a place that passed its checks (plain strings only)."""
+    if type(source) is str and type(partition) is str and (epoch is None or type(epoch) is str):
+        if len(_CHECKED_PLACES) >= MOST_CHECKED_PLACES:
+            _CHECKED_PLACES.clear()
+        _CHECKED_PLACES.add((source, epoch, partition))
 
 
 @dataclass(frozen=True, slots=True)
