@@ -134,3 +134,13 @@ def test_opening_with_a_token_each_is_judged_beside_the_one_token_run() -> None:
 def test_a_smaller_storm_says_where_the_goal_is() -> None:
     (line,) = judge_storm({"redis": {"storm_kib_per_stream": 33.9}}, storm=3000)
     assert "the goal is at 10,000" in line
+
+
+def test_a_p99_measured_while_the_publisher_fell_behind_its_schedule_is_not_a_pass() -> None:
+    rows = broadcast_rows(10_000, {"router": 200.0, "nchan": 200.0},
+                          {"router": 200_000.0, "nchan": 200_000.0})  # fmt: skip
+    rows.append(("broadcast", 10_000, "published_per_second", {"router": 20.0, "nchan": 12.0}))
+    lines = {line.split()[1]: line for line in judge(rows, ["router", "nchan"], rate=20.0)}
+    assert lines["router"].startswith("  met")
+    assert lines["nchan"].startswith("  MISSED")
+    assert "only 12.0 events/s published of 20" in lines["nchan"]
