@@ -686,6 +686,15 @@ def with_publisher(
         * (cpu_after - (publishing[0] if publishing else cpu_before))
         / max(1, result["events"]),
         "client_cpu_seconds": result["client_cpu_seconds"],
+        # The load client's share of the machine per event (its opening included: small), for
+        # the most two workers could show beside one on the same cores (bench/targets.py).
+        "client_cpu_us_per_delivered": 1e6
+        * result["client_cpu_seconds"]
+        / max(1, result["events"]),
+        # How much of a core the server kept busy while the events went out: a worker below
+        # about 0.9 was not what held the rate back (the machine's other processes were).
+        "server_cores_busy": (cpu_after - (publishing[0] if publishing else cpu_before))
+        / max(result["receiving_seconds"], 1e-9),
     }
 
 

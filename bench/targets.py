@@ -76,15 +76,15 @@ def judge_storm(figures: Mapping[str, Mapping[str, float]], storm: int) -> list[
     return lines
 
 
-def scaling_ceiling(server_cpu: float, client_cpu: float, cores: int | None = None) -> float:
-    """The most two workers could sustain over one on this machine when one worker keeps a core
-    busy and the load client, on the same cores, spends ``client_cpu`` for the ``server_cpu``
-    the one worker spent on the same events: with perfect scaling, two workers and the client
-    still share ``cores``."""
+def scaling_ceiling(server_us: float, client_us: float, cores: int | None = None) -> float:
+    """The most two workers could sustain over one on this machine, where the load client runs
+    on the same ``cores``: one worker saturating a core spends ``server_us`` of CPU per event
+    delivered and the client ``client_us``; with perfect scaling two workers and the client
+    still share the cores (and no more than 2x in any case)."""
     cores = cores or os.cpu_count() or 1
-    if server_cpu <= 0:
+    if not server_us > 0 or math.isnan(client_us):
         return math.nan
-    return min(2.0, cores / (1 + client_cpu / server_cpu))
+    return min(2.0, cores / (1 + client_us / server_us))
 
 
 def _figures(rows: Sequence[Row], workload: str) -> dict[tuple[int, str], Mapping[str, float]]:
@@ -138,10 +138,13 @@ def _scaling(rows: Sequence[Row], servers: Sequence[str], workload: str, rate: f
                 lines.append(f"  n/a    {where} {one} kept the rate asked; run throughput")
                 continue
             ratio = values[two] / values[one]
-            server_cpu = figures.get((streams, "server_cpu_seconds"), {}).get(one, math.nan)
-            client_cpu = figures.get((streams, "client_cpu_seconds"), {}).get(one, math.nan)
-            ceiling = scaling_ceiling(server_cpu, client_cpu)
+            server_us = figures.get((streams, "server_cpu_us_per_delivered"), {}).get(one, math.nan)
+            client_us = figures.get((streams, "client_cpu_us_per_delivered"), {}).get(one, math.nan)
+            busy = figures.get((streams, "server_cores_busy"), {}).get(one, math.nan)
+            ceiling = scaling_ceiling(server_us, client_us)
             beside = "" if math.isnan(ceiling) else f"; this machine could show {ceiling:.2f}x"
+            if not math.isnan(busy):
+                beside += f"; {one} kept {busy:.2f} of a core busy"
             lines.append(
                 f"  {_verdict(ratio >= SCALING_TARGET)} {where} {ratio:.2f}x {one}'s sustained"
                 f" rate (>= {SCALING_TARGET}{beside}){_note(streams)}"

@@ -95,18 +95,21 @@ def test_targeted_events_are_judged_against_the_peers_http_publish_both_ways_in(
 
 
 def test_the_scaling_line_says_the_most_this_machine_could_show() -> None:
-    # The client spends a quarter of what one worker does: two workers and the client share
-    # the two cores, so at most 2 / 1.25.
-    assert scaling_ceiling(server_cpu=10.0, client_cpu=2.5, cores=2) == 1.6
-    assert scaling_ceiling(server_cpu=10.0, client_cpu=0.0, cores=8) == 2.0  # two workers at most
+    # The client spends a quarter of what one worker does per event: two workers and the client
+    # share the two cores, so at most 2 / 1.25.
+    assert scaling_ceiling(server_us=4.0, client_us=1.0, cores=2) == 1.6
+    assert scaling_ceiling(server_us=4.0, client_us=0.0, cores=8) == 2.0  # two workers at most
+    assert math.isnan(scaling_ceiling(server_us=0.0, client_us=1.0, cores=2))
     rows = broadcast_rows(10_000, {"redis": 900.0, "redis-2w": 500.0},
                           {"redis": 300_000.0, "redis-2w": 390_000.0})  # fmt: skip
     rows += [
-        ("broadcast", 10_000, "server_cpu_seconds", {"redis": 10.0, "redis-2w": 18.0}),
-        ("broadcast", 10_000, "client_cpu_seconds", {"redis": 2.5, "redis-2w": 3.0}),
+        ("broadcast", 10_000, "server_cpu_us_per_delivered", {"redis": 4.0, "redis-2w": 5.0}),
+        ("broadcast", 10_000, "client_cpu_us_per_delivered", {"redis": 1.0, "redis-2w": 1.0}),
+        ("broadcast", 10_000, "server_cores_busy", {"redis": 0.97, "redis-2w": 1.8}),
     ]
     (scaling,) = [line for line in judge(rows, ["redis", "redis-2w"], rate=40.0) if "1.30x" in line]
-    assert "this machine could show" in scaling
+    assert "this machine could show 1.60x" in scaling
+    assert "redis kept 0.97 of a core busy" in scaling
 
 
 def test_the_replay_storm_is_judged_on_losses_and_memory_and_reports_the_live_latency() -> None:
