@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from actors.session import CloseReason
-from router.http.ws_handover import in_context
+from router.http.ws_handover import PENDING_MESSAGES, ClientMessages, in_context
 from tests.e2e_helpers import HANG_GUARD_SECONDS, RouterUnderTest, content, running_router, token
 
 WS_PATH = "/api/v1/events/ws"
@@ -155,3 +156,38 @@ async def test_a_task_started_in_context_copies_that_context_and_results_and_can
 
 async def _record(seen: list[str]) -> None:
     seen.append(REQUEST_VARIABLE.get())
+
+
+async def test_client_messages_are_kept_from_quart_bounded_in_order_and_then_read_directly() -> (
+    None
+):
+    events, receive = trio.open_memory_channel[Any](100)
+    messages = ClientMessages(receive.receive)
+    got_by_quart: list[Any] = []
+
+    async def quart_reader() -> None:
+        while True:
+            got_by_quart.append(await messages.for_quart())
+
+    await events.send({"type": "websocket.connect"})
+    for n in range(PENDING_MESSAGES + 3):
+        await events.send({"type": "websocket.receive", "text": f"m{n}", "bytes": None})
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(quart_reader)
+        await trio.testing.wait_all_tasks_blocked()
+        # Quart saw the connect only; ten kept, and the reader waits before reading more.
+        assert got_by_quart == [{"type": "websocket.connect"}]
+        assert receive.statistics().current_buffer_used == 3
+        assert await messages.next() == "m0"
+        await trio.testing.wait_all_tasks_blocked()
+        assert receive.statistics().current_buffer_used == 2  # room for one more: read
+        nursery.cancel_scope.cancel()  # the handler returned: quart-trio cancels its reader
+    messages.hold()
+    read = [await messages.next() for _ in range(PENDING_MESSAGES + 2)]
+    assert read == [f"m{n}" for n in range(1, PENDING_MESSAGES + 3)]
+    await events.send({"type": "websocket.receive", "text": None, "bytes": b"\x00"})
+    await events.send({"type": "websocket.disconnect", "code": 1000})
+    assert await messages.next() == b"\x00"
+    assert await messages.next() is None
+    assert messages.left
+    assert got_by_quart == [{"type": "websocket.connect"}]
