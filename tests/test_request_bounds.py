@@ -15,7 +15,10 @@ from router.core.request_bounds import (
 )
 
 token_chars = st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
-names = st.text(token_chars, min_size=1, max_size=20)
+names = st.text(token_chars, min_size=1, max_size=20).filter(
+    # h11 refuses a second Host (the head has its own) and validates the framing headers' values
+    lambda name: name.lower() not in {"host", "content-length", "transfer-encoding"}
+)
 values = st.text(st.sampled_from("abc XYZ=;,/:0123456789"), max_size=200).map(str.strip)
 paths = st.text(st.sampled_from("abc/-_.0123456789"), max_size=100).map(lambda p: "/" + p)
 queries = st.text(st.sampled_from("abc=&%0123456789"), max_size=200)

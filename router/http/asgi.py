@@ -31,7 +31,12 @@
    (:func:`_hold_stream`). That is plain ASGI, no reach into Quart: the app has sent a start and
    no end, and the end comes later from this wrapper.
 
-7. At most ``--requests-in-flight`` requests are in their request phase at once (from their head
+7. A WebSocket is handed over the same way once its stream is open: Quart's handler returns, its
+   close is dropped, and the conversation runs here on the raw ASGI ``receive`` and ``send``
+   until the session ends (:mod:`router.http.ws_handover`). The client's messages never go to
+   Quart, so none is lost at the hand-over.
+
+8. At most ``--requests-in-flight`` requests are in their request phase at once (from their head
    read until a stream's headers are out, a WebSocket is accepted or refused, or any other
    response has ended), so a connect storm's peak memory is bounded
    (:mod:`router.http.request_slots`).
@@ -39,6 +44,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 from collections.abc import AsyncIterator, Iterable
@@ -62,6 +68,7 @@ from router.http.direct_body import ChunkedSocketWriter, direct_writer, fallback
 from router.http.errors import error_document
 from router.http.request_slots import RequestSlots
 from router.http.socket_backlog import SocketBacklog
+from router.http.ws_handover import HANDED_OVER_KEY, MESSAGES_KEY, ClientMessages, in_context
 from router.logs import warn_once
 
 SESSION_KEY = "sse_router.session"
@@ -177,7 +184,8 @@ class ResponseBodyWriter:
 class RequestLifecycle:
     """The ASGI app hypercorn serves: the checks above (see the module's docstring), then the
     Quart app, then, for an event stream whose headers are out, the response held open without
-    Quart (:meth:`_hold_stream`)."""
+    Quart (:meth:`_hold_stream`), and for a WebSocket handed over, the socket
+    (:class:`~router.http.ws_handover.HandedOver`)."""
 
     def __init__(
         self,
@@ -213,6 +221,8 @@ class RequestLifecycle:
             return message
 
         async def send_to_client(message: ASGISendEvent) -> None:
+            if message["type"] == "websocket.close" and HANDED_OVER_KEY in values:
+                return  # Quart's, once its handler handed the socket over: it stays open
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 writer = values.get(WRITER_KEY)
                 if isinstance(writer, ResponseBodyWriter) and writer.headers_sent:
@@ -223,6 +233,9 @@ class RequestLifecycle:
             elif message["type"] == "http.response.start" and WRITER_KEY in values:
                 await _send_start_and_forget_its_headers(message, send)
                 slot.give_back()  # the stream's request phase is over
+            elif message["type"] == "websocket.accept" and arrival is not None:
+                await in_context(arrival, send(message))  # see in_context: hypercorn's pinger
+                slot.give_back()
             else:
                 await send(message)
                 if message["type"] in _WEBSOCKET_ANSWERS:
@@ -231,15 +244,24 @@ class RequestLifecycle:
         values[SEND_KEY] = send_to_client
         values[SERVER_SEND_KEY] = send
         values[OBSERVER_KEY] = self.observer
+        messages, arrival = None, None
+        if scope["type"] == "websocket":
+            messages = values[MESSAGES_KEY] = ClientMessages(receive)
+            arrival = contextvars.copy_context()  # before Quart sets any of its own
         try:
             await slot.take()
             try:
-                await self.app(scope, receive_watched, send_to_client)
+                app_receive = receive_watched if messages is None else messages.for_quart
+                await self.app(scope, app_receive, send_to_client)
             finally:
                 slot.give_back()
             writer = values.pop(WRITER_KEY, None)
             if isinstance(writer, ResponseBodyWriter) and writer.headers_sent and not disconnected:
                 await _hold_stream(writer, receive, send)
+            handed_over = values.pop(HANDED_OVER_KEY, None)
+            if handed_over is not None and messages is not None:
+                messages.hold()  # Quart's reader is gone; a client gone is seen at once
+                await handed_over.hold(messages, send_to_client)
         finally:
             session = values.pop(SESSION_KEY, None)
             if isinstance(session, Session):

@@ -6,12 +6,17 @@ same front door as the event stream; the admitted stream is the same session act
 :class:`~router.http.ws_conversation.Conversation`. The socket is always accepted (a browser
 cannot read a refused handshake's status): a refusal is an ``error`` frame, then a close code.
 
+Quart's handler does the request phase only: once the stream is open it hands the socket over
+(:mod:`router.http.ws_handover`) and returns, so Quart's tasks and objects for it are let go, and
+:meth:`OpenSocket.hold` runs the rest in hypercorn's task for the socket, on the raw ASGI
+``receive`` and ``send``.
+
 Who cancels whom: the session runs in the hub's sessions nursery and ends by itself (lagged, token
 expired, server shutdown: its goodbye is its last frame), or is stopped here when the conversation
-ends the connection or the client leaves (Quart cancels this handler on the disconnect). This
-handler reads the conversation until the session closes its output (which cancels that read:
-no task of its own watches for it), waits for the session to finish, and closes with the code
-of how it ended (:mod:`router.core.ws_close`).
+ends the connection or the client leaves (its ``websocket.disconnect``; in the request phase Quart
+cancels the handler on it). :meth:`OpenSocket.hold` reads the conversation until the session
+closes its output (which cancels that read: no task of its own watches for it), waits for the
+session to finish, and closes with the code of how it ended (:mod:`router.core.ws_close`).
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import trio
+from hypercorn.typing import ASGISendCallable
 from quart import Quart, websocket
-from quart.wrappers import Websocket
 
 from actors.hub import Hub, ReplayUnavailableError
 from actors.session import CloseReason, Session
@@ -42,11 +47,12 @@ from router.core.ws_client import Auth, parse_client_message
 from router.core.ws_close import ending_close, refusal_close
 from router.core.ws_frame import text_frames
 from router.core.ws_wire import Frames, JSONFrames, access_changed, error
-from router.http.asgi import OBSERVER_KEY, SERVER_SEND_KEY
+from router.http.asgi import OBSERVER_KEY, SEND_KEY, SERVER_SEND_KEY, remember_session
 from router.http.direct_websocket import WebSocketSocketWriter, websocket_writer
 from router.http.pong_watch import PongWatch, watch_pongs
 from router.http.socket_backlog import SocketBacklog
 from router.http.ws_conversation import Conversation, Verdict
+from router.http.ws_handover import ClientMessages, client_messages, hand_over, send_text
 from router.logs import warn_once
 
 WS_PATH = "/api/v1/events/ws"
@@ -61,14 +67,15 @@ class WebSocketOutput:
     is cut as lagged).
 
     On hypercorn's HTTP/1.1 the frames go straight onto the socket as one write
-    (:mod:`router.http.direct_websocket`); on any other shape through ``websocket.send``, frame
-    by frame, counted and logged once per reason like the event stream's fallback."""
+    (:mod:`router.http.direct_websocket`); on any other shape through the ASGI ``send``, frame
+    by frame, counted and logged once per reason like the event stream's fallback. It holds no
+    Quart object: it outlives Quart's part of the request."""
+
+    __slots__ = ("_backlog", "_closed", "_direct", "_send", "ended")
 
     def __init__(self, scope: Mapping[str, Any]) -> None:
         self._closed = False
-        # The socket itself, not Quart's context-local proxy: the session writes from its own
-        # task, which runs with the hub's context variables, not this request's.
-        self._websocket: Websocket = cast(Any, websocket)._get_current_object()
+        self._send: ASGISendCallable = scope[SEND_KEY]
         self.ended = trio.CancelScope()
         """Cancelled when the session closes its output: what the client's messages are read in,
         so the handler needs no task of its own to watch for the end."""
@@ -92,7 +99,7 @@ class WebSocketOutput:
             await self._direct.write(wire)
             return
         for frame in frames:
-            await self._websocket.send(frame)
+            await send_text(self._send, frame)
 
     def close(self) -> None:
         self._closed = True
@@ -145,6 +152,8 @@ def add_websocket_route(
 
     @app.websocket(WS_PATH)
     async def events_ws() -> None:
+        scope = cast(Mapping[str, Any], websocket.scope)
+        messages = client_messages(scope)  # refused unless the wrapper can hold it
         await websocket.accept()
         peer, forwarded = websocket.remote_addr, websocket.headers.get("X-Forwarded-For")
         blocked = admission.screen(peer, forwarded)  # before_request does not run for a websocket
@@ -155,11 +164,11 @@ def add_websocket_route(
         if foreign is not None:  # before any credential is read: see router.core.origin
             log.info("websocket origin refused", extra={"origin": origin[:200] if origin else None})
             return await _refuse(foreign, admission)
-        admitted = admission.admit(await _ask(auth_timeout_seconds))
+        admitted = admission.admit(await _ask(messages, auth_timeout_seconds))
         if isinstance(admitted, Refused):
             return await _refuse(admitted, admission)
         connection_id = secrets.token_hex(8)
-        output = WebSocketOutput(websocket.scope)
+        output = WebSocketOutput(scope)
         try:
             opened = await hub.open(
                 admitted.principal,
@@ -179,26 +188,58 @@ def add_websocket_route(
         log.info("websocket opened", extra={"connection_id": connection_id})
         session = opened.session
         del opened  # its replay's entries are freed once the session has written them
-        conversation = Conversation(hub, admission, session, messages_per_second)
+        remember_session(scope, session)  # stopped however the request ends
+        conversation = Conversation(hub, admission, session, messages_per_second, scope[SEND_KEY])
+        pongs = _watch_pongs(scope, pong_timeout_seconds, session)
+        hand_over(scope, OpenSocket(session, output, conversation, pongs))
+        return None  # Quart's part is over: the wrapper holds the socket
+
+
+class OpenSocket:
+    """An admitted socket, once Quart's handler has handed it over: what
+    :class:`~router.http.asgi.RequestLifecycle` holds until the session ends."""
+
+    __slots__ = ("_conversation", "_output", "_pongs", "_session")
+
+    def __init__(
+        self,
+        session: Session,
+        output: WebSocketOutput,
+        conversation: Conversation,
+        pongs: PongWatch | None,
+    ) -> None:
+        self._session = session
+        self._output = output
+        self._conversation = conversation
+        self._pongs = pongs
+
+    async def hold(self, messages: ClientMessages, send: ASGISendCallable) -> None:
+        """Answer the client's messages until the session ends (then close with its code), the
+        conversation ends it (then close with the verdict's), or the client leaves (then return:
+        the session is stopped). Cancelled (the server's root), it stops the session and returns
+        through the cancellation without a close."""
+        session = self._session
         verdict: Verdict | None = None
-        pongs = _watch_pongs(websocket.scope, pong_timeout_seconds, session)
         try:
-            with output.ended:  # the session ended: the conversation with it
-                verdict = await conversation.run()
+            with self._output.ended:  # the session ended: the conversation with it
+                verdict = await self._conversation.run(messages)
                 session.stop(CloseReason.CLIENT)
+            if messages.left:
+                return
             await session.finished.wait()
             ended = session.close_reason
             code, reason = verdict or (ending_close(ended), _reason_text(ended))
-            await websocket.close(int(code), reason)
+            await send({"type": "websocket.close", "code": int(code), "reason": reason})
         finally:
-            session.stop(CloseReason.CLIENT)  # when the client left, and Quart cancelled this
-            if pongs is not None:
-                pongs.remove()
+            session.stop(CloseReason.CLIENT)
+            if self._pongs is not None:
+                self._pongs.remove()
 
 
-async def _ask(auth_timeout: float) -> Ask:
+async def _ask(messages: ClientMessages, auth_timeout: float) -> Ask:
     """The handshake as the front door's question. Without a token in it the first message
-    must be ``auth``, within ``auth_timeout``; else the ask carries no credentials."""
+    must be ``auth``, within ``auth_timeout``; else the ask carries no credentials. A message
+    after it stays for the conversation (:class:`~router.http.ws_handover.ClientMessages`)."""
     credentials = Credentials(
         authorization=websocket.headers.get("Authorization"),
         cookie=websocket.cookies.get("access_token"),
@@ -206,7 +247,8 @@ async def _ask(auth_timeout: float) -> Ask:
     )
     if credentials == Credentials():
         with trio.move_on_after(auth_timeout):
-            first = parse_client_message(await websocket.receive())
+            text = await messages.next()
+            first = None if text is None else parse_client_message(text)
             if isinstance(first, Auth):
                 credentials = Credentials(authorization=f"Bearer {first.token}")
     query = list(websocket.args.items(multi=True))

@@ -6,6 +6,9 @@ query's; the change itself is :meth:`actors.hub.Hub.rescope`, and its answer is 
 session once the change took effect, so nothing before it is of the new scope and nothing after
 it of the old. A bad message is answered and the stream goes on; what must end the connection
 (a flood, a bad refresh) is returned as a :data:`Verdict`.
+
+It runs after the hand-over (:mod:`router.http.ws_handover`), on the raw ASGI ``send`` and the
+socket's :class:`~router.http.ws_handover.ClientMessages`, with no Quart object.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import math
 
 import trio
-from quart import websocket
+from hypercorn.typing import ASGISendCallable
 
 from actors.hub import Hub
 from actors.session import Session
@@ -31,34 +34,48 @@ from router.core.ws_client import (
 )
 from router.core.ws_close import CloseCode
 from router.core.ws_wire import error, filtered, refreshed
+from router.http.ws_handover import ClientMessages, send_text
 
 Verdict = tuple[CloseCode, str]
 """How the connection is to end: its close code and reason."""
 
 
 class Conversation:
+    __slots__ = ("_admission", "_bucket", "_hub", "_send", "_session")
+
     def __init__(
-        self, hub: Hub, admission: Admission, session: Session, messages_per_second: float
+        self,
+        hub: Hub,
+        admission: Admission,
+        session: Session,
+        messages_per_second: float,
+        send: ASGISendCallable,
     ) -> None:
+        """``send`` is the socket's ASGI send, which the answers go through."""
         self._hub = hub
         self._admission = admission
         self._session = session
         self._bucket = TokenBucket(MESSAGE_BURST, messages_per_second)
+        self._send = send
 
-    async def run(self) -> Verdict:
-        """Answer the client's messages, one at a time, until one must end the connection."""
+    async def run(self, messages: ClientMessages) -> Verdict | None:
+        """Answer the client's messages, one at a time, until one must end the connection
+        (``None``: the client left)."""
         while True:
-            message = parse_client_message(await websocket.receive())
+            text = await messages.next()
+            if text is None:
+                return None
+            message = parse_client_message(text)
             now = trio.current_time()
             if not self._bucket.take(now):
                 wait_ms = math.ceil(self._bucket.wait(now) * 1000)
-                await websocket.send(error("rate-limited", "too many messages", retry_ms=wait_ms))
+                await self._say(error("rate-limited", "too many messages", retry_ms=wait_ms))
                 return CloseCode.RATE_LIMITED, "rate-limited"
             if isinstance(message, BadMessage):
-                await websocket.send(error(message.problem.value, message.message, ref=message.ref))
+                await self._say(error(message.problem.value, message.message, ref=message.ref))
             elif isinstance(message, Auth):
                 text = "'auth' comes first, and only when the handshake carried no token"
-                await websocket.send(error("bad-message", text, ref=message.ref))
+                await self._say(error("bad-message", text, ref=message.ref))
             elif isinstance(message, Refresh):
                 verdict = await self._refresh(message)
                 if verdict is not None:
@@ -74,11 +91,11 @@ class Conversation:
             Credentials(f"Bearer {message.token}"), session.address
         )
         if isinstance(verified, Refused):
-            await websocket.send(error(verified.reason.value, verified.message, ref=message.ref))
+            await self._say(error(verified.reason.value, verified.message, ref=message.ref))
             return CloseCode.UNAUTHORIZED, verified.reason.value
         problem = refresh_problem(session.principal, verified.principal)
         if problem is not None:
-            await websocket.send(error("forbidden", problem, ref=message.ref))
+            await self._say(error("forbidden", problem, ref=message.ref))
             return CloseCode.FORBIDDEN, "forbidden"
         session.issued_at = verified.issued_at  # what a later control is compared with
         await self._hub.rescope(
@@ -94,7 +111,7 @@ class Conversation:
         session = self._session
         asked = stream_request(message.query, None, session.principal)
         if isinstance(asked, Refused):
-            await websocket.send(error(asked.reason.value, asked.message, ref=message.ref))
+            await self._say(error(asked.reason.value, asked.message, ref=message.ref))
             return
         await self._hub.rescope(
             session,
@@ -103,3 +120,6 @@ class Conversation:
             expires_at=session.expires_at,
             then=filtered(message.ref, asked.stream_filter),
         )
+
+    async def _say(self, frame: str) -> None:
+        await send_text(self._send, frame)
