@@ -68,9 +68,13 @@ REFUSALS = frozenset({"rate-limited", "too-many-streams", "shutting-down"})
 """``sse.error`` codes of a stream refused in-band (a 200 that opened no session)."""
 
 
-STILL_ROUNDS = 40
+STILL_ROUNDS = 120
 """Settling gives up after this many rounds of 0.1 s in which no tab received anything: what is
-missing then is not on its way (the verdict names it)."""
+missing then is not on its way (the verdict names it). Longer than the longest retry delay of a
+router's parts (the outbox relay's reaches 10 s, the buses' and the Redis cache's 5 s): with 4 s,
+on a machine loaded enough that a restarted service came back late, a relay or a reader still
+waiting out its delay could look like nothing on its way, and a test failed that would have
+passed a few seconds later (seen twice, under load 5, in the outbox and Redis-restart tests)."""
 
 
 def now() -> float:
