@@ -13,6 +13,7 @@ import gc
 import socket
 import tracemalloc
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import partial
 
 import pytest
@@ -79,17 +80,33 @@ def _traced_bytes() -> int:
     return sum(stat.size for stat in tracemalloc.take_snapshot().statistics("filename"))
 
 
-async def test_an_idle_stream_holds_under_30_kib_three_tasks_and_no_quart_request() -> None:
+@dataclass(frozen=True)
+class Weighed:
+    per_stream: float
+    """Python heap per stream opened, in bytes (tracemalloc, after minus before)."""
+    tasks_added: int
+    quart_objects_alive: int
+    """Quart's objects of ``kind`` still alive with the streams open."""
+
+
+async def _weigh_idle_streams(*, websocket: bool, kind: type) -> Weighed:
+    """Open :data:`STREAMS` idle streams (WebSockets with ``websocket``) on a served router, 20
+    first to warm its caches, and weigh what the rest hold."""
     async with running_router(**LIMITS) as router:
         port = int(router.url.rsplit(":", 1)[1])
-        warm = await trio.to_thread.run_sync(_open_streams, port, 20)  # first-use caches
+        warm = await trio.to_thread.run_sync(partial(_open_streams, port, 20, websocket=websocket))
         root = trio.lowlevel.current_root_task()
+        with trio.fail_after(20):
+            while len(router.running.hub.registry) < len(warm):
+                await trio.sleep(0.01)
         await trio.testing.wait_all_tasks_blocked()
         tasks_before = sum(1 for _ in _tasks(root))
         tracemalloc.start()
         try:
             before = _traced_bytes()
-            clients = await trio.to_thread.run_sync(_open_streams, port, STREAMS)
+            clients = await trio.to_thread.run_sync(
+                partial(_open_streams, port, STREAMS, websocket=websocket)
+            )
             with trio.fail_after(20):
                 while len(router.running.hub.registry) < STREAMS + len(warm):
                     await trio.sleep(0.01)
@@ -98,15 +115,20 @@ async def test_an_idle_stream_holds_under_30_kib_three_tasks_and_no_quart_reques
         finally:
             tracemalloc.stop()
         tasks_after = sum(1 for _ in _tasks(root))
-        requests_alive = sum(1 for thing in gc.get_objects() if isinstance(thing, Request))
+        alive = sum(1 for thing in gc.get_objects() if isinstance(thing, kind))
         for client in clients + warm:
             client.close()
+    return Weighed((after - before) / STREAMS, tasks_after - tasks_before, alive)
 
-    per_stream = (after - before) / STREAMS
-    assert per_stream < BYTES_PER_STREAM_BOUND, f"{per_stream:,.0f} bytes per stream"
+
+async def test_an_idle_stream_holds_under_30_kib_three_tasks_and_no_quart_request() -> None:
+    weighed = await _weigh_idle_streams(websocket=False, kind=Request)
+    assert weighed.per_stream < BYTES_PER_STREAM_BOUND, (
+        f"{weighed.per_stream:,.0f} bytes per stream"
+    )
     # Give or take a few of the router's own that start or end meanwhile (a worker thread's).
-    assert tasks_after - tasks_before <= TASKS_PER_STREAM * STREAMS + TASKS_BESIDES
-    assert requests_alive == 0  # Quart's request let go once the headers are out
+    assert weighed.tasks_added <= TASKS_PER_STREAM * STREAMS + TASKS_BESIDES
+    assert weighed.quart_objects_alive == 0  # Quart's request let go once the headers are out
 
 
 SOCKET_BYTES_BOUND = 38 * 1024
@@ -120,37 +142,10 @@ the session's."""
 
 
 async def test_an_idle_websocket_holds_under_38_kib_four_tasks_and_no_quart_websocket() -> None:
-    async with running_router(**LIMITS) as router:
-        port = int(router.url.rsplit(":", 1)[1])
-        warm = await trio.to_thread.run_sync(partial(_open_streams, port, 20, websocket=True))
-        root = trio.lowlevel.current_root_task()
-        with trio.fail_after(20):
-            while len(router.running.hub.registry) < len(warm):
-                await trio.sleep(0.01)
-        await trio.testing.wait_all_tasks_blocked()
-        tasks_before = sum(1 for _ in _tasks(root))
-        tracemalloc.start()
-        try:
-            before = _traced_bytes()
-            clients = await trio.to_thread.run_sync(
-                partial(_open_streams, port, STREAMS, websocket=True)
-            )
-            with trio.fail_after(20):
-                while len(router.running.hub.registry) < STREAMS + len(warm):
-                    await trio.sleep(0.01)
-            await trio.testing.wait_all_tasks_blocked()
-            after = _traced_bytes()
-        finally:
-            tracemalloc.stop()
-        tasks_after = sum(1 for _ in _tasks(root))
-        quart_sockets = sum(1 for thing in gc.get_objects() if isinstance(thing, Websocket))
-        for client in clients + warm:
-            client.close()
-
-    per_socket = (after - before) / STREAMS
-    assert per_socket < SOCKET_BYTES_BOUND, f"{per_socket:,.0f} bytes per socket"
-    assert tasks_after - tasks_before <= TASKS_PER_SOCKET * STREAMS + TASKS_BESIDES
-    assert quart_sockets == 0  # Quart's websocket let go at the hand-over
+    weighed = await _weigh_idle_streams(websocket=True, kind=Websocket)
+    assert weighed.per_stream < SOCKET_BYTES_BOUND, f"{weighed.per_stream:,.0f} bytes per socket"
+    assert weighed.tasks_added <= TASKS_PER_SOCKET * STREAMS + TASKS_BESIDES
+    assert weighed.quart_objects_alive == 0  # Quart's websocket let go at the hand-over
 
 
 async def _read_until(stream: trio.SocketStream, received: bytes, end: bytes) -> bytes:
