@@ -101,11 +101,11 @@ async def test_resumes_from_one_cursor_share_the_entries_decoded_once() -> None:
         await cache.append([entry("0", n) for n in range(50)])
         cursor = parse_cursor("kafka@e1:0:9")
         first = await cache.replay(cursor, EVERYTHING)
-        decoded_once = cache.decoded.decoded  # 41: the first entry the cursor covers too
+        decoded_once = cache.decoded_entries.decoded  # 41: the first entry the cursor covers too
         second = await cache.replay(cursor, EVERYTHING)
         assert places(second.entries) == places(first.entries) == [("0", n) for n in range(10, 50)]
         assert all(a is b for a, b in zip(first.entries, second.entries, strict=True))
-        assert cache.decoded.decoded == decoded_once
+        assert cache.decoded_entries.decoded == decoded_once
 
 
 async def test_a_replay_of_one_page_is_one_round_trip_to_redis() -> None:

@@ -124,7 +124,7 @@ class RedisReplayCache(ReportsHealth):
         all of it is recorded as evicted if that history turns out lost."""
         self.unreadable = 0
         """Entries skipped by replays because they could not be read back (see ``_readable``)."""
-        self.decoded = DecodedEntries(max_events, max_bytes)
+        self.decoded_entries = DecodedEntries(max_events, max_bytes)
         """The entries replays read back, decoded once for all of them."""
 
     # -- connection --------------------------------------------------------------------------------
@@ -410,7 +410,9 @@ class RedisReplayCache(ReportsHealth):
         when it is not one this router can read back: left by another writer, or by another
         version. One such entry must not fail every resume that reads across it."""
         try:
-            return self.decoded.entry(stream_id, fields, epoch, lambda: self._entry(fields, epoch))
+            return self.decoded_entries.entry(
+                stream_id, fields, epoch, lambda: self._entry(fields, epoch)
+            )
         # ValueError: text that is not UTF-8 or not JSON, a bad offset or scope, a field the SSE
         # encoder refuses; RecursionError: JSON nested too deeply; KeyError: a field missing.
         except (KeyError, ValueError, RecursionError) as error:
