@@ -666,6 +666,8 @@ def with_publisher(
     )
     publisher.join()
     elapsed = max(result["elapsed_seconds"] - result["open_seconds"], 1e-9)
+    cpu_after = server.cpu_seconds()
+    sending_cpu = cpu_after - (publishing[0] if publishing else cpu_before)  # while events went out
     return {
         "delivered_per_second": result["events"] / elapsed,
         # From the first event received to the last: the rate the server kept up, apart from
@@ -679,12 +681,10 @@ def with_publisher(
         "duplicates": result["duplicates"],
         "failed_connections": result["failed"],
         "failed_publishes": failed[0] if failed else -1,
-        "server_cpu_seconds": (cpu_after := server.cpu_seconds()) - cpu_before,
+        "server_cpu_seconds": cpu_after - cpu_before,
         # Robust to the machine's load, unlike the rates: what the server spent per event out,
         # from the first publish on (the streams' opening apart).
-        "server_cpu_us_per_delivered": 1e6
-        * (cpu_after - (publishing[0] if publishing else cpu_before))
-        / max(1, result["events"]),
+        "server_cpu_us_per_delivered": 1e6 * sending_cpu / max(1, result["events"]),
         "client_cpu_seconds": result["client_cpu_seconds"],
         # The load client's share of the machine per event (its opening included: small), for
         # the most two workers could show beside one on the same cores (bench/targets.py).
@@ -693,8 +693,7 @@ def with_publisher(
         / max(1, result["events"]),
         # How much of a core the server kept busy while the events went out: a worker below
         # about 0.9 was not what held the rate back (the machine's other processes were).
-        "server_cores_busy": (cpu_after - (publishing[0] if publishing else cpu_before))
-        / max(result["receiving_seconds"], 1e-9),
+        "server_cores_busy": sending_cpu / max(result["receiving_seconds"], 1e-9),
     }
 
 
@@ -1036,7 +1035,6 @@ def run_plan(args: argparse.Namespace) -> None:
             rows.append((workload, connections, metric, values))
     if rows:
         print_table(servers, rows)
-        print_cpu_per_targeted_event(rows)
         if verdicts := judge(rows, servers, args.rate):
             print("\ntargets (issue 18)")
             print("\n".join(verdicts))
@@ -1107,32 +1105,6 @@ def print_overload(figures: dict[str, float]) -> None:
     print(f"\noverload run (router only, C clients; load average {load:.1f} at the end)")
     for name, value in figures.items():
         print(f"  {name:<24} {value:>10.2f}")
-
-
-def print_cpu_per_targeted_event(rows: list[tuple[str, int, str, dict[str, float]]]) -> None:
-    """The targeted workloads' CPU per event, each over the peer's (its HTTP publish, the only
-    way in it has) at the same stream count: the figure issue 18 sets at 1.5 at most."""
-    peer = {
-        connections: values.get("peer", math.nan)
-        for workload, connections, metric, values in rows
-        if workload == "targeted" and metric == "server_cpu_ms_per_event"
-    }
-    lines = []
-    for workload, connections, metric, values in rows:
-        if metric != "server_cpu_ms_per_event":
-            continue
-        how = "POST" if workload == "targeted" else "produced to Kafka"
-        for name, value in values.items():
-            if name == "peer" or math.isnan(value):
-                continue
-            over = value / peer[connections] if peer.get(connections) else math.nan
-            lines.append(
-                f"  {connections:>6} streams  {name:<12} {how:<18} {value:.3f} ms"
-                f"  (peer {peer.get(connections, math.nan):.3f} ms, x{over:.2f})"
-            )
-    if lines:
-        print("\nCPU per targeted event (server's user + system time over the events)")
-        print("\n".join(lines))
 
 
 def print_table(servers: list[str], rows: list[tuple[str, int, str, dict[str, float]]]) -> None:

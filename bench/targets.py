@@ -61,17 +61,17 @@ def judge_storm(figures: Mapping[str, Mapping[str, float]], storm: int) -> list[
     """The replay storm's lines, one per router (``bench/replay_storm.py``'s figures) for a
     storm of ``storm`` clients (below 10,000 a per-client figure carries more of the fixed
     costs, as the idle one does)."""
-    lines, clients = [], storm
-    for name, storm in figures.items():
-        lost = sum(storm.get(metric, 0) for metric in ("storm_missing", "storm_duplicates",
-                                                       "storm_failed", "live_missing",
-                                                       "live_duplicates"))  # fmt: skip
-        kib = storm.get("storm_kib_per_stream", math.nan)
+    lines = []
+    for name, measured in figures.items():
+        lost = sum(measured.get(metric, 0) for metric in ("storm_missing", "storm_duplicates",
+                                                          "storm_failed", "live_missing",
+                                                          "live_duplicates"))  # fmt: skip
+        kib = measured.get("storm_kib_per_stream", math.nan)
         met = lost == 0 and kib <= KIB_PER_STREAM_TARGET
         lines.append(
             f"  {_verdict(met)} {name:<12} replay storm: {lost:,.0f} lost or failed (0),"
             f" {kib:.1f} KiB per storm client (<= {KIB_PER_STREAM_TARGET:.0f}); the live"
-            f" streams' p99 meanwhile {storm.get('live_p99_ms', math.nan):,.0f} ms{_note(clients)}"
+            f" streams' p99 meanwhile {measured.get('live_p99_ms', math.nan):,.0f} ms{_note(storm)}"
         )
     return lines
 
